@@ -1,0 +1,11 @@
+"""User-facing errors: the CLI prints them as one line and exits non-zero, without a traceback."""
+
+
+class UserError(Exception):
+    """Bad input from the user: a file, a config key or an argument. The message names where and what."""
+
+
+def located(path, line: int | None, problem: str) -> UserError:
+    """A UserError that names the file (and line, when known) and the problem, as `file:line: problem`."""
+    where = f"{path}:{line}" if line is not None else f"{path}"
+    return UserError(f"{where}: {problem}")
