@@ -1,0 +1,315 @@
+"""The predictions file: per-position distributions of one model on one data set, with the gold ids beside them.
+
+Every stage that evaluates a model writes one of these; evaluation reads it and never needs the model.
+The layout is documented in docs/predictions-format.md. A file is a single `.npz` (no pickles), written
+atomically, validated on save and on load so that a bad file is reported in one line naming it.
+
+    tagging       probs [N, C] dense, optional pred [N]
+    translation   top_ids/top_probs [N, k], gold_prob [N], sum_sq [N], hypotheses/references [S]
+"""
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .io_utils import atomic_path
+
+FORMAT_VERSION = 1
+TASKS = ("tagging", "translation")
+# Probabilities are stored as float32; a row computed in float32 sums to 1 within ~C * 6e-8, so 1e-3 only
+# catches real mistakes (unnormalised scores, logits, a dropped class).
+SUM_TOLERANCE = 1e-3
+# Rows per chunk when compacting dense translation distributions: bounds the float64 temporaries.
+COMPACT_CHUNK_ROWS = 4096
+
+COMMON_KEYS = ("format_version", "task", "label_names", "sentence_offsets", "gold", "meta")
+TASK_KEYS = {
+    "tagging": ("probs",),
+    "translation": ("top_ids", "top_probs", "gold_prob", "sum_sq", "hypotheses", "references"),
+}
+OPTIONAL_KEYS = {"tagging": ("pred",), "translation": ()}
+
+
+@dataclass
+class Predictions:
+    """One model's per-position distributions over `label_names`, for sentences laid end to end.
+
+    Sentence s owns positions sentence_offsets[s]:sentence_offsets[s+1]. Tagging keeps the dense
+    distribution (`probs`); translation keeps its top-k, the gold token's probability and sum_c p_c^2,
+    which is all the calibration metrics need.
+    """
+
+    task: str
+    label_names: np.ndarray  # str [C]
+    sentence_offsets: np.ndarray  # int64 [S+1]
+    gold: np.ndarray  # int64 [N]
+    meta: dict = field(default_factory=dict)
+    probs: np.ndarray | None = None  # tagging: float32 [N, C]
+    pred: np.ndarray | None = None  # tagging: int64 [N], the labels scored by F1 (default argmax)
+    top_ids: np.ndarray | None = None  # translation: int32 [N, k]
+    top_probs: np.ndarray | None = None  # translation: float32 [N, k], descending
+    gold_prob: np.ndarray | None = None  # translation: float32 [N]
+    sum_sq: np.ndarray | None = None  # translation: float32 [N]
+    hypotheses: np.ndarray | None = None  # translation: str [S], detokenised
+    references: np.ndarray | None = None  # translation: str [S], detokenised
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.gold)
+
+    @property
+    def n_sentences(self) -> int:
+        return len(self.sentence_offsets) - 1
+
+    def predicted(self) -> np.ndarray:
+        """Predicted label ids [N]: the stored `pred` (e.g. CRF Viterbi) or the per-position argmax."""
+        if self.pred is not None:
+            return self.pred
+        if self.task == "tagging":
+            return self.probs.argmax(axis=1)
+        return self.top_ids[:, 0].astype(np.int64)
+
+    def sentence_labels(self, ids: np.ndarray) -> list[list[str]]:
+        """Label ids [N] as one list of label strings per sentence (the input seqeval wants)."""
+        names = self.label_names[ids].tolist()
+        bounds = self.sentence_offsets.tolist()
+        return [names[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    @classmethod
+    def tagging(cls, probs, gold, sentence_offsets, label_names, pred=None, meta=None) -> "Predictions":
+        """Tagging predictions from dense per-position label distributions."""
+        return cls(
+            task="tagging",
+            label_names=np.asarray(label_names, dtype=str),
+            sentence_offsets=np.asarray(sentence_offsets, dtype=np.int64),
+            gold=np.asarray(gold, dtype=np.int64),
+            meta=dict(meta or {}),
+            probs=np.asarray(probs, dtype=np.float32),
+            pred=None if pred is None else np.asarray(pred, dtype=np.int64),
+        )
+
+    @classmethod
+    def translation(
+        cls, probs, gold, sentence_offsets, label_names, hypotheses, references, k=5, meta=None
+    ) -> "Predictions":
+        """Translation predictions from dense next-token distributions [N, V], kept in compact form."""
+        gold = np.asarray(gold, dtype=np.int64)
+        top_ids, top_probs, gold_prob, sum_sq = compact_distributions(probs, gold, k)
+        return cls(
+            task="translation",
+            label_names=np.asarray(label_names, dtype=str),
+            sentence_offsets=np.asarray(sentence_offsets, dtype=np.int64),
+            gold=gold,
+            meta=dict(meta or {}),
+            top_ids=top_ids,
+            top_probs=top_probs,
+            gold_prob=gold_prob,
+            sum_sq=sum_sq,
+            hypotheses=np.asarray(hypotheses, dtype=str),
+            references=np.asarray(references, dtype=str),
+        )
+
+
+def compact_distributions(probs, gold, k: int, chunk_rows: int = COMPACT_CHUNK_ROWS):
+    """Top-k (ids, probs, descending), gold probability and sum_c p_c^2 of dense distributions [N, V].
+
+    Works through `chunk_rows` rows at a time so that memory stays bounded for large vocabularies.
+    `probs` may be a numpy array or anything np.asarray accepts per chunk (a memmap, a CPU tensor).
+    """
+    n, vocab = probs.shape
+    k = min(k, vocab)
+    top_ids = np.empty((n, k), dtype=np.int32)
+    top_probs = np.empty((n, k), dtype=np.float32)
+    gold_prob = np.empty(n, dtype=np.float32)
+    sum_sq = np.empty(n, dtype=np.float32)
+    for start in range(0, n, chunk_rows):
+        rows = slice(start, min(start + chunk_rows, n))
+        chunk = np.asarray(probs[rows], dtype=np.float32)
+        unordered = np.argpartition(-chunk, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(chunk, unordered, axis=1), axis=1, kind="stable")
+        ids = np.take_along_axis(unordered, order, axis=1)
+        top_ids[rows] = ids
+        top_probs[rows] = np.take_along_axis(chunk, ids, axis=1)
+        gold_prob[rows] = chunk[np.arange(len(chunk)), gold[rows]]
+        sum_sq[rows] = np.einsum("nv,nv->n", chunk, chunk, dtype=np.float64)
+    return top_ids, top_probs, gold_prob, sum_sq
+
+
+def save_predictions(path, preds: Predictions) -> None:
+    """Validate `preds` and write them to `path` (.npz) atomically: a temp file in the same folder, then rename."""
+    path = Path(path)
+    arrays = _to_arrays(preds)
+    validate_arrays(arrays, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_predictions(path) -> Predictions:
+    """Read and validate a predictions file; any problem raises UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such predictions file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an archive of named arrays")
+        with loaded:
+            arrays = {key: loaded[key] for key in loaded.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise UserError(f"{path}: not a predictions .npz file ({err})") from None
+    validate_arrays(arrays, path)
+    task = str(arrays["task"])
+    fields = {key: arrays[key] for key in TASK_KEYS[task] + OPTIONAL_KEYS[task] if key in arrays}
+    return Predictions(
+        task=task,
+        label_names=arrays["label_names"],
+        sentence_offsets=arrays["sentence_offsets"].astype(np.int64),
+        gold=arrays["gold"].astype(np.int64),
+        meta=json.loads(str(arrays["meta"])),
+        **fields,
+    )
+
+
+def _to_arrays(preds: Predictions) -> dict[str, np.ndarray]:
+    """The arrays written to disk, in their on-disk dtypes."""
+    arrays = {
+        "format_version": np.array(FORMAT_VERSION),
+        "task": np.array(preds.task),
+        "label_names": np.asarray(preds.label_names, dtype=str),
+        "sentence_offsets": np.asarray(preds.sentence_offsets, dtype=np.int64),
+        "gold": np.asarray(preds.gold, dtype=np.int64),
+        "meta": np.array(json.dumps(preds.meta, sort_keys=True, default=str)),
+    }
+    dtypes = {
+        "probs": np.float32, "pred": np.int64, "top_ids": np.int32, "top_probs": np.float32,
+        "gold_prob": np.float32, "sum_sq": np.float32, "hypotheses": str, "references": str,
+    }  # fmt: skip
+    for key in TASK_KEYS.get(preds.task, ()) + OPTIONAL_KEYS.get(preds.task, ()):
+        value = getattr(preds, key)
+        if value is not None:
+            arrays[key] = np.asarray(value, dtype=dtypes[key])
+    return arrays
+
+
+def validate_arrays(arrays: dict[str, np.ndarray], path) -> None:
+    """Check a predictions file's arrays for everything evaluation relies on; raise UserError on the first problem."""
+
+    def fail(problem):
+        raise UserError(f"{path}: {problem}")
+
+    missing = [key for key in COMMON_KEYS if key not in arrays]
+    if missing:
+        fail(f"missing keys {missing} (is this a predictions file?)")
+    if int(arrays["format_version"]) != FORMAT_VERSION:
+        fail(f"format_version {int(arrays['format_version'])} is not supported (expected {FORMAT_VERSION})")
+    task = str(arrays["task"])
+    if task not in TASKS:
+        fail(f"task {task!r} is not one of {list(TASKS)}")
+    missing = [key for key in TASK_KEYS[task] if key not in arrays]
+    if missing:
+        fail(f"missing keys {missing} for task {task!r}")
+    try:
+        json.loads(str(arrays["meta"]))
+    except json.JSONDecodeError as err:
+        fail(f"meta is not a JSON string ({err})")
+
+    labels, offsets, gold = arrays["label_names"], arrays["sentence_offsets"], arrays["gold"]
+    for key in ("label_names", "sentence_offsets", "gold"):
+        if arrays[key].ndim != 1:
+            fail(f"{key} must be one-dimensional, got shape {list(arrays[key].shape)}")
+    n_classes, n = len(labels), len(gold)
+    _check_strings(fail, "label_names", labels)
+    _check_integer(fail, "gold", gold)
+    _check_integer(fail, "sentence_offsets", offsets)
+    if n == 0 or n_classes == 0 or len(offsets) < 2:
+        fail(f"empty input: {n} positions, {len(offsets) - 1} sentences, {n_classes} labels")
+    if offsets[0] != 0 or offsets[-1] != n:
+        fail(f"sentence_offsets must start at 0 and end at N={n}, got {offsets[0]}..{offsets[-1]}")
+    if np.any(np.diff(offsets) < 0):
+        s = int(np.argmax(np.diff(offsets) < 0))
+        fail(f"sentence_offsets are not monotone: offsets[{s}]={offsets[s]} > offsets[{s + 1}]={offsets[s + 1]}")
+    bad = (gold < 0) | (gold >= n_classes)
+    if bad.any():
+        pos = int(np.argmax(bad))
+        sentence = int(np.searchsorted(offsets, pos, side="right") - 1)
+        fail(f"gold label {gold[pos]} at position {pos} (sentence {sentence}) is outside the {n_classes} labels")
+
+    if task == "tagging":
+        _validate_tagging(fail, arrays, n, n_classes)
+    else:
+        _validate_translation(fail, arrays, n, n_classes, n_sentences=len(offsets) - 1)
+
+
+def _validate_tagging(fail, arrays, n, n_classes):
+    probs = arrays["probs"]
+    _check_shape(fail, "probs", probs, (n, n_classes))
+    _check_probabilities(fail, "probs", probs)
+    sums = probs.sum(axis=1, dtype=np.float64)
+    _check_row_sums(fail, "probs", np.abs(sums - 1) > SUM_TOLERANCE, sums)
+    if "pred" in arrays:
+        pred = arrays["pred"]
+        _check_shape(fail, "pred", pred, (n,))
+        _check_integer(fail, "pred", pred)
+        if np.any((pred < 0) | (pred >= n_classes)):
+            fail(f"pred has label ids outside the {n_classes} labels")
+
+
+def _validate_translation(fail, arrays, n, n_classes, n_sentences):
+    top_ids, top_probs = arrays["top_ids"], arrays["top_probs"]
+    if top_ids.ndim != 2 or top_ids.shape[1] == 0:
+        fail(f"top_ids must have shape [N, k] with k >= 1, got {list(top_ids.shape)}")
+    k = top_ids.shape[1]
+    _check_shape(fail, "top_ids", top_ids, (n, k))
+    _check_integer(fail, "top_ids", top_ids)
+    _check_shape(fail, "top_probs", top_probs, (n, k))
+    for key in ("gold_prob", "sum_sq"):
+        _check_shape(fail, key, arrays[key], (n,))
+    for key in ("hypotheses", "references"):
+        _check_shape(fail, key, arrays[key], (n_sentences,))
+        _check_strings(fail, key, arrays[key])
+    if np.any((top_ids < 0) | (top_ids >= n_classes)):
+        fail(f"top_ids has token ids outside the {n_classes} labels")
+    for key in ("top_probs", "gold_prob", "sum_sq"):
+        _check_probabilities(fail, key, arrays[key])
+    sums = top_probs.sum(axis=1, dtype=np.float64)
+    _check_row_sums(fail, "top_probs", sums > 1 + SUM_TOLERANCE, sums)
+    if np.any(np.diff(top_probs, axis=1) > 0):
+        fail("top_probs rows are not sorted in descending order")
+    if np.any(arrays["sum_sq"] > 1 + SUM_TOLERANCE):
+        fail("sum_sq exceeds 1: it must be sum_c p_c^2 of a distribution")
+
+
+def _check_shape(fail, name, array, shape):
+    if array.shape != shape:
+        fail(f"{name} has shape {list(array.shape)}, expected {list(shape)}")
+
+
+def _check_integer(fail, name, array):
+    if not np.issubdtype(array.dtype, np.integer):
+        fail(f"{name} must be integers, got {array.dtype}")
+
+
+def _check_probabilities(fail, name, array):
+    if not np.issubdtype(array.dtype, np.floating):
+        fail(f"{name} must be floating point, got {array.dtype}")
+    rows = array.reshape(len(array), -1)
+    if np.isnan(rows).any():
+        fail(f"{name} contains NaN at position {int(np.argmax(np.isnan(rows).any(axis=1)))}")
+    outside = ((rows < 0) | (rows > 1 + SUM_TOLERANCE)).any(axis=1)
+    if outside.any():
+        fail(f"{name} has values outside [0, 1] (negative?) at position {int(np.argmax(outside))}")
+
+
+def _check_strings(fail, name, array):
+    if array.dtype.kind != "U":
+        fail(f"{name} must be strings, got {array.dtype}")
+
+
+def _check_row_sums(fail, name, bad, sums):
+    if bad.any():
+        pos = int(np.argmax(bad))
+        fail(f"{name} row {pos} sums to {sums[pos]:.6f}; rows must sum to 1 within {SUM_TOLERANCE}")

@@ -1,0 +1,188 @@
+import numpy as np
+import pytest
+
+from ensemble_distill.errors import UserError
+from ensemble_distill.predictions import (
+    Predictions,
+    _to_arrays,
+    compact_distributions,
+    load_predictions,
+    save_predictions,
+)
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def tagging_preds(seed=0):
+    rng = np.random.default_rng(seed)
+    offsets = [0, 4, 5, 9]
+    probs = rng.dirichlet(np.ones(len(LABELS)), size=9)
+    gold = rng.integers(0, len(LABELS), size=9)
+    return Predictions.tagging(probs, gold, offsets, LABELS, meta={"model": "test", "seeds": [1, 2]})
+
+
+def translation_preds(seed=0, vocab=50, k=5):
+    rng = np.random.default_rng(seed)
+    offsets = [0, 3, 7]
+    probs = rng.dirichlet(np.full(vocab, 0.3), size=7)
+    gold = rng.integers(0, vocab, size=7)
+    names = [f"tok{i}" for i in range(vocab)]
+    preds = Predictions.translation(probs, gold, offsets, names, ["a b c", "d e"], ["a b c", "d f"], k=k)
+    return preds, probs
+
+
+def test_tagging_round_trip(tmp_path):
+    preds = tagging_preds()
+    preds.pred = preds.probs.argmin(axis=1)
+    save_predictions(tmp_path / "p.npz", preds)
+    back = load_predictions(tmp_path / "p.npz")
+    assert back.task == "tagging" and back.meta == {"model": "test", "seeds": [1, 2]}
+    assert back.label_names.tolist() == LABELS
+    np.testing.assert_array_equal(back.probs, preds.probs)
+    np.testing.assert_array_equal(back.predicted(), preds.pred)
+    assert back.sentence_labels(back.gold)[1] == [LABELS[back.gold[4]]]
+    assert [len(s) for s in back.sentence_labels(back.gold)] == [4, 1, 4]
+
+
+def test_predicted_defaults_to_argmax():
+    preds = tagging_preds()
+    np.testing.assert_array_equal(preds.predicted(), preds.probs.argmax(axis=1))
+
+
+def test_translation_compact_form_matches_dense(tmp_path):
+    preds, probs = translation_preds()
+    save_predictions(tmp_path / "t.npz", preds)
+    back = load_predictions(tmp_path / "t.npz")
+    rows = np.arange(7)[:, None]
+    expected_ids = np.argsort(-probs, axis=1)[:, :5]
+    np.testing.assert_array_equal(back.top_ids, expected_ids)
+    np.testing.assert_allclose(back.top_probs, probs[rows, expected_ids], rtol=1e-6)
+    np.testing.assert_allclose(back.gold_prob, probs[np.arange(7), back.gold], rtol=1e-6)
+    # Brier score of each position, from the compact fields and from the dense distribution.
+    dense_brier = ((probs - np.eye(50)[back.gold]) ** 2).sum(axis=1)
+    np.testing.assert_allclose(back.sum_sq - 2 * back.gold_prob + 1, dense_brier, rtol=1e-5)
+    assert back.hypotheses.tolist() == ["a b c", "d e"]
+
+
+def test_compaction_is_the_same_in_small_chunks():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(30), size=11).astype(np.float32)
+    gold = rng.integers(0, 30, size=11)
+    whole = compact_distributions(probs, gold, k=4)
+    chunked = compact_distributions(probs, gold, k=4, chunk_rows=3)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+    save_predictions(tmp_path / "p.npz", tagging_preds(0))
+    bad = tagging_preds(1)
+    bad.probs[0, 0] = np.nan
+    with pytest.raises(UserError):
+        save_predictions(tmp_path / "p.npz", bad)
+    assert [p.name for p in tmp_path.iterdir()] == ["p.npz"]
+    np.testing.assert_array_equal(load_predictions(tmp_path / "p.npz").probs, tagging_preds(0).probs)
+
+
+def write_raw(path, arrays):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def without(key):
+    return lambda a: a.pop(key)
+
+
+def setter(key, value):
+    return lambda a: a.__setitem__(key, value(a) if callable(value) else value)
+
+
+def set_cell(key, index, value):
+    def mutate(a):
+        a[key] = a[key].copy()
+        a[key][index] = value
+
+    return mutate
+
+
+TAGGING_CASES = {
+    "missing common key": (without("gold"), "missing keys ['gold']"),
+    "missing task key": (without("probs"), "missing keys ['probs'] for task 'tagging'"),
+    "bad task": (setter("task", np.array("parsing")), "task 'parsing'"),
+    "bad version": (setter("format_version", np.array(7)), "format_version 7"),
+    "probs shape": (setter("probs", lambda a: a["probs"][:, :3]), "probs has shape [9, 3], expected [9, 5]"),
+    "gold shape": (setter("gold", lambda a: a["gold"][:8]), "sentence_offsets must start at 0 and end at N=8"),
+    "nan": (set_cell("probs", (2, 1), np.nan), "probs contains NaN at position 2"),
+    "negative": (set_cell("probs", (3, 0), -0.2), "outside [0, 1] (negative?) at position 3"),
+    "row sum": (setter("probs", lambda a: a["probs"] * 0.9), "probs row 0 sums to 0.9"),
+    "gold outside": (set_cell("gold", 6, 5), "gold label 5 at position 6 (sentence 2) is outside the 5 labels"),
+    "gold negative": (set_cell("gold", 4, -1), "gold label -1 at position 4 (sentence 1)"),
+    "gold floats": (setter("gold", lambda a: a["gold"].astype(float)), "gold must be integers"),
+    "empty": (
+        lambda a: a.update(gold=np.zeros(0, np.int64), probs=np.zeros((0, 5), np.float32),
+                           sentence_offsets=np.array([0])),
+        "empty input",
+    ),  # fmt: skip
+    "offsets not monotone": (setter("sentence_offsets", np.array([0, 5, 4, 9])), "not monotone: offsets[1]=5"),
+    "offsets short": (setter("sentence_offsets", np.array([0, 4, 8])), "end at N=9, got 0..8"),
+    "offsets start": (setter("sentence_offsets", np.array([1, 4, 9])), "start at 0"),
+    "pred outside": (setter("pred", np.full(9, 9)), "pred has label ids outside"),
+    "meta": (setter("meta", np.array("{not json")), "meta is not a JSON string"),
+}
+
+
+@pytest.mark.parametrize("case", TAGGING_CASES)
+def test_bad_tagging_files_raise_one_line_naming_the_file(tmp_path, case):
+    mutate, message = TAGGING_CASES[case]
+    arrays = _to_arrays(tagging_preds())
+    mutate(arrays)
+    path = write_raw(tmp_path / "bad.npz", arrays)
+    with pytest.raises(UserError) as err:
+        load_predictions(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+
+
+TRANSLATION_CASES = {
+    "missing": (without("sum_sq"), "missing keys ['sum_sq'] for task 'translation'"),
+    "top sum": (set_cell("top_probs", (1, 0), 0.999), "top_probs row 1 sums to"),
+    "unsorted": (setter("top_probs", lambda a: a["top_probs"][:, ::-1].copy()), "not sorted in descending order"),
+    "top ids": (set_cell("top_ids", (0, 0), 50), "top_ids has token ids outside the 50 labels"),
+    "hypotheses": (setter("hypotheses", np.array(["only one"])), "hypotheses has shape [1], expected [2]"),
+    "gold prob nan": (set_cell("gold_prob", 5, np.nan), "gold_prob contains NaN at position 5"),
+    "sum_sq": (set_cell("sum_sq", 0, 1.5), "sum_sq has values outside [0, 1]"),
+}
+
+
+@pytest.mark.parametrize("case", TRANSLATION_CASES)
+def test_bad_translation_files_raise_one_line_naming_the_file(tmp_path, case):
+    mutate, message = TRANSLATION_CASES[case]
+    arrays = _to_arrays(translation_preds()[0])
+    mutate(arrays)
+    path = write_raw(tmp_path / "bad.npz", arrays)
+    with pytest.raises(UserError) as err:
+        load_predictions(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+def test_save_validates_too(tmp_path):
+    preds = tagging_preds()
+    preds.gold[3] = 17
+    with pytest.raises(UserError, match=r"out\.npz: gold label 17 at position 3 \(sentence 0\)"):
+        save_predictions(tmp_path / "out.npz", preds)
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_and_non_npz_files(tmp_path):
+    with pytest.raises(UserError, match="nope.npz: no such predictions file"):
+        load_predictions(tmp_path / "nope.npz")
+    text = tmp_path / "text.npz"
+    text.write_text("hello\n")
+    with pytest.raises(UserError, match="text.npz: not a predictions .npz file"):
+        load_predictions(text)
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(UserError, match="single.npz: not a predictions .npz file"):
+        load_predictions(single)
