@@ -1,0 +1,450 @@
+"""Calibration metrics over events: (confidence, correct) pairs, numpy in, floats out.
+
+An *event* is one probability a model gave to one outcome, with whether that outcome happened. NMT evaluation
+turns each position into its top-1 (ECE-1) or top-k (ECE-k) predictions; NER evaluation turns each position into
+one event per entity type (confidence of type X = min(1, p(B-X) + p(I-X))).
+
+Two definitions of ECE live here.
+
+Ours (the default), the textbook expected calibration error:
+
+    ECE = sum_b (n_b / N) * |acc_b - conf_b|
+
+- ``strategy="quantile"``: events sorted by confidence are cut into ``n_bins`` contiguous groups of sizes
+  ``np.array_split`` would give (the first ``N % n_bins`` groups one event larger); when N < n_bins the extra
+  groups are empty and contribute nothing. Equal confidences are ordered incorrect-before-correct, so the
+  result never depends on the order the events came in.
+- ``strategy="uniform"``: bin b holds confidences in [b/n_bins, (b+1)/n_bins); 1.0 falls in the last bin.
+
+``paper_compatible=True``, the published reference implementation (its NMT script calls scikit-learn):
+
+    ECE = mean over non-empty bins b of |frac_pos_b - mean_pred_b|
+
+with the bins scikit-learn's ``calibration_curve`` forms (checked against scikit-learn 1.9.1): for
+``"quantile"`` the edges are ``np.percentile(conf, linspace(0, 100, n_bins + 1))`` (linear interpolation) and a
+confidence goes to bin ``np.searchsorted(edges[1:-1], conf)`` (side="left": a confidence equal to an inner edge
+belongs to the bin below it); for ``"uniform"`` the edges are ``linspace(0, 1, n_bins + 1)``, searched the same
+way. Where it differs from ours: bins are averaged without weights (a bin of 3 events counts as much as a bin of
+3 million); ties make percentile bins uneven or merge them, and merged/empty bins are dropped from the mean;
+edge-equal confidences go down instead of up.
+
+Balanced metrics for NER (paper section 4.2), per entity type with N gold positions (types with N = 0 are
+skipped): keep the 2N most confident events of that type (all of them when fewer exist; equal confidences at the
+cut rank correct above incorrect). B-ECE is the sum over types of that type's ECE weighted by its share of kept
+events, with quantile bins (``n_bins`` = 20); B-BS likewise of each type's Brier score mean (c - 1[gold])^2.
+With ``paper_compatible=True`` a type's ECE uses ``n_bins`` bins of exactly floor(N'/n_bins) events, N' = kept
+events, counted from the most confident end; the N' mod n_bins least confident events are dropped (our reading of
+"bins of floor(N'/20), remainder dropped": the top-2N selection sorts by descending confidence). A type with
+N' < n_bins then has no bin: its ECE is NaN and it is left out of B-ECE (weights renormalised over the others).
+
+All metrics are fractions (the paper prints them x100).
+
+How it is fast: an event becomes one unsigned integer, ``(float bits << 1) | correct``. Non-negative IEEE floats
+order like their bit patterns, so one ``np.sort`` of these keys orders events by confidence (ties broken by the
+correct bit) and carries the correct flag along: no argsort, no gather. Bins are then slices of the sorted keys;
+per-bin sums run in float64 without float64 copies of the data.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ensemble_distill.errors import UserError
+
+STRATEGIES = ("quantile", "uniform")
+_UINT_OF_FLOAT = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
+_TOPK_CHUNK_ELEMENTS = 1 << 22  # rows of probs handled per argpartition call: bounds its [rows, C] index temp
+
+
+# --------------------------------------------------------------------------------------------- ECE
+
+
+def ece(confidence, correct, n_bins=10, strategy="quantile", paper_compatible=False):
+    """Expected calibration error of events: confidence [N] in [0, 1], correct [N] bool (or 0/1)."""
+    _check_bins(n_bins, strategy)
+    conf = _as_confidence(confidence, "confidence")
+    hit = _as_correct(correct, conf.shape[0], "correct")
+    if conf.size == 0:
+        raise UserError("ece: no events (confidence is empty)")
+    keys = _event_keys(conf, hit)
+    keys.sort()
+    return _ece_of_sorted_keys(keys, conf.dtype, n_bins, strategy, paper_compatible)
+
+
+def topk_events(top_probs, top_ids, gold):
+    """Pool [N, k] top probabilities/ids into N*k events (confidence, is-it-gold); for compact top-k predictions."""
+    top_probs = np.asarray(top_probs)
+    top_ids = np.asarray(top_ids)
+    gold = np.asarray(gold)
+    if top_probs.ndim != 2 or top_ids.shape != top_probs.shape:
+        raise UserError(f"topk_events: top_probs and top_ids must both be [N, k]; got {top_probs.shape} "
+                        f"and {top_ids.shape}")
+    if gold.shape != (top_probs.shape[0],):
+        raise UserError(f"topk_events: gold must be [N] = [{top_probs.shape[0]}]; got {gold.shape}")
+    _check_integer(top_ids, "top_ids")
+    _check_integer(gold, "gold")
+    confidence = _as_confidence(top_probs.reshape(-1), "top_probs")
+    correct = (top_ids == gold[:, None]).reshape(-1)
+    return confidence, correct
+
+
+def topk_ece(probs, gold, k, n_bins=10, paper_compatible=False):
+    """ECE-k: each position's k most probable classes become k events (is it gold?), pooled; quantile bins."""
+    probs = _as_probs(probs, "probs")
+    gold = _as_labels(gold, probs.shape, "gold")
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= probs.shape[1]:
+        raise UserError(f"topk_ece: k must be an integer in 1..{probs.shape[1]} (the number of classes); got {k!r}")
+    top_probs, top_ids = _top_k(probs, int(k))
+    confidence, correct = topk_events(top_probs, top_ids, gold)
+    return ece(confidence, correct, n_bins=n_bins, strategy="quantile", paper_compatible=paper_compatible)
+
+
+def _top_k(probs, k):
+    """The k largest probabilities of each row and their class ids, [N, k], as np.argpartition picks them."""
+    n, c = probs.shape
+    top_ids = np.empty((n, k), dtype=np.intp)
+    rows = max(1, _TOPK_CHUNK_ELEMENTS // c)
+    for start in range(0, n, rows):  # chunks of rows, so argpartition's index array stays small
+        block = probs[start:start + rows]
+        top_ids[start:start + rows] = np.argpartition(block, c - k, axis=1)[:, c - k:]
+    return np.take_along_axis(probs, top_ids, axis=1), top_ids
+
+
+# ------------------------------------------------------------------------------------------- Brier
+
+
+def brier(probs, gold):
+    """Multiclass Brier score: mean over positions of sum_c (p_c - 1[c = gold])^2. probs [N, C], gold [N] ints."""
+    probs = _as_probs(probs, "probs")
+    gold = _as_labels(gold, probs.shape, "gold")
+    n = probs.shape[0]
+    if n == 0:
+        raise UserError("brier: no positions (probs is empty)")
+    # sum_c (p_c - y_c)^2 = sum_c p_c^2 - 2 p_gold + 1, summed without a squared copy of probs
+    flat = probs.reshape(-1)
+    sum_sq = np.einsum("i,i->", flat, flat, dtype=np.float64)
+    p_gold = np.take_along_axis(probs, gold[:, None], axis=1)
+    return float((sum_sq - 2.0 * np.sum(p_gold, dtype=np.float64)) / n + 1.0)
+
+
+# ------------------------------------------------------------------------------------ NER entity types
+
+
+def entity_type_confidences(probs, label_names):
+    """Per-type confidences [N, T] = min(1, p(B-X) + p(I-X)) and the sorted type names; "O" is not a type."""
+    probs = _as_probs(probs, "probs")
+    label_types = _label_types(label_names, probs.shape[1])
+    type_names = sorted({t for t in label_types if t is not None})
+    # a [C, T] 0/1 matrix that adds up each type's labels: one matrix product, no loop over positions
+    membership = np.zeros((probs.shape[1], len(type_names)), dtype=probs.dtype)
+    for label, type_name in enumerate(label_types):
+        if type_name is not None:
+            membership[label, type_names.index(type_name)] = 1
+    confidences = probs @ membership
+    np.minimum(confidences, 1, out=confidences)
+    return confidences, type_names
+
+
+def gold_entity_types(gold, label_names, type_names):
+    """For gold label ids [N], the index in type_names of each gold label's entity type; -1 for O."""
+    label_types = _label_types(label_names, len(label_names))
+    unknown = sorted({t for t in label_types if t is not None} - set(type_names))
+    if unknown:
+        raise UserError(f"gold_entity_types: label types {unknown} are not among type_names {list(type_names)}")
+    type_index = {name: i for i, name in enumerate(type_names)}
+    lookup = np.array([-1 if t is None else type_index[t] for t in label_types], dtype=np.intp)
+    gold = _as_labels(gold, (None, len(label_names)), "gold")
+    return lookup[gold]
+
+
+def _label_types(label_names, n_classes):
+    """Entity type of each IOB2 label name ("B-PER" -> "PER"), None for "O"."""
+    names = list(label_names)
+    if len(names) != n_classes:
+        raise UserError(f"{len(names)} label names for {n_classes} classes in probs")
+    types = []
+    for name in names:
+        prefix, _, type_name = str(name).partition("-")
+        if name == "O":
+            types.append(None)
+        elif prefix in ("B", "I") and type_name:
+            types.append(type_name)
+        else:
+            raise UserError(f"label {name!r} is not an IOB2 label (B-TYPE, I-TYPE or O)")
+    return types
+
+
+# --------------------------------------------------------------------------- stratified and balanced
+
+
+def stratified_brier(type_conf, gold_type):
+    """(BS+, BS-): mean (1-c)^2 over (position, type) events of the gold type; mean c^2 over all other events."""
+    type_conf, gold_type = _as_type_events(type_conf, gold_type)
+    n, t = type_conf.shape
+    gold_rows = np.flatnonzero(gold_type >= 0)
+    c_pos = type_conf[gold_rows, gold_type[gold_rows]]
+    n_pos = c_pos.size
+    n_neg = n * t - n_pos
+    flat = type_conf.reshape(-1)
+    sum_sq_all = np.einsum("i,i->", flat, flat, dtype=np.float64)
+    sum_sq_pos = np.einsum("i,i->", c_pos, c_pos, dtype=np.float64)
+    bs_plus = (n_pos - 2.0 * np.sum(c_pos, dtype=np.float64) + sum_sq_pos) / n_pos if n_pos else float("nan")
+    bs_minus = (sum_sq_all - sum_sq_pos) / n_neg if n_neg else float("nan")
+    return float(bs_plus), float(bs_minus)
+
+
+@dataclass(frozen=True)
+class TypeCalibration:
+    """One entity type's share of the balanced metrics."""
+
+    type_index: int
+    n_gold: int  # positions whose gold type is this type (N)
+    n_kept: int  # events kept: min(2N, positions)
+    ece: float  # NaN in paper mode when n_kept < n_bins
+    brier: float
+
+
+@dataclass(frozen=True)
+class BalancedCalibration:
+    """B-ECE and B-BS (fractions) with the per-type values they are weighted sums of."""
+
+    b_ece: float
+    b_bs: float
+    per_type: tuple[TypeCalibration, ...]
+
+
+def balanced_calibration(type_conf, gold_type, n_bins=20, paper_compatible=False):
+    """The paper's B-ECE and B-BS: per type, the 2N most confident events; weighted by kept events."""
+    _check_bins(n_bins, "quantile")
+    type_conf, gold_type = _as_type_events(type_conf, gold_type)
+    per_type = tuple(
+        _type_calibration(type_conf[:, t], gold_type == t, t, n_bins, paper_compatible)
+        for t in range(type_conf.shape[1])
+    )
+    per_type = tuple(p for p in per_type if p is not None)
+    if not per_type:
+        raise UserError("balanced_calibration: no position has a gold entity type")
+    kept = np.array([p.n_kept for p in per_type], dtype=np.float64)
+    briers = np.array([p.brier for p in per_type])
+    eces = np.array([p.ece for p in per_type])
+    has_ece = ~np.isnan(eces)
+    b_ece = float(np.sum(kept[has_ece] * eces[has_ece]) / kept[has_ece].sum()) if has_ece.any() else float("nan")
+    return BalancedCalibration(b_ece=b_ece, b_bs=float(np.sum(kept * briers) / kept.sum()), per_type=per_type)
+
+
+def _type_calibration(conf, is_gold, type_index, n_bins, paper_compatible):
+    """ECE and Brier of one type's 2N most confident events; None when no position has this gold type."""
+    n_gold = int(np.count_nonzero(is_gold))
+    if n_gold == 0:
+        return None
+    n_kept = min(2 * n_gold, conf.shape[0])
+    keys = _event_keys(conf, is_gold)
+    keys.partition(keys.size - n_kept)  # the n_kept largest keys end up last: the most confident events
+    kept = np.sort(keys[keys.size - n_kept:])
+    if paper_compatible:
+        type_ece = _paper_fixed_size_ece(kept, conf.dtype, n_bins)
+    else:
+        type_ece = _ece_of_sorted_keys(kept, conf.dtype, n_bins, "quantile", False)
+    kept_conf = _key_confidences(kept, conf.dtype)
+    kept_hit = kept & 1
+    sq_err = np.sum(np.square(kept_conf - kept_hit, dtype=np.float64))
+    return TypeCalibration(type_index=type_index, n_gold=n_gold, n_kept=n_kept, ece=type_ece,
+                           brier=float(sq_err / n_kept))
+
+
+def _paper_fixed_size_ece(sorted_keys, dtype, n_bins):
+    """Reference B-ECE binning: n_bins bins of floor(N'/n_bins) events from the most confident end."""
+    size = sorted_keys.size // n_bins
+    if size == 0:
+        return float("nan")
+    top = sorted_keys[sorted_keys.size - size * n_bins:]
+    counts, conf_sums, hit_sums = _bin_sums(top, dtype, np.arange(n_bins + 1) * size)
+    return float(np.mean(np.abs(hit_sums / counts - conf_sums / counts)))
+
+
+# ------------------------------------------------------------------------- event keys and bins
+
+
+def _event_keys(conf, hit):
+    """Events as sortable unsigned ints (float bits << 1) | correct; the sign bit of -0.0 is shifted out."""
+    keys = np.left_shift(conf.view(_UINT_OF_FLOAT[conf.dtype]), 1)
+    keys |= hit
+    return keys
+
+
+def _key_confidences(keys, dtype):
+    """The confidences held in event keys (a new array)."""
+    return np.right_shift(keys, 1).view(dtype)
+
+
+def _ece_of_sorted_keys(keys, dtype, n_bins, strategy, paper_compatible):
+    bounds = _bin_bounds(keys, dtype, n_bins, strategy, paper_compatible)
+    counts, conf_sums, hit_sums = _bin_sums(keys, dtype, bounds)
+    if paper_compatible:  # as sklearn's calibration_curve, then the reference's np.mean(np.abs(fop - mpv))
+        return float(np.mean(np.abs(hit_sums / counts - conf_sums / counts)))
+    return float(np.abs(hit_sums - conf_sums).sum() / keys.size)
+
+
+def _bin_bounds(keys, dtype, n_bins, strategy, paper_compatible):
+    """Positions in the sorted keys where bins start, with keys.size appended: [n_bins + 1]."""
+    n = keys.size
+    if strategy == "quantile" and not paper_compatible:
+        sizes = np.full(n_bins, n // n_bins)
+        sizes[: n % n_bins] += 1
+        return np.concatenate(([0], np.cumsum(sizes)))
+    if strategy == "quantile":
+        inner_edges = _sklearn_percentile_edges(keys, dtype, n_bins)[1:-1]
+    else:
+        inner_edges = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
+    if paper_compatible:  # sklearn: searchsorted(edges, conf, side="left") puts conf == edge in the lower bin
+        inner = np.searchsorted(keys, _keys_at_most(inner_edges, dtype), side="right")
+    else:  # ours: [b/n, (b+1)/n), conf == edge goes up
+        inner = np.searchsorted(keys, _keys_below(inner_edges, dtype), side="left")
+    return np.concatenate(([0], inner, [n]))
+
+
+def _keys_at_most(edges, dtype):
+    """Largest key whose confidence is <= each float64 edge: (bits(largest float <= edge) << 1) | 1."""
+    f = edges.astype(dtype)
+    f = np.where(f > edges, np.nextafter(f, dtype.type(-np.inf)), f)
+    return (f.view(_UINT_OF_FLOAT[dtype]) << 1) | 1
+
+
+def _keys_below(edges, dtype):
+    """Smallest key whose confidence is >= each float64 edge: bits(smallest float >= edge) << 1."""
+    f = edges.astype(dtype)
+    f = np.where(f < edges, np.nextafter(f, dtype.type(np.inf)), f)
+    return f.view(_UINT_OF_FLOAT[dtype]) << 1
+
+
+def _sklearn_percentile_edges(sorted_keys, dtype, n_bins):
+    """np.percentile(conf, np.linspace(0, 1, n_bins + 1) * 100), bit for bit, read off the sorted keys."""
+    n = sorted_keys.size
+    q = np.true_divide(np.linspace(0, 1, n_bins + 1) * 100, 100)
+    virtual = (n - 1) * q
+    previous = np.floor(virtual)
+    following = previous + 1
+    at_top = virtual >= n - 1
+    previous[at_top] = n - 1
+    following[at_top] = n - 1
+    previous = previous.astype(np.intp)
+    following = following.astype(np.intp)
+    gamma = virtual - previous
+    a = _key_confidences(sorted_keys[previous], dtype)
+    b = _key_confidences(sorted_keys[following], dtype)
+    diff = b - a
+    # numpy's _lerp, same operations in the same dtypes
+    edges = a + diff * gamma
+    upper = gamma >= 0.5
+    edges[upper] = (b - diff * (1 - gamma))[upper]
+    return edges
+
+
+def _bin_sums(keys, dtype, bounds):
+    """Per non-empty bin: event count, sum of confidences and sum of correct (float64 [bins])."""
+    counts = np.diff(bounds)
+    nonempty = np.flatnonzero(counts)
+    conf_sums = np.empty(nonempty.size)
+    hit_sums = np.empty(nonempty.size)
+    for i, b in enumerate(nonempty):  # a loop over bins; each bin's temporaries are freed before the next
+        part = keys[bounds[b]:bounds[b + 1]]
+        conf_sums[i] = np.sum(_key_confidences(part, dtype), dtype=np.float64)
+        hit_sums[i] = np.count_nonzero(part & 1)
+    return counts[nonempty].astype(np.float64), conf_sums, hit_sums
+
+
+# ---------------------------------------------------------------------------------------- input checks
+
+
+def _check_bins(n_bins, strategy):
+    if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool) or n_bins < 1:
+        raise UserError(f"n_bins must be a positive integer; got {n_bins!r}")
+    if strategy not in STRATEGIES:
+        raise UserError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
+
+
+def _as_confidence(x, name):
+    """A 1-D float32/float64 array of values in [0, 1] (float16 and integers are converted)."""
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise UserError(f"{name} must be 1-D; got shape {x.shape}")
+    x = _as_float(x, name)
+    _check_unit_interval(x, name)
+    return x
+
+
+def _as_float(x, name):
+    if x.dtype in _UINT_OF_FLOAT:
+        return np.ascontiguousarray(x) if x.ndim == 1 else x
+    if x.dtype.kind in "biu" or x.dtype == np.float16:
+        return x.astype(np.float32 if x.dtype == np.float16 else np.float64)
+    if x.dtype.kind == "f":
+        return x.astype(np.float64)
+    raise UserError(f"{name} must hold numbers; got dtype {x.dtype}")
+
+
+def _check_unit_interval(x, name):
+    """Reject NaN and values outside [0, 1] with two passes (min, max) and no temporaries."""
+    if x.size == 0:
+        return
+    lo, hi = x.min(), x.max()
+    if np.isnan(lo) or np.isnan(hi):
+        raise UserError(f"{name} contains NaN")
+    if lo < 0 or hi > 1:
+        raise UserError(f"{name} must lie in [0, 1]; found values from {lo} to {hi}")
+
+
+def _as_correct(x, n, name):
+    """A bool array [n]; 0/1 numbers are accepted."""
+    x = np.asarray(x)
+    if x.shape != (n,):
+        raise UserError(f"{name} must have the same length as confidence ({n}); got shape {x.shape}")
+    if x.dtype == np.bool_:
+        return x
+    if x.dtype.kind not in "iuf" or x.size and not np.all((x == 0) | (x == 1)):
+        raise UserError(f"{name} must be bool or 0/1")
+    return x.astype(np.bool_)
+
+
+def _as_probs(x, name):
+    """A 2-D [N, C] float array of values in [0, 1]."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise UserError(f"{name} must be [positions, classes] with at least one class; got shape {x.shape}")
+    x = _as_float(x, name)
+    _check_unit_interval(x, name)
+    return x
+
+
+def _as_labels(gold, probs_shape, name):
+    """Integer ids [N] within 0..C-1, N = probs_shape[0] (None: any length)."""
+    gold = np.asarray(gold)
+    n, c = probs_shape
+    if gold.ndim != 1 or (n is not None and gold.shape[0] != n):
+        raise UserError(f"{name} must be [positions] = [{n}]; got shape {gold.shape}")
+    _check_integer(gold, name)
+    if gold.size and (gold.min() < 0 or gold.max() >= c):
+        raise UserError(f"{name} ids must lie in 0..{c - 1}; found {gold.min()}..{gold.max()}")
+    return gold
+
+
+def _check_integer(x, name):
+    if x.dtype.kind not in "iu":
+        raise UserError(f"{name} must hold integers; got dtype {x.dtype}")
+
+
+def _as_type_events(type_conf, gold_type):
+    """type_conf [N, T] in [0, 1] and gold_type [N] ints in -1..T-1."""
+    type_conf = np.asarray(type_conf)
+    if type_conf.ndim != 2:
+        raise UserError(f"type_conf must be [positions, types]; got shape {type_conf.shape}")
+    type_conf = _as_float(type_conf, "type_conf")
+    _check_unit_interval(type_conf, "type_conf")
+    gold_type = np.asarray(gold_type)
+    if gold_type.shape != (type_conf.shape[0],):
+        raise UserError(f"gold_type must be [positions] = [{type_conf.shape[0]}]; got shape {gold_type.shape}")
+    _check_integer(gold_type, "gold_type")
+    if gold_type.size and (gold_type.min() < -1 or gold_type.max() >= type_conf.shape[1]):
+        raise UserError(f"gold_type must lie in -1..{type_conf.shape[1] - 1} (-1 for O); "
+                        f"found {gold_type.min()}..{gold_type.max()}")
+    return type_conf, gold_type
