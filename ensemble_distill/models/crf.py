@@ -1,0 +1,121 @@
+"""Linear-chain CRF: log-partition, gold-path score, per-token marginals and Viterbi, batched in log space.
+
+Shapes, shared by every function:
+    emissions    [B, T, L]  score of label j at position t
+    mask         [B, T]     bool, each row a prefix of Trues of length >= 1 (the real positions)
+    transitions  [L, L]     transitions[i, j] = score of label i followed by label j
+    start, end   [L]        score of a path starting / ending with each label
+Values at padding positions of `emissions` and `tags` are ignored.
+
+Marginals come from one forward-backward pass, looping over time only (never over positions x labels).
+"""
+
+import torch
+import torch.nn as nn
+
+
+class LinearChainCRF(nn.Module):
+    """Learned transition scores on top of emissions from any encoder."""
+
+    def __init__(self, num_labels: int, init_range: float = 0.1):
+        super().__init__()
+        self.num_labels = num_labels
+        self.transitions = nn.Parameter(torch.empty(num_labels, num_labels).uniform_(-init_range, init_range))
+        self.start_transitions = nn.Parameter(torch.empty(num_labels).uniform_(-init_range, init_range))
+        self.end_transitions = nn.Parameter(torch.empty(num_labels).uniform_(-init_range, init_range))
+
+    def _scores(self):
+        return self.transitions, self.start_transitions, self.end_transitions
+
+    def nll(self, emissions, tags, mask, reduction: str = "mean"):
+        """Negative log-likelihood of the gold `tags` [B, T]: log Z - score(tags); 'mean' averages over sequences."""
+        nll = crf_log_partition(emissions, mask, *self._scores()) - crf_sequence_score(
+            emissions, tags, mask, *self._scores()
+        )
+        if reduction == "none":
+            return nll
+        if reduction == "sum":
+            return nll.sum()
+        if reduction == "mean":
+            return nll.mean()
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+
+    def marginals(self, emissions, mask):
+        """Per-token posterior marginals [B, T, L]: rows sum to 1 at real positions, are 0 at padding."""
+        return crf_marginals(emissions, mask, *self._scores())
+
+    def viterbi(self, emissions, mask):
+        """Best tag path per sequence as a [B, T] LongTensor, -1 at padding."""
+        return crf_viterbi(emissions, mask, *self._scores())
+
+
+def crf_sequence_score(emissions, tags, mask, transitions, start, end):
+    """Score [B] of the path `tags` [B, T]: start + emissions + transitions + end, over real positions only."""
+    _check_mask(mask)
+    tags = tags.masked_fill(~mask, 0)  # padding may hold any id (e.g. -100); make it a safe index
+    m = mask.to(emissions.dtype)
+    emitted = emissions.gather(2, tags.unsqueeze(2)).squeeze(2)  # [B, T]
+    moved = transitions[tags[:, :-1], tags[:, 1:]]  # [B, T-1]
+    last = tags.gather(1, (mask.sum(1) - 1).unsqueeze(1)).squeeze(1)
+    return start[tags[:, 0]] + (emitted * m).sum(1) + (moved * m[:, 1:]).sum(1) + end[last]
+
+
+def crf_log_partition(emissions, mask, transitions, start, end):
+    """log Z [B]: log-sum-exp of the scores of all label paths (the forward algorithm)."""
+    _check_mask(mask)
+    alpha = start + emissions[:, 0]
+    for t in range(1, emissions.shape[1]):
+        alpha = _forward_step(alpha, emissions[:, t], mask[:, t], transitions)
+    return torch.logsumexp(alpha + end, dim=1)
+
+
+def crf_marginals(emissions, mask, transitions, start, end):
+    """P(y_t = j | x) [B, T, L] by forward-backward; 0 at padding. Differentiable (autograd through the pass)."""
+    _check_mask(mask)
+    T = emissions.shape[1]
+    alphas = [start + emissions[:, 0]]  # alphas[t][b, j]: log-sum over prefixes ending in j at t, emission included
+    for t in range(1, T):
+        alphas.append(_forward_step(alphas[-1], emissions[:, t], mask[:, t], transitions))
+    # betas[t][b, i]: log-sum over suffixes after label i at t. Past a sequence's end beta stays `end`, so its
+    # last real position sees exactly `end`.
+    betas = [end.expand_as(alphas[0])]
+    for t in range(T - 2, -1, -1):
+        step = torch.logsumexp(transitions + (emissions[:, t + 1] + betas[-1]).unsqueeze(1), dim=2)
+        betas.append(torch.where(mask[:, t + 1, None], step, betas[-1]))
+    alpha, beta = torch.stack(alphas, 1), torch.stack(betas[::-1], 1)
+    log_z = torch.logsumexp(alpha[:, 0] + beta[:, 0], dim=1)
+    return torch.exp(alpha + beta - log_z[:, None, None]) * mask.unsqueeze(2)
+
+
+@torch.no_grad()
+def crf_viterbi(emissions, mask, transitions, start, end):
+    """Highest-scoring path [B, T] LongTensor, -1 at padding."""
+    _check_mask(mask)
+    B, T, L = emissions.shape
+    score = start + emissions[:, 0]
+    keep = torch.arange(L, device=emissions.device).expand(B, L)  # at padding, point back to the same label
+    backpointers = []
+    for t in range(1, T):
+        best, prev = (score.unsqueeze(2) + transitions).max(dim=1)  # over the previous label
+        real = mask[:, t, None]
+        score = torch.where(real, best + emissions[:, t], score)
+        backpointers.append(torch.where(real, prev, keep))
+    tag = (score + end).argmax(dim=1)
+    path = [tag]
+    for prev in reversed(backpointers):
+        tag = prev.gather(1, tag.unsqueeze(1)).squeeze(1)
+        path.append(tag)
+    return torch.stack(path[::-1], 1).masked_fill(~mask, -1)
+
+
+def _forward_step(alpha, emission, real, transitions):
+    """One step of the forward recursion; sequences already ended (real=False) keep their alpha."""
+    step = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1) + emission
+    return torch.where(real.unsqueeze(1), step, alpha)
+
+
+def _check_mask(mask):
+    if mask.dtype != torch.bool or mask.dim() != 2:
+        raise ValueError(f"mask must be a bool [B, T] tensor, got {mask.dtype} {tuple(mask.shape)}")
+    if not mask[:, 0].all() or (mask[:, 1:] & ~mask[:, :-1]).any():
+        raise ValueError("each mask row must be a prefix of Trues with at least one True")
