@@ -1,0 +1,340 @@
+import numpy as np
+import pytest
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss
+
+import ensemble_distill.calibration.metrics as metrics
+from ensemble_distill.calibration import (
+    balanced_calibration,
+    brier,
+    ece,
+    entity_type_confidences,
+    gold_entity_types,
+    stratified_brier,
+    topk_ece,
+    topk_events,
+)
+from ensemble_distill.errors import UserError
+
+# six events used by several hand cases
+CONF6 = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.2])
+HIT6 = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
+
+
+# ------------------------------------------------------------------------------- ECE, hand cases
+
+
+def test_ece_quantile_hand_case():
+    # sorted: .2(0) .3(0) | .6(1) .7(0) | .8(1) .9(1)
+    # |0 - .25| = .25, |.5 - .65| = .15, |1 - .85| = .15; each bin weighs 2/6 -> .55 / 3
+    assert ece(CONF6, HIT6, n_bins=3) == pytest.approx(0.55 / 3, abs=1e-12)
+
+
+def test_ece_uniform_hand_case_differs_from_quantile():
+    # [0, 1/3): .2(0) .3(0) -> 2/6 * .25;  [1/3, 2/3): .6(1) -> 1/6 * .4;  [2/3, 1]: .7 .8 .9, acc 2/3, conf .8
+    # -> 3/6 * (.8 - 2/3).  Total .25/3 + .4/6 + .4/6 = 0.21666...
+    assert ece(CONF6, HIT6, n_bins=3, strategy="uniform") == pytest.approx(0.65 / 3, abs=1e-12)
+
+
+def test_ece_quantile_uneven_and_fewer_events_than_bins():
+    # 7 events into 3 bins: array_split sizes 3, 2, 2
+    conf = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    hit = np.array([0, 0, 1, 1, 0, 1, 1], dtype=bool)
+    # {.1 .2 .3}: |1 - .6| = .4;  {.4 .5}: |1 - .9| = .1;  {.6 .7}: |2 - 1.3| = .7  ->  1.2 / 7
+    assert ece(conf, hit, n_bins=3) == pytest.approx(1.2 / 7, abs=1e-12)
+    # 2 events, 5 bins: sizes 1, 1, 0, 0, 0 -> (|1 - .3| + |0 - .6|) / 2 = .65
+    assert ece([0.6, 0.3], [0, 1], n_bins=5) == pytest.approx(0.65, abs=1e-12)
+
+
+def test_ece_uniform_edges_go_up_and_one_goes_in_last_bin():
+    conf = np.array([0.5, 1.0, 0.25])
+    hit = np.array([1, 1, 0], dtype=bool)
+    # ours: [0, .5): .25(0) -> 1/3 * .25;  [.5, 1]: .5(1) 1.0(1), acc 1, conf .75 -> 2/3 * .25  => .25
+    assert ece(conf, hit, n_bins=2, strategy="uniform") == pytest.approx(0.25, abs=1e-12)
+    # sklearn puts .5 in the lower bin: {.25, .5}: |.5 - .375| = .125;  {1.0}: 0  => unweighted mean .0625
+    assert ece(conf, hit, n_bins=2, strategy="uniform", paper_compatible=True) == pytest.approx(0.0625, abs=1e-12)
+
+
+def test_paper_quantile_ties_merge_bins_and_average_unweighted():
+    conf = np.array([0.5, 0.5, 0.9, 0.5])
+    hit = np.array([1, 0, 1, 0], dtype=bool)
+    # median edge = .5: {.5 .5 .5}: |1/3 - .5| = 1/6;  {.9}: |1 - .9| = .1  => mean (1/6 + .1) / 2
+    assert ece(conf, hit, n_bins=2, paper_compatible=True) == pytest.approx((1 / 6 + 0.1) / 2, abs=1e-12)
+    # ours: ties ordered incorrect first: {.5(0) .5(0)}: |0 - 1| -> ; {.5(1) .9(1)}: |2 - 1.4|  => (1 + .6) / 4
+    assert ece(conf, hit, n_bins=2) == pytest.approx(0.4, abs=1e-12)
+
+
+# ----------------------------------------------------------------- ECE, independent implementations
+
+
+def _brute_force_ece(conf, hit, n_bins):
+    order = np.lexsort((hit, conf))  # by confidence, incorrect before correct on ties
+    total = 0.0
+    for group in np.array_split(order, n_bins):
+        if group.size:
+            total += abs(hit[group].sum() - conf[group].astype(np.float64).sum())
+    return total / conf.size
+
+
+def _random_events(rng, n, dtype):
+    conf = rng.random(n).astype(dtype)
+    conf = np.where(rng.random(n) < 0.3, np.round(conf, 1), conf).astype(dtype)  # ties, and values on edges
+    return conf, rng.random(n) < conf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ece_matches_brute_force(dtype):
+    rng = np.random.default_rng(1)
+    for n in (1, 3, 10, 11, 257, 5000):
+        conf, hit = _random_events(rng, n, dtype)
+        for n_bins in (1, 4, 10, 20):
+            assert ece(conf, hit, n_bins=n_bins) == pytest.approx(_brute_force_ece(conf, hit, n_bins), abs=1e-9)
+
+
+@pytest.mark.parametrize("strategy", ["quantile", "uniform"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_paper_compatible_ece_matches_sklearn_calibration_curve(strategy, dtype):
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 5, 11, 100, 1001, 20000):
+        conf, hit = _random_events(rng, n, dtype)
+        for n_bins in (3, 10, 20):
+            fop, mpv = calibration_curve(hit, conf, n_bins=n_bins, strategy=strategy)
+            expected = np.mean(np.abs(fop - mpv))
+            assert ece(conf, hit, n_bins, strategy, paper_compatible=True) == pytest.approx(expected, abs=1e-12)
+
+
+def test_percentile_edges_are_numpys_bit_for_bit():
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 1000, 12345):
+        for dtype in (np.float32, np.float64):
+            conf = np.sort(rng.random(n).astype(dtype))
+            keys = metrics._event_keys(conf, np.zeros(n, dtype=bool))
+            for n_bins in (1, 10, 20):
+                expected = np.percentile(conf, np.linspace(0, 1, n_bins + 1) * 100)
+                np.testing.assert_array_equal(metrics._sklearn_percentile_edges(keys, conf.dtype, n_bins), expected)
+
+
+# ------------------------------------------------------------------------------------ ECE, properties
+
+
+def test_calibrated_sample_has_small_ece_and_miscalibrated_large():
+    rng = np.random.default_rng(4)
+    conf = rng.random(200_000).astype(np.float32)
+    calibrated = rng.random(conf.size) < conf
+    overconfident = rng.random(conf.size) < conf**2
+    assert ece(conf, calibrated) < 0.01
+    assert ece(conf, overconfident) > 0.1  # E[c - c^2] = 1/6
+
+
+def test_permuting_events_changes_nothing():
+    rng = np.random.default_rng(5)
+    conf, hit = _random_events(rng, 3001, np.float32)
+    perm = rng.permutation(conf.size)
+    for kwargs in ({}, {"strategy": "uniform"}, {"paper_compatible": True}, {"n_bins": 7}):
+        assert ece(conf[perm], hit[perm], **kwargs) == ece(conf, hit, **kwargs)
+
+
+def test_ece_accepts_float_and_int_inputs_alike():
+    as_bool = ece(CONF6, HIT6, n_bins=3)
+    assert ece(CONF6.astype(np.float32), HIT6.astype(np.int64), n_bins=3) == pytest.approx(as_bool, abs=1e-7)
+    assert ece(list(CONF6), list(HIT6.astype(float)), n_bins=3) == as_bool
+    assert ece(-np.zeros(2), [0, 0], n_bins=1) == 0.0  # -0.0 is a valid confidence of zero
+
+
+# ------------------------------------------------------------------------------------------- ECE-k
+
+
+def test_topk_ece_hand_case():
+    probs = np.array([[0.5, 0.3, 0.15, 0.05], [0.1, 0.6, 0.2, 0.1]])
+    gold = np.array([1, 2])
+    # events: (.5, 0) (.3, 1) (.6, 0) (.2, 1); sorted .2(1) .3(1) | .5(0) .6(0)
+    # |2 - .5| + |0 - 1.1| = 2.6, over 4 events = .65
+    assert topk_ece(probs, gold, k=2, n_bins=2) == pytest.approx(0.65, abs=1e-12)
+
+
+def test_topk_events_pools_rows():
+    conf, hit = topk_events([[0.5, 0.3], [0.6, 0.2]], [[0, 1], [1, 2]], [1, 2])
+    np.testing.assert_array_equal(conf, [0.5, 0.3, 0.6, 0.2])
+    np.testing.assert_array_equal(hit, [False, True, False, True])
+
+
+def test_ece1_is_top_label_ece():
+    rng = np.random.default_rng(6)
+    probs = rng.dirichlet(np.full(12, 0.3), size=2000)
+    gold = np.array([rng.choice(12, p=p) for p in probs])
+    top_label = ece(probs.max(axis=1), probs.argmax(axis=1) == gold)
+    assert topk_ece(probs, gold, k=1) == pytest.approx(top_label, abs=1e-12)
+
+
+def _reference_top_n_ece(labels, probs, top_n, bins=10):
+    """The published script's top_n_ece, per position, on probabilities instead of log-probabilities."""
+    top_hits = np.zeros((len(labels), top_n))
+    top_probs = np.zeros_like(top_hits)
+    for i, label in enumerate(labels):
+        ind = np.argpartition(probs[i, :], -top_n)[-top_n:]
+        top_hits[i, :] = np.where(ind == label, 1.0, 0.0)
+        top_probs[i, :] = probs[i, :][ind]
+    fop, mpv = calibration_curve(top_hits.flatten(), top_probs.flatten(), strategy="quantile", n_bins=bins)
+    return np.mean(np.abs(fop - mpv))
+
+
+def test_paper_topk_ece_matches_reference_script(monkeypatch):
+    monkeypatch.setattr(metrics, "_TOPK_CHUNK_ELEMENTS", 50 * 40)  # several chunks of rows
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.full(40, 0.2), size=700).astype(np.float32)
+    gold = rng.integers(0, 40, size=700)
+    for k in (1, 5):
+        expected = _reference_top_n_ece(gold, probs, k)
+        assert topk_ece(probs, gold, k, paper_compatible=True) == pytest.approx(expected, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- Brier
+
+
+def test_brier_hand_case():
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]])
+    # (.3^2 + .2^2 + .1^2) = .14;  (.2^2 + .5^2 + .7^2) = .78;  mean .46
+    assert brier(probs, [0, 2]) == pytest.approx(0.46, abs=1e-12)
+
+
+def test_two_class_brier_is_twice_sklearns_binary_brier():
+    rng = np.random.default_rng(8)
+    p1 = rng.random(1000)
+    gold = (rng.random(1000) < p1).astype(int)
+    probs = np.stack([1 - p1, p1], axis=1)
+    # (p1 - y)^2 + (p0 - (1 - y))^2 = 2 (p1 - y)^2
+    assert brier(probs, gold) == pytest.approx(2 * brier_score_loss(gold, p1), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------- entity types
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def test_entity_type_confidences_adds_b_and_i_and_clips_at_one():
+    probs = np.array([
+        [0.1, 0.3, 0.2, 0.25, 0.15],
+        [0.0, 0.6, 0.45, 0.0, 0.0],  # unnormalised: PER would be 1.05
+    ], dtype=np.float32)
+    conf, types = entity_type_confidences(probs, LABELS)
+    assert types == ["LOC", "PER"]
+    np.testing.assert_allclose(conf, [[0.4, 0.5], [0.0, 1.0]], atol=1e-7)
+    assert conf.dtype == np.float32
+
+
+def test_gold_entity_types():
+    types = ["LOC", "PER"]
+    np.testing.assert_array_equal(gold_entity_types([0, 1, 2, 3, 4, 0], LABELS, types), [-1, 1, 1, 0, 0, -1])
+
+
+def test_stratified_brier_hand_case():
+    type_conf = np.array([[0.9, 0.1], [0.2, 0.3], [0.0, 0.6]])
+    gold_type = np.array([0, -1, 1])
+    # positives (0,0) .9 -> .01, (2,1) .6 -> .16: BS+ = .085
+    # negatives .1, .2, .3, .0 -> .01 + .04 + .09 + 0 = .14 over 4: BS- = .035
+    bs_plus, bs_minus = stratified_brier(type_conf, gold_type)
+    assert bs_plus == pytest.approx(0.085, abs=1e-12)
+    assert bs_minus == pytest.approx(0.035, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------- B-ECE and B-BS
+
+# type A (0): gold at positions 0, 3 -> N = 2, keep 4: .9(g) .8 .4 .3(g); drop .2 .1
+# type B (1): gold at position 2 -> N = 1, keep 2: .7(g) .6
+# type C (2): no gold -> skipped
+TYPE_CONF = np.array([
+    [0.9, 0.1, 0.5],
+    [0.8, 0.2, 0.5],
+    [0.4, 0.7, 0.5],
+    [0.3, 0.1, 0.5],
+    [0.2, 0.6, 0.5],
+    [0.1, 0.05, 0.5],
+])
+GOLD_TYPE = np.array([0, -1, 1, 0, -1, -1])
+
+
+def test_balanced_calibration_two_types_by_hand():
+    result = balanced_calibration(TYPE_CONF, GOLD_TYPE, n_bins=2)
+    a, b = result.per_type
+    # A sorted .3(1) .4(0) | .8(0) .9(1): |1 - .7| + |1 - 1.7| = 1.0 over 4 = .25
+    #   Brier (.49 + .16 + .64 + .01) / 4 = .325
+    assert (a.type_index, a.n_gold, a.n_kept) == (0, 2, 4)
+    assert a.ece == pytest.approx(0.25, abs=1e-12) and a.brier == pytest.approx(0.325, abs=1e-12)
+    # B sorted .6(0) | .7(1): (.6 + .3) / 2 = .45;  Brier (.36 + .09) / 2 = .225
+    assert (b.type_index, b.n_gold, b.n_kept) == (1, 1, 2)
+    assert b.ece == pytest.approx(0.45, abs=1e-12) and b.brier == pytest.approx(0.225, abs=1e-12)
+    # weights 4 : 2
+    assert result.b_ece == pytest.approx((4 * 0.25 + 2 * 0.45) / 6, abs=1e-12)
+    assert result.b_bs == pytest.approx((4 * 0.325 + 2 * 0.225) / 6, abs=1e-12)
+
+
+def test_balanced_calibration_three_bins_ours_and_paper():
+    ours = balanced_calibration(TYPE_CONF, GOLD_TYPE, n_bins=3)
+    # A: 4 events, sizes 2, 1, 1: |1 - .7| + |0 - .8| + |1 - .9| = 1.2 over 4 = .3;  B: sizes 1, 1, 0: .45
+    assert ours.b_ece == pytest.approx((4 * 0.3 + 2 * 0.45) / 6, abs=1e-12)
+    paper = balanced_calibration(TYPE_CONF, GOLD_TYPE, n_bins=3, paper_compatible=True)
+    # A: bins of floor(4/3) = 1 from the top, .3 dropped: (.4 + .8 + .1) / 3;  B: 2 < 3 events -> NaN, left out
+    assert paper.per_type[0].ece == pytest.approx(1.3 / 3, abs=1e-12)
+    assert np.isnan(paper.per_type[1].ece)
+    assert paper.b_ece == pytest.approx(1.3 / 3, abs=1e-12)
+    assert paper.b_bs == ours.b_bs
+
+
+def test_balanced_keeps_all_events_when_fewer_than_2n():
+    gold_type = np.array([0, 0, 0, 0, -1, 1])
+    result = balanced_calibration(TYPE_CONF, gold_type, n_bins=2)
+    assert [(p.n_gold, p.n_kept) for p in result.per_type] == [(4, 6), (1, 2)]
+
+
+def _brute_force_balanced(type_conf, gold_type, n_bins):
+    per_type = []
+    for t in range(type_conf.shape[1]):
+        is_gold = gold_type == t
+        n_gold = int(is_gold.sum())
+        if n_gold:
+            order = np.lexsort((is_gold, type_conf[:, t]))[::-1][: 2 * n_gold]
+            conf, hit = type_conf[order, t], is_gold[order]
+            per_type.append((order.size, _brute_force_ece(conf, hit, n_bins), np.mean((conf.astype(np.float64) - hit) ** 2)))
+    kept = np.array([p[0] for p in per_type])
+    return kept @ [p[1] for p in per_type] / kept.sum(), kept @ [p[2] for p in per_type] / kept.sum()
+
+
+def test_balanced_matches_brute_force_and_ignores_order():
+    rng = np.random.default_rng(9)
+    probs = rng.dirichlet(np.full(9, 0.3), size=3000).astype(np.float32)
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+    type_conf, types = entity_type_confidences(probs, labels)
+    gold_type = gold_entity_types(rng.integers(0, 9, size=3000), labels, types)
+    result = balanced_calibration(type_conf, gold_type)
+    b_ece, b_bs = _brute_force_balanced(type_conf, gold_type, 20)
+    assert result.b_ece == pytest.approx(b_ece, abs=1e-9)
+    assert result.b_bs == pytest.approx(b_bs, abs=1e-9)
+    perm = rng.permutation(3000)
+    assert balanced_calibration(type_conf[perm], gold_type[perm]) == result
+    assert stratified_brier(type_conf[perm], gold_type[perm]) == pytest.approx(stratified_brier(type_conf, gold_type))
+
+
+# -------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: ece([0.1, 0.2], [1]), "same length"),
+    (lambda: ece([0.1, np.nan], [1, 0]), "NaN"),
+    (lambda: ece([0.1, 1.5], [1, 0]), r"\[0, 1\]"),
+    (lambda: ece([0.1, 0.2], [1, 2]), "0/1"),
+    (lambda: ece([], []), "no events"),
+    (lambda: ece([0.1], [1], n_bins=0), "n_bins"),
+    (lambda: ece([0.1], [1], strategy="equal"), "strategy"),
+    (lambda: topk_ece(np.full((2, 3), 1 / 3), [0, 1], k=4), "k must be"),
+    (lambda: topk_ece(np.full((2, 3), 1 / 3), [0, 3], k=1), "ids must lie"),
+    (lambda: brier(np.full((2, 3), 1 / 3), [0]), "gold must be"),
+    (lambda: brier(np.full((2, 3), 1 / 3), [0.0, 1.0]), "integers"),
+    (lambda: entity_type_confidences(np.full((2, 3), 1 / 3), ["O", "B-PER", "PER"]), "IOB2"),
+    (lambda: entity_type_confidences(np.full((2, 3), 1 / 3), ["O", "B-PER"]), "2 label names"),
+    (lambda: gold_entity_types([1], LABELS, ["PER"]), "LOC"),
+    (lambda: stratified_brier(np.full((2, 2), 0.5), [0, 2]), "gold_type must lie"),
+    (lambda: balanced_calibration(np.full((2, 2), 0.5), [-1, -1]), "no position"),
+])
+def test_bad_input_raises_user_error(call, message):
+    with pytest.raises(UserError, match=message):
+        call()
