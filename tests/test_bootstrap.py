@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from ensemble_distill.calibration.bootstrap import bootstrap, bootstrap_ci, sentence_positions
+from ensemble_distill.calibration.metrics import ece
 from ensemble_distill.errors import UserError
 
 
@@ -100,3 +101,25 @@ def test_bad_arguments():
         bootstrap_ci(lambda pos, sent: 0.0, [0, 1], n_boot=0)
     with pytest.raises(UserError, match="alpha"):
         bootstrap_ci(lambda pos, sent: 0.0, [0, 1], alpha=1.5)
+
+
+def calibration_sample(seed, n=20000, power=1.0):
+    """Confidences U(0.5, 1) and outcomes that are correct with probability confidence**power."""
+    rng = np.random.default_rng(seed)
+    offsets = random_offsets(rng, n // 4, max_len=8)
+    conf = rng.uniform(0.5, 1.0, size=offsets[-1])
+    correct = rng.random(offsets[-1]) < conf**power
+    return offsets, conf, correct
+
+
+def test_ece_interval_of_a_perfectly_calibrated_sample_is_near_zero():
+    offsets, conf, correct = calibration_sample(0)
+    ci = bootstrap_ci(lambda pos, sent: ece(conf[pos], correct[pos]), offsets, n_boot=100)
+    assert 0 <= ci.ci_low < ci.ci_high < 0.02  # finite-sample ECE is biased up a little, never negative
+
+
+def test_ece_interval_of_a_miscalibrated_sample_covers_its_true_error():
+    # P(correct) = c^2 <= c: every bin's gap is mean(c - c^2), so ECE = E[c - c^2] = 1/6 for c ~ U(0.5, 1).
+    offsets, conf, correct = calibration_sample(1, power=2.0)
+    ci = bootstrap_ci(lambda pos, sent: ece(conf[pos], correct[pos]), offsets, n_boot=100)
+    assert ci.ci_low < 1 / 6 < ci.ci_high and ci.ci_low > 0.1

@@ -1,0 +1,120 @@
+"""Calibration figures (PNG, drawn with matplotlib's Agg canvas, no pyplot state): reliability diagrams and
+precision-recall curves of NER entity confidences.
+
+The PR curve follows the paper's appendix B: thresholding per-position marginal probabilities. Every
+(position, entity type) pair is an event with confidence min(1, p(B-X) + p(I-X)); it is a true positive
+when the position's gold type is X. Lowering the threshold sweeps out (recall, precision) points, recall
+being over all positions with a gold entity type. The area is the average precision (step-wise, as in
+scikit-learn), which unlike the trapezoid rule does not reward interpolating between operating points.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..io_utils import atomic_path
+
+
+@dataclass(frozen=True)
+class PRCurve:
+    """Precision and recall at each distinct threshold (descending), and the average precision."""
+
+    precision: np.ndarray
+    recall: np.ndarray
+    thresholds: np.ndarray
+    average_precision: float
+
+
+def precision_recall_curve(type_conf, gold_type) -> PRCurve:
+    """PR curve of entity-type events: type_conf float [N, T], gold_type int [N] (-1 for O)."""
+    return EventRanking(type_conf, gold_type).curve()
+
+
+class EventRanking:
+    """Entity-type events sorted once by descending confidence, for the PR curve of any reweighting of positions.
+
+    A bootstrap replicate is a multiset of positions, i.e. a count per position; with those counts as
+    weights, the curve of the replicate needs cumulative sums in the stored order, not a new sort.
+    """
+
+    def __init__(self, type_conf, gold_type):
+        type_conf, gold_type = np.asarray(type_conf), np.asarray(gold_type)
+        scores = type_conf.ravel()
+        order = np.argsort(-scores)
+        self.n_positions = type_conf.shape[0]
+        self.position = order // type_conf.shape[1]  # the position each sorted event belongs to
+        self.is_gold = gold_type[self.position] == order % type_conf.shape[1]
+        # One point per distinct threshold: the last event of each run of equal scores (so the order within
+        # a run, which an unstable sort leaves arbitrary, does not matter).
+        sorted_scores = scores[order]
+        self.run_ends = np.flatnonzero(np.diff(sorted_scores, append=-np.inf))
+        self.thresholds = sorted_scores[self.run_ends]
+
+    def curve(self, position_weights=None) -> PRCurve:
+        """The PR curve with each position counted `position_weights[n]` times (default once)."""
+        if position_weights is None:
+            weight = np.ones(len(self.position))
+        else:
+            weight = np.asarray(position_weights, dtype=np.float64)[self.position]
+        predicted = np.cumsum(weight)[self.run_ends]
+        true_pos = np.cumsum(weight * self.is_gold)[self.run_ends]
+        kept = np.diff(predicted, prepend=0.0) > 0  # thresholds whose events all have weight 0 add no point
+        predicted, true_pos = predicted[kept], true_pos[kept]
+        n_gold = true_pos[-1] if len(true_pos) else 0.0
+        precision = true_pos / predicted
+        recall = true_pos / n_gold if n_gold else np.full(len(true_pos), np.nan)
+        average_precision = float(np.sum(np.diff(recall, prepend=0.0) * precision))
+        return PRCurve(precision, recall, self.thresholds[kept], average_precision)
+
+
+def reliability_bins(confidence, correct, n_bins=10):
+    """Per equal-width confidence bin [b/n, (b+1)/n) (1.0 in the last): event count, accuracy and mean
+    confidence (NaN for empty bins)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    bins = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.bincount(bins, weights=correct, minlength=n_bins) / counts
+        mean_conf = np.bincount(bins, weights=confidence, minlength=n_bins) / counts
+    return counts, accuracy, mean_conf
+
+
+def reliability_diagram(confidence, correct, path, n_bins=10, title="Reliability diagram", ece=None) -> None:
+    """Accuracy against confidence in equal-width bins, with the diagonal, and the events per bin beneath."""
+    counts, accuracy, mean_conf = reliability_bins(confidence, correct, n_bins)
+    left = np.arange(n_bins) / n_bins
+    width = 1 / n_bins
+
+    fig = Figure(figsize=(5, 6.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(left, np.nan_to_num(accuracy), width=width, align="edge", edgecolor="black", alpha=0.8, label="accuracy")
+    top.plot(mean_conf, accuracy, "o", color="tab:red", markersize=4, label="mean confidence")
+    top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    top.set_title(title if ece is None else f"{title} (ECE {100 * ece:.2f}%)")
+    top.legend(loc="upper left", fontsize="small", framealpha=0.8)
+    bottom.bar(left, counts, width=width, align="edge", edgecolor="black", color="tab:gray")
+    for x, n in zip(left + width / 2, counts):
+        bottom.annotate(f"{n}", (x, n), ha="center", va="bottom", fontsize=7)
+    bottom.set(xlabel="confidence", ylabel="events", yscale="symlog")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def pr_curve_plot(curves: dict[str, PRCurve], path, title="Precision-recall of entity-type confidences") -> None:
+    """One or more PR curves (e.g. several models, as the paper's figure 3), each labelled with its area."""
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    for name, curve in curves.items():
+        ax.step(curve.recall, curve.precision, where="pre", label=f"{name} (AP {100 * curve.average_precision:.2f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig: Figure, path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)

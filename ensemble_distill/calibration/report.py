@@ -1,0 +1,182 @@
+"""Evaluation of a predictions file: every task and calibration metric with a sentence-bootstrap 95% interval.
+
+    metrics = evaluate(load_predictions("dev.npz"), out_dir="dev-eval")   # {name: {value, ci_low, ci_high}}
+    print(format_table(metrics))
+
+Values are raw: fractions, except BLEU (sacrebleu's 0-100). The paper prints calibration metrics and F1 as
+percentages (x100, see its Table 1 and Table 2); `PAPER_SCALE` gives the factor per metric.
+"""
+
+import importlib.metadata
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..io_utils import atomic_write_json
+from ..predictions import Predictions
+from .bootstrap import bootstrap
+from .metrics import (
+    balanced_calibration,
+    brier,
+    ece,
+    entity_type_confidences,
+    gold_entity_types,
+    stratified_brier,
+    topk_events,
+)
+from .plots import EventRanking, pr_curve_plot, precision_recall_curve, reliability_diagram
+from .task_metrics import bleu_from_stats, bleu_stats, span_counts, span_scores
+
+ALPHA = 0.05
+ECE_BINS = 10  # ECE-1 / ECE-k: quantile bins
+BALANCED_BINS = 20  # B-ECE: quantile bins per entity type (paper section 4.2)
+TOP_K = (1, 5)  # ECE-k of translation, as the paper's ECE-1 and ECE-5
+
+DESCRIPTIONS = {
+    "f1": "entity span F1 (seqeval strict IOB2, micro)",
+    "precision": "entity span precision",
+    "recall": "entity span recall",
+    "token_accuracy": "token accuracy of predicted labels",
+    "bleu": "corpus BLEU (sacrebleu)",
+    "ece_1": "ECE of top-1 predictions",
+    "ece_1_paper": "ECE-1, paper's reference binning",
+    "ece_5": "ECE of pooled top-5 predictions",
+    "ece_5_paper": "ECE-5, paper's reference binning",
+    "brier": "Brier score (sum over classes)",
+    "bs_plus": "BS+ (gold events)",
+    "bs_minus": "BS- (non-gold entity-type events)",
+    "b_bs": "balanced Brier score",
+    "b_ece": "balanced ECE",
+    "b_ece_paper": "B-ECE, paper's reference binning",
+    "pr_auc": "area under entity-type PR curve (AP)",
+}
+PAPER_SCALE = {name: 1 if name == "bleu" else 100 for name in DESCRIPTIONS}
+
+
+def evaluate(preds: Predictions, out_dir=None, n_boot=1000, seed=0) -> dict[str, dict[str, float]]:
+    """All metrics of `preds` as {name: {value, ci_low, ci_high}}; with `out_dir`, also metrics.json and PNGs."""
+    if preds.task == "tagging":
+        metrics_fn, settings = tagging_metrics(preds)
+    else:
+        metrics_fn, settings = translation_metrics(preds)
+    intervals = bootstrap(metrics_fn, preds.sentence_offsets, n_boot=n_boot, alpha=ALPHA, seed=seed)
+    metrics = {name: intervals[name].as_dict() for name in DESCRIPTIONS if name in intervals}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        settings |= {"n_boot": n_boot, "seed": seed, "alpha": ALPHA, "interval": "percentile, sentence bootstrap"}
+        write_metrics_json(out_dir / "metrics.json", preds, metrics, settings)
+        write_plots(out_dir, preds, metrics)
+    return metrics
+
+
+def tagging_metrics(preds: Predictions):
+    """The metrics function of a tagging file (positions, sentences) -> {name: value}, and its settings."""
+    probs, gold, pred = preds.probs, preds.gold, preds.predicted()
+    top1_conf, top1_correct = top1_events(preds)
+    counts = span_counts(preds.sentence_labels(gold), preds.sentence_labels(pred))
+    type_conf, type_names = entity_type_confidences(probs, preds.label_names)
+    gold_type = gold_entity_types(gold, preds.label_names, type_names)
+    ranking = EventRanking(type_conf, gold_type)
+
+    def metrics(pos, sent):
+        conf, gold_t = type_conf[pos], gold_type[pos]
+        bs_plus, bs_minus = stratified_brier(conf, gold_t)
+        out = span_scores(counts[sent]) | {
+            "token_accuracy": float(np.mean(pred[pos] == gold[pos])),
+            "ece_1": ece(top1_conf[pos], top1_correct[pos], n_bins=ECE_BINS),
+            "brier": brier(probs[pos], gold[pos]),
+            "bs_plus": bs_plus,
+            "bs_minus": bs_minus,
+        }
+        if not np.any(gold_t >= 0):  # no gold entity: the balanced metrics are undefined
+            return out | dict.fromkeys(("b_bs", "b_ece", "b_ece_paper", "pr_auc"), float("nan"))
+        balanced = balanced_calibration(conf, gold_t, n_bins=BALANCED_BINS)
+        paper = balanced_calibration(conf, gold_t, n_bins=BALANCED_BINS, paper_compatible=True)
+        pr_auc = ranking.curve(np.bincount(pos, minlength=len(gold))).average_precision
+        return out | {"b_bs": balanced.b_bs, "b_ece": balanced.b_ece, "b_ece_paper": paper.b_ece, "pr_auc": pr_auc}
+
+    settings = {
+        "task": "tagging",
+        "entity_types": type_names,
+        "span_f1": "seqeval, mode=strict, scheme=IOB2, micro average",
+        "ece_bins": ECE_BINS,
+        "balanced_bins": BALANCED_BINS,
+        "pred": "stored pred" if preds.pred is not None else "argmax of probs",
+    }
+    return metrics, settings
+
+
+def translation_metrics(preds: Predictions):
+    """The metrics function of a translation file (positions, sentences) -> {name: value}, and its settings."""
+    gold, top_ids, top_probs = preds.gold, preds.top_ids, preds.top_probs
+    gold_prob, sum_sq = preds.gold_prob.astype(np.float64), preds.sum_sq.astype(np.float64)
+    stats, signature = bleu_stats(preds.hypotheses, preds.references)
+    ks = [k for k in TOP_K if k <= top_ids.shape[1]]
+
+    def metrics(pos, sent):
+        out = {"bleu": bleu_from_stats(stats[sent])}
+        for k in ks:
+            conf, correct = topk_events(top_probs[pos, :k], top_ids[pos, :k], gold[pos])
+            out[f"ece_{k}"] = ece(conf, correct, n_bins=ECE_BINS)
+            out[f"ece_{k}_paper"] = ece(conf, correct, n_bins=ECE_BINS, paper_compatible=True)
+        out["bs_plus"] = float(np.mean(np.square(1 - gold_prob[pos])))
+        out["brier"] = float(np.mean(sum_sq[pos] - 2 * gold_prob[pos] + 1))
+        return out
+
+    settings = {
+        "task": "translation",
+        "bleu_signature": signature,
+        "ece_bins": ECE_BINS,
+        "ece_k": ks,
+        "top_k_stored": int(top_ids.shape[1]),
+    }
+    return metrics, settings
+
+
+def top1_events(preds: Predictions) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: the highest probability and whether its label is the gold one (the events of ECE-1)."""
+    if preds.task == "tagging":
+        return preds.probs.max(axis=1), preds.probs.argmax(axis=1) == preds.gold
+    return preds.top_probs[:, 0], preds.top_ids[:, 0] == preds.gold
+
+
+def format_table(metrics: dict[str, dict[str, float]]) -> str:
+    """A plain-text table: metric, value, 95% CI, unit and what the metric is."""
+    rows = [("metric", "value", f"{100 * (1 - ALPHA):.0f}% CI", "unit", "")]
+    for name, m in metrics.items():
+        unit = "0-100" if PAPER_SCALE[name] == 1 else "fraction"
+        ci = f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+        rows.append((name, f"{m['value']:.4f}", ci, unit, DESCRIPTIONS[name]))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4] for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append("Fractions are raw; the paper prints them x100 (percent). BLEU is on sacrebleu's 0-100 scale.")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def write_metrics_json(path, preds: Predictions, metrics, settings) -> None:
+    versions = {pkg: importlib.metadata.version(pkg) for pkg in ("numpy", "scikit-learn", "seqeval", "sacrebleu")}
+    atomic_write_json(
+        path,
+        {
+            "metrics": metrics,
+            "paper_scale": {name: PAPER_SCALE[name] for name in metrics},
+            "settings": settings | {"n_sentences": preds.n_sentences, "n_positions": preds.n_positions},
+            "versions": versions | {"ensemble_distill": __version__},
+            "predictions_meta": preds.meta,
+        },
+    )
+
+
+def write_plots(out_dir: Path, preds: Predictions, metrics) -> None:
+    """reliability_top1.png for every task; pr_curve.png for tagging."""
+    confidence, correct = top1_events(preds)
+    name = str(preds.meta.get("model", preds.task))
+    ece_1 = metrics["ece_1"]["value"]
+    reliability_diagram(confidence, correct, out_dir / "reliability_top1.png", title=f"Top-1 reliability ({name})", ece=ece_1)
+    if preds.task == "tagging":
+        type_conf, type_names = entity_type_confidences(preds.probs, preds.label_names)
+        gold_type = gold_entity_types(preds.gold, preds.label_names, type_names)
+        curve = precision_recall_curve(type_conf, gold_type)
+        pr_curve_plot({name: curve}, out_dir / "pr_curve.png")

@@ -1,0 +1,161 @@
+import json
+
+import numpy as np
+import pytest
+import sacrebleu
+from seqeval.metrics import f1_score
+from seqeval.scheme import IOB2
+from sklearn.metrics import average_precision_score
+
+from ensemble_distill.calibration.metrics import (
+    balanced_calibration,
+    brier,
+    ece,
+    entity_type_confidences,
+    gold_entity_types,
+    stratified_brier,
+    topk_ece,
+)
+from ensemble_distill.calibration.report import evaluate, format_table
+from ensemble_distill.cli import main
+from ensemble_distill.predictions import Predictions, save_predictions
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+TAGGING_METRICS = ["f1", "precision", "recall", "token_accuracy", "ece_1", "brier", "bs_plus", "bs_minus",
+                   "b_bs", "b_ece", "b_ece_paper", "pr_auc"]  # fmt: skip
+
+
+def tagging_preds(n_sentences=40, seed=0):
+    """Sentences of B-X I-X ... O tags, and a model that puts most of its mass on the gold label."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 9, n_sentences)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    n = offsets[-1]
+    gold = np.zeros(n, dtype=np.int64)
+    starts = np.flatnonzero(rng.random(n) < 0.25)
+    gold[starts] = rng.choice([1, 3], size=len(starts))
+    inside = starts[(starts + 1 < n) & (rng.random(len(starts)) < 0.5)] + 1
+    gold[inside] = np.where(gold[inside] == 0, gold[inside - 1] + 1, gold[inside])
+    gold[offsets[:-1]] = np.where(np.isin(gold[offsets[:-1]], [2, 4]), 0, gold[offsets[:-1]])
+    logits = rng.normal(size=(n, 5))
+    logits[np.arange(n), gold] += 2.5
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return Predictions.tagging(probs, gold, offsets, LABELS, meta={"model": "toy-tagger"})
+
+
+def test_tagging_values_equal_independent_computations(tmp_path):
+    preds = tagging_preds()
+    metrics = evaluate(preds, out_dir=tmp_path, n_boot=20, seed=0)
+    assert list(metrics) == TAGGING_METRICS
+    probs, gold = preds.probs, preds.gold
+    value = {name: m["value"] for name, m in metrics.items()}
+
+    gold_seqs, pred_seqs = preds.sentence_labels(gold), preds.sentence_labels(probs.argmax(axis=1))
+    assert value["f1"] == pytest.approx(f1_score(gold_seqs, pred_seqs, mode="strict", scheme=IOB2))
+    assert value["token_accuracy"] == pytest.approx(np.mean(probs.argmax(axis=1) == gold))
+    assert value["ece_1"] == pytest.approx(topk_ece(probs, gold, 1))
+    assert value["brier"] == pytest.approx(brier(probs, gold))
+    type_conf, types = entity_type_confidences(probs, LABELS)
+    gold_type = gold_entity_types(gold, LABELS, types)
+    assert (value["bs_plus"], value["bs_minus"]) == pytest.approx(stratified_brier(type_conf, gold_type))
+    assert value["b_bs"] == pytest.approx(balanced_calibration(type_conf, gold_type).b_bs)
+    assert value["b_ece"] == pytest.approx(balanced_calibration(type_conf, gold_type).b_ece)
+    assert value["b_ece_paper"] == pytest.approx(balanced_calibration(type_conf, gold_type, paper_compatible=True).b_ece)
+    y = (gold_type[:, None] == np.arange(len(types))).ravel()
+    assert value["pr_auc"] == pytest.approx(average_precision_score(y, type_conf.ravel()))
+    for name in ("f1", "token_accuracy", "brier", "bs_plus", "pr_auc"):
+        assert metrics[name]["ci_low"] <= value[name] <= metrics[name]["ci_high"]
+
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["metrics"] == metrics
+    assert saved["settings"]["n_boot"] == 20 and saved["settings"]["seed"] == 0
+    assert saved["settings"]["n_positions"] == preds.n_positions
+    assert set(saved["versions"]) >= {"seqeval", "sacrebleu", "numpy", "ensemble_distill"}
+    assert saved["paper_scale"]["f1"] == 100 and saved["predictions_meta"] == {"model": "toy-tagger"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "pr_curve.png", "reliability_top1.png"]
+
+
+def test_stored_predictions_are_the_ones_scored():
+    preds = tagging_preds()
+    preds.pred = np.zeros_like(preds.gold)  # all O: no predicted entity
+    metrics = evaluate(preds, n_boot=5)
+    assert metrics["f1"]["value"] == 0.0 and metrics["precision"]["value"] == 0.0
+    assert metrics["token_accuracy"]["value"] == pytest.approx(np.mean(preds.gold == 0))
+
+
+def test_evaluate_is_seeded():
+    preds = tagging_preds(seed=1)
+    assert evaluate(preds, n_boot=15, seed=3) == evaluate(preds, n_boot=15, seed=3)
+    assert evaluate(preds, n_boot=15, seed=3) != evaluate(preds, n_boot=15, seed=4)
+
+
+HYPS = ["the cat sat on the mat", "a dog barked", "it is raining today", "hello world"]
+REFS = ["the cat sat on a mat", "the dog barked", "it rains today", "hello world"]
+
+
+def translation_preds(vocab=40, seed=0):
+    rng = np.random.default_rng(seed)
+    offsets = np.array([0, 7, 11, 16, 19])
+    probs = rng.dirichlet(np.full(vocab, 0.2), size=19)
+    gold = np.where(rng.random(19) < 0.6, probs.argmax(axis=1), rng.integers(0, vocab, 19))
+    names = [f"piece{i}" for i in range(vocab)]
+    return Predictions.translation(probs, gold, offsets, names, HYPS, REFS, k=5), probs
+
+
+def test_translation_values_equal_independent_computations(tmp_path):
+    preds, probs = translation_preds()
+    metrics = evaluate(preds, out_dir=tmp_path, n_boot=20)
+    assert list(metrics) == ["bleu", "ece_1", "ece_1_paper", "ece_5", "ece_5_paper", "brier", "bs_plus"]
+    value = {name: m["value"] for name, m in metrics.items()}
+    gold = preds.gold
+    assert value["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
+    # From the dense distributions, which the compact file no longer holds.
+    assert value["ece_1"] == pytest.approx(topk_ece(probs, gold, 1), rel=1e-5)
+    assert value["ece_5"] == pytest.approx(topk_ece(probs, gold, 5), rel=1e-5)
+    assert value["ece_5_paper"] == pytest.approx(topk_ece(probs, gold, 5, paper_compatible=True), rel=1e-5)
+    assert value["brier"] == pytest.approx(brier(probs, gold), rel=1e-5)
+    assert value["bs_plus"] == pytest.approx(np.mean((1 - probs[np.arange(19), gold]) ** 2), rel=1e-5)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert "tok:13a" in saved["settings"]["bleu_signature"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "reliability_top1.png"]
+
+
+def test_ece_5_is_left_out_when_fewer_than_5_are_stored():
+    preds, _ = translation_preds()
+    preds.top_ids, preds.top_probs = preds.top_ids[:, :3], preds.top_probs[:, :3]
+    assert list(evaluate(preds, n_boot=3)) == ["bleu", "ece_1", "ece_1_paper", "brier", "bs_plus"]
+
+
+def test_format_table_shows_every_metric_with_its_interval_and_unit():
+    metrics = {"f1": {"value": 0.91234, "ci_low": 0.9, "ci_high": 0.925}, "bleu": {"value": 27.5, "ci_low": 26.0,
+                                                                                   "ci_high": 29.01}}  # fmt: skip
+    lines = format_table(metrics).splitlines()
+    assert lines[0].split()[:5] == ["metric", "value", "95%", "CI", "unit"]
+    f1 = next(line for line in lines if line.startswith("f1 "))
+    assert "0.9123" in f1 and "[0.9000, 0.9250]" in f1 and "fraction" in f1
+    bleu = next(line for line in lines if line.startswith("bleu "))
+    assert "27.5000" in bleu and "[26.0000, 29.0100]" in bleu and "0-100" in bleu
+    assert "x100" in lines[-1]
+
+
+def test_cli_evaluate_writes_metrics_and_plots(tmp_path, capsys):
+    save_predictions(tmp_path / "dev.npz", tagging_preds())
+    assert main(["evaluate", str(tmp_path / "dev.npz"), "--out", str(tmp_path / "ev"), "--n-boot", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "f1" in out and "95% CI" in out
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["settings"]["n_boot"] == 10
+    assert (tmp_path / "ev" / "pr_curve.png").exists() and (tmp_path / "ev" / "reliability_top1.png").exists()
+    # Default output folder: beside the predictions file.
+    assert main(["evaluate", str(tmp_path / "dev.npz"), "--n-boot", "2", "--seed", "1"]) == 0
+    assert (tmp_path / "dev-eval" / "metrics.json").exists()
+
+
+def test_cli_evaluate_reports_a_bad_file_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not an archive")
+    assert main(["evaluate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "not a predictions .npz file" in err
+    assert main(["evaluate", str(tmp_path / "missing.npz")]) == 2
+    assert "missing.npz: no such predictions file" in capsys.readouterr().err
