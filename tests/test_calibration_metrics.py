@@ -179,7 +179,7 @@ def _reference_top_n_ece(labels, probs, top_n, bins=10):
 
 
 def test_paper_topk_ece_matches_reference_script(monkeypatch):
-    monkeypatch.setattr(metrics, "_TOPK_CHUNK_ELEMENTS", 50 * 40)  # several chunks of rows
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 50 * 40)  # several chunks of rows
     rng = np.random.default_rng(7)
     probs = rng.dirichlet(np.full(40, 0.2), size=700).astype(np.float32)
     gold = rng.integers(0, 40, size=700)
@@ -220,6 +220,13 @@ def test_entity_type_confidences_adds_b_and_i_and_clips_at_one():
     assert types == ["LOC", "PER"]
     np.testing.assert_allclose(conf, [[0.4, 0.5], [0.0, 1.0]], atol=1e-7)
     assert conf.dtype == np.float32
+
+
+def test_entity_type_confidences_in_row_blocks(monkeypatch):
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 5 * 64)  # blocks of 64 rows
+    probs = np.random.default_rng(10).dirichlet(np.ones(5), size=1000)
+    conf, _ = entity_type_confidences(probs, LABELS)
+    np.testing.assert_array_equal(conf, np.stack([probs[:, 3] + probs[:, 4], probs[:, 1] + probs[:, 2]], axis=1))
 
 
 def test_gold_entity_types():
@@ -321,6 +328,8 @@ def test_balanced_matches_brute_force_and_ignores_order():
     (lambda: ece([0.1, 0.2], [1]), "same length"),
     (lambda: ece([0.1, np.nan], [1, 0]), "NaN"),
     (lambda: ece([0.1, 1.5], [1, 0]), r"\[0, 1\]"),
+    (lambda: ece(np.array([-0.1, 0.5], dtype=np.float32), [1, 0]), r"\[0, 1\]"),
+    (lambda: ece([0.1, np.inf], [1, 0]), r"\[0, 1\]"),
     (lambda: ece([0.1, 0.2], [1, 2]), "0/1"),
     (lambda: ece([], []), "no events"),
     (lambda: ece([0.1], [1], n_bins=0), "n_bins"),

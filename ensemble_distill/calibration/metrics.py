@@ -53,7 +53,7 @@ from ensemble_distill.errors import UserError
 
 STRATEGIES = ("quantile", "uniform")
 _UINT_OF_FLOAT = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
-_TOPK_CHUNK_ELEMENTS = 1 << 22  # rows of probs handled per argpartition call: bounds its [rows, C] index temp
+_BLOCK_ELEMENTS = 1 << 16  # elements per block in blocked loops: small enough to stay in cache
 
 
 # --------------------------------------------------------------------------------------------- ECE
@@ -103,7 +103,7 @@ def _top_k(probs, k):
     """The k largest probabilities of each row and their class ids, [N, k], as np.argpartition picks them."""
     n, c = probs.shape
     top_ids = np.empty((n, k), dtype=np.intp)
-    rows = max(1, _TOPK_CHUNK_ELEMENTS // c)
+    rows = max(1, _BLOCK_ELEMENTS // c)
     for start in range(0, n, rows):  # chunks of rows, so argpartition's index array stays small
         block = probs[start:start + rows]
         top_ids[start:start + rows] = np.argpartition(block, c - k, axis=1)[:, c - k:]
@@ -117,13 +117,15 @@ def brier(probs, gold):
     """Multiclass Brier score: mean over positions of sum_c (p_c - 1[c = gold])^2. probs [N, C], gold [N] ints."""
     probs = _as_probs(probs, "probs")
     gold = _as_labels(gold, probs.shape, "gold")
-    n = probs.shape[0]
+    n, c = probs.shape
     if n == 0:
         raise UserError("brier: no positions (probs is empty)")
     # sum_c (p_c - y_c)^2 = sum_c p_c^2 - 2 p_gold + 1, summed without a squared copy of probs
     flat = probs.reshape(-1)
     sum_sq = np.einsum("i,i->", flat, flat, dtype=np.float64)
-    p_gold = np.take_along_axis(probs, gold[:, None], axis=1)
+    gold_at = np.arange(0, n * c, c)
+    gold_at += gold
+    p_gold = np.take(flat, gold_at)
     return float((sum_sq - 2.0 * np.sum(p_gold, dtype=np.float64)) / n + 1.0)
 
 
@@ -135,12 +137,15 @@ def entity_type_confidences(probs, label_names):
     probs = _as_probs(probs, "probs")
     label_types = _label_types(label_names, probs.shape[1])
     type_names = sorted({t for t in label_types if t is not None})
-    # a [C, T] 0/1 matrix that adds up each type's labels: one matrix product, no loop over positions
-    membership = np.zeros((probs.shape[1], len(type_names)), dtype=probs.dtype)
-    for label, type_name in enumerate(label_types):
-        if type_name is not None:
-            membership[label, type_names.index(type_name)] = 1
-    confidences = probs @ membership
+    type_columns = [[c for c, t in enumerate(label_types) if t == name] for name in type_names]
+    confidences = np.empty((probs.shape[0], len(type_names)), dtype=probs.dtype)
+    rows = max(1, _BLOCK_ELEMENTS // probs.shape[1])
+    for start in range(0, probs.shape[0], rows):  # row blocks small enough to stay in cache across the columns
+        block, out = probs[start:start + rows], confidences[start:start + rows]
+        for t, columns in enumerate(type_columns):
+            np.copyto(out[:, t], block[:, columns[0]])
+            for c in columns[1:]:
+                np.add(out[:, t], block[:, c], out=out[:, t])
     np.minimum(confidences, 1, out=confidences)
     return confidences, type_names
 
@@ -344,12 +349,17 @@ def _bin_sums(keys, dtype, bounds):
     """Per non-empty bin: event count, sum of confidences and sum of correct (float64 [bins])."""
     counts = np.diff(bounds)
     nonempty = np.flatnonzero(counts)
-    conf_sums = np.empty(nonempty.size)
-    hit_sums = np.empty(nonempty.size)
-    for i, b in enumerate(nonempty):  # a loop over bins; each bin's temporaries are freed before the next
-        part = keys[bounds[b]:bounds[b + 1]]
-        conf_sums[i] = np.sum(_key_confidences(part, dtype), dtype=np.float64)
-        hit_sums[i] = np.count_nonzero(part & 1)
+    conf_sums = np.zeros(nonempty.size)
+    hit_sums = np.zeros(nonempty.size)
+    scratch = np.empty(min(_BLOCK_ELEMENTS, keys.size), dtype=keys.dtype)
+    for i, b in enumerate(nonempty):  # loops over bins and cache-sized blocks: the scratch stays in cache
+        for start in range(bounds[b], bounds[b + 1], _BLOCK_ELEMENTS):
+            part = keys[start:min(start + _BLOCK_ELEMENTS, bounds[b + 1])]
+            tmp = scratch[: part.size]
+            np.right_shift(part, 1, out=tmp)
+            conf_sums[i] += np.sum(tmp.view(dtype), dtype=np.float64)
+            np.bitwise_and(part, 1, out=tmp)
+            hit_sums[i] += np.count_nonzero(tmp)
     return counts[nonempty].astype(np.float64), conf_sums, hit_sums
 
 
@@ -384,14 +394,18 @@ def _as_float(x, name):
 
 
 def _check_unit_interval(x, name):
-    """Reject NaN and values outside [0, 1] with two passes (min, max) and no temporaries."""
+    """Reject NaN and values outside [0, 1]; the common case costs one pass over the bits and no temporaries."""
     if x.size == 0:
+        return
+    # NaN, infinities, negatives and values above 1 all have bit patterns above that of 1.0
+    if x.view(_UINT_OF_FLOAT[x.dtype]).max() <= np.array(1, dtype=x.dtype).view(_UINT_OF_FLOAT[x.dtype]):
         return
     lo, hi = x.min(), x.max()
     if np.isnan(lo) or np.isnan(hi):
         raise UserError(f"{name} contains NaN")
     if lo < 0 or hi > 1:
         raise UserError(f"{name} must lie in [0, 1]; found values from {lo} to {hi}")
+    # what is left is -0.0, a zero like any other
 
 
 def _as_correct(x, n, name):

@@ -1,0 +1,174 @@
+"""Benchmark: the calibration report on 10M synthetic events against one np.sort and scikit-learn, same process.
+
+    python bench/bench_calibration.py             # 10,000,000 events per metric (about 1 GB of memory)
+    python bench/bench_calibration.py --scale 0.01  # a quick check
+
+Inputs (seeded, float32 like real prediction files), E = 10M x scale events for every metric:
+- top-label ECE: E (confidence, correct) events;
+- ECE-5: E/5 positions of precomputed top-5 probabilities and ids over a 1,000-class vocabulary;
+- NER: E/4 positions over 9 IOB2 labels (4 entity types), giving E (position, type) events for BS+/-, B-ECE, B-BS.
+Targets: the whole report within 3x one np.sort of the E confidences; each metric's peak extra memory (numpy
+allocations, tracemalloc) within 4x its input arrays. Timings are the best of --repeats runs; on a shared machine
+they are noisy, so the load average is printed beside them.
+"""
+
+import argparse
+import os
+import time
+import tracemalloc
+
+import numpy as np
+from sklearn.calibration import calibration_curve
+
+from ensemble_distill.calibration import (
+    balanced_calibration,
+    brier,
+    ece,
+    entity_type_confidences,
+    gold_entity_types,
+    stratified_brier,
+    topk_ece,
+    topk_events,
+)
+
+VOCAB = 1000
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+FULL_VOCAB_POSITIONS = 20_000  # topk_ece from full [N, 1000] distributions: timed on a slice, reported per position
+
+
+def make_data(n_events, seed):
+    rng = np.random.default_rng(seed)
+    conf = rng.random(n_events, dtype=np.float32)
+    correct = rng.random(n_events, dtype=np.float32) < conf**1.2  # a little overconfident
+
+    n_nmt = n_events // 5
+    raw = rng.random((n_nmt, 5), dtype=np.float32) ** 3
+    raw = -np.sort(-raw, axis=1)
+    top_probs = raw / (raw.sum(axis=1, keepdims=True) + rng.random((n_nmt, 1), dtype=np.float32))
+    base = rng.integers(0, VOCAB, n_nmt, dtype=np.int32)
+    top_ids = (base[:, None] + 7 * np.arange(5, dtype=np.int32)) % VOCAB
+    rank = (rng.random((n_nmt, 1), dtype=np.float32) > np.cumsum(top_probs, axis=1)).sum(axis=1)
+    outside = (base + VOCAB // 2) % VOCAB  # a class not among the top 5
+    nmt_gold = np.where(rank < 5, top_ids[np.arange(n_nmt), np.minimum(rank, 4)], outside)
+
+    n_ner = n_events // 4
+    alpha = np.array([3.0] + [0.15] * 8, dtype=np.float32)
+    ner_probs = rng.standard_gamma(alpha, size=(n_ner, 9), dtype=np.float32)
+    ner_probs /= ner_probs.sum(axis=1, keepdims=True)
+    ner_gold = (rng.random((n_ner, 1), dtype=np.float32) > np.cumsum(ner_probs, axis=1)).sum(axis=1)
+    ner_gold = np.minimum(ner_gold, 8)
+    return dict(conf=conf, correct=correct, top_probs=top_probs, top_ids=top_ids, nmt_gold=nmt_gold,
+                ner_probs=ner_probs, ner_gold=ner_gold)
+
+
+def ner_report(ner_probs, ner_gold):
+    type_conf, types = entity_type_confidences(ner_probs, NER_LABELS)
+    gold_type = gold_entity_types(ner_gold, NER_LABELS, types)
+    bs_plus, bs_minus = stratified_brier(type_conf, gold_type)
+    balanced = balanced_calibration(type_conf, gold_type)
+    return {"BS+": bs_plus, "BS-": bs_minus, "B-ECE": balanced.b_ece, "B-BS": balanced.b_bs}
+
+
+def full_report(d):
+    return {
+        "ECE": ece(d["conf"], d["correct"]),
+        "ECE-5": ece(*topk_events(d["top_probs"], d["top_ids"], d["nmt_gold"])),
+        "Brier": brier(d["ner_probs"], d["ner_gold"]),
+        **ner_report(d["ner_probs"], d["ner_gold"]),
+    }
+
+
+def sklearn_ece(conf, correct):
+    fop, mpv = calibration_curve(correct, conf, n_bins=10, strategy="quantile")
+    return float(np.mean(np.abs(fop - mpv)))
+
+
+def cases(d, type_events):
+    """(name, function, input arrays) for each timed call."""
+    type_conf, gold_type = type_events
+    return [
+        ("np.sort (baseline)", lambda: np.sort(d["conf"]), [d["conf"]]),
+        ("sklearn calibration_curve", lambda: sklearn_ece(d["conf"], d["correct"]), [d["conf"], d["correct"]]),
+        ("ECE", lambda: ece(d["conf"], d["correct"]), [d["conf"], d["correct"]]),
+        ("ECE paper_compatible", lambda: ece(d["conf"], d["correct"], paper_compatible=True),
+         [d["conf"], d["correct"]]),
+        ("ECE-5 (top-5 given)", lambda: ece(*topk_events(d["top_probs"], d["top_ids"], d["nmt_gold"])),
+         [d["top_probs"], d["top_ids"], d["nmt_gold"]]),
+        ("Brier", lambda: brier(d["ner_probs"], d["ner_gold"]), [d["ner_probs"], d["ner_gold"]]),
+        ("BS+/BS-", lambda: stratified_brier(type_conf, gold_type), [type_conf, gold_type]),
+        ("B-ECE/B-BS", lambda: balanced_calibration(type_conf, gold_type), [type_conf, gold_type]),
+        ("entity_type_confidences", lambda: entity_type_confidences(d["ner_probs"], NER_LABELS), [d["ner_probs"]]),
+        ("full report", lambda: full_report(d), list(d.values())),
+    ]
+
+
+def best_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def peak_extra_bytes(fn):
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def full_vocab_topk_seconds_per_position(seed):
+    rng = np.random.default_rng(seed + 1)
+    probs = rng.random((FULL_VOCAB_POSITIONS, VOCAB), dtype=np.float32) ** 8
+    probs /= probs.sum(axis=1, keepdims=True)
+    gold = rng.integers(0, VOCAB, FULL_VOCAB_POSITIONS)
+    return best_time(lambda: topk_ece(probs, gold, k=5), 2) / FULL_VOCAB_POSITIONS
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of 10M events (default 1.0)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case; the best counts")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    n_events = max(20, int(10_000_000 * args.scale))
+    print(f"events per metric: {n_events:,}  numpy {np.__version__}  cpus {os.cpu_count()}  "
+          f"load average {os.getloadavg()[0]:.2f} (shared machine: timings are noisy)")
+    d = make_data(n_events, args.seed)
+    type_conf, types = entity_type_confidences(d["ner_probs"], NER_LABELS)
+    type_events = (type_conf, gold_entity_types(d["ner_gold"], NER_LABELS, types))
+
+    rows = []
+    for name, fn, inputs in cases(d, type_events):
+        seconds = best_time(fn, args.repeats)
+        input_bytes = sum(a.nbytes for a in inputs)
+        rows.append((name, seconds, peak_extra_bytes(fn), input_bytes))
+    sort_s = rows[0][1]
+    sklearn_s = rows[1][1]
+
+    print(f"{'case':28s} {'seconds':>9s} {'x sort':>7s} {'x sklearn':>9s} {'peak MB':>8s} {'input MB':>9s} "
+          f"{'peak/input':>10s}")
+    for name, seconds, peak, input_bytes in rows:
+        print(f"{name:28s} {seconds:9.3f} {seconds / sort_s:7.2f} {seconds / sklearn_s:9.2f} {peak / 1e6:8.1f} "
+              f"{input_bytes / 1e6:9.1f} {peak / input_bytes:10.2f}")
+
+    report_s = rows[-1][1]
+    worst_memory = max(peak / input_bytes for name, _, peak, input_bytes in rows[2:])
+    per_position = full_vocab_topk_seconds_per_position(args.seed)
+    print(f"topk_ece from full [N, {VOCAB}] float32 distributions: {per_position * 1e6:.2f} us/position "
+          f"({per_position * n_events / 5:.1f} s for {n_events // 5:,} positions; not part of the report, which "
+          f"reads precomputed top-5)")
+    print(f"full report / np.sort = {report_s / sort_s:.2f} (target <= 3): {'PASS' if report_s <= 3 * sort_s else 'FAIL'}")
+    print(f"worst peak extra memory / input = {worst_memory:.2f} (target <= 4): "
+          f"{'PASS' if worst_memory <= 4 else 'FAIL'}")
+    print("report:", {k: round(v, 6) for k, v in full_report(d).items()})
+
+
+if __name__ == "__main__":
+    main()
