@@ -66,12 +66,8 @@ class Predictions:
         return len(self.sentence_offsets) - 1
 
     def predicted(self) -> np.ndarray:
-        """Predicted label ids [N]: the stored `pred` (e.g. CRF Viterbi) or the per-position argmax."""
-        if self.pred is not None:
-            return self.pred
-        if self.task == "tagging":
-            return self.probs.argmax(axis=1)
-        return self.top_ids[:, 0].astype(np.int64)
+        """Tagging: predicted label ids [N], the stored `pred` (e.g. CRF Viterbi) or the per-position argmax."""
+        return self.pred if self.pred is not None else self.probs.argmax(axis=1)
 
     def sentence_labels(self, ids: np.ndarray) -> list[list[str]]:
         """Label ids [N] as one list of label strings per sentence (the input seqeval wants)."""
@@ -121,6 +117,8 @@ def compact_distributions(probs, gold, k: int, chunk_rows: int = COMPACT_CHUNK_R
     `probs` may be a numpy array or anything np.asarray accepts per chunk (a memmap, a CPU tensor).
     """
     n, vocab = probs.shape
+    if len(gold) != n or np.any((gold < 0) | (gold >= vocab)):
+        raise UserError(f"gold must be {n} token ids in [0, {vocab}) to match the distributions")
     k = min(k, vocab)
     top_ids = np.empty((n, k), dtype=np.int32)
     top_probs = np.empty((n, k), dtype=np.float32)

@@ -186,3 +186,8 @@ def test_missing_and_non_npz_files(tmp_path):
         np.save(f, np.zeros(3))
     with pytest.raises(UserError, match="single.npz: not a predictions .npz file"):
         load_predictions(single)
+
+
+def test_compaction_rejects_gold_outside_the_vocabulary():
+    with pytest.raises(UserError, match=r"gold must be 2 token ids in \[0, 3\)"):
+        compact_distributions(np.full((2, 3), 1 / 3), np.array([0, 3]), k=2)
