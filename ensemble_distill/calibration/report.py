@@ -174,7 +174,8 @@ def write_plots(out_dir: Path, preds: Predictions, metrics) -> None:
     confidence, correct = top1_events(preds)
     name = str(preds.meta.get("model", preds.task))
     ece_1 = metrics["ece_1"]["value"]
-    reliability_diagram(confidence, correct, out_dir / "reliability_top1.png", title=f"Top-1 reliability ({name})", ece=ece_1)
+    title = f"Top-1 reliability ({name})"
+    reliability_diagram(confidence, correct, out_dir / "reliability_top1.png", title=title, ece=ece_1)
     if preds.task == "tagging":
         type_conf, type_names = entity_type_confidences(preds.probs, preds.label_names)
         gold_type = gold_entity_types(preds.gold, preds.label_names, type_names)
