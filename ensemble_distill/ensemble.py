@@ -1,0 +1,139 @@
+"""Ensembles of taggers: who holds out which tenth, nested subsets, training all members, predicting with them.
+
+The training set is cut into tenths by a seeded permutation. Member i early-stops on tenth i and trains on the
+others, except the last tenth, which every member leaves out so a distilled student can validate on data no
+teacher saw. An ensemble of k is the first k members of a seeded permutation, so 3 ⊂ 6 ⊂ 9.
+
+Run directory:
+    RUN/config.toml, RUN/run.json        resolved config; seeds, versions, label set
+    RUN/members/member-<i>/              checkpoint.pt (resume), best.pt, log.jsonl
+    RUN/individuals/individual-<i>/      optional models trained on all the data (early-stopped on dev)
+"""
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import TaggingConfig, to_toml
+from .errors import UserError
+from .io_utils import atomic_write_json, atomic_write_text
+from .tagging import TaggingData, load_tagging_data, new_tagger, train_tagger
+
+N_TENTHS = 10
+MAX_MEMBERS = N_TENTHS - 1  # the last tenth is held out from every member
+
+
+def tenths(n_sentences: int, split_seed: int) -> list[np.ndarray]:
+    """The training sentences cut into ten seeded, near-equal parts."""
+    order = np.random.default_rng(split_seed).permutation(n_sentences)
+    return [np.sort(part) for part in np.array_split(order, N_TENTHS)]
+
+
+def member_sentences(n_sentences: int, member: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training sentences, early-stopping sentences) of member i: it holds out tenth i and the shared last tenth."""
+    if not 0 <= member < MAX_MEMBERS:
+        raise UserError(f"ensemble.members: at most {MAX_MEMBERS} members (each holds out its own tenth)")
+    parts = tenths(n_sentences, split_seed)
+    train = np.concatenate([p for i, p in enumerate(parts) if i not in (member, N_TENTHS - 1)])
+    return np.sort(train), parts[member]
+
+
+def distillation_sentences(n_sentences: int, split_seed: int) -> np.ndarray:
+    """The tenth that no member trained or early-stopped on: the student's validation data."""
+    return tenths(n_sentences, split_seed)[N_TENTHS - 1]
+
+
+def nested_subsets(n_members: int, sizes: list[int], split_seed: int) -> dict[int, list[int]]:
+    """Member ids of each ensemble size; smaller ensembles are prefixes of one seeded permutation."""
+    order = np.random.default_rng(split_seed + 1).permutation(n_members).tolist()
+    bad = [k for k in sizes if not 1 <= k <= n_members]
+    if bad:
+        raise UserError(f"ensemble.subset_sizes: {bad[0]} is not between 1 and ensemble.members = {n_members}")
+    return {k: sorted(order[:k]) for k in sorted(set(sizes))}
+
+
+def member_seed(cfg: TaggingConfig, index: int, individual: bool = False) -> int:
+    return cfg.train.seed + 1000 * index + (500 if individual else 0)
+
+
+@dataclass
+class EnsembleRun:
+    run_dir: Path
+    cfg: TaggingConfig
+    data: TaggingData
+
+    def member_dir(self, i: int) -> Path:
+        return self.run_dir / "members" / f"member-{i}"
+
+    def individual_dir(self, i: int) -> Path:
+        return self.run_dir / "individuals" / f"individual-{i}"
+
+
+def record_run(run_dir: Path, cfg: TaggingConfig, labels: list[str]) -> None:
+    import transformers
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.toml", to_toml(cfg))
+    atomic_write_json(run_dir / "run.json", {
+        "ensemble_distill": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "numpy": np.__version__, "python": platform.python_version(), "labels": labels,
+        "member_seeds": [member_seed(cfg, i) for i in range(cfg.ensemble.members)],
+        "individual_seeds": [member_seed(cfg, i, True) for i in range(cfg.ensemble.individuals)],
+        "split_seed": cfg.ensemble.split_seed,
+    })
+
+
+def train_ensemble(cfg: TaggingConfig, run_dir, progress: bool = True, data: TaggingData | None = None) -> EnsembleRun:
+    """Train (or resume) every member and optional individual model of the configured ensemble."""
+    run_dir = Path(run_dir)
+    if cfg.ensemble.members > MAX_MEMBERS:
+        raise UserError(f"ensemble.members = {cfg.ensemble.members}: at most {MAX_MEMBERS}")
+    nested_subsets(cfg.ensemble.members, cfg.ensemble.subset_sizes, cfg.ensemble.split_seed)  # validates sizes
+    data = data or load_tagging_data(cfg, progress=progress)
+    record_run(run_dir, cfg, data.labels)
+    train_split = data.splits["train"]
+    n = len(train_split.corpus.sentences)
+    for i in range(cfg.ensemble.members):
+        train_ids, held_ids = member_sentences(n, i, cfg.ensemble.split_seed)
+        _train_one(data, cfg, member_seed(cfg, i), train_split.windows_of(train_ids),
+                   ("train", train_split.windows_of(held_ids)), run_dir / "members" / f"member-{i}", progress)
+    all_train = np.arange(len(train_split.windows))
+    dev_windows = np.arange(len(data.splits["dev"].windows))
+    for i in range(cfg.ensemble.individuals):
+        _train_one(data, cfg, member_seed(cfg, i, True), all_train, ("dev", dev_windows),
+                   run_dir / "individuals" / f"individual-{i}", progress)
+    return EnsembleRun(run_dir, cfg, data)
+
+
+def _train_one(data, cfg, seed, train_windows, held_out, out_dir: Path, progress):
+    model = new_tagger(data, cfg, seed)
+    train_cfg = type(cfg.train)(**{**cfg.train.__dict__, "seed": seed})
+    result = train_tagger(model, data, train_windows, held_out, train_cfg, out_dir, progress)
+    atomic_write_json(out_dir / "result.json", {"best_held_out_f1": result.best_score,
+                                                "best_epoch": result.best_epoch, "epochs": result.epochs_run})
+
+
+def load_member(run: EnsembleRun, model_dir: Path, seed: int = 0):
+    best = model_dir / "best.pt"
+    if not best.is_file():
+        raise UserError(f"{model_dir}: no trained model (best.pt); run train-ensemble first")
+    model = new_tagger(run.data, run.cfg, seed)
+    model.load_state_dict(torch.load(best, weights_only=True))
+    return model.eval()
+
+
+def read_run_config(run_dir: Path) -> TaggingConfig:
+    from .config import load_config
+
+    if not (Path(run_dir) / "config.toml").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no config.toml)")
+    return load_config(Path(run_dir) / "config.toml", TaggingConfig)
+
+
+def run_labels(run_dir: Path) -> list[str]:
+    return json.loads((Path(run_dir) / "run.json").read_text())["labels"]

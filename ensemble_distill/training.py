@@ -1,0 +1,111 @@
+"""One training loop for every model: optimiser, early stopping, atomic checkpoints, resume after a kill.
+
+The loop is epoch-based. After each epoch it scores the model on held-out data (higher is better), keeps the
+best weights in `best.pt`, and writes `checkpoint.pt` (weights, optimiser, RNG state, history) atomically.
+A run started again in the same directory resumes after the last finished epoch; because batch order comes
+from (seed, epoch) and the torch RNG state is restored, a resumed run ends with the same weights as one that
+was never stopped.
+"""
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import Training
+from .io_utils import atomic_torch_save
+
+
+def make_optimizer(params, cfg: Training) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # An absolute learning rate, as the paper's "Adafactor, lr 1e-4" means (no relative step sizes).
+        return Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay, scale_parameter=False,
+                         relative_step=False, warmup_init=False)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class TrainResult:
+    best_score: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict]
+
+
+def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: Callable, score_fn: Callable,
+          cfg: Training, run_dir, progress: bool = True, after_epoch: Callable[[int], None] | None = None
+          ) -> TrainResult:
+    """Train `model` until `cfg.patience` epochs pass without a better `score_fn(model)`.
+
+    batches(epoch) yields the epoch's batches (deterministic given the epoch); loss_fn(model, batch) returns
+    (loss, n_tokens). On return the model holds its best weights.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [], "done": False}
+    torch.manual_seed(cfg.seed)
+    checkpoint = run_dir / "checkpoint.pt"
+    if checkpoint.is_file():
+        state = _restore(checkpoint, model, optimizer)
+
+    while not state["done"]:
+        epoch = state["epoch"] + 1
+        model.train()
+        started, total_loss, total_tokens = time.time(), 0.0, 0
+        epoch_batches = list(batches(epoch))
+        bar = tqdm(epoch_batches, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
+        for batch in bar:
+            loss, n_tokens = loss_fn(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * n_tokens
+            total_tokens += n_tokens
+            bar.set_postfix(loss=f"{total_loss / max(total_tokens, 1):.4f}")
+        model.eval()
+        with torch.no_grad():
+            score = float(score_fn(model))
+        record = {"epoch": epoch, "train_loss": total_loss / max(total_tokens, 1), "held_out_score": score,
+                  "seconds": round(time.time() - started, 2), "tokens": total_tokens}
+        state["history"].append(record)
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            atomic_torch_save(model.state_dict(), run_dir / "best.pt")
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        state["done"] = state["bad_epochs"] >= cfg.patience or epoch >= cfg.max_epochs
+        _save(checkpoint, model, optimizer, state)
+        with open(run_dir / "log.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        if progress:
+            tqdm.write(f"{run_dir.name} epoch {epoch}: loss {record['train_loss']:.4f} "
+                       f"held-out {score:.4f} ({record['seconds']:.0f}s)")
+        if after_epoch is not None:
+            after_epoch(epoch)
+
+    model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True))
+    model.eval()
+    return TrainResult(state["best_score"], state["best_epoch"], state["epoch"], state["history"])
+
+
+def _save(path: Path, model, optimizer, state: dict) -> None:
+    atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                       "rng": torch.get_rng_state()}, path)
+
+
+def _restore(path: Path, model, optimizer) -> dict:
+    saved = torch.load(path, weights_only=False)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
+    return saved["state"]

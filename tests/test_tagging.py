@@ -1,0 +1,171 @@
+"""The NER pipeline on a tiny random BERT: encoder split, frozen-state cache, training, resume, ensembles."""
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble_distill.config import TaggingConfig
+from ensemble_distill.encoders import compute_frozen_states, load_pretrained, split_encoder
+from ensemble_distill.ensemble import (distillation_sentences, load_member, member_sentences, nested_subsets,
+                                       tenths, train_ensemble)
+from ensemble_distill.errors import UserError
+from ensemble_distill.tagging import (held_out_f1, load_tagging_data, new_tagger, predict_distributions,
+                                      tagger_loss, to_predictions, train_tagger, _batch)
+
+
+def make_config(tiny_encoder, conll_files, tmp_path, head="iid", **train):
+    cfg = TaggingConfig()
+    cfg.data.train, cfg.data.dev, cfg.data.test = map(str, conll_files)
+    cfg.data.scheme = "iob2"
+    cfg.encoder.name = str(tiny_encoder)
+    cfg.encoder.finetune_layers = 1
+    cfg.encoder.cache_dir = str(tmp_path / "cache")
+    cfg.model.head = head
+    cfg.model.lstm_hidden = 16
+    cfg.train.lr = 3e-3
+    cfg.train.optimizer = "adamw"
+    cfg.train.batch_size = 8
+    cfg.train.max_epochs = 2
+    cfg.train.patience = 5
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def test_bottom_then_top_equals_whole_encoder(tiny_encoder):
+    model = load_pretrained(tiny_encoder).eval()
+    bottom, top = split_encoder(load_pretrained(tiny_encoder), finetune_layers=1)
+    ids = torch.tensor([[101, 7592, 2088, 102, 0], [101, 2023, 2003, 1037, 102]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        whole = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        split = top.eval()(bottom(ids, mask), mask)
+    assert torch.allclose(whole[mask.bool()], split[mask.bool()], atol=1e-5)
+    assert not any(p.requires_grad for p in bottom.parameters())
+    assert all(p.requires_grad for p in top.parameters())
+
+
+def test_frozen_states_cache_matches_direct_computation(tiny_encoder, tmp_path):
+    bottom, _ = split_encoder(load_pretrained(tiny_encoder), finetune_layers=1)
+    windows = [np.array([101, 7592, 102]), np.array([101, 2023, 2003, 1037, 102]), np.array([101, 102])]
+    cache = tmp_path / "frozen.pt"
+    first = compute_frozen_states(bottom, windows, batch_size=2, cache_file=cache, progress=False)
+    again = compute_frozen_states(bottom, windows, cache_file=cache, progress=False)
+    for i, ids in enumerate(windows):
+        direct = bottom(torch.from_numpy(ids)[None], torch.ones(1, len(ids), dtype=torch.long))[0]
+        rows = first.states[first.offsets[i]:first.offsets[i + 1]]
+        assert torch.allclose(rows, direct, atol=1e-6)
+    assert torch.equal(first.states, again.states)
+
+
+def test_training_lowers_the_loss(tiny_encoder, conll_files, tmp_path):
+    for head in ("iid", "crf"):
+        cfg = make_config(tiny_encoder, conll_files, tmp_path, head, max_epochs=6, lr=1e-2)
+        data = load_tagging_data(cfg, progress=False)
+        model = new_tagger(data, cfg, seed=0)
+        split = data.splits["train"]
+        batch = _batch(split, np.arange(len(split.windows)), data.pad_id)
+        model.eval()
+        before = tagger_loss(model, batch)[0].item()
+        windows = np.arange(len(split.windows))
+        train_tagger(model, data, windows, ("train", windows), cfg.train, tmp_path / f"run-{head}", progress=False)
+        model.eval()
+        after = tagger_loss(model, batch)[0].item()
+        assert after < 0.7 * before, (head, before, after)
+
+
+def test_resume_after_kill_gives_the_same_weights(tiny_encoder, conll_files, tmp_path):
+    cfg = make_config(tiny_encoder, conll_files, tmp_path, "crf", max_epochs=3, patience=10)
+    data = load_tagging_data(cfg, progress=False)
+    windows = np.arange(len(data.splits["train"].windows))
+
+    def run(run_dir, kill_after=None):
+        def after_epoch(epoch):
+            if epoch == kill_after:
+                raise KeyboardInterrupt
+
+        model = new_tagger(data, cfg, seed=1)
+        train_tagger(model, data, windows, ("dev", np.arange(4)), cfg.train, run_dir, False, after_epoch)
+        return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+
+    straight = run(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", kill_after=2)
+    resumed = run(tmp_path / "killed")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_ensemble_of_identical_members_equals_the_member(tiny_encoder, conll_files, tmp_path):
+    cfg = make_config(tiny_encoder, conll_files, tmp_path, "crf")
+    data = load_tagging_data(cfg, progress=False)
+    model = new_tagger(data, cfg, seed=3).eval()
+    test = data.splits["test"]
+    single = predict_distributions([model], test)
+    triple = predict_distributions([model, model, model], test)
+    for a, b in zip(single, triple):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        np.testing.assert_allclose(a.sum(1), 1.0, atol=1e-5)
+
+
+def test_ensemble_distribution_is_the_mean_of_members(tiny_encoder, conll_files, tmp_path):
+    cfg = make_config(tiny_encoder, conll_files, tmp_path, "iid")
+    data = load_tagging_data(cfg, progress=False)
+    a, b = new_tagger(data, cfg, seed=1), new_tagger(data, cfg, seed=2)
+    test = data.splits["test"]
+    mean = predict_distributions([a, b], test)
+    for m, pa, pb in zip(mean, predict_distributions([a], test), predict_distributions([b], test)):
+        np.testing.assert_allclose(m, (pa + pb) / 2, atol=1e-6)
+
+
+def test_long_sentences_are_windowed_and_merged(tiny_encoder, conll_files, tmp_path):
+    long_sentence = "|".join(f"word{i} O" if i % 7 else f"Paris{i} B-LOC" for i in range(90))
+    from conftest import write_conll
+
+    write_conll(conll_files[2], [long_sentence, "Peter B-PER|Blackburn I-PER"])
+    cfg = make_config(tiny_encoder, conll_files, tmp_path)
+    data = load_tagging_data(cfg, progress=False)
+    test = data.splits["test"]
+    assert len(test.windows) > 2  # the 90-word sentence does not fit 64 positions
+    model = new_tagger(data, cfg, seed=0)
+    distributions = predict_distributions([model], test)
+    assert [len(d) for d in distributions] == [90, 2]
+    preds = to_predictions(distributions, test, data.labels, {})
+    assert preds.probs.shape == (92, len(data.labels))
+    assert 0.0 <= held_out_f1([model], test, np.arange(len(test.windows)), data.pad_id, data.labels) <= 1.0
+
+
+def test_member_splits_hold_out_their_own_tenth_and_the_last():
+    n = 103
+    parts = tenths(n, split_seed=5)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(n))
+    last = distillation_sentences(n, 5)
+    for i in range(9):
+        train, held = member_sentences(n, i, 5)
+        assert np.array_equal(held, parts[i])
+        assert not set(train) & set(held) and not set(train) & set(last) and not set(held) & set(last)
+        assert len(train) + len(held) + len(last) == n
+    with pytest.raises(UserError):
+        member_sentences(n, 9, 5)
+
+
+def test_nested_subsets_are_prefixes():
+    subsets = nested_subsets(9, [3, 6, 9], split_seed=0)
+    assert set(subsets[3]) < set(subsets[6]) < set(subsets[9]) == set(range(9))
+    assert subsets == nested_subsets(9, [9, 6, 3], split_seed=0)
+    with pytest.raises(UserError, match="subset_sizes"):
+        nested_subsets(3, [4], 0)
+
+
+def test_train_ensemble_writes_members_and_resumes(tiny_encoder, conll_files, tmp_path):
+    cfg = make_config(tiny_encoder, conll_files, tmp_path, "iid", max_epochs=1)
+    cfg.ensemble.members, cfg.ensemble.subset_sizes, cfg.ensemble.individuals = 2, [1, 2], 1
+    run = train_ensemble(cfg, tmp_path / "ens", progress=False)
+    for folder in ("members/member-0", "members/member-1", "individuals/individual-0"):
+        assert (tmp_path / "ens" / folder / "best.pt").is_file()
+    assert (tmp_path / "ens" / "config.toml").is_file() and (tmp_path / "ens" / "run.json").is_file()
+    mtime = (tmp_path / "ens/members/member-0/best.pt").stat().st_mtime_ns
+    train_ensemble(cfg, tmp_path / "ens", progress=False, data=run.data)  # finished members are not retrained
+    assert (tmp_path / "ens/members/member-0/best.pt").stat().st_mtime_ns == mtime
+    member = load_member(run, tmp_path / "ens/members/member-1")
+    assert len(predict_distributions([member], run.data.splits["test"])) == 4
