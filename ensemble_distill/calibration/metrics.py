@@ -385,7 +385,7 @@ def _as_confidence(x, name):
 
 def _as_float(x, name):
     if x.dtype in _UINT_OF_FLOAT:
-        return np.ascontiguousarray(x) if x.ndim == 1 else x
+        return x
     if x.dtype.kind in "biu" or x.dtype == np.float16:
         return x.astype(np.float32 if x.dtype == np.float16 else np.float64)
     if x.dtype.kind == "f":
