@@ -1,0 +1,524 @@
+"""The teacher store: a compact, truncated, on-disk copy of a teacher's per-position distributions.
+
+Distillation reads the teacher's distribution at every position of the training set, every epoch. Running an
+ensemble that often is too slow, so its distributions are memoised once (paper §5.1), keeping for each position
+only its most probable entries (ids and probabilities) and the mass they leave out (the remainder):
+
+- fixed truncation: the top `top_k` entries (paper: V' = 64 of a 32K vocabulary; top_k >= V keeps everything,
+  which is what the NER label sets need);
+- adaptive truncation (`epsilon` set): the fewest top entries whose mass reaches 1 - epsilon, at most `top_k`.
+
+Layout of a store folder:
+
+    manifest.json              written last, atomically; a store without it is refused
+    manifest.partial.json      while writing: the shards completed so far (so a killed run resumes)
+    shard-00000-lengths.npy    int32 [sentences]    positions per sentence
+    shard-00000-counts.npy     uint8 [positions]    entries kept at each position (uint16 when top_k > 255)
+    shard-00000-ids.npy        uint16 [entries]     entry ids, each position's in descending probability
+                                                    (int32 when the vocabulary has more than 65536 entries)
+    shard-00000-probs.npy      float16 [entries]    their probabilities (or uint8, see PROBS_DTYPES)
+    shard-00000-remainder.npy  float16 [positions]  1 - the kept mass, computed before quantisation
+
+Every position's entries are a variable-length row of the flat arrays, so both truncations share one layout; the
+per-position counts cost one byte a token. At V' = 64 this is ~259 bytes a token, against 512 for the published
+code's float32 log-probabilities with int32 ids.
+
+The manifest records a fingerprint of the tokenised dataset (`fingerprint_dataset`), of the vocabulary
+(`fingerprint_vocab`), the teacher checkpoints, the truncation, the dtypes and a sha256 for every shard file.
+`TeacherStore.open` refuses a store written for another dataset or vocabulary, and never reads a shard whose
+checksum it has not verified. Files carry no timestamps, so a resumed run writes the same bytes as an
+uninterrupted one.
+
+For the distillation loss: the remainder is the teacher mass the truncation dropped. `distill_targets` turns a
+batch into targets for the three ways of treating it (drop it, as the paper does; renormalise the kept entries;
+or a remainder bucket).
+
+    store = write_store("runs/teacher", sentences, teacher, vocab=names, fingerprint=fingerprint_dataset(ids),
+                        teachers=checkpoints, top_k=64)
+    store = TeacherStore.open("runs/teacher", expect_fingerprint=fp, expect_vocab=names)
+    batch = store.batch([3, 17, 42])        # ids, probs [B, T, K]; remainder [B, T]; lengths [B]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ensemble_distill.errors import UserError, located
+
+FORMAT = "ensemble-distill teacher store"
+VERSION = 1
+MANIFEST = "manifest.json"
+PARTIAL_MANIFEST = "manifest.partial.json"
+SHARD_ARRAYS = ("lengths", "counts", "ids", "probs", "remainder")
+
+# How the kept probabilities are stored, and the worst error a stored probability p has after reading back.
+PROBS_DTYPES = {
+    # float16 rounds to 11 significant bits: relative error <= 2**-11 (~4.9e-4) for p >= 2**-14 (~6.1e-5),
+    # absolute error <= 2**-25 (~3e-8) below that, where float16 is subnormal.
+    "float16": "relative error <= 2**-11 for p >= 6.1e-5, absolute error <= 3e-8 below",
+    # uint8 stores round(255 p): absolute error <= 1/510 (~2.0e-3) for every p; entries below 1/510 read as 0.
+    "uint8": "absolute error <= 1/510",
+}
+ROW_SUM_TOLERANCE = 1e-3  # a teacher distribution must sum to 1 within this
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fingerprints: what a store was computed from
+
+
+def fingerprint_dataset(*columns: Sequence) -> str:
+    """sha256 of one or more columns of per-sentence integer id arrays (e.g. source tokens, target or gold ids),
+    in dataset order: each column's sentence lengths and ids. Any change of order, length or id changes it."""
+    digest = hashlib.sha256()
+    for column in columns:
+        sentences = [np.asarray(sentence) for sentence in column]
+        if any(s.ndim != 1 or (s.size and s.dtype.kind not in "iu") for s in sentences):
+            raise UserError("fingerprint_dataset: every sentence must be a 1-d array of integer ids")
+        lengths = np.array([s.size for s in sentences], dtype="<i8")
+        ids = np.concatenate(sentences).astype("<i8") if sentences else np.zeros(0, "<i8")
+        digest.update(np.int64(len(sentences)).astype("<i8").tobytes())
+        digest.update(lengths.tobytes())
+        digest.update(ids.tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def fingerprint_vocab(names: Sequence[str]) -> str:
+    """sha256 of the label or subword names, in id order."""
+    return "sha256:" + hashlib.sha256(json.dumps(list(names)).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Truncation
+
+
+def truncate(dist: torch.Tensor, top_k: int, epsilon: float | None = None):
+    """Keep each row's most probable entries: the top `top_k`, or with `epsilon` the fewest whose mass reaches
+    1 - epsilon (at most top_k). dist: [positions, V] probabilities.
+
+    Returns ids [P, K] (descending probability), probs [P, K] float32, counts [P] (entries kept; columns past a
+    row's count are to be ignored) and remainder [P] = 1 - kept mass, where K = min(top_k, V)."""
+    dist = dist.to(torch.float32)
+    probs, ids = torch.topk(dist, min(top_k, dist.shape[-1]), dim=-1, sorted=True)
+    mass = probs.to(torch.float64).cumsum(-1)
+    if epsilon is None:
+        counts = torch.full(dist.shape[:1], probs.shape[-1], dtype=torch.int64)
+    else:  # entries needed before the mass reaches 1 - epsilon, plus the one that reaches it
+        counts = ((mass < 1.0 - epsilon).sum(-1) + 1).clamp(max=probs.shape[-1])
+    kept = mass.gather(-1, (counts - 1).clamp(min=0)[:, None])[:, 0]
+    remainder = (1.0 - kept).clamp(min=0.0).to(torch.float32)
+    return ids, probs, counts, remainder
+
+
+def _encode_probs(probs: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "uint8":
+        return np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return probs.astype(np.float16)
+
+
+def _decode_probs(stored: np.ndarray) -> np.ndarray:
+    if stored.dtype == np.uint8:
+        return stored.astype(np.float32) / np.float32(255.0)
+    return stored.astype(np.float32)
+
+
+def _dtypes(vocab_size: int, width: int, probs_dtype: str) -> dict[str, str]:
+    return {
+        "lengths": "int32",
+        "counts": "uint8" if width <= 255 else "uint16",
+        "ids": "uint16" if vocab_size <= 65536 else "int32",
+        "probs": probs_dtype,
+        "remainder": "float16",
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_store(
+    path,
+    sentences: Iterable,
+    teacher: Callable[[list], object],
+    *,
+    vocab: Sequence[str],
+    fingerprint: str,
+    teachers: Sequence[str],
+    top_k: int = 64,
+    epsilon: float | None = None,
+    probs_dtype: str = "float16",
+    shard_sentences: int = 4096,
+    batch_sentences: int = 32,
+    progress: bool = True,
+) -> TeacherStore:
+    """Memoise `teacher` over `sentences` (the training set, in dataset order) into a store at `path`.
+
+    teacher(batch) is given a list of up to `batch_sentences` sentences and returns their distributions over
+    `vocab`: a list of [positions, V] arrays (numpy or torch), one a sentence, or one [total positions, V] array
+    that is split by len(sentence). `fingerprint` is `fingerprint_dataset(...)` of the tokenised data;
+    `teachers` names the checkpoints (paths or hashes).
+
+    Resumable: shards of `shard_sentences` sentences are written one by one; a rerun after a crash skips the
+    sentences of completed shards and writes the same bytes an uninterrupted run would. Rerunning a finished
+    store with the same settings only opens it."""
+    path = Path(path)
+    settings = _settings(vocab, fingerprint, teachers, top_k, epsilon, probs_dtype, shard_sentences,
+                         batch_sentences)
+    path.mkdir(parents=True, exist_ok=True)
+    if (path / MANIFEST).exists():
+        _require_same_settings(path / MANIFEST, _read_json(path / MANIFEST), settings)
+        return TeacherStore.open(path, expect_fingerprint=fingerprint, expect_vocab=vocab)
+
+    shards = _completed_shards(path, settings)
+    for leftover in path.glob(".tmp-*"):  # a killed run's half-written files
+        leftover.unlink()
+    done = sum(shard["num_sentences"] for shard in shards)
+    remaining = itertools.islice(iter(sentences), done, None)
+    total = len(sentences) if isinstance(sentences, Sequence) else None
+    with tqdm(total=total, initial=done, unit="sent", desc=f"teacher store {path.name}",
+              disable=not progress) as bar:
+        while chunk := list(itertools.islice(remaining, shard_sentences)):
+            arrays = _compute_shard(chunk, done, teacher, settings, bar)
+            shards.append(_save_shard(path, len(shards), done, arrays))
+            done += len(chunk)
+            _write_atomically(path / PARTIAL_MANIFEST, _manifest_bytes({**settings, "shards": shards}))
+
+    manifest = {**settings, "shards": shards, "num_sentences": done,
+                "num_positions": sum(s["num_positions"] for s in shards),
+                "num_entries": sum(s["num_entries"] for s in shards)}
+    _write_atomically(path / MANIFEST, _manifest_bytes(manifest))
+    (path / PARTIAL_MANIFEST).unlink(missing_ok=True)
+    return TeacherStore.open(path, expect_fingerprint=fingerprint, expect_vocab=vocab, verify="lazy")
+
+
+def _settings(vocab, fingerprint, teachers, top_k, epsilon, probs_dtype, shard_sentences, batch_sentences):
+    """Everything that determines a store's bytes, checked again when a run resumes."""
+    if not vocab:
+        raise UserError("teacher store: the vocabulary is empty")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise UserError(f"teacher store: top_k must be a positive integer, got {top_k!r}")
+    if epsilon is not None and not 0.0 < epsilon < 1.0:
+        raise UserError(f"teacher store: epsilon must lie in (0, 1), got {epsilon!r}")
+    if probs_dtype not in PROBS_DTYPES:
+        raise UserError(f"teacher store: probs_dtype must be one of {sorted(PROBS_DTYPES)}, got {probs_dtype!r}")
+    for name, value in (("shard_sentences", shard_sentences), ("batch_sentences", batch_sentences)):
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"teacher store: {name} must be a positive integer, got {value!r}")
+    if isinstance(teachers, str) or not all(isinstance(t, str) for t in teachers):
+        raise UserError("teacher store: teachers must be a list of checkpoint names or hashes")
+    width = min(top_k, len(vocab))
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "dataset_fingerprint": fingerprint,
+        "vocab": {"sha256": fingerprint_vocab(vocab), "size": len(vocab)},
+        "teachers": list(teachers),
+        "truncation": {"top_k": top_k, "epsilon": epsilon, "width": width},
+        "dtypes": _dtypes(len(vocab), width, probs_dtype),
+        "probs_error": PROBS_DTYPES[probs_dtype],
+        "shard_sentences": shard_sentences,
+        "batch_sentences": batch_sentences,
+    }
+
+
+def _completed_shards(path: Path, settings: dict) -> list[dict]:
+    """Shards a previous, interrupted run finished (none when starting afresh)."""
+    partial = path / PARTIAL_MANIFEST
+    if not partial.exists():
+        return []
+    previous = _read_json(partial)
+    _require_same_settings(partial, previous, settings)
+    return previous["shards"]
+
+
+def _require_same_settings(where: Path, previous: dict, settings: dict) -> None:
+    changed = sorted(key for key in settings if previous.get(key) != settings[key])
+    if changed:
+        raise located(where, None, f"this store was written with different {', '.join(changed)}; "
+                                   "use the same settings to resume, or write to a new folder")
+
+
+def _compute_shard(chunk: list, first: int, teacher, settings: dict, bar) -> dict[str, np.ndarray]:
+    """Run the teacher over a shard's sentences, batch by batch, and truncate and encode its distributions."""
+    width, epsilon = settings["truncation"]["width"], settings["truncation"]["epsilon"]
+    dtypes, batch_size = settings["dtypes"], settings["batch_sentences"]
+    parts = {name: [] for name in SHARD_ARRAYS}
+    for start in range(0, len(chunk), batch_size):
+        batch = chunk[start:start + batch_size]
+        dists, lengths = _teacher_distributions(teacher, batch, first + start, settings["vocab"]["size"])
+        ids, probs, counts, remainder = truncate(dists, width, epsilon)
+        kept = torch.arange(ids.shape[-1])[None, :] < counts[:, None]
+        parts["lengths"].append(np.array(lengths))
+        parts["counts"].append(counts.numpy())
+        parts["ids"].append(ids[kept].numpy())
+        parts["probs"].append(_encode_probs(probs[kept].numpy(), dtypes["probs"]))
+        parts["remainder"].append(remainder.numpy())
+        bar.update(len(batch))
+    return {name: np.concatenate(parts[name]).astype(dtypes[name]) for name in SHARD_ARRAYS}
+
+
+def _teacher_distributions(teacher, batch: list, first: int, vocab_size: int) -> tuple[torch.Tensor, list[int]]:
+    """The teacher's output for a batch as one [positions, V] tensor and the sentence lengths, checked to be
+    distributions over the vocabulary."""
+    where = f"teacher store: sentences {first}..{first + len(batch) - 1}"
+    output = teacher(batch)
+    if isinstance(output, (list, tuple)):
+        dists = [torch.as_tensor(d) for d in output]
+        if len(dists) != len(batch) or any(d.ndim != 2 for d in dists):
+            raise UserError(f"{where}: the teacher must return one [positions, V] array a sentence")
+        lengths, stacked = [len(d) for d in dists], torch.cat(dists)
+    else:
+        lengths, stacked = [len(sentence) for sentence in batch], torch.as_tensor(output)
+    if stacked.ndim != 2 or stacked.shape != (sum(lengths), vocab_size):
+        raise UserError(f"{where}: the teacher returned shape {tuple(stacked.shape)}, expected "
+                        f"({sum(lengths)}, {vocab_size})")
+    bad = (~torch.isfinite(stacked).all(-1) | (stacked < 0).any(-1)
+           | ((stacked.sum(-1, dtype=torch.float64) - 1).abs() > ROW_SUM_TOLERANCE))
+    if bad.any():
+        sentence = first + np.repeat(np.arange(len(lengths)), lengths)[int(bad.nonzero()[0, 0])]
+        raise UserError(f"teacher store: sentence {sentence}: the teacher's output is not a probability "
+                        f"distribution (negative, non-finite, or not summing to 1 within {ROW_SUM_TOLERANCE})")
+    return stacked, lengths
+
+
+def _save_shard(path: Path, index: int, first_sentence: int, arrays: dict[str, np.ndarray]) -> dict:
+    files = {}
+    for name in SHARD_ARRAYS:
+        buffer = io.BytesIO()
+        np.save(buffer, arrays[name], allow_pickle=False)
+        data = buffer.getvalue()
+        filename = f"shard-{index:05d}-{name}.npy"
+        _write_atomically(path / filename, data)
+        files[name] = {"name": filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"first_sentence": first_sentence, "num_sentences": len(arrays["lengths"]),
+            "num_positions": len(arrays["counts"]), "num_entries": len(arrays["ids"]), "files": files}
+
+
+def _manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename: readers see the old file or the whole new one."""
+    temporary = path.with_name(f".tmp-{path.name}")
+    with open(temporary, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise located(path, None, f"cannot read the manifest: {error}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class TeacherBatch:
+    """Teacher targets for a batch of sentences, padded. K is the store's width (min(top_k, V)) for a fixed
+    truncation, and the most entries any position of the batch kept for an adaptive one. Padding (positions past
+    a sentence's length, entries past a position's count) has id 0 and probability 0."""
+
+    ids: torch.Tensor  # int64 [B, T, K]
+    probs: torch.Tensor  # float32 [B, T, K]
+    remainder: torch.Tensor  # float32 [B, T], 1 - the teacher's kept mass (0 at padding)
+    lengths: torch.Tensor  # int64 [B]
+
+
+class TeacherStore:
+    """A finished store, read through memory maps: a shard is verified against its checksum before any of its
+    data is used, either all at `open` (verify="open") or each on its first read (verify="lazy")."""
+
+    def __init__(self, path: Path, manifest: dict, verify: str):
+        self.path = path
+        self.manifest = manifest
+        self._shard_info = manifest["shards"]
+        self._first_sentence = np.array([s["first_sentence"] for s in self._shard_info], dtype=np.int64)
+        self._shards: dict[int, _Shard] = {}
+        if verify == "open":
+            for index in tqdm(range(len(self._shard_info)), desc=f"verify {path.name}", leave=False, disable=None):
+                self._shard(index)
+
+    @classmethod
+    def open(cls, path, *, expect_fingerprint: str, expect_vocab: Sequence[str], verify: str = "open"):
+        """Open the store at `path` for training on the dataset with fingerprint `expect_fingerprint` (from
+        `fingerprint_dataset`) over the vocabulary `expect_vocab`; refuse it if it was written for others."""
+        path = Path(path)
+        if verify not in ("open", "lazy"):
+            raise UserError(f"TeacherStore.open: verify must be 'open' or 'lazy', got {verify!r}")
+        if not (path / MANIFEST).exists():
+            unfinished = " (writing did not finish: rerun the writer to resume)" if (
+                path / PARTIAL_MANIFEST).exists() else ""
+            raise located(path, None, f"not a finished teacher store: no {MANIFEST}{unfinished}")
+        manifest = _read_json(path / MANIFEST)
+        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+            raise located(path / MANIFEST, None, f"not a {FORMAT} of version {VERSION}")
+        if manifest["dataset_fingerprint"] != expect_fingerprint:
+            raise located(path, None, f"the teacher store was written for dataset {manifest['dataset_fingerprint']}"
+                                      f", not the dataset being trained ({expect_fingerprint}); rebuild the store")
+        if manifest["vocab"]["sha256"] != fingerprint_vocab(expect_vocab):
+            stored = manifest["vocab"]
+            raise located(path, None, f"the teacher store was written for another vocabulary ({stored['size']} "
+                                      f"entries, {stored['sha256']}) than the one being trained "
+                                      f"({len(expect_vocab)} entries, {fingerprint_vocab(expect_vocab)})")
+        return cls(path, manifest, verify)
+
+    def __len__(self) -> int:
+        return self.manifest["num_sentences"]
+
+    @property
+    def num_positions(self) -> int:
+        return self.manifest["num_positions"]
+
+    @property
+    def adaptive(self) -> bool:
+        return self.manifest["truncation"]["epsilon"] is not None
+
+    def bytes_per_token(self) -> float:
+        """Bytes on disk (all shard files) per stored position."""
+        total = sum(f["bytes"] for shard in self._shard_info for f in shard["files"].values())
+        return total / max(self.num_positions, 1)
+
+    def sentence(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids [T, K], probs [T, K], remainder [T]) for sentence `index`, K as in `TeacherBatch`."""
+        batch = self.batch([index])
+        return batch.ids[0], batch.probs[0], batch.remainder[0]
+
+    def batch(self, sentence_indices) -> TeacherBatch:
+        """Padded teacher targets for the given sentences, gathered from the memory maps without a Python loop over
+        positions (only over the shards the batch touches)."""
+        wanted = np.asarray(sentence_indices, dtype=np.int64).reshape(-1)
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= len(self)):
+            raise IndexError(f"sentence index out of range for a store of {len(self)} sentences")
+        shard_of = np.searchsorted(self._first_sentence, wanted, side="right") - 1
+        fixed_width = None if self.adaptive else self.manifest["truncation"]["width"]
+        parts = [(rows, *self._shard(int(shard)).gather(wanted[rows] - self._first_sentence[shard], fixed_width))
+                 for shard in np.unique(shard_of) for rows in [np.flatnonzero(shard_of == shard)]]
+        return _pad(len(wanted), fixed_width, parts)
+
+    def iter_batches(self, batch_sentences: int = 32) -> Iterator[tuple[np.ndarray, TeacherBatch]]:
+        """(sentence indices, batch) over the whole store in order, reading the shards one after another."""
+        for start in range(0, len(self), batch_sentences):
+            indices = np.arange(start, min(start + batch_sentences, len(self)))
+            yield indices, self.batch(indices)
+
+    def _shard(self, index: int) -> _Shard:
+        if index not in self._shards:
+            self._shards[index] = _Shard.verified(self.path, self._shard_info[index])
+        return self._shards[index]
+
+
+class _Shard:
+    """One shard's arrays, memory-mapped after their checksums were verified."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.counts, self.ids, self.probs, self.remainder = (arrays[n] for n in ("counts", "ids", "probs", "remainder"))
+        self.lengths = np.asarray(arrays["lengths"], dtype=np.int64)
+        self.position_start = np.concatenate([[0], np.cumsum(self.lengths)])
+        entries_before_position = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
+        self.entry_start = entries_before_position[self.position_start[:-1]]
+
+    @classmethod
+    def verified(cls, folder: Path, info: dict) -> _Shard:
+        arrays = {}
+        for name, file in info["files"].items():
+            path = folder / file["name"]
+            try:
+                with open(path, "rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError as error:
+                raise located(path, None, f"teacher store shard unreadable: {error}") from None
+            if digest != file["sha256"]:
+                raise located(path, None, "teacher store shard fails its checksum (corrupted or modified); "
+                                          "rebuild the store")
+            arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+        return cls(arrays)
+
+    def gather(self, local: np.ndarray, fixed_width: int | None):
+        """lengths [b] of the given sentences, and at each of their positions, flat: ids [n, k], probs [n, k]
+        (float32, 0 past a position's count) and remainder [n]. k is the fixed width, or for an adaptive
+        truncation (fixed_width None) the most entries any of these positions kept."""
+        lengths = self.lengths[local]
+        positions = _ragged_arange(self.position_start[local], lengths)
+        remainder = self.remainder[positions]
+        if fixed_width is not None:  # every position kept fixed_width entries: they are rows of the flat arrays
+            return (lengths, self.ids.reshape(-1, fixed_width)[positions],
+                    _decode_probs(self.probs.reshape(-1, fixed_width)[positions]), remainder)
+        counts = self.counts[positions].astype(np.int64)
+        # A position's entries start after its sentence's first entry and the entries of the positions before it.
+        kept_before = np.concatenate([[0], np.cumsum(counts)])
+        sentence_offset = self.entry_start[local] - kept_before[np.cumsum(lengths) - lengths]
+        entry_start = np.repeat(sentence_offset, lengths) + kept_before[:-1]
+        window = np.arange(counts.max(initial=0))
+        kept = window < counts[:, None]
+        entries = np.minimum(entry_start[:, None] + window, len(self.ids) - 1)  # past a count: any valid entry
+        ids, probs = np.where(kept, self.ids[entries], 0), np.where(kept, _decode_probs(self.probs[entries]), 0)
+        return lengths, ids, probs, remainder
+
+
+def _ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(s, s + n) over (starts, lengths), without a Python loop."""
+    segment_start = np.cumsum(lengths) - lengths
+    return np.repeat(starts - segment_start, lengths) + np.arange(lengths.sum())
+
+
+def _pad(size: int, fixed_width: int | None, parts: list) -> TeacherBatch:
+    """Scatter each shard's part (rows of the batch, lengths, per-position ids, probs, remainder) into padded
+    [B, T, K] tensors."""
+    steps = max((int(lengths.max(initial=0)) for _, lengths, *_ in parts), default=0)
+    width = fixed_width if fixed_width is not None else max((ids.shape[1] for *_, ids, _, _ in parts), default=0)
+    out_lengths = np.zeros(size, np.int64)
+    out_ids = np.zeros((size * steps, width), np.int64)
+    out_probs = np.zeros((size * steps, width), np.float32)
+    out_remainder = np.zeros(size * steps, np.float32)
+    for rows, lengths, ids, probs, remainder in parts:
+        out_lengths[rows] = lengths
+        position = np.repeat(rows * steps, lengths) + _ragged_arange(np.zeros_like(lengths), lengths)
+        out_ids[position, :ids.shape[1]] = ids
+        out_probs[position, :ids.shape[1]] = probs
+        out_remainder[position] = remainder
+    return TeacherBatch(torch.from_numpy(out_ids).view(size, steps, width),
+                        torch.from_numpy(out_probs).view(size, steps, width),
+                        torch.from_numpy(out_remainder).view(size, steps), torch.from_numpy(out_lengths))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# For losses and tests
+
+
+def to_dense(ids: torch.Tensor, probs: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The kept entries as a [..., V] distribution (zeros elsewhere, so it sums to 1 - remainder)."""
+    dense = torch.zeros(*ids.shape[:-1], vocab_size, dtype=probs.dtype)
+    return dense.scatter_add_(-1, ids, probs)  # add, not assign: padding shares id 0 with a real entry
+
+
+def distill_targets(probs: torch.Tensor, remainder: torch.Tensor, mode: str = "drop"):
+    """Target weights for the kept entries [..., K] and for a remainder bucket [...], for a distillation loss
+        -sum_k targets_k log p_student(ids_k) - bucket log(1 - sum_k p_student(ids_k)).
+    drop (paper): the stored probabilities, the remainder ignored (the targets sum to 1 - remainder);
+    renormalise: the stored probabilities scaled to sum to 1;
+    bucket: the stored probabilities, and the remainder as the target of the student's mass outside the kept ids.
+    The bucket is zero except in mode "bucket"."""
+    if mode == "drop":
+        return probs, torch.zeros_like(remainder)
+    if mode == "renormalise":
+        return probs / probs.sum(-1, keepdim=True).clamp(min=torch.finfo(probs.dtype).tiny), torch.zeros_like(remainder)
+    if mode == "bucket":
+        return probs, remainder
+    raise UserError(f"distill_targets: mode must be 'drop', 'renormalise' or 'bucket', got {mode!r}")

@@ -1,0 +1,276 @@
+import numpy as np
+import pytest
+import torch
+
+from ensemble_distill.errors import UserError
+from ensemble_distill.teacher_store import (
+    TeacherStore,
+    distill_targets,
+    fingerprint_dataset,
+    fingerprint_vocab,
+    to_dense,
+    write_store,
+)
+
+V = 40
+VOCAB = [f"label{i}" for i in range(V)]
+SOURCE_VOCAB = 25
+
+
+def make_sentences(n=23, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, SOURCE_VOCAB, size=rng.integers(0, 9)) for _ in range(n)]
+
+
+class Teacher:
+    """Deterministic per token (so reruns agree), peaked like a trained model, no ties; counts its calls."""
+
+    def __init__(self, fail_after_calls=None, packed=False, vocab_size=V):
+        logits = np.random.default_rng(1).normal(size=(SOURCE_VOCAB, vocab_size)) * 3.0
+        self.table = torch.softmax(torch.tensor(logits, dtype=torch.float32), -1)
+        self.fail_after_calls, self.packed, self.calls, self.sentences_seen = fail_after_calls, packed, 0, 0
+
+    def __call__(self, batch):
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls += 1
+        self.sentences_seen += len(batch)
+        dists = [self.table[torch.as_tensor(s, dtype=torch.int64)] for s in batch]
+        return torch.cat(dists).numpy() if self.packed else dists
+
+
+def write(path, sentences, teacher=None, **options):
+    options = {"shard_sentences": 5, "batch_sentences": 2, "progress": False, **options}
+    return write_store(path, sentences, teacher or Teacher(), vocab=VOCAB, fingerprint=fingerprint_dataset(sentences),
+                       teachers=["member-1.pt", "member-2.pt"], **options)
+
+
+def store_files(path):
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def true_distributions(sentences):
+    return [Teacher().table[torch.as_tensor(s, dtype=torch.int64)].numpy() for s in sentences]
+
+
+@pytest.mark.parametrize("probs_dtype", ["float16", "uint8"])
+def test_top_k_keeps_the_true_top_entries_and_round_trips(tmp_path, probs_dtype):
+    sentences = make_sentences()
+    store = write(tmp_path, sentences, top_k=6, probs_dtype=probs_dtype)
+    assert len(store) == len(sentences) and store.num_positions == sum(len(s) for s in sentences)
+    for i, dist in enumerate(true_distributions(sentences)):
+        ids, probs, remainder = store.sentence(i)
+        expected_ids = np.argsort(-dist, axis=-1, kind="stable")[:, :6]
+        expected = np.take_along_axis(dist, expected_ids, -1)
+        assert ids.shape == (len(dist), 6)
+        np.testing.assert_array_equal(ids.numpy(), expected_ids)
+        if probs_dtype == "float16":
+            np.testing.assert_allclose(probs.numpy(), expected, rtol=1e-3, atol=3e-8)
+            np.testing.assert_allclose(remainder.numpy(), 1 - expected.sum(-1), rtol=1e-3, atol=3e-8)
+        else:
+            assert np.abs(probs.numpy() - expected).max(initial=0) <= 1 / 510 + 1e-7
+            np.testing.assert_allclose(remainder.numpy(), 1 - expected.sum(-1), rtol=1e-3, atol=1e-6)
+
+
+def test_top_k_at_least_the_vocabulary_keeps_everything(tmp_path):
+    sentences = make_sentences()
+    store = write(tmp_path, sentences, top_k=V + 10)
+    batch = store.batch(np.arange(len(sentences)))
+    assert batch.ids.shape[-1] == V
+    for i, dist in enumerate(true_distributions(sentences)):
+        dense = to_dense(batch.ids[i, :len(dist)], batch.probs[i, :len(dist)], V).numpy()
+        np.testing.assert_allclose(dense, dist, rtol=1e-3, atol=3e-8)
+        assert np.abs(batch.remainder[i, :len(dist)].numpy()).max(initial=0) < 1e-6
+
+
+def fewest_reaching(row, epsilon, cap):
+    """Brute force: grow the kept set one entry (the next most probable) at a time."""
+    order, mass = np.argsort(-row), 0.0
+    for n, index in enumerate(order, start=1):
+        mass += float(row[index])
+        if mass >= 1 - epsilon or n == cap:
+            return order[:n]
+
+
+@pytest.mark.parametrize("epsilon,top_k", [(0.05, 20), (0.3, 20), (1e-4, 4)])
+def test_adaptive_keeps_the_fewest_entries_reaching_one_minus_epsilon(tmp_path, epsilon, top_k):
+    sentences = make_sentences()
+    store = write(tmp_path, sentences, top_k=top_k, epsilon=epsilon)
+    seen_counts = set()
+    for i, dist in enumerate(true_distributions(sentences)):
+        ids, probs, remainder = store.sentence(i)
+        for t, row in enumerate(dist):
+            kept = fewest_reaching(row, epsilon, top_k)
+            seen_counts.add(len(kept))
+            np.testing.assert_array_equal(ids[t, :len(kept)].numpy(), kept)
+            assert (probs[t, len(kept):] == 0).all()
+            np.testing.assert_allclose(probs[t, :len(kept)].numpy(), row[kept], rtol=1e-3, atol=3e-8)
+            np.testing.assert_allclose(float(remainder[t]), 1 - row[kept].sum(), rtol=1e-3, atol=1e-6)
+    assert len(seen_counts) > 1 if top_k > 4 else seen_counts == {4}  # rows really differ / the cap binds
+
+
+def test_batch_is_padded_in_request_order_across_shards(tmp_path):
+    sentences = make_sentences()
+    store = write(tmp_path, sentences, top_k=30, epsilon=0.1)
+    wanted = [22, 0, 7, 7, 3, 14]  # several shards, a repeat, out of order
+    batch = store.batch(wanted)
+    assert batch.lengths.tolist() == [len(sentences[i]) for i in wanted]
+    assert batch.ids.shape[:2] == (len(wanted), max(len(sentences[i]) for i in wanted))
+    for row, i in enumerate(wanted):
+        ids, probs, remainder = store.sentence(i)
+        n, k = ids.shape
+        torch.testing.assert_close(batch.ids[row, :n, :k], ids)
+        torch.testing.assert_close(batch.probs[row, :n, :k], probs)
+        torch.testing.assert_close(batch.remainder[row, :n], remainder)
+        assert (batch.probs[row, n:] == 0).all() and (batch.probs[row, :, k:] == 0).all()
+        assert (batch.remainder[row, n:] == 0).all()
+    streamed = [i for indices, _ in store.iter_batches(4) for i in indices]
+    assert streamed == list(range(len(sentences)))
+
+
+def test_packed_teacher_output_writes_the_same_store(tmp_path):
+    sentences = make_sentences()
+    write(tmp_path / "list", sentences, Teacher(), top_k=6)
+    write(tmp_path / "packed", sentences, Teacher(packed=True), top_k=6)
+    assert store_files(tmp_path / "list") == store_files(tmp_path / "packed")
+
+
+def test_dtypes_and_bytes_per_token(tmp_path):
+    sentences = make_sentences()
+    store = write(tmp_path, sentences, top_k=6, probs_dtype="uint8")
+    arrays = {name: np.load(tmp_path / f"shard-00000-{name}.npy") for name in
+              ("lengths", "counts", "ids", "probs", "remainder")}
+    assert {k: str(a.dtype) for k, a in arrays.items()} == {
+        "lengths": "int32", "counts": "uint8", "ids": "uint16", "probs": "uint8", "remainder": "float16"}
+    shard_bytes = sum(p.stat().st_size for p in tmp_path.glob("shard-*.npy"))
+    assert store.bytes_per_token() == shard_bytes / store.num_positions
+
+
+def test_a_vocabulary_beyond_uint16_stores_int32_ids(tmp_path):
+    big = 70_000
+    sentences = [np.array([0, 1, 2])]
+    dist = torch.softmax(torch.linspace(0, 30, big), -1).repeat(3, 1)
+    vocab = [str(i) for i in range(big)]
+    store = write_store(tmp_path, sentences, lambda batch: dist, vocab=vocab, teachers=[], top_k=4,
+                        fingerprint=fingerprint_dataset(sentences), progress=False)
+    assert np.load(tmp_path / "shard-00000-ids.npy").dtype == np.int32
+    assert store.sentence(0)[0][0].tolist() == [big - 1, big - 2, big - 3, big - 4]
+
+
+def test_store_for_another_dataset_or_vocabulary_is_refused(tmp_path):
+    sentences = make_sentences()
+    write(tmp_path, sentences)
+    fingerprint = fingerprint_dataset(sentences)
+    other_data = fingerprint_dataset(make_sentences(seed=5))
+    with pytest.raises(UserError, match=f"{tmp_path}.*dataset {fingerprint}.*not the dataset being trained"):
+        TeacherStore.open(tmp_path, expect_fingerprint=other_data, expect_vocab=VOCAB)
+    with pytest.raises(UserError, match=f"{tmp_path}.*another vocabulary"):
+        TeacherStore.open(tmp_path, expect_fingerprint=fingerprint, expect_vocab=VOCAB[::-1])
+    TeacherStore.open(tmp_path, expect_fingerprint=fingerprint, expect_vocab=VOCAB)
+
+
+def test_fingerprint_sees_ids_lengths_and_columns():
+    sentences = [np.array([1, 2, 3]), np.array([4, 5])]
+    fingerprint = fingerprint_dataset(sentences)
+    assert fingerprint == fingerprint_dataset([[1, 2, 3], [4, 5]])
+    assert fingerprint != fingerprint_dataset([np.array([1, 2]), np.array([3, 4, 5])])  # same ids, split elsewhere
+    assert fingerprint != fingerprint_dataset([np.array([1, 2, 3]), np.array([4, 6])])
+    assert fingerprint != fingerprint_dataset(sentences, [np.array([0, 0, 1]), np.array([1, 0])])
+    assert fingerprint_vocab(["O", "B-PER"]) != fingerprint_vocab(["B-PER", "O"])
+    with pytest.raises(UserError, match="integer ids"):
+        fingerprint_dataset([np.array([0.5, 1.0])])
+
+
+@pytest.mark.parametrize("verify", ["open", "lazy"])
+def test_corrupted_shard_is_refused(tmp_path, verify):
+    sentences = make_sentences()
+    write(tmp_path, sentences)
+    shard = tmp_path / "shard-00001-probs.npy"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    open_store = lambda: TeacherStore.open(tmp_path, expect_fingerprint=fingerprint_dataset(sentences),
+                                           expect_vocab=VOCAB, verify=verify)
+    if verify == "open":
+        with pytest.raises(UserError, match="shard-00001-probs.npy.*fails its checksum"):
+            open_store()
+    else:
+        store = open_store()
+        store.batch([0, 4])  # shard 0 is intact
+        with pytest.raises(UserError, match="shard-00001-probs.npy.*fails its checksum"):
+            store.batch([0, 5])
+
+
+def test_missing_manifest_is_refused(tmp_path):
+    sentences = make_sentences()
+    write(tmp_path, sentences)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(UserError, match=f"{tmp_path}: not a finished teacher store"):
+        TeacherStore.open(tmp_path, expect_fingerprint=fingerprint_dataset(sentences), expect_vocab=VOCAB)
+
+
+def test_resume_after_a_kill_is_byte_identical(tmp_path):
+    sentences = make_sentences()
+    options = {"top_k": 12, "epsilon": 0.02}
+    write(tmp_path / "whole", sentences, **options)
+
+    killed = Teacher(fail_after_calls=7)  # 3 calls a shard of 5 sentences: dies inside the third shard
+    with pytest.raises(KeyboardInterrupt):
+        write(tmp_path / "resumed", sentences, killed, **options)
+    assert not (tmp_path / "resumed" / "manifest.json").exists()
+    with pytest.raises(UserError, match="writing did not finish"):
+        TeacherStore.open(tmp_path / "resumed", expect_fingerprint=fingerprint_dataset(sentences), expect_vocab=VOCAB)
+    (tmp_path / "resumed" / ".tmp-shard-00002-ids.npy").write_bytes(b"half")  # as if killed mid-write
+
+    rerun = Teacher()
+    write(tmp_path / "resumed", sentences, rerun, **options)
+    assert rerun.sentences_seen == len(sentences) - 10  # the two finished shards were not recomputed
+    assert store_files(tmp_path / "resumed") == store_files(tmp_path / "whole")
+
+    again = Teacher()
+    write(tmp_path / "resumed", sentences, again, **options)  # a finished store is only reopened
+    assert again.calls == 0
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    sentences = make_sentences()
+    with pytest.raises(KeyboardInterrupt):
+        write(tmp_path, sentences, Teacher(fail_after_calls=4), top_k=12)
+    with pytest.raises(UserError, match="manifest.partial.json.*different truncation"):
+        write(tmp_path, sentences, top_k=16)
+
+
+def test_teacher_output_that_is_not_a_distribution_is_refused(tmp_path):
+    sentences = make_sentences()
+    unnormalised = lambda batch: [torch.ones(len(s), V) for s in batch]
+    with pytest.raises(UserError, match="sentence 0: .*not a probability distribution"):
+        write(tmp_path / "a", sentences, unnormalised)
+    with pytest.raises(UserError, match=r"shape \(3, 7\), expected"):
+        write(tmp_path / "b", [np.array([1, 2, 3])], lambda batch: torch.full((3, 7), 1 / 7))
+
+
+def test_distill_targets():
+    logits = torch.randn(2, 3, V, generator=torch.Generator().manual_seed(0))
+    teacher = torch.softmax(logits * 2, -1)
+    probs, ids = teacher.topk(5, -1)
+    remainder = 1 - probs.sum(-1)
+    student = torch.log_softmax(torch.randn(2, 3, V, generator=torch.Generator().manual_seed(1)), -1)
+    student_kept = student.gather(-1, ids)
+
+    targets, bucket = distill_targets(probs, remainder, "drop")
+    assert torch.equal(targets, probs) and (bucket == 0).all()
+    targets, bucket = distill_targets(probs, remainder, "renormalise")
+    torch.testing.assert_close(targets.sum(-1), torch.ones(2, 3))
+    torch.testing.assert_close(targets, torch.softmax(logits * 2, -1).topk(5, -1).values / (1 - remainder)[..., None])
+    targets, bucket = distill_targets(probs, remainder, "bucket")
+    # With the remainder as one bucket, the loss is the cross-entropy against the teacher with its dropped entries
+    # merged into one event, compared densely here.
+    loss = -(targets * student_kept).sum(-1) - bucket * torch.log1p(-student_kept.exp().sum(-1))
+    outside = torch.ones_like(teacher, dtype=torch.bool).scatter_(-1, ids, False)
+    dense = -(teacher * student * ~outside).sum(-1) - (teacher * outside).sum(-1) * torch.log(
+        (student.exp() * outside).sum(-1))
+    torch.testing.assert_close(loss, dense)
+    padding = distill_targets(torch.zeros(1, 4), torch.zeros(1), "renormalise")[0]
+    assert (padding == 0).all()
+    with pytest.raises(UserError, match="mode must be"):
+        distill_targets(probs, remainder, "ignore")
