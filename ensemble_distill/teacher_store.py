@@ -177,7 +177,7 @@ def write_store(
     path.mkdir(parents=True, exist_ok=True)
     if (path / MANIFEST).exists():
         _require_same_settings(path / MANIFEST, _read_json(path / MANIFEST), settings)
-        return TeacherStore.open(path, expect_fingerprint=fingerprint, expect_vocab=vocab)
+        return TeacherStore.open(path, expect_fingerprint=fingerprint, expect_vocab=vocab, verify="lazy")
 
     shards = _completed_shards(path, settings)
     for leftover in path.glob(".tmp-*"):  # a killed run's half-written files
