@@ -1,0 +1,94 @@
+"""Line-aligned parallel text (one sentence a line, plain or .gz) and length filtering of sentence pairs.
+
+    pairs = read_parallel("train.de.gz", "train.en.gz")              # [(source, target), ...]
+    kept, counts = filter_by_length(encoded_pairs, max_len=100)     # lengths in subwords
+    print(counts)                                                   # kept 28990 of 29000 (...)
+
+Every defect in the files is a UserError naming the file and line: the two sides must have the same number of
+lines, no line may be empty on either side, and the text must be UTF-8.
+"""
+
+import gzip
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ensemble_distill.errors import UserError, located
+
+
+def read_parallel(src_path, tgt_path) -> list[tuple[str, str]]:
+    """The (source, target) sentence pairs of two line-aligned files, whitespace stripped at both ends."""
+    src_lines = read_lines(src_path)
+    tgt_lines = read_lines(tgt_path)
+    if len(src_lines) != len(tgt_lines):
+        (short_path, n_short), (long_path, n_long) = sorted(
+            [(src_path, len(src_lines)), (tgt_path, len(tgt_lines))], key=lambda side: side[1]
+        )
+        raise located(short_path, n_short + 1, f"ends after {n_short} lines but {long_path} has {n_long}")
+    for number, (src, tgt) in enumerate(zip(src_lines, tgt_lines), start=1):
+        for path, text, other_path in ((src_path, src, tgt_path), (tgt_path, tgt, src_path)):
+            if not text:
+                raise located(path, number, f"empty line; each line must hold the sentence aligned with the same line of {other_path}")
+    return list(zip(src_lines, tgt_lines))
+
+
+def read_lines(path) -> list[str]:
+    """The stripped lines of a UTF-8 text file; a name ending in .gz is read through gzip."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as file:
+            raw_lines = file.read().splitlines()
+    except FileNotFoundError:
+        raise located(path, None, "no such file") from None
+    except (OSError, EOFError) as error:  # gzip raises BadGzipFile (an OSError) or EOFError on damaged files
+        raise located(path, None, f"cannot read: {error}") from None
+    lines = []
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append(raw.decode("utf-8").strip())
+        except UnicodeDecodeError as error:
+            raise located(path, number, f"not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1})") from None
+    return lines
+
+
+@dataclass(frozen=True)
+class FilterCounts:
+    """How many pairs a length filter kept and why it dropped the others (each drop counted under its first reason)."""
+
+    kept: int
+    too_short: int
+    too_long: int
+    bad_ratio: int
+
+    @property
+    def total(self) -> int:
+        return self.kept + self.too_short + self.too_long + self.bad_ratio
+
+    def __str__(self) -> str:
+        return (
+            f"kept {self.kept} of {self.total} pairs "
+            f"(dropped: {self.too_short} too short, {self.too_long} too long, {self.bad_ratio} length ratio)"
+        )
+
+
+def filter_by_length(
+    pairs: Sequence[tuple[Sequence, Sequence]], *, min_len: int = 1, max_len: int = 128, max_ratio: float = 9.0
+) -> tuple[list[int], FilterCounts]:
+    """Indices of the pairs whose sides both have min_len..max_len items (subword ids) and whose longer side is at
+    most max_ratio times the shorter, with counts of what was dropped. The ratio 9 is the customary limit of
+    Moses' clean-corpus-n; it only removes plainly misaligned pairs."""
+    if min_len < 1 or max_len < min_len or max_ratio < 1:
+        raise UserError(f"length filter needs 1 <= min_len <= max_len and max_ratio >= 1, got {min_len}, {max_len}, {max_ratio}")
+    kept, too_short, too_long, bad_ratio = [], 0, 0, 0
+    for index, (src, tgt) in enumerate(pairs):
+        shorter, longer = sorted((len(src), len(tgt)))
+        if shorter < min_len:
+            too_short += 1
+        elif longer > max_len:
+            too_long += 1
+        elif longer > max_ratio * shorter:
+            bad_ratio += 1
+        else:
+            kept.append(index)
+    return kept, FilterCounts(len(kept), too_short, too_long, bad_ratio)

@@ -1,0 +1,75 @@
+import gzip
+
+import pytest
+
+from ensemble_distill.data.parallel import FilterCounts, filter_by_length, read_parallel
+from ensemble_distill.errors import UserError
+
+
+def write(path, data: bytes):
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as file:
+            file.write(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def test_reads_plain_and_gzip_pairs_stripped(tmp_path):
+    src = write(tmp_path / "train.de.gz", "Ein Hund läuft.\n  Zwei Männer \r\n".encode())
+    tgt = write(tmp_path / "train.en", b"A dog runs.\nTwo men\n")
+    assert read_parallel(src, tgt) == [("Ein Hund läuft.", "A dog runs."), ("Zwei Männer", "Two men")]
+
+
+def test_line_count_mismatch_names_the_shorter_file_and_line(tmp_path):
+    src = write(tmp_path / "a.de", b"eins\nzwei\ndrei\n")
+    tgt = write(tmp_path / "a.en", b"one\ntwo\n")
+    with pytest.raises(UserError, match=rf"^{tgt}:3: ends after 2 lines but {src} has 3$"):
+        read_parallel(src, tgt)
+
+
+@pytest.mark.parametrize("empty_side", ["src", "tgt"])
+def test_empty_line_on_one_side_names_that_file_and_line(tmp_path, empty_side):
+    src = write(tmp_path / "b.de", b"eins\nzwei\n" if empty_side == "tgt" else b"eins\n \n")
+    tgt = write(tmp_path / "b.en", b"one\ntwo\n" if empty_side == "src" else b"one\n\n")
+    bad = src if empty_side == "src" else tgt
+    with pytest.raises(UserError, match=rf"^{bad}:2: empty line"):
+        read_parallel(src, tgt)
+
+
+def test_undecodable_bytes_name_file_line_and_byte(tmp_path):
+    src = write(tmp_path / "c.de.gz", b"gut\nschlecht \xff\xfe\n")
+    tgt = write(tmp_path / "c.en", b"good\nbad\n")
+    with pytest.raises(UserError, match=rf"^{src}:2: not UTF-8 text \(byte 0xff at column 10\)"):
+        read_parallel(src, tgt)
+
+
+def test_missing_and_damaged_files_are_user_errors(tmp_path):
+    tgt = write(tmp_path / "d.en", b"x\n")
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'none.de'}: no such file"):
+        read_parallel(tmp_path / "none.de", tgt)
+    not_gzip = tmp_path / "d.de.gz"
+    not_gzip.write_bytes(b"plain text, not gzip\n")
+    with pytest.raises(UserError, match=rf"^{not_gzip}: cannot read"):
+        read_parallel(not_gzip, tgt)
+
+
+def test_length_filter_counts_each_drop_under_its_first_reason():
+    pairs = [
+        ([1, 2], [1, 2, 3]),  # kept
+        ([], [1]),  # too short (also a bad ratio: counted once, as too short)
+        ([1] * 6, [1]),  # too long (6 > 5) and a ratio of 6
+        ([1], [1] * 4),  # ratio 4 > 3
+        ([1] * 5, [1] * 5),  # kept: the limits are inclusive
+        ([1], [1] * 3),  # kept: ratio exactly 3
+    ]
+    kept, counts = filter_by_length(pairs, min_len=1, max_len=5, max_ratio=3)
+    assert kept == [0, 4, 5]
+    assert counts == FilterCounts(kept=3, too_short=1, too_long=1, bad_ratio=1)
+    assert counts.total == 6
+    assert str(counts) == "kept 3 of 6 pairs (dropped: 1 too short, 1 too long, 1 length ratio)"
+
+
+def test_length_filter_rejects_impossible_limits():
+    with pytest.raises(UserError, match="min_len <= max_len"):
+        filter_by_length([], min_len=5, max_len=2)
