@@ -14,8 +14,10 @@ from .errors import UserError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ensemble-distill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _ = sub  # sub-commands are registered below
     add_evaluate(sub)
+    add_train_ensemble(sub)
+    add_predict(sub)
+    add_demo(sub)
     return parser
 
 
@@ -25,7 +27,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--out", help="folder for metrics.json and PNGs (default: PREDICTIONS without .npz, plus -eval)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of sentences (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.set_defaults(run=run_evaluate)
+    p.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args) -> int:
@@ -39,11 +41,62 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def add_train_ensemble(sub) -> None:
+    p = sub.add_parser("train-ensemble", help="train (or resume) an ensemble of NER taggers, then evaluate it")
+    p.add_argument("--config", required=True, help="TOML config (see configs/)")
+    p.add_argument("--out", required=True, help="run directory (resumes if it holds a partial run)")
+    p.add_argument("--split", default="test", help="split to evaluate on after training (default test)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.set_defaults(func=run_train_ensemble)
+
+
+def run_train_ensemble(args) -> int:
+    from .config import TaggingConfig, load_config
+    from .ensemble import train_ensemble
+    from .experiments import evaluate_run, format_rows
+
+    run = train_ensemble(load_config(args.config, TaggingConfig), args.out)
+    print(format_rows(evaluate_run(run, args.split, args.n_boot), title=f"{args.out} ({args.split})"))
+    return 0
+
+
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="tag a CoNLL file with a trained ensemble")
+    p.add_argument("--run", required=True, help="run directory of train-ensemble")
+    p.add_argument("--input", required=True, help="CoNLL file in the run's column layout")
+    p.add_argument("--out", required=True, help="folder for predictions.npz, predictions.conll, entities.jsonl")
+    p.add_argument("--members", type=int, help="ensemble size (default: the largest configured)")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args) -> int:
+    from .experiments import predict_file
+
+    out = predict_file(args.run, args.input, args.out, args.members)
+    print(f"wrote {out}/predictions.npz, predictions.conll, entities.jsonl")
+    return 0
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the pipeline end to end on a small CoNLL-2003 setting (minutes on a CPU)")
+    p.add_argument("--data", default="../shared/data", help="folder holding conll2003-en/ (default ../shared/data)")
+    p.add_argument("--out", default="runs/demo", help="run directory root (default runs/demo)")
+    p.add_argument("--config", default="configs/demo.toml", help="demo config (default configs/demo.toml)")
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args) -> int:
+    from .experiments import demo
+
+    print(demo(args.data, args.out, args.config))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args) or 0
+        return args.func(args) or 0
     except UserError as err:
         print(f"ensemble-distill: error: {err}", file=sys.stderr)
         return 2

@@ -42,18 +42,14 @@ def resolve_encoder(name_or_path: str) -> Path:
     return path
 
 
-def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-
-
 def load_pretrained(path: Path) -> nn.Module:
     from transformers import AutoModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model = AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation="sdpa")
-    return model
+    # The pooler is unused (taggers read token states); not building it avoids a "newly initialised" notice for
+    # checkpoints such as e5 that ship none.
+    return AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation="sdpa",
+                                     add_pooling_layer=False)
 
 
 def _additive_mask(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ from .calibration.task_metrics import span_counts, span_scores
 from .config import TaggingConfig, Training
 from .data.conll import TaggedCorpus, label_vocab, read_conll, tag_corpus
 from .data.subwords import Window, bucketed_batches, collate, encode_sentences, load_tokenizer, merge_windows
-from .encoders import (EncoderTop, FrozenBottom, FrozenStates, compute_frozen_states, encoder_fingerprint,
-                       load_pretrained, resolve_encoder, split_encoder, token_ids_fingerprint)
+from .encoders import (EncoderTop, FrozenStates, compute_frozen_states, encoder_fingerprint, load_pretrained,
+                       resolve_encoder, split_encoder, token_ids_fingerprint)
 from .models.tagger import Tagger
 from .predictions import Predictions
 from .training import TrainResult, train
@@ -47,27 +47,42 @@ class TaggingData:
     encoder_path: Path
 
 
-def load_tagging_data(cfg: TaggingConfig, splits=("train", "dev", "test"), progress: bool = True) -> TaggingData:
-    """Read, tokenise and run the frozen encoder layers over the configured files, once for all members."""
+def load_tagging_data(cfg: TaggingConfig, splits=("train", "dev", "test"), progress: bool = True,
+                      extra_files: dict | None = None) -> TaggingData:
+    """Read, tokenise and run the frozen encoder layers over the configured files, once for all members.
+
+    extra_files: {name: path} of further files (same column layout) to prepare as splits, e.g. for `predict`.
+    """
     d = cfg.data
-    encoder_path = resolve_encoder(cfg.encoder.name)
-    tokenizer, max_length = load_tokenizer(encoder_path)
-    bottom, top = split_encoder(load_pretrained(encoder_path), cfg.encoder.finetune_layers)
+    encoder = _EncoderParts(cfg)
     train_sentences = _sample(read_conll(d.train, d.token_col, d.tag_col, d.scheme), d.max_train_sentences)
     labels = label_vocab(train_sentences)
-    fingerprint = encoder_fingerprint(encoder_path, cfg.encoder.finetune_layers)
     out = {}
     for name in splits:
         path = getattr(d, name)
         sentences = train_sentences if name == "train" else _sample(
             read_conll(path, d.token_col, d.tag_col, d.scheme), d.max_eval_sentences)
-        corpus = tag_corpus(path, sentences, labels, d.unknown_tag)
-        windows = encode_sentences(tokenizer, [s.tokens for s in sentences], max_length, corpus.tag_ids)
+        out[name] = encoder.prepare(path, sentences, labels, progress)
+    for name, path in (extra_files or {}).items():
+        out[name] = encoder.prepare(path, read_conll(path, d.token_col, d.tag_col, d.scheme), labels, progress)
+    return TaggingData(labels, out, encoder.top, encoder.tokenizer.pad_token_id, encoder.path)
+
+
+class _EncoderParts:
+    def __init__(self, cfg: TaggingConfig):
+        self.cfg = cfg
+        self.path = resolve_encoder(cfg.encoder.name)
+        self.tokenizer, self.max_length = load_tokenizer(self.path)
+        self.bottom, self.top = split_encoder(load_pretrained(self.path), cfg.encoder.finetune_layers)
+        self.fingerprint = encoder_fingerprint(self.path, cfg.encoder.finetune_layers)
+
+    def prepare(self, path, sentences, labels, progress) -> TaggingSplit:
+        corpus = tag_corpus(path, sentences, labels, self.cfg.data.unknown_tag)
+        windows = encode_sentences(self.tokenizer, [s.tokens for s in sentences], self.max_length, corpus.tag_ids)
         ids = [w.input_ids for w in windows]
-        cache = Path(cfg.encoder.cache_dir) / f"frozen-{fingerprint}-{token_ids_fingerprint(ids)}.pt"
-        out[name] = TaggingSplit(corpus, windows, compute_frozen_states(bottom, ids, cache_file=cache,
-                                                                        progress=progress))
-    return TaggingData(labels, out, top, tokenizer.pad_token_id, encoder_path)
+        cache = Path(self.cfg.encoder.cache_dir) / f"frozen-{self.fingerprint}-{token_ids_fingerprint(ids)}.pt"
+        return TaggingSplit(corpus, windows, compute_frozen_states(self.bottom, ids, cache_file=cache,
+                                                                   progress=progress))
 
 
 def _sample(sentences: list, limit: int) -> list:
