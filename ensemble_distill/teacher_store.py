@@ -55,6 +55,7 @@ import torch
 from tqdm import tqdm
 
 from ensemble_distill.errors import UserError, located
+from ensemble_distill.io_utils import atomic_path
 
 FORMAT = "ensemble-distill teacher store"
 VERSION = 1
@@ -180,7 +181,7 @@ def write_store(
         return TeacherStore.open(path, expect_fingerprint=fingerprint, expect_vocab=vocab, verify="lazy")
 
     shards = _completed_shards(path, settings)
-    for leftover in path.glob(".tmp-*"):  # a killed run's half-written files
+    for leftover in path.glob(".*.tmp"):  # a killed run's half-written files (atomic_path's temporary names)
         leftover.unlink()
     done = sum(shard["num_sentences"] for shard in shards)
     remaining = itertools.islice(iter(sentences), done, None)
@@ -191,12 +192,12 @@ def write_store(
             arrays = _compute_shard(chunk, done, teacher, settings, bar)
             shards.append(_save_shard(path, len(shards), done, arrays))
             done += len(chunk)
-            _write_atomically(path / PARTIAL_MANIFEST, _manifest_bytes({**settings, "shards": shards}))
+            _write_durably(path / PARTIAL_MANIFEST, _manifest_bytes({**settings, "shards": shards}))
 
     manifest = {**settings, "shards": shards, "num_sentences": done,
                 "num_positions": sum(s["num_positions"] for s in shards),
                 "num_entries": sum(s["num_entries"] for s in shards)}
-    _write_atomically(path / MANIFEST, _manifest_bytes(manifest))
+    _write_durably(path / MANIFEST, _manifest_bytes(manifest))
     (path / PARTIAL_MANIFEST).unlink(missing_ok=True)
     return TeacherStore.open(path, expect_fingerprint=fingerprint, expect_vocab=vocab, verify="lazy")
 
@@ -298,7 +299,7 @@ def _save_shard(path: Path, index: int, first_sentence: int, arrays: dict[str, n
         np.save(buffer, arrays[name], allow_pickle=False)
         data = buffer.getvalue()
         filename = f"shard-{index:05d}-{name}.npy"
-        _write_atomically(path / filename, data)
+        _write_durably(path / filename, data)
         files[name] = {"name": filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     return {"first_sentence": first_sentence, "num_sentences": len(arrays["lengths"]),
             "num_positions": len(arrays["counts"]), "num_entries": len(arrays["ids"]), "files": files}
@@ -308,14 +309,12 @@ def _manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: readers see the old file or the whole new one."""
-    temporary = path.with_name(f".tmp-{path.name}")
-    with open(temporary, "wb") as f:
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write atomically and fsync before the rename: a resumed run trusts the files a crashed one left."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(temporary, path)
 
 
 def _read_json(path: Path) -> dict:

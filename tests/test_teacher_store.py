@@ -220,7 +220,7 @@ def test_resume_after_a_kill_is_byte_identical(tmp_path):
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     with pytest.raises(UserError, match="writing did not finish"):
         TeacherStore.open(tmp_path / "resumed", expect_fingerprint=fingerprint_dataset(sentences), expect_vocab=VOCAB)
-    (tmp_path / "resumed" / ".tmp-shard-00002-ids.npy").write_bytes(b"half")  # as if killed mid-write
+    (tmp_path / "resumed" / ".shard-00002-ids.npy.k1ll3d.tmp").write_bytes(b"half")  # as if killed mid-write
 
     rerun = Teacher()
     write(tmp_path / "resumed", sentences, rerun, **options)
