@@ -141,6 +141,80 @@ def test_ece_accepts_float_and_int_inputs_alike():
     assert ece(-np.zeros(2), [0, 0], n_bins=1) == 0.0  # -0.0 is a valid confidence of zero
 
 
+# --------------------------------------------------- quantile ECE by selection equals the full sort, bit for bit
+
+
+def _full_sort_ece(conf, hit, n_bins, paper_compatible):
+    keys = metrics._event_keys(conf, hit)
+    keys.sort()
+    return metrics._ece_of_sorted_keys(keys, conf.dtype, n_bins, "quantile", paper_compatible)
+
+
+def _adversarial_events(rng):
+    """(name, confidence float32, correct): ties, tie runs across bin bounds, tiny counts, zeros and subnormals."""
+    f32 = lambda x: np.asarray(x, dtype=np.float32)
+    runs = f32(np.repeat([0.1, 0.5, 0.9], [353, 300, 348]))  # bounds at multiples of ~50 and ~100 fall inside runs
+    tiny = f32(np.concatenate([rng.random(500), 1e-30 * rng.random(300), np.zeros(50), [1e-45, 1.0]]))
+    cases = [
+        ("three values", f32(rng.choice([0.2, 0.6, 0.95], 2000))),
+        ("all equal", f32(np.full(1000, 0.7))),
+        ("all zero", f32(np.zeros(64))),
+        ("one event", f32([0.4])),
+        ("fewer than bins", f32(rng.random(7))),
+        ("just above bins", f32(rng.random(21))),
+        ("tie runs", runs),
+        ("tiny and zero", tiny),
+        ("rounded", f32(np.round(rng.random(5000), 2))),
+    ]
+    return [(name, rng.permutation(conf), rng.random(conf.size) < 0.5) for name, conf in cases]
+
+
+@pytest.mark.parametrize("paper_compatible", [False, True])
+def test_quantile_ece_by_selection_equals_full_sort_bit_for_bit(paper_compatible):
+    rng = np.random.default_rng(11)
+    for name, conf, hit in _adversarial_events(rng):
+        for n_bins in (1, 2, 3, 10, 20):
+            got = ece(conf, hit, n_bins=n_bins, paper_compatible=paper_compatible)
+            assert got == _full_sort_ece(conf, hit, n_bins, paper_compatible), (name, n_bins)
+
+
+def test_bins_whose_sum_depends_on_order_are_sorted_first():
+    rng = np.random.default_rng(12)
+    conf = np.concatenate([rng.random(3000), 1e-15 * rng.random(3000)]).astype(np.float32)
+    conf = rng.permutation(conf)
+    conf[[0, np.argmax(conf)]] = conf[[np.argmax(conf), 0]]  # a large confidence first: not a bin's smallest
+    hit = rng.random(conf.size) < conf
+    # in one bin, the order of summation changes the float64 sum: unsorted, the result would differ
+    assert np.sum(conf, dtype=np.float64) != np.sum(np.sort(conf), dtype=np.float64)
+    assert ece(conf, hit, n_bins=1) == _full_sort_ece(conf, hit, 1, False)
+    assert ece(conf, hit, n_bins=1, paper_compatible=True) == _full_sort_ece(conf, hit, 1, True)
+
+
+def test_bins_that_sum_exactly_are_left_unsorted():
+    rng = np.random.default_rng(13)
+    keys = metrics._event_keys(rng.uniform(0.5, 1.0, 4000).astype(np.float32), rng.random(4000) < 0.5)
+    bounds = np.array([0, 2000, 4000])
+    metrics._partition_at(keys, bounds[1:-1])
+    partitioned = keys.copy()
+    metrics._sort_bins_not_summed_exactly(keys, np.dtype(np.float32), bounds)
+    np.testing.assert_array_equal(keys, partitioned)
+    assert partitioned[:2000].max() <= partitioned[2000:].min()
+    assert not np.all(partitioned[1:] >= partitioned[:-1])  # partitioned, not sorted
+
+
+def test_partition_at_places_the_order_statistics_a_sort_would():
+    rng = np.random.default_rng(14)
+    keys = rng.integers(0, 50, 3000).astype(np.uint32)  # many ties
+    ranks = np.array([0, 1, 999, 1000, 1500, 2998, 2999])
+    metrics._partition_at(keys, ranks)
+    expected = np.sort(keys)
+    np.testing.assert_array_equal(keys[ranks], expected[ranks])
+    for r in ranks:
+        assert keys[:r].max(initial=0) <= keys[r] <= keys[r:].min()
+    for limit in (0, 7, 25, 49, 60):
+        assert metrics._count_at_most(keys, ranks, limit) == np.searchsorted(expected, limit, side="right")
+
+
 # ------------------------------------------------------------------------------------------- ECE-k
 
 

@@ -43,6 +43,14 @@ How it is fast: an event becomes one unsigned integer, ``(float bits << 1) | cor
 order like their bit patterns, so one ``np.sort`` of these keys orders events by confidence (ties broken by the
 correct bit) and carries the correct flag along: no argsort, no gather. Bins are then slices of the sorted keys;
 per-bin sums run in float64 without float64 copies of the data.
+
+Quantile bins of float32 confidences skip the full sort: the keys are only partitioned (np.partition, one rank at a
+time) at the ranks where bins start, or for ``paper_compatible`` at the order statistics ``np.percentile`` reads
+and then at the counts below its edges. Equal keys are identical events, so each bin's slice then holds exactly
+the events sorting would put there, in another order. Where a bin's float64 sum is exact whatever the order (the
+usual case: its partial sums stay below 2**53 times the float32 spacing at its smallest confidence), the result is
+bit for bit the full sort's; the other bins are sorted before summing, so that always holds. About 2.5x faster
+than sorting; float64 confidences, whose sums are rarely exact, are sorted.
 """
 
 from dataclasses import dataclass
@@ -67,6 +75,8 @@ def ece(confidence, correct, n_bins=10, strategy="quantile", paper_compatible=Fa
     if conf.size == 0:
         raise UserError("ece: no events (confidence is empty)")
     keys = _event_keys(conf, hit)
+    if strategy == "quantile" and conf.dtype == np.float32:
+        return _quantile_ece_by_selection(keys, conf.dtype, n_bins, paper_compatible)
     keys.sort()
     return _ece_of_sorted_keys(keys, conf.dtype, n_bins, strategy, paper_compatible)
 
@@ -283,7 +293,11 @@ def _key_confidences(keys, dtype):
 
 
 def _ece_of_sorted_keys(keys, dtype, n_bins, strategy, paper_compatible):
-    bounds = _bin_bounds(keys, dtype, n_bins, strategy, paper_compatible)
+    return _ece_of_bins(keys, dtype, _bin_bounds(keys, dtype, n_bins, strategy, paper_compatible), paper_compatible)
+
+
+def _ece_of_bins(keys, dtype, bounds, paper_compatible):
+    """ECE of the bins keys[bounds[b]:bounds[b + 1]] (each holding its bin's events, in any order if they sum exactly)."""
     counts, conf_sums, hit_sums = _bin_sums(keys, dtype, bounds)
     if paper_compatible:  # as sklearn's calibration_curve, then the reference's np.mean(np.abs(fop - mpv))
         return float(np.mean(np.abs(hit_sums / counts - conf_sums / counts)))
@@ -323,8 +337,21 @@ def _keys_below(edges, dtype):
 
 
 def _sklearn_percentile_edges(sorted_keys, dtype, n_bins):
-    """np.percentile(conf, np.linspace(0, 1, n_bins + 1) * 100), bit for bit, read off the sorted keys."""
-    n = sorted_keys.size
+    """np.percentile(conf, np.linspace(0, 1, n_bins + 1) * 100), bit for bit, read off the sorted keys (only the
+    ranks _percentile_ranks names are read: keys partitioned at those ranks do as well)."""
+    previous, following, gamma = _percentile_ranks(sorted_keys.size, n_bins)
+    a = _key_confidences(sorted_keys[previous], dtype)
+    b = _key_confidences(sorted_keys[following], dtype)
+    diff = b - a
+    # numpy's _lerp, same operations in the same dtypes
+    edges = a + diff * gamma
+    upper = gamma >= 0.5
+    edges[upper] = (b - diff * (1 - gamma))[upper]
+    return edges
+
+
+def _percentile_ranks(n, n_bins):
+    """The order statistics np.percentile interpolates between, and the weights: as numpy's "linear" method."""
     q = np.true_divide(np.linspace(0, 1, n_bins + 1) * 100, 100)
     virtual = (n - 1) * q
     previous = np.floor(virtual)
@@ -334,15 +361,7 @@ def _sklearn_percentile_edges(sorted_keys, dtype, n_bins):
     following[at_top] = n - 1
     previous = previous.astype(np.intp)
     following = following.astype(np.intp)
-    gamma = virtual - previous
-    a = _key_confidences(sorted_keys[previous], dtype)
-    b = _key_confidences(sorted_keys[following], dtype)
-    diff = b - a
-    # numpy's _lerp, same operations in the same dtypes
-    edges = a + diff * gamma
-    upper = gamma >= 0.5
-    edges[upper] = (b - diff * (1 - gamma))[upper]
-    return edges
+    return previous, following, virtual - previous
 
 
 def _bin_sums(keys, dtype, bounds):
@@ -361,6 +380,71 @@ def _bin_sums(keys, dtype, bounds):
             np.bitwise_and(part, 1, out=tmp)
             hit_sums[i] += np.count_nonzero(tmp)
     return counts[nonempty].astype(np.float64), conf_sums, hit_sums
+
+
+# ------------------------------------------------------------------ quantile bins by selection (no full sort)
+
+
+def _quantile_ece_by_selection(keys, dtype, n_bins, paper_compatible):
+    """Quantile ECE with the keys partitioned at the bin bounds instead of sorted; the same float as sorting.
+
+    Equal keys are identical events, so a bin's slice after partitioning holds exactly the events it holds after a
+    full sort, only in another order. The order cannot change a bin's float64 sums where they are exact; the bins
+    where they might not be are sorted before summing (see _sort_bins_not_summed_exactly)."""
+    n = keys.size
+    if paper_compatible:  # the percentile edges need a few order statistics; bin bounds are counts below edges
+        previous, following, _ = _percentile_ranks(n, n_bins)
+        order_ranks = np.union1d(previous, following)
+        _partition_at(keys, order_ranks)
+        inner_edges = _sklearn_percentile_edges(keys, dtype, n_bins)[1:-1]
+        inner = [_count_at_most(keys, order_ranks, limit) for limit in _keys_at_most(inner_edges, dtype)]
+        bounds = np.array([0, *inner, n])
+    else:
+        bounds = _bin_bounds(keys, dtype, n_bins, "quantile", False)
+    _partition_at(keys, bounds[1:-1])
+    _sort_bins_not_summed_exactly(keys, dtype, bounds)
+    return _ece_of_bins(keys, dtype, bounds, paper_compatible)
+
+
+def _partition_at(keys, ranks):
+    """Reorder keys in place so that each given rank holds the key a sort would put there, all smaller keys before
+    it and all larger after. One np.partition per rank, each on the segment between ranks already placed: numpy's
+    single-kth partition is vectorised, its multi-kth one is not."""
+    ranks = np.unique(ranks)
+    segments = [(0, keys.size, ranks[(ranks >= 0) & (ranks < keys.size)])]
+    while segments:
+        lo, hi, inside = segments.pop()
+        if inside.size == 0:
+            continue
+        middle = inside[inside.size // 2]
+        keys[lo:hi].partition(middle - lo)
+        segments.append((lo, middle, inside[inside < middle]))
+        segments.append((middle + 1, hi, inside[inside > middle]))
+
+
+def _count_at_most(keys, ranks, limit):
+    """How many keys are <= limit, for keys partitioned at the sorted ranks: only one segment between them is read."""
+    placed = keys[ranks]  # non-decreasing, as the ranks
+    i = np.searchsorted(placed, limit, side="right")  # keys at or before ranks[i - 1] are all <= limit
+    lo = ranks[i - 1] + 1 if i > 0 else 0
+    hi = ranks[i] if i < ranks.size else keys.size  # keys at or after ranks[i] are all > limit
+    return lo + int(np.count_nonzero(keys[lo:hi] <= limit))
+
+
+def _sort_bins_not_summed_exactly(keys, dtype, bounds):
+    """Sort, in place, each bin whose float64 confidence sum might depend on the order of its events.
+
+    A bin's confidences are all multiples of the spacing of float32 numbers at its smallest one, q. While every
+    partial sum stays below 2**53 q, each float64 addition is exact, in any order: then the partitioned bin sums to
+    what the sorted one does. The check uses count * largest as the bound of any partial sum."""
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi - lo < 2:
+            continue
+        smallest_bits = int(keys[lo:hi].min()) >> 1
+        largest = float(_key_confidences(keys[lo:hi].max(keepdims=True), dtype)[0])
+        spacing = 2.0 ** (max(smallest_bits >> 23, 1) - 150)  # float32: biased exponent above 23 fraction bits
+        if (hi - lo) * largest >= 2.0 ** 52 * spacing:  # 2**52, not 2**53: room for the rounding of the product
+            keys[lo:hi].sort()
 
 
 # ---------------------------------------------------------------------------------------- input checks
