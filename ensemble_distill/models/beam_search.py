@@ -1,0 +1,106 @@
+"""Batched beam search for an ensemble of translation models (a single model is an ensemble of one).
+
+    decoded = beam_search([model_a, model_b], src, beam_size=4, alpha=0.6)
+    decoded.tokens[0]          # best target ids of sentence 0, without BOS and EOS
+    greedy_decode([model], src)
+
+At every step the ensemble's next-token distribution is the uniform mean of its members' probabilities (as in
+the paper: the argmax of the averaged token distribution), and the beam is scored with its logarithm; members are
+combined inside the search, not by merging their finished outputs.
+
+The search follows fairseq: each step ranks the 2K best extensions of the K live hypotheses by their summed
+log-probability; an EOS extension among the top K is set aside as finished, and the K best other extensions
+become the new beam. A sentence is done once K hypotheses have finished, or when max_len forces EOS. The answer
+is the finished hypothesis with the best score / lp(length), with GNMT's length penalty lp(n) = ((5 + n) / 6)^alpha
+(Wu et al. 2016), n counting EOS. With K = 1 this is greedy decoding. All sentences x beams move as one batch.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ensemble_distill.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from ensemble_distill.errors import UserError
+from ensemble_distill.models.translation import TranslationModel
+
+
+class Decoded(NamedTuple):
+    tokens: list[list[int]]  # per sentence: the best hypothesis, without BOS and EOS
+    scores: Tensor  # [B] its summed log-probability divided by the length penalty
+
+
+def length_penalty(length, alpha: float):
+    return ((5 + length) / 6) ** alpha
+
+
+@torch.no_grad()
+def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: int = 4, alpha: float = 0.6,
+                max_len: int | None = None) -> Decoded:
+    """Best translation of each source row of src [B, S] (ids then EOS, right-padded) under the mean of the models,
+    which are put in eval mode. max_len bounds the generated tokens, EOS included; by default 1.5 x the padded
+    source length + 10. The defaults beam 4 and alpha 0.6 are Vaswani et al.'s."""
+    batch_size, k, device = src.shape[0], beam_size, src.device
+    max_len = max_len if max_len is not None else int(1.5 * src.shape[1]) + 10
+    if k < 1 or max_len < 1:
+        raise UserError(f"beam search needs beam_size >= 1 and max_len >= 1, got {beam_size} and {max_len}")
+    for model in models:
+        model.eval()
+    encoded = [tuple(t.repeat_interleave(k, dim=0) for t in model.encode(src)) for model in models]
+    sentences = torch.arange(batch_size, device=device)
+
+    prefixes = torch.full((batch_size * k, 1), BOS_ID, device=device)  # live hypotheses, k consecutive rows a sentence
+    scores = torch.full((batch_size, k), -math.inf, device=device)
+    scores[:, 0] = 0.0  # all beams start identical: let only one of them extend at the first step
+    best_score = torch.full((batch_size,), -math.inf, device=device)
+    best_tokens = torch.full((batch_size, max_len + 1), PAD_ID, device=device)
+    n_finished = torch.zeros(batch_size, dtype=torch.long, device=device)
+    done = torch.zeros(batch_size, dtype=torch.bool, device=device)
+
+    for step in range(max_len):
+        log_probs = ensemble_log_probs(models, encoded, prefixes).view(batch_size, k, -1)
+        log_probs[..., [PAD_ID, BOS_ID]] = -math.inf
+        if step == max_len - 1:  # out of room: EOS is the only extension
+            eos = log_probs[..., EOS_ID].clone()
+            log_probs.fill_(-math.inf)
+            log_probs[..., EOS_ID] = eos
+        vocab_size = log_probs.shape[-1]
+        top_scores, top_ids = (scores[:, :, None] + log_probs).view(batch_size, -1).topk(2 * k, dim=1)
+        top_beams, top_tokens = top_ids // vocab_size, top_ids % vocab_size
+
+        # Finished: EOS extensions ranked within the top K, of sentences still searching; keep the best per sentence.
+        is_eos = top_tokens == EOS_ID
+        finishing = is_eos & (torch.arange(2 * k, device=device) < k) & (top_scores > -math.inf) & ~done[:, None]
+        normalised = torch.where(finishing, top_scores / length_penalty(step + 1, alpha), -math.inf)
+        candidate_score, candidate = normalised.max(dim=1)
+        improves = candidate_score > best_score
+        best_score = torch.where(improves, candidate_score, best_score)
+        candidate_prefix = prefixes[sentences * k + top_beams[sentences, candidate]]
+        best_tokens[improves, : step + 1] = candidate_prefix[improves]
+        best_tokens[improves, step + 1] = EOS_ID
+        n_finished += finishing.sum(dim=1)
+        done |= n_finished >= k
+        if done.all():
+            break
+
+        # Live: the K best extensions that are not EOS (at most K of the 2K are EOS, so K remain).
+        scores, live = torch.where(is_eos, -math.inf, top_scores).topk(k, dim=1)
+        parents = sentences[:, None] * k + top_beams.gather(1, live)
+        prefixes = torch.cat([prefixes[parents.view(-1)], top_tokens.gather(1, live).view(-1, 1)], dim=1)
+
+    tokens = [row[1 : row.index(EOS_ID)] for row in best_tokens.tolist()]
+    return Decoded(tokens, best_score)
+
+
+def ensemble_log_probs(models, encoded, prefixes: Tensor) -> Tensor:
+    """log of the mean of the members' next-token probabilities [N, V], computed stably as logsumexp - log M."""
+    member_log_probs = torch.stack([model.decode_step(memory, src_pad, prefixes)
+                                    for model, (memory, src_pad) in zip(models, encoded)])
+    return member_log_probs.logsumexp(dim=0) - math.log(len(models))
+
+
+def greedy_decode(models: Sequence[TranslationModel], src: Tensor, max_len: int | None = None) -> Decoded:
+    """The argmax token at every step until EOS: beam search with one beam."""
+    return beam_search(models, src, beam_size=1, alpha=0.0, max_len=max_len)

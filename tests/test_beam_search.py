@@ -1,0 +1,189 @@
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+
+from ensemble_distill.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from ensemble_distill.errors import UserError
+from ensemble_distill.models.beam_search import beam_search, greedy_decode, length_penalty
+from ensemble_distill.models.translation import TransformerConfig, TranslationModel, collate, label_smoothed_loss
+
+COPY, REVERSE = 10, 11  # the first source token says which task; symbols are 4..9; vocabulary of 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models on a shared 2-core machine: a second thread only adds contention.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_examples(generator, n):
+    """(source, target) pairs: COPY x -> x, or REVERSE x -> reversed x, for random x of 3..6 symbols."""
+    examples = []
+    for length, task in zip(torch.randint(3, 7, (n,), generator=generator).tolist(),
+                            torch.randint(0, 2, (n,), generator=generator).tolist()):
+        x = torch.randint(4, 10, (length,), generator=generator).tolist()
+        examples.append(([COPY, *x], x) if task == 0 else ([REVERSE, *x], x[::-1]))
+    return examples
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    torch.manual_seed(0)
+    data = torch.Generator().manual_seed(1)
+    model = TranslationModel(TransformerConfig.preset("tiny", vocab_size=12))
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3, betas=(0.9, 0.98))
+    for _ in range(175):
+        batch = collate(toy_examples(data, 256))
+        loss = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return toy_examples(torch.Generator().manual_seed(99), 200)
+
+
+@pytest.mark.parametrize("decode", [lambda m, src: beam_search([m], src, beam_size=4),
+                                    lambda m, src: greedy_decode([m], src)], ids=["beam", "greedy"])
+def test_trained_tiny_model_copies_and_reverses(toy_model, held_out, decode):
+    decoded = decode(toy_model, collate(held_out).src)
+    correct = [tokens == target for tokens, (_, target) in zip(decoded.tokens, held_out)]
+    assert sum(correct) >= 196  # of 200 unseen-seed examples; the trained model gets ~199
+    assert decoded.tokens[:3] == [target for _, target in held_out[:3]]
+
+
+def test_ensemble_of_identical_members_decodes_like_one_member(toy_model, held_out):
+    src = collate(held_out[:50]).src
+    one = beam_search([toy_model], src, beam_size=3)
+    three = beam_search([toy_model, copy.deepcopy(toy_model), copy.deepcopy(toy_model)], src, beam_size=3)
+    assert three.tokens == one.tokens
+    torch.testing.assert_close(three.scores, one.scores, atol=1e-5, rtol=0)
+
+
+def test_a_padded_batch_decodes_like_each_sentence_alone(toy_model, held_out):
+    examples = sorted(held_out[:8], key=lambda e: len(e[0]))  # varied lengths: all but the longest are padded
+    batched = beam_search([toy_model], collate(examples).src, beam_size=3, max_len=8)
+    for i, example in enumerate(examples):
+        alone = beam_search([toy_model], collate([example]).src, beam_size=3, max_len=8)
+        assert alone.tokens[0] == batched.tokens[i]
+        assert alone.scores[0].item() == pytest.approx(batched.scores[i].item(), abs=1e-5)
+
+
+class MarkovModel(torch.nn.Module):
+    """A stand-in translation model: the next-token distribution depends only on the sentence, the step and the
+    previous token, through a random table, so any output's probability can be computed directly."""
+
+    def __init__(self, seed, n_sentences=3, max_len=6, vocab_size=6):
+        super().__init__()
+        logits = 2 * torch.randn(n_sentences, max_len, vocab_size, vocab_size, generator=torch.Generator().manual_seed(seed))
+        logits[..., [PAD_ID, BOS_ID]] = -math.inf
+        self.table = logits.log_softmax(dim=-1)  # [sentence, step, previous token, next token]
+
+    def encode(self, src):  # src[:, 0] is the sentence's index into the table
+        return src[:, 0], src == PAD_ID
+
+    def decode_step(self, memory, src_pad, prefix):
+        return self.table[memory, prefix.shape[1] - 1, prefix[:, -1]]
+
+    def token_log_probs(self, sentence, target):
+        """log p of each token of target (EOS included) given the tokens before it."""
+        tokens = [BOS_ID, *target, EOS_ID]
+        return torch.stack([self.table[sentence, t, tokens[t], tokens[t + 1]] for t in range(len(tokens) - 1)])
+
+
+def markov_sources(n):
+    return torch.tensor([[sentence, EOS_ID] for sentence in range(n)])
+
+
+def brute_force_best(models, sentence, max_len, alpha):
+    """The best output over ALL outputs of up to max_len tokens (EOS included), token probabilities averaged."""
+    real_tokens = [1, 4, 5]  # every id but pad, bos and eos, in a vocabulary of 6
+    best = (-math.inf, None)
+    for n in range(max_len):
+        for target in itertools.product(real_tokens, repeat=n):
+            member_log_probs = torch.stack([m.token_log_probs(sentence, target) for m in models])
+            log_mean_probs = torch.log(member_log_probs.exp().mean(dim=0))
+            best = max(best, (log_mean_probs.sum().item() / length_penalty(n + 1, alpha), list(target)))
+    return best
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_wide_beam_finds_the_brute_force_best_output_of_the_mean_distribution(alpha):
+    # Beam 12 with at most 3 tokens keeps every prefix: the search is exhaustive and must agree with brute force.
+    models = [MarkovModel(seed=1), MarkovModel(seed=101)]
+    decoded = beam_search(models, markov_sources(3), beam_size=12, alpha=alpha, max_len=3)
+    for sentence in range(3):
+        score, target = brute_force_best(models, sentence, max_len=3, alpha=alpha)
+        assert decoded.tokens[sentence] == target
+        assert decoded.scores[sentence].item() == pytest.approx(score, abs=1e-5)
+
+
+def test_members_are_averaged_inside_the_beam_not_after():
+    # For sentence 2 of these tables the mean distribution's best output is neither member's own best output, so a
+    # search that decoded the members separately and then picked among their outputs could not find it.
+    models = [MarkovModel(seed=1), MarkovModel(seed=101)]
+    decoded = beam_search(models, markov_sources(3), beam_size=12, alpha=0.0, max_len=3)
+    separate = [beam_search([m], markov_sources(3), beam_size=12, alpha=0.0, max_len=3).tokens[2] for m in models]
+    assert separate == [[5, 1], [4]]
+    assert decoded.tokens[2] == [5] == brute_force_best(models, sentence=2, max_len=3, alpha=0.0)[1]
+
+
+def reference_beam_search(models, sentence, beam_size, alpha, max_len):
+    """The same search, one hypothesis at a time in plain Python: an independent check of the batched bookkeeping."""
+    src = markov_sources(sentence + 1)[sentence : sentence + 1]
+    beams, finished = [(0.0, [BOS_ID])], []
+    for step in range(max_len):
+        candidates = []
+        for score, prefix in beams:
+            member = torch.stack([m.decode_step(m.encode(src)[0], None, torch.tensor([prefix]))[0] for m in models])
+            log_probs = torch.log(member.exp().mean(dim=0))
+            for token, log_prob in enumerate(log_probs.tolist()):
+                allowed = token == EOS_ID if step == max_len - 1 else token not in (PAD_ID, BOS_ID)
+                if allowed and log_prob > -math.inf:
+                    candidates.append((score + log_prob, prefix + [token]))
+        top = sorted(candidates, key=lambda c: -c[0])[: 2 * beam_size]
+        finished += [(s / length_penalty(step + 1, alpha), p) for rank, (s, p) in enumerate(top)
+                     if p[-1] == EOS_ID and rank < beam_size]
+        if len(finished) >= beam_size:
+            break
+        beams = [(s, p) for s, p in top if p[-1] != EOS_ID][:beam_size]
+    score, best = max(finished)
+    return best[1:-1], score
+
+
+@pytest.mark.parametrize("beam_size, alpha", [(1, 0.0), (2, 0.6), (3, 1.0), (5, 0.6)])
+def test_batched_search_matches_a_one_hypothesis_at_a_time_reference(beam_size, alpha):
+    models = [MarkovModel(seed=2), MarkovModel(seed=3), MarkovModel(seed=4)]
+    decoded = beam_search(models, markov_sources(3), beam_size=beam_size, alpha=alpha, max_len=6)
+    for sentence in range(3):
+        tokens, score = reference_beam_search(models, sentence, beam_size, alpha, max_len=6)
+        assert decoded.tokens[sentence] == tokens
+        assert decoded.scores[sentence].item() == pytest.approx(score, abs=1e-5)
+
+
+def test_greedy_takes_the_argmax_token_until_eos():
+    model = MarkovModel(seed=5)
+    decoded = greedy_decode([model], markov_sources(3), max_len=6)
+    for sentence in range(3):
+        prefix = [BOS_ID]
+        while prefix[-1] != EOS_ID and len(prefix) <= 6:
+            next_token = int(model.table[sentence, len(prefix) - 1, prefix[-1]].argmax())
+            prefix.append(next_token if len(prefix) < 6 else EOS_ID)
+        assert decoded.tokens[sentence] == prefix[1:-1]
+
+
+def test_max_len_forces_eos(toy_model, held_out):
+    decoded = beam_search([toy_model], collate(held_out[:20]).src, beam_size=4, max_len=2)
+    assert all(len(tokens) <= 1 for tokens in decoded.tokens)
+    assert torch.isfinite(decoded.scores).all()
+    with pytest.raises(UserError, match="beam_size >= 1"):
+        beam_search([toy_model], collate(held_out[:2]).src, beam_size=0)
