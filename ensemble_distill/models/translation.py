@@ -78,11 +78,11 @@ class TranslationModel(nn.Module):
         layer_args = dict(nhead=config.n_heads, dim_feedforward=config.d_ff, dropout=config.dropout,
                           batch_first=True, norm_first=config.norm_first)
         # Pre-norm stacks end with a LayerNorm; post-norm layers already normalise their output.
-        final_norm = (lambda: nn.LayerNorm(d)) if config.norm_first else (lambda: None)
         self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, **layer_args), config.n_encoder_layers,
-                                             norm=final_norm(), enable_nested_tensor=False)
+                                             norm=nn.LayerNorm(d) if config.norm_first else None,
+                                             enable_nested_tensor=False)
         self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(d, **layer_args), config.n_decoder_layers,
-                                             norm=final_norm())
+                                             norm=nn.LayerNorm(d) if config.norm_first else None)
         self.reset_parameters()
 
     def reset_parameters(self):
