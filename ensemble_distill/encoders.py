@@ -44,8 +44,11 @@ def resolve_encoder(name_or_path: str) -> Path:
 
 def load_pretrained(path: Path) -> nn.Module:
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.set_verbosity_error()  # its load report lists the pooler we deliberately leave out
+    hf_logging.disable_progress_bar()
     # The pooler is unused (taggers read token states); not building it avoids a "newly initialised" notice for
     # checkpoints such as e5 that ship none.
     return AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation="sdpa",
