@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate(sub)
     add_train_ensemble(sub)
     add_predict(sub)
+    add_memoize(sub)
+    add_distill(sub)
     add_demo(sub)
     return parser
 
@@ -74,6 +76,41 @@ def run_predict(args) -> int:
 
     out = predict_file(args.run, args.input, args.out, args.members)
     print(f"wrote {out}/predictions.npz, predictions.conll, entities.jsonl")
+    return 0
+
+
+def add_memoize(sub) -> None:
+    p = sub.add_parser("memoize", help="store an ensemble's distributions over its training data for distillation")
+    p.add_argument("--ensemble", required=True, help="run directory of train-ensemble")
+    p.add_argument("--out", required=True, help="teacher store folder (resumes if unfinished, reused if finished)")
+    p.add_argument("--members", type=int, help="ensemble size (default: the largest configured)")
+    p.add_argument("--temperature-scaled", action="store_true",
+                   help="teacher = softmax(log q / T), T fitted on the dev split")
+    p.set_defaults(func=run_memoize)
+
+
+def run_memoize(args) -> int:
+    from .distill import memoize, teacher_name
+
+    store = memoize(args.ensemble, args.out, args.members, args.temperature_scaled)
+    print(f"wrote {store.path}: {teacher_name(store)} over {len(store)} sentences, {store.num_positions} words")
+    return 0
+
+
+def add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="train an IID student on a teacher store, then evaluate it on test")
+    p.add_argument("--store", required=True, help="teacher store folder written by memoize")
+    p.add_argument("--config", required=True, help="distillation TOML config (see configs/distill-conll.toml)")
+    p.add_argument("--out", required=True, help="student run directory (resumes if it holds a partial run)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.set_defaults(func=run_distill)
+
+
+def run_distill(args) -> int:
+    from .distill import distill
+    from .experiments import format_rows
+
+    print(format_rows([distill(args.store, args.config, args.out, args.n_boot)], title=f"{args.out} (test)"))
     return 0
 
 

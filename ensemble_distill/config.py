@@ -68,11 +68,116 @@ class TaggingConfig:
     ensemble: Ensemble = field(default_factory=Ensemble)
 
 
+@dataclass
+class StudentTraining(Training):
+    lr: float = 5e-5  # the paper's distillation rate (members: 1e-4)
+
+
+@dataclass
+class Distillation:
+    ensemble_run: str = ""  # the teacher's run directory: data and encoder settings come from its config.toml
+    beta: float = 5 / 6  # loss = (1 - beta) NLL(gold) + beta KD (paper, NER)
+    remainder: str = "drop"  # teacher mass outside the stored entries: "drop" (paper), "renormalise", "bucket"
+    temperature: float = 1.0  # tau: KD between student and teacher both softened by tau, scaled by tau^2
+    label_smoothing: float = 0.0  # on the NLL term only
+
+
+@dataclass
+class DistillConfig:
+    """A student run: `ensemble-distill distill --config FILE`."""
+    distill: Distillation = field(default_factory=Distillation)
+    train: StudentTraining = field(default_factory=StudentTraining)
+
+
+@dataclass
+class ParallelData:
+    """Line-aligned source/target files (plain or .gz) of each split; Multi30k de->en by default."""
+    train_src: str = "../shared/data/multi30k-de-en/train.de.gz"
+    train_tgt: str = "../shared/data/multi30k-de-en/train.en.gz"
+    dev_src: str = "../shared/data/multi30k-de-en/val.de.gz"
+    dev_tgt: str = "../shared/data/multi30k-de-en/val.en.gz"
+    test_src: str = "../shared/data/multi30k-de-en/test_2016_flickr.de.gz"
+    test_tgt: str = "../shared/data/multi30k-de-en/test_2016_flickr.en.gz"
+    vocab_size: int = 8000  # joint sentencepiece BPE
+    min_len: int = 1  # training pairs: subwords per side
+    max_len: int = 100
+    max_ratio: float = 9.0
+    max_train_pairs: int = 0  # 0: all; a seeded sample otherwise (smoke runs)
+    max_eval_pairs: int = 0
+    sample_seed: int = 0
+
+
+@dataclass
+class TranslationModelConfig:
+    preset: str = "small"  # models/translation.py: base (GPU), small (CPU), tiny (tests)
+    dropout: float = 0.1
+
+
+@dataclass
+class TranslationTraining:
+    lr: float = 1e-3  # peak rate, reached after the warm-up
+    warmup_steps: int = 400  # inverse-square-root schedule
+    batch_tokens: int = 1024  # padded tokens per batch (sentences x longest side, EOS included)
+    label_smoothing: float = 0.1  # 0.1: LS runs, 0: CE runs
+    updates_per_round: int = 200  # validation (and a snapshot for averaging) every this many updates
+    max_rounds: int = 6
+    patience: int = 2  # rounds without a lower validation NLL before stopping
+    average_last: int = 3  # the model is the mean of the weights after this many rounds, ending at the best
+    seed: int = 1  # member i uses seed + i
+    device: str = "cpu"
+
+
+@dataclass
+class TranslationEnsemble:
+    members: int = 3
+    subset_sizes: list[int] = field(default_factory=lambda: [3])  # ensembles of the first k members
+
+
+@dataclass
+class Decoding:
+    beam_size: int = 4
+    alpha: float = 0.6  # GNMT length penalty
+    batch_sentences: int = 64  # beam search and teacher-forced passes
+    temperature_positions: int = 2000  # dev positions sampled for fitting the temperature
+
+
+@dataclass
+class TranslationDistillation:
+    teacher_members: int = 3  # the teacher is the ensemble of the first k members
+    top_k: int = 64  # V'
+    epsilon: float = 0.0  # > 0: adaptive truncation, the fewest entries with mass >= 1 - epsilon (at most top_k)
+    beta: float = 0.5  # loss = (1 - beta) NLL + beta KD (paper, NMT), KD at temperature 1
+    label_smoothing: float = 0.1  # on the NLL term
+    remainder: str = "drop"
+    probs_dtype: str = "float16"
+    sweep_top_k: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    sweep_epsilon: list[float] = field(default_factory=lambda: [0.01])  # adaptive, capped at max(sweep_top_k)
+
+
+@dataclass
+class TranslationConfig:
+    data: ParallelData = field(default_factory=ParallelData)
+    model: TranslationModelConfig = field(default_factory=TranslationModelConfig)
+    train: TranslationTraining = field(default_factory=TranslationTraining)
+    ensemble: TranslationEnsemble = field(default_factory=TranslationEnsemble)
+    decode: Decoding = field(default_factory=Decoding)
+    distill: TranslationDistillation = field(default_factory=TranslationDistillation)
+
+
 CHOICES = {
     "data.scheme": ("iob1", "iob2"),
     "data.unknown_tag": ("error", "O"),
     "model.head": ("iid", "crf"),
     "train.optimizer": ("adafactor", "adamw"),
+    "distill.remainder": ("drop", "renormalise", "bucket"),
+    "model.preset": ("base", "small", "tiny"),
+    "train.device": ("cpu", "cuda"),
+    "distill.probs_dtype": ("float16", "uint8"),
+}
+BOUNDS = {  # inclusive
+    "distill.beta": (0.0, 1.0),
+    "distill.temperature": (1e-2, 1e2),
+    "distill.label_smoothing": (0.0, 1.0),
 }
 
 
@@ -120,6 +225,8 @@ def _checked_value(source, key, kind, value):
         raise UserError(f"{source}: '{key}' must be {kind.__name__}, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise UserError(f"{source}: '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if key in BOUNDS and not BOUNDS[key][0] <= value <= BOUNDS[key][1]:
+        raise UserError(f"{source}: '{key}' must lie in [{BOUNDS[key][0]}, {BOUNDS[key][1]}], got {value!r}")
     return value
 
 

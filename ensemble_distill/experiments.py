@@ -15,6 +15,7 @@ import numpy as np
 from .calibration.report import evaluate
 from .config import TaggingConfig
 from .ensemble import EnsembleRun, load_member, member_seed, nested_subsets, read_run_config
+from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text
 from .predictions import save_predictions
 from .tagging import load_tagging_data, predict_distributions, to_predictions
@@ -40,12 +41,12 @@ def evaluate_run(run: EnsembleRun, split: str = "test", n_boot: int = 1000, prog
     rows = []
     for group, dists in (("member", members), ("individual", individuals)):
         if dists:
-            scores = [_evaluate(run, d, data_split, out / f"{group}-{i}", n_boot, {group: i})
+            scores = [evaluate_distributions(run, d, data_split, out / f"{group}-{i}", n_boot, {group: i})
                       for i, d in enumerate(dists)]
             rows.append(_mean_row(f"{group}s ({len(dists)}, mean ± s.e.)", scores))
     for k, ids in nested_subsets(cfg.ensemble.members, cfg.ensemble.subset_sizes, cfg.ensemble.split_seed).items():
         mean = [sum(members[i][s] for i in ids) / k for s in range(len(members[0]))]
-        metrics = _evaluate(run, mean, data_split, out / f"ensemble-{k}", n_boot, {"ensemble": ids})
+        metrics = evaluate_distributions(run, mean, data_split, out / f"ensemble-{k}", n_boot, {"ensemble": ids})
         rows.append({"system": f"ensemble of {k}", **{m: metrics[m] for m in TABLE_METRICS}})
     atomic_write_json(out / "results.json", rows)
     atomic_write_text(out / "results.md", format_rows(rows, title=f"{run.run_dir.name}: {cfg.model.head}, {split}"))
@@ -58,7 +59,7 @@ def _distributions(run, folder, prefix, count, data_split, progress, individual=
     return [predict_distributions([m], data_split, pad_id=run.data.pad_id, progress=progress) for m in models]
 
 
-def _evaluate(run, distributions, data_split, out_dir: Path, n_boot, meta) -> dict:
+def evaluate_distributions(run, distributions, data_split, out_dir: Path, n_boot, meta) -> dict:
     preds = to_predictions(distributions, data_split, run.data.labels,
                            {"run": str(run.run_dir), "head": run.cfg.model.head, **meta})
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,9 +107,7 @@ def predict_file(run_dir, input_path, out_dir, ensemble_size: int | None = None,
     cfg = read_run_config(run_dir)
     run = EnsembleRun(Path(run_dir), cfg, load_tagging_data(cfg, splits=(), progress=progress,
                                                             extra_files={"input": input_path}))
-    subsets = nested_subsets(cfg.ensemble.members, cfg.ensemble.subset_sizes, cfg.ensemble.split_seed)
-    k = ensemble_size or max(subsets)
-    ids = subsets.get(k) or nested_subsets(cfg.ensemble.members, [k], cfg.ensemble.split_seed)[k]
+    ids = ensemble_member_ids(cfg, ensemble_size)
     models = [load_member(run, run.run_dir / "members" / f"member-{i}", member_seed(cfg, i)) for i in ids]
     split = run.data.splits["input"]
     distributions = predict_distributions(models, split, pad_id=run.data.pad_id, progress=progress)
@@ -119,6 +118,16 @@ def predict_file(run_dir, input_path, out_dir, ensemble_size: int | None = None,
     atomic_write_text(out_dir / "predictions.conll", _conll_text(split.corpus, preds))
     atomic_write_text(out_dir / "entities.jsonl", _entities_jsonl(split.corpus, preds))
     return out_dir
+
+
+def ensemble_member_ids(cfg: TaggingConfig, ensemble_size: int | None = None) -> list[int]:
+    """Member ids of the run's nested ensemble of `ensemble_size` (default: the largest configured subset)."""
+    e = cfg.ensemble
+    if ensemble_size is not None and not 1 <= ensemble_size <= e.members:
+        raise UserError(f"ensemble of {ensemble_size}: the run has {e.members} members")
+    subsets = nested_subsets(e.members, e.subset_sizes, e.split_seed)
+    k = ensemble_size or max(subsets)
+    return subsets.get(k) or nested_subsets(e.members, [k], e.split_seed)[k]
 
 
 def _conll_text(corpus, preds) -> str:
@@ -151,8 +160,10 @@ def _entities_jsonl(corpus, preds) -> str:
 
 def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "crf"), n_boot: int = 200,
          progress: bool = True) -> str:
-    """Train, evaluate and tabulate a small ensemble per head; data paths in the config are under `data_root`."""
-    from .config import load_config
+    """Train, evaluate and tabulate a small ensemble per head, then memoise it and distil it into an IID student
+    (trained like the members) that joins the table; data paths in the config are under `data_root`."""
+    from .config import DistillConfig, Distillation, StudentTraining, load_config
+    from .distill import distill, memoize
     from .ensemble import train_ensemble
 
     cfg = load_config(config_path, TaggingConfig)
@@ -164,5 +175,9 @@ def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "cr
         cfg.model.head = head
         run = train_ensemble(cfg, Path(out_root) / head, progress=progress, data=data)
         data = run.data  # the heads share data and frozen states
-        tables.append(format_rows(evaluate_run(run, "test", n_boot, progress), title=f"demo {head}, test"))
+        rows = evaluate_run(run, "test", n_boot, progress)
+        store = memoize(run.run_dir, Path(out_root) / f"{head}-teacher", progress=progress, data=data)
+        student = DistillConfig(Distillation(ensemble_run=str(run.run_dir)), StudentTraining(**vars(cfg.train)))
+        rows.append(distill(store.path, student, Path(out_root) / f"{head}-student", n_boot, progress, data))
+        tables.append(format_rows(rows, title=f"demo {head}, test"))
     return "\n".join(tables)

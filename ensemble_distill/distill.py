@@ -1,0 +1,267 @@
+"""Ensemble distillation: memoise an ensemble's per-word distributions once, then train a student on them.
+
+    store = memoize("runs/conll-iid", "runs/conll-iid-teacher")       # the run's largest configured ensemble
+    row = distill("runs/conll-iid-teacher", "configs/distill-conll.toml", "runs/conll-iid-student")
+
+Teacher (paper §3.2): q = the uniform mean of the members' per-word distributions (CRF members: marginals), over
+every training sentence in order, kept whole in a teacher store (NER label sets are small: top_k = labels).
+With `temperature_scaled` (paper §6.2, Table 5) the teacher is softmax(log q / T), T fitted on dev.
+
+Student (paper §4.1): always an IID tagger, trained on the training sentences but the last tenth (which no member
+saw) and early-stopped on span F1 of that tenth, with
+
+    loss = (1 - beta) NLL(gold) + beta KD,   KD = -mean over positions of sum_k q_k log p_student(id_k)
+
+the token-level cross-entropy over the stored entries. The losses are generic over [batch, positions, vocab]:
+the translation student reuses `kd_loss` and `distillation_loss` with its own store.
+"""
+
+import dataclasses
+import hashlib
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .calibration.temperature import apply_temperature, fit_temperature
+from .config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml
+from .data.subwords import bucketed_batches
+from .ensemble import EnsembleRun, distillation_sentences, load_member, member_seed, read_run_config
+from .errors import UserError
+from .io_utils import atomic_write_json, atomic_write_text
+from .tagging import (TaggingData, TaggingSplit, _batch, held_out_f1, load_tagging_data, new_tagger,
+                      predict_distributions)
+from .teacher_store import TeacherStore, distill_targets, fingerprint_dataset, write_store
+from .training import train
+
+TEMPERATURE_PREFIX = "temperature "  # the teacher-name entry that records a temperature-scaled teacher's T
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses, generic over [batch, positions, vocab]
+
+
+def kd_loss(student_log_probs, teacher_ids, teacher_probs, remainder, mask, mode: str = "drop") -> torch.Tensor:
+    """Token-level cross-entropy from stored teacher entries to the student, averaged over masked positions:
+
+        -sum_k t_k log p(id_k) - b log(1 - sum_k p(id_k)),   (t, b) = teacher_store.distill_targets(probs, rem, mode)
+
+    student_log_probs [B, T, V]; teacher_ids, teacher_probs [B, T, K]; remainder, mask [B, T]. Entries with
+    probability 0 are padding (a stored entry rounded to 0 carries no target mass either way)."""
+    log_probs = student_log_probs[mask]  # [N, V]
+    ids, probs, rest = teacher_ids[mask], teacher_probs[mask].to(log_probs.dtype), remainder[mask].to(log_probs.dtype)
+    targets, bucket = distill_targets(probs, rest, mode)
+    loss = -(targets * log_probs.gather(-1, ids)).sum(-1)
+    if mode == "bucket":
+        loss = loss - bucket * _outside_log_mass(log_probs, ids, probs > 0)
+    return loss.sum() / max(len(loss), 1)
+
+
+def _outside_log_mass(log_probs, ids, real) -> torch.Tensor:
+    """log of the student's mass outside the kept ids, by logsumexp over the other ids (stable where the kept
+    mass is near 1). Where the kept ids cover the vocabulary there is no outside: 0, so the bucket there (float
+    rounding of a remainder that is really 0) adds nothing."""
+    kept = torch.zeros_like(log_probs, dtype=torch.bool).scatter_(-1, ids, real)
+    has_outside = ~kept.all(-1)
+    # Filling covered rows with 0 keeps the logsumexp and its gradient finite there (not -inf, not NaN).
+    outside = log_probs.masked_fill(kept, float("-inf")).where(has_outside[:, None], 0.0)
+    return torch.logsumexp(outside, -1).where(has_outside, 0.0)
+
+
+def retemper(teacher_probs, temperature: float) -> torch.Tensor:
+    """The stored entries re-tempered, q_k^(1/tau), rescaled to keep their stored mass (the remainder stays the
+    remainder). Exact when the store keeps every entry, as for NER."""
+    powered = teacher_probs.pow(1.0 / temperature)
+    return powered * (teacher_probs.sum(-1, keepdim=True) / powered.sum(-1, keepdim=True).clamp(min=1e-30))
+
+
+def distillation_loss(logits, gold, mask, teacher_ids, teacher_probs, remainder, *, beta: float,
+                      mode: str = "drop", temperature: float = 1.0, label_smoothing: float = 0.0) -> torch.Tensor:
+    """(1 - beta) NLL(gold) + beta tau^2 KD(student at tau, teacher re-tempered at tau), means over the masked
+    positions. logits [B, T, V]; gold, mask [B, T]. The tau^2 (Hinton et al., 2015) keeps the KD gradients' scale
+    as tau changes; at tau = 1 (the paper's) both are the plain distributions."""
+    nll = F.cross_entropy(logits[mask], gold[mask], label_smoothing=label_smoothing)
+    if temperature != 1.0:
+        teacher_probs = retemper(teacher_probs, temperature)
+    kd = kd_loss(F.log_softmax(logits / temperature, -1), teacher_ids, teacher_probs, remainder, mask, mode)
+    return (1.0 - beta) * nll + beta * temperature ** 2 * kd
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Memoising the teacher
+
+
+def memoize(run_dir, store_dir, members: int | None = None, temperature_scaled: bool = False,
+            progress: bool = True, data: TaggingData | None = None) -> TeacherStore:
+    """Write (or resume, or reuse when finished) the teacher store of the run's ensemble of `members` (default:
+    the largest configured subset) over all training sentences in order. `data`: the run's data, if loaded."""
+    from .experiments import ensemble_member_ids
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    data = data or load_tagging_data(cfg, splits=("train", "dev") if temperature_scaled else ("train",),
+                                     progress=progress)
+    run = EnsembleRun(run_dir, cfg, data)
+    ids = ensemble_member_ids(cfg, members)
+    models = [load_member(run, run.member_dir(i), member_seed(cfg, i)) for i in ids]
+    teachers = [checkpoint_name(run_dir, run.member_dir(i) / "best.pt") for i in ids]
+    temperature = None
+    if temperature_scaled:
+        temperature = ensemble_temperature(models, data)
+        teachers.append(f"{TEMPERATURE_PREFIX}{temperature!r}")
+    split = data.splits["train"]
+
+    def teacher(sentences):
+        distributions = predict_distributions(models, split, split.windows_of(sentences), data.pad_id)
+        if temperature is None:
+            return distributions
+        return [apply_temperature(_log(d), temperature).astype(np.float32) for d in distributions]
+
+    return write_store(store_dir, range(len(split.corpus.sentences)), teacher, vocab=data.labels,
+                       fingerprint=dataset_fingerprint(split), teachers=teachers, top_k=len(data.labels),
+                       batch_sentences=64, progress=progress)
+
+
+def dataset_fingerprint(split: TaggingSplit) -> str:
+    """What a store is keyed to: the split's word-level gold ids and its encoder windows' subword ids."""
+    return fingerprint_dataset(split.corpus.tag_ids, [w.input_ids for w in split.windows])
+
+
+def checkpoint_name(run_dir: Path, checkpoint: Path) -> str:
+    with open(checkpoint, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return f"{checkpoint.relative_to(run_dir).as_posix()} sha256:{digest}"
+
+
+def ensemble_temperature(models, data: TaggingData) -> float:
+    """T minimising the dev NLL of softmax(log q / T), q the ensemble's mean distributions (paper §6.2)."""
+    dev = data.splits["dev"]
+    distributions = predict_distributions(models, dev, pad_id=data.pad_id)
+    gold = np.concatenate([dev.corpus.tag_ids[s] for s in sorted({w.sentence for w in dev.windows})])
+    return fit_temperature(_log(np.concatenate(distributions)), gold)
+
+
+def _log(probs: np.ndarray) -> np.ndarray:
+    """log p with float32 underflows (exact zeros of a mean of softmaxes) at the smallest normal float32."""
+    return np.log(np.maximum(probs, np.finfo(np.float32).tiny))
+
+
+def store_temperature(store: TeacherStore) -> float | None:
+    found = [t for t in store.manifest["teachers"] if t.startswith(TEMPERATURE_PREFIX)]
+    return float(found[0][len(TEMPERATURE_PREFIX):]) if found else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training and evaluating the student
+
+
+def distill(store_dir, config, out_dir, n_boot: int = 1000, progress: bool = True,
+            data: TaggingData | None = None) -> dict:
+    """Train (or resume) an IID student on the store's teacher and evaluate it on test.
+
+    config: a DistillConfig or its TOML file. Writes OUT/config.toml, run.json, checkpoint.pt, best.pt, log.jsonl,
+    result.json and OUT/eval/test/student/ (predictions.npz, metrics.json, plots); returns the table row."""
+    from .experiments import evaluate_distributions, format_rows
+
+    source = "distill config" if isinstance(config, DistillConfig) else str(config)
+    cfg = config if isinstance(config, DistillConfig) else load_config(config, DistillConfig)
+    if not cfg.distill.ensemble_run:
+        raise UserError(f"{source}: 'distill.ensemble_run' is required (the teacher ensemble's run directory)")
+    student_cfg = student_config(read_run_config(cfg.distill.ensemble_run), cfg)
+    data = data or load_tagging_data(student_cfg, splits=("train", "test"), progress=progress)
+    split = data.splits["train"]
+    store = TeacherStore.open(store_dir, expect_fingerprint=dataset_fingerprint(split), expect_vocab=data.labels)
+
+    out_dir = Path(out_dir)
+    _record_student(out_dir, cfg, student_cfg, store, data.labels)
+    n = len(split.corpus.sentences)
+    held_out = distillation_sentences(n, student_cfg.ensemble.split_seed)
+    model = new_tagger(data, student_cfg, cfg.train.seed)
+    result = train_student(model, data, store, split.windows_of(np.setdiff1d(np.arange(n), held_out)),
+                           split.windows_of(held_out), cfg, out_dir, progress)
+    atomic_write_json(out_dir / "result.json", {"best_held_out_f1": result.best_score,
+                                                "best_epoch": result.best_epoch, "epochs": result.epochs_run})
+
+    test = data.splits["test"]
+    distributions = predict_distributions([model], test, pad_id=data.pad_id, progress=progress)
+    system = f"student ({teacher_name(store)})"
+    metrics = evaluate_distributions(EnsembleRun(out_dir, student_cfg, data), distributions, test,
+                                     out_dir / "eval" / "test" / "student", n_boot, {"student": system})
+    row = {"system": system, **{m: metrics[m] for m in ("f1", "bs_plus", "bs_minus", "b_bs", "b_ece")}}
+    atomic_write_json(out_dir / "eval" / "test" / "results.json", [row])
+    atomic_write_text(out_dir / "eval" / "test" / "results.md", format_rows([row], title=f"{out_dir.name}, test"))
+    return row
+
+
+def student_config(run_cfg: TaggingConfig, cfg: DistillConfig) -> TaggingConfig:
+    """The teacher run's data and encoder settings with an IID head and the student's training settings."""
+    return dataclasses.replace(run_cfg, model=dataclasses.replace(run_cfg.model, head="iid"), train=cfg.train)
+
+
+def teacher_name(store: TeacherStore) -> str:
+    """'ensemble of K', and T for a temperature-scaled teacher, from the store's teacher names."""
+    k = sum(1 for t in store.manifest["teachers"] if not t.startswith(TEMPERATURE_PREFIX))
+    temperature = store_temperature(store)
+    return f"ensemble of {k}" + (f", temperature-scaled (T = {temperature:.3f})" if temperature else "")
+
+
+def train_student(model, data: TaggingData, store: TeacherStore, train_windows, held_out_windows,
+                  cfg: DistillConfig, run_dir, progress: bool = True):
+    """training.train with the distillation loss: each batch of windows reads its sentences' teacher entries."""
+    split = data.splits["train"]
+    lengths = np.array([len(split.windows[i].input_ids) for i in train_windows])
+    sentence_of = np.array([w.sentence for w in split.windows])
+    first_word_of = np.array([w.first_word for w in split.windows])
+    d = cfg.distill
+
+    def batches(epoch):
+        for chunk in bucketed_batches(lengths, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed * 1000 + epoch):
+            windows = np.asarray(train_windows)[chunk]
+            yield {**_batch(split, windows, data.pad_id), "windows": windows}
+
+    def loss_fn(m, batch):
+        mask = batch["word_mask"]
+        ids, probs, remainder = window_targets(store, sentence_of[batch["windows"]],
+                                               first_word_of[batch["windows"]], mask.shape[1])
+        logits = m.emissions(batch["states"], batch["attention_mask"], batch["word_starts"], mask)
+        loss = distillation_loss(logits, batch["word_labels"], mask, ids, probs, remainder, beta=d.beta,
+                                 mode=d.remainder, temperature=d.temperature, label_smoothing=d.label_smoothing)
+        return loss, int(mask.sum())
+
+    def score(m):
+        return held_out_f1([m], split, held_out_windows, data.pad_id, data.labels)
+
+    return train(model, batches, loss_fn, score, cfg.train, run_dir, progress)
+
+
+def window_targets(store: TeacherStore, sentences: np.ndarray, first_words: np.ndarray, n_words: int):
+    """Teacher entries at each window word: word j of a window is word first_word + j of its sentence.
+    Returns ids, probs [B, n_words, K] and remainder [B, n_words]; positions past a window's end are padding."""
+    teacher = store.batch(sentences)
+    word = torch.from_numpy(first_words)[:, None] + torch.arange(n_words)[None, :]
+    word = word.clamp(max=max(teacher.ids.shape[1] - 1, 0))  # past a sentence's end: masked out by word_mask
+    at = word[..., None].expand(-1, -1, teacher.ids.shape[-1])
+    return teacher.ids.gather(1, at), teacher.probs.gather(1, at), teacher.remainder.gather(1, word)
+
+
+def _record_student(out_dir: Path, cfg: DistillConfig, student_cfg: TaggingConfig, store: TeacherStore,
+                    labels: list[str]) -> None:
+    """config.toml and run.json; a folder holding a student of another config or store is refused (its
+    checkpoint would otherwise be resumed)."""
+    import transformers
+
+    identity = {"config": to_toml(cfg), "store_dataset": store.manifest["dataset_fingerprint"],
+                "store_teachers": store.manifest["teachers"]}
+    previous = out_dir / "run.json"
+    if previous.is_file():
+        recorded = json.loads(previous.read_text())
+        if {key: recorded.get(key) for key in identity} != identity:
+            raise UserError(f"{out_dir}: holds a student of another config or teacher store; use a new folder")
+    atomic_write_text(out_dir / "config.toml", to_toml(cfg))
+    atomic_write_json(previous, {
+        **identity, "store": str(store.path), "labels": labels, "student": to_dict(student_cfg),
+        "ensemble_distill": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "numpy": np.__version__, "python": platform.python_version()})

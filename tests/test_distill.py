@@ -1,0 +1,267 @@
+"""Distillation: the losses by hand, memoise → store round trip, a student pulled towards its teacher, refusals."""
+
+import hashlib
+import json
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CONLL_SENTENCES, write_conll
+from ensemble_distill import distill as distill_module
+from ensemble_distill.calibration.temperature import fit_temperature
+from ensemble_distill.cli import main
+from ensemble_distill.config import DistillConfig, TaggingConfig, to_toml
+from ensemble_distill.distill import (dataset_fingerprint, distillation_loss, kd_loss, memoize, retemper,
+                                      store_temperature)
+from ensemble_distill.ensemble import load_member, member_seed, train_ensemble
+from ensemble_distill.errors import UserError
+from ensemble_distill.experiments import open_run
+from ensemble_distill.tagging import _batch, new_tagger, predict_distributions, tagger_loss
+from ensemble_distill.teacher_store import TeacherStore, write_store
+
+LOG = math.log
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses by hand
+
+# One sentence of three positions over V = 3; the last position is padding (masked out, garbage values).
+STUDENT = torch.tensor([[[0.5, 0.3, 0.2], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]]).log()
+# Position 0: teacher (0.6, 0.1, 0.3) cut to its top 2: ids (0, 2), remainder 0.1.
+# Position 1: teacher kept one entry, id 1 with 0.8, remainder 0.2; its second slot is padding (id 0, p 0).
+IDS = torch.tensor([[[0, 2], [1, 0], [2, 1]]])
+PROBS = torch.tensor([[[0.6, 0.3], [0.8, 0.0], [0.5, 0.5]]])
+REMAINDER = torch.tensor([[0.1, 0.2, 0.0]])
+MASK = torch.tensor([[True, True, False]])
+
+
+@pytest.mark.parametrize("mode, position0, position1", [
+    # drop (paper): the stored probabilities against the student's log-probabilities of their ids
+    ("drop", -(0.6 * LOG(0.5) + 0.3 * LOG(0.2)), -0.8 * LOG(0.3)),  # 0.8987, 0.9632
+    # renormalise: (0.6, 0.3) / 0.9 = (2/3, 1/3); (0.8) / 0.8 = (1)
+    ("renormalise", -(2 / 3 * LOG(0.5) + 1 / 3 * LOG(0.2)), -LOG(0.3)),  # 0.9986, 1.2040
+    # bucket: drop plus the remainder against the student's mass outside the kept ids: 1 - 0.5 - 0.2 = 0.3 at
+    # position 0, and 1 - 0.3 = 0.7 at position 1 (the padding slot's id 0 is not a kept id)
+    ("bucket", -(0.6 * LOG(0.5) + 0.3 * LOG(0.2)) - 0.1 * LOG(0.3), -0.8 * LOG(0.3) - 0.2 * LOG(0.7)),
+])
+def test_kd_loss_by_hand(mode, position0, position1):
+    loss = kd_loss(STUDENT, IDS, PROBS, REMAINDER, MASK, mode)
+    assert loss.item() == pytest.approx((position0 + position1) / 2, rel=1e-6)
+
+
+def test_bucket_where_the_kept_ids_cover_the_vocabulary_is_finite():
+    """A full store's remainder is float rounding (~6e-8 in float16): no outside mass, no NaN gradient."""
+    logits = torch.tensor([[[2.0, 0.0, -1.0]]], requires_grad=True)
+    ids, probs = torch.tensor([[[0, 1, 2]]]), torch.tensor([[[0.7, 0.2, 0.1]]])
+    loss = kd_loss(logits.log_softmax(-1), ids, probs, torch.tensor([[6e-8]]), torch.tensor([[True]]), "bucket")
+    loss.backward()
+    expected = -(0.7 * logits.log_softmax(-1)[0, 0, 0] + 0.2 * logits.log_softmax(-1)[0, 0, 1]
+                 + 0.1 * logits.log_softmax(-1)[0, 0, 2])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_temperature_retempers_the_teacher_and_scales_by_tau_squared():
+    # sqrt(0.64) = 0.8, sqrt(0.36) = 0.6: normalised (4/7, 3/7), times the stored mass 1
+    assert retemper(torch.tensor([0.64, 0.36, 0.0]), 2.0).tolist() == pytest.approx([4 / 7, 3 / 7, 0.0])
+    # a truncated teacher keeps its stored mass 0.9: (sqrt 0.81, sqrt 0.09) = (0.9, 0.3) -> 0.9 (3/4, 1/4)
+    assert retemper(torch.tensor([0.81, 0.09]), 2.0).tolist() == pytest.approx([0.675, 0.225])
+    logits = torch.tensor([[[2.0, 0.0, -2.0]]])
+    ids, probs = torch.tensor([[[0, 1]]]), torch.tensor([[[0.64, 0.36]]])
+    loss = distillation_loss(logits, torch.tensor([[0]]), torch.tensor([[True]]), ids, probs,
+                             torch.tensor([[0.0]]), beta=1.0, temperature=2.0)
+    student = torch.tensor([1.0, 0.0, -1.0]).log_softmax(-1)  # logits / 2
+    assert loss.item() == pytest.approx(4 * -(4 / 7 * student[0] + 3 / 7 * student[1]).item(), rel=1e-6)
+
+
+def test_label_smoothing_on_the_nll_term():
+    logits = torch.tensor([[[0.5, 0.3, 0.2]]]).log()  # softmax = (0.5, 0.3, 0.2)
+    args = (logits, torch.tensor([[1]]), torch.tensor([[True]]), IDS[:, :1], PROBS[:, :1], REMAINDER[:, :1])
+    # smoothing 0.3 over 3 labels: target (0.1, 0.8, 0.1)
+    expected = -(0.1 * LOG(0.5) + 0.8 * LOG(0.3) + 0.1 * LOG(0.2))
+    assert distillation_loss(*args, beta=0.0, label_smoothing=0.3).item() == pytest.approx(expected, rel=1e-6)
+    # beta mixes: (1 - 0.25) NLL + 0.25 KD
+    kd = -(0.6 * LOG(0.5) + 0.3 * LOG(0.2))
+    assert distillation_loss(*args, beta=0.25).item() == pytest.approx(0.75 * -LOG(0.3) + 0.25 * kd, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A tiny ensemble run, shared by the tests below
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_encoder, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distill")
+    cfg = TaggingConfig()
+    cfg.data.train = str(write_conll(folder / "train.txt", CONLL_SENTENCES, repeat=5))
+    cfg.data.dev = str(write_conll(folder / "dev.txt", CONLL_SENTENCES[:4]))
+    cfg.data.test = str(write_conll(folder / "test.txt", CONLL_SENTENCES[4:]))
+    cfg.data.scheme = "iob2"
+    cfg.encoder.name, cfg.encoder.finetune_layers = str(tiny_encoder), 1
+    cfg.encoder.cache_dir = str(folder / "cache")
+    cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size, cfg.train.max_epochs = "adamw", 1e-2, 8, 2
+    cfg.ensemble.members, cfg.ensemble.subset_sizes = 2, [1, 2]
+    train_ensemble(cfg, folder / "run", progress=False)
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def run(run_dir):
+    return open_run(run_dir, progress=False)
+
+
+def members(run, ids):
+    return [load_member(run, run.member_dir(i), member_seed(run.cfg, i)) for i in ids]
+
+
+def test_beta_zero_is_the_plain_nll(run):
+    split = run.data.splits["train"]
+    model = new_tagger(run.data, run.cfg, seed=3).eval()
+    batch = _batch(split, np.arange(len(split.windows)), run.data.pad_id)
+    mask = batch["word_mask"]
+    logits = model.emissions(batch["states"], batch["attention_mask"], batch["word_starts"], mask)
+    teacher = torch.rand(*mask.shape, len(run.data.labels)).softmax(-1)
+    ids = torch.arange(len(run.data.labels)).expand_as(teacher)
+    loss = distillation_loss(logits, batch["word_labels"], mask, ids, teacher, torch.zeros(mask.shape), beta=0.0)
+    assert loss.item() == pytest.approx(tagger_loss(model, batch)[0].item(), rel=1e-6)
+
+
+def test_memoize_round_trip_and_rerun(run, tmp_path, capsys, monkeypatch):
+    store_dir = tmp_path / "store"
+    assert main(["memoize", "--ensemble", str(run.run_dir), "--out", str(store_dir)]) == 0
+    assert "ensemble of 2 over 40 sentences" in capsys.readouterr().out
+    split = run.data.splits["train"]
+    store = TeacherStore.open(store_dir, expect_fingerprint=dataset_fingerprint(split),
+                              expect_vocab=run.data.labels)
+    assert store.manifest["truncation"]["width"] == len(run.data.labels)  # NER keeps every label
+    expected = predict_distributions(members(run, [0, 1]), split, pad_id=run.data.pad_id)
+    for s in range(len(store)):
+        dense = torch.zeros(len(expected[s]), len(run.data.labels))
+        ids, probs, remainder = store.sentence(s)
+        dense.scatter_(-1, ids, probs)
+        # float16: relative error <= 2**-11 above 6.1e-5, absolute <= 3e-8 below
+        np.testing.assert_array_less(np.abs(dense.numpy() - expected[s]), 2 ** -11 * expected[s] + 3.1e-8)
+        assert remainder.abs().max() < 1e-6
+    for name in store.manifest["teachers"]:  # the member checkpoints' sha256
+        path, digest = name.split(" sha256:")
+        assert digest == hashlib.sha256((run.run_dir / path).read_bytes()).hexdigest()
+
+    # a rerun reuses the finished store without running the teacher; another ensemble is refused
+    manifest = (store_dir / "manifest.json").read_bytes()
+    monkeypatch.setattr(distill_module, "predict_distributions", lambda *a, **k: pytest.fail("teacher rerun"))
+    assert memoize(run.run_dir, store_dir, progress=False, data=run.data).manifest["teachers"] == \
+        store.manifest["teachers"]
+    assert (store_dir / "manifest.json").read_bytes() == manifest
+    with pytest.raises(UserError, match="different teachers"):
+        memoize(run.run_dir, store_dir, members=1, progress=False, data=run.data)
+
+
+def test_temperature_scaled_teacher(run, tmp_path):
+    store = memoize(run.run_dir, tmp_path / "ts", temperature_scaled=True, progress=False, data=run.data)
+    models = members(run, [0, 1])
+    dev = run.data.splits["dev"]
+    dev_q = np.concatenate(predict_distributions(models, dev, pad_id=run.data.pad_id))
+    t = fit_temperature(np.log(dev_q), np.concatenate(dev.corpus.tag_ids))
+    assert store_temperature(store) == pytest.approx(t, rel=1e-9) and t != pytest.approx(1.0, abs=1e-3)
+    q = predict_distributions(models, run.data.splits["train"], pad_id=run.data.pad_id)[0].astype(np.float64)
+    scaled = q ** (1 / t) / (q ** (1 / t)).sum(1, keepdims=True)  # renormalised p^(1/T)
+    ids, probs, _ = store.sentence(0)
+    dense = torch.zeros(scaled.shape).scatter_(-1, ids, probs).numpy()
+    np.testing.assert_allclose(dense, scaled, rtol=2 ** -11, atol=3.1e-8)
+
+
+def write_student_config(path, run_dir, **distill):
+    cfg = DistillConfig()
+    cfg.distill.ensemble_run = str(run_dir)
+    for key, value in distill.items():
+        setattr(cfg.distill, key, value)
+    cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size = "adamw", 1e-2, 8
+    cfg.train.max_epochs, cfg.train.patience = 3, 3
+    path.write_text(to_toml(cfg))
+    return path
+
+
+def kl_to_teacher(model, run, store) -> float:
+    """Mean KL(teacher || student) over the training words."""
+    student = predict_distributions([model], run.data.splits["train"], pad_id=run.data.pad_id)
+    total, words = 0.0, 0
+    for s, p in enumerate(student):
+        ids, probs, _ = store.sentence(s)
+        q = torch.zeros(p.shape).scatter_(-1, ids, probs).double().numpy()
+        total += float((q * (np.log(np.maximum(q, 1e-12)) - np.log(p))).sum())
+        words += len(p)
+    return total / words
+
+
+def test_student_at_beta_one_moves_towards_its_teacher(run, tmp_path, capsys):
+    store_dir = tmp_path / "one"
+    store = memoize(run.run_dir, store_dir, members=1, progress=False, data=run.data)
+    config = write_student_config(tmp_path / "student.toml", run.run_dir, beta=1.0)
+    out = tmp_path / "student"
+    student_cfg = distill_module.student_config(run.cfg, distill_module.load_config(config, DistillConfig))
+    before = kl_to_teacher(new_tagger(run.data, student_cfg, seed=0), run, store)  # the student's initial weights
+
+    assert main(["distill", "--store", str(store_dir), "--config", str(config), "--out", str(out),
+                 "--n-boot", "20"]) == 0
+    assert "| student (ensemble of 1) |" in capsys.readouterr().out
+    model = new_tagger(run.data, student_cfg, seed=0)
+    model.load_state_dict(torch.load(out / "best.pt", weights_only=True))
+    after = kl_to_teacher(model, run, store)
+    assert after < 0.5 * before, (before, after)
+    for name in ("config.toml", "run.json", "checkpoint.pt", "log.jsonl", "eval/test/student/predictions.npz",
+                 "eval/test/student/metrics.json", "eval/test/results.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "run.json").read_text())["student"]["model"]["head"] == "iid"
+
+
+def test_cli_refuses_a_store_for_other_data_or_labels_or_corrupted(run, tmp_path, capsys):
+    config = write_student_config(tmp_path / "student.toml", run.run_dir)
+    split, labels = run.data.splits["train"], run.data.labels
+    uniform = lambda batch: [np.full((3, len(labels)), 1 / len(labels))] * len(batch)  # noqa: E731
+    other_data = write_store(tmp_path / "other-data", [[0, 0, 0]] * 2, uniform, vocab=labels,
+                             fingerprint="sha256:other", teachers=["t"], top_k=len(labels), progress=False)
+    other_labels = write_store(tmp_path / "other-labels", [[0, 0, 0]] * 2, uniform, vocab=labels[::-1],
+                               fingerprint=dataset_fingerprint(split), teachers=["t"], top_k=len(labels),
+                               progress=False)
+    corrupted = tmp_path / "corrupted"
+    shutil.copytree(memoize(run.run_dir, tmp_path / "good", progress=False, data=run.data).path, corrupted)
+    probs = corrupted / "shard-00000-probs.npy"
+    data = bytearray(probs.read_bytes())
+    data[-1] ^= 1
+    probs.write_bytes(bytes(data))
+    for store, message in ((other_data.path, "written for dataset"), (other_labels.path, "another vocabulary"),
+                           (corrupted, "fails its checksum")):
+        assert main(["distill", "--store", str(store), "--config", str(config), "--out", str(tmp_path / "s")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_window_targets_offset_by_each_windows_first_word(tmp_path):
+    """Word j of a window is word first_word + j of its sentence: a long sentence's second window reads on."""
+    labels = ["O", "B-X", "I-X"]
+    rows = np.eye(3)[[0, 1, 2, 0, 1, 2, 0, 0]] * 0.9 + 0.1 / 3  # word w of the corpus peaks at label w % 3
+    sentences = [list(range(5)), list(range(5, 8))]  # lengths 5 and 3
+    store = write_store(tmp_path / "s", sentences, lambda batch: [rows[s] for s in batch], vocab=labels,
+                        fingerprint="sha256:x", teachers=["t"], top_k=3, progress=False)
+    ids, probs, _ = distill_module.window_targets(store, np.array([0, 0, 1]), np.array([0, 2, 0]), n_words=3)
+    dense = torch.zeros(3, 3, 3).scatter_(-1, ids, probs).numpy()
+    expected = np.stack([rows[[0, 1, 2]], rows[[2, 3, 4]], rows[[5, 6, 7]]])
+    np.testing.assert_allclose(dense, expected, rtol=2 ** -11)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[distill]\nbeta = 1.5\n", "'distill.beta' must lie in [0.0, 1.0], got 1.5"),
+    ('[distill]\nremainder = "keep"\n', "'distill.remainder' must be one of drop, renormalise, bucket"),
+    ("[distill]\ntemperature = 0\n", "'distill.temperature' must lie in"),
+    ("[train]\nlr = 1e-3\nlrr = 1\n", "unknown key 'train.lrr'"),
+])
+def test_distill_config_names_the_bad_key(tmp_path, text, message):
+    (tmp_path / "d.toml").write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        distill_module.load_config(tmp_path / "d.toml", DistillConfig)
+    assert DistillConfig().train.lr == 5e-5 and DistillConfig().distill.beta == 5 / 6  # the paper's defaults
