@@ -265,3 +265,16 @@ def test_distill_config_names_the_bad_key(tmp_path, text, message):
     with pytest.raises(UserError, match=re.escape(message)):
         distill_module.load_config(tmp_path / "d.toml", DistillConfig)
     assert DistillConfig().train.lr == 5e-5 and DistillConfig().distill.beta == 5 / 6  # the paper's defaults
+
+
+def test_demo_adds_a_student_of_a_crf_ensemble_to_the_table(run_dir, tmp_path):
+    from ensemble_distill.config import load_config
+    from ensemble_distill.experiments import demo
+
+    cfg = load_config(run_dir / "config.toml", TaggingConfig)
+    cfg.train.max_epochs, cfg.ensemble.members, cfg.ensemble.subset_sizes = 1, 1, [1]
+    (tmp_path / "demo.toml").write_text(to_toml(cfg))
+    table = demo(tmp_path / "unused-root", tmp_path / "demo", tmp_path / "demo.toml", heads=("crf",), n_boot=10,
+                 progress=False)
+    assert "| ensemble of 1 |" in table and "| student (ensemble of 1) |" in table
+    assert (tmp_path / "demo/crf-student/eval/test/student/metrics.json").is_file()
