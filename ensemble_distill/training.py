@@ -5,6 +5,10 @@ best weights in `best.pt`, and writes `checkpoint.pt` (weights, optimiser, RNG s
 A run started again in the same directory resumes after the last finished epoch; because batch order comes
 from (seed, epoch) and the torch RNG state is restored, a resumed run ends with the same weights as one that
 was never stopped.
+
+Optional, for translation: a ready optimiser with a learning-rate scheduler stepped after every update (its state
+is checkpointed too), and snapshots of the weights after each of the last few epochs (`epoch-<n>.pt`, written
+before the checkpoint) for checkpoint averaging.
 """
 
 import json
@@ -41,21 +45,24 @@ class TrainResult:
 
 
 def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: Callable, score_fn: Callable,
-          cfg: Training, run_dir, progress: bool = True, after_epoch: Callable[[int], None] | None = None
-          ) -> TrainResult:
+          cfg: Training, run_dir, progress: bool = True, after_epoch: Callable[[int], None] | None = None,
+          optimizer: torch.optim.Optimizer | None = None, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+          snapshots: int = 0) -> TrainResult:
     """Train `model` until `cfg.patience` epochs pass without a better `score_fn(model)`.
 
     batches(epoch) yields the epoch's batches (deterministic given the epoch); loss_fn(model, batch) returns
-    (loss, n_tokens). On return the model holds its best weights.
+    (loss, n_tokens). On return the model holds its best weights. `optimizer` defaults to make_optimizer(cfg);
+    `scheduler`, if given, is stepped after every update. With `snapshots` = n the weights after each of the
+    last n epochs are kept as epoch-<epoch>.pt.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    optimizer = make_optimizer(model.parameters(), cfg)
+    optimizer = optimizer or make_optimizer(model.parameters(), cfg)
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [], "done": False}
     torch.manual_seed(cfg.seed)
     checkpoint = run_dir / "checkpoint.pt"
     if checkpoint.is_file():
-        state = _restore(checkpoint, model, optimizer)
+        state = _restore(checkpoint, model, optimizer, scheduler)
 
     while not state["done"]:
         epoch = state["epoch"] + 1
@@ -68,6 +75,8 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total_loss += loss.item() * n_tokens
             total_tokens += n_tokens
             bar.set_postfix(loss=f"{total_loss / max(total_tokens, 1):.4f}")
@@ -84,7 +93,12 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         state["done"] = state["bad_epochs"] >= cfg.patience or epoch >= cfg.max_epochs
-        _save(checkpoint, model, optimizer, state)
+        if snapshots:
+            atomic_torch_save(model.state_dict(), run_dir / f"epoch-{epoch}.pt")
+        _save(checkpoint, model, optimizer, state, scheduler)
+        for stale in run_dir.glob("epoch-*.pt"):
+            if int(stale.stem.split("-")[1]) <= epoch - snapshots:
+                stale.unlink()
         with open(run_dir / "log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
         if progress:
@@ -98,14 +112,17 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
     return TrainResult(state["best_score"], state["best_epoch"], state["epoch"], state["history"])
 
 
-def _save(path: Path, model, optimizer, state: dict) -> None:
+def _save(path: Path, model, optimizer, state: dict, scheduler=None) -> None:
     atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                       "rng": torch.get_rng_state()}, path)
+                       "rng": torch.get_rng_state(),
+                       "scheduler": scheduler.state_dict() if scheduler is not None else None}, path)
 
 
-def _restore(path: Path, model, optimizer) -> dict:
+def _restore(path: Path, model, optimizer, scheduler=None) -> dict:
     saved = torch.load(path, weights_only=False)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
     return saved["state"]
