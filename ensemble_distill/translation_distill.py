@@ -1,0 +1,144 @@
+"""Ensemble distillation for translation: memoise the ensemble over the training set, train a student from it.
+
+    store = memoize_translation_teacher("runs/m30k-ce", members=3, top_k=64)     # RUN/teachers/ensemble-3-top64
+    student_dir = distill_translation("runs/m30k-ce", members=3, top_k=64)       # RUN/students/student-3-top64
+    rows = truncation_sweep("runs/m30k-ce")        # V' in {32, 64, 128, 256} and adaptive: students, table
+
+Teacher (paper §5.1): the mean of the first k members' next-token distributions under teacher forcing, at every
+target position of every training pair, in dataset order; truncated to the top V' entries (or adaptively, to the
+fewest entries whose mass reaches 1 - epsilon, at most V') in a teacher store.
+
+Student (paper §5.2): the members' architecture, trained from a random initialisation with the members' schedule,
+batches and early stopping, on
+
+    loss = (1 - beta) NLL_λ(gold) + beta KD,   KD = -mean over positions of sum_k q_k log p_student(id_k)
+
+at temperature 1, beta = 0.5 and label smoothing λ = 0.1 on the NLL term (distill.distillation_loss). Students
+live under RUN/students/, where evaluate-nmt finds them beside the members and ensembles.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from .config import TranslationDistillation
+from .data.vocab import PAD_ID
+from .distill import checkpoint_name, distillation_loss
+from .errors import UserError
+from .io_utils import atomic_write_json, atomic_write_text
+from .models.translation import collate
+from .teacher_store import TeacherStore, fingerprint_dataset, write_store
+from .translation import (TABLE_METRICS, TranslationRun, evaluate_translation_run, mean_of_members, member_seed,
+                          new_model, open_run, to_device, train_model)
+
+STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
+
+
+def store_name(members: int, top_k: int, epsilon: float) -> str:
+    truncation = f"eps{epsilon:g}-max{top_k}" if epsilon > 0 else f"top{top_k}"
+    return f"ensemble-{members}-{truncation}"
+
+
+def train_fingerprint(run: TranslationRun) -> str:
+    pairs = run.data.splits["train"].pairs
+    return fingerprint_dataset([src for src, _ in pairs], [tgt for _, tgt in pairs])
+
+
+def vocab_names(run: TranslationRun) -> list[str]:
+    return [run.data.vocab.processor.id_to_piece(i) for i in range(len(run.data.vocab))]
+
+
+def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int | None = None,
+                                epsilon: float | None = None, progress: bool = True,
+                                run: TranslationRun | None = None) -> TeacherStore:
+    """Write (or resume, or open when finished) the store of the ensemble of the first `members` members over the
+    run's training pairs, at RUN/teachers/<store_name>. Defaults come from the run's [distill] section."""
+    run = run or open_run(run_dir, splits=("train", "dev"), progress=progress)
+    d = run.cfg.distill
+    members, top_k = members or d.teacher_members, top_k or d.top_k
+    epsilon = d.epsilon if epsilon is None else epsilon
+    if not 1 <= members <= run.cfg.ensemble.members:
+        raise UserError(f"--members {members}: the run has {run.cfg.ensemble.members} members")
+    models = run.members(members)
+    teachers = [checkpoint_name(run.run_dir, run.member_dir(i) / "model.pt") for i in range(members)]
+
+    @torch.no_grad()
+    def teacher(pairs):
+        batch = to_device(collate(pairs), models[0].embedding.weight.device)
+        member_log_probs = torch.stack([m.log_probs_teacher_forced(batch.src, batch.tgt_in) for m in models])
+        probs = mean_of_members(member_log_probs).exp().cpu()
+        return [probs[i, :len(tgt) + 1] for i, (_, tgt) in enumerate(pairs)]
+
+    return write_store(run.run_dir / "teachers" / store_name(members, top_k, epsilon), run.data.splits["train"].pairs,
+                       teacher, vocab=vocab_names(run), fingerprint=train_fingerprint(run), teachers=teachers,
+                       top_k=top_k, epsilon=epsilon or None, probs_dtype=d.probs_dtype,
+                       batch_sentences=run.cfg.decode.batch_sentences, progress=progress)
+
+
+def distill_translation(run_dir, members: int | None = None, top_k: int | None = None, epsilon: float | None = None,
+                        progress: bool = True, run: TranslationRun | None = None, after_round=None) -> Path:
+    """Memoise the teacher (if not done) and train (or resume) its student; returns the student's folder."""
+    run = run or open_run(run_dir, splits=("train", "dev"), progress=progress)
+    store = memoize_translation_teacher(run.run_dir, members, top_k, epsilon, progress, run)
+    student_dir = run.run_dir / "students" / f"student-{store.path.name.removeprefix('ensemble-')}"
+    if (student_dir / "model.pt").is_file():
+        return student_dir
+    seed = member_seed(run.cfg, STUDENT_SEED_INDEX)
+    model = new_model(run.cfg, len(run.data.vocab), seed)
+    atomic_write_json(student_dir / "teacher.json", {"store": str(store.path), "teachers": store.manifest["teachers"],
+                                                     "truncation": store.manifest["truncation"],
+                                                     "bytes_per_token": store.bytes_per_token()})
+    train_model(model, run.data, run.cfg, student_dir, student_loss(store, run.cfg.distill), seed, progress,
+                after_round)
+    return student_dir
+
+
+def student_loss(store: TeacherStore, d: TranslationDistillation):
+    """(1 - beta) label-smoothed NLL + beta KD against the batch's stored teacher entries."""
+
+    def loss_fn(model, batch):
+        indices, b = batch
+        device = model.embedding.weight.device
+        b = to_device(b, device)
+        teacher = store.batch(indices)
+        mask = b.tgt_out != PAD_ID
+        loss = distillation_loss(model(b.src, b.tgt_in).float(), b.tgt_out, mask, teacher.ids.to(device),
+                                 teacher.probs.to(device), teacher.remainder.to(device), beta=d.beta,
+                                 mode=d.remainder, label_smoothing=d.label_smoothing)
+        return loss, b.n_target_tokens
+
+    return loss_fn
+
+
+def truncation_sweep(run_dir, members: int | None = None, top_ks: list[int] | None = None,
+                     epsilons: list[float] | None = None, n_boot: int = 1000, progress: bool = True) -> list[dict]:
+    """Distil one student per truncation (each V' in top_ks, each adaptive epsilon capped at max(top_ks)), evaluate
+    the run, and tabulate BLEU, ECE-1, ECE-5 and the store's bytes per token side by side:
+    RUN/eval/test/truncation.{md,json}."""
+    run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress)
+    d = run.cfg.distill
+    members, top_ks = members or d.teacher_members, top_ks or d.sweep_top_k
+    epsilons = d.sweep_epsilon if epsilons is None else epsilons
+    settings = [(k, 0.0) for k in top_ks] + [(max(top_ks), eps) for eps in epsilons]
+    students = [distill_translation(run.run_dir, members, k, eps, progress, run) for k, eps in settings]
+    rows = {row["system"]: row for row in evaluate_translation_run(run.run_dir, "test", n_boot, progress, run)}
+    table = []
+    for (k, eps), student in zip(settings, students):
+        teacher = json.loads((student / "teacher.json").read_text())
+        truncation = f"adaptive 1 - {eps:g} (at most {k})" if eps > 0 else f"V' = {k}"
+        table.append({"truncation": truncation, "bytes_per_token": teacher["bytes_per_token"],
+                      **{m: rows[student.name][m] for m in TABLE_METRICS}})
+    out = run.run_dir / "eval" / "test"
+    atomic_write_json(out / "truncation.json", table)
+    atomic_write_text(out / "truncation.md", format_sweep(table, f"{run.run_dir.name}: students of {members}"))
+    return table
+
+
+def format_sweep(table: list[dict], title: str) -> str:
+    lines = [f"**{title}** (test; calibration ×100)", "",
+             "| truncation | BLEU | ECE-1 | ECE-5 | BS+ | bytes/token |", "|---|---|---|---|---|---|"]
+    for row in table:
+        cells = [f"{(1 if m == 'bleu' else 100) * row[m]['value']:.2f}" for m in TABLE_METRICS]
+        lines.append(f"| {row['truncation']} | " + " | ".join(cells) + f" | {row['bytes_per_token']:.1f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,222 @@
+"""The translation pipeline on a toy copy task: training members, resume, ensembles, evaluation, memoize → distill,
+and the CLI's refusal of bad parallel files. Tiny models on files written in tmp_path."""
+
+import copy
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ensemble_distill.calibration.report import evaluate
+from ensemble_distill.cli import main
+from ensemble_distill.config import TranslationConfig, load_config, to_toml
+from ensemble_distill.data.vocab import PAD_ID
+from ensemble_distill.errors import UserError
+from ensemble_distill.models.translation import collate
+from ensemble_distill.predictions import load_predictions
+from ensemble_distill.teacher_store import to_dense
+from ensemble_distill.translation import (evaluate_translation_run, mean_of_members, new_model, nll_loss,
+                                          round_batches, teacher_forced, token_batches, train_members, train_model,
+                                          translate, validation_nll)
+from ensemble_distill.translation_distill import distill_translation, memoize_translation_teacher
+
+WORDS = "ant bee cat dog eel fox gnu hen".split()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models on a shared 2-core machine: a second thread only adds contention.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_copy_task(folder, sizes=(("train", 400), ("dev", 40), ("test", 40))):
+    """Source and target files of a copy task: 2-5 random words, the target the same words."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, (split, n) in enumerate(sizes):
+        rng = random.Random(seed)
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))) for _ in range(n)]
+        for side in ("src", "tgt"):
+            (folder / f"{split}.{side}").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def toy_config(folder, **train) -> TranslationConfig:
+    cfg = TranslationConfig()
+    for split in ("train", "dev", "test"):
+        setattr(cfg.data, f"{split}_src", str(folder / f"{split}.src"))
+        setattr(cfg.data, f"{split}_tgt", str(folder / f"{split}.tgt"))
+    cfg.data.vocab_size = 48
+    cfg.model.preset, cfg.model.dropout = "tiny", 0.0
+    t = cfg.train
+    t.lr, t.warmup_steps, t.batch_tokens, t.updates_per_round, t.max_rounds, t.patience, t.average_last = (
+        7e-3, 20, 600, 35, 5, 5, 1)
+    for key, value in train.items():
+        setattr(t, key, value)
+    cfg.ensemble.members, cfg.ensemble.subset_sizes = 2, [2]
+    cfg.decode.batch_sentences, cfg.decode.temperature_positions = 16, 100
+    cfg.distill.teacher_members, cfg.distill.top_k = 2, 4
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """Two members trained on the copy task through the pipeline's entry point."""
+    folder = write_copy_task(tmp_path_factory.mktemp("copy"))
+    return train_members(toy_config(folder), folder / "run", progress=False)
+
+
+def test_token_batches_cover_every_sentence_once_within_the_budget():
+    lengths = np.random.default_rng(0).integers(1, 30, 500)
+    batches = token_batches(lengths, 100, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    assert all(len(b) * lengths[b].max() <= 100 for b in batches)
+    # Cut greedily from the length-sorted sentences: each batch is full, as the next-longer sentence would not fit.
+    in_order = sorted(batches, key=lambda b: (lengths[b].min(), lengths[b].max(), -len(b)))
+    assert all(lengths[a].max() <= lengths[b].min() for a, b in zip(in_order, in_order[1:]))
+    assert all((len(a) + 1) * lengths[b].min() > 100 for a, b in zip(in_order, in_order[1:]))
+    again = token_batches(lengths, 100, np.random.default_rng(1))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    other = token_batches(lengths, 100, np.random.default_rng(2))
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
+    assert [len(b) for b in token_batches(np.array([150, 3]), 100, np.random.default_rng(0))] == [1, 1]
+
+
+def test_rounds_cut_one_stream_of_epochs():
+    lengths = np.random.default_rng(0).integers(1, 30, 200)
+    epochs = [b for e in (1, 2, 3) for b in token_batches(lengths, 100, np.random.default_rng((7, e)))]
+    rounds = [b for r in (1, 2, 3, 4) for b in round_batches(lengths, 100, 25, 7, r)]
+    assert len(rounds) == 100 and all(np.array_equal(a, b) for a, b in zip(rounds, epochs))
+
+
+def test_members_learn_the_copy_task(toy_run):
+    test = toy_run.data.splits["test"]
+    for i, member in enumerate(toy_run.members(2)):
+        log = [json.loads(line) for line in open(toy_run.member_dir(i) / "log.jsonl")]
+        assert -log[-1]["held_out_score"] < 0.4 * -log[0]["held_out_score"]
+        hypotheses = translate([member], test, toy_run.data.vocab, 4, 0.6, 16)
+        exact = sum(h == r for h, r in zip(hypotheses, test.references))
+        assert exact >= 0.6 * len(test.references), (i, exact)
+    result = json.loads((toy_run.member_dir(0) / "result.json").read_text())
+    dev_nll = validation_nll(toy_run.members(1), toy_run.data.splits["dev"], 8)
+    assert result["averaged_dev_nll"] == pytest.approx(dev_nll)
+
+
+def test_ensemble_distributions_are_the_mean_of_members(toy_run):
+    members, dev = toy_run.members(2), toy_run.data.splits["dev"]
+    batch = collate(dev.pairs[:16])
+    real = batch.tgt_out != PAD_ID
+    expected = torch.stack([F.softmax(m(batch.src, batch.tgt_in), -1)[real] for m in members]).mean(0)
+    member_log_probs, gold = next(teacher_forced(members, dev, 16))
+    torch.testing.assert_close(mean_of_members(member_log_probs).exp(), expected, atol=1e-6, rtol=1e-5)
+    assert torch.equal(gold, batch.tgt_out[real])
+
+
+def test_an_ensemble_of_identical_members_translates_like_the_member(toy_run):
+    member, test = toy_run.members(1)[0], toy_run.data.splits["test"]
+    one = translate([member], test, toy_run.data.vocab, 3, 0.6, 16)
+    assert translate([member, copy.deepcopy(member)], test, toy_run.data.vocab, 3, 0.6, 16) == one
+
+
+def test_evaluation_writes_predictions_that_evaluate_reads(toy_run):
+    rows = evaluate_translation_run(toy_run.run_dir, n_boot=20, progress=False, run=toy_run)
+    assert [r["system"] for r in rows] == ["individuals (2, mean ± s.e.)", "individuals (2, mean ± s.e.) + TS",
+                                          "ensemble-2", "ensemble-2 + TS"]
+    out = toy_run.run_dir / "eval" / "test"
+    preds = load_predictions(out / "ensemble-2" / "predictions.npz")
+    test = toy_run.data.splits["test"]
+    assert preds.n_sentences == len(test.pairs) and preds.n_positions == test.n_positions()
+    assert preds.references.tolist() == test.references
+    metrics = evaluate(preds, n_boot=10)
+    assert metrics["bleu"]["value"] == pytest.approx(rows[2]["bleu"]["value"])
+    # The stored gold probabilities are the ensemble's teacher-forced ones.
+    members = toy_run.members(2)
+    first = next(teacher_forced(members, test, 16))
+    n = len(first[1])
+    expected = mean_of_members(first[0]).exp().gather(1, first[1][:, None])[:, 0]
+    np.testing.assert_allclose(preds.gold_prob[:n], expected.numpy(), atol=1e-6)
+    scaled = load_predictions(out / "ensemble-2-ts" / "predictions.npz")
+    assert scaled.meta["temperature"] == pytest.approx(rows[3]["temperature"]) and scaled.meta["temperature"] != 1.0
+    assert (out / "results.md").read_text().count("|") > 20
+
+
+def test_memoize_then_distill_trains_a_student(toy_run):
+    store = memoize_translation_teacher(toy_run.run_dir, progress=False, run=toy_run)
+    train = toy_run.data.splits["train"]
+    assert len(store) == len(train.pairs) and store.num_positions == train.n_positions()
+    # The stored entries are the top 4 of the ensemble's teacher-forced distribution.
+    batch = collate(train.pairs[:3])
+    real = batch.tgt_out != PAD_ID
+    with torch.no_grad():
+        ensemble = torch.stack([F.softmax(m(batch.src, batch.tgt_in), -1) for m in toy_run.members(2)]).mean(0)
+    stored = store.batch([0, 1, 2])
+    dense = to_dense(stored.ids, stored.probs, len(toy_run.data.vocab))
+    top = ensemble.topk(4, -1)
+    torch.testing.assert_close(dense[real].gather(1, top.indices[real]), top.values[real], atol=2e-3, rtol=1e-3)
+
+    student_dir = distill_translation(toy_run.run_dir, progress=False, run=toy_run)
+    log = [json.loads(line) for line in open(student_dir / "log.jsonl")]
+    assert log[-1]["train_loss"] < 0.6 * log[0]["train_loss"]
+    assert -log[-1]["held_out_score"] < 0.5 * -log[0]["held_out_score"]
+    assert json.loads((student_dir / "teacher.json").read_text())["bytes_per_token"] > 0
+
+
+def test_resume_after_a_kill_gives_the_same_weights(tmp_path):
+    folder = write_copy_task(tmp_path / "copy", (("train", 60), ("dev", 8), ("test", 8)))
+    cfg = toy_config(folder, updates_per_round=4, max_rounds=3, patience=3, average_last=2)
+    cfg.model.dropout = 0.1  # the restored RNG state must reproduce the dropout masks
+    data = train_members(toy_config(folder, max_rounds=1), folder / "vocab-run", progress=False).data
+
+    def run(run_dir, kill_after=None):
+        def after_round(r):
+            if r == kill_after:
+                raise KeyboardInterrupt
+
+        model = new_model(cfg, len(data.vocab), seed=3)
+        train_model(model, data, cfg, run_dir, nll_loss(0.1), 3, progress=False, after_round=after_round)
+        return torch.load(run_dir / "model.pt", weights_only=True), torch.load(run_dir / "checkpoint.pt",
+                                                                               weights_only=False)
+
+    straight, straight_checkpoint = run(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", kill_after=2)
+    resumed, resumed_checkpoint = run(tmp_path / "killed")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+        assert torch.equal(straight_checkpoint["model"][key], resumed_checkpoint["model"][key]), key
+    assert straight_checkpoint["scheduler"] == resumed_checkpoint["scheduler"]
+    assert sorted(p.name for p in (tmp_path / "killed").glob("epoch-*.pt")) == ["epoch-1.pt", "epoch-2.pt",
+                                                                                "epoch-3.pt"]
+
+
+def test_cli_refuses_bad_parallel_files_in_one_line(tmp_path, capsys):
+    folder = write_copy_task(tmp_path / "copy", (("train", 20), ("dev", 4), ("test", 4)))
+    (folder / "train.tgt").write_text("ant bee\n" * 19)
+    config = tmp_path / "bad.toml"
+    config.write_text(to_toml(toy_config(folder)))
+    assert main(["train-nmt", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.tgt:20: ends after 19 lines but" in err[0]
+
+    (folder / "train.tgt").write_text("ant bee\n" * 10 + "\n" + "ant bee\n" * 9)
+    assert main(["train-nmt", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.tgt:11: empty line" in err[0]
+
+
+def test_config_ranges_name_the_key(tmp_path):
+    from ensemble_distill.translation import check_config
+
+    folder = write_copy_task(tmp_path / "copy", (("train", 4), ("dev", 2), ("test", 2)))
+    cfg = toy_config(folder, batch_tokens=0)
+    with pytest.raises(UserError, match="'train.batch_tokens' must be at least 1"):
+        check_config(cfg)
+    config = tmp_path / "c.toml"
+    config.write_text(to_toml(toy_config(folder)).replace('preset = "tiny"', 'preset = "huge"'))
+    with pytest.raises(UserError, match="'model.preset' must be one of base, small, tiny"):
+        load_config(config, TranslationConfig)
