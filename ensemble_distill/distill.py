@@ -29,14 +29,12 @@ import torch.nn.functional as F
 from . import __version__
 from .calibration.temperature import apply_temperature, fit_temperature
 from .config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml
-from .data.subwords import bucketed_batches
 from .ensemble import EnsembleRun, distillation_sentences, load_member, member_seed, read_run_config
 from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text
-from .tagging import (TaggingData, TaggingSplit, _batch, held_out_f1, load_tagging_data, new_tagger,
-                      predict_distributions)
+from .tagging import (TaggingData, TaggingSplit, load_tagging_data, new_tagger, predict_distributions,
+                      train_tagger)
 from .teacher_store import TeacherStore, distill_targets, fingerprint_dataset, write_store
-from .training import train
 
 TEMPERATURE_PREFIX = "temperature "  # the teacher-name entry that records a temperature-scaled teacher's T
 
@@ -210,17 +208,12 @@ def teacher_name(store: TeacherStore) -> str:
 
 def train_student(model, data: TaggingData, store: TeacherStore, train_windows, held_out_windows,
                   cfg: DistillConfig, run_dir, progress: bool = True):
-    """training.train with the distillation loss: each batch of windows reads its sentences' teacher entries."""
+    """The tagger training loop with the distillation loss: each batch of windows reads its sentences' teacher
+    entries from the store."""
     split = data.splits["train"]
-    lengths = np.array([len(split.windows[i].input_ids) for i in train_windows])
     sentence_of = np.array([w.sentence for w in split.windows])
     first_word_of = np.array([w.first_word for w in split.windows])
     d = cfg.distill
-
-    def batches(epoch):
-        for chunk in bucketed_batches(lengths, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed * 1000 + epoch):
-            windows = np.asarray(train_windows)[chunk]
-            yield {**_batch(split, windows, data.pad_id), "windows": windows}
 
     def loss_fn(m, batch):
         mask = batch["word_mask"]
@@ -231,10 +224,8 @@ def train_student(model, data: TaggingData, store: TeacherStore, train_windows, 
                                  mode=d.remainder, temperature=d.temperature, label_smoothing=d.label_smoothing)
         return loss, int(mask.sum())
 
-    def score(m):
-        return held_out_f1([m], split, held_out_windows, data.pad_id, data.labels)
-
-    return train(model, batches, loss_fn, score, cfg.train, run_dir, progress)
+    return train_tagger(model, data, train_windows, ("train", held_out_windows), cfg.train, run_dir, progress,
+                        loss_fn=loss_fn)
 
 
 def window_targets(store: TeacherStore, sentences: np.ndarray, first_words: np.ndarray, n_words: int):

@@ -147,21 +147,23 @@ def held_out_f1(models: list[Tagger], split: TaggingSplit, window_ids, pad_id: i
 
 
 def train_tagger(model: Tagger, data: TaggingData, train_windows, held_out: tuple[str, np.ndarray], cfg: Training,
-                 run_dir, progress: bool = True, after_epoch=None) -> TrainResult:
+                 run_dir, progress: bool = True, after_epoch=None, loss_fn=tagger_loss) -> TrainResult:
     """Train one tagger on `train_windows` of the training split, early-stopping on span F1 of `held_out`
-    (a split name and window ids in it)."""
+    (a split name and window ids in it). Batches carry their window ids ("windows") for losses that need them,
+    such as distillation's."""
     split = data.splits["train"]
+    train_windows = np.asarray(train_windows)
     lengths = np.array([len(split.windows[i].input_ids) for i in train_windows])
     held_split, held_windows = data.splits[held_out[0]], held_out[1]
 
     def batches(epoch):
         for chunk in bucketed_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
-            yield _batch(split, np.asarray(train_windows)[chunk], data.pad_id)
+            yield {**_batch(split, train_windows[chunk], data.pad_id), "windows": train_windows[chunk]}
 
     def score(m):
         return held_out_f1([m], held_split, held_windows, data.pad_id, data.labels)
 
-    return train(model, batches, tagger_loss, score, cfg, run_dir, progress, after_epoch)
+    return train(model, batches, loss_fn, score, cfg, run_dir, progress, after_epoch)
 
 
 def to_predictions(distributions: list[np.ndarray], split: TaggingSplit, labels: list[str], meta: dict) -> Predictions:
