@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict(sub)
     add_memoize(sub)
     add_distill(sub)
+    add_translation_commands(sub)
     add_demo(sub)
     return parser
 
@@ -111,6 +112,80 @@ def run_distill(args) -> int:
     from .experiments import format_rows
 
     print(format_rows([distill(args.store, args.config, args.out, args.n_boot)], title=f"{args.out} (test)"))
+    return 0
+
+
+def add_translation_commands(sub) -> None:
+    p = sub.add_parser("train-nmt", help="train (or resume) the members of a translation ensemble")
+    p.add_argument("--config", required=True, help="TOML config (configs/multi30k-small.toml, multi30k-base.toml)")
+    p.add_argument("--out", required=True, help="run directory (resumes if it holds a partial run)")
+    p.add_argument("--label-smoothing", type=float, help="override train.label_smoothing (0: CE run, 0.1: LS run)")
+    p.set_defaults(func=run_train_nmt)
+    p = sub.add_parser("evaluate-nmt", help="BLEU and calibration of a translation run's members, ensembles and "
+                                            "students, raw and temperature-scaled")
+    p.add_argument("--run", required=True, help="run directory of train-nmt")
+    p.add_argument("--split", default="test", choices=("dev", "test"), help="split to evaluate (default test)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.set_defaults(func=run_evaluate_nmt)
+    for name, func, what in (("memoize-nmt", run_memoize_nmt, "store an ensemble's next-token distributions over "
+                                                                "the training set"),
+                             ("distill-nmt", run_distill_nmt, "memoize (if needed) and train a student from scratch")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--run", required=True, help="run directory of train-nmt")
+        p.add_argument("--members", type=int, help="teacher ensemble size (default distill.teacher_members)")
+        p.add_argument("--top-k", type=int, help="V': entries kept per token (default distill.top_k)")
+        p.add_argument("--epsilon", type=float, help="> 0: adaptive truncation at mass 1 - epsilon (default "
+                                                     "distill.epsilon)")
+        p.set_defaults(func=func)
+    p = sub.add_parser("sweep-nmt", help="students for each truncation V' and adaptive; BLEU, ECE, bytes/token")
+    p.add_argument("--run", required=True, help="run directory of train-nmt")
+    p.add_argument("--members", type=int, help="teacher ensemble size (default distill.teacher_members)")
+    p.add_argument("--top-k", type=int, nargs="+", help="V' values (default distill.sweep_top_k)")
+    p.add_argument("--epsilon", type=float, nargs="*", help="adaptive epsilons (default distill.sweep_epsilon)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.set_defaults(func=run_sweep_nmt)
+
+
+def run_train_nmt(args) -> int:
+    from .config import TranslationConfig, load_config
+    from .translation import train_members
+
+    cfg = load_config(args.config, TranslationConfig)
+    if args.label_smoothing is not None:
+        cfg.train.label_smoothing = args.label_smoothing
+    run = train_members(cfg, args.out)
+    print(f"{run.run_dir}: {cfg.ensemble.members} members trained; next: evaluate-nmt --run {run.run_dir}")
+    return 0
+
+
+def run_evaluate_nmt(args) -> int:
+    from .translation import evaluate_translation_run, format_rows
+
+    print(format_rows(evaluate_translation_run(args.run, args.split, args.n_boot), title=f"{args.run} ({args.split})"))
+    return 0
+
+
+def run_memoize_nmt(args) -> int:
+    from .translation_distill import memoize_translation_teacher
+
+    store = memoize_translation_teacher(args.run, args.members, args.top_k, args.epsilon)
+    print(f"wrote {store.path}: {len(store)} sentences, {store.num_positions} tokens, "
+          f"{store.bytes_per_token():.1f} bytes/token")
+    return 0
+
+
+def run_distill_nmt(args) -> int:
+    from .translation_distill import distill_translation
+
+    student = distill_translation(args.run, args.members, args.top_k, args.epsilon)
+    print(f"trained {student}; evaluate-nmt --run {args.run} evaluates it beside the ensembles")
+    return 0
+
+
+def run_sweep_nmt(args) -> int:
+    from .translation_distill import format_sweep, truncation_sweep
+
+    print(format_sweep(truncation_sweep(args.run, args.members, args.top_k, args.epsilon, args.n_boot), args.run))
     return 0
 
 
