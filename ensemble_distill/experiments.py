@@ -18,6 +18,7 @@ from .ensemble import EnsembleRun, load_member, member_seed, nested_subsets, rea
 from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text
 from .predictions import save_predictions
+from .tables import cell, mean_and_se
 from .tagging import load_tagging_data, predict_distributions, to_predictions
 
 TABLE_METRICS = ("f1", "bs_plus", "bs_minus", "b_bs", "b_ece")
@@ -68,12 +69,7 @@ def evaluate_distributions(run, distributions, data_split, out_dir: Path, n_boot
 
 
 def _mean_row(system: str, scores: list[dict]) -> dict:
-    row = {"system": system}
-    for m in TABLE_METRICS:
-        values = np.array([s[m]["value"] for s in scores])
-        se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-        row[m] = {"value": float(values.mean()), "se": float(se)}
-    return row
+    return {"system": system, **mean_and_se(scores, TABLE_METRICS)}
 
 
 def format_rows(rows: list[dict], title: str = "") -> str:
@@ -82,15 +78,9 @@ def format_rows(rows: list[dict], title: str = "") -> str:
     lines += ["| system | " + " | ".join(HEADERS[m] for m in TABLE_METRICS) + " |",
               "|---|" + "---|" * len(TABLE_METRICS)]
     for row in rows:
-        cells = [_cell(row[m]) for m in TABLE_METRICS]
+        cells = [cell(row[m]) for m in TABLE_METRICS]
         lines.append(f"| {row['system']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _cell(stat: dict) -> str:
-    if "se" in stat:
-        return f"{100 * stat['value']:.2f} ± {100 * stat['se']:.2f}"
-    return f"{100 * stat['value']:.2f} [{100 * stat['ci_low']:.2f}, {100 * stat['ci_high']:.2f}]"
 
 
 def load_rows(run_dir, split="test") -> list[dict]:

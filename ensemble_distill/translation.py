@@ -56,6 +56,7 @@ from .models.beam_search import beam_search
 from .models.translation import (TransformerConfig, TranslationBatch, TranslationModel, collate,
                                  inverse_sqrt_schedule, label_smoothed_loss)
 from .predictions import Predictions, compact_distributions, save_predictions
+from .tables import cell, mean_and_se
 from .training import train
 
 SPLITS = ("train", "dev", "test")
@@ -501,12 +502,8 @@ def table_rows(systems: list[System], scores: dict[str, dict], temperatures: dic
 
 
 def _mean_row(system: str, scores: list[dict], temperatures: list[float], suffix: str) -> dict:
-    row = {"system": system, "temperature": float(np.mean(temperatures)) if suffix else 1.0}
-    for m in TABLE_METRICS:
-        values = np.array([s[m]["value"] for s in scores])
-        se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-        row[m] = {"value": float(values.mean()), "se": float(se)}
-    return row
+    return {"system": system, "temperature": float(np.mean(temperatures)) if suffix else 1.0,
+            **mean_and_se(scores, TABLE_METRICS)}
 
 
 def format_rows(rows: list[dict], title: str = "") -> str:
@@ -515,12 +512,8 @@ def format_rows(rows: list[dict], title: str = "") -> str:
     lines += ["| system | T | " + " | ".join(HEADERS[m] for m in TABLE_METRICS) + " |",
               "|---|---|" + "---|" * len(TABLE_METRICS)]
     for row in rows:
-        cells = [_cell(row[m], 1 if m == "bleu" else 100) for m in TABLE_METRICS]
+        cells = [cell(row[m], 1 if m == "bleu" else 100) for m in TABLE_METRICS]
         lines.append(f"| {row['system']} | {row['temperature']:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(stat: dict, scale: float) -> str:
-    if "se" in stat:
-        return f"{scale * stat['value']:.2f} ± {scale * stat['se']:.2f}"
-    return f"{scale * stat['value']:.2f} [{scale * stat['ci_low']:.2f}, {scale * stat['ci_high']:.2f}]"
