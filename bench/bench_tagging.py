@@ -94,7 +94,10 @@ def main():
     def predict(k, shared):
         started = time.perf_counter()
         for ids in batches:
-            states, mask, batch = tensors(ids, cached=False)  # a new test set: the bottom runs once per batch
+            batch = collate([windows[i] for i in ids], tokenizer.pad_token_id)
+            mask = batch["attention_mask"]
+            # unseen text: a shared bottom runs once per batch, the naive ensemble runs it once per member
+            states = bottom(batch["input_ids"], mask) if shared else None
             outputs = []
             for b, m in full_encoders[:k]:
                 member_states = states if shared else b(batch["input_ids"], mask)
