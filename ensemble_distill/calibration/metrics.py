@@ -255,10 +255,14 @@ def _type_calibration(conf, is_gold, type_index, n_bins, paper_compatible):
     n_kept = min(2 * n_gold, conf.shape[0])
     keys = _event_keys(conf, is_gold)
     keys.partition(keys.size - n_kept)  # the n_kept largest keys end up last: the most confident events
-    kept = np.sort(keys[keys.size - n_kept:])
+    kept = keys[keys.size - n_kept:]
     if paper_compatible:
+        kept.sort()
         type_ece = _paper_fixed_size_ece(kept, conf.dtype, n_bins)
+    elif conf.dtype == np.float32:  # as in `ece`: partitioned at the bin bounds, the same float as sorting
+        type_ece = _quantile_ece_by_selection(kept, conf.dtype, n_bins, False)
     else:
+        kept.sort()
         type_ece = _ece_of_sorted_keys(kept, conf.dtype, n_bins, "quantile", False)
     kept_conf = _key_confidences(kept, conf.dtype)
     kept_hit = kept & 1
