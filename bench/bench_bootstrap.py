@@ -14,13 +14,13 @@ Timings are the best of --repeats runs; on a shared machine they are noisy, so t
 
 import argparse
 import os
-import time
 
 import numpy as np
 from seqeval.metrics import f1_score
 from seqeval.scheme import IOB2
 from sklearn.metrics import average_precision_score
 
+from common import best_time
 from ensemble_distill.calibration.bootstrap import sentence_positions
 from ensemble_distill.calibration.metrics import entity_type_confidences, gold_entity_types
 from ensemble_distill.calibration.plots import EventRanking, precision_recall_curve
@@ -47,15 +47,6 @@ def make_predictions(n_sentences, seed=0) -> Predictions:
     logits[np.arange(n), gold] += 3.5
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     return Predictions.tagging(probs, gold, offsets, LABELS)
-
-
-def best_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def compare(name, ours, baseline, repeats):

@@ -14,12 +14,12 @@ on a shared machine they are noisy, so the load average is printed beside them.
 
 import argparse
 import os
-import time
 import tracemalloc
 
 import numpy as np
 from sklearn.calibration import calibration_curve
 
+from common import best_time
 from ensemble_distill.calibration import (
     balanced_calibration,
     brier,
@@ -100,15 +100,6 @@ def cases(d, type_events):
         ("entity_type_confidences", lambda: entity_type_confidences(d["ner_probs"], NER_LABELS), [d["ner_probs"]]),
         ("full report", lambda: full_report(d), list(d.values())),
     ]
-
-
-def best_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def best_times_round_robin(fns, repeats):

@@ -18,16 +18,15 @@ import argparse
 import copy
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ensemble_distill.config import Training
-from ensemble_distill.data.conll import label_vocab, read_conll, tag_corpus
-from ensemble_distill.data.subwords import bucketed_batches, encode_sentences, load_tokenizer
+from common import conll_sample
+from ensemble_distill.data.subwords import bucketed_batches
 from ensemble_distill.distill import dataset_fingerprint, distillation_loss, window_targets
-from ensemble_distill.encoders import compute_frozen_states, default_encoder_path, load_pretrained, split_encoder
+from ensemble_distill.encoders import compute_frozen_states
 from ensemble_distill.models.tagger import Tagger
 from ensemble_distill.tagging import TaggingSplit, _batch, _emissions, predict_distributions, tagger_loss
 from ensemble_distill.teacher_store import write_store
@@ -47,13 +46,9 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    path = default_encoder_path()
-    tokenizer, max_length = load_tokenizer(path)
-    sentences = read_conll(Path(args.data) / "conll2003-en/eng.train")[: args.sentences]
-    labels = label_vocab(sentences)
-    corpus = tag_corpus("eng.train", sentences, labels)
-    windows = encode_sentences(tokenizer, [s.tokens for s in sentences], max_length, corpus.tag_ids)
-    bottom, top = split_encoder(load_pretrained(path), 2)
+    sample = conll_sample(args.data, args.sentences)
+    tokenizer, labels, corpus, windows = sample.tokenizer, sample.labels, sample.corpus, sample.windows
+    bottom, top = sample.bottom, sample.top
     split = TaggingSplit(corpus, windows, compute_frozen_states(bottom, [w.input_ids for w in windows],
                                                                 progress=False))
     pad = tokenizer.pad_token_id
@@ -68,7 +63,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        store = write_store(folder, range(len(sentences)),
+        store = write_store(folder, range(len(corpus.sentences)),
                             lambda s: predict_distributions(teachers[:3], split, split.windows_of(s), pad),
                             vocab=labels, fingerprint=dataset_fingerprint(split), teachers=["bench"] * 3,
                             top_k=len(labels), batch_sentences=64, progress=False)

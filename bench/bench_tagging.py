@@ -13,14 +13,12 @@ Ratios are against baselines run in this process.
 import argparse
 import copy
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from ensemble_distill.data.conll import label_vocab, read_conll, tag_corpus
-from ensemble_distill.data.subwords import bucketed_batches, collate, encode_sentences, load_tokenizer
-from ensemble_distill.encoders import compute_frozen_states, default_encoder_path, load_pretrained, split_encoder
+from common import conll_sample
+from ensemble_distill.data.subwords import bucketed_batches, collate
+from ensemble_distill.encoders import compute_frozen_states, default_encoder_path
 from ensemble_distill.models.tagger import Tagger
 from ensemble_distill.training import make_optimizer
 from ensemble_distill.config import Training
@@ -36,14 +34,9 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    path = default_encoder_path()
-    tokenizer, max_length = load_tokenizer(path)
-    sentences = read_conll(Path(args.data) / "conll2003-en/eng.train")[: args.sentences]
-    labels = label_vocab(sentences)
-    corpus = tag_corpus("eng.train", sentences, labels)
-    windows = encode_sentences(tokenizer, [s.tokens for s in sentences], max_length, corpus.tag_ids)
-    bottom, top = split_encoder(load_pretrained(path), args.finetune_layers)
-    n_words = sum(len(w.word_starts) for w in windows)
+    sample = conll_sample(args.data, args.sentences, args.finetune_layers)
+    tokenizer, labels, windows, bottom, top = sample.tokenizer, sample.labels, sample.windows, sample.bottom, sample.top
+    path, n_words = default_encoder_path(), sample.n_words
     batches = bucketed_batches([len(w.input_ids) for w in windows], 16, shuffle=True, seed=0)
     print(f"{len(windows)} sentences, {n_words} words, {sum(len(w.input_ids) for w in windows)} subwords; "
           f"encoder {path.name}, top {args.finetune_layers} of {len(bottom.layers) + len(top.layers)} layers tuned; "

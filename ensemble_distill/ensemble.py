@@ -10,7 +10,6 @@ Run directory:
     RUN/individuals/individual-<i>/      optional models trained on all the data (early-stopped on dev)
 """
 
-import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,12 @@ def nested_subsets(n_members: int, sizes: list[int], split_seed: int) -> dict[in
     return {k: sorted(order[:k]) for k in sorted(set(sizes))}
 
 
+def model_dir(run_dir, index: int, individual: bool = False) -> Path:
+    """Where member i (or individual model i) of a run keeps its checkpoints."""
+    group = "individual" if individual else "member"
+    return Path(run_dir) / f"{group}s" / f"{group}-{index}"
+
+
 def member_seed(cfg: TaggingConfig, index: int, individual: bool = False) -> int:
     return cfg.train.seed + 1000 * index + (500 if individual else 0)
 
@@ -68,10 +73,7 @@ class EnsembleRun:
     data: TaggingData
 
     def member_dir(self, i: int) -> Path:
-        return self.run_dir / "members" / f"member-{i}"
-
-    def individual_dir(self, i: int) -> Path:
-        return self.run_dir / "individuals" / f"individual-{i}"
+        return model_dir(self.run_dir, i)
 
 
 def record_run(run_dir: Path, cfg: TaggingConfig, labels: list[str]) -> None:
@@ -101,12 +103,12 @@ def train_ensemble(cfg: TaggingConfig, run_dir, progress: bool = True, data: Tag
     for i in range(cfg.ensemble.members):
         train_ids, held_ids = member_sentences(n, i, cfg.ensemble.split_seed)
         _train_one(data, cfg, member_seed(cfg, i), train_split.windows_of(train_ids),
-                   ("train", train_split.windows_of(held_ids)), run_dir / "members" / f"member-{i}", progress)
+                   ("train", train_split.windows_of(held_ids)), model_dir(run_dir, i), progress)
     all_train = np.arange(len(train_split.windows))
     dev_windows = np.arange(len(data.splits["dev"].windows))
     for i in range(cfg.ensemble.individuals):
         _train_one(data, cfg, member_seed(cfg, i, True), all_train, ("dev", dev_windows),
-                   run_dir / "individuals" / f"individual-{i}", progress)
+                   model_dir(run_dir, i, individual=True), progress)
     return EnsembleRun(run_dir, cfg, data)
 
 
@@ -134,6 +136,3 @@ def read_run_config(run_dir: Path) -> TaggingConfig:
         raise UserError(f"{run_dir}: not a run directory (no config.toml)")
     return load_config(Path(run_dir) / "config.toml", TaggingConfig)
 
-
-def run_labels(run_dir: Path) -> list[str]:
-    return json.loads((Path(run_dir) / "run.json").read_text())["labels"]

@@ -14,7 +14,7 @@ import numpy as np
 
 from .calibration.report import evaluate
 from .config import TaggingConfig
-from .ensemble import EnsembleRun, load_member, member_seed, nested_subsets, read_run_config
+from .ensemble import EnsembleRun, load_member, member_seed, model_dir, nested_subsets, read_run_config
 from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text
 from .predictions import save_predictions
@@ -36,9 +36,8 @@ def evaluate_run(run: EnsembleRun, split: str = "test", n_boot: int = 1000, prog
     out = run.run_dir / "eval" / split
     data_split = run.data.splits[split]
     cfg = run.cfg
-    members = _distributions(run, "members", "member", cfg.ensemble.members, data_split, progress)
-    individuals = _distributions(run, "individuals", "individual", cfg.ensemble.individuals, data_split, progress,
-                                 individual=True)
+    members = _distributions(run, cfg.ensemble.members, data_split, progress)
+    individuals = _distributions(run, cfg.ensemble.individuals, data_split, progress, individual=True)
     rows = []
     for group, dists in (("member", members), ("individual", individuals)):
         if dists:
@@ -54,8 +53,8 @@ def evaluate_run(run: EnsembleRun, split: str = "test", n_boot: int = 1000, prog
     return rows
 
 
-def _distributions(run, folder, prefix, count, data_split, progress, individual=False):
-    models = [load_member(run, run.run_dir / folder / f"{prefix}-{i}", member_seed(run.cfg, i, individual))
+def _distributions(run, count, data_split, progress, individual=False):
+    models = [load_member(run, model_dir(run.run_dir, i, individual), member_seed(run.cfg, i, individual))
               for i in range(count)]
     return [predict_distributions([m], data_split, pad_id=run.data.pad_id, progress=progress) for m in models]
 
@@ -83,10 +82,6 @@ def format_rows(rows: list[dict], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_rows(run_dir, split="test") -> list[dict]:
-    return json.loads((Path(run_dir) / "eval" / split / "results.json").read_text())
-
-
 def predict_file(run_dir, input_path, out_dir, ensemble_size: int | None = None, progress: bool = True) -> Path:
     """Tag a CoNLL file (the run's column layout) with the run's ensemble of `ensemble_size` (default: the largest).
 
@@ -98,7 +93,7 @@ def predict_file(run_dir, input_path, out_dir, ensemble_size: int | None = None,
     run = EnsembleRun(Path(run_dir), cfg, load_tagging_data(cfg, splits=(), progress=progress,
                                                             extra_files={"input": input_path}))
     ids = ensemble_member_ids(cfg, ensemble_size)
-    models = [load_member(run, run.run_dir / "members" / f"member-{i}", member_seed(cfg, i)) for i in ids]
+    models = [load_member(run, run.member_dir(i), member_seed(cfg, i)) for i in ids]
     split = run.data.splits["input"]
     distributions = predict_distributions(models, split, pad_id=run.data.pad_id, progress=progress)
     preds = to_predictions(distributions, split, run.data.labels, {"run": str(run_dir), "ensemble": ids,
