@@ -126,6 +126,7 @@ def add_translation_commands(sub) -> None:
     p.add_argument("--run", required=True, help="run directory of train-nmt")
     p.add_argument("--split", default="test", choices=("dev", "test"), help="split to evaluate (default test)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    add_device(p)
     p.set_defaults(func=run_evaluate_nmt)
     for name, func, what in (("memoize-nmt", run_memoize_nmt, "store an ensemble's next-token distributions over "
                                                                 "the training set"),
@@ -136,6 +137,7 @@ def add_translation_commands(sub) -> None:
         p.add_argument("--top-k", type=int, help="V': entries kept per token (default distill.top_k)")
         p.add_argument("--epsilon", type=float, help="> 0: adaptive truncation at mass 1 - epsilon (default "
                                                      "distill.epsilon)")
+        add_device(p)
         p.set_defaults(func=func)
     p = sub.add_parser("sweep-nmt", help="students for each truncation V' and adaptive; BLEU, ECE, bytes/token")
     p.add_argument("--run", required=True, help="run directory of train-nmt")
@@ -143,7 +145,19 @@ def add_translation_commands(sub) -> None:
     p.add_argument("--top-k", type=int, nargs="+", help="V' values (default distill.sweep_top_k)")
     p.add_argument("--epsilon", type=float, nargs="*", help="adaptive epsilons (default distill.sweep_epsilon)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    add_device(p)
     p.set_defaults(func=run_sweep_nmt)
+
+
+def add_device(p) -> None:
+    p.add_argument("--device", choices=("cpu", "cuda"), help="where to load the run's models (default: the run's "
+                                                           "train.device)")
+
+
+def open_nmt_run(args, splits):
+    from .translation import open_run
+
+    return open_run(args.run, splits=splits, device=args.device)
 
 
 def run_train_nmt(args) -> int:
@@ -161,14 +175,17 @@ def run_train_nmt(args) -> int:
 def run_evaluate_nmt(args) -> int:
     from .translation import evaluate_translation_run, format_rows
 
-    print(format_rows(evaluate_translation_run(args.run, args.split, args.n_boot), title=f"{args.run} ({args.split})"))
+    run = open_nmt_run(args, ("dev", args.split))
+    print(format_rows(evaluate_translation_run(args.run, args.split, args.n_boot, run=run),
+                      title=f"{args.run} ({args.split})"))
     return 0
 
 
 def run_memoize_nmt(args) -> int:
     from .translation_distill import memoize_translation_teacher
 
-    store = memoize_translation_teacher(args.run, args.members, args.top_k, args.epsilon)
+    store = memoize_translation_teacher(args.run, args.members, args.top_k, args.epsilon,
+                                        run=open_nmt_run(args, ("train", "dev")))
     print(f"wrote {store.path}: {len(store)} sentences, {store.num_positions} tokens, "
           f"{store.bytes_per_token():.1f} bytes/token")
     return 0
@@ -177,15 +194,19 @@ def run_memoize_nmt(args) -> int:
 def run_distill_nmt(args) -> int:
     from .translation_distill import distill_translation
 
-    student = distill_translation(args.run, args.members, args.top_k, args.epsilon)
+    student = distill_translation(args.run, args.members, args.top_k, args.epsilon,
+                                  run=open_nmt_run(args, ("train", "dev")))
     print(f"trained {student}; evaluate-nmt --run {args.run} evaluates it beside the ensembles")
     return 0
 
 
 def run_sweep_nmt(args) -> int:
-    from .translation_distill import format_sweep, truncation_sweep
+    from .translation import format_sweep
+    from .translation_distill import truncation_sweep
 
-    print(format_sweep(truncation_sweep(args.run, args.members, args.top_k, args.epsilon, args.n_boot), args.run))
+    table = truncation_sweep(args.run, args.members, args.top_k, args.epsilon, args.n_boot,
+                             run=open_nmt_run(args, ("train", "dev", "test")))
+    print(format_sweep(table, args.run))
     return 0
 
 

@@ -113,7 +113,7 @@ def truncate(dist: torch.Tensor, top_k: int, epsilon: float | None = None):
     probs, ids = torch.topk(dist, min(top_k, dist.shape[-1]), dim=-1, sorted=True)
     mass = probs.to(torch.float64).cumsum(-1)
     if epsilon is None:
-        counts = torch.full(dist.shape[:1], probs.shape[-1], dtype=torch.int64)
+        counts = torch.full(dist.shape[:1], probs.shape[-1], dtype=torch.int64, device=dist.device)
     else:  # entries needed before the mass reaches 1 - epsilon, plus the one that reaches it
         counts = ((mass < 1.0 - epsilon).sum(-1) + 1).clamp(max=probs.shape[-1])
     kept = mass.gather(-1, (counts - 1).clamp(min=0)[:, None])[:, 0]
@@ -257,7 +257,8 @@ def _compute_shard(chunk: list, first: int, teacher, settings: dict, bar) -> dic
     for start in range(0, len(chunk), batch_size):
         batch = chunk[start:start + batch_size]
         dists, lengths = _teacher_distributions(teacher, batch, first + start, settings["vocab"]["size"])
-        ids, probs, counts, remainder = truncate(dists, width, epsilon)
+        # Truncate where the teacher computed (a GPU's top-k is fast); only the kept entries travel to the CPU.
+        ids, probs, counts, remainder = (x.cpu() for x in truncate(dists, width, epsilon))
         kept = torch.arange(ids.shape[-1])[None, :] < counts[:, None]
         parts["lengths"].append(np.array(lengths))
         parts["counts"].append(counts.numpy())

@@ -32,6 +32,7 @@ Run directory:
     RUN/eval/<split>/results.{md,json} the table
 """
 
+import json
 import math
 import platform
 import time
@@ -208,6 +209,9 @@ def new_model(cfg: TranslationConfig, vocab_size: int, seed: int | None = None) 
     RNG state, for a model whose weights are loaded next)."""
     if seed is not None:
         torch.manual_seed(seed)
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but torch sees no CUDA GPU here: set train.device = \"cpu\" in the "
+                        "config, or pass --device cpu to the commands that read a trained run")
     model_cfg = TransformerConfig.preset(cfg.model.preset, vocab_size=vocab_size, dropout=cfg.model.dropout)
     return TranslationModel(model_cfg).to(cfg.train.device)
 
@@ -329,11 +333,16 @@ def record_run(run_dir: Path, cfg: TranslationConfig, data: TranslationData | No
             "pairs": {name: len(split.pairs) for name, split in data.splits.items()}})
 
 
-def open_run(run_dir, splits: Sequence[str] = ("dev", "test"), progress: bool = True) -> TranslationRun:
+def open_run(run_dir, splits: Sequence[str] = ("dev", "test"), progress: bool = True,
+             device: str | None = None) -> TranslationRun:
+    """A trained run, its models to be loaded on `device` (default: the run's train.device; a run trained on a
+    GPU can be evaluated or distilled on a CPU and the other way round)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file() or not (run_dir / "vocab.model").is_file():
         raise UserError(f"{run_dir}: not a translation run directory (no config.toml and vocab.model); run train-nmt")
     cfg = load_config(run_dir / "config.toml", TranslationConfig)
+    if device is not None:
+        cfg.train.device = device
     return TranslationRun(run_dir, cfg, load_translation_data(cfg, run_dir, splits, progress))
 
 
@@ -436,6 +445,9 @@ def evaluate_translation_run(run_dir, split: str = "test", n_boot: int = 1000, p
     rows = table_rows(systems, scores, temperatures)
     atomic_write_json(out / "results.json", rows)
     atomic_write_text(out / "results.md", format_rows(rows, title=f"{run.run_dir.name}, {split}"))
+    students = [folders[s.models[0]] for s in systems if s.name.startswith("student-")]
+    if students:
+        truncation_table(run.run_dir, students, rows, split)
     return rows
 
 
@@ -517,3 +529,29 @@ def format_rows(rows: list[dict], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def truncation_table(run_dir, students: list[Path], rows: list[dict], split: str = "test") -> list[dict]:
+    """BLEU, ECE-1, ECE-5 and the teacher store's bytes per token of each student, side by side, from its
+    evaluation rows: RUN/eval/<split>/truncation.{md,json}."""
+    by_system = {row["system"]: row for row in rows}
+    table = []
+    for student in students:
+        teacher = json.loads((student / "teacher.json").read_text())
+        k, eps = teacher["truncation"]["top_k"], teacher["truncation"]["epsilon"]
+        truncation = f"adaptive 1 - {eps:g} (at most {k})" if eps else f"V' = {k}"
+        table.append({"student": student.name, "truncation": truncation, "top_k": k, "epsilon": eps or 0.0,
+                      "bytes_per_token": teacher["bytes_per_token"],
+                      **{m: by_system[student.name][m] for m in TABLE_METRICS}})
+    table.sort(key=lambda row: (row["epsilon"] > 0, row["top_k"], row["epsilon"]))
+    out = Path(run_dir) / "eval" / split
+    atomic_write_json(out / "truncation.json", table)
+    atomic_write_text(out / "truncation.md", format_sweep(table, f"{Path(run_dir).name}: students ({split})"))
+    return table
+
+
+def format_sweep(table: list[dict], title: str) -> str:
+    lines = [f"**{title}** (calibration ×100)", "",
+             "| truncation | BLEU | ECE-1 | ECE-5 | BS+ | bytes/token |", "|---|---|---|---|---|---|"]
+    for row in table:
+        cells = [f"{(1 if m == 'bleu' else 100) * row[m]['value']:.2f}" for m in TABLE_METRICS]
+        lines.append(f"| {row['truncation']} | " + " | ".join(cells) + f" | {row['bytes_per_token']:.1f} |")
+    return "\n".join(lines) + "\n"

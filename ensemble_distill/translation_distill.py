@@ -26,10 +26,10 @@ from .config import TranslationDistillation
 from .data.vocab import PAD_ID
 from .distill import checkpoint_name, distillation_loss
 from .errors import UserError
-from .io_utils import atomic_write_json, atomic_write_text
+from .io_utils import atomic_write_json
 from .models.translation import collate
 from .teacher_store import TeacherStore, fingerprint_dataset, write_store
-from .translation import (TABLE_METRICS, TranslationRun, evaluate_translation_run, mean_of_members, member_seed,
+from .translation import (TranslationRun, evaluate_translation_run, mean_of_members, member_seed,
                           new_model, open_run, to_device, train_model)
 
 STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
@@ -67,7 +67,7 @@ def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int 
     def teacher(pairs):
         batch = to_device(collate(pairs), models[0].embedding.weight.device)
         member_log_probs = torch.stack([m.log_probs_teacher_forced(batch.src, batch.tgt_in) for m in models])
-        probs = mean_of_members(member_log_probs).exp().cpu()
+        probs = mean_of_members(member_log_probs).exp()  # stays on the models' device: the store truncates there
         return [probs[i, :len(tgt) + 1] for i, (_, tgt) in enumerate(pairs)]
 
     return write_store(run.run_dir / "teachers" / store_name(members, top_k, epsilon), run.data.splits["train"].pairs,
@@ -112,33 +112,17 @@ def student_loss(store: TeacherStore, d: TranslationDistillation):
 
 
 def truncation_sweep(run_dir, members: int | None = None, top_ks: list[int] | None = None,
-                     epsilons: list[float] | None = None, n_boot: int = 1000, progress: bool = True) -> list[dict]:
-    """Distil one student per truncation (each V' in top_ks, each adaptive epsilon capped at max(top_ks)), evaluate
-    the run, and tabulate BLEU, ECE-1, ECE-5 and the store's bytes per token side by side:
-    RUN/eval/test/truncation.{md,json}."""
-    run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress)
+                     epsilons: list[float] | None = None, n_boot: int = 1000, progress: bool = True,
+                     run: TranslationRun | None = None) -> list[dict]:
+    """Distil one student per truncation (each V' in top_ks, each adaptive epsilon capped at max(top_ks)) and
+    evaluate the run, which tabulates every student's truncation (translation.truncation_table); returns the
+    rows of these students."""
+    run = run or open_run(run_dir, splits=("train", "dev", "test"), progress=progress)
     d = run.cfg.distill
     members, top_ks = members or d.teacher_members, top_ks or d.sweep_top_k
     epsilons = d.sweep_epsilon if epsilons is None else epsilons
     settings = [(k, 0.0) for k in top_ks] + [(max(top_ks), eps) for eps in epsilons]
     students = [distill_translation(run.run_dir, members, k, eps, progress, run) for k, eps in settings]
-    rows = {row["system"]: row for row in evaluate_translation_run(run.run_dir, "test", n_boot, progress, run)}
-    table = []
-    for (k, eps), student in zip(settings, students):
-        teacher = json.loads((student / "teacher.json").read_text())
-        truncation = f"adaptive 1 - {eps:g} (at most {k})" if eps > 0 else f"V' = {k}"
-        table.append({"truncation": truncation, "bytes_per_token": teacher["bytes_per_token"],
-                      **{m: rows[student.name][m] for m in TABLE_METRICS}})
-    out = run.run_dir / "eval" / "test"
-    atomic_write_json(out / "truncation.json", table)
-    atomic_write_text(out / "truncation.md", format_sweep(table, f"{run.run_dir.name}: students of {members}"))
-    return table
-
-
-def format_sweep(table: list[dict], title: str) -> str:
-    lines = [f"**{title}** (test; calibration ×100)", "",
-             "| truncation | BLEU | ECE-1 | ECE-5 | BS+ | bytes/token |", "|---|---|---|---|---|---|"]
-    for row in table:
-        cells = [f"{(1 if m == 'bleu' else 100) * row[m]['value']:.2f}" for m in TABLE_METRICS]
-        lines.append(f"| {row['truncation']} | " + " | ".join(cells) + f" | {row['bytes_per_token']:.1f} |")
-    return "\n".join(lines) + "\n"
+    evaluate_translation_run(run.run_dir, "test", n_boot, progress, run)
+    table = json.loads((run.run_dir / "eval" / "test" / "truncation.json").read_text())
+    return [row for row in table if row["student"] in {s.name for s in students}]

@@ -166,6 +166,30 @@ def test_memoize_then_distill_trains_a_student(toy_run):
     assert json.loads((student_dir / "teacher.json").read_text())["bytes_per_token"] > 0
 
 
+def test_evaluation_tabulates_each_students_truncation(toy_run):
+    narrow = distill_translation(toy_run.run_dir, top_k=2, progress=False, run=toy_run)
+    wide = distill_translation(toy_run.run_dir, top_k=4, progress=False, run=toy_run)  # trained above: reused
+    rows = evaluate_translation_run(toy_run.run_dir, n_boot=5, progress=False, run=toy_run)
+    table = json.loads((toy_run.run_dir / "eval" / "test" / "truncation.json").read_text())
+    assert [r["student"] for r in table] == [narrow.name, wide.name]
+    assert [r["truncation"] for r in table] == ["V' = 2", "V' = 4"]
+    assert table[0]["bytes_per_token"] < table[1]["bytes_per_token"]
+    by_system = {r["system"]: r for r in rows}
+    assert table[0]["bleu"] == by_system[narrow.name]["bleu"]
+    assert "| V' = 4 |" in (toy_run.run_dir / "eval" / "test" / "truncation.md").read_text()
+
+
+def test_a_run_opens_on_another_device_and_cuda_without_a_gpu_is_a_user_error(toy_run, monkeypatch):
+    from ensemble_distill.translation import open_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = open_run(toy_run.run_dir, splits=("dev",), progress=False, device="cuda")
+    with pytest.raises(UserError, match="--device cpu"):
+        run.members(1)
+    run = open_run(toy_run.run_dir, splits=("dev",), progress=False, device="cpu")
+    assert run.members(1)[0].embedding.weight.device.type == "cpu"
+
+
 def test_resume_after_a_kill_gives_the_same_weights(tmp_path):
     folder = write_copy_task(tmp_path / "copy", (("train", 60), ("dev", 8), ("test", 8)))
     cfg = toy_config(folder, updates_per_round=4, max_rounds=3, patience=3, average_last=2)
