@@ -361,7 +361,7 @@ def teacher_forced(models: Sequence[TranslationModel], split: ParallelSplit, bat
     for start in range(0, len(split.pairs), batch_sentences):
         batch = to_device(collate(split.pairs[start:start + batch_sentences]), device)
         real = batch.tgt_out != PAD_ID
-        yield (torch.stack([m.log_probs_teacher_forced(batch.src, batch.tgt_in)[real] for m in models]),
+        yield (torch.stack([m.log_probs_teacher_forced(batch.src, batch.tgt_in, real) for m in models]),
                batch.tgt_out[real])
 
 

@@ -29,7 +29,7 @@ from .errors import UserError
 from .io_utils import atomic_write_json
 from .models.translation import collate
 from .teacher_store import TeacherStore, fingerprint_dataset, write_store
-from .translation import (TranslationRun, evaluate_translation_run, mean_of_members, member_seed,
+from .translation import (TranslationRun, evaluate_translation_run, member_seed,
                           new_model, open_run, to_device, train_model)
 
 STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
@@ -66,9 +66,11 @@ def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int 
     @torch.no_grad()
     def teacher(pairs):
         batch = to_device(collate(pairs), models[0].embedding.weight.device)
-        member_log_probs = torch.stack([m.log_probs_teacher_forced(batch.src, batch.tgt_in) for m in models])
-        probs = mean_of_members(member_log_probs).exp()  # stays on the models' device: the store truncates there
-        return [probs[i, :len(tgt) + 1] for i, (_, tgt) in enumerate(pairs)]
+        real = batch.tgt_out != PAD_ID
+        # The mean of probabilities (not log-space) is what is stored, and exp-then-mean is twice as fast on a CPU
+        # as a logsumexp over the members. It stays on the models' device: the store truncates there.
+        probs = torch.stack([m.log_probs_teacher_forced(batch.src, batch.tgt_in, real) for m in models]).exp().mean(0)
+        return list(probs.split([len(tgt) + 1 for _, tgt in pairs]))
 
     return write_store(run.run_dir / "teachers" / store_name(members, top_k, epsilon), run.data.splits["train"].pairs,
                        teacher, vocab=vocab_names(run), fingerprint=train_fingerprint(run), teachers=teachers,

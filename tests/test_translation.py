@@ -56,6 +56,8 @@ def test_teacher_forced_distributions_equal_step_by_step_decoding():
         n_src, n_tgt = int((batch.src[i] != PAD_ID).sum()), int(real[i].sum())
         alone = model.log_probs_teacher_forced(batch.src[i : i + 1, :n_src], batch.tgt_in[i : i + 1, :n_tgt])
         torch.testing.assert_close(alone[0], teacher_forced[i, :n_tgt], atol=1e-5, rtol=0)
+    # Asking for the real positions only gives those rows, in row-major order.
+    torch.testing.assert_close(model.log_probs_teacher_forced(batch.src, batch.tgt_in, real), teacher_forced[real])
 
 
 def test_dropout_acts_only_in_training_mode():

@@ -121,9 +121,13 @@ class TranslationModel(nn.Module):
         memory, src_pad = self.encode(src)
         return self.project(self.decoder_states(memory, src_pad, tgt_in))
 
-    def log_probs_teacher_forced(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Next-token log-probabilities [B, T, V] under teacher forcing: what calibration and the teacher store read."""
-        return F.log_softmax(self.forward(src, tgt_in).float(), dim=-1)
+    def log_probs_teacher_forced(self, src: Tensor, tgt_in: Tensor, real: Tensor | None = None) -> Tensor:
+        """Next-token log-probabilities [B, T, V] under teacher forcing: what calibration and the teacher store read.
+        With a mask `real` [B, T], only those positions, [positions, V] in row-major order: padding is then
+        neither projected onto the vocabulary nor normalised, the bulk of the work."""
+        memory, src_pad = self.encode(src)
+        states = self.decoder_states(memory, src_pad, tgt_in)
+        return F.log_softmax(self.project(states if real is None else states[real]).float(), dim=-1)
 
     def decode_step(self, memory: Tensor, src_pad: Tensor, prefix: Tensor) -> Tensor:
         """Log-probabilities [B, V] of the token after each prefix [B, t] (BOS first). The decoder is rerun over
