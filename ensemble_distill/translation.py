@@ -62,8 +62,8 @@ from .training import train
 
 SPLITS = ("train", "dev", "test")
 TOP_K_STORED = 5  # predictions keep each position's top 5: enough for ECE-5
-TABLE_METRICS = ("bleu", "ece_1", "ece_5", "bs_plus")
-HEADERS = {"bleu": "BLEU", "ece_1": "ECE-1", "ece_5": "ECE-5", "bs_plus": "BS+"}
+TABLE_METRICS = ("bleu", "ece_1", "ece_5", "bs_plus", "conf_gap")
+HEADERS = {"bleu": "BLEU", "ece_1": "ECE-1", "ece_5": "ECE-5", "bs_plus": "BS+", "conf_gap": "conf − acc"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -550,7 +550,8 @@ def truncation_table(run_dir, students: list[Path], rows: list[dict], split: str
 
 def format_sweep(table: list[dict], title: str) -> str:
     lines = [f"**{title}** (calibration ×100)", "",
-             "| truncation | BLEU | ECE-1 | ECE-5 | BS+ | bytes/token |", "|---|---|---|---|---|---|"]
+             "| truncation | " + " | ".join(HEADERS[m] for m in TABLE_METRICS) + " | bytes/token |",
+             "|---|" + "---|" * (len(TABLE_METRICS) + 1)]
     for row in table:
         cells = [f"{(1 if m == 'bleu' else 100) * row[m]['value']:.2f}" for m in TABLE_METRICS]
         lines.append(f"| {row['truncation']} | " + " | ".join(cells) + f" | {row['bytes_per_token']:.1f} |")

@@ -21,7 +21,7 @@ from ensemble_distill.cli import main
 from ensemble_distill.predictions import Predictions, save_predictions
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-TAGGING_METRICS = ["f1", "precision", "recall", "token_accuracy", "ece_1", "brier", "bs_plus", "bs_minus",
+TAGGING_METRICS = ["f1", "precision", "recall", "token_accuracy", "ece_1", "conf_gap", "brier", "bs_plus", "bs_minus",
                    "b_bs", "b_ece", "b_ece_paper", "pr_auc"]  # fmt: skip
 
 
@@ -54,6 +54,7 @@ def test_tagging_values_equal_independent_computations(tmp_path):
     assert value["f1"] == pytest.approx(f1_score(gold_seqs, pred_seqs, mode="strict", scheme=IOB2))
     assert value["token_accuracy"] == pytest.approx(np.mean(probs.argmax(axis=1) == gold))
     assert value["ece_1"] == pytest.approx(topk_ece(probs, gold, 1))
+    assert value["conf_gap"] == pytest.approx(probs.max(axis=1).mean() - np.mean(probs.argmax(axis=1) == gold))
     assert value["brier"] == pytest.approx(brier(probs, gold))
     type_conf, types = entity_type_confidences(probs, LABELS)
     gold_type = gold_entity_types(gold, LABELS, types)
@@ -106,7 +107,7 @@ def translation_preds(vocab=40, seed=0):
 def test_translation_values_equal_independent_computations(tmp_path):
     preds, probs = translation_preds()
     metrics = evaluate(preds, out_dir=tmp_path, n_boot=20)
-    assert list(metrics) == ["bleu", "ece_1", "ece_1_paper", "ece_5", "ece_5_paper", "brier", "bs_plus"]
+    assert list(metrics) == ["bleu", "ece_1", "ece_1_paper", "ece_5", "ece_5_paper", "conf_gap", "brier", "bs_plus"]
     value = {name: m["value"] for name, m in metrics.items()}
     gold = preds.gold
     assert value["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
@@ -115,6 +116,9 @@ def test_translation_values_equal_independent_computations(tmp_path):
     assert value["ece_5"] == pytest.approx(topk_ece(probs, gold, 5), rel=1e-5)
     assert value["ece_5_paper"] == pytest.approx(topk_ece(probs, gold, 5, paper_compatible=True), rel=1e-5)
     assert value["brier"] == pytest.approx(brier(probs, gold), rel=1e-5)
+    # Signed: mean top-1 probability minus the share of positions whose argmax is gold.
+    gap = probs.max(axis=1).mean() - np.mean(probs.argmax(axis=1) == gold)
+    assert value["conf_gap"] == pytest.approx(gap, rel=1e-5)
     assert value["bs_plus"] == pytest.approx(np.mean((1 - probs[np.arange(19), gold]) ** 2), rel=1e-5)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert "tok:13a" in saved["settings"]["bleu_signature"]
@@ -124,7 +128,7 @@ def test_translation_values_equal_independent_computations(tmp_path):
 def test_ece_5_is_left_out_when_fewer_than_5_are_stored():
     preds, _ = translation_preds()
     preds.top_ids, preds.top_probs = preds.top_ids[:, :3], preds.top_probs[:, :3]
-    assert list(evaluate(preds, n_boot=3)) == ["bleu", "ece_1", "ece_1_paper", "brier", "bs_plus"]
+    assert list(evaluate(preds, n_boot=3)) == ["bleu", "ece_1", "ece_1_paper", "conf_gap", "brier", "bs_plus"]
 
 
 def test_format_table_shows_every_metric_with_its_interval_and_unit():

@@ -43,6 +43,7 @@ DESCRIPTIONS = {
     "ece_1_paper": "ECE-1, paper's reference binning",
     "ece_5": "ECE of pooled top-5 predictions",
     "ece_5_paper": "ECE-5, paper's reference binning",
+    "conf_gap": "mean top-1 confidence - top-1 accuracy (> 0 over-, < 0 under-confident)",
     "brier": "Brier score (sum over classes)",
     "bs_plus": "BS+ (gold events)",
     "bs_minus": "BS- (non-gold entity-type events)",
@@ -85,6 +86,7 @@ def tagging_metrics(preds: Predictions):
         out = span_scores(counts[sent]) | {
             "token_accuracy": float(np.mean(pred[pos] == gold[pos])),
             "ece_1": ece(top1_conf[pos], top1_correct[pos], n_bins=ECE_BINS),
+            "conf_gap": confidence_gap(top1_conf[pos], top1_correct[pos]),
             "brier": brier(probs[pos], gold[pos]),
             "bs_plus": bs_plus,
             "bs_minus": bs_minus,
@@ -113,9 +115,11 @@ def translation_metrics(preds: Predictions):
     gold_prob, sum_sq = preds.gold_prob.astype(np.float64), preds.sum_sq.astype(np.float64)
     stats, signature = bleu_stats(preds.hypotheses, preds.references)
     ks = [k for k in TOP_K if k <= top_ids.shape[1]]
+    top1_conf, top1_correct = top1_events(preds)
 
     def metrics(pos, sent):
-        out = {"bleu": bleu_from_stats(stats[sent])}
+        out = {"bleu": bleu_from_stats(stats[sent]),
+               "conf_gap": confidence_gap(top1_conf[pos], top1_correct[pos])}
         for k in ks:
             conf, correct = topk_events(top_probs[pos, :k], top_ids[pos, :k], gold[pos])
             out[f"ece_{k}"] = ece(conf, correct, n_bins=ECE_BINS)
@@ -139,6 +143,11 @@ def top1_events(preds: Predictions) -> tuple[np.ndarray, np.ndarray]:
     if preds.task == "tagging":
         return preds.probs.max(axis=1), preds.probs.argmax(axis=1) == preds.gold
     return preds.top_probs[:, 0], preds.top_ids[:, 0] == preds.gold
+
+
+def confidence_gap(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """The sign ECE lacks: mean confidence minus accuracy of the same events."""
+    return float(np.mean(confidence, dtype=np.float64) - np.mean(correct))
 
 
 def format_table(metrics: dict[str, dict[str, float]]) -> str:
