@@ -31,6 +31,8 @@ start train-ce train-nmt --config "$config" --label-smoothing 0 --out "$ce"
 start train-ls train-nmt --config "$config" --out "$ls"
 join
 echo "$(date +%T) memoizing the teachers and training the students"
+# The V' sweep of the shipped configs, started side by side; sweep-nmt below trains any other truncation a config
+# lists (one at a time) before it evaluates, so a different sweep_top_k is still honoured.
 for k in 32 64 128 256; do start "distill-ce-top$k" distill-nmt --run "$ce" --top-k $k; done
 start distill-ce-adaptive distill-nmt --run "$ce" --top-k 256 --epsilon 0.01
 start distill-ls distill-nmt --run "$ls"
