@@ -3,6 +3,7 @@
 import itertools
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,3 +176,66 @@ def test_training_learns_a_transition_pattern():
         optimiser.step()
     assert loss.item() < 0.1 * initial
     assert (crf.viterbi(emissions, mask)[mask] == tags[mask]).all()
+
+
+def scaled_forward_backward(emissions, transitions, start, end):
+    """Marginals [T, L] and log Z of one sequence by the textbook scaled forward-backward in probability space
+    (numpy float64, each step normalised): an implementation independent of crf.py's log-space recursion."""
+    potentials = np.exp(transitions)
+    shift = emissions.max(1, keepdims=True)  # per-position shift; it cancels in the normalised recursions
+    local = np.exp(emissions - shift)
+    T, L = emissions.shape
+    alpha, beta, norms = np.empty((T, L)), np.empty((T, L)), np.empty(T)
+    a = np.exp(start) * local[0]
+    for t in range(T):
+        if t:
+            a = (alpha[t - 1] @ potentials) * local[t]
+        norms[t] = a.sum()
+        alpha[t] = a / norms[t]
+    beta[-1] = np.exp(end)
+    for t in range(T - 2, -1, -1):
+        b = potentials @ (local[t + 1] * beta[t + 1])
+        beta[t] = b / b.sum()
+    marginals = alpha * beta
+    log_z = np.log(norms).sum() + shift.sum() + np.log(alpha[-1] @ np.exp(end))
+    return marginals / marginals.sum(1, keepdims=True), log_z
+
+
+def scaled_viterbi_score(emissions, transitions, start, end):
+    """The best path's score of one sequence by max-plus in numpy float64."""
+    score = start + emissions[0]
+    for t in range(1, len(emissions)):
+        score = (score[:, None] + transitions).max(0) + emissions[t]
+    return (score + end).max()
+
+
+def test_thousand_words_at_trained_scale_match_a_float64_reference():
+    # float32 emissions and scores of a trained model's size: forward and backward log-scores reach ~5,000, where
+    # float32 rounding once made marginal rows sum to 1 +- 1e-2.
+    g = torch.Generator().manual_seed(0)
+    T, L = 1000, 9
+    emissions = 5 * torch.randn(2, T, L, generator=g)
+    scores = [3 * torch.randn(L, L, generator=g), torch.randn(L, generator=g), torch.randn(L, generator=g)]
+    mask = torch.arange(T)[None, :] < torch.tensor([T, 700])[:, None]
+    crf = LinearChainCRF(L)
+    with torch.no_grad():
+        for param, value in zip([crf.transitions, crf.start_transitions, crf.end_transitions], scores):
+            param.copy_(value)
+
+    with torch.no_grad():
+        marginals = crf.marginals(emissions, mask)
+        best = crf.viterbi(emissions, mask)
+        nll = crf.nll(emissions, best, mask, reduction="none")  # the best path: a small difference of large terms
+    assert marginals.dtype == nll.dtype == torch.float32
+    np_scores = [s.double().numpy() for s in scores]
+    for b, n in enumerate([T, 700]):
+        e = emissions[b, :n].double().numpy()
+        expected, log_z = scaled_forward_backward(e, *np_scores)
+        assert np.abs(marginals[b, :n].sum(1).numpy() - 1).max() < 1e-5
+        np.testing.assert_allclose(marginals[b, :n].numpy(), expected, atol=1e-6)
+        assert marginals[b, n:].abs().sum() == 0
+        path = best[b, :n].numpy()
+        transitions, start, end = np_scores
+        path_score = e[np.arange(n), path].sum() + transitions[path[:-1], path[1:]].sum() + start[path[0]] + end[path[-1]]
+        assert path_score == pytest.approx(scaled_viterbi_score(e, *np_scores), abs=1e-9)
+        assert nll[b].item() == pytest.approx(log_z - path_score, rel=1e-5, abs=1e-4)
