@@ -1,6 +1,9 @@
 import copy
+import dataclasses
 import itertools
 import math
+import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,7 +11,14 @@ import torch
 from ensemble_distill.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from ensemble_distill.errors import UserError
 from ensemble_distill.models.beam_search import beam_search, greedy_decode, length_penalty
-from ensemble_distill.models.translation import TransformerConfig, TranslationModel, collate, label_smoothed_loss
+from ensemble_distill.models.translation import (
+    TransformerConfig,
+    TranslationModel,
+    collate,
+    fit_sources,
+    fit_to_positions,
+    label_smoothed_loss,
+)
 
 COPY, REVERSE = 10, 11  # the first source token says which task; symbols are 4..9; vocabulary of 12
 
@@ -82,11 +92,13 @@ class MarkovModel(torch.nn.Module):
     """A stand-in translation model: the next-token distribution depends only on the sentence, the step and the
     previous token, through a random table, so any output's probability can be computed directly."""
 
-    def __init__(self, seed, n_sentences=3, max_len=6, vocab_size=6):
+    def __init__(self, seed, n_sentences=3, max_len=6, vocab_size=6, eos_bias=0.0):
         super().__init__()
         logits = 2 * torch.randn(n_sentences, max_len, vocab_size, vocab_size, generator=torch.Generator().manual_seed(seed))
         logits[..., [PAD_ID, BOS_ID]] = -math.inf
+        logits[..., EOS_ID] += eos_bias
         self.table = logits.log_softmax(dim=-1)  # [sentence, step, previous token, next token]
+        self.config = SimpleNamespace(max_positions=max_len)  # the table has a row for prefixes of 1..max_len
 
     def encode(self, src):  # src[:, 0] is the sentence's index into the table
         return src[:, 0], src == PAD_ID
@@ -187,3 +199,77 @@ def test_max_len_forces_eos(toy_model, held_out):
     assert torch.isfinite(decoded.scores).all()
     with pytest.raises(UserError, match="beam_size >= 1"):
         beam_search([toy_model], collate(held_out[:2]).src, beam_size=0)
+
+
+# Inputs at and beyond the models' positions
+
+
+def with_positions(model, max_positions):
+    """The same weights in a model of max_positions positions (sinusoids are not weights)."""
+    limited = TranslationModel(dataclasses.replace(model.config, max_positions=max_positions))
+    limited.load_state_dict(model.state_dict())
+    return limited.eval()
+
+
+def quiet(fn, *args, **kwargs):
+    """fn's result, failing on any warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return fn(*args, **kwargs)
+
+
+def long_source(n, seed=7):
+    return [COPY, *torch.randint(4, 10, (n - 1,), generator=torch.Generator().manual_seed(seed)).tolist()]
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_default_output_length_is_capped_at_the_models_positions(beam_size):
+    # The default max_len of a 2-column source is 13 tokens; the tables have rows for prefixes of at most 6 tokens.
+    # An unwilling-to-stop model must come back with its best 5-token hypothesis and a forced EOS, exactly as a
+    # search told max_len = 6 (the one-hypothesis-at-a-time reference, with its own bookkeeping).
+    models = [MarkovModel(seed=2, eos_bias=-8.0), MarkovModel(seed=3, eos_bias=-8.0)]
+    decoded = quiet(beam_search, models, markov_sources(3), beam_size=beam_size, alpha=0.6)
+    for sentence in range(3):
+        tokens, score = reference_beam_search(models, sentence, beam_size, 0.6, max_len=6)
+        assert decoded.tokens[sentence] == tokens and len(tokens) == 5
+        assert decoded.scores[sentence].item() == pytest.approx(score, abs=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_sources_at_and_beyond_the_encoders_positions_decode(toy_model, beam_size):
+    model = with_positions(toy_model, 16)
+    at_limit, beyond = long_source(15), long_source(23)  # 16 and 24 tokens with EOS
+    with pytest.warns(UserWarning, match="1 of 2 sources are longer than the model's 16 positions"):
+        decoded = beam_search([model], collate([(beyond, []), (at_limit, [])]).src, beam_size=beam_size)
+    assert all(len(tokens) + 1 <= 16 for tokens in decoded.tokens)  # EOS included
+    # The long source decodes as its first 15 tokens and EOS; the one at the limit decodes as it is, unwarned.
+    cut = quiet(beam_search, [toy_model], collate([(beyond[:15], [])]).src, beam_size=beam_size, max_len=16)
+    alone = quiet(beam_search, [model], collate([(at_limit, [])]).src, beam_size=beam_size)
+    assert decoded.tokens == [cut.tokens[0], alone.tokens[0]]
+    torch.testing.assert_close(decoded.scores, torch.cat([cut.scores, alone.scores]), atol=1e-5, rtol=0)
+
+
+def test_an_ensemble_takes_its_smallest_members_positions(toy_model):
+    members = [toy_model, with_positions(toy_model, 12)]
+    with pytest.warns(UserWarning, match="12 positions"):
+        decoded = beam_search(members, collate([(long_source(30), [])]).src, beam_size=3)
+    assert len(decoded.tokens[0]) + 1 <= 12
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_short_sources_decode_as_without_a_limit(toy_model, held_out, beam_size):
+    src = collate(held_out[:40]).src  # at most 7 tokens: the default max_len of 20 is capped at 16
+    for models in ([toy_model], [toy_model, copy.deepcopy(toy_model)]):
+        limited = [with_positions(m, 16) for m in models]
+        expected, got = beam_search(models, src, beam_size=beam_size), quiet(beam_search, limited, src, beam_size=beam_size)
+        assert got.tokens == expected.tokens
+        torch.testing.assert_close(got.scores, expected.scores, atol=1e-5, rtol=0)
+
+
+def test_fit_sources_keeps_eos_and_fit_to_positions_cuts_both_sides():
+    src = collate([([4, 5, 6, 7, 8], []), ([4, 5], []), ([4, 5, 6], [])]).src  # rows of 6, 3 and 4 tokens
+    cut, n = fit_sources(src, 4)
+    assert cut.tolist() == [[4, 5, 6, EOS_ID], [4, 5, EOS_ID, PAD_ID], [4, 5, 6, EOS_ID]] and n == 1
+    assert fit_sources(src, 6) == (src, 0)
+    pairs = [([4, 5, 6, 7], [8]), ([4], [5, 6, 7, 8, 9]), ([4, 5, 6], [7, 8, 9])]
+    assert fit_to_positions(pairs, 4) == ([([4, 5, 6], [8]), ([4], [5, 6, 7]), ([4, 5, 6], [7, 8, 9])], 2)

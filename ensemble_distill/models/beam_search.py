@@ -13,9 +13,14 @@ log-probability; an EOS extension among the top K is set aside as finished, and 
 become the new beam. A sentence is done once K hypotheses have finished, or when max_len forces EOS. The answer
 is the finished hypothesis with the best score / lp(length), with GNMT's length penalty lp(n) = ((5 + n) / 6)^alpha
 (Wu et al. 2016), n counting EOS. With K = 1 this is greedy decoding. All sentences x beams move as one batch.
+
+Inputs beyond the models' positions never abort a search (as fairseq): the output length is capped so that every
+decoder prefix fits (EOS is forced at the limit, so the hypothesis comes back truncated), and a source longer
+than the encoder takes is cut to fit, keeping its EOS, with a warning that counts such sources.
 """
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -24,7 +29,7 @@ from torch import Tensor
 
 from ensemble_distill.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from ensemble_distill.errors import UserError
-from ensemble_distill.models.translation import TranslationModel
+from ensemble_distill.models.translation import TranslationModel, fit_sources
 
 
 class Decoded(NamedTuple):
@@ -41,11 +46,19 @@ def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: i
                 max_len: int | None = None) -> Decoded:
     """Best translation of each source row of src [B, S] (ids then EOS, right-padded) under the mean of the models,
     which are put in eval mode. max_len bounds the generated tokens, EOS included; by default 1.5 x the padded
-    source length + 10. The defaults beam 4 and alpha 0.6 are Vaswani et al.'s."""
+    source length + 10, and never more than the models' max_positions (the longest decoder input, BOS included,
+    then holds max_positions tokens). Sources longer than max_positions are cut to fit, with a warning. The
+    defaults beam 4 and alpha 0.6 are Vaswani et al.'s."""
     batch_size, k, device = src.shape[0], beam_size, src.device
     max_len = max_len if max_len is not None else int(1.5 * src.shape[1]) + 10
     if k < 1 or max_len < 1:
         raise UserError(f"beam search needs beam_size >= 1 and max_len >= 1, got {beam_size} and {max_len}")
+    positions = min(model.config.max_positions for model in models)
+    max_len = min(max_len, positions)
+    src, n_cut = fit_sources(src, positions)
+    if n_cut:
+        warnings.warn(f"beam search: {n_cut} of {batch_size} sources are longer than the model's {positions} "
+                      f"positions; each was cut to its first {positions - 1} tokens and EOS", stacklevel=2)
     for model in models:
         model.eval()
     encoded = [tuple(t.repeat_interleave(k, dim=0) for t in model.encode(src)) for model in models]

@@ -168,6 +168,25 @@ def collate(pairs) -> TranslationBatch:
     )
 
 
+def fit_to_positions(pairs, max_positions: int) -> tuple[list, int]:
+    """(source, target) id pairs without specials cut to what a model of `max_positions` positions takes: at most
+    max_positions - 1 ids a side (then EOS, or BOS). Returns the pairs and how many of them were cut."""
+    limit = max_positions - 1
+    fitted = [(src[:limit], tgt[:limit]) for src, tgt in pairs]
+    return fitted, sum(len(src) > limit or len(tgt) > limit for src, tgt in pairs)
+
+
+def fit_sources(src: Tensor, max_positions: int) -> tuple[Tensor, int]:
+    """Sources [B, S] (ids then EOS, right-padded) cut to at most max_positions columns; a row that loses its
+    tail keeps its EOS in the last column (as fairseq's truncate_source). Returns them and how many rows lost ids."""
+    if src.shape[1] <= max_positions:
+        return src, 0
+    cut = (src != PAD_ID).sum(1) > max_positions
+    src = src[:, :max_positions].clone()
+    src[cut, -1] = EOS_ID
+    return src, int(cut.sum())
+
+
 def label_smoothed_loss(logits: Tensor, targets: Tensor, smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy per non-padding target token against (1 - λ)·one-hot + λ·uniform over all V classes
     (Szegedy et al. 2016); λ = 0.1 for the paper's LS runs, 0 for plain cross-entropy."""
