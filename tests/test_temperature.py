@@ -1,15 +1,23 @@
+import warnings
+
 import numpy as np
 import pytest
 from scipy.special import log_softmax, softmax
 
-from ensemble_distill.calibration.temperature import apply_temperature, fit_temperature
-from ensemble_distill.errors import UserError
+from ensemble_distill.calibration.temperature import (
+    T_BOUNDS,
+    TemperatureBoundWarning,
+    apply_temperature,
+    at_bound,
+    fit_temperature,
+    temperature_label,
+)
 
 
-def sample(true_temperature, n=20000, classes=6, seed=0):
+def sample(true_temperature, n=20000, classes=6, seed=0, scale=3.0):
     """Logits z and labels drawn from softmax(z / T*): T* is the temperature that calibrates z."""
     rng = np.random.default_rng(seed)
-    z = rng.normal(scale=3.0, size=(n, classes))
+    z = rng.normal(scale=scale, size=(n, classes))
     p = softmax(z / true_temperature, axis=1)
     gold = (p.cumsum(axis=1) < rng.random((n, 1))).sum(axis=1)
     return z, gold
@@ -49,8 +57,77 @@ def test_apply_temperature_renormalises_powered_probabilities():
     np.testing.assert_allclose(apply_temperature(np.log(p), 0.5, log=True), np.log(scaled))
 
 
-def test_bad_input():
-    with pytest.raises(UserError):
-        fit_temperature(np.zeros((3, 2)), np.zeros(4, dtype=int))
-    with pytest.raises(UserError, match="zero probability"):
-        fit_temperature(np.array([[0.0, -np.inf]]), np.array([1]))
+def test_recovers_a_planted_temperature_far_from_one():
+    # A search on T instead of log T (bounds log 0.01..log 100 read as T) cannot reach 8: it returned 4.6.
+    z, gold = sample(8.0, scale=10.0)
+    assert fit_temperature(z, gold) == pytest.approx(8.0, rel=0.05)
+
+
+def no_bound_warning(fn, *args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TemperatureBoundWarning)
+        return fn(*args)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_anti_calibrated_set_stops_at_the_upper_bound_with_a_warning(seed):
+    # Labels drawn from softmax(-z): gold scores sit below their rows' mean, so the NLL falls as T grows without
+    # end. The fit must say so, never return T <= 0 (a linear search on log-bounds gave a negative T here).
+    z, gold = sample(-1.0, n=2000, seed=seed)
+    with pytest.warns(TemperatureBoundWarning, match="upper bound T = 100"):
+        t = fit_temperature(z, gold)
+    assert t == T_BOUNDS[1] and at_bound(t) and temperature_label(t) == ">= 100"
+
+
+@pytest.mark.parametrize(
+    "pick, bound, which",
+    [(np.argmax, 0, "lower bound T = 0.01"), (np.argmin, 1, "upper bound T = 100")],
+)
+def test_gold_always_the_argmax_or_argmin_has_no_finite_optimum(pick, bound, which):
+    z = np.random.default_rng(0).normal(scale=3.0, size=(500, 5))
+    with pytest.warns(TemperatureBoundWarning, match=which):
+        t = fit_temperature(z, pick(z, axis=1))
+    assert t == T_BOUNDS[bound]
+    # Independently: the NLL at the returned bound is below the NLL anywhere inside the range.
+    nll = [-apply_temperature(z, temp, log=True)[np.arange(500), pick(z, axis=1)].mean()
+           for temp in np.geomspace(*T_BOUNDS, 41)]
+    assert np.argmin(nll) == (0 if bound == 0 else 40)
+
+
+def test_an_optimum_beyond_the_range_is_reported_as_the_bound():
+    z, gold = sample(0.004, n=5000, seed=4)  # a true T below 0.01: the NLL still falls at the lower bound
+    with pytest.warns(TemperatureBoundWarning, match="lower bound"):
+        assert fit_temperature(z, gold) == T_BOUNDS[0]
+    assert temperature_label(T_BOUNDS[0]) == "<= 0.01" and temperature_label(0.93612) == "0.94"
+
+
+def test_interior_fits_do_not_warn_and_constant_rows_give_one():
+    z, gold = sample(2.0, n=2000, seed=5)
+    assert not at_bound(no_bound_warning(fit_temperature, z, gold))
+    assert no_bound_warning(fit_temperature, np.full((4, 3), 0.7), np.array([0, 1, 2, 0])) == 1.0
+
+
+def test_zero_probability_classes_are_ignored():
+    # -inf scores (log 0) outside the gold class: the same fit as without those classes.
+    z, gold = sample(1.5, n=3000, seed=6)
+    padded = np.concatenate([z, np.full((len(z), 2), -np.inf)], axis=1)
+    assert fit_temperature(padded, gold) == pytest.approx(fit_temperature(z, gold), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "scores, gold, match",
+    [
+        (np.zeros((3, 2)), np.zeros(4, dtype=int), "scores \\[N, C\\] and gold \\[N\\]"),
+        (np.zeros((0, 2)), np.zeros(0, dtype=int), "N, C >= 1"),
+        (np.zeros(3), np.zeros(3, dtype=int), "scores \\[N, C\\]"),
+        (np.zeros((2, 3)), np.array([0.0, 1.0]), "integer gold"),
+        (np.zeros((2, 3)), np.array([0, 3]), "gold id 3 \\(row 1\\) is not a class in \\[0, 3\\)"),
+        (np.zeros((2, 3)), np.array([-1, 0]), "gold id -1 \\(row 0\\)"),
+        (np.array([[0.0, np.nan], [1.0, 2.0]]), np.array([0, 0]), "row 0 has a NaN or \\+inf"),
+        (np.array([[0.0, 1.0], [np.inf, 2.0]]), np.array([0, 1]), "row 1 has a NaN or \\+inf"),
+        (np.array([[0.0, -np.inf]]), np.array([1]), "zero probability"),
+    ],
+)
+def test_inputs_it_cannot_fit_raise_one_value_error(scores, gold, match):
+    with pytest.raises(ValueError, match=match):
+        fit_temperature(scores, gold)

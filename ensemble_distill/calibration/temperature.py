@@ -4,32 +4,94 @@
 renormalised p^(1/T), and since softmax ignores a per-row shift, log-softmax(z) and z give the same fit.
 """
 
-import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, logsumexp
+import warnings
 
-from ..errors import UserError
+import numpy as np
+from scipy.optimize import brentq
+from scipy.special import log_softmax, softmax
 
 # Search range for T: far beyond anything a trained model needs, and bounded so the fit cannot run off.
-LOG_T_BOUNDS = (np.log(1e-2), np.log(1e2))
+T_BOUNDS = (1e-2, 1e2)
+
+
+class TemperatureBoundWarning(UserWarning):
+    """The NLL keeps falling towards a bound of T_BOUNDS: the data have no optimum inside the search range."""
 
 
 def fit_temperature(scores, gold) -> float:
-    """The T minimising the mean negative log-likelihood of `gold` int [N] under softmax(scores [N, C] / T)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    gold = np.asarray(gold, dtype=np.int64)
-    if scores.ndim != 2 or gold.shape != (len(scores),) or len(gold) == 0:
-        raise UserError(f"temperature fit needs scores [N, C] and gold [N], got {scores.shape} and {gold.shape}")
-    gold_scores = scores[np.arange(len(gold)), gold]
-    if not np.isfinite(gold_scores).all():
-        raise UserError("temperature fit: a gold label has zero probability (score -inf or NaN)")
+    """The T in T_BOUNDS minimising the mean negative log-likelihood of `gold` under softmax(scores / T).
 
-    def nll(log_t):
-        t = np.exp(log_t)
-        return np.mean(logsumexp(scores / t, axis=1) - gold_scores / t)
+    scores: float [N, C] logits or log-probabilities; -inf marks a zero probability (never the gold class's).
+    gold:   int [N] class ids in [0, C).
+    With s = 1/T the NLL is convex in s, and its slope is mean(E_softmax(s z)[z - z_gold]). So the optimum is the
+    zero of that slope, found on log T; when the slope keeps one sign over the whole range the NLL falls all the way
+    to a bound, which is returned with a TemperatureBoundWarning that names it: T_BOUNDS[0] when the gold class is
+    an argmax in every row or nearly (the sharper the better), T_BOUNDS[1] when sharpening never helps (gold scores
+    at or below their rows' mean on average: an anti-calibrated or uninformative set). Scores constant within
+    every row make the NLL independent of T: returns 1.
+    Raises ValueError: wrong shapes, no rows, NaN or +inf scores, non-integer gold or ids outside [0, C), or a
+    gold class with score -inf (zero probability at every T).
+    """
+    scores, gold = _checked(scores, gold)
+    # z_j - z_gold, and 0 where z_j = -inf (weight 0 at every T). As differences, the slope of a row whose gold is
+    # its argmax is <= 0 exactly, however the softmax rounds.
+    gaps = np.where(np.isneginf(scores), 0.0, scores - scores[np.arange(len(gold)), gold][:, None])
 
-    result = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
-    return float(np.exp(result.x))
+    def slope(log_t):  # d NLL / d(1/T) at T = exp(log_t); increasing in 1/T
+        return np.mean((softmax(scores / np.exp(log_t), axis=1) * gaps).sum(1))
+
+    low, high = np.log(T_BOUNDS)
+    sharpening, softening = slope(low) <= 0, slope(high) >= 0
+    if sharpening and softening:
+        return 1.0
+    if sharpening:
+        return _at_bound(0, "the gold class is the most probable in every row or nearly, so the NLL falls as T -> 0")
+    if softening:
+        return _at_bound(1, "the gold scores are on average no higher than their rows' mean, so the NLL falls as T "
+                            "grows")
+    return float(np.exp(brentq(slope, low, high, xtol=1e-10)))
+
+
+def at_bound(temperature: float) -> bool:
+    """Whether a fitted T is a bound of T_BOUNDS (the fit warned: the data had no optimum inside the range)."""
+    return temperature in T_BOUNDS
+
+
+def temperature_label(temperature: float, digits: int = 2) -> str:
+    """T for a table: 'T' to `digits` places, or '<= 0.01' / '>= 100' when the fit stopped at a bound."""
+    if at_bound(temperature):
+        return f"{'<=' if temperature == T_BOUNDS[0] else '>='} {temperature:g}"
+    return f"{temperature:.{digits}f}"
+
+
+def _at_bound(which: int, why: str) -> float:
+    bound = T_BOUNDS[which]
+    warnings.warn(f"temperature fit stopped at the {('lower', 'upper')[which]} bound T = {bound:g}: {why}; "
+                  "no finite temperature calibrates these scores", TemperatureBoundWarning, stacklevel=3)
+    return bound
+
+
+def _checked(scores, gold) -> tuple[np.ndarray, np.ndarray]:
+    """scores as float64 [N, C] and gold as int64 [N], or a ValueError that says what is wrong."""
+    scores, gold = np.asarray(scores), np.asarray(gold)
+    if scores.ndim != 2 or gold.shape != scores.shape[:1] or len(gold) == 0 or scores.shape[1] == 0:
+        raise ValueError(f"temperature fit needs scores [N, C] and gold [N] with N, C >= 1, "
+                         f"got {scores.shape} and {gold.shape}")
+    if scores.dtype.kind not in "iuf" or gold.dtype.kind not in "iu":
+        raise ValueError(f"temperature fit needs real scores and integer gold ids, got {scores.dtype} and {gold.dtype}")
+    scores, gold = scores.astype(np.float64), gold.astype(np.int64)
+    bad = np.flatnonzero((gold < 0) | (gold >= scores.shape[1]))
+    if len(bad):
+        raise ValueError(f"temperature fit: gold id {gold[bad[0]]} (row {bad[0]}) is not a class in [0, "
+                         f"{scores.shape[1]}); {len(bad)} rows have such ids")
+    bad = np.flatnonzero(np.isnan(scores).any(1) | np.isposinf(scores).any(1))
+    if len(bad):
+        raise ValueError(f"temperature fit: row {bad[0]} has a NaN or +inf score ({len(bad)} such rows)")
+    bad = np.flatnonzero(np.isneginf(scores[np.arange(len(gold)), gold]))
+    if len(bad):
+        raise ValueError(f"temperature fit: the gold class of row {bad[0]} has zero probability (score -inf; "
+                         f"{len(bad)} such rows)")
+    return scores, gold
 
 
 def apply_temperature(scores, temperature: float, log: bool = False) -> np.ndarray:
