@@ -24,6 +24,9 @@ class TaggingData:
     unknown_tag: str = "error"  # a test tag unseen in training: "error" or "O"
     max_train_sentences: int = 0  # 0: all; a seeded sample otherwise (CPU-scale runs)
     max_eval_sentences: int = 0
+    encoding: str = "utf-8"  # of the CoNLL files, any Python codec name: "latin-1" for many German corpora
+    comment_prefix: str = "#"  # lines starting with it before a sentence, if not token lines, are skipped; "": none
+    token_prefix: str = ""  # a regex removed from the start of every token: "[a-z]+:" reads WikiANN's `en:John`
 
 
 @dataclass
@@ -185,9 +188,12 @@ def load_config(path, cls):
     """Read a TOML file into `cls`, with defaults for what the file leaves out."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # TOML is UTF-8; editors may add a byte-order mark
     except FileNotFoundError:
         raise UserError(f"{path}: no such config file") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (TOML files are UTF-8): byte {err.object[err.start]:#04x} "
+                        f"at offset {err.start}") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: not valid TOML: {err}") from None
     return from_dict(cls, raw, source=str(path))

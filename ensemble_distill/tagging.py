@@ -55,17 +55,22 @@ def load_tagging_data(cfg: TaggingConfig, splits=("train", "dev", "test"), progr
     """
     d = cfg.data
     encoder = _EncoderParts(cfg)
-    train_sentences = _sample(read_conll(d.train, d.token_col, d.tag_col, d.scheme), d.max_train_sentences)
+    train_sentences = _sample(_read(d, d.train), d.max_train_sentences)
     labels = label_vocab(train_sentences)
     out = {}
     for name in splits:
         path = getattr(d, name)
-        sentences = train_sentences if name == "train" else _sample(
-            read_conll(path, d.token_col, d.tag_col, d.scheme), d.max_eval_sentences)
+        sentences = train_sentences if name == "train" else _sample(_read(d, path), d.max_eval_sentences)
         out[name] = encoder.prepare(path, sentences, labels, progress)
     for name, path in (extra_files or {}).items():
-        out[name] = encoder.prepare(path, read_conll(path, d.token_col, d.tag_col, d.scheme), labels, progress)
+        out[name] = encoder.prepare(path, _read(d, path), labels, progress)
     return TaggingData(labels, out, encoder.top, encoder.tokenizer.pad_token_id, encoder.path)
+
+
+def _read(d, path) -> list:
+    """A CoNLL file read with the config's `data` settings (column layout, scheme, encoding, comments, prefix)."""
+    return read_conll(path, d.token_col, d.tag_col, d.scheme, encoding=d.encoding, comment_prefix=d.comment_prefix,
+                      token_prefix=d.token_prefix)
 
 
 class _EncoderParts:

@@ -40,7 +40,7 @@ def test_empty_line_on_one_side_names_that_file_and_line(tmp_path, empty_side):
 def test_undecodable_bytes_name_file_line_and_byte(tmp_path):
     src = write(tmp_path / "c.de.gz", b"gut\nschlecht \xff\xfe\n")
     tgt = write(tmp_path / "c.en", b"good\nbad\n")
-    with pytest.raises(UserError, match=rf"^{src}:2: not UTF-8 text \(byte 0xff at column 10\)"):
+    with pytest.raises(UserError, match=rf"^{src}:2: not utf-8 text: byte 0xff at column 10 cannot be decoded$"):
         read_parallel(src, tgt)
 
 
@@ -73,3 +73,51 @@ def test_length_filter_counts_each_drop_under_its_first_reason():
 def test_length_filter_rejects_impossible_limits():
     with pytest.raises(UserError, match="min_len <= max_len"):
         filter_by_length([], min_len=5, max_len=2)
+
+
+# --- line breaks and byte-order marks --------------------------------------------------------------------------
+
+PAIRS = [("Ein Hund läuft.", "A dog runs."), ("Zwei Männer\u2028lachen.", "Two men laugh."), ("Ja", "Yes")]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("bom", ["", "\ufeff"])
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_every_line_break_convention_reads_the_same_pairs(tmp_path, suffix, newline, bom, final_newline):
+    # U+2028 inside a sentence is text: a str.splitlines reader would shift every later pair
+    def side(name, texts):
+        text = bom + newline.join(texts) + (newline if final_newline else "")
+        return write(tmp_path / f"{name}{suffix}", text.encode())
+
+    src = side("s.de", [de for de, _ in PAIRS])
+    tgt = side("t.en", [en for _, en in PAIRS])
+    assert read_parallel(src, tgt) == PAIRS
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("content, line", [
+    (b"eins\rzwei\ndrei\n", 1),  # CR and LF breaks mixed: a CR-only reading would give 3 lines, LF 2
+    (b"eins\r\nzwei \r drei\r\n", 2),  # a CR inside a sentence of a CRLF file
+    (b"eins\nzwei\r", 2),
+])
+def test_cr_inside_a_line_is_refused_naming_file_and_line(tmp_path, suffix, content, line):
+    src = write(tmp_path / f"m.de{suffix}", content)
+    tgt = write(tmp_path / "m.en", b"one\ntwo\n")
+    with pytest.raises(UserError, match=rf"^{src}:{line}: carriage return \(CR\) inside a line"):
+        read_parallel(src, tgt)
+
+
+def test_byte_order_marks_do_not_reach_bleu(tmp_path):
+    import sacrebleu
+
+    references = ["A dog runs across the grass.", "Two men laugh at a joke.", "A girl in a red coat sings."]
+    # the source joined with `cat` from files with marks
+    src = write(tmp_path / "bom.de.gz", "\ufeffEin Hund.\nZwei Männer.\n\ufeffEin Mädchen.\n".encode())
+    tgt = write(tmp_path / "bom.en", ("\ufeff" + "\n".join(references) + "\n").encode())
+    pairs = read_parallel(src, tgt)
+    assert [de for de, _ in pairs] == ["Ein Hund.", "Zwei Männer.", "Ein Mädchen."]
+    read_references = [en for _, en in pairs]
+    assert sacrebleu.corpus_bleu(references, [read_references]).score == pytest.approx(100)
+    # what a mark left in the first reference costs: the check above can fail
+    assert sacrebleu.corpus_bleu(references, [["\ufeff" + references[0]] + references[1:]]).score < 99

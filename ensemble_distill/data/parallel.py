@@ -5,15 +5,17 @@
     print(counts)                                                   # kept 28990 of 29000 (...)
 
 Every defect in the files is a UserError naming the file and line: the two sides must have the same number of
-lines, no line may be empty on either side, and the text must be UTF-8.
+lines, no line may be empty on either side, and the text must be UTF-8. Line breaks may be LF, CRLF or CR (one
+convention per file; a CR inside a line is refused, as it could shift the alignment); byte-order marks are
+dropped (`text.py`).
 """
 
-import gzip
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from ensemble_distill.errors import UserError, located
+
+from .text import read_text_lines
 
 
 def read_parallel(src_path, tgt_path) -> list[tuple[str, str]]:
@@ -33,23 +35,9 @@ def read_parallel(src_path, tgt_path) -> list[tuple[str, str]]:
 
 
 def read_lines(path) -> list[str]:
-    """The stripped lines of a UTF-8 text file; a name ending in .gz is read through gzip."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as file:
-            raw_lines = file.read().splitlines()
-    except FileNotFoundError:
-        raise located(path, None, "no such file") from None
-    except (OSError, EOFError) as error:  # gzip raises BadGzipFile (an OSError) or EOFError on damaged files
-        raise located(path, None, f"cannot read: {error}") from None
-    lines = []
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            lines.append(raw.decode("utf-8").strip())
-        except UnicodeDecodeError as error:
-            raise located(path, number, f"not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1})") from None
-    return lines
+    """The stripped lines of a UTF-8 text file (plain or .gz), under `text.read_text_lines`' rules: LF, CRLF or CR
+    line breaks, a CR inside a line refused, byte-order marks dropped."""
+    return [line.strip() for line in read_text_lines(path)]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 IOB1 (CoNLL-2003, Europarl): a span starts with I- unless it directly follows a span of the same type, where
 B- marks the boundary. IOB2 (WNUT-17, and what this project trains on): every span starts with B-.
+Reading as IOB1 is also the repair of an IOB2 file with stray I- tags (an I-X after O, after another type, or
+opening a sentence): `iob1_to_iob2` leaves valid IOB2 unchanged and starts a span at each stray I-, as
+conlleval and seqeval's default mode do.
 Tags of any other scheme (IOBES `S-X`/`E-X`, BILOU `U-X`/`L-X`, bare types) are rejected, not guessed at.
 
 Errors are `TagError`s that carry the position of the offending tag, so a reader can name the file line.
@@ -48,7 +51,8 @@ def validate_iob2(tags: list[str]) -> None:
         prefix, entity_type = split_tag(tag, index)
         if prefix == "I" and entity_type != previous_type:
             after = f"after {tags[index - 1]!r}" if index else "at the start of a sentence"
-            raise TagError(index, f"invalid IOB2: {tag!r} {after} (an IOB2 span starts with B-)")
+            raise TagError(index, f"invalid IOB2: {tag!r} {after} (an IOB2 span starts with B-); "
+                                  'scheme = "iob1" reads it, starting a span at such an I- as conlleval does')
         previous_type = entity_type
 
 
