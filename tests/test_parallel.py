@@ -108,6 +108,13 @@ def test_cr_inside_a_line_is_refused_naming_file_and_line(tmp_path, suffix, cont
         read_parallel(src, tgt)
 
 
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\n"])
+def test_an_empty_pair_of_files_is_refused(tmp_path, content):
+    src, tgt = write(tmp_path / "e.de", content), write(tmp_path / "e.en", content)
+    with pytest.raises(UserError, match=rf"^{src}(: empty: no sentences|:1: empty line)"):
+        read_parallel(src, tgt)
+
+
 def test_byte_order_marks_do_not_reach_bleu(tmp_path):
     import sacrebleu
 

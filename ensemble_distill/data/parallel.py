@@ -22,6 +22,8 @@ def read_parallel(src_path, tgt_path) -> list[tuple[str, str]]:
     """The (source, target) sentence pairs of two line-aligned files, whitespace stripped at both ends."""
     src_lines = read_lines(src_path)
     tgt_lines = read_lines(tgt_path)
+    if not src_lines:
+        raise located(src_path, None, "empty: no sentences")
     if len(src_lines) != len(tgt_lines):
         (short_path, n_short), (long_path, n_long) = sorted(
             [(src_path, len(src_lines)), (tgt_path, len(tgt_lines))], key=lambda side: side[1]
