@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .calibration.temperature import apply_temperature, fit_temperature
+from .calibration.temperature import apply_temperature, at_bound, fit_temperature
 from .config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml
 from .ensemble import EnsembleRun, distillation_sentences, load_member, member_seed, read_run_config
 from .errors import UserError
@@ -139,7 +139,10 @@ def ensemble_temperature(models, data: TaggingData) -> float:
     dev = data.splits["dev"]
     distributions = predict_distributions(models, dev, pad_id=data.pad_id)
     gold = np.concatenate([dev.corpus.tag_ids[s] for s in sorted({w.sentence for w in dev.windows})])
-    return fit_temperature(_log(np.concatenate(distributions)), gold)
+    try:
+        return fit_temperature(_log(np.concatenate(distributions)), gold, what=f"the ensemble on {dev.corpus.path}")
+    except ValueError as error:  # NaN scores: members whose weights are broken
+        raise UserError(f"{dev.corpus.path}: the ensemble's dev distributions cannot be temperature-scaled: {error}")
 
 
 def _log(probs: np.ndarray) -> np.ndarray:
@@ -203,7 +206,8 @@ def teacher_name(store: TeacherStore) -> str:
     """'ensemble of K', and T for a temperature-scaled teacher, from the store's teacher names."""
     k = sum(1 for t in store.manifest["teachers"] if not t.startswith(TEMPERATURE_PREFIX))
     temperature = store_temperature(store)
-    return f"ensemble of {k}" + (f", temperature-scaled (T = {temperature:.3f})" if temperature else "")
+    bound = " at the fit's bound: dev had no finite optimum" if temperature and at_bound(temperature) else ""
+    return f"ensemble of {k}" + (f", temperature-scaled (T = {temperature:.3f}{bound})" if temperature else "")
 
 
 def train_student(model, data: TaggingData, store: TeacherStore, train_windows, held_out_windows,

@@ -36,6 +36,7 @@ import json
 import math
 import platform
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,14 +48,14 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .calibration.report import evaluate
-from .calibration.temperature import fit_temperature
+from .calibration.temperature import at_bound, fit_temperature, temperature_label
 from .config import Training, TranslationConfig, load_config, to_toml
 from .data.parallel import FilterCounts, filter_by_length, read_parallel
 from .data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
 from .errors import UserError
 from .io_utils import atomic_torch_save, atomic_write_json, atomic_write_text
 from .models.beam_search import beam_search
-from .models.translation import (TransformerConfig, TranslationBatch, TranslationModel, collate,
+from .models.translation import (TransformerConfig, TranslationBatch, TranslationModel, collate, fit_to_positions,
                                  inverse_sqrt_schedule, label_smoothed_loss)
 from .predictions import Predictions, compact_distributions, save_predictions
 from .tables import cell, mean_and_se
@@ -93,8 +94,10 @@ class TranslationData:
 def load_translation_data(cfg: TranslationConfig, run_dir, splits: Sequence[str] = SPLITS,
                           progress: bool = True) -> TranslationData:
     """Read and encode the given splits with the run's vocabulary (trained on the training pairs on first use).
-    Only the training split is length-filtered: evaluation sees every test sentence."""
+    Only the training split is length-filtered: evaluation sees every test sentence, cut (with a warning) where a
+    side is longer than the model's positions take, so that no teacher-forced pass or search aborts on it."""
     d = cfg.data
+    positions = TransformerConfig.preset(cfg.model.preset, vocab_size=1).max_positions  # whatever the vocabulary
     vocab_path = Path(run_dir) / "vocab.model"
     raw = {name: _read_split(cfg, name) for name in splits}
     if not vocab_path.is_file():
@@ -108,11 +111,18 @@ def load_translation_data(cfg: TranslationConfig, run_dir, splits: Sequence[str]
         encoded = list(zip(vocab.encode([s for s, _ in pairs]), vocab.encode([t for _, t in pairs])))
         references = [t for _, t in pairs]
         if name == "train":
-            kept, data.filter_counts = filter_by_length(encoded, min_len=d.min_len, max_len=d.max_len,
-                                                        max_ratio=d.max_ratio)
+            kept, data.filter_counts = filter_by_length(encoded, min_len=d.min_len, max_ratio=d.max_ratio,
+                                                        max_len=min(d.max_len, positions - 1))
             encoded, references = [encoded[i] for i in kept], [references[i] for i in kept]
             if progress:
                 tqdm.write(f"training pairs: {data.filter_counts}")
+        else:
+            encoded, n_cut = fit_to_positions(encoded, positions)
+            if n_cut:
+                warnings.warn(f"{getattr(d, f'{name}_src')}: {n_cut} of {len(encoded)} {name} pairs have a side "
+                              f"longer than the model's {positions} positions take; each side was cut to its first "
+                              f"{positions - 1} subwords (translations and teacher-forced scores are of the cut "
+                              "pairs; BLEU compares with the full references)")
         data.splits[name] = ParallelSplit(encoded, references)
     return data
 
@@ -463,7 +473,11 @@ def fit_temperatures(models, systems: list[System], dev: ParallelSplit, cfg: Tra
         gold.append(batch_gold[rows.to(batch_gold.device)].cpu())
         offset += len(batch_gold)
     member_log_probs, gold = torch.cat(kept, dim=1), torch.cat(gold).numpy()
-    return {s.name: fit_temperature(mean_of_members(member_log_probs[s.models]).numpy(), gold) for s in systems}
+    try:
+        return {s.name: fit_temperature(mean_of_members(member_log_probs[s.models]).numpy(), gold, f"{s.name} on dev")
+                for s in systems}
+    except ValueError as error:  # NaN scores: a model whose weights are broken
+        raise UserError(f"{cfg.data.dev_src}: the dev distributions cannot be temperature-scaled: {error}")
 
 
 def teacher_forced_compact(models, systems: list[System], temperatures: dict[str, float], split: ParallelSplit,
@@ -514,8 +528,10 @@ def table_rows(systems: list[System], scores: dict[str, dict], temperatures: dic
 
 
 def _mean_row(system: str, scores: list[dict], temperatures: list[float], suffix: str) -> dict:
-    return {"system": system, "temperature": float(np.mean(temperatures)) if suffix else 1.0,
-            **mean_and_se(scores, TABLE_METRICS)}
+    row = {"system": system, "temperature": float(np.mean(temperatures)) if suffix else 1.0}
+    if suffix and any(map(at_bound, temperatures)):  # a mean over bounds is no temperature: say so in the table
+        row["temperature_note"] = f"{sum(map(at_bound, temperatures))} of {len(temperatures)} at the fit's bound"
+    return {**row, **mean_and_se(scores, TABLE_METRICS)}
 
 
 def format_rows(rows: list[dict], title: str = "") -> str:
@@ -525,7 +541,9 @@ def format_rows(rows: list[dict], title: str = "") -> str:
               "|---|---|" + "---|" * len(TABLE_METRICS)]
     for row in rows:
         cells = [cell(row[m], 1 if m == "bleu" else 100) for m in TABLE_METRICS]
-        lines.append(f"| {row['system']} | {row['temperature']:.2f} | " + " | ".join(cells) + " |")
+        note = f" ({row['temperature_note']})" if "temperature_note" in row else ""
+        t = temperature_label(row["temperature"]) + note
+        lines.append(f"| {row['system']} | {t} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -273,3 +273,36 @@ def test_fit_sources_keeps_eos_and_fit_to_positions_cuts_both_sides():
     assert fit_sources(src, 6) == (src, 0)
     pairs = [([4, 5, 6, 7], [8]), ([4], [5, 6, 7, 8, 9]), ([4, 5, 6], [7, 8, 9])]
     assert fit_to_positions(pairs, 4) == ([([4, 5, 6], [8]), ([4], [5, 6, 7]), ([4, 5, 6], [7, 8, 9])], 2)
+
+
+def test_evaluation_splits_are_cut_to_the_models_positions(tmp_path):
+    # A test sentence of 600 words (subwords) under a 512-position model: once the whole evaluation aborted in the
+    # teacher-forced pass or the search. Now the split is cut to fit, once, with a warning that counts the pairs.
+    from ensemble_distill.config import TranslationConfig
+    from ensemble_distill.translation import load_translation_data, new_model, teacher_forced
+
+    rng = torch.Generator().manual_seed(0)
+    words = "ant bee cat dog eel fox gnu hen".split()
+
+    def line(n):
+        return " ".join(words[i] for i in torch.randint(0, len(words), (n,), generator=rng).tolist())
+
+    lines = {"train": [line(4) for _ in range(100)], "dev": [line(3)], "test": [line(3), line(600), line(5)]}
+    cfg = TranslationConfig()
+    for split, text in lines.items():
+        for side in ("src", "tgt"):
+            (tmp_path / f"{split}.{side}").write_text("\n".join(text) + "\n")
+            setattr(cfg.data, f"{split}_{side}", str(tmp_path / f"{split}.{side}"))
+    cfg.data.vocab_size, cfg.model.preset = 48, "tiny"
+    with pytest.warns(UserWarning, match="test.src: 1 of 3 test pairs have a side longer than the model's 512"):
+        data = load_translation_data(cfg, tmp_path, splits=("train", "test"), progress=False)
+    test = data.splits["test"]
+    assert [max(len(src), len(tgt)) for src, tgt in test.pairs] == [3, 511, 5]
+    assert test.references == lines["test"]  # BLEU compares with what the file holds
+
+    model = new_model(cfg, len(data.vocab), seed=0)
+    gold = torch.cat([g for _, g in teacher_forced([model], test, batch_sentences=3)])
+    assert len(gold) == test.n_positions() == 4 + 512 + 6
+    # The cut source fills the encoder exactly (an untrained model would search all 512 steps: max_len keeps it short).
+    src = collate(test.pairs).src
+    assert src.shape[1] == 512 and len(quiet(beam_search, [model], src, beam_size=2, max_len=3).tokens) == 3

@@ -74,8 +74,8 @@ def test_anti_calibrated_set_stops_at_the_upper_bound_with_a_warning(seed):
     # Labels drawn from softmax(-z): gold scores sit below their rows' mean, so the NLL falls as T grows without
     # end. The fit must say so, never return T <= 0 (a linear search on log-bounds gave a negative T here).
     z, gold = sample(-1.0, n=2000, seed=seed)
-    with pytest.warns(TemperatureBoundWarning, match="upper bound T = 100"):
-        t = fit_temperature(z, gold)
+    with pytest.warns(TemperatureBoundWarning, match="fit of member-1 on dev stopped at the upper bound T = 100"):
+        t = fit_temperature(z, gold, what="member-1 on dev")
     assert t == T_BOUNDS[1] and at_bound(t) and temperature_label(t) == ">= 100"
 
 
@@ -131,3 +131,24 @@ def test_zero_probability_classes_are_ignored():
 def test_inputs_it_cannot_fit_raise_one_value_error(scores, gold, match):
     with pytest.raises(ValueError, match=match):
         fit_temperature(scores, gold)
+
+
+def test_tables_and_teacher_names_show_a_fit_at_the_bound():
+    from types import SimpleNamespace
+
+    from ensemble_distill.distill import TEMPERATURE_PREFIX, teacher_name
+    from ensemble_distill.translation import System, format_rows, table_rows
+
+    def name(t):
+        return teacher_name(SimpleNamespace(manifest={"teachers": ["m1", "m2", f"{TEMPERATURE_PREFIX}{t!r}"]}))
+
+    assert name(0.93612) == "ensemble of 2, temperature-scaled (T = 0.936)"
+    assert name(T_BOUNDS[1]) == ("ensemble of 2, temperature-scaled (T = 100.000 at the fit's bound: dev had no "
+                                 "finite optimum)")
+
+    systems = [System("member-1", [0]), System("member-2", [1]), System("ensemble-2", [0, 1])]
+    score = {m: {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6} for m in ("bleu", "ece_1", "ece_5", "bs_plus", "conf_gap")}
+    scores = {f"{s.name}{suffix}": score for s in systems for suffix in ("", "-ts")}
+    rows = table_rows(systems, scores, {"member-1": 1.19, "member-2": T_BOUNDS[0], "ensemble-2": T_BOUNDS[1]})
+    t_cells = [line.split(" | ")[1] for line in format_rows(rows).splitlines()[2:]]
+    assert t_cells == ["1.00", "0.60 (1 of 2 at the fit's bound)", "1.00", ">= 100"]

@@ -18,11 +18,12 @@ class TemperatureBoundWarning(UserWarning):
     """The NLL keeps falling towards a bound of T_BOUNDS: the data have no optimum inside the search range."""
 
 
-def fit_temperature(scores, gold) -> float:
+def fit_temperature(scores, gold, what: str = "") -> float:
     """The T in T_BOUNDS minimising the mean negative log-likelihood of `gold` under softmax(scores / T).
 
     scores: float [N, C] logits or log-probabilities; -inf marks a zero probability (never the gold class's).
     gold:   int [N] class ids in [0, C).
+    what:   what is fitted, for the warning (e.g. "member-1 on dev").
     With s = 1/T the NLL is convex in s, and its slope is mean(E_softmax(s z)[z - z_gold]). So the optimum is the
     zero of that slope, found on log T; when the slope keeps one sign over the whole range the NLL falls all the way
     to a bound, which is returned with a TemperatureBoundWarning that names it: T_BOUNDS[0] when the gold class is
@@ -45,9 +46,9 @@ def fit_temperature(scores, gold) -> float:
     if sharpening and softening:
         return 1.0
     if sharpening:
-        return _at_bound(0, "the gold class is the most probable in every row or nearly, so the NLL falls as T -> 0")
+        return _at_bound(what, 0, "the gold class is the most probable in every row or nearly, so the NLL falls as T -> 0")
     if softening:
-        return _at_bound(1, "the gold scores are on average no higher than their rows' mean, so the NLL falls as T "
+        return _at_bound(what, 1, "the gold scores are on average no higher than their rows' mean, so the NLL falls as T "
                             "grows")
     return float(np.exp(brentq(slope, low, high, xtol=1e-10)))
 
@@ -64,9 +65,9 @@ def temperature_label(temperature: float, digits: int = 2) -> str:
     return f"{temperature:.{digits}f}"
 
 
-def _at_bound(which: int, why: str) -> float:
+def _at_bound(what: str, which: int, why: str) -> float:
     bound = T_BOUNDS[which]
-    warnings.warn(f"temperature fit stopped at the {('lower', 'upper')[which]} bound T = {bound:g}: {why}; "
+    warnings.warn(f"temperature fit{' of ' + what if what else ''} stopped at the {('lower', 'upper')[which]} bound T = {bound:g}: {why}; "
                   "no finite temperature calibrates these scores", TemperatureBoundWarning, stacklevel=3)
     return bound
 
