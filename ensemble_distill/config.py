@@ -1,16 +1,80 @@
 """Experiment configs: plain TOML files over dataclasses that hold the defaults.
 
 `load_config(path, TaggingConfig)` reads a file, fills what it leaves out from the defaults, and refuses an
-unknown key or a value of the wrong type with one line that names the file and the key.
+unknown key, a value of the wrong type, or one outside its valid values with one line that names the file and the
+key. Each setting declares its valid values beside it (`setting(default, at_least=1)`, `choices=...`); a section's
+settings that must fit together are checked by its `check()` method. `validate(config)` applies both to a config
+built in code, and the pipelines' entry points call it.
 """
 
+import codecs
 import dataclasses
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+
+N_TENTHS = 10  # NER: member i early-stops on tenth i of the training data (ensemble.py)
+MAX_MEMBERS = N_TENTHS - 1  # the last tenth is held out from every member, for the student
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a number: lo <= x (lo < x when lo_open), and x <= hi (x < hi when hi_open) unless hi
+    is None. Floats must also be finite."""
+    lo: float
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def problem(self, value) -> str | None:
+        """Why `value` is outside the range (a phrase: "must be at least 1, got 0"), or None."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, got {value!r}"
+        above_lo = value > self.lo if self.lo_open else value >= self.lo
+        below_hi = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return None if above_lo and below_hi else f"must {self}, got {value!r}"
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"be > {self.lo:g}" if self.lo_open else f"be at least {self.lo:g}"
+        return f"lie in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+def setting(default, *, at_least=None, above=None, at_most=None, below=None, choices=None):
+    """A config field with its valid values beside it: a range (of each item, for a list) or a tuple of choices.
+    at_least/at_most include the bound, above/below exclude it."""
+    metadata = {}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if at_least is not None or above is not None:
+        metadata["range"] = Range(above if at_least is None else at_least, below if at_most is None else at_most,
+                                  lo_open=at_least is None, hi_open=below is not None)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+class Invalid(ValueError):
+    """Raised by a section's check(): settings that do not fit together; `key` is the setting to change."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"'{key}' {problem}")
+        self.key, self.problem = key, problem
+
+
+def _check_subset_sizes(sizes: list[int], members: int) -> None:
+    """Nested ensembles of the first k members: at least one size, increasing, none above `members`."""
+    if not sizes:
+        raise Invalid("subset_sizes", "must name at least one ensemble size, got []")
+    if any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise Invalid("subset_sizes", f"must increase (smallest ensemble first), got {sizes}")
+    if sizes[-1] > members:
+        raise Invalid("subset_sizes", f"holds {sizes[-1]}, more than the {members} members")
 
 
 @dataclass
@@ -20,46 +84,61 @@ class TaggingData:
     test: str = "../shared/data/conll2003-en/eng.testb"
     token_col: int = 0
     tag_col: int = -1
-    scheme: str = "iob1"  # of the files; everything inside is IOB2
-    unknown_tag: str = "error"  # a test tag unseen in training: "error" or "O"
-    max_train_sentences: int = 0  # 0: all; a seeded sample otherwise (CPU-scale runs)
-    max_eval_sentences: int = 0
+    scheme: str = setting("iob1", choices=("iob1", "iob2"))  # of the files; everything inside is IOB2
+    unknown_tag: str = setting("error", choices=("error", "O"))  # a test tag unseen in training
+    max_train_sentences: int = setting(0, at_least=0)  # 0: all; a seeded sample otherwise (CPU-scale runs)
+    max_eval_sentences: int = setting(0, at_least=0)
     encoding: str = "utf-8"  # of the CoNLL files, any Python codec name: "latin-1" for many German corpora
     comment_prefix: str = "#"  # lines starting with it before a sentence, if not token lines, are skipped; "": none
     token_prefix: str = ""  # a regex removed from the start of every token: "[a-z]+:" reads WikiANN's `en:John`
+
+    def check(self) -> None:
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise Invalid("encoding", f"is not a text encoding Python knows (e.g. utf-8, latin-1), got "
+                                      f"{self.encoding!r}") from None
+        try:
+            re.compile(self.token_prefix)
+        except re.error as err:
+            raise Invalid("token_prefix", f"is not a regular expression ({err}), got {self.token_prefix!r}") from None
 
 
 @dataclass
 class Encoder:
     name: str = "minilm"  # a named encoder or a local Hugging Face folder
-    finetune_layers: int = 2  # the paper tunes the top 4 of 12 BERT layers; 2 of MiniLM's 6 is the same third
+    # the paper tunes the top 4 of 12 BERT layers; 2 of MiniLM's 6 is the same third
+    finetune_layers: int = setting(2, at_least=0)
     cache_dir: str = "runs/cache"  # frozen-layer outputs, shared by members and runs
 
 
 @dataclass
 class TaggerModel:
-    head: str = "iid"  # "iid" or "crf"
-    lstm_hidden: int = 256
-    dropout: float = 0.1
+    head: str = setting("iid", choices=("iid", "crf"))
+    lstm_hidden: int = setting(256, at_least=1)
+    dropout: float = setting(0.1, at_least=0, below=1)
 
 
 @dataclass
 class Training:
-    optimizer: str = "adafactor"  # "adafactor" (the paper's) or "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    batch_size: int = 32  # sentences
-    max_epochs: int = 10
-    patience: int = 2  # epochs without a better held-out score before stopping
-    seed: int = 0
+    optimizer: str = setting("adafactor", choices=("adafactor", "adamw"))  # Adafactor: the paper's
+    lr: float = setting(1e-4, above=0)
+    weight_decay: float = setting(0.0, at_least=0)
+    batch_size: int = setting(32, at_least=1)  # sentences
+    max_epochs: int = setting(10, at_least=1)
+    patience: int = setting(2, at_least=1)  # epochs without a better held-out score before stopping
+    seed: int = setting(0, at_least=0)
 
 
 @dataclass
 class Ensemble:
-    members: int = 9
-    subset_sizes: list[int] = field(default_factory=lambda: [3, 6, 9])  # nested: 3 ⊂ 6 ⊂ 9
-    individuals: int = 0  # models trained on all data with different seeds (reported as mean ± s.e.)
-    split_seed: int = 0  # fixes the tenths of the data and the nested subsets
+    members: int = setting(9, at_least=1, at_most=MAX_MEMBERS)
+    subset_sizes: list[int] = setting([3, 6, 9], at_least=1)  # nested: 3 ⊂ 6 ⊂ 9
+    individuals: int = setting(0, at_least=0)  # models trained on all data with different seeds (mean ± s.e.)
+    split_seed: int = setting(0, at_least=0)  # fixes the tenths of the data and the nested subsets
+
+    def check(self) -> None:
+        _check_subset_sizes(self.subset_sizes, self.members)
 
 
 @dataclass
@@ -73,16 +152,25 @@ class TaggingConfig:
 
 @dataclass
 class StudentTraining(Training):
-    lr: float = 5e-5  # the paper's distillation rate (members: 1e-4)
+    lr: float = setting(5e-5, above=0)  # the paper's distillation rate (members: 1e-4)
 
 
 @dataclass
 class Distillation:
     ensemble_run: str = ""  # the teacher's run directory: data and encoder settings come from its config.toml
-    beta: float = 5 / 6  # loss = (1 - beta) NLL(gold) + beta KD (paper, NER)
-    remainder: str = "drop"  # teacher mass outside the stored entries: "drop" (paper), "renormalise", "bucket"
-    temperature: float = 1.0  # tau: KD between student and teacher both softened by tau, scaled by tau^2
-    label_smoothing: float = 0.0  # on the NLL term only
+    # the teacher: that run's nested ensemble of this many members, which the store must hold; 0: its largest
+    # configured ensemble, which is what `memoize` writes without --members
+    teacher_members: int = setting(0, at_least=0, at_most=MAX_MEMBERS)
+    beta: float = setting(5 / 6, at_least=0, at_most=1)  # loss = (1 - beta) NLL(gold) + beta KD (paper, NER)
+    # teacher mass outside the stored entries: "drop" (the paper's), "renormalise", "bucket"
+    remainder: str = setting("drop", choices=("drop", "renormalise", "bucket"))
+    # tau: KD between student and teacher both softened by tau, scaled by tau^2
+    temperature: float = setting(1.0, at_least=1e-2, at_most=1e2)
+    label_smoothing: float = setting(0.0, at_least=0, below=1)  # on the NLL term only
+
+    def check(self) -> None:
+        if not self.ensemble_run:
+            raise Invalid("ensemble_run", "is required (the teacher ensemble's run directory)")
 
 
 @dataclass
@@ -101,60 +189,72 @@ class ParallelData:
     dev_tgt: str = "../shared/data/multi30k-de-en/val.en.gz"
     test_src: str = "../shared/data/multi30k-de-en/test_2016_flickr.de.gz"
     test_tgt: str = "../shared/data/multi30k-de-en/test_2016_flickr.en.gz"
-    vocab_size: int = 8000  # joint sentencepiece BPE
-    min_len: int = 1  # training pairs: subwords per side
-    max_len: int = 100
-    max_ratio: float = 9.0
-    max_train_pairs: int = 0  # 0: all; a seeded sample otherwise (smoke runs)
-    max_eval_pairs: int = 0
-    sample_seed: int = 0
+    vocab_size: int = setting(8000, at_least=5)  # joint sentencepiece BPE (4 special pieces and at least one)
+    min_len: int = setting(1, at_least=1)  # training pairs: subwords per side
+    max_len: int = setting(100, at_least=1)
+    max_ratio: float = setting(9.0, at_least=1)  # longer side / shorter side
+    max_train_pairs: int = setting(0, at_least=0)  # 0: all; a seeded sample otherwise (smoke runs)
+    max_eval_pairs: int = setting(0, at_least=0)
+    sample_seed: int = setting(0, at_least=0)
+
+    def check(self) -> None:
+        if self.max_len < self.min_len:
+            raise Invalid("max_len", f"must be at least min_len = {self.min_len}, got {self.max_len}")
 
 
 @dataclass
 class TranslationModelConfig:
-    preset: str = "small"  # models/translation.py: base (GPU), small (CPU), tiny (tests)
-    dropout: float = 0.1
+    preset: str = setting("small", choices=("base", "small", "tiny"))  # models/translation.py: GPU, CPU, tests
+    dropout: float = setting(0.1, at_least=0, below=1)
 
 
 @dataclass
 class TranslationTraining:
-    lr: float = 1e-3  # peak rate, reached after the warm-up
-    warmup_steps: int = 400  # inverse-square-root schedule
-    batch_tokens: int = 1024  # padded tokens per batch (sentences x longest side, EOS included)
-    label_smoothing: float = 0.1  # 0.1: LS runs, 0: CE runs
-    updates_per_round: int = 200  # validation (and a snapshot for averaging) every this many updates
-    max_rounds: int = 6
-    patience: int = 2  # rounds without a lower validation NLL before stopping
-    average_last: int = 3  # the model is the mean of the weights after this many rounds, ending at the best
-    seed: int = 1  # member i uses seed + i
-    device: str = "cpu"
+    lr: float = setting(1e-3, above=0)  # peak rate, reached after the warm-up
+    warmup_steps: int = setting(400, at_least=1)  # inverse-square-root schedule
+    batch_tokens: int = setting(1024, at_least=1)  # padded tokens per batch (sentences x longest side, EOS included)
+    label_smoothing: float = setting(0.1, at_least=0, below=1)  # 0.1: LS runs, 0: CE runs
+    updates_per_round: int = setting(200, at_least=1)  # validation (and a snapshot for averaging) every this many
+    max_rounds: int = setting(6, at_least=1)
+    patience: int = setting(2, at_least=1)  # rounds without a lower validation NLL before stopping
+    average_last: int = setting(3, at_least=1)  # the model is the mean of the weights of this many rounds to the best
+    seed: int = setting(1, at_least=0)  # member i uses seed + i
+    device: str = setting("cpu", choices=("cpu", "cuda"))
 
 
 @dataclass
 class TranslationEnsemble:
-    members: int = 3
-    subset_sizes: list[int] = field(default_factory=lambda: [3])  # ensembles of the first k members
+    members: int = setting(3, at_least=1)
+    subset_sizes: list[int] = setting([3], at_least=1)  # ensembles of the first k members
+
+    def check(self) -> None:
+        _check_subset_sizes(self.subset_sizes, self.members)
 
 
 @dataclass
 class Decoding:
-    beam_size: int = 4
-    alpha: float = 0.6  # GNMT length penalty
-    batch_sentences: int = 64  # beam search and teacher-forced passes
-    temperature_positions: int = 2000  # dev positions sampled for fitting the temperature
+    beam_size: int = setting(4, at_least=1)
+    alpha: float = setting(0.6, at_least=0)  # GNMT length penalty
+    batch_sentences: int = setting(64, at_least=1)  # beam search and teacher-forced passes
+    temperature_positions: int = setting(2000, at_least=1)  # dev positions sampled for fitting the temperature
 
 
 @dataclass
 class TranslationDistillation:
-    teacher_members: int = 3  # the teacher is the ensemble of the first k members
-    top_k: int = 64  # V'
-    epsilon: float = 0.0  # > 0: adaptive truncation, the fewest entries with mass >= 1 - epsilon (at most top_k)
-    beta: float = 0.5  # loss = (1 - beta) NLL + beta KD (paper, NMT), KD at temperature 1
-    label_smoothing: float = 0.1  # on the NLL term
-    remainder: str = "drop"
-    probs_dtype: str = "float16"
-    sweep_top_k: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    sweep_epsilon: list[float] = field(default_factory=lambda: [0.01])  # adaptive, capped at max(sweep_top_k)
+    teacher_members: int = setting(3, at_least=1)  # the teacher is the ensemble of the first k members
+    top_k: int = setting(64, at_least=1)  # V'
+    # > 0: adaptive truncation, the fewest entries with mass >= 1 - epsilon (at most top_k)
+    epsilon: float = setting(0.0, at_least=0, below=1)
+    beta: float = setting(0.5, at_least=0, at_most=1)  # loss = (1 - beta) NLL + beta KD (paper, NMT), KD at T = 1
+    label_smoothing: float = setting(0.1, at_least=0, below=1)  # on the NLL term
+    remainder: str = setting("drop", choices=("drop", "renormalise", "bucket"))
+    probs_dtype: str = setting("float16", choices=("float16", "uint8"))
+    sweep_top_k: list[int] = setting([32, 64, 128, 256], at_least=1)
+    sweep_epsilon: list[float] = setting([0.01], above=0, below=1)  # adaptive, capped at max(sweep_top_k)
+
+    def check(self) -> None:
+        if not self.sweep_top_k:
+            raise Invalid("sweep_top_k", "must name at least one V', got []")
 
 
 @dataclass
@@ -166,26 +266,14 @@ class TranslationConfig:
     decode: Decoding = field(default_factory=Decoding)
     distill: TranslationDistillation = field(default_factory=TranslationDistillation)
 
-
-CHOICES = {
-    "data.scheme": ("iob1", "iob2"),
-    "data.unknown_tag": ("error", "O"),
-    "model.head": ("iid", "crf"),
-    "train.optimizer": ("adafactor", "adamw"),
-    "distill.remainder": ("drop", "renormalise", "bucket"),
-    "model.preset": ("base", "small", "tiny"),
-    "train.device": ("cpu", "cuda"),
-    "distill.probs_dtype": ("float16", "uint8"),
-}
-BOUNDS = {  # inclusive
-    "distill.beta": (0.0, 1.0),
-    "distill.temperature": (1e-2, 1e2),
-    "distill.label_smoothing": (0.0, 1.0),
-}
+    def check(self) -> None:
+        if self.distill.teacher_members > self.ensemble.members:
+            raise Invalid("distill.teacher_members", f"is {self.distill.teacher_members}, more than the "
+                                                     f"{self.ensemble.members} members (ensemble.members)")
 
 
 def load_config(path, cls):
-    """Read a TOML file into `cls`, with defaults for what the file leaves out."""
+    """Read a TOML file into `cls`, with defaults for what the file leaves out; validated (see `validate`)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # TOML is UTF-8; editors may add a byte-order mark
@@ -200,6 +288,7 @@ def load_config(path, cls):
 
 
 def from_dict(cls, raw: dict, source: str = "config", prefix: str = ""):
+    """`cls` from a dict of TOML values; the whole config is validated at the top level (prefix "")."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
@@ -214,10 +303,58 @@ def from_dict(cls, raw: dict, source: str = "config", prefix: str = ""):
             values[name] = from_dict(kind, value, source, prefix=f"{key}.")
         else:
             values[name] = _checked_value(source, key, kind, value)
-    return cls(**values)
+    config = cls(**values)
+    return validate(config, source) if not prefix else config
+
+
+def validate(config, source: str = "config"):
+    """Check every setting of `config` (read from a file or built in code) against its type and the range or
+    choices declared beside it, then each section's check(), innermost first. Returns `config`; raises UserError
+    "SOURCE: 'section.key' must ..., got VALUE" for the first setting that is wrong."""
+    _validate(config, source, "")
+    return config
+
+
+def _validate(section, source: str, prefix: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        key, kind, value = f"{prefix}{f.name}", hints[f.name], getattr(section, f.name)
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, kind):
+                raise UserError(f"{source}: '{key}' must be a {kind.__name__} section, got {value!r}")
+            _validate(value, source, f"{key}.")
+            continue
+        _checked_value(source, key, kind, value)
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            problem = _problem(f, item)
+            if problem:
+                raise UserError(f"{source}: '{key}{'' if i is None else f'[{i}]'}' {problem}")
+    if hasattr(section, "check"):
+        try:
+            section.check()
+        except Invalid as err:
+            raise UserError(f"{source}: '{prefix}{err.key}' {err.problem}") from None
+
+
+def _problem(f: dataclasses.Field, value) -> str | None:
+    """Why `value` is not a valid value (or list item) of field `f`, or None."""
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        return f"must be one of {', '.join(map(str, choices))}, got {value!r}"
+    value_range = f.metadata.get("range")
+    return value_range.problem(value) if value_range is not None else None
+
+
+def setting_problem(cls, name: str, value) -> str | None:
+    """Why `value` is not a valid value of setting `name` of section `cls` (for a list setting: of one item), or
+    None: for command arguments and function arguments that override a config setting."""
+    (f,) = [f for f in dataclasses.fields(cls) if f.name == name]
+    return _problem(f, value)
 
 
 def _checked_value(source, key, kind, value):
+    """`value` as type `kind` (an int is taken for a float), or UserError."""
     origin = typing.get_origin(kind)
     if origin is list:
         (item,) = typing.get_args(kind)
@@ -229,10 +366,6 @@ def _checked_value(source, key, kind, value):
         value, ok = float(value), True
     if not ok:
         raise UserError(f"{source}: '{key}' must be {kind.__name__}, got {value!r}")
-    if key in CHOICES and value not in CHOICES[key]:
-        raise UserError(f"{source}: '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
-    if key in BOUNDS and not BOUNDS[key][0] <= value <= BOUNDS[key][1]:
-        raise UserError(f"{source}: '{key}' must lie in [{BOUNDS[key][0]}, {BOUNDS[key][1]}], got {value!r}")
     return value
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .calibration.temperature import apply_temperature, at_bound, fit_temperature
-from .config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml
+from .config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml, validate
 from .ensemble import EnsembleRun, distillation_sentences, load_member, member_seed, read_run_config
 from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text
@@ -167,10 +167,8 @@ def distill(store_dir, config, out_dir, n_boot: int = 1000, progress: bool = Tru
     result.json and OUT/eval/test/student/ (predictions.npz, metrics.json, plots); returns the table row."""
     from .experiments import evaluate_distributions, format_rows
 
-    source = "distill config" if isinstance(config, DistillConfig) else str(config)
-    cfg = config if isinstance(config, DistillConfig) else load_config(config, DistillConfig)
-    if not cfg.distill.ensemble_run:
-        raise UserError(f"{source}: 'distill.ensemble_run' is required (the teacher ensemble's run directory)")
+    cfg = (validate(config, "distill config") if isinstance(config, DistillConfig)
+           else load_config(config, DistillConfig))
     student_cfg = student_config(read_run_config(cfg.distill.ensemble_run), cfg)
     data = data or load_tagging_data(student_cfg, splits=("train", "test"), progress=progress)
     split = data.splits["train"]

@@ -18,14 +18,10 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import TaggingConfig, to_toml
+from .config import MAX_MEMBERS, N_TENTHS, TaggingConfig, to_toml, validate
 from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text
 from .tagging import TaggingData, load_tagging_data, new_tagger, train_tagger
-
-N_TENTHS = 10
-MAX_MEMBERS = N_TENTHS - 1  # the last tenth is held out from every member
-
 
 def tenths(n_sentences: int, split_seed: int) -> list[np.ndarray]:
     """The training sentences cut into ten seeded, near-equal parts."""
@@ -93,9 +89,7 @@ def record_run(run_dir: Path, cfg: TaggingConfig, labels: list[str]) -> None:
 def train_ensemble(cfg: TaggingConfig, run_dir, progress: bool = True, data: TaggingData | None = None) -> EnsembleRun:
     """Train (or resume) every member and optional individual model of the configured ensemble."""
     run_dir = Path(run_dir)
-    if cfg.ensemble.members > MAX_MEMBERS:
-        raise UserError(f"ensemble.members = {cfg.ensemble.members}: at most {MAX_MEMBERS}")
-    nested_subsets(cfg.ensemble.members, cfg.ensemble.subset_sizes, cfg.ensemble.split_seed)  # validates sizes
+    validate(cfg)
     data = data or load_tagging_data(cfg, progress=progress)
     record_run(run_dir, cfg, data.labels)
     train_split = data.splits["train"]

@@ -111,7 +111,7 @@ def ensemble_member_ids(cfg: TaggingConfig, ensemble_size: int | None = None) ->
     if ensemble_size is not None and not 1 <= ensemble_size <= e.members:
         raise UserError(f"ensemble of {ensemble_size}: the run has {e.members} members")
     subsets = nested_subsets(e.members, e.subset_sizes, e.split_seed)
-    k = ensemble_size or max(subsets)
+    k = max(subsets) if ensemble_size is None else ensemble_size
     return subsets.get(k) or nested_subsets(e.members, [k], e.split_seed)[k]
 
 

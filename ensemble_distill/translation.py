@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .calibration.report import evaluate
 from .calibration.temperature import at_bound, fit_temperature, temperature_label
-from .config import Training, TranslationConfig, load_config, to_toml
+from .config import Training, TranslationConfig, load_config, to_toml, validate
 from .data.parallel import FilterCounts, filter_by_length, read_parallel
 from .data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
 from .errors import UserError
@@ -181,34 +181,6 @@ def to_device(batch: TranslationBatch, device) -> TranslationBatch:
 # Models and training
 
 
-def check_config(cfg: TranslationConfig, source: str = "config") -> None:
-    """Ranges that the TOML types cannot express; each error names the key."""
-    t = cfg.train
-    positive = {"data.vocab_size": cfg.data.vocab_size, "train.batch_tokens": t.batch_tokens,
-                "train.warmup_steps": t.warmup_steps, "train.updates_per_round": t.updates_per_round,
-                "train.max_rounds": t.max_rounds, "train.patience": t.patience, "train.average_last": t.average_last,
-                "ensemble.members": cfg.ensemble.members, "decode.beam_size": cfg.decode.beam_size,
-                "decode.batch_sentences": cfg.decode.batch_sentences,
-                "decode.temperature_positions": cfg.decode.temperature_positions,
-                "distill.teacher_members": cfg.distill.teacher_members, "distill.top_k": cfg.distill.top_k}
-    for key, value in positive.items():
-        if value < 1:
-            raise UserError(f"{source}: '{key}' must be at least 1, got {value}")
-    if not t.lr > 0:
-        raise UserError(f"{source}: 'train.lr' must be positive, got {t.lr}")
-    if not 0 <= t.label_smoothing < 1:
-        raise UserError(f"{source}: 'train.label_smoothing' must lie in [0, 1), got {t.label_smoothing}")
-    if not 0 <= cfg.distill.epsilon < 1:
-        raise UserError(f"{source}: 'distill.epsilon' must lie in [0, 1) (0: fixed top-k), got {cfg.distill.epsilon}")
-    for key, sizes in (("ensemble.subset_sizes", cfg.ensemble.subset_sizes),
-                       ("distill.teacher_members", [cfg.distill.teacher_members])):
-        bad = [k for k in sizes if not 1 <= k <= cfg.ensemble.members]
-        if bad:
-            raise UserError(f"{source}: '{key}': {bad[0]} is not between 1 and ensemble.members = "
-                            f"{cfg.ensemble.members}")
-    TransformerConfig.preset(cfg.model.preset, vocab_size=cfg.data.vocab_size, dropout=cfg.model.dropout)
-
-
 def member_seed(cfg: TranslationConfig, index: int) -> int:
     """Member i's seed (initialisation, dropout, data order); students use indices from 100 on."""
     return cfg.train.seed + index
@@ -312,9 +284,16 @@ def train_members(cfg: TranslationConfig, run_dir, progress: bool = True,
                   data: TranslationData | None = None) -> TranslationRun:
     """Train (or resume) every member of the configured ensemble in run_dir."""
     run_dir = Path(run_dir)
-    check_config(cfg)
-    record_run(run_dir, cfg)
-    data = data or load_translation_data(cfg, run_dir, progress=progress)
+    validate(cfg)
+    config_file = run_dir / "config.toml"
+    if config_file.is_file() and config_file.read_text() != to_toml(cfg):
+        raise UserError(f"{run_dir}: was started with another config (its config.toml differs); use a new folder")
+    # Nothing that binds the folder to this config is written before the inputs are read: a first run that fails
+    # on bad data leaves a folder that takes the corrected config.
+    if data is None:
+        if not config_file.is_file():  # a vocabulary left by a first run that failed before recording its config
+            (run_dir / "vocab.model").unlink(missing_ok=True)
+        data = load_translation_data(cfg, run_dir, progress=progress)
     record_run(run_dir, cfg, data)
     run = TranslationRun(run_dir, cfg, data)
     for i in range(cfg.ensemble.members):
@@ -326,21 +305,16 @@ def train_members(cfg: TranslationConfig, run_dir, progress: bool = True,
     return run
 
 
-def record_run(run_dir: Path, cfg: TranslationConfig, data: TranslationData | None = None) -> None:
-    """config.toml (a run folder started with another config is refused: its members would not belong
-    together) and, once the data is read, run.json."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_file = run_dir / "config.toml"
-    if config_file.is_file() and config_file.read_text() != to_toml(cfg):
-        raise UserError(f"{run_dir}: was started with another config (its config.toml differs); use a new folder")
-    atomic_write_text(config_file, to_toml(cfg))
-    if data is not None:
-        atomic_write_json(run_dir / "run.json", {
-            "ensemble_distill": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "vocab_size": len(data.vocab),
-            "member_seeds": [member_seed(cfg, i) for i in range(cfg.ensemble.members)],
-            "train_filter": str(data.filter_counts) if data.filter_counts else None,
-            "pairs": {name: len(split.pairs) for name, split in data.splits.items()}})
+def record_run(run_dir: Path, cfg: TranslationConfig, data: TranslationData) -> None:
+    """config.toml (from then on a different config is refused: its members would not belong together) and
+    run.json, once the data is read."""
+    atomic_write_text(run_dir / "config.toml", to_toml(cfg))
+    atomic_write_json(run_dir / "run.json", {
+        "ensemble_distill": __version__, "torch": torch.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "vocab_size": len(data.vocab),
+        "member_seeds": [member_seed(cfg, i) for i in range(cfg.ensemble.members)],
+        "train_filter": str(data.filter_counts) if data.filter_counts else None,
+        "pairs": {name: len(split.pairs) for name, split in data.splits.items()}})
 
 
 def open_run(run_dir, splits: Sequence[str] = ("dev", "test"), progress: bool = True,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .config import TranslationDistillation
+from .config import TranslationDistillation, setting_problem
 from .data.vocab import PAD_ID
 from .distill import checkpoint_name, distillation_loss
 from .errors import UserError
@@ -56,10 +56,14 @@ def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int 
     run's training pairs, at RUN/teachers/<store_name>. Defaults come from the run's [distill] section."""
     run = run or open_run(run_dir, splits=("train", "dev"), progress=progress)
     d = run.cfg.distill
-    members, top_k = members or d.teacher_members, top_k or d.top_k
+    members = d.teacher_members if members is None else members
+    top_k = d.top_k if top_k is None else top_k
     epsilon = d.epsilon if epsilon is None else epsilon
     if not 1 <= members <= run.cfg.ensemble.members:
         raise UserError(f"--members {members}: the run has {run.cfg.ensemble.members} members")
+    for name, value in (("top_k", top_k), ("epsilon", epsilon)):
+        if problem := setting_problem(TranslationDistillation, name, value):
+            raise UserError(f"'{name}' {problem}")
     models = run.members(members)
     teachers = [checkpoint_name(run.run_dir, run.member_dir(i) / "model.pt") for i in range(members)]
 
@@ -121,8 +125,11 @@ def truncation_sweep(run_dir, members: int | None = None, top_ks: list[int] | No
     rows of these students."""
     run = run or open_run(run_dir, splits=("train", "dev", "test"), progress=progress)
     d = run.cfg.distill
-    members, top_ks = members or d.teacher_members, top_ks or d.sweep_top_k
+    members = d.teacher_members if members is None else members
+    top_ks = d.sweep_top_k if top_ks is None else top_ks
     epsilons = d.sweep_epsilon if epsilons is None else epsilons
+    if not top_ks:
+        raise UserError("'top_ks' must name at least one V', got []")
     settings = [(k, 0.0) for k in top_ks] + [(max(top_ks), eps) for eps in epsilons]
     students = [distill_translation(run.run_dir, members, k, eps, progress, run) for k, eps in settings]
     evaluate_translation_run(run.run_dir, "test", n_boot, progress, run)

@@ -1,8 +1,14 @@
-"""TOML configs: defaults fill gaps; unknown keys, wrong types and bad choices name the key."""
+"""TOML configs: defaults fill gaps; unknown keys, wrong types, bad choices and values outside their range name the
+file and the key, in files and in configs built in code."""
+
+import dataclasses
+import typing
+from pathlib import Path
 
 import pytest
 
-from ensemble_distill.config import TaggingConfig, load_config, to_toml
+from ensemble_distill.config import (DistillConfig, Distillation, Ensemble, TaggingConfig, Training, TranslationConfig,
+                                     TranslationDistillation, load_config, setting_problem, to_toml, validate)
 from ensemble_distill.errors import UserError
 
 
@@ -47,3 +53,152 @@ def test_bad_configs_name_the_key(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="no such config file"):
         load_config(tmp_path / "nope.toml", TaggingConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Valid values: every numeric setting has a range, declared beside it and checked on load and in code
+
+
+CONFIG_CLASSES = (TaggingConfig, DistillConfig, TranslationConfig)
+FREE_INTS = {("TaggingData", "token_col"), ("TaggingData", "tag_col")}  # column indices: negative counts from the end
+
+
+def sections(cls):
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type):
+            yield f.type
+
+
+@pytest.mark.parametrize("cls", CONFIG_CLASSES)
+def test_every_numeric_setting_declares_its_range(cls):
+    for section in sections(cls):
+        hints = typing.get_type_hints(section)
+        for f in dataclasses.fields(section):
+            kind = hints[f.name]
+            kind = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
+            if kind in (int, float) and (section.__name__, f.name) not in FREE_INTS:
+                assert "range" in f.metadata, f"{section.__name__}.{f.name} has no declared range"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    cls = TranslationConfig if "multi30k" in path.name else DistillConfig if "distill" in path.name else TaggingConfig
+    load_config(path, cls)
+
+
+def test_defaults_are_valid():
+    validate(TaggingConfig())
+    validate(TranslationConfig())
+
+
+TAGGING_BAD = [  # (TOML, the key, the expected message), each message worked out by hand from the range
+    ("[train]\nlr = -1e-3\n", "train.lr", "must be > 0, got -0.001"),
+    ("[train]\nlr = 0\n", "train.lr", "must be > 0, got 0.0"),
+    ("[train]\nlr = nan\n", "train.lr", "must be a finite number, got nan"),
+    ("[train]\nlr = inf\n", "train.lr", "must be a finite number, got inf"),
+    ("[train]\nbatch_size = 0\n", "train.batch_size", "must be at least 1, got 0"),
+    ("[train]\nmax_epochs = 0\n", "train.max_epochs", "must be at least 1, got 0"),
+    ("[train]\npatience = 0\n", "train.patience", "must be at least 1, got 0"),
+    ("[train]\nweight_decay = -0.1\n", "train.weight_decay", "must be at least 0, got -0.1"),
+    ("[train]\nseed = -1\n", "train.seed", "must be at least 0, got -1"),
+    ("[model]\ndropout = 1.0\n", "model.dropout", "must lie in [0, 1), got 1.0"),
+    ("[model]\ndropout = -0.1\n", "model.dropout", "must lie in [0, 1), got -0.1"),
+    ("[model]\nlstm_hidden = 0\n", "model.lstm_hidden", "must be at least 1, got 0"),
+    ("[encoder]\nfinetune_layers = -1\n", "encoder.finetune_layers", "must be at least 0, got -1"),
+    ("[data]\nmax_train_sentences = -5\n", "data.max_train_sentences", "must be at least 0, got -5"),
+    ('[data]\nunknown_tag = "o"\n', "data.unknown_tag", "must be one of error, O, got 'o'"),
+    ("[ensemble]\nmembers = 0\nsubset_sizes = []\n", "ensemble.members", "must lie in [1, 9], got 0"),
+    ("[ensemble]\nmembers = 10\nsubset_sizes = [3]\n", "ensemble.members", "must lie in [1, 9], got 10"),
+    ("[ensemble]\nmembers = 3\nsubset_sizes = []\n", "ensemble.subset_sizes", "must name at least one ensemble size"),
+    ("[ensemble]\nmembers = 3\nsubset_sizes = [4]\n", "ensemble.subset_sizes", "holds 4, more than the 3 members"),
+    ("[ensemble]\nsubset_sizes = [6, 3]\n", "ensemble.subset_sizes",
+     "must increase (smallest ensemble first), got [6, 3]"),
+    ("[ensemble]\nsubset_sizes = [3, 3]\n", "ensemble.subset_sizes", "must increase"),
+    ("[ensemble]\nsubset_sizes = [0, 3]\n", "ensemble.subset_sizes[0]", "must be at least 1, got 0"),
+    ("[ensemble]\nindividuals = -1\n", "ensemble.individuals", "must be at least 0, got -1"),
+]
+DISTILL_BAD = [
+    ('[distill]\nensemble_run = "r"\n[train]\nlr = -5e-5\n', "train.lr", "must be > 0, got -5e-05"),
+    ('[distill]\nensemble_run = "r"\nbeta = 1.5\n', "distill.beta", "must lie in [0, 1], got 1.5"),
+    ('[distill]\nensemble_run = "r"\ntemperature = 0.001\n', "distill.temperature",
+     "must lie in [0.01, 100], got 0.001"),
+    ('[distill]\nensemble_run = "r"\nlabel_smoothing = 1\n', "distill.label_smoothing", "must lie in [0, 1), got 1.0"),
+    ("[distill]\nbeta = 0.5\n", "distill.ensemble_run", "is required"),
+]
+TRANSLATION_BAD = [
+    ("[train]\nlr = -1e-3\n", "train.lr", "must be > 0, got -0.001"),
+    ("[train]\nbatch_tokens = 0\n", "train.batch_tokens", "must be at least 1, got 0"),
+    ("[train]\nwarmup_steps = 0\n", "train.warmup_steps", "must be at least 1, got 0"),
+    ("[train]\nlabel_smoothing = 1.0\n", "train.label_smoothing", "must lie in [0, 1), got 1.0"),
+    ("[train]\naverage_last = 0\n", "train.average_last", "must be at least 1, got 0"),
+    ('[train]\ndevice = "gpu"\n', "train.device", "must be one of cpu, cuda, got 'gpu'"),
+    ("[model]\ndropout = 1.5\n", "model.dropout", "must lie in [0, 1), got 1.5"),
+    ("[data]\nvocab_size = 0\n", "data.vocab_size", "must be at least 5, got 0"),
+    ("[data]\nmin_len = 0\n", "data.min_len", "must be at least 1, got 0"),
+    ("[data]\nmin_len = 20\nmax_len = 10\n", "data.max_len", "must be at least min_len = 20, got 10"),
+    ("[data]\nmax_ratio = 0.5\n", "data.max_ratio", "must be at least 1, got 0.5"),
+    ("[ensemble]\nmembers = 0\nsubset_sizes = []\n", "ensemble.members", "must be at least 1, got 0"),
+    ("[ensemble]\nmembers = 3\nsubset_sizes = [2, 5]\n", "ensemble.subset_sizes", "holds 5, more than the 3 members"),
+    ("[decode]\nbeam_size = 0\n", "decode.beam_size", "must be at least 1, got 0"),
+    ("[decode]\nalpha = -0.6\n", "decode.alpha", "must be at least 0, got -0.6"),
+    ("[decode]\nbatch_sentences = 0\n", "decode.batch_sentences", "must be at least 1, got 0"),
+    ("[distill]\ntop_k = 0\n", "distill.top_k", "must be at least 1, got 0"),
+    ("[distill]\nepsilon = 1.0\n", "distill.epsilon", "must lie in [0, 1), got 1.0"),
+    ("[distill]\nbeta = -0.5\n", "distill.beta", "must lie in [0, 1], got -0.5"),
+    ("[distill]\nsweep_top_k = []\n", "distill.sweep_top_k", "must name at least one V'"),
+    ("[distill]\nsweep_epsilon = [0.01, 0.0]\n", "distill.sweep_epsilon[1]", "must lie in (0, 1), got 0.0"),
+    ('[distill]\nprobs_dtype = "float32"\n', "distill.probs_dtype", "must be one of float16, uint8, got 'float32'"),
+    ("[distill]\nteacher_members = 4\n", "distill.teacher_members", "is 4, more than the 3 members (ensemble.members)"),
+]
+
+
+@pytest.mark.parametrize("cls, text, key, message", [(TaggingConfig, *case) for case in TAGGING_BAD]
+                         + [(DistillConfig, *case) for case in DISTILL_BAD]
+                         + [(TranslationConfig, *case) for case in TRANSLATION_BAD])
+def test_values_outside_their_range_name_the_file_and_key(tmp_path, cls, text, key, message):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError) as err:
+        load_config(path, cls)
+    assert str(err.value).startswith(f"{path}: '{key}' {message}") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("cls, text", [
+    (TaggingConfig, "[train]\nlr = 1e-9\npatience = 1\nmax_epochs = 1\nbatch_size = 1\nseed = 0\n"),
+    (TaggingConfig, "[model]\ndropout = 0.0\n[ensemble]\nmembers = 9\nsubset_sizes = [1, 9]\n"),
+    (TaggingConfig, "[ensemble]\nmembers = 1\nsubset_sizes = [1]\nindividuals = 0\n[encoder]\nfinetune_layers = 0\n"),
+    (DistillConfig, '[distill]\nensemble_run = "r"\nbeta = 0\ntemperature = 0.01\nlabel_smoothing = 0.0\n'),
+    (DistillConfig, '[distill]\nensemble_run = "r"\nbeta = 1\ntemperature = 100\n'),
+    (TranslationConfig, "[data]\nmin_len = 5\nmax_len = 5\nmax_ratio = 1\n[distill]\nepsilon = 0\n"),
+    (TranslationConfig, "[distill]\nsweep_epsilon = []\nsweep_top_k = [1]\n"),
+    (TranslationConfig, "[ensemble]\nmembers = 1\nsubset_sizes = [1]\n[distill]\nteacher_members = 1\n"),
+])
+def test_values_at_the_edges_of_their_range_are_read(tmp_path, cls, text):
+    load_config(write(tmp_path, text), cls)
+
+
+def test_configs_built_in_code_are_validated():
+    cfg = TaggingConfig()
+    cfg.train.batch_size = 0
+    with pytest.raises(UserError, match=r"^config: 'train.batch_size' must be at least 1, got 0$"):
+        validate(cfg)
+    cfg = TranslationConfig()
+    cfg.ensemble.members, cfg.ensemble.subset_sizes = 2, [2]  # distill.teacher_members is 3 by default
+    with pytest.raises(UserError, match=r"'distill.teacher_members' is 3, more than the 2 members"):
+        validate(cfg, "demo")
+    cfg = TaggingConfig()
+    cfg.train.lr = "fast"
+    with pytest.raises(UserError, match="'train.lr' must be float, got 'fast'"):
+        validate(cfg)
+    assert validate(DistillConfig(Distillation(ensemble_run="r"))).distill.ensemble_run == "r"
+
+
+def test_a_section_check_is_a_value_error_in_python():
+    with pytest.raises(ValueError, match="'subset_sizes' must increase"):
+        Ensemble(members=9, subset_sizes=[9, 3]).check()
+
+
+def test_setting_problem_is_the_declared_range():
+    assert setting_problem(TranslationDistillation, "top_k", 0) == "must be at least 1, got 0"
+    assert setting_problem(TranslationDistillation, "top_k", 1) is None
+    assert setting_problem(TranslationDistillation, "sweep_epsilon", 1.0) == "must lie in (0, 1), got 1.0"
+    assert setting_problem(Training, "optimizer", "sgd") == "must be one of adafactor, adamw, got 'sgd'"

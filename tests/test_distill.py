@@ -255,7 +255,7 @@ def test_window_targets_offset_by_each_windows_first_word(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[distill]\nbeta = 1.5\n", "'distill.beta' must lie in [0.0, 1.0], got 1.5"),
+    ("[distill]\nbeta = 1.5\n", "'distill.beta' must lie in [0, 1], got 1.5"),
     ('[distill]\nremainder = "keep"\n', "'distill.remainder' must be one of drop, renormalise, bucket"),
     ("[distill]\ntemperature = 0\n", "'distill.temperature' must lie in"),
     ("[train]\nlr = 1e-3\nlrr = 1\n", "unknown key 'train.lrr'"),

@@ -1,0 +1,258 @@
+"""The command line: arguments outside their range, output folders that cannot be written, --debug, and a first
+run that fails on bad data leaving a folder that takes the corrected config. Each refusal is one line and exit 2."""
+
+import errno
+import os
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ensemble_distill import cli
+from ensemble_distill.cli import main
+from ensemble_distill.config import TaggingConfig, TranslationConfig, to_toml
+from ensemble_distill.errors import UserError
+from ensemble_distill.experiments import ensemble_member_ids
+from ensemble_distill.translation_distill import memoize_translation_teacher, truncation_sweep
+
+
+def run_cli(argv, capsys) -> tuple[int, list[str]]:
+    """(exit status, stderr lines) of `ensemble-distill ARGV`, whether it returns or exits."""
+    try:
+        status = main(argv)
+    except SystemExit as done:
+        status = done.code
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def refused(argv, capsys, *expected: str) -> str:
+    """Asserts exit 2 with one line on stderr holding each expected text; returns the line."""
+    status, err = run_cli(argv, capsys)
+    assert status == 2 and len(err) == 1, (status, err)
+    for text in expected:
+        assert text in err[0], err[0]
+    return err[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments: a range per argument, never a silent default for 0
+
+
+NMT = ["--run", "r"]
+BAD_ARGUMENTS = [  # argv, the argument, the problem (worked out from each argument's declared range)
+    (["memoize-nmt", *NMT, "--top-k", "0"], "--top-k", "must be at least 1, got 0"),
+    (["distill-nmt", *NMT, "--top-k", "-3"], "--top-k", "must be at least 1, got -3"),
+    (["memoize-nmt", *NMT, "--top-k", "2.5"], "--top-k", "must be int, got '2.5'"),
+    (["memoize-nmt", *NMT, "--members", "0"], "--members", "must be at least 1, got 0"),
+    (["memoize-nmt", *NMT, "--epsilon", "1"], "--epsilon", "must lie in [0, 1), got 1.0"),
+    (["memoize-nmt", *NMT, "--epsilon", "-0.1"], "--epsilon", "must lie in [0, 1), got -0.1"),
+    (["distill-nmt", *NMT, "--epsilon", "nan"], "--epsilon", "must be a finite number, got nan"),
+    (["sweep-nmt", *NMT, "--top-k", "32", "0"], "--top-k", "must be at least 1, got 0"),
+    (["sweep-nmt", *NMT, "--epsilon", "0"], "--epsilon", "must lie in (0, 1), got 0.0"),
+    (["sweep-nmt", *NMT, "--n-boot", "0"], "--n-boot", "must be at least 1, got 0"),
+    (["evaluate-nmt", *NMT, "--n-boot", "-1"], "--n-boot", "must be at least 1, got -1"),
+    (["evaluate", "p.npz", "--n-boot", "0"], "--n-boot", "must be at least 1, got 0"),
+    (["evaluate", "p.npz", "--seed", "-1"], "--seed", "must be at least 0, got -1"),
+    (["train-ensemble", "--config", "c", "--out", "o", "--n-boot", "0"], "--n-boot", "must be at least 1, got 0"),
+    (["train-ensemble", "--config", "c", "--out", "o", "--split", "valid"], "--split", "invalid choice: 'valid'"),
+    (["distill", "--store", "s", "--config", "c", "--out", "o", "--n-boot", "0"], "--n-boot", "at least 1, got 0"),
+    (["predict", "--run", "r", "--input", "i", "--out", "o", "--members", "0"], "--members",
+     "must lie in [1, 9], got 0"),
+    (["memoize", "--ensemble", "r", "--out", "o", "--members", "10"], "--members", "must lie in [1, 9], got 10"),
+    (["train-nmt", "--config", "c", "--out", "o", "--label-smoothing", "1"], "--label-smoothing",
+     "must lie in [0, 1), got 1.0"),
+    (["train-nmt", "--config", "c", "--out", "o", "--label-smoothing", "-0.1"], "--label-smoothing",
+     "must lie in [0, 1), got -0.1"),
+    (["train-nmt", "--config", "c"], "--out", "the following arguments are required: --out"),
+]
+
+
+@pytest.mark.parametrize("argv, argument, problem", BAD_ARGUMENTS, ids=lambda v: " ".join(v) if isinstance(v, list)
+                         else None)
+def test_arguments_outside_their_range_are_one_line_and_exit_2(argv, argument, problem, capsys, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = refused(argv, capsys, argument, problem)
+    assert line.startswith(f"ensemble-distill {argv[0]}: error:")
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_zero_is_never_replaced_by_a_default_in_the_python_api():
+    # The run's [distill] section says top_k = 64 and teacher_members = 3: 0 must be refused, not read as "unset".
+    run = SimpleNamespace(cfg=TranslationConfig())
+    with pytest.raises(UserError, match=r"^'top_k' must be at least 1, got 0$"):
+        memoize_translation_teacher("r", top_k=0, run=run)
+    with pytest.raises(UserError, match=r"--members 0: the run has 3 members"):
+        memoize_translation_teacher("r", members=0, run=run)
+    with pytest.raises(UserError, match=r"'epsilon' must lie in \[0, 1\), got -0.5"):
+        memoize_translation_teacher("r", epsilon=-0.5, run=run)
+    with pytest.raises(UserError, match="'top_ks' must name at least one V'"):
+        truncation_sweep("r", top_ks=[], run=run)
+    with pytest.raises(UserError, match="ensemble of 0: the run has 9 members"):
+        ensemble_member_ids(TaggingConfig(), 0)
+    assert ensemble_member_ids(TaggingConfig(), None) == ensemble_member_ids(TaggingConfig(), 9)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output folders
+
+
+def writing_commands(out: str) -> list[list[str]]:
+    """Every command that writes, with `out` as the folder it writes into (required arguments are dummies: the
+    folder is checked before any of them is read)."""
+    return [["evaluate", "p.npz", "--out", out],
+            ["train-ensemble", "--config", "c.toml", "--out", out],
+            ["predict", "--run", "r", "--input", "i", "--out", out],
+            ["memoize", "--ensemble", "r", "--out", out],
+            ["distill", "--store", "s", "--config", "c.toml", "--out", out],
+            ["train-nmt", "--config", "c.toml", "--out", out],
+            ["evaluate-nmt", "--run", out],
+            ["memoize-nmt", "--run", out],
+            ["distill-nmt", "--run", out],
+            ["sweep-nmt", "--run", out],
+            ["demo", "--out", out]]
+
+
+def test_an_output_path_that_is_a_file_is_refused_and_left_as_it_was(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    existing = tmp_path / "results.txt"
+    existing.write_text("precious\n")
+    for argv in writing_commands(str(existing)):
+        refused(argv, capsys, str(existing), "exists and is not a folder")
+    for argv in writing_commands(str(existing / "run")):  # under a file: not a directory
+        refused(argv, capsys, f"{existing / 'run'}: cannot be created, {existing} is a file")
+    assert existing.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.txt"]
+
+
+def test_evaluate_checks_its_default_output_folder_too(tmp_path, capsys):
+    predictions = tmp_path / "dev.npz"
+    predictions.write_bytes(b"")
+    (tmp_path / "dev-eval").write_text("not a folder")  # where evaluate writes by default
+    refused(["evaluate", str(predictions)], capsys, f"{tmp_path / 'dev-eval'}: exists and is not a folder")
+    assert (tmp_path / "dev-eval").read_text() == "not a folder"
+    refused(["evaluate", str(predictions), "--out", ""], capsys, "--out", "the path is empty")
+
+
+def read_only_folder(tmp_path):
+    """A folder this process cannot write in: a read-only tmp folder, or /proc/sys for root (which writes
+    through permissions) where it is mounted read-only; None when there is none."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):
+        return folder
+    return "/proc/sys" if os.path.isdir("/proc/sys") and not os.access("/proc/sys", os.W_OK) else None
+
+
+def test_a_read_only_output_folder_is_refused(tmp_path, capsys):
+    folder = read_only_folder(tmp_path)
+    if folder is None:
+        pytest.skip("no folder here that this process cannot write")
+    try:
+        for argv in writing_commands(f"{folder}/run"):
+            refused(argv, capsys, f"{folder}/run: cannot write in {folder}")
+    finally:
+        (tmp_path / "read-only").chmod(0o755)
+    assert not os.path.exists(f"{folder}/run")
+
+
+def test_an_output_refused_mid_run_is_one_line(monkeypatch, capsys, tmp_path):
+    # The folders are checked up front; a write the system refuses later (a full disk, a folder made read-only
+    # during the run) is one line too, and --debug shows the traceback.
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "metrics.json"))
+
+    monkeypatch.setattr(cli, "run_evaluate", full_disk)
+    refused(["evaluate", "p.npz", "--out", str(tmp_path / "o")], capsys,
+            f"{tmp_path / 'o' / 'metrics.json'}: No space left on device")
+    with pytest.raises(OSError):
+        main(["evaluate", "p.npz", "--out", str(tmp_path / "o"), "--debug"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --debug
+
+
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path, capsys):
+    missing = str(tmp_path / "missing.npz")
+    refused(["evaluate", missing], capsys, "missing.npz: no such predictions file")
+    for argv in (["--debug", "evaluate", missing], ["evaluate", missing, "--debug"]):
+        with pytest.raises(UserError, match="no such predictions file"):
+            main(argv)
+
+
+def test_a_config_outside_its_range_is_one_line_naming_file_and_key(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nlr = -1e-3\n")
+    refused(["train-ensemble", "--config", str(config), "--out", str(tmp_path / "run")], capsys,
+            f"{config}: 'train.lr' must be > 0, got -0.001")
+    config.write_text("[ensemble]\nmembers = 0\nsubset_sizes = []\n")
+    refused(["train-ensemble", "--config", str(config), "--out", str(tmp_path / "run")], capsys,
+            f"{config}: 'ensemble.members' must lie in [1, 9], got 0")
+    config.write_text("[train]\nbatch_tokens = 0\n")
+    refused(["train-nmt", "--config", str(config), "--out", str(tmp_path / "run")], capsys,
+            f"{config}: 'train.batch_tokens' must be at least 1, got 0")
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A first run that fails on bad data leaves a folder that takes the corrected config
+
+
+WORDS = "ant bee cat dog eel fox".split()
+
+
+def write_pairs(folder, split, n, seed):
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 4))) for _ in range(n)]
+    for side in ("src", "tgt"):
+        (folder / f"{split}.{side}").write_text("\n".join(lines) + "\n")
+
+
+def tiny_translation_config(folder, train_tgt: str) -> TranslationConfig:
+    """One tiny member, one round of one update: enough to go past reading the data and recording the run."""
+    cfg = TranslationConfig()
+    for split in ("train", "dev", "test"):
+        setattr(cfg.data, f"{split}_src", str(folder / f"{split}.src"))
+        setattr(cfg.data, f"{split}_tgt", str(folder / f"{split}.tgt"))
+    cfg.data.train_tgt = str(folder / train_tgt)
+    cfg.data.vocab_size = 30
+    cfg.model.preset, cfg.model.dropout = "tiny", 0.0
+    cfg.train.updates_per_round, cfg.train.max_rounds, cfg.train.patience, cfg.train.average_last = 1, 1, 1, 1
+    cfg.ensemble.members, cfg.ensemble.subset_sizes, cfg.distill.teacher_members = 1, [1], 1
+    return cfg
+
+
+def test_a_translation_run_that_failed_on_bad_data_takes_the_corrected_config(tmp_path, capsys):
+    torch.set_num_threads(1)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for seed, (split, n) in enumerate((("train", 30), ("dev", 4), ("test", 4))):
+        write_pairs(folder, split, n, seed)
+    (folder / "train-short.tgt").write_text("ant bee\n" * 29)  # one line short of train.src
+    config, run = tmp_path / "c.toml", tmp_path / "run"
+    config.write_text(to_toml(tiny_translation_config(folder, "train-short.tgt")))
+    refused(["train-nmt", "--config", str(config), "--out", str(run)], capsys, "train-short.tgt:30: ends after 29")
+
+    config.write_text(to_toml(tiny_translation_config(folder, "train.tgt")))  # the corrected config
+    assert main(["train-nmt", "--config", str(config), "--out", str(run)]) == 0
+    assert (run / "config.toml").read_text() == config.read_text()
+    assert (run / "members" / "member-0" / "model.pt").is_file()
+
+
+def test_a_vocabulary_left_without_a_recorded_config_is_not_reused(tmp_path):
+    # A first run killed (or failed) between training its vocabulary and recording its config leaves vocab.model
+    # alone in the folder; the next run may have another vocabulary size and must train its own.
+    from ensemble_distill.data.vocab import train_vocab
+    from ensemble_distill.translation import train_members
+
+    torch.set_num_threads(1)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for seed, (split, n) in enumerate((("train", 30), ("dev", 4), ("test", 4))):
+        write_pairs(folder, split, n, seed)
+    run = tmp_path / "run"
+    train_vocab((folder / "train.src").read_text().splitlines(), run / "vocab.model", vocab_size=20)
+    cfg = tiny_translation_config(folder, "train.tgt")  # vocab_size = 30
+    assert len(train_members(cfg, run, progress=False).data.vocab) == 30
