@@ -130,9 +130,12 @@ def run_train_ensemble(args) -> int:
     from .config import TaggingConfig, load_config
     from .ensemble import train_ensemble
     from .experiments import evaluate_run, format_rows
+    from .io_utils import run_lock
 
-    run = train_ensemble(load_config(args.config, TaggingConfig), args.out)
-    print(format_rows(evaluate_run(run, args.split, args.n_boot), title=f"{args.out} ({args.split})"))
+    cfg = load_config(args.config, TaggingConfig)
+    with run_lock(args.out):  # the evaluation writes into the run folder too
+        run = train_ensemble(cfg, args.out)
+        print(format_rows(evaluate_run(run, args.split, args.n_boot), title=f"{args.out} ({args.split})"))
     return 0
 
 

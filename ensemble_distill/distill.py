@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from . import __version__
 from .calibration.temperature import apply_temperature, at_bound, fit_temperature
 from .config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml, validate
-from .ensemble import EnsembleRun, distillation_sentences, load_member, member_seed, read_run_config
+from .ensemble import EnsembleRun, distillation_sentences, load_member, member_seed, model_dir, read_run_config
 from .errors import UserError
-from .io_utils import atomic_write_json, atomic_write_text
+from .io_utils import atomic_write_json, atomic_write_text, require_same_config, run_lock
 from .tagging import (TaggingData, TaggingSplit, load_tagging_data, new_tagger, predict_distributions,
                       train_tagger)
-from .teacher_store import TeacherStore, distill_targets, fingerprint_dataset, write_store
+from .teacher_store import TeacherStore, distill_targets, fingerprint_dataset, require_teachers, write_store
 
 TEMPERATURE_PREFIX = "temperature "  # the teacher-name entry that records a temperature-scaled teacher's T
 
@@ -100,12 +100,17 @@ def memoize(run_dir, store_dir, members: int | None = None, temperature_scaled: 
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    data = data or load_tagging_data(cfg, splits=("train", "dev") if temperature_scaled else ("train",),
-                                     progress=progress)
-    run = EnsembleRun(run_dir, cfg, data)
     ids = ensemble_member_ids(cfg, members)
+    with run_lock(store_dir):
+        data = data or load_tagging_data(cfg, splits=("train", "dev") if temperature_scaled else ("train",),
+                                         progress=progress)
+        return _memoize(EnsembleRun(run_dir, cfg, data), store_dir, ids, temperature_scaled, progress)
+
+
+def _memoize(run: EnsembleRun, store_dir, ids: list[int], temperature_scaled: bool, progress: bool) -> TeacherStore:
+    cfg, data = run.cfg, run.data
     models = [load_member(run, run.member_dir(i), member_seed(cfg, i)) for i in ids]
-    teachers = [checkpoint_name(run_dir, run.member_dir(i) / "best.pt") for i in ids]
+    teachers = member_checkpoints(run.run_dir, ids)
     temperature = None
     if temperature_scaled:
         temperature = ensemble_temperature(models, data)
@@ -129,9 +134,19 @@ def dataset_fingerprint(split: TaggingSplit) -> str:
 
 
 def checkpoint_name(run_dir: Path, checkpoint: Path) -> str:
-    with open(checkpoint, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    """How a store names a teacher checkpoint: its path in the run and its sha256."""
+    try:
+        with open(checkpoint, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as error:
+        raise UserError(f"{checkpoint}: cannot read the teacher checkpoint ({error.strerror}); train the run "
+                        "first") from None
     return f"{checkpoint.relative_to(run_dir).as_posix()} sha256:{digest}"
+
+
+def member_checkpoints(run_dir: Path, ids: list[int]) -> list[str]:
+    """The store's names of the given members' weights."""
+    return [checkpoint_name(run_dir, model_dir(run_dir, i) / "best.pt") for i in ids]
 
 
 def ensemble_temperature(models, data: TaggingData) -> float:
@@ -163,8 +178,15 @@ def distill(store_dir, config, out_dir, n_boot: int = 1000, progress: bool = Tru
             data: TaggingData | None = None) -> dict:
     """Train (or resume) an IID student on the store's teacher and evaluate it on test.
 
-    config: a DistillConfig or its TOML file. Writes OUT/config.toml, run.json, checkpoint.pt, best.pt, log.jsonl,
-    result.json and OUT/eval/test/student/ (predictions.npz, metrics.json, plots); returns the table row."""
+    config: a DistillConfig or its TOML file. The store must hold the teacher the config names (the ensemble of
+    `distill.teacher_members` of `distill.ensemble_run`), and OUT, if it exists, a student of the same config and
+    store. Writes OUT/config.toml, run.json, checkpoint.pt, best.pt, log.jsonl, result.json and
+    OUT/eval/test/student/ (predictions.npz, metrics.json, plots), holding OUT's lock; returns the table row."""
+    with run_lock(out_dir):
+        return _distill(store_dir, config, Path(out_dir), n_boot, progress, data)
+
+
+def _distill(store_dir, config, out_dir: Path, n_boot: int, progress: bool, data: TaggingData | None) -> dict:
     from .experiments import evaluate_distributions, format_rows
 
     cfg = (validate(config, "distill config") if isinstance(config, DistillConfig)
@@ -173,8 +195,7 @@ def distill(store_dir, config, out_dir, n_boot: int = 1000, progress: bool = Tru
     data = data or load_tagging_data(student_cfg, splits=("train", "test"), progress=progress)
     split = data.splits["train"]
     store = TeacherStore.open(store_dir, expect_fingerprint=dataset_fingerprint(split), expect_vocab=data.labels)
-
-    out_dir = Path(out_dir)
+    require_ensemble_teacher(store, cfg)
     _record_student(out_dir, cfg, student_cfg, store, data.labels)
     n = len(split.corpus.sentences)
     held_out = distillation_sentences(n, student_cfg.ensemble.split_seed)
@@ -193,6 +214,22 @@ def distill(store_dir, config, out_dir, n_boot: int = 1000, progress: bool = Tru
     atomic_write_json(out_dir / "eval" / "test" / "results.json", [row])
     atomic_write_text(out_dir / "eval" / "test" / "results.md", format_rows([row], title=f"{out_dir.name}, test"))
     return row
+
+
+def require_ensemble_teacher(store: TeacherStore, cfg: DistillConfig) -> None:
+    """Refuse a store not memoized from the ensemble `cfg` names: its teachers must be the current weights of
+    exactly those members of the run (a temperature-scaled store of them is that teacher too)."""
+    from .experiments import ensemble_member_ids
+
+    run_dir, k = Path(cfg.distill.ensemble_run), cfg.distill.teacher_members
+    run_cfg = read_run_config(run_dir)
+    if k > run_cfg.ensemble.members:
+        raise UserError(f"distill config: 'distill.teacher_members' is {k}, but {run_dir} has "
+                        f"{run_cfg.ensemble.members} members")
+    ids = ensemble_member_ids(run_cfg, k or None)
+    temperature = [t for t in store.manifest["teachers"] if t.startswith(TEMPERATURE_PREFIX)]
+    require_teachers(store, member_checkpoints(run_dir, ids) + temperature,
+                     f"the ensemble of {len(ids)} of {run_dir} (distill.teacher_members = {k})")
 
 
 def student_config(run_cfg: TaggingConfig, cfg: DistillConfig) -> TaggingConfig:
@@ -242,17 +279,19 @@ def window_targets(store: TeacherStore, sentences: np.ndarray, first_words: np.n
 
 def _record_student(out_dir: Path, cfg: DistillConfig, student_cfg: TaggingConfig, store: TeacherStore,
                     labels: list[str]) -> None:
-    """config.toml and run.json; a folder holding a student of another config or store is refused (its
-    checkpoint would otherwise be resumed)."""
+    """config.toml and run.json; a folder holding a student of another config or store is refused, naming what
+    differs (its checkpoint would otherwise be resumed)."""
     import transformers
 
-    identity = {"config": to_toml(cfg), "store_dataset": store.manifest["dataset_fingerprint"],
-                "store_teachers": store.manifest["teachers"]}
+    require_same_config(out_dir, cfg)
+    identity = {"store_dataset": store.manifest["dataset_fingerprint"], "store_teachers": store.manifest["teachers"]}
     previous = out_dir / "run.json"
     if previous.is_file():
         recorded = json.loads(previous.read_text())
-        if {key: recorded.get(key) for key in identity} != identity:
-            raise UserError(f"{out_dir}: holds a student of another config or teacher store; use a new folder")
+        changed = [key for key in identity if recorded.get(key) != identity[key]]
+        if changed:
+            raise UserError(f"{out_dir}: holds a student of another teacher store (its {changed[0]} differs from "
+                            f"{store.path}'s); use a new folder")
     atomic_write_text(out_dir / "config.toml", to_toml(cfg))
     atomic_write_json(previous, {
         **identity, "store": str(store.path), "labels": labels, "student": to_dict(student_cfg),

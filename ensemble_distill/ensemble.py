@@ -6,10 +6,15 @@ teacher saw. An ensemble of k is the first k members of a seeded permutation, so
 
 Run directory:
     RUN/config.toml, RUN/run.json        resolved config; seeds, versions, label set
-    RUN/members/member-<i>/              checkpoint.pt (resume), best.pt, log.jsonl
+    RUN/members/member-<i>/              checkpoint.pt (resume), best.pt, log.jsonl, result.json (written last:
+                                         a model without it is unfinished, resumed by train-ensemble, never used)
     RUN/individuals/individual-<i>/      optional models trained on all the data (early-stopped on dev)
+
+A run folder is written by one process at a time (io_utils.run_lock) and only ever with the config it was
+started with (io_utils.require_same_config).
 """
 
+import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +25,9 @@ import torch
 from . import __version__
 from .config import MAX_MEMBERS, N_TENTHS, TaggingConfig, to_toml, validate
 from .errors import UserError
-from .io_utils import atomic_write_json, atomic_write_text
+from .io_utils import atomic_write_json, atomic_write_text, require_same_config, run_lock
 from .tagging import TaggingData, load_tagging_data, new_tagger, train_tagger
+
 
 def tenths(n_sentences: int, split_seed: int) -> list[np.ndarray]:
     """The training sentences cut into ten seeded, near-equal parts."""
@@ -73,9 +79,14 @@ class EnsembleRun:
 
 
 def record_run(run_dir: Path, cfg: TaggingConfig, labels: list[str]) -> None:
+    """config.toml and run.json. A run whose training data now give other labels is refused: its members'
+    output layers would not fit them."""
     import transformers
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = run_dir / "run.json"
+    if previous.is_file() and (recorded := json.loads(previous.read_text()).get("labels")) != labels:
+        raise UserError(f"{run_dir}: was started on training data with the labels {recorded}, the data now give "
+                        f"{labels}; use a new folder")
     atomic_write_text(run_dir / "config.toml", to_toml(cfg))
     atomic_write_json(run_dir / "run.json", {
         "ensemble_distill": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
@@ -90,23 +101,31 @@ def train_ensemble(cfg: TaggingConfig, run_dir, progress: bool = True, data: Tag
     """Train (or resume) every member and optional individual model of the configured ensemble."""
     run_dir = Path(run_dir)
     validate(cfg)
-    data = data or load_tagging_data(cfg, progress=progress)
-    record_run(run_dir, cfg, data.labels)
-    train_split = data.splits["train"]
-    n = len(train_split.corpus.sentences)
-    for i in range(cfg.ensemble.members):
-        train_ids, held_ids = member_sentences(n, i, cfg.ensemble.split_seed)
-        _train_one(data, cfg, member_seed(cfg, i), train_split.windows_of(train_ids),
-                   ("train", train_split.windows_of(held_ids)), model_dir(run_dir, i), progress)
-    all_train = np.arange(len(train_split.windows))
-    dev_windows = np.arange(len(data.splits["dev"].windows))
-    for i in range(cfg.ensemble.individuals):
-        _train_one(data, cfg, member_seed(cfg, i, True), all_train, ("dev", dev_windows),
-                   model_dir(run_dir, i, individual=True), progress)
+    with run_lock(run_dir):
+        require_same_config(run_dir, cfg)
+        data = data or load_tagging_data(cfg, progress=progress)
+        train_split = data.splits["train"]
+        n = len(train_split.corpus.sentences)
+        if n < N_TENTHS:  # refused before the run is recorded, so the folder takes the corrected config
+            raise UserError(f"{cfg.data.train}: {n} training sentences; an ensemble needs at least {N_TENTHS} "
+                            "(each member early-stops on its own tenth of them)")
+        record_run(run_dir, cfg, data.labels)
+        for i in range(cfg.ensemble.members):
+            train_ids, held_ids = member_sentences(n, i, cfg.ensemble.split_seed)
+            _train_one(data, cfg, member_seed(cfg, i), train_split.windows_of(train_ids),
+                       ("train", train_split.windows_of(held_ids)), model_dir(run_dir, i), progress)
+        all_train = np.arange(len(train_split.windows))
+        dev_windows = np.arange(len(data.splits["dev"].windows))
+        for i in range(cfg.ensemble.individuals):
+            _train_one(data, cfg, member_seed(cfg, i, True), all_train, ("dev", dev_windows),
+                       model_dir(run_dir, i, individual=True), progress)
     return EnsembleRun(run_dir, cfg, data)
 
 
 def _train_one(data, cfg, seed, train_windows, held_out, out_dir: Path, progress):
+    """Train (or resume) one model; result.json, written last, marks it finished (and skipped from then on)."""
+    if (out_dir / "result.json").is_file():
+        return
     model = new_tagger(data, cfg, seed)
     train_cfg = type(cfg.train)(**{**cfg.train.__dict__, "seed": seed})
     result = train_tagger(model, data, train_windows, held_out, train_cfg, out_dir, progress)
@@ -115,9 +134,11 @@ def _train_one(data, cfg, seed, train_windows, held_out, out_dir: Path, progress
 
 
 def load_member(run: EnsembleRun, model_dir: Path, seed: int = 0):
+    """A finished member's (or individual's) best weights; an unfinished one (no result.json) is refused."""
     best = model_dir / "best.pt"
-    if not best.is_file():
-        raise UserError(f"{model_dir}: no trained model (best.pt); run train-ensemble first")
+    if not (model_dir / "result.json").is_file() or not best.is_file():
+        raise UserError(f"{model_dir}: not a finished model (no result.json); run train-ensemble to train or "
+                        "finish it")
     model = new_tagger(run.data, run.cfg, seed)
     model.load_state_dict(torch.load(best, weights_only=True))
     return model.eval()

@@ -1,10 +1,25 @@
-"""Atomic writes: a file is either absent or complete, never half-written (temp file in the same folder + rename)."""
+"""Writing into run folders safely.
 
+- Atomic writes: a file is either absent or complete, never half-written (temp file in the same folder + rename).
+  Saved bytes depend only on the content (no temporary names, no timestamps), so identical runs write identical
+  files.
+- `run_lock(folder)`: one writer per run folder, teacher store or student folder at a time.
+- `require_same_config(folder, cfg)`: a folder started with one config is never continued with another.
+"""
+
+import fcntl
+import io
 import json
+import math
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import UserError
+
+LOCK = ".lock"
 
 
 @contextmanager
@@ -29,11 +44,22 @@ def _umask() -> int:
     return mask
 
 
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write atomically and fsync before the rename: a resumed run trusts the files a crashed one left."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_torch_save(obj, path) -> None:
+    """torch.save, byte-reproducibly: saved to memory first, because torch.save(obj, file) names the archive's
+    records after the file, and the file here is a temporary one with a random name."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -42,4 +68,130 @@ def atomic_write_text(path, text: str) -> None:
 
 
 def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, strict_json(obj, indent=2, sort_keys=True) + "\n")
+
+
+def strict_json(obj, **dumps_kwargs) -> str:
+    """json.dumps, with NaN and infinite floats (an undefined metric, a diverged loss) written as null: bare NaN
+    and Infinity are not JSON, and strict parsers reject them."""
+    return json.dumps(_finite_or_none(obj), allow_nan=False, **dumps_kwargs)
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite_or_none(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(value) for value in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One writer per folder
+
+
+_held: dict[Path, int] = {}  # folders this process holds, with how deeply their run_lock blocks nest
+
+
+@contextmanager
+def run_lock(folder):
+    """Hold `folder` for writing: the folder is created if needed, and FOLDER/.lock, holding this process's
+    id and host, is locked with an operating-system file lock until the block ends (also by an exception).
+
+    The OS lock, not the file, decides: a lock file left by a killed process is simply taken over, because a
+    dead process holds no lock. Re-entrant within a process (a sweep distils students that memoise teachers).
+    Raises UserError naming the folder and the holder's process id when another process holds it, or when the
+    folder cannot be created or written. A folder this call created and left empty is removed on release."""
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield folder
+        finally:
+            _held[key] -= 1
+        return
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: exists and is not a folder")
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(folder / LOCK)
+    except OSError as error:
+        raise UserError(f"{folder}: cannot write here ({error.strerror or error})") from None
+    _held[key] = 1
+    try:
+        yield folder
+    finally:
+        del _held[key]
+        (folder / LOCK).unlink(missing_ok=True)  # while still locked: nobody else holds this file
+        os.close(fd)
+        if created:
+            try:
+                folder.rmdir()  # only if empty: a run refused before it wrote anything leaves no folder
+            except OSError:
+                pass
+
+
+def _acquire(path: Path) -> int:
+    """An open, exclusively locked descriptor of `path`, which then holds {"pid", "host"} of this process."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise UserError(f"{path.parent}: in use by process {holder} (lock file {path}); wait until it "
+                            "ends, or stop it") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the holder may have released and removed the file between our open and our lock: retry then
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+    return fd
+
+
+def _holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+        return f"{holder['pid']} on {holder['host']}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "unknown (the lock file is being written)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One config per folder
+
+
+def require_same_config(folder, cfg, name: str = "config.toml") -> None:
+    """Refuse to continue `folder` with `cfg` when FOLDER/name records another config: one line naming the
+    first key that differs. A folder without the file (a new one) passes."""
+    from .config import load_config, to_dict
+
+    recorded = Path(folder) / name
+    if not recorded.is_file():
+        return
+    before, now = _flat(to_dict(load_config(recorded, type(cfg)))), _flat(to_dict(cfg))
+    for key in now:
+        if before.get(key) != now[key]:
+            raise UserError(f"{folder}: was started with another config: '{key}' is {before.get(key)!r} in "
+                            f"{recorded}, {now[key]!r} now; resume with the same config, or use a new folder")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

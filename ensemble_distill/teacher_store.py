@@ -24,9 +24,12 @@ per-position counts cost one byte a token. At V' = 64 this is ~259 bytes a token
 code's float32 log-probabilities with int32 ids.
 
 The manifest records a fingerprint of the tokenised dataset (`fingerprint_dataset`), of the vocabulary
-(`fingerprint_vocab`), the teacher checkpoints, the truncation, the dtypes and a sha256 for every shard file.
-`TeacherStore.open` refuses a store written for another dataset or vocabulary, and never reads a shard whose
-checksum it has not verified. Files carry no timestamps, so a resumed run writes the same bytes as an
+(`fingerprint_vocab`), the teacher checkpoints, the truncation, the dtypes, a sha256 for every shard file, and a
+sha256 of the manifest itself (`manifest_sha256`, over its other fields). `TeacherStore.open` refuses a manifest
+that fails its checksum or whose fields disagree with each other (counts, shard offsets, file names and sizes),
+a store written for another dataset or vocabulary, and never reads a shard whose checksum it has not verified
+or whose arrays disagree with the manifest (dtypes, lengths, counts, ids). `require_teachers` ties a store to
+the teachers a student claims. Files carry no timestamps, so a resumed run writes the same bytes as an
 uninterrupted one.
 
 For the distillation loss: the remainder is the teacher mass the truncation dropped. `distill_targets` turns a
@@ -45,7 +48,6 @@ import hashlib
 import io
 import itertools
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +57,10 @@ import torch
 from tqdm import tqdm
 
 from ensemble_distill.errors import UserError, located
-from ensemble_distill.io_utils import atomic_path
+from ensemble_distill.io_utils import atomic_write_bytes, strict_json
 
 FORMAT = "ensemble-distill teacher store"
-VERSION = 1
+VERSION = 2  # 2: the manifest carries its own checksum
 MANIFEST = "manifest.json"
 PARTIAL_MANIFEST = "manifest.partial.json"
 SHARD_ARRAYS = ("lengths", "counts", "ids", "probs", "remainder")
@@ -177,7 +179,7 @@ def write_store(
                          batch_sentences)
     path.mkdir(parents=True, exist_ok=True)
     if (path / MANIFEST).exists():
-        _require_same_settings(path / MANIFEST, _read_json(path / MANIFEST), settings)
+        _require_same_settings(path / MANIFEST, _read_manifest(path / MANIFEST), settings)
         return TeacherStore.open(path, expect_fingerprint=fingerprint, expect_vocab=vocab, verify="lazy")
 
     shards = _completed_shards(path, settings)
@@ -192,12 +194,12 @@ def write_store(
             arrays = _compute_shard(chunk, done, teacher, settings, bar)
             shards.append(_save_shard(path, len(shards), done, arrays))
             done += len(chunk)
-            _write_durably(path / PARTIAL_MANIFEST, _manifest_bytes({**settings, "shards": shards}))
+            atomic_write_bytes(path / PARTIAL_MANIFEST, _manifest_bytes({**settings, "shards": shards}))
 
     manifest = {**settings, "shards": shards, "num_sentences": done,
                 "num_positions": sum(s["num_positions"] for s in shards),
                 "num_entries": sum(s["num_entries"] for s in shards)}
-    _write_durably(path / MANIFEST, _manifest_bytes(manifest))
+    atomic_write_bytes(path / MANIFEST, _manifest_bytes(manifest))
     (path / PARTIAL_MANIFEST).unlink(missing_ok=True)
     return TeacherStore.open(path, expect_fingerprint=fingerprint, expect_vocab=vocab, verify="lazy")
 
@@ -237,7 +239,7 @@ def _completed_shards(path: Path, settings: dict) -> list[dict]:
     partial = path / PARTIAL_MANIFEST
     if not partial.exists():
         return []
-    previous = _read_json(partial)
+    previous = _read_manifest(partial)
     _require_same_settings(partial, previous, settings)
     return previous["shards"]
 
@@ -245,8 +247,23 @@ def _completed_shards(path: Path, settings: dict) -> list[dict]:
 def _require_same_settings(where: Path, previous: dict, settings: dict) -> None:
     changed = sorted(key for key in settings if previous.get(key) != settings[key])
     if changed:
-        raise located(where, None, f"this store was written with different {', '.join(changed)}; "
-                                   "use the same settings to resume, or write to a new folder")
+        raise located(where, None, f"this store was written with different {', '.join(changed)} "
+                                   f"({_first_difference(changed[0], previous.get(changed[0]), settings[changed[0]])})"
+                                   "; use the same settings to resume, or write to a new folder")
+
+
+def _first_difference(key: str, stored, wanted) -> str:
+    """'key[i]: stored ... , now ...' for the first entry of a list or table that differs."""
+    if isinstance(stored, list) and isinstance(wanted, list):
+        for i in range(max(len(stored), len(wanted))):
+            a, b = (stored[i] if i < len(stored) else None), (wanted[i] if i < len(wanted) else None)
+            if a != b:
+                return f"{key}[{i}]: {a!r} in the store, {b!r} now"
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        for name in sorted(set(stored) | set(wanted)):
+            if stored.get(name) != wanted.get(name):
+                return f"{key}.{name}: {stored.get(name)!r} in the store, {wanted.get(name)!r} now"
+    return f"{key}: {stored!r} in the store, {wanted!r} now"
 
 
 def _compute_shard(chunk: list, first: int, teacher, settings: dict, bar) -> dict[str, np.ndarray]:
@@ -300,29 +317,40 @@ def _save_shard(path: Path, index: int, first_sentence: int, arrays: dict[str, n
         np.save(buffer, arrays[name], allow_pickle=False)
         data = buffer.getvalue()
         filename = f"shard-{index:05d}-{name}.npy"
-        _write_durably(path / filename, data)
+        atomic_write_bytes(path / filename, data)
         files[name] = {"name": filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     return {"first_sentence": first_sentence, "num_sentences": len(arrays["lengths"]),
             "num_positions": len(arrays["counts"]), "num_entries": len(arrays["ids"]), "files": files}
 
 
 def _manifest_bytes(manifest: dict) -> bytes:
-    return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    """The manifest as written: its fields and `manifest_sha256`, the sha256 of the same JSON without it."""
+    return _json_bytes({**manifest, "manifest_sha256": _manifest_digest(manifest)})
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write atomically and fsync before the rename: a resumed run trusts the files a crashed one left."""
-    with atomic_path(path) as temporary, open(temporary, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+def _manifest_digest(manifest: dict) -> str:
+    return hashlib.sha256(_json_bytes({k: v for k, v in manifest.items() if k != "manifest_sha256"})).hexdigest()
 
 
-def _read_json(path: Path) -> dict:
+def _json_bytes(obj: dict) -> bytes:
+    return (strict_json(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _read_manifest(path: Path) -> dict:
+    """A manifest (or partial manifest) whose checksum holds; anything else is refused naming the file."""
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise located(path, None, f"cannot read the manifest: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise located(path, None, f"not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise located(path, None, f"a {FORMAT} of version {manifest.get('version')!r}, not {VERSION} (written by "
+                                  "another version of ensemble-distill): rebuild the store in a new folder")
+    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+        raise located(path, None, "the manifest fails its checksum (manifest_sha256): it was edited or corrupted; "
+                                  "rebuild the store")
+    return manifest
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -366,9 +394,8 @@ class TeacherStore:
             unfinished = " (writing did not finish: rerun the writer to resume)" if (
                 path / PARTIAL_MANIFEST).exists() else ""
             raise located(path, None, f"not a finished teacher store: no {MANIFEST}{unfinished}")
-        manifest = _read_json(path / MANIFEST)
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise located(path / MANIFEST, None, f"not a {FORMAT} of version {VERSION}")
+        manifest = _read_manifest(path / MANIFEST)
+        _check_manifest(path, manifest)
         if manifest["dataset_fingerprint"] != expect_fingerprint:
             raise located(path, None, f"the teacher store was written for dataset {manifest['dataset_fingerprint']}"
                                       f", not the dataset being trained ({expect_fingerprint}); rebuild the store")
@@ -420,7 +447,7 @@ class TeacherStore:
 
     def _shard(self, index: int) -> _Shard:
         if index not in self._shards:
-            self._shards[index] = _Shard.verified(self.path, self._shard_info[index])
+            self._shards[index] = _Shard.verified(self.path, self._shard_info[index], self.manifest)
         return self._shards[index]
 
 
@@ -435,7 +462,7 @@ class _Shard:
         self.entry_start = entries_before_position[self.position_start[:-1]]
 
     @classmethod
-    def verified(cls, folder: Path, info: dict) -> _Shard:
+    def verified(cls, folder: Path, info: dict, manifest: dict) -> _Shard:
         arrays = {}
         for name, file in info["files"].items():
             path = folder / file["name"]
@@ -448,6 +475,7 @@ class _Shard:
                 raise located(path, None, "teacher store shard fails its checksum (corrupted or modified); "
                                           "rebuild the store")
             arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+        _check_shard(folder, info, manifest, arrays)
         return cls(arrays)
 
     def gather(self, local: np.ndarray, fixed_width: int | None):
@@ -470,6 +498,89 @@ class _Shard:
         entries = np.minimum(entry_start[:, None] + window, len(self.ids) - 1)  # past a count: any valid entry
         ids, probs = np.where(kept, self.ids[entries], 0), np.where(kept, _decode_probs(self.probs[entries]), 0)
         return lengths, ids, probs, remainder
+
+
+def _check_manifest(path: Path, manifest: dict) -> None:
+    """The manifest's fields against each other and the files on disk: totals are the sums of the shards, each
+    shard starts where the previous one ended, dtypes and width follow from the vocabulary and truncation, and
+    each shard file has its expected name and size. Raises UserError naming the manifest and the field."""
+    where = path / MANIFEST
+    try:
+        vocab_size, truncation, shards = manifest["vocab"]["size"], manifest["truncation"], manifest["shards"]
+        width = min(truncation["top_k"], vocab_size)
+        expected = {"truncation.width": width,
+                    "dtypes": _dtypes(vocab_size, width, manifest["dtypes"]["probs"]) if manifest["dtypes"].get(
+                        "probs") in PROBS_DTYPES else "probs one of " + ", ".join(PROBS_DTYPES),
+                    "num_sentences": sum(s["num_sentences"] for s in shards),
+                    "num_positions": sum(s["num_positions"] for s in shards),
+                    "num_entries": sum(s["num_entries"] for s in shards)}
+        found = {"truncation.width": truncation["width"], "dtypes": manifest["dtypes"],
+                 **{key: manifest[key] for key in ("num_sentences", "num_positions", "num_entries")}}
+        first = 0
+        for index, shard in enumerate(shards):
+            expected[f"shards[{index}].first_sentence"], found[f"shards[{index}].first_sentence"] = (
+                first, shard["first_sentence"])
+            first += shard["num_sentences"]
+            names = {name: f"shard-{index:05d}-{name}.npy" for name in SHARD_ARRAYS}
+            expected[f"shards[{index}].files"] = {name: names[name] for name in SHARD_ARRAYS}
+            found[f"shards[{index}].files"] = {name: file["name"] for name, file in shard["files"].items()}
+            for name, file in shard["files"].items():
+                size = _size(path / names.get(name, file["name"]))
+                expected[f"shards[{index}].files.{name}.bytes"] = size
+                found[f"shards[{index}].files.{name}.bytes"] = file["bytes"]
+    except (KeyError, TypeError, AttributeError) as error:
+        raise located(where, None, f"malformed manifest (field {error} missing or of the wrong type); rebuild "
+                                   "the store") from None
+    for key, value in expected.items():
+        if found[key] != value:
+            raise located(where, None, f"the manifest does not match its shards: {key} is {found[key]!r}, "
+                                       f"expected {value!r}; rebuild the store")
+
+
+def _size(path: Path) -> int | str:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return "a file (missing)"
+
+
+def _check_shard(folder: Path, info: dict, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    """A verified shard's arrays against the manifest: dtypes, 1-d, lengths summing to the positions, counts
+    summing to the entries (each count at most the width, and equal to it for a fixed truncation), and ids
+    inside the vocabulary. Raises UserError naming the shard file that disagrees."""
+    width, lengths, counts = manifest["truncation"]["width"], arrays["lengths"], arrays["counts"]
+    n_positions, n_entries = info["num_positions"], info["num_entries"]
+    checks = [(name, arrays[name].dtype == np.dtype(manifest["dtypes"][name]) and arrays[name].ndim == 1,
+               f"holds {arrays[name].dtype} [{', '.join(map(str, arrays[name].shape))}], the manifest says 1-d "
+               f"{manifest['dtypes'][name]}") for name in SHARD_ARRAYS]
+    checks += [
+        ("lengths", len(lengths) == info["num_sentences"] and (lengths >= 0).all()
+         and int(lengths.sum(dtype=np.int64)) == n_positions,
+         f"does not hold {info['num_sentences']} sentence lengths summing to {n_positions} positions"),
+        ("counts", len(counts) == n_positions and int(counts.sum(dtype=np.int64)) == n_entries
+         and (counts <= width).all() and (manifest["truncation"]["epsilon"] is not None or (counts == width).all()),
+         f"does not hold {n_positions} entry counts of at most {width}, summing to {n_entries}"),
+        ("remainder", len(arrays["remainder"]) == n_positions, f"does not hold {n_positions} values"),
+        ("ids", len(arrays["ids"]) == n_entries and int(arrays["ids"].max(initial=0)) < manifest["vocab"]["size"],
+         f"does not hold {n_entries} ids below the vocabulary size {manifest['vocab']['size']}"),
+        ("probs", len(arrays["probs"]) == n_entries, f"does not hold {n_entries} values"),
+    ]
+    for name, ok, problem in checks:
+        if not ok:
+            raise located(folder / info["files"][name]["name"], None, f"teacher store shard {problem}; rebuild "
+                                                                      "the store")
+
+
+def require_teachers(store: TeacherStore, expected: Sequence[str], claim: str) -> None:
+    """Refuse a store whose `teachers` are not `expected`, the names of the teacher that `claim` describes
+    (e.g. "distill.teacher_members = 3 of runs/conll-iid"): one line naming the store and the first entry that
+    differs."""
+    stored, expected = list(store.manifest["teachers"]), list(expected)
+    if stored != expected:
+        difference = (f"{len(stored)} teachers in the store, {len(expected)} expected" if len(stored) != len(expected)
+                      else _first_difference("teachers", stored, expected).replace(" now", " expected"))
+        raise located(store.path, None, f"the store was memoized from other teachers than {claim} ({difference})"
+                                        "; memoize that teacher into a new store")
 
 
 def _ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

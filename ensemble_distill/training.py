@@ -1,17 +1,17 @@
 """One training loop for every model: optimiser, early stopping, atomic checkpoints, resume after a kill.
 
 The loop is epoch-based. After each epoch it scores the model on held-out data (higher is better), keeps the
-best weights in `best.pt`, and writes `checkpoint.pt` (weights, optimiser, RNG state, history) atomically.
-A run started again in the same directory resumes after the last finished epoch; because batch order comes
-from (seed, epoch) and the torch RNG state is restored, a resumed run ends with the same weights as one that
-was never stopped.
+best weights in `best.pt`, and writes `checkpoint.pt` (weights, optimiser, RNG state, history) atomically: the
+checkpoint marks the epoch done, so it is written after the weights it refers to, and `log.jsonl` is rewritten
+from its history after it (one line per finished epoch, whatever was killed where). A run started again in the
+same directory resumes after the last finished epoch; because batch order comes from (seed, epoch) and the torch
+RNG state is restored, a resumed run ends with the same weights (the same bytes) as one that was never stopped.
 
 Optional, for translation: a ready optimiser with a learning-rate scheduler stepped after every update (its state
 is checkpointed too), and snapshots of the weights after each of the last few epochs (`epoch-<n>.pt`, written
 before the checkpoint) for checkpoint averaging.
 """
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Training
-from .io_utils import atomic_torch_save
+from .io_utils import atomic_torch_save, atomic_write_text, strict_json
 
 
 def make_optimizer(params, cfg: Training) -> torch.optim.Optimizer:
@@ -99,8 +99,7 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
         for stale in run_dir.glob("epoch-*.pt"):
             if int(stale.stem.split("-")[1]) <= epoch - snapshots:
                 stale.unlink()
-        with open(run_dir / "log.jsonl", "a") as log:
-            log.write(json.dumps(record) + "\n")
+        atomic_write_text(run_dir / "log.jsonl", "".join(strict_json(r) + "\n" for r in state["history"]))
         if progress:
             tqdm.write(f"{run_dir.name} epoch {epoch}: loss {record['train_loss']:.4f} "
                        f"held-out {score:.4f} ({record['seconds']:.0f}s)")

@@ -26,7 +26,7 @@ Run directory:
     RUN/config.toml, RUN/run.json      resolved config; seeds, versions, length-filter counts
     RUN/vocab.model                    joint sentencepiece BPE of the training pairs, trained on first use
     RUN/members/member-<i>/            checkpoint.pt (resume), best.pt, epoch-<n>.pt, model.pt (averaged),
-                                       log.jsonl, result.json
+                                       log.jsonl, result.json (written last: a folder without it is unfinished)
     RUN/teachers/<store>/, RUN/students/<student>/      translation_distill.py
     RUN/eval/<split>/<system>/         predictions.npz, metrics.json, reliability_top1.png
     RUN/eval/<split>/results.{md,json} the table
@@ -53,7 +53,7 @@ from .config import Training, TranslationConfig, load_config, to_toml, validate
 from .data.parallel import FilterCounts, filter_by_length, read_parallel
 from .data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
 from .errors import UserError
-from .io_utils import atomic_torch_save, atomic_write_json, atomic_write_text
+from .io_utils import atomic_torch_save, atomic_write_json, atomic_write_text, require_same_config, run_lock
 from .models.beam_search import beam_search
 from .models.translation import (TransformerConfig, TranslationBatch, TranslationModel, collate, fit_to_positions,
                                  inverse_sqrt_schedule, label_smoothed_loss)
@@ -266,11 +266,12 @@ class TranslationRun:
         return self.run_dir / "members" / f"member-{i}"
 
     def load(self, model_dir: Path) -> TranslationModel:
-        """The averaged model of a member or student folder (cached)."""
+        """The averaged model of a finished member or student folder (cached)."""
         if model_dir not in self._models:
             weights = model_dir / "model.pt"
-            if not weights.is_file():
-                raise UserError(f"{model_dir}: no trained model (model.pt); train it first")
+            if not finished(model_dir) or not weights.is_file():
+                raise UserError(f"{model_dir}: not a finished model (no result.json); train it first, or rerun "
+                                "the command that trains it to finish it")
             model = new_model(self.cfg, len(self.data.vocab))
             model.load_state_dict(torch.load(weights, weights_only=True, map_location=self.cfg.train.device))
             self._models[model_dir] = model.eval()
@@ -285,24 +286,27 @@ def train_members(cfg: TranslationConfig, run_dir, progress: bool = True,
     """Train (or resume) every member of the configured ensemble in run_dir."""
     run_dir = Path(run_dir)
     validate(cfg)
-    config_file = run_dir / "config.toml"
-    if config_file.is_file() and config_file.read_text() != to_toml(cfg):
-        raise UserError(f"{run_dir}: was started with another config (its config.toml differs); use a new folder")
-    # Nothing that binds the folder to this config is written before the inputs are read: a first run that fails
-    # on bad data leaves a folder that takes the corrected config.
-    if data is None:
-        if not config_file.is_file():  # a vocabulary left by a first run that failed before recording its config
-            (run_dir / "vocab.model").unlink(missing_ok=True)
-        data = load_translation_data(cfg, run_dir, progress=progress)
-    record_run(run_dir, cfg, data)
-    run = TranslationRun(run_dir, cfg, data)
-    for i in range(cfg.ensemble.members):
-        if (run.member_dir(i) / "model.pt").is_file():
-            continue
-        seed = member_seed(cfg, i)
-        model = new_model(cfg, len(data.vocab), seed)
-        train_model(model, data, cfg, run.member_dir(i), nll_loss(cfg.train.label_smoothing), seed, progress)
+    with run_lock(run_dir):
+        require_same_config(run_dir, cfg)
+        # Nothing that binds the folder to this config is written before the inputs are read: a first run that
+        # fails on bad data leaves a folder that takes the corrected config.
+        if data is None:
+            if not (run_dir / "config.toml").is_file():  # a vocabulary left by a first run that failed before
+                (run_dir / "vocab.model").unlink(missing_ok=True)  # recording its config
+            data = load_translation_data(cfg, run_dir, progress=progress)
+        record_run(run_dir, cfg, data)
+        run = TranslationRun(run_dir, cfg, data)
+        for i in range(cfg.ensemble.members):
+            if not finished(run.member_dir(i)):
+                seed = member_seed(cfg, i)
+                model = new_model(cfg, len(data.vocab), seed)
+                train_model(model, data, cfg, run.member_dir(i), nll_loss(cfg.train.label_smoothing), seed, progress)
     return run
+
+
+def finished(model_dir: Path) -> bool:
+    """Whether a member or student finished training: result.json is written last, after model.pt."""
+    return (model_dir / "result.json").is_file()
 
 
 def record_run(run_dir: Path, cfg: TranslationConfig, data: TranslationData) -> None:
@@ -396,7 +400,7 @@ def run_systems(run: TranslationRun) -> tuple[list[Path], list[System]]:
     folders = [run.member_dir(i) for i in range(cfg.ensemble.members)]
     systems = [System(f"member-{i}", [i]) for i in range(cfg.ensemble.members)]
     systems += [System(f"ensemble-{k}", list(range(k))) for k in sorted(set(cfg.ensemble.subset_sizes))]
-    for student in sorted((run.run_dir / "students").glob("*/model.pt")):
+    for student in sorted((run.run_dir / "students").glob("*/result.json")):
         systems.append(System(student.parent.name, [len(folders)]))
         folders.append(student.parent)
     return folders, systems

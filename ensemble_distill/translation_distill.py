@@ -15,6 +15,11 @@ batches and early stopping, on
 
 at temperature 1, beta = 0.5 and label smoothing λ = 0.1 on the NLL term (distill.distillation_loss). Students
 live under RUN/students/, where evaluate-nmt finds them beside the members and ensembles.
+
+Each store and student folder is written by one process at a time (io_utils.run_lock), so the stores and
+students of one run can be built side by side. A store's teachers are the sha256-named weights of the members it
+claims (checked again whenever it is reopened), and a student's teacher.json records them: a student folder is
+never resumed from another teacher.
 """
 
 import json
@@ -26,10 +31,10 @@ from .config import TranslationDistillation, setting_problem
 from .data.vocab import PAD_ID
 from .distill import checkpoint_name, distillation_loss
 from .errors import UserError
-from .io_utils import atomic_write_json
+from .io_utils import atomic_write_json, run_lock
 from .models.translation import collate
 from .teacher_store import TeacherStore, fingerprint_dataset, write_store
-from .translation import (TranslationRun, evaluate_translation_run, member_seed,
+from .translation import (TranslationRun, evaluate_translation_run, finished, member_seed,
                           new_model, open_run, to_device, train_model)
 
 STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
@@ -76,10 +81,12 @@ def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int 
         probs = torch.stack([m.log_probs_teacher_forced(batch.src, batch.tgt_in, real) for m in models]).exp().mean(0)
         return list(probs.split([len(tgt) + 1 for _, tgt in pairs]))
 
-    return write_store(run.run_dir / "teachers" / store_name(members, top_k, epsilon), run.data.splits["train"].pairs,
-                       teacher, vocab=vocab_names(run), fingerprint=train_fingerprint(run), teachers=teachers,
-                       top_k=top_k, epsilon=epsilon or None, probs_dtype=d.probs_dtype,
-                       batch_sentences=run.cfg.decode.batch_sentences, progress=progress)
+    path = run.run_dir / "teachers" / store_name(members, top_k, epsilon)
+    with run_lock(path):
+        return write_store(path, run.data.splits["train"].pairs, teacher, vocab=vocab_names(run),
+                           fingerprint=train_fingerprint(run), teachers=teachers, top_k=top_k, epsilon=epsilon or None,
+                           probs_dtype=d.probs_dtype, batch_sentences=run.cfg.decode.batch_sentences,
+                           progress=progress)
 
 
 def distill_translation(run_dir, members: int | None = None, top_k: int | None = None, epsilon: float | None = None,
@@ -88,16 +95,30 @@ def distill_translation(run_dir, members: int | None = None, top_k: int | None =
     run = run or open_run(run_dir, splits=("train", "dev"), progress=progress)
     store = memoize_translation_teacher(run.run_dir, members, top_k, epsilon, progress, run)
     student_dir = run.run_dir / "students" / f"student-{store.path.name.removeprefix('ensemble-')}"
-    if (student_dir / "model.pt").is_file():
-        return student_dir
-    seed = member_seed(run.cfg, STUDENT_SEED_INDEX)
-    model = new_model(run.cfg, len(run.data.vocab), seed)
-    atomic_write_json(student_dir / "teacher.json", {"store": str(store.path), "teachers": store.manifest["teachers"],
-                                                     "truncation": store.manifest["truncation"],
-                                                     "bytes_per_token": store.bytes_per_token()})
-    train_model(model, run.data, run.cfg, student_dir, student_loss(store, run.cfg.distill), seed, progress,
-                after_round)
+    with run_lock(student_dir):
+        if finished(student_dir):
+            return student_dir
+        seed = member_seed(run.cfg, STUDENT_SEED_INDEX)
+        model = new_model(run.cfg, len(run.data.vocab), seed)
+        record_teacher(student_dir, store)
+        train_model(model, run.data, run.cfg, student_dir, student_loss(store, run.cfg.distill), seed, progress,
+                    after_round)
     return student_dir
+
+
+def record_teacher(student_dir: Path, store: TeacherStore) -> None:
+    """teacher.json: the store, its teachers and truncation. A student folder begun from other teachers or another
+    truncation is refused (its checkpoint would otherwise be resumed with another teacher)."""
+    record = {"store": str(store.path), "teachers": store.manifest["teachers"],
+              "truncation": store.manifest["truncation"], "bytes_per_token": store.bytes_per_token()}
+    previous = student_dir / "teacher.json"
+    if previous.is_file():
+        recorded = json.loads(previous.read_text())
+        changed = [key for key in ("teachers", "truncation") if recorded.get(key) != record[key]]
+        if changed:
+            raise UserError(f"{student_dir}: was begun from another teacher (its teacher.json's {changed[0]} differ "
+                            f"from {store.path}'s); use a new folder")
+    atomic_write_json(previous, record)
 
 
 def student_loss(store: TeacherStore, d: TranslationDistillation):

@@ -1,5 +1,6 @@
 """Distillation: the losses by hand, memoise → store round trip, a student pulled towards its teacher, refusals."""
 
+import copy
 import hashlib
 import json
 import math
@@ -200,7 +201,7 @@ def kl_to_teacher(model, run, store) -> float:
 def test_student_at_beta_one_moves_towards_its_teacher(run, tmp_path, capsys):
     store_dir = tmp_path / "one"
     store = memoize(run.run_dir, store_dir, members=1, progress=False, data=run.data)
-    config = write_student_config(tmp_path / "student.toml", run.run_dir, beta=1.0)
+    config = write_student_config(tmp_path / "student.toml", run.run_dir, beta=1.0, teacher_members=1)
     out = tmp_path / "student"
     student_cfg = distill_module.student_config(run.cfg, distill_module.load_config(config, DistillConfig))
     before = kl_to_teacher(new_tagger(run.data, student_cfg, seed=0), run, store)  # the student's initial weights
@@ -252,6 +253,108 @@ def test_window_targets_offset_by_each_windows_first_word(tmp_path):
     dense = torch.zeros(3, 3, 3).scatter_(-1, ids, probs).numpy()
     expected = np.stack([rows[[0, 1, 2]], rows[[2, 3, 4]], rows[[5, 6, 7]]])
     np.testing.assert_allclose(dense, expected, rtol=2 ** -11)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What `distill` hands the training loop: the student's split and its loss
+
+
+class _Captured(Exception):
+    """Raised by the stand-in training loop once it has recorded what the student would be trained with."""
+
+
+@pytest.fixture(scope="module")
+def student_call(run, tmp_path_factory):
+    """The arguments `distill` passes to the training loop for a student at tau = 2, beta = 0.75 and label
+    smoothing 0.2: {model, train_windows, held_out, loss_fn, store}."""
+    folder = tmp_path_factory.mktemp("student-call")
+    store = memoize(run.run_dir, folder / "store", progress=False, data=run.data)
+    config = write_student_config(folder / "student.toml", run.run_dir, temperature=2.0, beta=0.75,
+                                  label_smoothing=0.2)
+    seen = {}
+
+    def train_tagger(model, data, train_windows, held_out, cfg, run_dir, progress=True, loss_fn=None):
+        seen.update(model=model, train_windows=np.asarray(train_windows), held_out=held_out, loss_fn=loss_fn)
+        raise _Captured
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(distill_module, "train_tagger", train_tagger)
+        with pytest.raises(_Captured):
+            distill_module.distill(store.path, config, folder / "student", progress=False, data=run.data)
+    return {**seen, "store": store}
+
+
+def test_student_trains_on_nine_tenths_and_early_stops_on_the_tenth_no_member_saw(run, student_call, tmp_path,
+                                                                                monkeypatch):
+    from ensemble_distill import ensemble as ensemble_module
+    from ensemble_distill.training import TrainResult
+
+    split = run.data.splits["train"]
+    sentence_of = np.array([w.sentence for w in split.windows])
+    n = len(split.corpus.sentences)
+    members_saw = []  # per member: (held-out split name, training sentences, early-stopping sentences)
+
+    def member_training(model, data, train_windows, held_out, cfg, run_dir, progress=True, **_):
+        members_saw.append((held_out[0], set(sentence_of[train_windows]), set(sentence_of[held_out[1]])))
+        return TrainResult(0.0, 0, 0, [])
+
+    monkeypatch.setattr(ensemble_module, "train_tagger", member_training)
+    cfg = copy.deepcopy(run.cfg)
+    cfg.ensemble.members, cfg.ensemble.subset_sizes = 9, [3, 6, 9]  # every member the split allows
+    train_ensemble(cfg, tmp_path / "nine", progress=False, data=run.data)
+    assert len(members_saw) == 9
+
+    held_name, held_windows = student_call["held_out"]
+    train_windows = student_call["train_windows"]
+    assert held_name == "train"
+    # Every window once, on one side: the student trains on 9/10 and early-stops on the other tenth.
+    assert sorted([*train_windows.tolist(), *np.asarray(held_windows).tolist()]) == list(range(len(split.windows)))
+    student_train, student_held = set(sentence_of[train_windows]), set(sentence_of[held_windows])
+    assert not student_train & student_held and student_train | student_held == set(range(n))
+    assert len(student_held) == n // 10
+    for name, member_train, member_held in members_saw:
+        assert name == "train" and not member_train & member_held
+        assert not (member_train | member_held) & student_held  # no teacher saw the student's validation data
+        assert member_train | member_held == student_train
+    assert set().union(*(held for _, _, held in members_saw)) == student_train  # nine distinct tenths
+
+
+def test_student_loss_is_the_configured_mix_at_the_configured_temperature(run, student_call):
+    """(1 - beta) NLL with label smoothing eps + beta tau^2 KD(teacher q^(1/tau) rescaled to its stored mass ||
+    softmax(z / tau)), by hand in float64 from the stored entries and the corpus's gold tags."""
+    tau, beta, eps = 2.0, 0.75, 0.2
+    split, store, labels = run.data.splits["train"], student_call["store"], len(run.data.labels)
+    windows = student_call["train_windows"][:6]
+    batch = {**_batch(split, windows, run.data.pad_id), "windows": windows}
+    mask = batch["word_mask"]
+    logits = 3 * torch.randn(*mask.shape, labels, generator=torch.Generator().manual_seed(0))
+
+    class Student:  # the loss sees the student only through its emissions
+        def emissions(self, *args):
+            return logits
+
+    loss, n_words = student_call["loss_fn"](Student(), batch)
+
+    def log_softmax(z):
+        return z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) - z.max(1, keepdims=True)
+
+    per_word = []
+    for row, w in enumerate(windows):
+        window, n = split.windows[w], int(mask[row].sum())
+        words = slice(window.first_word, window.first_word + n)
+        ids, probs, _ = store.sentence(window.sentence)
+        q = np.zeros((len(ids), labels))
+        np.put_along_axis(q, ids.numpy(), probs.numpy().astype(np.float64), axis=1)
+        q = q[words]
+        gold = split.corpus.tag_ids[window.sentence][words]
+        z = logits[row, :n].double().numpy()
+        log_p, log_p_tau = log_softmax(z), log_softmax(z / tau)
+        nll = -((1 - eps) * log_p[np.arange(n), gold] + eps * log_p.mean(1))
+        q_tau = q ** (1 / tau) / (q ** (1 / tau)).sum(1, keepdims=True) * q.sum(1, keepdims=True)
+        kd = -(q_tau * log_p_tau).sum(1)
+        per_word.append((1 - beta) * nll + beta * tau ** 2 * kd)
+    assert n_words == sum(len(p) for p in per_word) == int(mask.sum())
+    assert loss.item() == pytest.approx(np.concatenate(per_word).mean(), rel=1e-5)
 
 
 @pytest.mark.parametrize("text, message", [

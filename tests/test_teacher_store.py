@@ -1,3 +1,8 @@
+import hashlib
+import io
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +13,7 @@ from ensemble_distill.teacher_store import (
     distill_targets,
     fingerprint_dataset,
     fingerprint_vocab,
+    require_teachers,
     to_dense,
     write_store,
 )
@@ -207,6 +213,144 @@ def test_missing_manifest_is_refused(tmp_path):
     (tmp_path / "manifest.json").unlink()
     with pytest.raises(UserError, match=f"{tmp_path}: not a finished teacher store"):
         TeacherStore.open(tmp_path, expect_fingerprint=fingerprint_dataset(sentences), expect_vocab=VOCAB)
+
+
+def reseal(manifest_path, edit):
+    """Edit a manifest and recompute its checksum as documented: the sha256 of the JSON (sorted keys, indent 1,
+    a final newline) of every field but manifest_sha256."""
+    manifest = json.loads(manifest_path.read_text())
+    manifest.pop("manifest_sha256")
+    edit(manifest)
+    manifest["manifest_sha256"] = hashlib.sha256((json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+                                                 ).hexdigest()
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def open_store(path, sentences, verify="open"):
+    return TeacherStore.open(path, expect_fingerprint=fingerprint_dataset(sentences), expect_vocab=VOCAB,
+                             verify=verify)
+
+
+def test_the_manifest_checksum_is_its_documented_sha256(tmp_path):
+    sentences = make_sentences()
+    write(tmp_path, sentences)
+    reseal(tmp_path / "manifest.json", lambda manifest: None)  # recomputed independently: the same bytes
+    assert (tmp_path / "manifest.json").read_bytes() == write(tmp_path / "again", sentences).path.joinpath(
+        "manifest.json").read_bytes()
+
+
+@pytest.mark.parametrize("field", ["num_sentences", "teachers", "shards"])
+def test_an_edited_manifest_fails_its_checksum(tmp_path, field):
+    sentences = make_sentences()
+    write(tmp_path, sentences)
+    manifest = tmp_path / "manifest.json"
+    text = manifest.read_text()
+    edited = {"num_sentences": text.replace('"num_sentences": 23', '"num_sentences": 30'),
+              "teachers": text.replace("member-2.pt", "member-9.pt"),
+              "shards": text.replace('"first_sentence": 5', '"first_sentence": 6')}[field]
+    assert edited != text
+    manifest.write_text(edited)
+    message = f"{manifest}: the manifest fails its checksum"
+    with pytest.raises(UserError, match=re.escape(message)):
+        open_store(tmp_path, sentences, verify="lazy")
+    with pytest.raises(UserError, match=re.escape(message)):
+        write(tmp_path, sentences)  # a rerun of the writer does not trust it either
+
+
+def test_an_edited_partial_manifest_is_refused_on_resume(tmp_path):
+    sentences = make_sentences()
+    with pytest.raises(KeyboardInterrupt):
+        write(tmp_path, sentences, Teacher(fail_after_calls=7))
+    partial = tmp_path / "manifest.partial.json"
+    partial.write_text(partial.read_text().replace('"num_sentences": 5', '"num_sentences": 4', 1))
+    with pytest.raises(UserError, match=re.escape(f"{partial}: the manifest fails its checksum")):
+        write(tmp_path, sentences)
+
+
+def set_path(manifest, dotted, value):
+    *parents, last = dotted.split(".")
+    node = manifest
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[last] = value
+
+
+@pytest.mark.parametrize("dotted, value, message", [
+    ("num_sentences", 30, "num_sentences is 30, expected 23"),  # was an IndexError when reading
+    ("num_positions", 1, "num_positions is 1, expected"),
+    ("num_entries", 1, "num_entries is 1, expected"),
+    ("shards.1.first_sentence", 4, "shards[1].first_sentence is 4, expected 5"),
+    ("shards.1.num_sentences", 6, "num_sentences is 23, expected 24"),  # the total is not the shards' sum
+    ("truncation.width", 7, "truncation.width is 7, expected 6"),
+    ("dtypes.ids", "int32", "dtypes is {"),
+    ("dtypes.probs", "float32", "dtypes is {"),
+    ("shards.0.files.ids.name", "../elsewhere.npy", "shards[0].files is {"),
+    ("shards.0.files.ids.bytes", 3, "shards[0].files.ids.bytes is 3, expected"),
+])
+def test_manifest_fields_that_disagree_with_the_shards_are_refused_naming_the_field(tmp_path, dotted, value,
+                                                                                     message):
+    sentences = make_sentences()
+    write(tmp_path, sentences, top_k=6)
+    reseal(tmp_path / "manifest.json", lambda manifest: set_path(manifest, dotted, value))
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'manifest.json'}: the manifest does not match its "
+                                                  f"shards: {message}")):
+        open_store(tmp_path, sentences, verify="lazy")
+
+
+def test_a_malformed_or_old_manifest_is_refused(tmp_path):
+    sentences = make_sentences()
+    write(tmp_path, sentences)
+    reseal(tmp_path / "manifest.json", lambda manifest: manifest.pop("shards"))
+    with pytest.raises(UserError, match="malformed manifest"):
+        open_store(tmp_path, sentences)
+    reseal(tmp_path / "manifest.json", lambda manifest: manifest.update(version=1))
+    with pytest.raises(UserError, match="of version 1, not 2 .*rebuild the store"):
+        open_store(tmp_path, sentences)
+
+
+def replace_shard_array(store_dir, index, name, array):
+    """Swap a shard file for `array` and update its sha256 and size in a resealed manifest, so that only the
+    consistency checks can tell."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    data = buffer.getvalue()
+    (store_dir / f"shard-{index:05d}-{name}.npy").write_bytes(data)
+
+    def edit(manifest):
+        manifest["shards"][index]["files"][name].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    reseal(store_dir / "manifest.json", edit)
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("ids", lambda a: a.astype(np.int32), "holds int32 [30], the manifest says 1-d uint16"),
+    ("ids", lambda a: a + V, f"does not hold 30 ids below the vocabulary size {V}"),
+    ("ids", lambda a: a[:-6], "does not hold 30 ids"),
+    ("counts", lambda a: np.where(np.arange(len(a)) == 0, a - 1, a).astype(a.dtype),
+     "does not hold 5 entry counts of at most 6, summing to 30"),
+    ("lengths", lambda a: a + 1, "does not hold 5 sentence lengths summing to 5 positions"),
+    ("probs", lambda a: a.reshape(-1, 6), "holds float16 [5, 6], the manifest says 1-d float16"),
+])
+def test_shard_arrays_that_disagree_with_the_manifest_are_refused(tmp_path, name, change, message):
+    # one shard of 5 sentences holding 5 positions of 6 entries
+    sentences = [np.array([1]), np.array([2, 3]), np.array([], dtype=np.int64), np.array([4]), np.array([5])]
+    write(tmp_path, sentences, top_k=6)
+    original = np.load(tmp_path / f"shard-00000-{name}.npy")
+    replace_shard_array(tmp_path, 0, name, change(original))
+    with pytest.raises(UserError, match=re.escape(f"shard-00000-{name}.npy: teacher store shard {message}")):
+        open_store(tmp_path, sentences)
+
+
+def test_require_teachers_names_the_first_difference(tmp_path):
+    sentences = make_sentences()
+    store = write(tmp_path, sentences)  # teachers member-1.pt, member-2.pt
+    require_teachers(store, ["member-1.pt", "member-2.pt"], "the claimed ensemble")
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path}: the store was memoized from other teachers than "
+                                                  "the claimed ensemble (2 teachers in the store, 1 expected)")):
+        require_teachers(store, ["member-1.pt"], "the claimed ensemble")
+    with pytest.raises(UserError, match=re.escape("(teachers[1]: 'member-2.pt' in the store, 'member-3.pt' "
+                                                  "expected)")):
+        require_teachers(store, ["member-1.pt", "member-3.pt"], "the claimed ensemble")
 
 
 def test_resume_after_a_kill_is_byte_identical(tmp_path):
