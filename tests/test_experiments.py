@@ -3,8 +3,10 @@
 import json
 
 import numpy as np
+import pytest
 
 from ensemble_distill.cli import main
+from ensemble_distill.ensemble import nested_subsets
 from ensemble_distill.predictions import load_predictions
 
 
@@ -32,6 +34,7 @@ max_epochs = 1
 members = 3
 subset_sizes = [2, 3]
 individuals = 2
+split_seed = 1  # its ensemble of 2 is members 0 and 2, not the first two
 """)
     return path
 
@@ -46,24 +49,68 @@ def test_train_evaluate_predict(tiny_encoder, conll_files, tmp_path, capsys):
     rows = json.loads((run / "eval/test/results.json").read_text())
     assert [r["system"] for r in rows][-2:] == ["ensemble of 2", "ensemble of 3"]
 
-    # the ensemble-of-3 predictions are the mean of the three members' predictions
+    # the ensemble-of-3 predictions are the mean of the three members' predictions; the ensemble of 2 is the mean
+    # of the two members its nested subset names (0 and 2 at split seed 1), and says so
     members = [load_predictions(run / f"eval/test/member-{i}/predictions.npz").probs for i in range(3)]
     ensemble = load_predictions(run / "eval/test/ensemble-3/predictions.npz")
     np.testing.assert_allclose(ensemble.probs, sum(members) / 3, atol=1e-5)
     assert (run / "eval/test/ensemble-3/metrics.json").is_file()
+    pair = nested_subsets(3, [2, 3], split_seed=1)[2]
+    assert pair == [0, 2]
+    ensemble_2 = load_predictions(run / "eval/test/ensemble-2/predictions.npz")
+    np.testing.assert_allclose(ensemble_2.probs, (members[0] + members[2]) / 2, atol=1e-5)
+    assert ensemble_2.meta["ensemble"] == pair
+
+    # a group's row is the mean and the standard error (sample s.d. / sqrt(n)) of its models' own metrics
+    for group, count in (("member", 3), ("individual", 2)):
+        row = next(r for r in rows if r["system"].startswith(f"{group}s ("))
+        for metric in ("f1", "b_ece"):
+            values = [json.loads((run / f"eval/test/{group}-{i}/metrics.json").read_text())["metrics"][metric]
+                      ["value"] for i in range(count)]
+            mean = sum(values) / count
+            se = (sum((v - mean) ** 2 for v in values) / (count - 1)) ** 0.5 / count ** 0.5
+            assert row[metric]["value"] == pytest.approx(mean) and row[metric]["se"] == pytest.approx(se)
 
     out = tmp_path / "pred"
     assert main(["predict", "--run", str(run), "--input", str(conll_files[2]), "--out", str(out)]) == 0
     preds = load_predictions(out / "predictions.npz")
     np.testing.assert_allclose(preds.probs, ensemble.probs, atol=1e-5)
+    assert main(["predict", "--run", str(run), "--input", str(conll_files[2]), "--out", str(tmp_path / "pred-2"),
+                 "--members", "2"]) == 0
+    np.testing.assert_allclose(load_predictions(tmp_path / "pred-2/predictions.npz").probs, ensemble_2.probs,
+                               atol=1e-5)
     conll_lines = [line for line in (out / "predictions.conll").read_text().splitlines() if line]
     assert len(conll_lines) == preds.n_positions and conll_lines[0].split()[:2] == ["Germany", "B-LOC"]
     entities = [json.loads(line) for line in (out / "entities.jsonl").read_text().splitlines()]
     assert len(entities) == preds.n_sentences
-    for sentence in entities:
+    for s, sentence in enumerate(entities):
         for entity in sentence["entities"]:
             assert 0.0 < entity["confidence"] <= 1.0
             assert entity["text"] == " ".join(sentence["tokens"][entity["start"]:entity["end"]])
+            # the product over the span's words of the probability of each word's predicted (argmax) label
+            words = preds.probs[preds.sentence_offsets[s] + entity["start"]:preds.sentence_offsets[s] + entity["end"]]
+            assert entity["confidence"] == pytest.approx(float(np.prod(words.max(1).astype(np.float64))), rel=1e-6)
+            assert preds.label_names[words[0].argmax()] in (f"B-{entity['type']}", f"I-{entity['type']}")
+    assert sum(len(sentence["entities"]) for sentence in entities) > 0
+
+
+def test_entity_confidence_is_the_product_of_its_words_predicted_label_probabilities():
+    from types import SimpleNamespace
+
+    from ensemble_distill.experiments import _entities_jsonl
+    from ensemble_distill.predictions import Predictions
+
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    tokens = ["Peter", "Blackburn", "visits", "New", "York", "Paris"]
+    top = [(1, 0.9), (2, 0.6), (0, 0.8), (3, 0.5), (4, 0.7), (3, 0.4)]  # each word's argmax label and its probability
+    probs = np.array([[p if j == label else (1 - p) / 4 for j in range(5)] for label, p in top])
+    preds = Predictions.tagging(probs, np.zeros(6, dtype=np.int64), [0, 6], labels)
+    corpus = SimpleNamespace(sentences=[SimpleNamespace(tokens=tokens)])
+    (line,) = _entities_jsonl(corpus, preds).splitlines()
+    entities = json.loads(line)["entities"]
+    assert [(e["type"], e["start"], e["end"], e["text"]) for e in entities] == [
+        ("PER", 0, 2, "Peter Blackburn"), ("LOC", 3, 5, "New York"), ("LOC", 5, 6, "Paris")]
+    assert [e["confidence"] for e in entities] == pytest.approx([0.9 * 0.6, 0.5 * 0.7, 0.4], rel=1e-6)
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):

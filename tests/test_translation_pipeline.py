@@ -117,6 +117,36 @@ def test_ensemble_distributions_are_the_mean_of_members(toy_run):
     assert torch.equal(gold, batch.tgt_out[real])
 
 
+def test_validation_nll_is_the_mean_distributions_nll_per_target_token(toy_run):
+    members, dev = toy_run.members(2), toy_run.data.splits["dev"]
+    batch = collate(dev.pairs)
+    real = batch.tgt_out != PAD_ID
+    with torch.no_grad():
+        mean = torch.stack([F.softmax(m(batch.src, batch.tgt_in).double(), -1) for m in members]).mean(0)
+    expected = -mean.gather(-1, batch.tgt_out[..., None])[..., 0][real].log().mean().item()
+    # batches of 7 sentences: the mean is over tokens, not over batches or sentences
+    assert validation_nll(members, dev, 7) == pytest.approx(expected, rel=1e-5)
+
+
+def test_beam_score_is_the_mean_distributions_log_probability_over_the_gnmt_length_penalty(toy_run):
+    """score = log p(hypothesis, EOS) under the members' mean distribution / ((5 + n) / 6)^alpha, n counting EOS
+    (Wu et al. 2016), computed here by teacher forcing the decoded hypotheses."""
+    from ensemble_distill.models.beam_search import beam_search, length_penalty
+
+    assert length_penalty(7, 0.6) == pytest.approx(2 ** 0.6) and length_penalty(1, 2.0) == 1.0
+    members, test = toy_run.members(2), toy_run.data.splits["test"]
+    sources = [src for src, _ in test.pairs[:12]]
+    for alpha in (0.6, 2.0):
+        decoded = beam_search(members, collate([(src, []) for src in sources]).src, beam_size=3, alpha=alpha)
+        hypotheses = collate(list(zip(sources, decoded.tokens)))
+        with torch.no_grad():
+            mean = torch.stack([F.softmax(m(hypotheses.src, hypotheses.tgt_in).double(), -1) for m in members]).mean(0)
+        token_log_probs = mean.gather(-1, hypotheses.tgt_out[..., None])[..., 0].log()
+        log_p = token_log_probs.where(hypotheses.tgt_out != PAD_ID, 0.0).sum(1)
+        n = torch.tensor([len(tokens) + 1 for tokens in decoded.tokens], dtype=torch.float64)
+        torch.testing.assert_close(decoded.scores.double(), log_p / ((5 + n) / 6) ** alpha, atol=1e-4, rtol=1e-4)
+
+
 def test_an_ensemble_of_identical_members_translates_like_the_member(toy_run):
     member, test = toy_run.members(1)[0], toy_run.data.splits["test"]
     one = translate([member], test, toy_run.data.vocab, 3, 0.6, 16)
@@ -142,6 +172,9 @@ def test_evaluation_writes_predictions_that_evaluate_reads(toy_run):
     np.testing.assert_allclose(preds.gold_prob[:n], expected.numpy(), atol=1e-6)
     scaled = load_predictions(out / "ensemble-2-ts" / "predictions.npz")
     assert scaled.meta["temperature"] == pytest.approx(rows[3]["temperature"]) and scaled.meta["temperature"] != 1.0
+    # ... and the scaled ones are softmax(log q / T) of them
+    scaled_gold = F.softmax(mean_of_members(first[0]) / scaled.meta["temperature"], -1).gather(1, first[1][:, None])
+    np.testing.assert_allclose(scaled.gold_prob[:n], scaled_gold[:, 0].numpy(), atol=1e-6)
     assert (out / "results.md").read_text().count("|") > 20
 
 
@@ -164,6 +197,60 @@ def test_memoize_then_distill_trains_a_student(toy_run):
     assert log[-1]["train_loss"] < 0.6 * log[0]["train_loss"]
     assert -log[-1]["held_out_score"] < 0.5 * -log[0]["held_out_score"]
     assert json.loads((student_dir / "teacher.json").read_text())["bytes_per_token"] > 0
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in student whose output is a given logits tensor, whatever the batch."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(logits.shape[-1], 2)  # where the loss looks for the device
+        self.logits = logits
+
+    def forward(self, src, tgt_in):
+        assert tgt_in.shape == self.logits.shape[:2]
+        return self.logits
+
+
+@pytest.mark.parametrize("config", [None, "multi30k-small", "multi30k-small-gpu", "multi30k-base"])
+def test_translation_student_loss_by_hand(tmp_path, config):
+    """The translation student's setting (the defaults, and what the shipped configs resolve to): remainder
+    dropped, beta = 0.5, label smoothing 0.1 on the NLL term only, KD at temperature 1:
+
+        mean over target positions of 0.5 [-(0.9 log p(gold) + 0.1 mean_v log p(v))] + 0.5 [-sum_k q_k log p(id_k)]
+
+    with the teacher's top 3 entries q_k as stored (the remaining mass 1/8 ignored), in float64."""
+    from pathlib import Path
+
+    from ensemble_distill.teacher_store import write_store
+    from ensemble_distill.translation_distill import student_loss
+
+    cfg = TranslationConfig() if config is None else load_config(
+        Path(__file__).parents[1] / "configs" / f"{config}.toml", TranslationConfig)
+    vocab = 9  # 0 pad, 1 unk, 2 bos, 3 eos, 4..8 words
+    pairs = [([4, 5], [5, 6]), ([7], [4]), ([8, 4, 5], [6, 7, 8])]  # target positions: 3, 2, 4 (EOS included)
+    rng = np.random.default_rng(0)
+    base = np.array([0.5, 0.25, 0.125, 0.0625, 0.0625, 0, 0, 0, 0])  # exact in float16; top 3 leave 1/8
+    teacher = [np.stack([rng.permutation(base) for _ in range(len(tgt) + 1)]) for _, tgt in pairs]
+    store = write_store(tmp_path / "store", pairs, lambda batch: [teacher[pairs.index(p)] for p in batch],
+                        vocab=[f"w{i}" for i in range(vocab)], fingerprint="sha256:x", teachers=["t"], top_k=3,
+                        progress=False)
+    order = [2, 0]  # a batch in another order than the store's
+    batch = collate([pairs[i] for i in order])
+    logits = 2 * torch.randn(*batch.tgt_out.shape, vocab, generator=torch.Generator().manual_seed(1))
+    loss, n_tokens = student_loss(store, cfg.distill)(FixedLogits(logits), (np.array(order), batch))
+
+    per_position = []
+    for row, i in enumerate(order):
+        gold = [*pairs[i][1], 3]
+        z = logits[row, :len(gold)].double().numpy()
+        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+        nll = -(0.9 * log_p[np.arange(len(gold)), gold] + 0.1 * log_p.mean(1))
+        top = np.argsort(-teacher[i], axis=1)[:, :3]
+        kd = -(np.take_along_axis(teacher[i], top, 1) * np.take_along_axis(log_p, top, 1)).sum(1)
+        per_position.append(0.5 * nll + 0.5 * kd)
+    assert n_tokens == 4 + 3
+    assert loss.item() == pytest.approx(np.concatenate(per_position).mean(), rel=1e-6)
 
 
 def test_evaluation_tabulates_each_students_truncation(toy_run):
