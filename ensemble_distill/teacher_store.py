@@ -346,7 +346,7 @@ def _read_manifest(path: Path) -> dict:
         raise located(path, None, f"not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
         raise located(path, None, f"a {FORMAT} of version {manifest.get('version')!r}, not {VERSION} (written by "
-                                  "another version of ensemble-distill): rebuild the store in a new folder")
+                                  "another version of ensemble-distill): delete the folder and memoize again")
     if manifest.get("manifest_sha256") != _manifest_digest(manifest):
         raise located(path, None, "the manifest fails its checksum (manifest_sha256): it was edited or corrupted; "
                                   "rebuild the store")

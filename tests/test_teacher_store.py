@@ -304,7 +304,7 @@ def test_a_malformed_or_old_manifest_is_refused(tmp_path):
     with pytest.raises(UserError, match="malformed manifest"):
         open_store(tmp_path, sentences)
     reseal(tmp_path / "manifest.json", lambda manifest: manifest.update(version=1))
-    with pytest.raises(UserError, match="of version 1, not 2 .*rebuild the store"):
+    with pytest.raises(UserError, match="of version 1, not 2 .*delete the folder and memoize again"):
         open_store(tmp_path, sentences)
 
 
