@@ -106,6 +106,9 @@ def train_ensemble(cfg: TaggingConfig, run_dir, progress: bool = True, data: Tag
         data = data or load_tagging_data(cfg, progress=progress)
         train_split = data.splits["train"]
         n = len(train_split.corpus.sentences)
+        if n < N_TENTHS:  # refused before the run is recorded, so the folder takes the corrected config
+            raise UserError(f"{cfg.data.train}: {n} training sentences; an ensemble needs at least {N_TENTHS} "
+                            "(each member early-stops on its own tenth of them)")
         record_run(run_dir, cfg, data.labels)
         for i in range(cfg.ensemble.members):
             train_ids, held_ids = member_sentences(n, i, cfg.ensemble.split_seed)

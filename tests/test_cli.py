@@ -18,12 +18,12 @@ from ensemble_distill.translation_distill import memoize_translation_teacher, tr
 
 
 def run_cli(argv, capsys) -> tuple[int, list[str]]:
-    """(exit status, stderr lines) of `ensemble-distill ARGV`, whether it returns or exits."""
+    """(exit status, stderr lines but progress bars) of `ensemble-distill ARGV`, whether it returns or exits."""
     try:
         status = main(argv)
     except SystemExit as done:
         status = done.code
-    return status, capsys.readouterr().err.strip().splitlines()
+    return status, [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
 
 
 def refused(argv, capsys, *expected: str) -> str:
@@ -256,3 +256,29 @@ def test_a_vocabulary_left_without_a_recorded_config_is_not_reused(tmp_path):
     train_vocab((folder / "train.src").read_text().splitlines(), run / "vocab.model", vocab_size=20)
     cfg = tiny_translation_config(folder, "train.tgt")  # vocab_size = 30
     assert len(train_members(cfg, run, progress=False).data.vocab) == 30
+
+
+def test_an_ner_run_that_failed_on_bad_data_takes_the_corrected_config(tiny_encoder, conll_files, tmp_path, capsys):
+    from conftest import CONLL_SENTENCES, write_conll
+
+    train, dev, test = conll_files
+    small = write_conll(tmp_path / "small.txt", CONLL_SENTENCES[:5])  # fewer sentences than the ten tenths
+    odd = write_conll(tmp_path / "odd.txt", ["Oslo B-GPE|wins O"])  # GPE: a type the training data never shows
+    config, run = tmp_path / "c.toml", tmp_path / "run"
+
+    def write_config(train_file, test_file, unknown_tag):
+        config.write_text(f'[data]\ntrain = "{train_file}"\ndev = "{dev}"\ntest = "{test_file}"\nscheme = "iob2"\n'
+                          f'unknown_tag = "{unknown_tag}"\n[encoder]\nname = "{tiny_encoder}"\nfinetune_layers = 1\n'
+                          f'cache_dir = "{tmp_path / "cache"}"\n[model]\nlstm_hidden = 8\n[train]\nlr = 3e-3\n'
+                          'optimizer = "adamw"\nbatch_size = 8\nmax_epochs = 1\n[ensemble]\nmembers = 1\n'
+                          'subset_sizes = [1]\n')
+
+    argv = ["train-ensemble", "--config", str(config), "--out", str(run), "--n-boot", "2"]
+    write_config(small, test, "error")
+    refused(argv, capsys, f"{small}: 5 training sentences; an ensemble needs at least 10")
+    write_config(train, odd, "error")  # corrected training data; the test file holds a tag unseen in training
+    refused(argv, capsys, f"{odd}:3: tag 'B-GPE' never occurs in the training data")
+    write_config(train, odd, "O")  # corrected config
+    with pytest.warns(UserWarning, match="B-GPE"):
+        assert main(argv) == 0
+    assert "unknown_tag = \"O\"" in (run / "config.toml").read_text()
