@@ -438,3 +438,15 @@ def test_every_translation_writing_command_refuses_a_held_folder_in_one_line(nmt
         assert main(argv) == 2
         err = one_line_error(capsys)
         assert f"{held}: in use by process {pid} on {HOST}" in err, err
+
+
+def test_a_translation_student_folder_begun_from_other_teachers_is_refused(nmt_run, capsys):
+    memoize_translation_teacher(nmt_run.run_dir, top_k=3, progress=False, run=nmt_run)
+    student = nmt_run.run_dir / "students" / "student-2-top3"
+    student.mkdir(parents=True)
+    (student / "teacher.json").write_text(json.dumps({"teachers": ["members/member-0/model.pt sha256:0"],
+                                                      "truncation": {"top_k": 3, "epsilon": None, "width": 3}}))
+    assert main(["distill-nmt", "--run", str(nmt_run.run_dir), "--top-k", "3"]) == 2
+    err = one_line_error(capsys)
+    assert f"{student}: was begun from another teacher (its teacher.json's teachers differ from" in err, err
+    assert not (student / "checkpoint.pt").exists()
