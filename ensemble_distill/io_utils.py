@@ -10,6 +10,7 @@
 import fcntl
 import io
 import json
+import math
 import os
 import socket
 import tempfile
@@ -67,7 +68,23 @@ def atomic_write_text(path, text: str) -> None:
 
 
 def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, strict_json(obj, indent=2, sort_keys=True) + "\n")
+
+
+def strict_json(obj, **dumps_kwargs) -> str:
+    """json.dumps, with NaN and infinite floats (an undefined metric, a diverged loss) written as null: bare NaN
+    and Infinity are not JSON, and strict parsers reject them."""
+    return json.dumps(_finite_or_none(obj), allow_nan=False, **dumps_kwargs)
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite_or_none(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(value) for value in obj]
+    return obj
 
 
 # ----------------------------------------------------------------------------------------------------------------

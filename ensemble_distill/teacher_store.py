@@ -57,7 +57,7 @@ import torch
 from tqdm import tqdm
 
 from ensemble_distill.errors import UserError, located
-from ensemble_distill.io_utils import atomic_write_bytes
+from ensemble_distill.io_utils import atomic_write_bytes, strict_json
 
 FORMAT = "ensemble-distill teacher store"
 VERSION = 2  # 2: the manifest carries its own checksum
@@ -333,7 +333,7 @@ def _manifest_digest(manifest: dict) -> str:
 
 
 def _json_bytes(obj: dict) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+    return (strict_json(obj, indent=1, sort_keys=True) + "\n").encode()
 
 
 def _read_manifest(path: Path) -> dict:

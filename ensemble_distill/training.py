@@ -12,7 +12,6 @@ is checkpointed too), and snapshots of the weights after each of the last few ep
 before the checkpoint) for checkpoint averaging.
 """
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Training
-from .io_utils import atomic_torch_save, atomic_write_text
+from .io_utils import atomic_torch_save, atomic_write_text, strict_json
 
 
 def make_optimizer(params, cfg: Training) -> torch.optim.Optimizer:
@@ -100,7 +99,7 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
         for stale in run_dir.glob("epoch-*.pt"):
             if int(stale.stem.split("-")[1]) <= epoch - snapshots:
                 stale.unlink()
-        atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+        atomic_write_text(run_dir / "log.jsonl", "".join(strict_json(r) + "\n" for r in state["history"]))
         if progress:
             tqdm.write(f"{run_dir.name} epoch {epoch}: loss {record['train_loss']:.4f} "
                        f"held-out {score:.4f} ({record['seconds']:.0f}s)")
