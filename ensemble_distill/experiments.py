@@ -7,7 +7,6 @@ Each member's distributions are computed once; an ensemble of k is the mean of i
 distributions, so evaluating ensembles of 3, 6 and 9 costs nine forward passes, not eighteen.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from .calibration.report import evaluate
 from .config import TaggingConfig
 from .ensemble import EnsembleRun, load_member, member_seed, model_dir, nested_subsets, read_run_config
 from .errors import UserError
-from .io_utils import atomic_write_json, atomic_write_text
+from .io_utils import atomic_write_json, atomic_write_text, strict_json
 from .predictions import save_predictions
 from .tables import cell, mean_and_se
 from .tagging import load_tagging_data, predict_distributions, to_predictions
@@ -139,7 +138,7 @@ def _entities_jsonl(corpus, preds) -> str:
         entities = [{"type": kind, "start": a, "end": b + 1, "text": " ".join(sentence.tokens[a:b + 1]),
                      "confidence": float(np.prod(word_conf[start + a:start + b + 1]))}
                     for kind, a, b in get_entities(labels)]
-        lines.append(json.dumps({"sentence": s, "tokens": sentence.tokens, "entities": entities}))
+        lines.append(strict_json({"sentence": s, "tokens": sentence.tokens, "entities": entities}))
     return "\n".join(lines) + "\n"
 
 
