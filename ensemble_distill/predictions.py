@@ -2,7 +2,8 @@
 
 Every stage that evaluates a model writes one of these; evaluation reads it and never needs the model.
 The layout is documented in docs/predictions-format.md. A file is a single `.npz` (no pickles), written
-atomically, validated on save and on load so that a bad file is reported in one line naming it.
+atomically, validated on save and on load so that a bad file is reported in one line naming it. Probabilities
+within PROB_TOLERANCE outside [0, 1] are accepted and clipped onto it, here and by the calibration functions alike.
 
     tagging       probs [N, C] dense, optional pred [N]
     translation   top_ids/top_probs [N, k], gold_prob [N], sum_sq [N], hypotheses/references [S]
@@ -15,14 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.tags import TagError, split_tag
 from .errors import UserError
-from .io_utils import atomic_path
+from .io_utils import atomic_path, strict_json
 
 FORMAT_VERSION = 1
 TASKS = ("tagging", "translation")
-# Probabilities are stored as float32; a row computed in float32 sums to 1 within ~C * 6e-8, so 1e-3 only
-# catches real mistakes (unnormalised scores, logits, a dropped class).
-SUM_TOLERANCE = 1e-3
+# How far probabilities may stray from [0, 1], and rows from summing to 1, through float rounding: the one
+# tolerance of the file check, of loading and of the calibration functions, which clip values this close onto
+# [0, 1]. A float32 row normalised in float32 sums to 1 within ~C * 6e-8, so 1e-3 only catches real mistakes
+# (unnormalised scores, logits, a dropped class).
+PROB_TOLERANCE = 1e-3
 # Rows per chunk when compacting dense translation distributions: bounds the float64 temporaries.
 COMPACT_CHUNK_ROWS = 4096
 
@@ -32,6 +36,7 @@ TASK_KEYS = {
     "translation": ("top_ids", "top_probs", "gold_prob", "sum_sq", "hypotheses", "references"),
 }
 OPTIONAL_KEYS = {"tagging": ("pred",), "translation": ()}
+PROBABILITY_KEYS = {"tagging": ("probs",), "translation": ("top_probs", "gold_prob", "sum_sq")}
 
 
 @dataclass
@@ -84,7 +89,7 @@ class Predictions:
             sentence_offsets=np.asarray(sentence_offsets, dtype=np.int64),
             gold=np.asarray(gold, dtype=np.int64),
             meta=dict(meta or {}),
-            probs=np.asarray(probs, dtype=np.float32),
+            probs=clip_near_unit_interval(np.asarray(probs, dtype=np.float32)),
             pred=None if pred is None else np.asarray(pred, dtype=np.int64),
         )
 
@@ -102,12 +107,19 @@ class Predictions:
             gold=gold,
             meta=dict(meta or {}),
             top_ids=top_ids,
-            top_probs=top_probs,
-            gold_prob=gold_prob,
-            sum_sq=sum_sq,
+            top_probs=clip_near_unit_interval(top_probs),
+            gold_prob=clip_near_unit_interval(gold_prob),
+            sum_sq=clip_near_unit_interval(sum_sq),
             hypotheses=np.asarray(hypotheses, dtype=str),
             references=np.asarray(references, dtype=str),
         )
+
+
+def clip_near_unit_interval(x: np.ndarray) -> np.ndarray:
+    """`x` with values at most PROB_TOLERANCE outside [0, 1] moved onto it (a new array when any are); values
+    further out, and NaN, are left for validation to refuse."""
+    near = ((x > 1) & (x <= 1 + PROB_TOLERANCE)) | ((x < 0) & (x >= -PROB_TOLERANCE))
+    return np.where(near, np.clip(x, 0, 1), x) if near.any() else x
 
 
 def compact_distributions(probs, gold, k: int, chunk_rows: int = COMPACT_CHUNK_ROWS):
@@ -146,6 +158,11 @@ def save_predictions(path, preds: Predictions) -> None:
         np.savez(f, **arrays)
 
 
+def validate_predictions(preds: Predictions, where="predictions") -> None:
+    """The checks of a predictions file, for predictions in memory; UserError messages start with `where`."""
+    validate_arrays(_to_arrays(preds), where)
+
+
 def load_predictions(path) -> Predictions:
     """Read and validate a predictions file; any problem raises UserError naming the file."""
     path = Path(path)
@@ -162,6 +179,8 @@ def load_predictions(path) -> Predictions:
     validate_arrays(arrays, path)
     task = str(arrays["task"])
     fields = {key: arrays[key] for key in TASK_KEYS[task] + OPTIONAL_KEYS[task] if key in arrays}
+    for key in PROBABILITY_KEYS[task]:  # validated: every value lies within the tolerance of [0, 1]
+        fields[key] = np.clip(fields[key], 0, 1)
     return Predictions(
         task=task,
         label_names=arrays["label_names"],
@@ -180,7 +199,7 @@ def _to_arrays(preds: Predictions) -> dict[str, np.ndarray]:
         "label_names": np.asarray(preds.label_names, dtype=str),
         "sentence_offsets": np.asarray(preds.sentence_offsets, dtype=np.int64),
         "gold": np.asarray(preds.gold, dtype=np.int64),
-        "meta": np.array(json.dumps(preds.meta, sort_keys=True, default=str)),
+        "meta": np.array(strict_json(preds.meta, sort_keys=True, default=str)),
     }
     dtypes = {
         "probs": np.float32, "pred": np.int64, "top_ids": np.int32, "top_probs": np.float32,
@@ -247,7 +266,8 @@ def _validate_tagging(fail, arrays, n, n_classes):
     _check_shape(fail, "probs", probs, (n, n_classes))
     _check_probabilities(fail, "probs", probs)
     sums = probs.sum(axis=1, dtype=np.float64)
-    _check_row_sums(fail, "probs", np.abs(sums - 1) > SUM_TOLERANCE, sums)
+    _check_row_sums(fail, "probs", np.abs(sums - 1) > PROB_TOLERANCE, sums)
+    _check_iob2(fail, arrays["label_names"], arrays["gold"], arrays["sentence_offsets"])
     if "pred" in arrays:
         pred = arrays["pred"]
         _check_shape(fail, "pred", pred, (n,))
@@ -274,11 +294,9 @@ def _validate_translation(fail, arrays, n, n_classes, n_sentences):
     for key in ("top_probs", "gold_prob", "sum_sq"):
         _check_probabilities(fail, key, arrays[key])
     sums = top_probs.sum(axis=1, dtype=np.float64)
-    _check_row_sums(fail, "top_probs", sums > 1 + SUM_TOLERANCE, sums)
+    _check_row_sums(fail, "top_probs", sums > 1 + PROB_TOLERANCE, sums)
     if np.any(np.diff(top_probs, axis=1) > 0):
         fail("top_probs rows are not sorted in descending order")
-    if np.any(arrays["sum_sq"] > 1 + SUM_TOLERANCE):
-        fail("sum_sq exceeds 1: it must be sum_c p_c^2 of a distribution")
 
 
 def _check_shape(fail, name, array, shape):
@@ -297,9 +315,39 @@ def _check_probabilities(fail, name, array):
     rows = array.reshape(len(array), -1)
     if np.isnan(rows).any():
         fail(f"{name} contains NaN at position {int(np.argmax(np.isnan(rows).any(axis=1)))}")
-    outside = ((rows < 0) | (rows > 1 + SUM_TOLERANCE)).any(axis=1)
+    outside = ((rows < -PROB_TOLERANCE) | (rows > 1 + PROB_TOLERANCE)).any(axis=1)
     if outside.any():
-        fail(f"{name} has values outside [0, 1] (negative?) at position {int(np.argmax(outside))}")
+        pos = int(np.argmax(outside))
+        value = rows[pos][np.argmax((rows[pos] < -PROB_TOLERANCE) | (rows[pos] > 1 + PROB_TOLERANCE))]
+        fail(f"{name} has the value {str(value)} at position {pos}: probabilities must lie in [0, 1] "
+             f"(within {PROB_TOLERANCE})")
+
+
+def _check_iob2(fail, labels, gold, offsets):
+    """Tagging labels must be IOB2 (O, B-TYPE, I-TYPE: what seqeval's strict IOB2 mode and the entity-type
+    metrics read), each once, and every gold I-X must continue a B-X or I-X span in its sentence."""
+    names = labels.tolist()
+    for i, name in enumerate(names):
+        try:
+            split_tag(name)
+        except TagError:
+            fail(f"label {name!r} (label_names[{i}]) is not an IOB2 label: evaluation reads O, B-TYPE and I-TYPE "
+                 "(upper-case prefixes); relabel as IOB2 (IOBES, BILOU: S-X, U-X -> B-X and E-X, L-X -> I-X; a "
+                 "bare type X: B-X on a span's first token, I-X on the others)")
+    if len(set(names)) < len(names):
+        fail(f"label {next(name for name in names if names.count(name) > 1)!r} appears twice in label_names")
+    prefix = np.array([name[0] for name in names])
+    _, type_id = np.unique([name[2:] for name in names], return_inverse=True)  # O has type "", no span's
+    sentence_start = np.zeros(len(gold), dtype=bool)
+    sentence_start[offsets[:-1][offsets[:-1] < len(gold)]] = True
+    previous = np.roll(gold, 1)
+    stray = (prefix[gold] == "I") & (sentence_start | (type_id[previous] != type_id[gold]))
+    if stray.any():
+        pos = int(np.argmax(stray))
+        sentence = int(np.searchsorted(offsets, pos, side="right") - 1)
+        after = "opening its sentence" if sentence_start[pos] else f"after {names[previous[pos]]!r}"
+        fail(f"gold label {names[gold[pos]]!r} at position {pos} (sentence {sentence}) {after} is not IOB2, where "
+             "a span starts with B-; convert IOB1 gold to IOB2 (the CoNLL reader's scheme = \"iob1\" does)")
 
 
 def _check_strings(fail, name, array):
@@ -310,4 +358,4 @@ def _check_strings(fail, name, array):
 def _check_row_sums(fail, name, bad, sums):
     if bad.any():
         pos = int(np.argmax(bad))
-        fail(f"{name} row {pos} sums to {sums[pos]:.6f}; rows must sum to 1 within {SUM_TOLERANCE}")
+        fail(f"{name} row {pos} sums to {sums[pos]:.6f}; rows must sum to 1 within {PROB_TOLERANCE}")

@@ -34,6 +34,57 @@ def test_interval_is_the_percentile_interval_of_sentence_resamples():
     assert (result.ci_low, result.ci_high) == tuple(np.percentile(replicates, [5, 95]))
 
 
+def independent_replicates(metric, offsets, n_boot, seed):
+    """The documented draws (row b: the sentences of replicate b), each replicate computed by a loop."""
+    draws = np.random.default_rng(seed).integers(0, len(offsets) - 1, size=(n_boot, len(offsets) - 1))
+    return np.array([metric(naive_positions(offsets, d)) for d in draws])
+
+
+def test_default_interval_is_the_2_5_and_97_5_percentiles_of_the_replicates():
+    rng = np.random.default_rng(11)
+    offsets = random_offsets(rng, 40)
+    x = rng.normal(size=offsets[-1])
+    result = bootstrap_ci(lambda pos, sent: x[pos].mean(), offsets, n_boot=300, seed=5)  # the default alpha
+    replicates = independent_replicates(lambda pos: x[pos].mean(), offsets, 300, 5)
+    assert (result.ci_low, result.ci_high) == tuple(np.percentile(replicates, [2.5, 97.5]))
+    assert result.value == result.estimate == x.mean()
+
+
+def test_debiased_interval_is_the_basic_interval_around_the_median_corrected_value():
+    offsets, conf, correct = calibration_sample(3, n=4000, power=1.5)
+    metric = lambda pos: ece(conf[pos], correct[pos])  # noqa: E731
+    result = bootstrap_ci(lambda pos, sent: metric(pos), offsets, n_boot=200, seed=9, debiased=True)
+    t = metric(np.arange(offsets[-1]))
+    low, median, high = np.percentile(independent_replicates(metric, offsets, 200, 9), [2.5, 50, 97.5])
+    assert result.estimate == t
+    assert (result.value, result.ci_low, result.ci_high) == (2 * t - median, 2 * t - high, 2 * t - low)
+    assert result.ci_low > 0  # this sample's ECE is far from 0: nothing was clipped
+
+
+def test_debiased_values_are_clipped_at_zero():
+    offsets, conf, correct = calibration_sample(0)  # calibrated: true ECE 0
+    metric = lambda pos: ece(conf[pos], correct[pos])  # noqa: E731
+    result = bootstrap_ci(lambda pos, sent: metric(pos), offsets, n_boot=100, seed=0, debiased=True)
+    t = metric(np.arange(offsets[-1]))
+    low, median, high = np.percentile(independent_replicates(metric, offsets, 100, 0), [2.5, 50, 97.5])
+    assert 2 * t - high < 0  # the basic interval reaches below 0 ...
+    assert (result.value, result.ci_low, result.ci_high) == (max(0, 2 * t - median), 0.0, 2 * t - low)  # ... cut
+
+
+def test_an_ece_always_lies_in_its_bias_corrected_interval():
+    missed_by_percentile = 0
+    for seed in range(12):
+        offsets, conf, correct = calibration_sample(seed, n=1000, power=[1.0, 1.3, 2.0][seed % 3])
+        fn = lambda pos, sent: {"ece": ece(conf[pos], correct[pos]),  # noqa: E731
+                                "ece_paper": ece(conf[pos], correct[pos], paper_compatible=True)}
+        debiased = bootstrap(fn, offsets, n_boot=60, seed=seed, progress=False, debiased=("ece", "ece_paper"))
+        percentile = bootstrap(fn, offsets, n_boot=60, seed=seed, progress=False)
+        for name, ci in debiased.items():
+            assert ci.ci_low <= ci.value <= ci.ci_high, (seed, name, ci)
+            missed_by_percentile += not percentile[name].ci_low <= percentile[name].value <= percentile[name].ci_high
+    assert missed_by_percentile > 0  # the percentile interval does miss the estimate on these samples
+
+
 def test_intervals_of_a_mean_cover_the_truth_about_95_percent_of_the_time():
     rng = np.random.default_rng(2)
     covered = []
@@ -96,6 +147,11 @@ def test_undefined_replicates_are_left_out():
     assert np.isnan(ci.value) and ci.ci_low == ci.ci_high == 1.0
 
 
+def test_a_metric_undefined_everywhere_has_nan_bounds_without_a_warning(recwarn):
+    ci = bootstrap_ci(lambda pos, sent: float("nan"), [0, 1, 2], n_boot=10, debiased=True)
+    assert np.isnan([ci.value, ci.ci_low, ci.ci_high, ci.estimate]).all() and not recwarn.list
+
+
 def test_bad_arguments():
     with pytest.raises(UserError, match="n_boot"):
         bootstrap_ci(lambda pos, sent: 0.0, [0, 1], n_boot=0)
@@ -112,14 +168,15 @@ def calibration_sample(seed, n=20000, power=1.0):
     return offsets, conf, correct
 
 
-def test_ece_interval_of_a_perfectly_calibrated_sample_is_near_zero():
+def test_ece_interval_of_a_perfectly_calibrated_sample_reaches_zero():
     offsets, conf, correct = calibration_sample(0)
-    ci = bootstrap_ci(lambda pos, sent: ece(conf[pos], correct[pos]), offsets, n_boot=100)
-    assert 0 <= ci.ci_low < ci.ci_high < 0.02  # finite-sample ECE is biased up a little, never negative
+    ci = bootstrap_ci(lambda pos, sent: ece(conf[pos], correct[pos]), offsets, n_boot=100, debiased=True)
+    # the estimate is biased up a little; the corrected value is below it, and the interval reaches 0
+    assert ci.ci_low == 0 <= ci.value < ci.estimate and ci.ci_high < 0.01
 
 
 def test_ece_interval_of_a_miscalibrated_sample_covers_its_true_error():
     # P(correct) = c^2 <= c: every bin's gap is mean(c - c^2), so ECE = E[c - c^2] = 1/6 for c ~ U(0.5, 1).
     offsets, conf, correct = calibration_sample(1, power=2.0)
-    ci = bootstrap_ci(lambda pos, sent: ece(conf[pos], correct[pos]), offsets, n_boot=100)
+    ci = bootstrap_ci(lambda pos, sent: ece(conf[pos], correct[pos]), offsets, n_boot=100, debiased=True)
     assert ci.ci_low < 1 / 6 < ci.ci_high and ci.ci_low > 0.1

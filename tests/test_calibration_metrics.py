@@ -60,19 +60,27 @@ def test_paper_quantile_ties_merge_bins_and_average_unweighted():
     hit = np.array([1, 0, 1, 0], dtype=bool)
     # median edge = .5: {.5 .5 .5}: |1/3 - .5| = 1/6;  {.9}: |1 - .9| = .1  => mean (1/6 + .1) / 2
     assert ece(conf, hit, n_bins=2, paper_compatible=True) == pytest.approx((1 / 6 + 0.1) / 2, abs=1e-12)
-    # ours: ties ordered incorrect first: {.5(0) .5(0)}: |0 - 1| -> ; {.5(1) .9(1)}: |2 - 1.4|  => (1 + .6) / 4
-    assert ece(conf, hit, n_bins=2) == pytest.approx(0.4, abs=1e-12)
+    # ours: bins of 2; the three .5 events (1 correct) are cut 2 | 1 and each counts as 1/3 correct:
+    # {.5 .5}: |2/3 - 1| = 1/3;  {.5 .9}: |1/3 + 1 - 1.4| = 1/15  => (1/3 + 1/15) / 4 = .1
+    assert ece(conf, hit, n_bins=2) == pytest.approx(0.1, abs=1e-12)
 
 
 # ----------------------------------------------------------------- ECE, independent implementations
 
 
+def _tie_shares(conf, hit):
+    """Each event's correctness replaced by the share of correct events among all events of its confidence."""
+    _, tie, ties = np.unique(conf, return_inverse=True, return_counts=True)
+    return np.bincount(tie, weights=hit) [tie] / ties[tie]
+
+
 def _brute_force_ece(conf, hit, n_bins):
-    order = np.lexsort((hit, conf))  # by confidence, incorrect before correct on ties
+    share = _tie_shares(conf, hit)  # equal within a tie: the order of tied events cannot matter
+    order = np.argsort(conf, kind="stable")
     total = 0.0
     for group in np.array_split(order, n_bins):
         if group.size:
-            total += abs(hit[group].sum() - conf[group].astype(np.float64).sum())
+            total += abs(share[group].sum() - conf[group].astype(np.float64).sum())
     return total / conf.size
 
 
@@ -196,7 +204,11 @@ def test_bins_that_sum_exactly_are_left_unsorted():
     bounds = np.array([0, 2000, 4000])
     metrics._partition_at(keys, bounds[1:-1])
     partitioned = keys.copy()
-    metrics._sort_bins_not_summed_exactly(keys, np.dtype(np.float32), bounds)
+    starts, ends = bounds[:-1], bounds[1:]
+    extremes = metrics._partitioned_extremes(keys, starts, ends)
+    np.testing.assert_array_equal(extremes, [[partitioned[:2000].min(), partitioned[2000:].min()],
+                                             [partitioned[:2000].max(), partitioned[2000:].max()]])
+    metrics._sort_bins_not_summed_exactly(keys, np.dtype(np.float32), starts, ends, *extremes)
     np.testing.assert_array_equal(keys, partitioned)
     assert partitioned[:2000].max() <= partitioned[2000:].min()
     assert not np.all(partitioned[1:] >= partitioned[:-1])  # partitioned, not sorted
@@ -373,9 +385,14 @@ def _brute_force_balanced(type_conf, gold_type, n_bins):
         is_gold = gold_type == t
         n_gold = int(is_gold.sum())
         if n_gold:
-            order = np.lexsort((is_gold, type_conf[:, t]))[::-1][: 2 * n_gold]
-            conf, hit = type_conf[order, t].astype(np.float64), is_gold[order]
-            per_type.append((order.size, _brute_force_ece(conf, hit, n_bins), np.mean((conf - hit) ** 2)))
+            share = _tie_shares(type_conf[:, t], is_gold)  # over the type's events, kept or not
+            order = np.argsort(-type_conf[:, t], kind="stable")[: 2 * n_gold]
+            conf, y = type_conf[order, t].astype(np.float64), share[order]
+            order = np.argsort(conf, kind="stable")
+            conf, y = conf[order], y[order]
+            ece_t = sum(abs(y[g].sum() - conf[g].sum()) for g in np.array_split(np.arange(conf.size), n_bins))
+            brier_t = np.mean(conf**2 - 2 * conf * y + y)  # E(c - y)^2 for y in {0, 1} with P(y = 1) = share
+            per_type.append((order.size, ece_t / conf.size, brier_t))
     kept = np.array([p[0] for p in per_type])
     return kept @ [p[1] for p in per_type] / kept.sum(), kept @ [p[2] for p in per_type] / kept.sum()
 
@@ -394,6 +411,127 @@ def test_balanced_matches_brute_force_and_ignores_order():
     assert balanced_calibration(type_conf[perm], gold_type[perm]) == result
     stratified = stratified_brier(type_conf, gold_type)
     assert stratified_brier(type_conf[perm], gold_type[perm]) == pytest.approx(stratified, abs=1e-12)
+
+
+# ------------------------------------------------------------------------ ties: equal confidences share
+
+
+LEVELS = np.array([0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+def _calibrated_levels(per_level=2000, dtype=np.float32, seed=0):
+    """per_level events at each of LEVELS, exactly round(level * per_level) of them correct, shuffled."""
+    rng = np.random.default_rng(seed)
+    conf = np.repeat(LEVELS, per_level).astype(dtype)
+    hit = np.concatenate([np.arange(per_level) < round(level * per_level) for level in LEVELS])
+    order = rng.permutation(conf.size)
+    return conf[order], hit[order]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_calibrated_sample_with_tied_confidences_has_zero_ece(dtype):
+    # 20 events at .5, 10 correct: was .5 (the 10 incorrect sorted into the lower bins), is 0
+    conf, hit = np.full(20, 0.5, dtype=dtype), np.arange(20) < 10
+    for n_bins in (2, 3, 10, 20):
+        assert ece(conf, hit, n_bins=n_bins) == 0.0
+    # five levels x 2000, accuracy = confidence: was .24, is 0, as scikit-learn's calibration_curve says
+    conf, hit = _calibrated_levels(dtype=dtype)
+    fop, mpv = calibration_curve(hit, conf, n_bins=10, strategy="quantile")
+    assert np.mean(np.abs(fop - mpv)) == pytest.approx(0, abs=1e-7)
+    for kwargs in ({}, {"n_bins": 7}, {"n_bins": 20}, {"strategy": "uniform"}, {"paper_compatible": True}):
+        assert ece(conf, hit, **kwargs) == pytest.approx(0, abs=1e-7), kwargs
+
+
+def test_topk_ece_of_tied_calibrated_distributions_is_zero():
+    # every row a permutation of (.4, .3, .2, .1, 0); across 1000 rows the class given p is gold in p of them
+    rng = np.random.default_rng(1)
+    probs = np.array([rng.permutation([0.4, 0.3, 0.2, 0.1, 0.0]) for _ in range(1000)], dtype=np.float32)
+    rank = np.concatenate([np.full(400, 0), np.full(300, 1), np.full(200, 2), np.full(100, 3)])
+    gold = np.argsort(-probs, axis=1, kind="stable")[np.arange(1000), rank]
+    for k in (1, 2, 5):
+        assert topk_ece(probs, gold, k) == pytest.approx(0, abs=1e-7)
+        assert topk_ece(probs, gold, k, paper_compatible=True) == pytest.approx(0, abs=1e-7)
+
+
+def test_ties_at_the_2n_cut_share_their_correctness():
+    # One type: the five calibrated levels (6000 gold), then 10000 events at .1 with 1000 gold. N = 7000: the 14000
+    # most confident are the 10000 level events and 4000 of the .1 ones. Sorting by (confidence, correct) kept all
+    # 1000 gold .1 events (accuracy .25 there); shared, the kept .1 events are gold at the tie's rate .1.
+    conf, hit = _calibrated_levels(seed=2)
+    conf = np.concatenate([conf, np.full(10000, 0.1, dtype=np.float32)])
+    hit = np.concatenate([hit, np.arange(10000) < 1000])
+    result = balanced_calibration(conf[:, None], np.where(hit, 0, -1))
+    assert result.per_type[0].n_kept == 14000
+    assert result.b_ece == pytest.approx(0, abs=1e-7)
+    # by hand, E(c - y)^2 = c (1 - c) per event: 2000 (.16 + .24 + .24 + .16 + 0) + 4000 * .09 = 1960 over 14000
+    assert result.b_bs == pytest.approx(1960 / 14000, abs=1e-7)  # was (1600 + 1000 * .81 + 3000 * .01) / 14000
+    paper = balanced_calibration(conf[:, None], np.where(hit, 0, -1), paper_compatible=True)
+    assert paper.b_ece == pytest.approx(0, abs=1e-7) and paper.b_bs == result.b_bs
+
+
+def _tied_type_events(seed, n=3000, types=3):
+    rng = np.random.default_rng(seed)
+    type_conf = rng.choice([0.0, 0.05, 0.3, 0.5, 0.5, 0.9, 1.0], size=(n, types)).astype(np.float32)
+    gold_type = np.where(rng.random(n) < 0.2, rng.integers(0, types, n), -1)
+    return type_conf, gold_type
+
+
+def _brute_force_paper_balanced_ece(type_conf, gold_type, n_bins):
+    """The paper binning with tie shares: per type, the 2N most confident, bins of floor(N'/n_bins) from the top."""
+    eces, kept = [], []
+    for t in range(type_conf.shape[1]):
+        is_gold = gold_type == t
+        if not is_gold.any():
+            continue
+        share = _tie_shares(type_conf[:, t], is_gold)
+        order = np.argsort(-type_conf[:, t], kind="stable")[: 2 * int(is_gold.sum())]
+        size = order.size // n_bins
+        if size:
+            conf, y = type_conf[order, t].astype(np.float64), share[order]
+            bins = [slice(b * size, (b + 1) * size) for b in range(n_bins)]
+            eces.append(np.mean([abs(y[b].mean() - conf[b].mean()) for b in bins]))
+            kept.append(order.size)
+    return np.dot(kept, eces) / np.sum(kept)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_balanced_calibration_with_many_ties_matches_brute_force(seed):
+    type_conf, gold_type = _tied_type_events(seed)
+    for n_bins in (3, 20):
+        result = balanced_calibration(type_conf, gold_type, n_bins=n_bins)
+        b_ece, b_bs = _brute_force_balanced(type_conf, gold_type, n_bins)
+        assert result.b_ece == pytest.approx(b_ece, abs=1e-9) and result.b_bs == pytest.approx(b_bs, abs=1e-9)
+        paper = balanced_calibration(type_conf, gold_type, n_bins=n_bins, paper_compatible=True)
+        assert paper.b_ece == pytest.approx(_brute_force_paper_balanced_ece(type_conf, gold_type, n_bins), abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shuffling_tied_events_changes_no_metric(dtype):
+    rng = np.random.default_rng(21)
+    type_conf, gold_type = _tied_type_events(5)
+    type_conf = type_conf.astype(dtype)
+    conf, hit = type_conf[:, 0], gold_type == 0
+    for _ in range(5):
+        perm = rng.permutation(conf.size)
+        for kwargs in ({}, {"n_bins": 7}, {"strategy": "uniform"}, {"paper_compatible": True}):
+            assert ece(conf[perm], hit[perm], **kwargs) == ece(conf, hit, **kwargs)
+        for paper in (False, True):
+            a = balanced_calibration(type_conf[perm], gold_type[perm], paper_compatible=paper)
+            b = balanced_calibration(type_conf, gold_type, paper_compatible=paper)
+            assert a.b_ece == b.b_ece and a.b_bs == pytest.approx(b.b_bs, abs=1e-15)
+        probs = np.stack([type_conf[:, 0], type_conf[:, 1], 2 - type_conf[:, 0] - type_conf[:, 1]], axis=1) / 2
+        gold = np.maximum(gold_type, 0)
+        assert topk_ece(probs[perm], gold[perm], 2) == topk_ece(probs, gold, 2)
+
+
+def test_probabilities_a_rounding_step_outside_0_1_are_clipped():
+    above = np.nextafter(np.float32(1), np.float32(2))
+    conf = np.array([above, 0.5, -1e-7], dtype=np.float32)
+    assert ece(conf, [1, 0, 0], n_bins=2) == ece(np.clip(conf, 0, 1), [1, 0, 0], n_bins=2)
+    probs = np.array([[above, 0.0], [-1e-7, 1.0]], dtype=np.float32)
+    assert brier(probs, [0, 1]) == brier(np.clip(probs, 0, 1), [0, 1])
+    type_conf, _ = entity_type_confidences(probs[:, [1, 0, 0]], ["O", "B-PER", "I-PER"])
+    assert type_conf.max() == 1
 
 
 # -------------------------------------------------------------------------------------- bad input

@@ -46,6 +46,17 @@ def test_pr_curve_matches_scikit_learn(ties):
     assert curve.average_precision == pytest.approx(average_precision_score(y, conf.ravel()))
 
 
+def test_shuffling_tied_events_leaves_the_pr_curve_unchanged():
+    conf, gold_type = random_events(4, ties=True)  # 11 confidence levels over 2000 events
+    curve = precision_recall_curve(conf, gold_type)
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(len(conf))
+        shuffled = precision_recall_curve(conf[perm], gold_type[perm])
+        for field in ("precision", "recall", "thresholds"):
+            np.testing.assert_array_equal(getattr(shuffled, field), getattr(curve, field))
+        assert shuffled.average_precision == curve.average_precision
+
+
 def test_weighted_curve_equals_the_curve_of_repeated_positions():
     conf, gold_type = random_events(1, ties=True)
     positions = np.random.default_rng(2).integers(0, 500, size=500)

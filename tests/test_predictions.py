@@ -1,24 +1,28 @@
 import numpy as np
 import pytest
+from seqeval.scheme import IOB2, Entities
 
+from ensemble_distill.calibration.metrics import ece
 from ensemble_distill.errors import UserError
 from ensemble_distill.predictions import (
+    PROB_TOLERANCE,
     Predictions,
     _to_arrays,
     compact_distributions,
     load_predictions,
     save_predictions,
+    validate_arrays,
 )
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+GOLD = [0, 1, 2, 0, 3, 1, 2, 2, 0]  # O B-PER I-PER O | B-LOC | B-PER I-PER I-PER O
 
 
 def tagging_preds(seed=0):
     rng = np.random.default_rng(seed)
     offsets = [0, 4, 5, 9]
     probs = rng.dirichlet(np.ones(len(LABELS)), size=9)
-    gold = rng.integers(0, len(LABELS), size=9)
-    return Predictions.tagging(probs, gold, offsets, LABELS, meta={"model": "test", "seeds": [1, 2]})
+    return Predictions.tagging(probs, GOLD, offsets, LABELS, meta={"model": "test", "seeds": [1, 2]})
 
 
 def translation_preds(seed=0, vocab=50, k=5):
@@ -114,7 +118,8 @@ TAGGING_CASES = {
     "probs shape": (setter("probs", lambda a: a["probs"][:, :3]), "probs has shape [9, 3], expected [9, 5]"),
     "gold shape": (setter("gold", lambda a: a["gold"][:8]), "sentence_offsets must start at 0 and end at N=8"),
     "nan": (set_cell("probs", (2, 1), np.nan), "probs contains NaN at position 2"),
-    "negative": (set_cell("probs", (3, 0), -0.2), "outside [0, 1] (negative?) at position 3"),
+    "negative": (set_cell("probs", (3, 0), -0.2), "probs has the value -0.2 at position 3: probabilities must lie"),
+    "above one": (set_cell("probs", (4, 2), 1.5), "probs has the value 1.5 at position 4"),
     "row sum": (setter("probs", lambda a: a["probs"] * 0.9), "probs row 0 sums to 0.9"),
     "gold outside": (set_cell("gold", 6, 5), "gold label 5 at position 6 (sentence 2) is outside the 5 labels"),
     "gold negative": (set_cell("gold", 4, -1), "gold label -1 at position 4 (sentence 1)"),
@@ -151,7 +156,7 @@ TRANSLATION_CASES = {
     "top ids": (set_cell("top_ids", (0, 0), 50), "top_ids has token ids outside the 50 labels"),
     "hypotheses": (setter("hypotheses", np.array(["only one"])), "hypotheses has shape [1], expected [2]"),
     "gold prob nan": (set_cell("gold_prob", 5, np.nan), "gold_prob contains NaN at position 5"),
-    "sum_sq": (set_cell("sum_sq", 0, 1.5), "sum_sq has values outside [0, 1]"),
+    "sum_sq": (set_cell("sum_sq", 0, 1.5), "sum_sq has the value 1.5 at position 0"),
 }
 
 
@@ -191,3 +196,114 @@ def test_missing_and_non_npz_files(tmp_path):
 def test_compaction_rejects_gold_outside_the_vocabulary():
     with pytest.raises(UserError, match=r"gold must be 2 token ids in \[0, 3\)"):
         compact_distributions(np.full((2, 3), 1 / 3), np.array([0, 3]), k=2)
+
+
+# --------------------------------------------------------------------------------- tagging labels must be IOB2
+
+
+@pytest.mark.parametrize("labels, bad", [
+    (["O", "S-PER", "E-PER"], "S-PER"),  # IOBES
+    (["O", "U-PER", "L-PER"], "U-PER"),  # BILOU
+    (["O", "PER", "LOC"], "PER"),  # bare types
+    (["O", "b-per", "i-per"], "b-per"),  # lower case
+    (["o", "B-PER", "I-PER"], "o"),
+    (["O", "B-", "I-PER"], "B-"),
+])
+def test_labels_other_than_iob2_are_refused_naming_the_file_and_label(tmp_path, labels, bad):
+    arrays = _to_arrays(Predictions.tagging(np.full((2, 3), 1 / 3), [0, 0], [0, 2], ["O", "B-PER", "I-PER"]))
+    arrays["label_names"] = np.array(labels)
+    path = write_raw(tmp_path / "other.npz", arrays)
+    with pytest.raises(UserError) as err:
+        load_predictions(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: label {bad!r} (label_names[{labels.index(bad)}]) is not an IOB2 label")
+    assert "\n" not in text
+
+
+def test_a_label_named_twice_is_refused(tmp_path):
+    arrays = _to_arrays(tagging_preds())
+    arrays["label_names"] = np.array(["O", "B-PER", "I-PER", "B-PER", "I-LOC"])
+    with pytest.raises(UserError, match="label 'B-PER' appears twice"):
+        load_predictions(write_raw(tmp_path / "twice.npz", arrays))
+
+
+@pytest.mark.parametrize("gold, message", [
+    ([2, 0, 0, 0, 3, 0, 0, 0, 0], "gold label 'I-PER' at position 0 (sentence 0) opening its sentence is not IOB2"),
+    ([0, 1, 4, 0, 3, 0, 0, 0, 0], "gold label 'I-LOC' at position 2 (sentence 0) after 'B-PER' is not IOB2"),
+    ([0, 0, 0, 1, 2, 0, 0, 0, 0], "gold label 'I-PER' at position 4 (sentence 1) opening its sentence"),
+    ([0, 0, 0, 0, 0, 0, 0, 4, 0], "gold label 'I-LOC' at position 7 (sentence 2) after 'O'"),
+])
+def test_gold_that_is_not_iob2_is_refused(tmp_path, gold, message):
+    arrays = _to_arrays(tagging_preds())
+    arrays["gold"] = np.array(gold)
+    with pytest.raises(UserError) as err:
+        load_predictions(write_raw(tmp_path / "iob1.npz", arrays))
+    assert message in str(err.value) and 'scheme = "iob1"' in str(err.value)
+
+
+def test_gold_check_agrees_with_seqeval_strict_iob2():
+    # A sentence is valid IOB2 exactly when seqeval's strict IOB2 spans cover all of its non-O labels.
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        gold = rng.choice(5, size=rng.integers(1, 7), p=[0.4, 0.2, 0.15, 0.15, 0.1])
+        names = [LABELS[g] for g in gold]
+        spans = Entities([names], IOB2).entities[0]
+        valid = sum(e.end - e.start for e in spans) == np.count_nonzero(gold)
+        arrays = _to_arrays(Predictions.tagging(np.full((len(gold), 5), 0.2), gold, [0, len(gold)], LABELS))
+        try:
+            validate_arrays(arrays, "x.npz")
+            accepted = True
+        except UserError:
+            accepted = False
+        assert accepted == valid, names
+
+
+def test_predictions_of_any_labels_are_accepted():
+    preds = tagging_preds()
+    preds.pred = np.array([2, 4, 4, 0, 2, 0, 0, 0, 0])  # stray I-: a model's output, scored by seqeval as it is
+    validate_arrays(_to_arrays(preds), "x.npz")
+
+
+# ------------------------------------------------------------------------ one tolerance for probabilities
+
+
+def _f32(x):
+    return np.float32(x)
+
+
+def test_probabilities_within_the_tolerance_are_accepted_and_clipped(tmp_path):
+    above, below = np.nextafter(_f32(1), _f32(2)), _f32(-1e-7)  # one float32 step above 1, and rounding below 0
+    probs = np.array([[above, 0, 0], [below, 1, 0], [0.2, 0.3, 0.5]], dtype=np.float32)
+    preds = Predictions.tagging(probs, [0, 1, 0], [0, 2, 3], ["O", "B-PER", "I-PER"])
+    assert preds.probs.min() == 0 and preds.probs.max() == 1  # clipped when built
+    raw = _to_arrays(preds)
+    raw["probs"] = probs  # as another tool writes them
+    back = load_predictions(write_raw(tmp_path / "p.npz", raw))
+    np.testing.assert_array_equal(back.probs, np.clip(probs, 0, 1))
+    assert ece(probs[:, 0], [1, 0, 1]) == ece(np.clip(probs[:, 0], 0, 1), [1, 0, 1])
+
+
+def _file_accepts(tmp_path, value):
+    raw = _to_arrays(Predictions.tagging(np.array([[1.0, 0, 0]]), [0], [0, 1], ["O", "B-PER", "I-PER"]))
+    raw["probs"] = np.array([[value, (1 - value) / 2, (1 - value) / 2]], dtype=np.float32)  # sums to ~1
+    try:
+        load_predictions(write_raw(tmp_path / "edge.npz", raw))
+        return True
+    except UserError:
+        return False
+
+
+def _metrics_accept(value):
+    try:
+        ece(np.array([value], dtype=np.float32), [1])
+        return True
+    except UserError:
+        return False
+
+
+def test_the_file_check_and_the_metrics_accept_the_same_values(tmp_path):
+    edge_up, edge_down = _f32(1 + PROB_TOLERANCE), _f32(-PROB_TOLERANCE)
+    cases = {edge_up: True, np.nextafter(edge_up, _f32(2)): False, edge_down: True,
+             np.nextafter(edge_down, _f32(-1)): False, _f32(1): True, _f32(0): True, _f32(1.5): False}
+    for value, accepted in cases.items():
+        assert _file_accepts(tmp_path, value) == _metrics_accept(value) == accepted, value

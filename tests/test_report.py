@@ -16,9 +16,10 @@ from ensemble_distill.calibration.metrics import (
     stratified_brier,
     topk_ece,
 )
-from ensemble_distill.calibration.report import evaluate, format_table
+from ensemble_distill.calibration.report import DEBIASED, evaluate, format_table
 from ensemble_distill.cli import main
-from ensemble_distill.predictions import Predictions, save_predictions
+from ensemble_distill.errors import UserError
+from ensemble_distill.predictions import Predictions, _to_arrays, save_predictions
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 TAGGING_METRICS = ["f1", "precision", "recall", "token_accuracy", "ece_1", "conf_gap", "brier", "bs_plus", "bs_minus",
@@ -48,7 +49,10 @@ def test_tagging_values_equal_independent_computations(tmp_path):
     metrics = evaluate(preds, out_dir=tmp_path, n_boot=20, seed=0)
     assert list(metrics) == TAGGING_METRICS
     probs, gold = preds.probs, preds.gold
-    value = {name: m["value"] for name, m in metrics.items()}
+    value = {name: m["estimate"] for name, m in metrics.items()}  # the metric on the data itself
+    for name, m in metrics.items():  # bias-corrected only where DEBIASED says: ECE-type metrics
+        assert (m["value"] == m["estimate"]) == (name not in DEBIASED) or m["value"] == m["estimate"] == 0
+        assert m["ci_low"] <= m["value"] <= m["ci_high"] or name not in DEBIASED
 
     gold_seqs, pred_seqs = preds.sentence_labels(gold), preds.sentence_labels(probs.argmax(axis=1))
     assert value["f1"] == pytest.approx(f1_score(gold_seqs, pred_seqs, mode="strict", scheme=IOB2))
@@ -71,6 +75,8 @@ def test_tagging_values_equal_independent_computations(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["metrics"] == metrics
     assert saved["settings"]["n_boot"] == 20 and saved["settings"]["seed"] == 0
+    assert saved["settings"]["interval"]["b_ece"].startswith("bias-corrected")
+    assert saved["settings"]["interval"]["f1"] == "percentile"
     assert saved["settings"]["n_positions"] == preds.n_positions
     assert set(saved["versions"]) >= {"seqeval", "sacrebleu", "numpy", "ensemble_distill"}
     assert saved["paper_scale"]["f1"] == 100 and saved["predictions_meta"] == {"model": "toy-tagger"}
@@ -108,7 +114,8 @@ def test_translation_values_equal_independent_computations(tmp_path):
     preds, probs = translation_preds()
     metrics = evaluate(preds, out_dir=tmp_path, n_boot=20)
     assert list(metrics) == ["bleu", "ece_1", "ece_1_paper", "ece_5", "ece_5_paper", "conf_gap", "brier", "bs_plus"]
-    value = {name: m["value"] for name, m in metrics.items()}
+    value = {name: m["estimate"] for name, m in metrics.items()}
+    assert all(m["ci_low"] <= m["value"] <= m["ci_high"] for name, m in metrics.items() if name in DEBIASED)
     gold = preds.gold
     assert value["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
     # From the dense distributions, which the compact file no longer holds.
@@ -164,3 +171,61 @@ def test_cli_evaluate_reports_a_bad_file_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and str(bad) in err and "not a predictions .npz file" in err
     assert main(["evaluate", str(tmp_path / "missing.npz")]) == 2
     assert "missing.npz: no such predictions file" in capsys.readouterr().err
+
+
+def test_ece_type_values_lie_in_their_intervals_on_small_samples():
+    # Few sentences: ECE-type statistics are biased upward on resamples (test_bootstrap shows the percentile
+    # interval missing the estimate); the bias-corrected value never leaves its interval.
+    for seed in range(6):
+        metrics = evaluate(tagging_preds(n_sentences=25, seed=seed), n_boot=50, seed=seed)
+        for name in set(DEBIASED) & set(metrics):
+            m = metrics[name]
+            assert m["ci_low"] <= m["value"] <= m["ci_high"], (seed, name, m)
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_undefined_metrics_are_null_in_metrics_json(tmp_path):
+    preds = tagging_preds(n_sentences=6)
+    preds.gold[:] = 0  # no gold entity: BS+, B-BS, B-ECE and the PR curve are undefined
+    metrics = evaluate(preds, out_dir=tmp_path, n_boot=5)
+    assert np.isnan(metrics["b_ece"]["value"]) and np.isnan(metrics["bs_plus"]["ci_low"])
+    saved = _strict_json((tmp_path / "metrics.json").read_text())
+    assert saved["metrics"]["b_ece"] == {"value": None, "ci_low": None, "ci_high": None, "estimate": None}
+    assert saved["metrics"]["bs_plus"]["value"] is None and saved["metrics"]["f1"]["value"] == 0.0
+
+
+def write_raw(path, arrays):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("labels", [["O", "S-PER", "E-PER"], ["O", "PER", "LOC"], ["O", "b-per", "i-per"]])
+def test_cli_evaluate_refuses_labels_other_than_iob2_in_one_line(tmp_path, capsys, labels):
+    preds = Predictions.tagging(np.full((4, 3), 1 / 3), [0, 1, 2, 0], [0, 2, 4], ["O", "B-PER", "I-PER"])
+    arrays = _to_arrays(preds)
+    arrays["label_names"] = np.array(labels)
+    path = write_raw(tmp_path / "other.npz", arrays)
+    assert main(["evaluate", str(path), "--n-boot", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: label {labels[1]!r}" in err and "not an IOB2 label" in err
+    with pytest.raises(UserError, match=f"predictions: label {labels[1]!r}"):  # in memory, the same check
+        evaluate(Predictions.tagging(preds.probs, preds.gold, [0, 2, 4], labels), n_boot=2)
+
+
+def test_cli_evaluate_reads_probabilities_one_float32_step_above_one(tmp_path, capsys):
+    preds = tagging_preds(n_sentences=8)
+    arrays = _to_arrays(preds)
+    arrays["probs"][0] = 0
+    arrays["probs"][0, preds.gold[0]] = np.nextafter(np.float32(1), np.float32(2))  # passes the file check
+    path = write_raw(tmp_path / "above.npz", arrays)
+    assert main(["evaluate", str(path), "--n-boot", "2", "--out", str(tmp_path / "ev")]) == 0
+    saved = _strict_json((tmp_path / "ev" / "metrics.json").read_text())
+    accuracy = np.mean(arrays["probs"].argmax(axis=1) == preds.gold)
+    assert saved["metrics"]["token_accuracy"]["value"] == pytest.approx(accuracy)

@@ -62,3 +62,11 @@ def test_bleu_from_statistics_equals_sacrebleu_corpus_bleu():
 def test_bleu_of_identical_text_is_100():
     stats, _ = bleu_stats(REFS, REFS)
     assert bleu_from_stats(stats) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("bad", ["S-PER", "PER", "b-per", "o", "B-"])
+def test_span_counts_name_a_label_that_is_not_iob2(bad):
+    with pytest.raises(ValueError, match=f"tag {bad!r} is not O, B-TYPE or I-TYPE"):
+        span_counts([["O", bad]], [["O", "O"]])
+    with pytest.raises(ValueError, match=f"tag {bad!r}"):
+        span_counts([["O", "O"]], [["O", bad]])

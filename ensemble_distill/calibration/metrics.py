@@ -12,8 +12,7 @@ Ours (the default), the textbook expected calibration error:
 
 - ``strategy="quantile"``: events sorted by confidence are cut into ``n_bins`` contiguous groups of sizes
   ``np.array_split`` would give (the first ``N % n_bins`` groups one event larger); when N < n_bins the extra
-  groups are empty and contribute nothing. Equal confidences are ordered incorrect-before-correct, so the
-  result never depends on the order the events came in.
+  groups are empty and contribute nothing.
 - ``strategy="uniform"``: bin b holds confidences in [b/n_bins, (b+1)/n_bins); 1.0 falls in the last bin.
 
 ``paper_compatible=True``, the published reference implementation (its NMT script calls scikit-learn):
@@ -28,21 +27,34 @@ way. Where it differs from ours: bins are averaged without weights (a bin of 3 e
 3 million); ties make percentile bins uneven or merge them, and merged/empty bins are dropped from the mean;
 edge-equal confidences go down instead of up.
 
+Ties. Where a cut (a quantile bin bound, the 2N cut of the balanced metrics, the paper's fixed-size bins or its
+dropped remainder) falls inside a run of equal confidences, which of the tied events land on which side is
+arbitrary, and must not decide the result: every event of that confidence counts as correct in the proportion
+of the whole run (h/n for h correct among n tied events), in the bins and in the Brier score. That is the
+average over the orders of the tied events of the correct counts each side receives, and the same for every
+order. (Ordering ties by correctness instead would hand the incorrect ones to the lower bin: 20 events at 0.5,
+10 correct, scored an ECE of 0.5.) Cuts that never fall inside a run (uniform bins, scikit-learn's percentile
+edges) see whole runs, and there the rule changes nothing. Class ties inside a distribution (two classes with
+equal top probability) are a different matter: the top-k events take the classes np.argpartition picks.
+
 Balanced metrics for NER (paper section 4.2), per entity type with N gold positions (types with N = 0 are
 skipped): keep the 2N most confident events of that type (all of them when fewer exist; equal confidences at the
-cut rank correct above incorrect). B-ECE is the sum over types of that type's ECE weighted by its share of kept
-events, with quantile bins (``n_bins`` = 20); B-BS likewise of each type's Brier score mean (c - 1[gold])^2.
+cut share their correctness, see Ties). B-ECE is the sum over types of that type's ECE weighted by its share of
+kept events, with quantile bins (``n_bins`` = 20); B-BS likewise of each type's Brier score mean (c - 1[gold])^2.
 With ``paper_compatible=True`` a type's ECE uses ``n_bins`` bins of exactly floor(N'/n_bins) events, N' = kept
 events, counted from the most confident end; the N' mod n_bins least confident events are dropped (our reading of
 "bins of floor(N'/20), remainder dropped": the top-2N selection sorts by descending confidence). A type with
 N' < n_bins then has no bin: its ECE is NaN and it is left out of B-ECE (weights renormalised over the others).
 
-All metrics are fractions (the paper prints them x100).
+All metrics are fractions (the paper prints them x100). Probabilities may stray from [0, 1] by float rounding up
+to predictions.PROB_TOLERANCE, as the predictions file check allows; such values are clipped onto [0, 1], and
+values further out (and NaN) raise UserError.
 
 How it is fast: an event becomes one unsigned integer, ``(float bits << 1) | correct``. Non-negative IEEE floats
 order like their bit patterns, so one ``np.sort`` of these keys orders events by confidence (ties broken by the
 correct bit) and carries the correct flag along: no argsort, no gather. Bins are then slices of the sorted keys;
-per-bin sums run in float64 without float64 copies of the data.
+per-bin sums run in float64 without float64 copies of the data. A run of ties crossing a cut shows in the bins'
+smallest and largest keys; only then are its events counted, in the bins at the run's two ends.
 
 Quantile bins of float32 confidences skip the full sort: the keys are only partitioned (np.partition, one rank at a
 time) at the ranks where bins start, or for ``paper_compatible`` at the order statistics ``np.percentile`` reads
@@ -58,6 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ensemble_distill.errors import UserError
+from ensemble_distill.predictions import PROB_TOLERANCE
 
 STRATEGIES = ("quantile", "uniform")
 _UINT_OF_FLOAT = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
@@ -255,30 +268,42 @@ def _type_calibration(conf, is_gold, type_index, n_bins, paper_compatible):
     n_kept = min(2 * n_gold, conf.shape[0])
     keys = _event_keys(conf, is_gold)
     keys.partition(keys.size - n_kept)  # the n_kept largest keys end up last: the most confident events
-    kept = keys[keys.size - n_kept:]
+    dropped, kept = keys[: keys.size - n_kept], keys[keys.size - n_kept:]
+    # Events tied with the least confident kept one may have been dropped (the keys kept its correct ones first):
+    # the kept ones of that confidence count as correct in the proportion of the whole tie, in the Brier score
+    # ((c - y)^2 = c^2 + y (1 - 2c) for y in {0, 1}) and in the bins.
+    below = _run_at_top(dropped, kept[0])
+    tie_shift = 0.0
+    if below[0]:
+        events, correct = _run_at_bottom(kept, kept[0])
+        share = (correct + below[1]) / (events + below[0])
+        tie_shift = (events * share - correct) * (1 - 2 * float(_key_confidences(kept[:1], conf.dtype)[0]))
     if paper_compatible:
         kept.sort()
-        type_ece = _paper_fixed_size_ece(kept, conf.dtype, n_bins)
+        type_ece = _paper_fixed_size_ece(kept, conf.dtype, n_bins, below)
     elif conf.dtype == np.float32:  # as in `ece`: partitioned at the bin bounds, the same float as sorting
-        type_ece = _quantile_ece_by_selection(kept, conf.dtype, n_bins, False)
+        type_ece = _quantile_ece_by_selection(kept, conf.dtype, n_bins, False, below)
     else:
         kept.sort()
-        type_ece = _ece_of_sorted_keys(kept, conf.dtype, n_bins, "quantile", False)
-    kept_conf = _key_confidences(kept, conf.dtype)
-    kept_hit = kept & 1
-    sq_err = np.sum(np.square(kept_conf - kept_hit, dtype=np.float64))
+        type_ece = _ece_of_sorted_keys(kept, conf.dtype, n_bins, "quantile", False, below)
+    sq_err = np.sum(np.square(_key_confidences(kept, conf.dtype) - (kept & 1), dtype=np.float64)) + tie_shift
     return TypeCalibration(type_index=type_index, n_gold=n_gold, n_kept=n_kept, ece=type_ece,
                            brier=float(sq_err / n_kept))
 
 
-def _paper_fixed_size_ece(sorted_keys, dtype, n_bins):
-    """Reference B-ECE binning: n_bins bins of floor(N'/n_bins) events from the most confident end."""
+def _paper_fixed_size_ece(sorted_keys, dtype, n_bins, below=(0, 0)):
+    """Reference B-ECE binning: n_bins bins of floor(N'/n_bins) events from the most confident end. `below`:
+    dropped events with the confidence of sorted_keys[0] (see _share_ties)."""
     size = sorted_keys.size // n_bins
     if size == 0:
         return float("nan")
-    top = sorted_keys[sorted_keys.size - size * n_bins:]
-    counts, conf_sums, hit_sums = _bin_sums(top, dtype, np.arange(n_bins + 1) * size)
-    return float(np.mean(np.abs(hit_sums / counts - conf_sums / counts)))
+    first = sorted_keys.size - size * n_bins
+    top = sorted_keys[first:]
+    # the remainder left out, and the dropped events when the remainder is all of the first bin's confidence
+    left_out = np.array(_run_at_top(sorted_keys[:first], top[0]))
+    if sorted_keys[0] >> 1 == top[0] >> 1:
+        left_out += below
+    return _ece_of_bins(top, dtype, np.arange(n_bins + 1) * size, True, tuple(left_out))
 
 
 # ------------------------------------------------------------------------- event keys and bins
@@ -296,16 +321,78 @@ def _key_confidences(keys, dtype):
     return np.right_shift(keys, 1).view(dtype)
 
 
-def _ece_of_sorted_keys(keys, dtype, n_bins, strategy, paper_compatible):
-    return _ece_of_bins(keys, dtype, _bin_bounds(keys, dtype, n_bins, strategy, paper_compatible), paper_compatible)
+def _ece_of_sorted_keys(keys, dtype, n_bins, strategy, paper_compatible, below=(0, 0)):
+    bounds = _bin_bounds(keys, dtype, n_bins, strategy, paper_compatible)
+    return _ece_of_bins(keys, dtype, bounds, paper_compatible, below)
 
 
-def _ece_of_bins(keys, dtype, bounds, paper_compatible):
-    """ECE of the bins keys[bounds[b]:bounds[b + 1]] (each holding its bin's events, in any order if they sum exactly)."""
-    counts, conf_sums, hit_sums = _bin_sums(keys, dtype, bounds)
+def _ece_of_bins(keys, dtype, bounds, paper_compatible, below=(0, 0), extremes=None):
+    """ECE of the bins keys[bounds[b]:bounds[b + 1]]: bins in order, each holding its bin's events (in any order if
+    they sum exactly). `extremes`: each non-empty bin's smallest and largest key, when the keys are not sorted;
+    `below`: see _share_ties."""
+    starts, ends = _nonempty_bins(bounds)
+    lows, highs = extremes if extremes is not None else (keys[starts], keys[ends - 1])
+    counts, conf_sums, hit_sums = _bin_sums(keys, dtype, starts, ends)
+    hit_sums = _share_ties(keys, starts, ends, lows, highs, counts, hit_sums, below)
     if paper_compatible:  # as sklearn's calibration_curve, then the reference's np.mean(np.abs(fop - mpv))
         return float(np.mean(np.abs(hit_sums / counts - conf_sums / counts)))
     return float(np.abs(hit_sums - conf_sums).sum() / keys.size)
+
+
+def _nonempty_bins(bounds):
+    """Start and end [bins] of each non-empty bin."""
+    starts, ends = bounds[:-1], bounds[1:]
+    nonempty = ends > starts
+    return starts[nonempty], ends[nonempty]
+
+
+def _share_ties(keys, starts, ends, lows, highs, counts, hit_sums, below=(0, 0)):
+    """Correct events per bin [bins] (float64) after events of one confidence cut apart by bin bounds share their
+    correctness.
+
+    The sorted keys put a confidence's incorrect events before its correct ones, so a bound inside a run of equal
+    confidences would hand the bin below its incorrect events and the bin above its correct ones. Instead each bin
+    counts its events of that confidence as correct in the run's proportion: what the run gives on average over
+    the orders of its events, the same for every order. A run met by no bound changes nothing, so this costs
+    nothing unless a run crosses a bound; then one or two passes over the bins at the run's ends.
+
+    `lows`, `highs`: each bin's smallest and largest key. `below` = (events, correct) outside the bins and beneath
+    them with the first bin's lowest confidence (events a selection dropped), which share that run too."""
+    conf_lo, conf_hi = lows >> 1, highs >> 1
+    shared = conf_hi[:-1][conf_hi[:-1] == conf_lo[1:]]
+    if below[0]:
+        shared = np.append(shared, conf_lo[:1])
+    if shared.size == 0:
+        return hit_sums
+    shared_sums = hit_sums.copy()
+    for conf in np.unique(shared):
+        in_run = np.flatnonzero((conf_lo <= conf) & (conf <= conf_hi))  # consecutive bins
+        runs = np.array([_run_in_bin(keys[starts[b]:ends[b]], conf, lows[b], highs[b], counts[b], hit_sums[b])
+                         for b in in_run], dtype=np.float64)
+        events, correct = runs.sum(axis=0) + (below if below[0] and conf == conf_lo[0] else 0)
+        shared_sums[in_run] += runs[:, 0] * (correct / events) - runs[:, 1]
+    return shared_sums
+
+
+def _run_in_bin(segment, conf, low, high, count, correct):
+    """(events, correct events) of confidence bits `conf` in one bin: its keys `segment`, smallest `low`, largest
+    `high`, `count` events of which `correct` correct. The run is the whole bin, its top or its bottom."""
+    if low >> 1 == conf == high >> 1:
+        return count, correct
+    return _run_at_top(segment, high) if high >> 1 == conf else _run_at_bottom(segment, low)
+
+
+def _run_at_top(segment, bound):
+    """(events, correct events) in `segment` with the confidence of key `bound`; no key of the segment exceeds it."""
+    incorrect_key = bound >> 1 << 1
+    events = np.count_nonzero(segment >= incorrect_key)
+    return events, (np.count_nonzero(segment > incorrect_key) if bound & 1 and events else 0)
+
+
+def _run_at_bottom(segment, bound):
+    """(events, correct events) in `segment` with the confidence of key `bound`; no key of the segment is below it."""
+    events = np.count_nonzero(segment <= bound | 1)
+    return events, (events - np.count_nonzero(segment <= bound) if not bound & 1 and events else events)
 
 
 def _bin_bounds(keys, dtype, n_bins, strategy, paper_compatible):
@@ -368,28 +455,26 @@ def _percentile_ranks(n, n_bins):
     return previous, following, virtual - previous
 
 
-def _bin_sums(keys, dtype, bounds):
-    """Per non-empty bin: event count, sum of confidences and sum of correct (float64 [bins])."""
-    counts = np.diff(bounds)
-    nonempty = np.flatnonzero(counts)
-    conf_sums = np.zeros(nonempty.size)
-    hit_sums = np.zeros(nonempty.size)
+def _bin_sums(keys, dtype, starts, ends):
+    """Per bin keys[starts[b]:ends[b]]: event count, sum of confidences and correct events (float64 [bins])."""
+    conf_sums = np.zeros(starts.size)
+    hit_sums = np.zeros(starts.size)
     scratch = np.empty(min(_BLOCK_ELEMENTS, keys.size), dtype=keys.dtype)
-    for i, b in enumerate(nonempty):  # loops over bins and cache-sized blocks: the scratch stays in cache
-        for start in range(bounds[b], bounds[b + 1], _BLOCK_ELEMENTS):
-            part = keys[start:min(start + _BLOCK_ELEMENTS, bounds[b + 1])]
+    for i, (lo, hi) in enumerate(zip(starts, ends)):  # bins, then cache-sized blocks: the scratch stays in cache
+        for start in range(lo, hi, _BLOCK_ELEMENTS):
+            part = keys[start:min(start + _BLOCK_ELEMENTS, hi)]
             tmp = scratch[: part.size]
             np.right_shift(part, 1, out=tmp)
             conf_sums[i] += np.sum(tmp.view(dtype), dtype=np.float64)
             np.bitwise_and(part, 1, out=tmp)
             hit_sums[i] += np.count_nonzero(tmp)
-    return counts[nonempty].astype(np.float64), conf_sums, hit_sums
+    return (ends - starts).astype(np.float64), conf_sums, hit_sums
 
 
 # ------------------------------------------------------------------ quantile bins by selection (no full sort)
 
 
-def _quantile_ece_by_selection(keys, dtype, n_bins, paper_compatible):
+def _quantile_ece_by_selection(keys, dtype, n_bins, paper_compatible, below=(0, 0)):
     """Quantile ECE with the keys partitioned at the bin bounds instead of sorted; the same float as sorting.
 
     Equal keys are identical events, so a bin's slice after partitioning holds exactly the events it holds after a
@@ -406,8 +491,10 @@ def _quantile_ece_by_selection(keys, dtype, n_bins, paper_compatible):
     else:
         bounds = _bin_bounds(keys, dtype, n_bins, "quantile", False)
     _partition_at(keys, bounds[1:-1])
-    _sort_bins_not_summed_exactly(keys, dtype, bounds)
-    return _ece_of_bins(keys, dtype, bounds, paper_compatible)
+    starts, ends = _nonempty_bins(bounds)
+    extremes = _partitioned_extremes(keys, starts, ends)
+    _sort_bins_not_summed_exactly(keys, dtype, starts, ends, *extremes)
+    return _ece_of_bins(keys, dtype, bounds, paper_compatible, below, extremes)
 
 
 def _partition_at(keys, ranks):
@@ -435,17 +522,28 @@ def _count_at_most(keys, ranks, limit):
     return lo + int(np.count_nonzero(keys[lo:hi] <= limit))
 
 
-def _sort_bins_not_summed_exactly(keys, dtype, bounds):
+def _partitioned_extremes(keys, starts, ends):
+    """Smallest and largest key of each bin keys[starts[b]:ends[b]], for keys partitioned at the bin starts: a
+    start above 0 already holds its bin's smallest key."""
+    lows = keys[starts]
+    if starts.size and starts[0] == 0:
+        lows[0] = keys[: ends[0]].min()
+    highs = np.array([keys[lo:hi].max() for lo, hi in zip(starts, ends)], dtype=keys.dtype)
+    return lows, highs
+
+
+def _sort_bins_not_summed_exactly(keys, dtype, starts, ends, lows, highs):
     """Sort, in place, each bin whose float64 confidence sum might depend on the order of its events.
 
     A bin's confidences are all multiples of the spacing of float32 numbers at its smallest one, q. While every
     partial sum stays below 2**53 q, each float64 addition is exact, in any order: then the partitioned bin sums to
-    what the sorted one does. The check uses count * largest as the bound of any partial sum."""
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    what the sorted one does. The check uses count * largest as the bound of any partial sum. `lows`, `highs`:
+    each bin's smallest and largest key."""
+    for lo, hi, low, high in zip(starts, ends, lows, highs):
         if hi - lo < 2:
             continue
-        smallest_bits = int(keys[lo:hi].min()) >> 1
-        largest = float(_key_confidences(keys[lo:hi].max(keepdims=True), dtype)[0])
+        smallest_bits = int(low) >> 1
+        largest = float(_key_confidences(np.array([high]), dtype)[0])
         spacing = 2.0 ** (max(smallest_bits >> 23, 1) - 150)  # float32: biased exponent above 23 fraction bits
         if (hi - lo) * largest >= 2.0 ** 52 * spacing:  # 2**52, not 2**53: room for the rounding of the product
             keys[lo:hi].sort()
@@ -466,9 +564,7 @@ def _as_confidence(x, name):
     x = np.asarray(x)
     if x.ndim != 1:
         raise UserError(f"{name} must be 1-D; got shape {x.shape}")
-    x = _as_float(x, name)
-    _check_unit_interval(x, name)
-    return x
+    return _in_unit_interval(_as_float(x, name), name)
 
 
 def _as_float(x, name):
@@ -481,19 +577,21 @@ def _as_float(x, name):
     raise UserError(f"{name} must hold numbers; got dtype {x.dtype}")
 
 
-def _check_unit_interval(x, name):
-    """Reject NaN and values outside [0, 1]; the common case costs one pass over the bits and no temporaries."""
+def _in_unit_interval(x, name):
+    """`x`, or a copy clipped onto [0, 1] when values stray from it by at most PROB_TOLERANCE (float rounding, as the
+    predictions file check accepts); NaN and values further out are refused. The common case costs one pass over
+    the bits and no temporaries."""
     if x.size == 0:
-        return
+        return x
     # NaN, infinities, negatives and values above 1 all have bit patterns above that of 1.0
     if x.view(_UINT_OF_FLOAT[x.dtype]).max() <= np.array(1, dtype=x.dtype).view(_UINT_OF_FLOAT[x.dtype]):
-        return
+        return x
     lo, hi = x.min(), x.max()
     if np.isnan(lo) or np.isnan(hi):
         raise UserError(f"{name} contains NaN")
-    if lo < 0 or hi > 1:
-        raise UserError(f"{name} must lie in [0, 1]; found values from {lo} to {hi}")
-    # what is left is -0.0, a zero like any other
+    if lo < -PROB_TOLERANCE or hi > 1 + PROB_TOLERANCE:
+        raise UserError(f"{name} must lie in [0, 1] (within {PROB_TOLERANCE}); found values from {lo} to {hi}")
+    return np.clip(x, 0, 1) if lo < 0 or hi > 1 else x  # else only -0.0 strayed: a zero like any other
 
 
 def _as_correct(x, n, name):
@@ -513,9 +611,7 @@ def _as_probs(x, name):
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] == 0:
         raise UserError(f"{name} must be [positions, classes] with at least one class; got shape {x.shape}")
-    x = _as_float(x, name)
-    _check_unit_interval(x, name)
-    return x
+    return _in_unit_interval(_as_float(x, name), name)
 
 
 def _as_labels(gold, probs_shape, name):
@@ -540,8 +636,7 @@ def _as_type_events(type_conf, gold_type):
     type_conf = np.asarray(type_conf)
     if type_conf.ndim != 2:
         raise UserError(f"type_conf must be [positions, types]; got shape {type_conf.shape}")
-    type_conf = _as_float(type_conf, "type_conf")
-    _check_unit_interval(type_conf, "type_conf")
+    type_conf = _in_unit_interval(_as_float(type_conf, "type_conf"), "type_conf")
     gold_type = np.asarray(gold_type)
     if gold_type.shape != (type_conf.shape[0],):
         raise UserError(f"gold_type must be [positions] = [{type_conf.shape[0]}]; got shape {gold_type.shape}")

@@ -5,6 +5,11 @@
 
 Values are raw: fractions, except BLEU (sacrebleu's 0-100). The paper prints calibration metrics and F1 as
 percentages (x100, see its Table 1 and Table 2); `PAPER_SCALE` gives the factor per metric.
+
+Intervals: the percentile interval, except for the ECE-type metrics (`DEBIASED`), which are biased upward on
+resamples: their value is bias-corrected and their interval is the basic one, so that the value always lies in
+its interval (calibration/bootstrap.py says how); `estimate` keeps each metric as computed on the data.
+A metric undefined on the data (no gold entity: BS+, B-ECE, ...) is NaN here and null in metrics.json.
 """
 
 import importlib.metadata
@@ -14,7 +19,7 @@ import numpy as np
 
 from .. import __version__
 from ..io_utils import atomic_write_json
-from ..predictions import Predictions
+from ..predictions import Predictions, validate_predictions
 from .bootstrap import bootstrap
 from .metrics import (
     balanced_calibration,
@@ -53,19 +58,26 @@ DESCRIPTIONS = {
     "pr_auc": "area under entity-type PR curve (AP)",
 }
 PAPER_SCALE = {name: 1 if name == "bleu" else 100 for name in DESCRIPTIONS}
+DEBIASED = ("ece_1", "ece_1_paper", "ece_5", "ece_5_paper", "b_ece", "b_ece_paper")
 
 
 def evaluate(preds: Predictions, out_dir=None, n_boot=1000, seed=0) -> dict[str, dict[str, float]]:
-    """All metrics of `preds` as {name: {value, ci_low, ci_high}}; with `out_dir`, also metrics.json and PNGs."""
+    """All metrics of `preds` as {name: {value, ci_low, ci_high, estimate}}; with `out_dir`, also metrics.json and
+    PNGs. `preds` are checked as a predictions file is (UserError)."""
+    validate_predictions(preds)
     if preds.task == "tagging":
         metrics_fn, settings = tagging_metrics(preds)
     else:
         metrics_fn, settings = translation_metrics(preds)
-    intervals = bootstrap(metrics_fn, preds.sentence_offsets, n_boot=n_boot, alpha=ALPHA, seed=seed)
+    intervals = bootstrap(metrics_fn, preds.sentence_offsets, n_boot=n_boot, alpha=ALPHA, seed=seed,
+                          debiased=DEBIASED)
     metrics = {name: intervals[name].as_dict() for name in DESCRIPTIONS if name in intervals}
     if out_dir is not None:
         out_dir = Path(out_dir)
-        settings |= {"n_boot": n_boot, "seed": seed, "alpha": ALPHA, "interval": "percentile, sentence bootstrap"}
+        debiased = [name for name in metrics if name in DEBIASED]
+        settings |= {"n_boot": n_boot, "seed": seed, "alpha": ALPHA, "resampling": "sentences",
+                     "interval": {name: "bias-corrected value, basic interval, clipped at 0" if name in debiased
+                                  else "percentile" for name in metrics}}
         write_metrics_json(out_dir / "metrics.json", preds, metrics, settings)
         write_plots(out_dir, preds, metrics)
     return metrics
@@ -156,11 +168,17 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
     for name, m in metrics.items():
         unit = "0-100" if PAPER_SCALE[name] == 1 else "fraction"
         ci = f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
-        rows.append((name, f"{m['value']:.4f}", ci, unit, DESCRIPTIONS[name]))
+        about = DESCRIPTIONS[name]
+        if name in DEBIASED and "estimate" in m:
+            about += f" (bias-corrected*; on the data {m['estimate']:.4f})"
+        rows.append((name, f"{m['value']:.4f}", ci, unit, about))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4] for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     lines.append("Fractions are raw; the paper prints them x100 (percent). BLEU is on sacrebleu's 0-100 scale.")
+    if any(name in DEBIASED for name in metrics):
+        lines.append("* ECE is biased upward on resamples: value 2*estimate - median of the bootstrap replicates, "
+                     "interval 2*estimate - their 97.5th and 2.5th percentiles (basic bootstrap), clipped at 0.")
     return "\n".join(line.rstrip() for line in lines)
 
 

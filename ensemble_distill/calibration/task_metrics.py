@@ -10,14 +10,19 @@ import numpy as np
 from sacrebleu.metrics import BLEU
 from seqeval.scheme import IOB2, Entities
 
+from ..data.tags import split_tag
+
 # --- entity spans (seqeval) ------------------------------------------------------------------------------
 
 
 def span_counts(gold_seqs: list[list[str]], pred_seqs: list[list[str]]) -> np.ndarray:
     """Per-sentence entity counts int64 [S, 3]: (gold spans, predicted spans, correct spans).
 
-    Spans are seqeval's strict IOB2 entities: an entity is correct when type, start and end all match.
+    Spans are seqeval's strict IOB2 entities: an entity is correct when type, start and end all match. A label
+    that is not O, B-TYPE or I-TYPE raises TagError (a ValueError) naming it.
     """
+    for tag in {tag for seq in (*gold_seqs, *pred_seqs) for tag in seq}:
+        split_tag(tag)
     gold = Entities(gold_seqs, IOB2).entities
     pred = Entities(pred_seqs, IOB2).entities
     counts = np.zeros((len(gold), 3), dtype=np.int64)
