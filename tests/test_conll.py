@@ -379,3 +379,6 @@ def test_settings_reach_the_reader_from_the_config(tmp_path):
     data = load_config(config, TaggingConfig).data
     path = write(tmp_path, "de.tsv", "% Kommentar x\nde:Müller\tI-PER\n".encode("latin-1"))
     assert as_tuples(_read(data, path)) == [(["Müller"], ["B-PER"], 2)]
+    for key, value in (("encoding", '"utf-9"'), ("token_prefix", '"("')):
+        with pytest.raises(UserError, match=f"^{tmp_path / 'bad.toml'}: 'data.{key}' is not"):
+            load_config(write(tmp_path, "bad.toml", f"[data]\n{key} = {value}\n"), TaggingConfig)
