@@ -11,7 +11,9 @@ from ensemble_distill.models.crf import (
     LinearChainCRF,
     crf_log_partition,
     crf_marginals,
+    crf_pair_marginals,
     crf_sequence_score,
+    crf_span_marginals,
     crf_viterbi,
 )
 
@@ -236,6 +238,63 @@ def test_thousand_words_at_trained_scale_match_a_float64_reference():
         assert marginals[b, n:].abs().sum() == 0
         path = best[b, :n].numpy()
         transitions, start, end = np_scores
-        path_score = e[np.arange(n), path].sum() + transitions[path[:-1], path[1:]].sum() + start[path[0]] + end[path[-1]]
+        path_score = (e[np.arange(n), path].sum() + transitions[path[:-1], path[1:]].sum() + start[path[0]]
+                      + end[path[-1]])
         assert path_score == pytest.approx(scaled_viterbi_score(e, *np_scores), abs=1e-9)
         assert nll[b].item() == pytest.approx(log_z - path_score, rel=1e-5, abs=1e-4)
+
+
+def test_pair_marginals_match_brute_force_enumeration():
+    lengths = [5, 3, 1, 4]
+    emissions, mask, scores = random_crf(4, 5, 3, lengths, seed=7)
+    pairs = crf_pair_marginals(emissions, mask, *scores)
+    assert pairs.shape == (4, 4, 3, 3)
+    for b, n in enumerate(lengths):
+        paths, path_scores = enumerate_paths(emissions[b, :n], n, *scores)
+        probs = torch.softmax(path_scores, 0)
+        for t in range(n - 1):
+            expected = torch.zeros(3, 3, dtype=torch.float64).index_put_((paths[:, t], paths[:, t + 1]), probs,
+                                                                          accumulate=True)
+            torch.testing.assert_close(pairs[b, t], expected, **EXACT)
+        assert pairs[b, n - 1:].abs().sum() == 0
+
+
+def test_span_marginals_of_every_stop_sum_to_the_opening_marginal_at_a_thousand_words():
+    # Each B at i opens exactly one run, ending at some stop in (i, n]: summed over the stops, the span marginals
+    # (without I-openings) give P(y_i = B). Float32 inputs at a trained model's scale, as above.
+    g = torch.Generator().manual_seed(1)
+    T, L, begin, inside = 1000, 5, 1, 2
+    emissions = 4 * torch.randn(2, T, L, generator=g)
+    emissions[:, :, inside] += 3  # long runs are likely
+    scores = [2 * torch.randn(L, L, generator=g), torch.randn(L, generator=g), torch.randn(L, generator=g)]
+    lengths = [T, 600]
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    marginals = crf_marginals(emissions.double(), mask, *scores)
+    openings = [(b, first) for b, n in enumerate(lengths) for first in [0, 1, n // 2, n - 2, n - 1]]
+    row, first, stop = (torch.cat(column) for column in zip(*[
+        (torch.full((n - i,), b), torch.full((n - i,), i), torch.arange(i + 1, n + 1))
+        for b, i in openings for n in [lengths[b]]]))
+    spans = crf_span_marginals(emissions, mask, *scores, row, first, stop, torch.full_like(row, begin),
+                               torch.full_like(row, inside), inside_opens=False)
+    assert spans.dtype == torch.float32 and (spans >= 0).all() and (spans <= 1).all()
+    for b, i in openings:
+        total = spans[(row == b) & (first == i)].double().sum().item()
+        assert total == pytest.approx(marginals[b, i, begin].item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(row=torch.tensor([0, 1])), "one length"),
+    (dict(first=torch.tensor([0.0])), "int64"),
+    (dict(row=torch.tensor([2])), "rows"),
+    (dict(stop=torch.tensor([4])), "first < stop"),
+    (dict(first=torch.tensor([1]), stop=torch.tensor([1])), "first < stop"),
+    (dict(inside=torch.tensor([1])), "distinct"),
+    (dict(begin=torch.tensor([3])), "labels"),
+])
+def test_span_marginals_refuse_bad_queries(change, message):
+    emissions, mask, scores = random_crf(2, 3, 3, [3, 2])
+    query = dict(row=torch.tensor([1]), first=torch.tensor([0]), stop=torch.tensor([2]), begin=torch.tensor([1]),
+                 inside=torch.tensor([2]))
+    with pytest.raises(ValueError, match=message):
+        crf_span_marginals(emissions, mask, *scores, **{**query, **change})
+
