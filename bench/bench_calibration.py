@@ -19,7 +19,6 @@ import tracemalloc
 import numpy as np
 from sklearn.calibration import calibration_curve
 
-from common import best_time
 from ensemble_distill.calibration import (
     balanced_calibration,
     brier,
@@ -30,6 +29,8 @@ from ensemble_distill.calibration import (
     topk_ece,
     topk_events,
 )
+
+from common import best_time
 
 VOCAB = 1000
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]

@@ -23,14 +23,16 @@ import numpy as np
 import torch
 
 from ensemble_distill.config import Training
-from common import conll_sample
 from ensemble_distill.data.subwords import bucketed_batches
-from ensemble_distill.distill import dataset_fingerprint, distillation_loss, window_targets
+from ensemble_distill.distill.losses import distillation_loss
+from ensemble_distill.distill.ner import dataset_fingerprint, window_targets
 from ensemble_distill.encoders import compute_frozen_states
 from ensemble_distill.models.tagger import Tagger
 from ensemble_distill.tagging import TaggingSplit, _batch, _emissions, predict_distributions, tagger_loss
 from ensemble_distill.teacher_store import write_store
 from ensemble_distill.training import make_optimizer
+
+from common import conll_sample
 
 BETA = 5 / 6
 

@@ -16,12 +16,13 @@ import time
 
 import torch
 
-from common import conll_sample
+from ensemble_distill.config import Training
 from ensemble_distill.data.subwords import bucketed_batches, collate
 from ensemble_distill.encoders import compute_frozen_states, default_encoder_path
 from ensemble_distill.models.tagger import Tagger
 from ensemble_distill.training import make_optimizer
-from ensemble_distill.config import Training
+
+from common import conll_sample
 
 
 def main():

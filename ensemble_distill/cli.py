@@ -171,7 +171,7 @@ def add_memoize(sub) -> None:
 
 
 def run_memoize(args) -> int:
-    from .distill import memoize, teacher_name
+    from .distill.ner import memoize, teacher_name
 
     store = memoize(args.ensemble, args.out, args.members, args.temperature_scaled)
     print(f"wrote {store.path}: {teacher_name(store)} over {len(store)} sentences, {store.num_positions} words")
@@ -189,7 +189,7 @@ def add_distill(sub) -> None:
 
 
 def run_distill(args) -> int:
-    from .distill import distill
+    from .distill.ner import distill
     from .experiments import format_rows
 
     print(format_rows([distill(args.store, args.config, args.out, args.n_boot)], title=f"{args.out} (test)"))
@@ -308,7 +308,7 @@ def add_demo(sub) -> None:
 
 
 def run_demo(args) -> int:
-    from .experiments import demo
+    from .demo import demo
 
     print(demo(args.data, args.out, args.config))
     return 0

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import MAX_MEMBERS, N_TENTHS, TaggingConfig, to_toml, validate
+from .config import MAX_MEMBERS, N_TENTHS, TaggingConfig, load_config, to_toml, validate
 from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text, require_same_config, run_lock
 from .tagging import TaggingData, load_tagging_data, new_tagger, train_tagger
@@ -56,6 +56,16 @@ def nested_subsets(n_members: int, sizes: list[int], split_seed: int) -> dict[in
     if bad:
         raise UserError(f"ensemble.subset_sizes: {bad[0]} is not between 1 and ensemble.members = {n_members}")
     return {k: sorted(order[:k]) for k in sorted(set(sizes))}
+
+
+def ensemble_member_ids(cfg: TaggingConfig, ensemble_size: int | None = None) -> list[int]:
+    """Member ids of the run's nested ensemble of `ensemble_size` (default: the largest configured subset)."""
+    e = cfg.ensemble
+    if ensemble_size is not None and not 1 <= ensemble_size <= e.members:
+        raise UserError(f"ensemble of {ensemble_size}: the run has {e.members} members")
+    subsets = nested_subsets(e.members, e.subset_sizes, e.split_seed)
+    k = max(subsets) if ensemble_size is None else ensemble_size
+    return subsets.get(k) or nested_subsets(e.members, [k], e.split_seed)[k]
 
 
 def model_dir(run_dir, index: int, individual: bool = False) -> Path:
@@ -145,8 +155,6 @@ def load_member(run: EnsembleRun, model_dir: Path, seed: int = 0):
 
 
 def read_run_config(run_dir: Path) -> TaggingConfig:
-    from .config import load_config
-
     if not (Path(run_dir) / "config.toml").is_file():
         raise UserError(f"{run_dir}: not a run directory (no config.toml)")
     return load_config(Path(run_dir) / "config.toml", TaggingConfig)

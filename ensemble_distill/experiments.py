@@ -13,12 +13,19 @@ import numpy as np
 
 from .calibration.report import evaluate
 from .config import TaggingConfig
-from .ensemble import EnsembleRun, load_member, member_seed, model_dir, nested_subsets, read_run_config
-from .errors import UserError
+from .ensemble import (
+    EnsembleRun,
+    ensemble_member_ids,
+    load_member,
+    member_seed,
+    model_dir,
+    nested_subsets,
+    read_run_config,
+)
 from .io_utils import atomic_write_json, atomic_write_text, strict_json
 from .predictions import save_predictions
 from .tables import cell, mean_and_se
-from .tagging import load_tagging_data, predict_distributions, to_predictions
+from .tagging import TaggingSplit, load_tagging_data, predict_distributions, to_predictions
 
 TABLE_METRICS = ("f1", "bs_plus", "bs_minus", "b_bs", "b_ece")
 HEADERS = {"f1": "F1", "bs_plus": "BS+", "bs_minus": "BS-", "b_bs": "B-BS", "b_ece": "B-ECE"}
@@ -37,15 +44,17 @@ def evaluate_run(run: EnsembleRun, split: str = "test", n_boot: int = 1000, prog
     cfg = run.cfg
     members = _distributions(run, cfg.ensemble.members, data_split, progress)
     individuals = _distributions(run, cfg.ensemble.individuals, data_split, progress, individual=True)
+    meta = {"run": str(run.run_dir), "head": cfg.model.head}
     rows = []
     for group, dists in (("member", members), ("individual", individuals)):
         if dists:
-            scores = [evaluate_distributions(run, d, data_split, out / f"{group}-{i}", n_boot, {group: i})
-                      for i, d in enumerate(dists)]
+            scores = [evaluate_distributions(d, data_split, run.data.labels, out / f"{group}-{i}", n_boot,
+                                             {**meta, group: i}) for i, d in enumerate(dists)]
             rows.append(_mean_row(f"{group}s ({len(dists)}, mean ± s.e.)", scores))
     for k, ids in nested_subsets(cfg.ensemble.members, cfg.ensemble.subset_sizes, cfg.ensemble.split_seed).items():
         mean = [sum(members[i][s] for i in ids) / k for s in range(len(members[0]))]
-        metrics = evaluate_distributions(run, mean, data_split, out / f"ensemble-{k}", n_boot, {"ensemble": ids})
+        metrics = evaluate_distributions(mean, data_split, run.data.labels, out / f"ensemble-{k}", n_boot,
+                                         {**meta, "ensemble": ids})
         rows.append({"system": f"ensemble of {k}", **{m: metrics[m] for m in TABLE_METRICS}})
     atomic_write_json(out / "results.json", rows)
     atomic_write_text(out / "results.md", format_rows(rows, title=f"{run.run_dir.name}: {cfg.model.head}, {split}"))
@@ -58,9 +67,11 @@ def _distributions(run, count, data_split, progress, individual=False):
     return [predict_distributions([m], data_split, pad_id=run.data.pad_id, progress=progress) for m in models]
 
 
-def evaluate_distributions(run, distributions, data_split, out_dir: Path, n_boot, meta) -> dict:
-    preds = to_predictions(distributions, data_split, run.data.labels,
-                           {"run": str(run.run_dir), "head": run.cfg.model.head, **meta})
+def evaluate_distributions(distributions: list[np.ndarray], data_split: TaggingSplit, labels: list[str], out_dir: Path,
+                           n_boot: int, meta: dict) -> dict:
+    """Score per-sentence [words, labels] distributions of a split against its gold tags: writes
+    OUT/predictions.npz (with `meta`), metrics.json and plots; returns the metrics."""
+    preds = to_predictions(distributions, data_split, labels, meta)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_predictions(out_dir / "predictions.npz", preds)
     return evaluate(preds, out_dir=out_dir, n_boot=n_boot)
@@ -104,16 +115,6 @@ def predict_file(run_dir, input_path, out_dir, ensemble_size: int | None = None,
     return out_dir
 
 
-def ensemble_member_ids(cfg: TaggingConfig, ensemble_size: int | None = None) -> list[int]:
-    """Member ids of the run's nested ensemble of `ensemble_size` (default: the largest configured subset)."""
-    e = cfg.ensemble
-    if ensemble_size is not None and not 1 <= ensemble_size <= e.members:
-        raise UserError(f"ensemble of {ensemble_size}: the run has {e.members} members")
-    subsets = nested_subsets(e.members, e.subset_sizes, e.split_seed)
-    k = max(subsets) if ensemble_size is None else ensemble_size
-    return subsets.get(k) or nested_subsets(e.members, [k], e.split_seed)[k]
-
-
 def _conll_text(corpus, preds) -> str:
     names = preds.label_names
     predicted = names[preds.predicted()]
@@ -140,28 +141,3 @@ def _entities_jsonl(corpus, preds) -> str:
                     for kind, a, b in get_entities(labels)]
         lines.append(strict_json({"sentence": s, "tokens": sentence.tokens, "entities": entities}))
     return "\n".join(lines) + "\n"
-
-
-def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "crf"), n_boot: int = 200,
-         progress: bool = True) -> str:
-    """Train, evaluate and tabulate a small ensemble per head, then memoise it and distil it into an IID student
-    (trained like the members) that joins the table; data paths in the config are under `data_root`."""
-    from .config import DistillConfig, Distillation, StudentTraining, load_config
-    from .distill import distill, memoize
-    from .ensemble import train_ensemble
-
-    cfg = load_config(config_path, TaggingConfig)
-    for name in ("train", "dev", "test"):
-        setattr(cfg.data, name, str(Path(data_root) / getattr(cfg.data, name)))
-    cfg.encoder.cache_dir = str(Path(out_root) / "cache")
-    tables, data = [], None
-    for head in heads:
-        cfg.model.head = head
-        run = train_ensemble(cfg, Path(out_root) / head, progress=progress, data=data)
-        data = run.data  # the heads share data and frozen states
-        rows = evaluate_run(run, "test", n_boot, progress)
-        store = memoize(run.run_dir, Path(out_root) / f"{head}-teacher", progress=progress, data=data)
-        student = DistillConfig(Distillation(ensemble_run=str(run.run_dir)), StudentTraining(**vars(cfg.train)))
-        rows.append(distill(store.path, student, Path(out_root) / f"{head}-student", n_boot, progress, data))
-        tables.append(format_rows(rows, title=f"demo {head}, test"))
-    return "\n".join(tables)

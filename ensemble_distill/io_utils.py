@@ -8,6 +8,7 @@
 """
 
 import fcntl
+import hashlib
 import io
 import json
 import math
@@ -85,6 +86,24 @@ def _finite_or_none(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite_or_none(value) for value in obj]
     return obj
+
+
+def sha256_file(path) -> str:
+    """The hex sha256 of a file's bytes, read in chunks (weights files are hundreds of MB)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def checkpoint_name(run_dir, checkpoint) -> str:
+    """How a teacher store names a teacher's weights file: its path in the run and its sha256.
+
+    Raises UserError when the file cannot be read (the run is not trained)."""
+    try:
+        digest = sha256_file(checkpoint)
+    except OSError as error:
+        raise UserError(f"{checkpoint}: cannot read the teacher checkpoint ({error.strerror}); train the run "
+                        "first") from None
+    return f"{Path(checkpoint).relative_to(run_dir).as_posix()} sha256:{digest}"
 
 
 # ----------------------------------------------------------------------------------------------------------------

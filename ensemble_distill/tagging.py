@@ -19,8 +19,16 @@ from .calibration.task_metrics import span_counts, span_scores
 from .config import TaggingConfig, Training
 from .data.conll import TaggedCorpus, label_vocab, read_conll, tag_corpus
 from .data.subwords import Window, bucketed_batches, collate, encode_sentences, load_tokenizer, merge_windows
-from .encoders import (EncoderTop, FrozenStates, compute_frozen_states, encoder_fingerprint, load_pretrained,
-                       resolve_encoder, split_encoder, token_ids_fingerprint)
+from .encoders import (
+    EncoderTop,
+    FrozenStates,
+    compute_frozen_states,
+    encoder_fingerprint,
+    load_pretrained,
+    resolve_encoder,
+    split_encoder,
+    token_ids_fingerprint,
+)
 from .models.tagger import Tagger
 from .predictions import Predictions
 from .training import TrainResult, train

@@ -32,9 +32,9 @@ or whose arrays disagree with the manifest (dtypes, lengths, counts, ids). `requ
 the teachers a student claims. Files carry no timestamps, so a resumed run writes the same bytes as an
 uninterrupted one.
 
-For the distillation loss: the remainder is the teacher mass the truncation dropped. `distill_targets` turns a
-batch into targets for the three ways of treating it (drop it, as the paper does; renormalise the kept entries;
-or a remainder bucket).
+For the distillation loss: the remainder is the teacher mass the truncation dropped. `distill.losses.distill_targets`
+turns a batch into targets for the three ways of treating it (drop it, as the paper does; renormalise the kept
+entries; or a remainder bucket).
 
     store = write_store("runs/teacher", sentences, teacher, vocab=names, fingerprint=fingerprint_dataset(ids),
                         teachers=checkpoints, top_k=64)
@@ -618,18 +618,3 @@ def to_dense(ids: torch.Tensor, probs: torch.Tensor, vocab_size: int) -> torch.T
     dense = torch.zeros(*ids.shape[:-1], vocab_size, dtype=probs.dtype)
     return dense.scatter_add_(-1, ids, probs)  # add, not assign: padding shares id 0 with a real entry
 
-
-def distill_targets(probs: torch.Tensor, remainder: torch.Tensor, mode: str = "drop"):
-    """Target weights for the kept entries [..., K] and for a remainder bucket [...], for a distillation loss
-        -sum_k targets_k log p_student(ids_k) - bucket log(1 - sum_k p_student(ids_k)).
-    drop (paper): the stored probabilities, the remainder ignored (the targets sum to 1 - remainder);
-    renormalise: the stored probabilities scaled to sum to 1;
-    bucket: the stored probabilities, and the remainder as the target of the student's mass outside the kept ids.
-    The bucket is zero except in mode "bucket"."""
-    if mode == "drop":
-        return probs, torch.zeros_like(remainder)
-    if mode == "renormalise":
-        return probs / probs.sum(-1, keepdim=True).clamp(min=torch.finfo(probs.dtype).tiny), torch.zeros_like(remainder)
-    if mode == "bucket":
-        return probs, remainder
-    raise UserError(f"distill_targets: mode must be 'drop', 'renormalise' or 'bucket', got {mode!r}")

@@ -55,8 +55,15 @@ from .data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
 from .errors import UserError
 from .io_utils import atomic_torch_save, atomic_write_json, atomic_write_text, require_same_config, run_lock
 from .models.beam_search import beam_search
-from .models.translation import (TransformerConfig, TranslationBatch, TranslationModel, collate, fit_to_positions,
-                                 inverse_sqrt_schedule, label_smoothed_loss)
+from .models.translation import (
+    TransformerConfig,
+    TranslationBatch,
+    TranslationModel,
+    collate,
+    fit_to_positions,
+    inverse_sqrt_schedule,
+    label_smoothed_loss,
+)
 from .predictions import Predictions, compact_distributions, save_predictions
 from .tables import cell, mean_and_se
 from .training import train

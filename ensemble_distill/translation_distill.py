@@ -29,13 +29,21 @@ import torch
 
 from .config import TranslationDistillation, setting_problem
 from .data.vocab import PAD_ID
-from .distill import checkpoint_name, distillation_loss
+from .distill.losses import distillation_loss
 from .errors import UserError
-from .io_utils import atomic_write_json, run_lock
+from .io_utils import atomic_write_json, checkpoint_name, run_lock
 from .models.translation import collate
 from .teacher_store import TeacherStore, fingerprint_dataset, write_store
-from .translation import (TranslationRun, evaluate_translation_run, finished, member_seed,
-                          new_model, open_run, to_device, train_model)
+from .translation import (
+    TranslationRun,
+    evaluate_translation_run,
+    finished,
+    member_seed,
+    new_model,
+    open_run,
+    to_device,
+    train_model,
+)
 
 STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
 

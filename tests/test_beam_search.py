@@ -94,7 +94,8 @@ class MarkovModel(torch.nn.Module):
 
     def __init__(self, seed, n_sentences=3, max_len=6, vocab_size=6, eos_bias=0.0):
         super().__init__()
-        logits = 2 * torch.randn(n_sentences, max_len, vocab_size, vocab_size, generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        logits = 2 * torch.randn(n_sentences, max_len, vocab_size, vocab_size, generator=generator)
         logits[..., [PAD_ID, BOS_ID]] = -math.inf
         logits[..., EOS_ID] += eos_bias
         self.table = logits.log_softmax(dim=-1)  # [sentence, step, previous token, next token]
@@ -261,7 +262,8 @@ def test_short_sources_decode_as_without_a_limit(toy_model, held_out, beam_size)
     src = collate(held_out[:40]).src  # at most 7 tokens: the default max_len of 20 is capped at 16
     for models in ([toy_model], [toy_model, copy.deepcopy(toy_model)]):
         limited = [with_positions(m, 16) for m in models]
-        expected, got = beam_search(models, src, beam_size=beam_size), quiet(beam_search, limited, src, beam_size=beam_size)
+        expected = beam_search(models, src, beam_size=beam_size)
+        got = quiet(beam_search, limited, src, beam_size=beam_size)
         assert got.tokens == expected.tokens
         torch.testing.assert_close(got.scores, expected.scores, atol=1e-5, rtol=0)
 

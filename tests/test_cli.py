@@ -12,8 +12,8 @@ import torch
 from ensemble_distill import cli
 from ensemble_distill.cli import main
 from ensemble_distill.config import TaggingConfig, TranslationConfig, to_toml
+from ensemble_distill.ensemble import ensemble_member_ids
 from ensemble_distill.errors import UserError
-from ensemble_distill.experiments import ensemble_member_ids
 from ensemble_distill.translation_distill import memoize_translation_teacher, truncation_sweep
 
 

@@ -7,8 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from ensemble_distill.config import (DistillConfig, Distillation, Ensemble, TaggingConfig, Training, TranslationConfig,
-                                     TranslationDistillation, load_config, setting_problem, to_toml, validate)
+from ensemble_distill.config import (
+    Distillation,
+    DistillConfig,
+    Ensemble,
+    TaggingConfig,
+    Training,
+    TranslationConfig,
+    TranslationDistillation,
+    load_config,
+    setting_problem,
+    to_toml,
+    validate,
+)
 from ensemble_distill.errors import UserError
 
 

@@ -9,7 +9,6 @@ from ensemble_distill.data.conll import label_vocab, read_conll, tag_corpus
 from ensemble_distill.data.tags import TagError, entity_types, iob1_to_iob2, validate_iob2
 from ensemble_distill.errors import UserError
 
-
 # --- tag schemes ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("iob1, iob2", [
@@ -88,7 +87,8 @@ def test_conll2003_layout(tmp_path):
 
 def test_wnut17_layout_tabs_iob2_and_whitespace_only_separators(tmp_path):
     # WNUT-17 separates some sentences with a line holding a lone TAB; tokens may contain spaces and odd unicode
-    text = "@paulwalk\tO\nIt\tO\n\t\nEmpire\tB-location\nState\tI-location\nwatched\u200bwas\tO\n\nnew york\tB-location\n"
+    text = ("@paulwalk\tO\nIt\tO\n\t\nEmpire\tB-location\nState\tI-location\nwatched\u200bwas\tO\n\n"
+            "new york\tB-location\n")
     sentences = read_conll(write(tmp_path, "wnut17train.conll", text), scheme="iob2")
     assert [s.tokens for s in sentences] == [["@paulwalk", "It"], ["Empire", "State", "watched\u200bwas"], ["new york"]]
     assert [s.tags for s in sentences] == [["O", "O"], ["B-location", "I-location", "O"], ["B-location"]]
@@ -115,7 +115,8 @@ def test_explicit_separator_and_crlf(tmp_path):
 # --- reader errors name file:line ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, content, kwargs, line, problem", [
-    ("columns.txt", "EU NNP I-NP I-ORG\nrejects VBZ O\n", {}, 2, "3 columns, but the file's first token line (line 1) has 4"),
+    ("columns.txt", "EU NNP I-NP I-ORG\nrejects VBZ O\n", {}, 2,
+     "3 columns, but the file's first token line (line 1) has 4"),
     ("scheme.txt", "a O\nb O\n\nc U-PER\n", {}, 4, "unknown tag scheme: tag 'U-PER'"),
     ("iobes.txt", "a\tS-LOC\n", {"scheme": "iob2"}, 1, "unknown tag scheme"),
     ("iob2.txt", "a\tO\n\nb\tB-PER\nc\tI-LOC\n", {"scheme": "iob2"}, 4, "invalid IOB2: 'I-LOC' after 'B-PER'"),

@@ -1,9 +1,8 @@
-"""Distillation: the losses by hand, memoise → store round trip, a student pulled towards its teacher, refusals."""
+"""NER distillation: memoise → store round trip, a student pulled towards its teacher, refusals."""
 
 import copy
 import hashlib
 import json
-import math
 import re
 import shutil
 
@@ -11,84 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONLL_SENTENCES, write_conll
-from ensemble_distill import distill as distill_module
 from ensemble_distill.calibration.temperature import fit_temperature
 from ensemble_distill.cli import main
 from ensemble_distill.config import DistillConfig, TaggingConfig, to_toml
-from ensemble_distill.distill import (dataset_fingerprint, distillation_loss, kd_loss, memoize, retemper,
-                                      store_temperature)
+from ensemble_distill.distill import ner as distill_module
+from ensemble_distill.distill.losses import distillation_loss
+from ensemble_distill.distill.ner import dataset_fingerprint, memoize, store_temperature
 from ensemble_distill.ensemble import load_member, member_seed, train_ensemble
 from ensemble_distill.errors import UserError
 from ensemble_distill.experiments import open_run
 from ensemble_distill.tagging import _batch, new_tagger, predict_distributions, tagger_loss
 from ensemble_distill.teacher_store import TeacherStore, write_store
 
-LOG = math.log
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Losses by hand
-
-# One sentence of three positions over V = 3; the last position is padding (masked out, garbage values).
-STUDENT = torch.tensor([[[0.5, 0.3, 0.2], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]]).log()
-# Position 0: teacher (0.6, 0.1, 0.3) cut to its top 2: ids (0, 2), remainder 0.1.
-# Position 1: teacher kept one entry, id 1 with 0.8, remainder 0.2; its second slot is padding (id 0, p 0).
-IDS = torch.tensor([[[0, 2], [1, 0], [2, 1]]])
-PROBS = torch.tensor([[[0.6, 0.3], [0.8, 0.0], [0.5, 0.5]]])
-REMAINDER = torch.tensor([[0.1, 0.2, 0.0]])
-MASK = torch.tensor([[True, True, False]])
-
-
-@pytest.mark.parametrize("mode, position0, position1", [
-    # drop (paper): the stored probabilities against the student's log-probabilities of their ids
-    ("drop", -(0.6 * LOG(0.5) + 0.3 * LOG(0.2)), -0.8 * LOG(0.3)),  # 0.8987, 0.9632
-    # renormalise: (0.6, 0.3) / 0.9 = (2/3, 1/3); (0.8) / 0.8 = (1)
-    ("renormalise", -(2 / 3 * LOG(0.5) + 1 / 3 * LOG(0.2)), -LOG(0.3)),  # 0.9986, 1.2040
-    # bucket: drop plus the remainder against the student's mass outside the kept ids: 1 - 0.5 - 0.2 = 0.3 at
-    # position 0, and 1 - 0.3 = 0.7 at position 1 (the padding slot's id 0 is not a kept id)
-    ("bucket", -(0.6 * LOG(0.5) + 0.3 * LOG(0.2)) - 0.1 * LOG(0.3), -0.8 * LOG(0.3) - 0.2 * LOG(0.7)),
-])
-def test_kd_loss_by_hand(mode, position0, position1):
-    loss = kd_loss(STUDENT, IDS, PROBS, REMAINDER, MASK, mode)
-    assert loss.item() == pytest.approx((position0 + position1) / 2, rel=1e-6)
-
-
-def test_bucket_where_the_kept_ids_cover_the_vocabulary_is_finite():
-    """A full store's remainder is float rounding (~6e-8 in float16): no outside mass, no NaN gradient."""
-    logits = torch.tensor([[[2.0, 0.0, -1.0]]], requires_grad=True)
-    ids, probs = torch.tensor([[[0, 1, 2]]]), torch.tensor([[[0.7, 0.2, 0.1]]])
-    loss = kd_loss(logits.log_softmax(-1), ids, probs, torch.tensor([[6e-8]]), torch.tensor([[True]]), "bucket")
-    loss.backward()
-    expected = -(0.7 * logits.log_softmax(-1)[0, 0, 0] + 0.2 * logits.log_softmax(-1)[0, 0, 1]
-                 + 0.1 * logits.log_softmax(-1)[0, 0, 2])
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert torch.isfinite(logits.grad).all()
-
-
-def test_temperature_retempers_the_teacher_and_scales_by_tau_squared():
-    # sqrt(0.64) = 0.8, sqrt(0.36) = 0.6: normalised (4/7, 3/7), times the stored mass 1
-    assert retemper(torch.tensor([0.64, 0.36, 0.0]), 2.0).tolist() == pytest.approx([4 / 7, 3 / 7, 0.0])
-    # a truncated teacher keeps its stored mass 0.9: (sqrt 0.81, sqrt 0.09) = (0.9, 0.3) -> 0.9 (3/4, 1/4)
-    assert retemper(torch.tensor([0.81, 0.09]), 2.0).tolist() == pytest.approx([0.675, 0.225])
-    logits = torch.tensor([[[2.0, 0.0, -2.0]]])
-    ids, probs = torch.tensor([[[0, 1]]]), torch.tensor([[[0.64, 0.36]]])
-    loss = distillation_loss(logits, torch.tensor([[0]]), torch.tensor([[True]]), ids, probs,
-                             torch.tensor([[0.0]]), beta=1.0, temperature=2.0)
-    student = torch.tensor([1.0, 0.0, -1.0]).log_softmax(-1)  # logits / 2
-    assert loss.item() == pytest.approx(4 * -(4 / 7 * student[0] + 3 / 7 * student[1]).item(), rel=1e-6)
-
-
-def test_label_smoothing_on_the_nll_term():
-    logits = torch.tensor([[[0.5, 0.3, 0.2]]]).log()  # softmax = (0.5, 0.3, 0.2)
-    args = (logits, torch.tensor([[1]]), torch.tensor([[True]]), IDS[:, :1], PROBS[:, :1], REMAINDER[:, :1])
-    # smoothing 0.3 over 3 labels: target (0.1, 0.8, 0.1)
-    expected = -(0.1 * LOG(0.5) + 0.8 * LOG(0.3) + 0.1 * LOG(0.2))
-    assert distillation_loss(*args, beta=0.0, label_smoothing=0.3).item() == pytest.approx(expected, rel=1e-6)
-    # beta mixes: (1 - 0.25) NLL + 0.25 KD
-    kd = -(0.6 * LOG(0.5) + 0.3 * LOG(0.2))
-    assert distillation_loss(*args, beta=0.25).item() == pytest.approx(0.75 * -LOG(0.3) + 0.25 * kd, rel=1e-6)
-
+from conftest import CONLL_SENTENCES, write_conll
 
 # ----------------------------------------------------------------------------------------------------------------
 # A tiny ensemble run, shared by the tests below
@@ -372,7 +306,7 @@ def test_distill_config_names_the_bad_key(tmp_path, text, message):
 
 def test_demo_adds_a_student_of_a_crf_ensemble_to_the_table(run_dir, tmp_path):
     from ensemble_distill.config import load_config
-    from ensemble_distill.experiments import demo
+    from ensemble_distill.demo import demo
 
     cfg = load_config(run_dir / "config.toml", TaggingConfig)
     cfg.train.max_epochs, cfg.ensemble.members, cfg.ensemble.subset_sizes = 1, 1, [1]

@@ -16,7 +16,6 @@ import ctypes
 import hashlib
 import importlib.metadata
 import json
-import os
 import shutil
 import subprocess
 from contextlib import contextmanager

@@ -5,8 +5,14 @@ not to overlap) fails for some of 200."""
 import numpy as np
 import pytest
 
-from ensemble_distill.ensemble import (MAX_MEMBERS, N_TENTHS, distillation_sentences, member_sentences,
-                                       nested_subsets, tenths)
+from ensemble_distill.ensemble import (
+    MAX_MEMBERS,
+    N_TENTHS,
+    distillation_sentences,
+    member_sentences,
+    nested_subsets,
+    tenths,
+)
 from ensemble_distill.errors import UserError
 
 SEEDS = range(200)

@@ -10,7 +10,6 @@ from sklearn.metrics import average_precision_score
 from ensemble_distill.calibration.metrics import (
     balanced_calibration,
     brier,
-    ece,
     entity_type_confidences,
     gold_entity_types,
     stratified_brier,

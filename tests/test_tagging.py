@@ -6,11 +6,25 @@ import torch
 
 from ensemble_distill.config import TaggingConfig
 from ensemble_distill.encoders import compute_frozen_states, load_pretrained, split_encoder
-from ensemble_distill.ensemble import (distillation_sentences, load_member, member_sentences, nested_subsets,
-                                       tenths, train_ensemble)
+from ensemble_distill.ensemble import (
+    distillation_sentences,
+    load_member,
+    member_sentences,
+    nested_subsets,
+    tenths,
+    train_ensemble,
+)
 from ensemble_distill.errors import UserError
-from ensemble_distill.tagging import (held_out_f1, load_tagging_data, new_tagger, predict_distributions,
-                                      tagger_loss, to_predictions, train_tagger, _batch)
+from ensemble_distill.tagging import (
+    _batch,
+    held_out_f1,
+    load_tagging_data,
+    new_tagger,
+    predict_distributions,
+    tagger_loss,
+    to_predictions,
+    train_tagger,
+)
 
 
 def make_config(tiny_encoder, conll_files, tmp_path, head="iid", **train):

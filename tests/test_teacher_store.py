@@ -10,7 +10,6 @@ import torch
 from ensemble_distill.errors import UserError
 from ensemble_distill.teacher_store import (
     TeacherStore,
-    distill_targets,
     fingerprint_dataset,
     fingerprint_vocab,
     require_teachers,
@@ -393,28 +392,3 @@ def test_teacher_output_that_is_not_a_distribution_is_refused(tmp_path):
         write(tmp_path / "b", [np.array([1, 2, 3])], lambda batch: torch.full((3, 7), 1 / 7))
 
 
-def test_distill_targets():
-    logits = torch.randn(2, 3, V, generator=torch.Generator().manual_seed(0))
-    teacher = torch.softmax(logits * 2, -1)
-    probs, ids = teacher.topk(5, -1)
-    remainder = 1 - probs.sum(-1)
-    student = torch.log_softmax(torch.randn(2, 3, V, generator=torch.Generator().manual_seed(1)), -1)
-    student_kept = student.gather(-1, ids)
-
-    targets, bucket = distill_targets(probs, remainder, "drop")
-    assert torch.equal(targets, probs) and (bucket == 0).all()
-    targets, bucket = distill_targets(probs, remainder, "renormalise")
-    torch.testing.assert_close(targets.sum(-1), torch.ones(2, 3))
-    torch.testing.assert_close(targets, torch.softmax(logits * 2, -1).topk(5, -1).values / (1 - remainder)[..., None])
-    targets, bucket = distill_targets(probs, remainder, "bucket")
-    # With the remainder as one bucket, the loss is the cross-entropy against the teacher with its dropped entries
-    # merged into one event, compared densely here.
-    loss = -(targets * student_kept).sum(-1) - bucket * torch.log1p(-student_kept.exp().sum(-1))
-    outside = torch.ones_like(teacher, dtype=torch.bool).scatter_(-1, ids, False)
-    dense = -(teacher * student * ~outside).sum(-1) - (teacher * outside).sum(-1) * torch.log(
-        (student.exp() * outside).sum(-1))
-    torch.testing.assert_close(loss, dense)
-    padding = distill_targets(torch.zeros(1, 4), torch.zeros(1), "renormalise")[0]
-    assert (padding == 0).all()
-    with pytest.raises(UserError, match="mode must be"):
-        distill_targets(probs, remainder, "ignore")

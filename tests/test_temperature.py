@@ -136,7 +136,7 @@ def test_inputs_it_cannot_fit_raise_one_value_error(scores, gold, match):
 def test_tables_and_teacher_names_show_a_fit_at_the_bound():
     from types import SimpleNamespace
 
-    from ensemble_distill.distill import TEMPERATURE_PREFIX, teacher_name
+    from ensemble_distill.distill.ner import TEMPERATURE_PREFIX, teacher_name
     from ensemble_distill.translation import System, format_rows, table_rows
 
     def name(t):
@@ -147,7 +147,8 @@ def test_tables_and_teacher_names_show_a_fit_at_the_bound():
                                  "finite optimum)")
 
     systems = [System("member-1", [0]), System("member-2", [1]), System("ensemble-2", [0, 1])]
-    score = {m: {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6} for m in ("bleu", "ece_1", "ece_5", "bs_plus", "conf_gap")}
+    metrics = ("bleu", "ece_1", "ece_5", "bs_plus", "conf_gap")
+    score = {m: {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6} for m in metrics}
     scores = {f"{s.name}{suffix}": score for s in systems for suffix in ("", "-ts")}
     rows = table_rows(systems, scores, {"member-1": 1.19, "member-2": T_BOUNDS[0], "ensemble-2": T_BOUNDS[1]})
     t_cells = [line.split(" | ")[1] for line in format_rows(rows).splitlines()[2:]]

@@ -18,9 +18,19 @@ from ensemble_distill.errors import UserError
 from ensemble_distill.models.translation import collate
 from ensemble_distill.predictions import load_predictions
 from ensemble_distill.teacher_store import to_dense
-from ensemble_distill.translation import (evaluate_translation_run, mean_of_members, new_model, nll_loss,
-                                          round_batches, teacher_forced, token_batches, train_members, train_model,
-                                          translate, validation_nll)
+from ensemble_distill.translation import (
+    evaluate_translation_run,
+    mean_of_members,
+    new_model,
+    nll_loss,
+    round_batches,
+    teacher_forced,
+    token_batches,
+    train_members,
+    train_model,
+    translate,
+    validation_nll,
+)
 from ensemble_distill.translation_distill import distill_translation, memoize_translation_teacher
 
 WORDS = "ant bee cat dog eel fox gnu hen".split()

@@ -20,7 +20,8 @@ def synthetic_pairs(n=300, seed=0):
 
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory):
-    return train_vocab(joint_sentences(synthetic_pairs()), tmp_path_factory.mktemp("vocab") / "joint.model", vocab_size=120)
+    path = tmp_path_factory.mktemp("vocab") / "joint.model"
+    return train_vocab(joint_sentences(synthetic_pairs()), path, vocab_size=120)
 
 
 def test_joint_sentences_interleaves_both_sides():

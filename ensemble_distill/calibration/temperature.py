@@ -46,10 +46,11 @@ def fit_temperature(scores, gold, what: str = "") -> float:
     if sharpening and softening:
         return 1.0
     if sharpening:
-        return _at_bound(what, 0, "the gold class is the most probable in every row or nearly, so the NLL falls as T -> 0")
+        return _at_bound(what, 0, "the gold class is the most probable in every row or nearly, so the NLL falls as "
+                                  "T -> 0")
     if softening:
-        return _at_bound(what, 1, "the gold scores are on average no higher than their rows' mean, so the NLL falls as T "
-                            "grows")
+        return _at_bound(what, 1, "the gold scores are on average no higher than their rows' mean, so the NLL falls "
+                                  "as T grows")
     return float(np.exp(brentq(slope, low, high, xtol=1e-10)))
 
 
@@ -67,7 +68,8 @@ def temperature_label(temperature: float, digits: int = 2) -> str:
 
 def _at_bound(what: str, which: int, why: str) -> float:
     bound = T_BOUNDS[which]
-    warnings.warn(f"temperature fit{' of ' + what if what else ''} stopped at the {('lower', 'upper')[which]} bound T = {bound:g}: {why}; "
+    warnings.warn(f"temperature fit{' of ' + what if what else ''} stopped at the {('lower', 'upper')[which]} "
+                  f"bound T = {bound:g}: {why}; "
                   "no finite temperature calibrates these scores", TemperatureBoundWarning, stacklevel=3)
     return bound
 

@@ -32,7 +32,8 @@ def read_parallel(src_path, tgt_path) -> list[tuple[str, str]]:
     for number, (src, tgt) in enumerate(zip(src_lines, tgt_lines), start=1):
         for path, text, other_path in ((src_path, src, tgt_path), (tgt_path, tgt, src_path)):
             if not text:
-                raise located(path, number, f"empty line; each line must hold the sentence aligned with the same line of {other_path}")
+                raise located(path, number, "empty line; each line must hold the sentence aligned with the same line "
+                                            f"of {other_path}")
     return list(zip(src_lines, tgt_lines))
 
 
@@ -69,7 +70,8 @@ def filter_by_length(
     most max_ratio times the shorter, with counts of what was dropped. The ratio 9 is the customary limit of
     Moses' clean-corpus-n; it only removes plainly misaligned pairs."""
     if min_len < 1 or max_len < min_len or max_ratio < 1:
-        raise UserError(f"length filter needs 1 <= min_len <= max_len and max_ratio >= 1, got {min_len}, {max_len}, {max_ratio}")
+        raise UserError("length filter needs 1 <= min_len <= max_len and max_ratio >= 1, got "
+                        f"{min_len}, {max_len}, {max_ratio}")
     kept, too_short, too_long, bad_ratio = [], 0, 0, 0
     for index, (src, tgt) in enumerate(pairs):
         shorter, longer = sorted((len(src), len(tgt)))

@@ -16,8 +16,8 @@ than the encoder accepts is split into windows of whole words, which merge_windo
 
 import json
 import warnings
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np

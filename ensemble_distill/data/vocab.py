@@ -48,7 +48,8 @@ def train_vocab(sentences: Iterable[str], model_path, vocab_size: int = DEFAULT_
             model_writer=model,
             model_type="bpe",
             vocab_size=vocab_size,
-            character_coverage=1.0,  # German and English letters are few; keep every one rather than map rare ones to unk
+            # German and English letters are few; keep every one rather than map rare ones to unk
+            character_coverage=1.0,
             input_sentence_size=0,  # use every sentence: no sampling, so training is deterministic
             pad_id=PAD_ID,
             unk_id=UNK_ID,
@@ -74,7 +75,8 @@ class SubwordVocab:
             self.processor.load(str(self.path))
         except (OSError, RuntimeError) as error:
             raise located(self.path, None, f"not a sentencepiece model: {error}") from None
-        special_ids = (self.processor.pad_id(), self.processor.unk_id(), self.processor.bos_id(), self.processor.eos_id())
+        p = self.processor
+        special_ids = (p.pad_id(), p.unk_id(), p.bos_id(), p.eos_id())
         if special_ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise located(self.path, None, f"special ids (pad, unk, bos, eos) are {special_ids}, expected 0, 1, 2, 3")
 

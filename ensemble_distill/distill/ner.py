@@ -17,76 +17,33 @@ the translation student reuses `kd_loss` and `distillation_loss` with its own st
 """
 
 import dataclasses
-import hashlib
 import json
 import platform
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import __version__
-from .calibration.temperature import apply_temperature, at_bound, fit_temperature
-from .config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml, validate
-from .ensemble import EnsembleRun, distillation_sentences, load_member, member_seed, model_dir, read_run_config
-from .errors import UserError
-from .io_utils import atomic_write_json, atomic_write_text, require_same_config, run_lock
-from .tagging import (TaggingData, TaggingSplit, load_tagging_data, new_tagger, predict_distributions,
-                      train_tagger)
-from .teacher_store import TeacherStore, distill_targets, fingerprint_dataset, require_teachers, write_store
+from .. import __version__
+from ..calibration.temperature import apply_temperature, at_bound, fit_temperature
+from ..config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml, validate
+from ..ensemble import (
+    EnsembleRun,
+    distillation_sentences,
+    ensemble_member_ids,
+    load_member,
+    member_seed,
+    model_dir,
+    read_run_config,
+)
+from ..errors import UserError
+from ..experiments import TABLE_METRICS, evaluate_distributions, format_rows
+from ..io_utils import atomic_write_json, atomic_write_text, checkpoint_name, require_same_config, run_lock
+from ..tagging import TaggingData, TaggingSplit, load_tagging_data, new_tagger, predict_distributions, train_tagger
+from ..teacher_store import TeacherStore, fingerprint_dataset, require_teachers, write_store
+from .losses import distillation_loss
 
 TEMPERATURE_PREFIX = "temperature "  # the teacher-name entry that records a temperature-scaled teacher's T
-
-# ----------------------------------------------------------------------------------------------------------------
-# Losses, generic over [batch, positions, vocab]
-
-
-def kd_loss(student_log_probs, teacher_ids, teacher_probs, remainder, mask, mode: str = "drop") -> torch.Tensor:
-    """Token-level cross-entropy from stored teacher entries to the student, averaged over masked positions:
-
-        -sum_k t_k log p(id_k) - b log(1 - sum_k p(id_k)),   (t, b) = teacher_store.distill_targets(probs, rem, mode)
-
-    student_log_probs [B, T, V]; teacher_ids, teacher_probs [B, T, K]; remainder, mask [B, T]. Entries with
-    probability 0 are padding (a stored entry rounded to 0 carries no target mass either way)."""
-    log_probs = student_log_probs[mask]  # [N, V]
-    ids, probs, rest = teacher_ids[mask], teacher_probs[mask].to(log_probs.dtype), remainder[mask].to(log_probs.dtype)
-    targets, bucket = distill_targets(probs, rest, mode)
-    loss = -(targets * log_probs.gather(-1, ids)).sum(-1)
-    if mode == "bucket":
-        loss = loss - bucket * _outside_log_mass(log_probs, ids, probs > 0)
-    return loss.sum() / max(len(loss), 1)
-
-
-def _outside_log_mass(log_probs, ids, real) -> torch.Tensor:
-    """log of the student's mass outside the kept ids, by logsumexp over the other ids (stable where the kept
-    mass is near 1). Where the kept ids cover the vocabulary there is no outside: 0, so the bucket there (float
-    rounding of a remainder that is really 0) adds nothing."""
-    kept = torch.zeros_like(log_probs, dtype=torch.bool).scatter_(-1, ids, real)
-    has_outside = ~kept.all(-1)
-    # Filling covered rows with 0 keeps the logsumexp and its gradient finite there (not -inf, not NaN).
-    outside = log_probs.masked_fill(kept, float("-inf")).where(has_outside[:, None], 0.0)
-    return torch.logsumexp(outside, -1).where(has_outside, 0.0)
-
-
-def retemper(teacher_probs, temperature: float) -> torch.Tensor:
-    """The stored entries re-tempered, q_k^(1/tau), rescaled to keep their stored mass (the remainder stays the
-    remainder). Exact when the store keeps every entry, as for NER."""
-    powered = teacher_probs.pow(1.0 / temperature)
-    return powered * (teacher_probs.sum(-1, keepdim=True) / powered.sum(-1, keepdim=True).clamp(min=1e-30))
-
-
-def distillation_loss(logits, gold, mask, teacher_ids, teacher_probs, remainder, *, beta: float,
-                      mode: str = "drop", temperature: float = 1.0, label_smoothing: float = 0.0) -> torch.Tensor:
-    """(1 - beta) NLL(gold) + beta tau^2 KD(student at tau, teacher re-tempered at tau), means over the masked
-    positions. logits [B, T, V]; gold, mask [B, T]. The tau^2 (Hinton et al., 2015) keeps the KD gradients' scale
-    as tau changes; at tau = 1 (the paper's) both are the plain distributions."""
-    nll = F.cross_entropy(logits[mask], gold[mask], label_smoothing=label_smoothing)
-    if temperature != 1.0:
-        teacher_probs = retemper(teacher_probs, temperature)
-    kd = kd_loss(F.log_softmax(logits / temperature, -1), teacher_ids, teacher_probs, remainder, mask, mode)
-    return (1.0 - beta) * nll + beta * temperature ** 2 * kd
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Memoising the teacher
@@ -96,8 +53,6 @@ def memoize(run_dir, store_dir, members: int | None = None, temperature_scaled: 
             progress: bool = True, data: TaggingData | None = None) -> TeacherStore:
     """Write (or resume, or reuse when finished) the teacher store of the run's ensemble of `members` (default:
     the largest configured subset) over all training sentences in order. `data`: the run's data, if loaded."""
-    from .experiments import ensemble_member_ids
-
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     ids = ensemble_member_ids(cfg, members)
@@ -131,17 +86,6 @@ def _memoize(run: EnsembleRun, store_dir, ids: list[int], temperature_scaled: bo
 def dataset_fingerprint(split: TaggingSplit) -> str:
     """What a store is keyed to: the split's word-level gold ids and its encoder windows' subword ids."""
     return fingerprint_dataset(split.corpus.tag_ids, [w.input_ids for w in split.windows])
-
-
-def checkpoint_name(run_dir: Path, checkpoint: Path) -> str:
-    """How a store names a teacher checkpoint: its path in the run and its sha256."""
-    try:
-        with open(checkpoint, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError as error:
-        raise UserError(f"{checkpoint}: cannot read the teacher checkpoint ({error.strerror}); train the run "
-                        "first") from None
-    return f"{checkpoint.relative_to(run_dir).as_posix()} sha256:{digest}"
 
 
 def member_checkpoints(run_dir: Path, ids: list[int]) -> list[str]:
@@ -187,8 +131,6 @@ def distill(store_dir, config, out_dir, n_boot: int = 1000, progress: bool = Tru
 
 
 def _distill(store_dir, config, out_dir: Path, n_boot: int, progress: bool, data: TaggingData | None) -> dict:
-    from .experiments import evaluate_distributions, format_rows
-
     cfg = (validate(config, "distill config") if isinstance(config, DistillConfig)
            else load_config(config, DistillConfig))
     student_cfg = student_config(read_run_config(cfg.distill.ensemble_run), cfg)
@@ -208,9 +150,9 @@ def _distill(store_dir, config, out_dir: Path, n_boot: int, progress: bool, data
     test = data.splits["test"]
     distributions = predict_distributions([model], test, pad_id=data.pad_id, progress=progress)
     system = f"student ({teacher_name(store)})"
-    metrics = evaluate_distributions(EnsembleRun(out_dir, student_cfg, data), distributions, test,
-                                     out_dir / "eval" / "test" / "student", n_boot, {"student": system})
-    row = {"system": system, **{m: metrics[m] for m in ("f1", "bs_plus", "bs_minus", "b_bs", "b_ece")}}
+    metrics = evaluate_distributions(distributions, test, data.labels, out_dir / "eval" / "test" / "student", n_boot,
+                                     {"run": str(out_dir), "head": "iid", "student": system})
+    row = {"system": system, **{m: metrics[m] for m in TABLE_METRICS}}
     atomic_write_json(out_dir / "eval" / "test" / "results.json", [row])
     atomic_write_text(out_dir / "eval" / "test" / "results.md", format_rows([row], title=f"{out_dir.name}, test"))
     return row
@@ -219,8 +161,6 @@ def _distill(store_dir, config, out_dir: Path, n_boot: int, progress: bool, data
 def require_ensemble_teacher(store: TeacherStore, cfg: DistillConfig) -> None:
     """Refuse a store not memoized from the ensemble `cfg` names: its teachers must be the current weights of
     exactly those members of the run (a temperature-scaled store of them is that teacher too)."""
-    from .experiments import ensemble_member_ids
-
     run_dir, k = Path(cfg.distill.ensemble_run), cfg.distill.teacher_members
     run_cfg = read_run_config(run_dir)
     if k > run_cfg.ensemble.members:

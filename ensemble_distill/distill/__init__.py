@@ -1,0 +1,1 @@
+"""Ensemble distillation, for both tasks: the losses, memoising a teacher ensemble, training a student."""
