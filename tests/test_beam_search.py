@@ -42,19 +42,24 @@ def toy_examples(generator, n):
     return examples
 
 
-@pytest.fixture(scope="module")
-def toy_model():
-    torch.manual_seed(0)
-    data = torch.Generator().manual_seed(1)
-    model = TranslationModel(TransformerConfig.preset("tiny", vocab_size=12))
+def train_toy(steps, batch_size, seed=0, **config):
+    """A tiny model trained on the toy tasks for `steps` Adam steps (weights from `seed`, data from `seed` + 1)."""
+    torch.manual_seed(seed)
+    data = torch.Generator().manual_seed(seed + 1)
+    model = TranslationModel(TransformerConfig.preset("tiny", vocab_size=12, **config))
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3, betas=(0.9, 0.98))
-    for _ in range(175):
-        batch = collate(toy_examples(data, 256))
+    for _ in range(steps):
+        batch = collate(toy_examples(data, batch_size))
         loss = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    return train_toy(steps=175, batch_size=256)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +95,8 @@ def test_a_padded_batch_decodes_like_each_sentence_alone(toy_model, held_out):
 
 class MarkovModel(torch.nn.Module):
     """A stand-in translation model: the next-token distribution depends only on the sentence, the step and the
-    previous token, through a random table, so any output's probability can be computed directly."""
+    previous token, through a random table, so any output's probability can be computed directly. src[:, 0] is the
+    sentence's index into the table."""
 
     def __init__(self, seed, n_sentences=3, max_len=6, vocab_size=6, eos_bias=0.0):
         super().__init__()
@@ -101,16 +107,31 @@ class MarkovModel(torch.nn.Module):
         self.table = logits.log_softmax(dim=-1)  # [sentence, step, previous token, next token]
         self.config = SimpleNamespace(max_positions=max_len)  # the table has a row for prefixes of 1..max_len
 
-    def encode(self, src):  # src[:, 0] is the sentence's index into the table
-        return src[:, 0], src == PAD_ID
+    def start_decoding(self, src, beam_size, cache=True):
+        return MarkovDecoder(self.table, src[:, 0].repeat_interleave(beam_size))
 
-    def decode_step(self, memory, src_pad, prefix):
-        return self.table[memory, prefix.shape[1] - 1, prefix[:, -1]]
+    def next_log_probs(self, sentence, prefix):
+        """log p of the token after prefix (BOS first) [V]."""
+        return self.table[sentence, len(prefix) - 1, prefix[-1]]
 
     def token_log_probs(self, sentence, target):
         """log p of each token of target (EOS included) given the tokens before it."""
         tokens = [BOS_ID, *target, EOS_ID]
         return torch.stack([self.table[sentence, t, tokens[t], tokens[t + 1]] for t in range(len(tokens) - 1)])
+
+
+class MarkovDecoder:
+    """The decoder interface of TranslationModel.start_decoding for a MarkovModel: each row's sentence follows it."""
+
+    def __init__(self, table, sentences):
+        self.table, self.sentences, self.length = table, sentences, 0
+
+    def step(self, tokens):
+        self.length += 1
+        return self.table[self.sentences, self.length - 1, tokens]
+
+    def reorder(self, parents):
+        self.sentences = self.sentences[parents]
 
 
 def markov_sources(n):
@@ -152,12 +173,11 @@ def test_members_are_averaged_inside_the_beam_not_after():
 
 def reference_beam_search(models, sentence, beam_size, alpha, max_len):
     """The same search, one hypothesis at a time in plain Python: an independent check of the batched bookkeeping."""
-    src = markov_sources(sentence + 1)[sentence : sentence + 1]
     beams, finished = [(0.0, [BOS_ID])], []
     for step in range(max_len):
         candidates = []
         for score, prefix in beams:
-            member = torch.stack([m.decode_step(m.encode(src)[0], None, torch.tensor([prefix]))[0] for m in models])
+            member = torch.stack([m.next_log_probs(sentence, prefix) for m in models])
             log_probs = torch.log(member.exp().mean(dim=0))
             for token, log_prob in enumerate(log_probs.tolist()):
                 allowed = token == EOS_ID if step == max_len - 1 else token not in (PAD_ID, BOS_ID)
@@ -200,6 +220,43 @@ def test_max_len_forces_eos(toy_model, held_out):
     assert torch.isfinite(decoded.scores).all()
     with pytest.raises(UserError, match="beam_size >= 1"):
         beam_search([toy_model], collate(held_out[:2]).src, beam_size=0)
+
+
+# Incremental decoding: the cached search against full recompute
+
+
+@pytest.fixture(scope="module")
+def systems(toy_model):
+    """Models and ensembles whose hypotheses end at many lengths, with both layer orders and 1 or 2 decoder layers."""
+    pre_norm = train_toy(steps=20, batch_size=64, seed=3, n_decoder_layers=2)  # barely trained: unsure where to stop
+    post_norm = train_toy(steps=40, batch_size=64, seed=3, n_decoder_layers=2, norm_first=False)
+    torch.manual_seed(4)  # untrained, and 12 positions: decodes until the positions run out
+    random = TranslationModel(TransformerConfig.preset("tiny", vocab_size=12, n_decoder_layers=2, max_positions=12))
+    return {"trained": [toy_model], "pre-norm": [pre_norm], "post-norm": [post_norm], "random": [random.eval()],
+            "ensemble of 3": [toy_model, pre_norm, post_norm], "ensemble with random": [random, post_norm]}
+
+
+@pytest.mark.parametrize("beam_size", [1, 2, 4])
+@pytest.mark.parametrize("system", ["trained", "pre-norm", "post-norm", "random", "ensemble of 3",
+                                    "ensemble with random"])
+def test_cached_search_finds_the_full_recompute_hypotheses(systems, held_out, system, beam_size):
+    models = systems[system]
+    batch = collate(held_out[:12]).src  # 3 to 7 tokens: all but the longest rows padded
+    for src in (batch, batch[:1, : int((batch[0] != PAD_ID).sum())]):  # ...and one sentence alone, unpadded
+        for max_len in (1, 4, None):  # None: 1.5 x 7 + 10 tokens, capped at 12 positions with the random model
+            cached = quiet(beam_search, models, src, beam_size=beam_size, max_len=max_len)
+            full = quiet(beam_search, models, src, beam_size=beam_size, max_len=max_len, cache=False)
+            assert cached.tokens == full.tokens
+            torch.testing.assert_close(cached.scores, full.scores, atol=1e-5, rtol=0)
+
+
+def test_the_systems_compared_end_at_many_lengths(systems, held_out):
+    # What makes the comparison above a test of the cache: beams that finish at different steps (so finished
+    # hypotheses are set aside while others grow), and searches cut at the positions.
+    src = collate(held_out[:12]).src
+    lengths = {name: {len(t) for t in beam_search(models, src, beam_size=4).tokens} for name, models in systems.items()}
+    assert len(lengths["pre-norm"]) >= 3 and len(lengths["post-norm"]) >= 3 and len(lengths["ensemble of 3"]) >= 3
+    assert 11 in lengths["random"]  # 12 positions: BOS and 11 tokens, then EOS forced
 
 
 # Inputs at and beyond the models' positions

@@ -60,6 +60,41 @@ def test_teacher_forced_distributions_equal_step_by_step_decoding():
     torch.testing.assert_close(model.log_probs_teacher_forced(batch.src, batch.tgt_in, real), teacher_forced[real])
 
 
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_cached_decoder_steps_equal_teacher_forcing_of_the_reordered_prefixes(norm_first):
+    # Two hypotheses a sentence, each step continuing a random one of its sentence's hypotheses with a random token:
+    # the cached keys and values must follow their hypotheses, and each step's distribution must be that of torch's
+    # own layers run over the whole prefix. Padded sources, two decoder layers, both layer orders.
+    torch.manual_seed(0)
+    model = TranslationModel(TransformerConfig.preset("tiny", 20, n_decoder_layers=2, norm_first=norm_first)).eval()
+    src, beam = random_batch().src, 2
+    g = torch.Generator().manual_seed(1)
+    decoder = model.start_decoding(src, beam_size=beam)
+    prefixes = torch.full((3 * beam, 1), BOS_ID)
+    for _ in range(6):
+        expected = model.log_probs_teacher_forced(src.repeat_interleave(beam, dim=0), prefixes)[:, -1]
+        torch.testing.assert_close(decoder.step(prefixes[:, -1]), expected, atol=1e-5, rtol=0)
+        parents = torch.arange(3).repeat_interleave(beam) * beam + torch.randint(0, beam, (3 * beam,), generator=g)
+        decoder.reorder(parents)
+        prefixes = torch.cat([prefixes[parents], torch.randint(4, 20, (3 * beam, 1), generator=g)], dim=1)
+
+
+def test_start_decoding_refuses_training_mode_and_empty_beams_and_steps_stop_at_the_positions():
+    torch.manual_seed(0)
+    model = TranslationModel(TransformerConfig.preset("tiny", 20, max_positions=3))
+    src = torch.tensor([[5, EOS_ID]])
+    with pytest.raises(ValueError, match="eval mode"):
+        model.start_decoding(src)
+    model.eval()
+    with pytest.raises(ValueError, match="beam_size must be at least 1, got 0"):
+        model.start_decoding(src, beam_size=0)
+    decoder = model.start_decoding(src)
+    for token in (BOS_ID, 5, 6):
+        decoder.step(torch.tensor([token]))
+    with pytest.raises(UserError, match="sequence of 4 tokens is longer than the model's max_positions"):
+        decoder.step(torch.tensor([7]))
+
+
 def test_dropout_acts_only_in_training_mode():
     torch.manual_seed(0)
     model = TranslationModel(TransformerConfig.preset("tiny", 20, dropout=0.3))

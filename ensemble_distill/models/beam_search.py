@@ -14,6 +14,10 @@ become the new beam. A sentence is done once K hypotheses have finished, or when
 is the finished hypothesis with the best score / lp(length), with GNMT's length penalty lp(n) = ((5 + n) / 6)^alpha
 (Wu et al. 2016), n counting EOS. With K = 1 this is greedy decoding. All sentences x beams move as one batch.
 
+Each member decodes incrementally (CachedDecoder: its keys and values cached, reordered with the surviving
+beams), so a step costs the same at every length; cache=False reruns each member's decoder over whole prefixes,
+the reference the cache is tested and benchmarked against (same hypotheses, scores within float rounding).
+
 Inputs beyond the models' positions never abort a search (as fairseq): the output length is capped so that every
 decoder prefix fits (EOS is forced at the limit, so the hypothesis comes back truncated), and a source longer
 than the encoder takes is cut to fit, keeping its EOS, with a warning that counts such sources.
@@ -43,12 +47,16 @@ def length_penalty(length, alpha: float):
 
 @torch.no_grad()
 def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: int = 4, alpha: float = 0.6,
-                max_len: int | None = None) -> Decoded:
+                max_len: int | None = None, cache: bool = True) -> Decoded:
     """Best translation of each source row of src [B, S] (ids then EOS, right-padded) under the mean of the models,
     which are put in eval mode. max_len bounds the generated tokens, EOS included; by default 1.5 x the padded
     source length + 10, and never more than the models' max_positions (the longest decoder input, BOS included,
     then holds max_positions tokens). Sources longer than max_positions are cut to fit, with a warning. The
-    defaults beam 4 and alpha 0.6 are Vaswani et al.'s."""
+    defaults beam 4 and alpha 0.6 are Vaswani et al.'s. cache=False decodes by full recompute (the reference).
+
+    Raises:
+        UserError: beam_size or max_len below 1.
+    """
     batch_size, k, device = src.shape[0], beam_size, src.device
     max_len = max_len if max_len is not None else int(1.5 * src.shape[1]) + 10
     if k < 1 or max_len < 1:
@@ -61,7 +69,7 @@ def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: i
                       f"positions; each was cut to its first {positions - 1} tokens and EOS", stacklevel=2)
     for model in models:
         model.eval()
-    encoded = [tuple(t.repeat_interleave(k, dim=0) for t in model.encode(src)) for model in models]
+    decoders = [model.start_decoding(src, k, cache=cache) for model in models]
     sentences = torch.arange(batch_size, device=device)
 
     prefixes = torch.full((batch_size * k, 1), BOS_ID, device=device)  # live hypotheses, k consecutive rows a sentence
@@ -73,7 +81,7 @@ def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: i
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
 
     for step in range(max_len):
-        log_probs = ensemble_log_probs(models, encoded, prefixes).view(batch_size, k, -1)
+        log_probs = ensemble_log_probs(decoders, prefixes[:, -1]).view(batch_size, k, -1)
         log_probs[..., [PAD_ID, BOS_ID]] = -math.inf
         if step == max_len - 1:  # out of room: EOS is the only extension
             eos = log_probs[..., EOS_ID].clone()
@@ -100,18 +108,22 @@ def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: i
 
         # Live: the K best extensions that are not EOS (at most K of the 2K are EOS, so K remain).
         scores, live = torch.where(is_eos, -math.inf, top_scores).topk(k, dim=1)
-        parents = sentences[:, None] * k + top_beams.gather(1, live)
-        prefixes = torch.cat([prefixes[parents.view(-1)], top_tokens.gather(1, live).view(-1, 1)], dim=1)
+        parents = (sentences[:, None] * k + top_beams.gather(1, live)).view(-1)
+        prefixes = torch.cat([prefixes[parents], top_tokens.gather(1, live).view(-1, 1)], dim=1)
+        for decoder in decoders:
+            decoder.reorder(parents)
 
     tokens = [row[1 : row.index(EOS_ID)] for row in best_tokens.tolist()]
     return Decoded(tokens, best_score)
 
 
-def ensemble_log_probs(models, encoded, prefixes: Tensor) -> Tensor:
-    """log of the mean of the members' next-token probabilities [N, V], computed stably as logsumexp - log M."""
-    member_log_probs = torch.stack([model.decode_step(memory, src_pad, prefixes)
-                                    for model, (memory, src_pad) in zip(models, encoded)])
-    return member_log_probs.logsumexp(dim=0) - math.log(len(models))
+def ensemble_log_probs(decoders, tokens: Tensor) -> Tensor:
+    """log of the mean of the members' next-token probabilities [N, V] after each hypothesis, extended by tokens
+    [N], computed stably as logsumexp - log M."""
+    if len(decoders) == 1:  # the member's own: logsumexp over one would cost a fifth of a single model's search
+        return decoders[0].step(tokens)
+    member_log_probs = torch.stack([decoder.step(tokens) for decoder in decoders])
+    return member_log_probs.logsumexp(dim=0) - math.log(len(decoders))
 
 
 def greedy_decode(models: Sequence[TranslationModel], src: Tensor, max_len: int | None = None) -> Decoded:

@@ -5,6 +5,7 @@
     batch = collate(encoded_pairs)                                  # src, tgt_in = BOS y, tgt_out = y EOS
     loss = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out, smoothing=0.1)
     scheduler = inverse_sqrt_schedule(optimizer, warmup_steps=4000)
+    decoder = model.start_decoding(batch.src, beam_size=4)         # cached keys and values, for beam_search.py
 
 The vocabulary is joint (data/vocab.py), so one matrix is the source embedding, the target embedding and the
 output projection. Targets are right-padded: with a causal mask no real position can see padding, so no target
@@ -33,9 +34,12 @@ from ensemble_distill.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from ensemble_distill.errors import UserError
 
 PRESETS = {
-    "base": dict(d_model=512, n_heads=8, n_encoder_layers=6, n_decoder_layers=6, d_ff=2048, dropout=0.1, norm_first=False),
-    "small": dict(d_model=192, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, d_ff=768, dropout=0.1, norm_first=True),
-    "tiny": dict(d_model=64, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, d_ff=256, dropout=0.0, norm_first=True),
+    "base": dict(d_model=512, n_heads=8, n_encoder_layers=6, n_decoder_layers=6, d_ff=2048, dropout=0.1,
+                 norm_first=False),
+    "small": dict(d_model=192, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, d_ff=768, dropout=0.1,
+                  norm_first=True),
+    "tiny": dict(d_model=64, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, d_ff=256, dropout=0.0,
+                 norm_first=True),
 }
 
 
@@ -52,7 +56,8 @@ class TransformerConfig:
     max_positions: int = 512
 
     def __post_init__(self):
-        for key in ("vocab_size", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "d_ff", "max_positions"):
+        for key in ("vocab_size", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "d_ff",
+                    "max_positions"):
             if getattr(self, key) < 1:
                 raise UserError(f"model config: {key} must be at least 1, got {getattr(self, key)}")
         if self.d_model % self.n_heads:
@@ -95,12 +100,14 @@ class TranslationModel(nn.Module):
         with torch.no_grad():
             self.embedding.weight[PAD_ID].zero_()
 
-    def embed(self, ids: Tensor) -> Tensor:
-        length = ids.shape[1]
-        if length > self.config.max_positions:
-            raise UserError(f"sequence of {length} tokens is longer than the model's max_positions ({self.config.max_positions})")
+    def embed(self, ids: Tensor, start: int = 0) -> Tensor:
+        """Scaled embeddings plus sinusoids [B, T, d] of ids [B, T] that sit at positions start, ..., start + T - 1."""
+        end = start + ids.shape[1]
+        if end > self.config.max_positions:
+            raise UserError(f"sequence of {end} tokens is longer than the model's max_positions "
+                            f"({self.config.max_positions})")
         scaled = self.embedding(ids) * math.sqrt(self.config.d_model)
-        return self.dropout(scaled + self.positions[:length])
+        return self.dropout(scaled + self.positions[start:end])
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder states [B, S, d] and the source padding mask [B, S] (True at padding)."""
@@ -130,10 +137,120 @@ class TranslationModel(nn.Module):
         return F.log_softmax(self.project(states if real is None else states[real]).float(), dim=-1)
 
     def decode_step(self, memory: Tensor, src_pad: Tensor, prefix: Tensor) -> Tensor:
-        """Log-probabilities [B, V] of the token after each prefix [B, t] (BOS first). The decoder is rerun over
-        the whole prefix: simple, and cheap enough for caption-length outputs."""
+        """Log-probabilities [B, V] of the token after each prefix [B, t] (BOS first), the decoder rerun over the
+        whole prefix: quadratic in the output length. The reference that CachedDecoder is tested against."""
         states = self.decoder_states(memory, src_pad, prefix)
         return F.log_softmax(self.project(states[:, -1]).float(), dim=-1)
+
+    def start_decoding(self, src: Tensor, beam_size: int = 1, *,
+                       cache: bool = True) -> "CachedDecoder | RecomputeDecoder":
+        """A step-by-step decoder of beam_size hypotheses per source row of src [B, S] (ids then EOS,
+        right-padded), the B x beam_size hypotheses in sentence-major order. cache=False gives the full-recompute
+        RecomputeDecoder, the reference for tests and benchmarks.
+
+        Raises:
+            ValueError: the model is in training mode (decoding skips dropout), or beam_size < 1.
+        """
+        if self.training:
+            raise ValueError("start_decoding: put the model in eval mode first (decoding applies no dropout)")
+        if beam_size < 1:
+            raise ValueError(f"start_decoding: beam_size must be at least 1, got {beam_size}")
+        return (CachedDecoder if cache else RecomputeDecoder)(self, src, beam_size)
+
+
+class CachedDecoder:
+    """Incremental decoding: each step runs the decoder on one new token per hypothesis, attending to the keys and
+    values of the earlier tokens, which are kept, instead of rerunning it over the whole prefix.
+
+        decoder = model.start_decoding(src, beam_size=4)           # N = B x 4 hypotheses, each at BOS
+        log_probs = decoder.step(torch.full((N,), BOS_ID))          # [N, V]
+        decoder.reorder(parents)                                    # hypothesis n continues hypothesis parents[n]
+        log_probs = decoder.step(next_tokens)                       # [N, V]
+
+    The step is our own forward of nn.TransformerDecoderLayer on its own parameters (eval mode, so no dropout):
+    torch's layer and nn.MultiheadAttention take whole sequences and keep no keys or values between calls.
+    Self-attention keys and values grow by one position a step ([N, H, t, d/H] per layer). Cross-attention keys
+    and values of the encoder output are computed once per sentence ([B, H, S, d/H]) and never reordered: the
+    hypotheses of a sentence stay with that sentence, so its beam_size rows act as beam_size query positions
+    against the one copy of its keys.
+    """
+
+    def __init__(self, model: TranslationModel, src: Tensor, beam_size: int):
+        memory, src_pad = model.encode(src)
+        config = model.config
+        self.model, self.beam_size, self.length = model, beam_size, 0
+        self.n_heads, self.d_model = config.n_heads, config.d_model
+        self.attend = ~src_pad[:, None, None, :]  # [B, 1, 1, S]: True at real source tokens
+        cross = [F.linear(memory, layer.multihead_attn.in_proj_weight[config.d_model:],
+                          layer.multihead_attn.in_proj_bias[config.d_model:]).chunk(2, dim=-1)
+                 for layer in model.decoder.layers]
+        self.cross_keys = [self.heads(k) for k, _ in cross]
+        self.cross_values = [self.heads(v) for _, v in cross]
+        n, head_size = src.shape[0] * beam_size, config.d_model // config.n_heads
+        empty = memory.new_empty(n, config.n_heads, 0, head_size)
+        self.keys, self.values = [empty] * len(model.decoder.layers), [empty] * len(model.decoder.layers)
+
+    def heads(self, x: Tensor) -> Tensor:
+        """[N, T, d] -> [N, H, T, d/H]"""
+        return x.view(x.shape[0], x.shape[1], self.n_heads, -1).transpose(1, 2)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Log-probabilities [N, V] (float32) of the next token after each hypothesis, extended by tokens [N].
+
+        Raises:
+            UserError: the hypotheses would outgrow the model's max_positions.
+        """
+        x = self.model.embed(tokens[:, None], start=self.length)  # [N, 1, d]
+        for i, layer in enumerate(self.model.decoder.layers):
+            if layer.norm_first:  # the two orders of nn.TransformerDecoderLayer.forward
+                x = x + self.self_attention(i, layer.self_attn, layer.norm1(x))
+                x = x + self.cross_attention(i, layer.multihead_attn, layer.norm2(x))
+                x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+            else:
+                x = layer.norm1(x + self.self_attention(i, layer.self_attn, x))
+                x = layer.norm2(x + self.cross_attention(i, layer.multihead_attn, x))
+                x = layer.norm3(x + layer.linear2(layer.activation(layer.linear1(x))))
+        if self.model.decoder.norm is not None:
+            x = self.model.decoder.norm(x)
+        self.length += 1
+        return F.log_softmax(self.model.project(x[:, 0]).float(), dim=-1)
+
+    def self_attention(self, i: int, attention: nn.MultiheadAttention, x: Tensor) -> Tensor:
+        query, key, value = F.linear(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+        self.keys[i] = torch.cat([self.keys[i], self.heads(key)], dim=2)
+        self.values[i] = torch.cat([self.values[i], self.heads(value)], dim=2)
+        # One query, the newest position: it may see every cached one, so no causal mask.
+        out = F.scaled_dot_product_attention(self.heads(query), self.keys[i], self.values[i])  # [N, H, 1, d/H]
+        return attention.out_proj(out.transpose(1, 2).reshape(x.shape))
+
+    def cross_attention(self, i: int, attention: nn.MultiheadAttention, x: Tensor) -> Tensor:
+        query = F.linear(x, attention.in_proj_weight[: self.d_model], attention.in_proj_bias[: self.d_model])
+        by_sentence = query.view(-1, self.beam_size, self.n_heads, self.d_model // self.n_heads).transpose(1, 2)
+        out = F.scaled_dot_product_attention(by_sentence, self.cross_keys[i], self.cross_values[i],
+                                             attn_mask=self.attend)  # [B, H, beam_size, d/H]
+        return attention.out_proj(out.transpose(1, 2).reshape(x.shape))
+
+    def reorder(self, parents: Tensor):
+        """Hypothesis n continues hypothesis parents[n] ([N] long, within the same sentence's rows)."""
+        self.keys = [k[parents] for k in self.keys]
+        self.values = [v[parents] for v in self.values]
+
+
+class RecomputeDecoder:
+    """CachedDecoder's interface over decode_step: every step reruns the decoder over whole prefixes. The
+    reference that the cache is tested and benchmarked against."""
+
+    def __init__(self, model: TranslationModel, src: Tensor, beam_size: int):
+        self.model = model
+        self.memory, self.src_pad = (t.repeat_interleave(beam_size, dim=0) for t in model.encode(src))
+        self.prefixes = src.new_empty(len(self.memory), 0)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        self.prefixes = torch.cat([self.prefixes, tokens[:, None]], dim=1)
+        return self.model.decode_step(self.memory, self.src_pad, self.prefixes)
+
+    def reorder(self, parents: Tensor):
+        self.prefixes = self.prefixes[parents]
 
 
 def sinusoidal_positions(n_positions: int, d_model: int) -> Tensor:
@@ -160,7 +277,8 @@ class TranslationBatch:
 def collate(pairs) -> TranslationBatch:
     """A padded batch from (source ids, target ids) pairs of subword ids without specials."""
     def padded(seqs):
-        return pad_sequence([torch.tensor(seq, dtype=torch.long) for seq in seqs], batch_first=True, padding_value=PAD_ID)
+        return pad_sequence([torch.tensor(seq, dtype=torch.long) for seq in seqs], batch_first=True,
+                            padding_value=PAD_ID)
     return TranslationBatch(
         src=padded([[*src, EOS_ID] for src, _ in pairs]),
         tgt_in=padded([[BOS_ID, *tgt] for _, tgt in pairs]),
@@ -190,7 +308,8 @@ def fit_sources(src: Tensor, max_positions: int) -> tuple[Tensor, int]:
 def label_smoothed_loss(logits: Tensor, targets: Tensor, smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy per non-padding target token against (1 - λ)·one-hot + λ·uniform over all V classes
     (Szegedy et al. 2016); λ = 0.1 for the paper's LS runs, 0 for plain cross-entropy."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID, label_smoothing=smoothing)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID,
+                           label_smoothing=smoothing)
 
 
 def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
@@ -203,4 +322,5 @@ def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
 
 def inverse_sqrt_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A scheduler that sets each group's rate to its initial (peak) rate times inverse_sqrt_factor."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(inverse_sqrt_factor, warmup_steps=warmup_steps))
+    schedule = functools.partial(inverse_sqrt_factor, warmup_steps=warmup_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
