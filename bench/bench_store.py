@@ -11,7 +11,10 @@ a mean entropy of ~1.3 nats, a mean top-1 probability of ~0.65 and ~1.5% of the 
 script prints the measured values). Sentence lengths ~ 1 + Poisson(27), as in WMT subword data.
 
 Read speed is the median over passes of shuffled batches of 32 sentences from warm (page-cached) files; "vs ref"
-times the reference layout in alternation with each store on the same batches.
+times the reference layout in alternation with each store on the same batches. Read-back error, against the
+float32 truncation of the same distributions: "L1 err" is the mean over positions of sum_k |stored p_k - p_k|
+(how far the quantisation moves the KD gradient at the student's logits, which is student - teacher at the
+kept ids), "max err" the largest |stored p - p| of any kept entry.
 
     python bench/bench_store.py [--sentences 200 --vocab 8192 --batch 32 --training-tokens-per-s 5000]
 """
@@ -35,8 +38,11 @@ CONFIGS = [  # (label, top_k, epsilon, probs dtype)
     ("fixed V'=128", 128, None, "float16"),
     ("fixed V'=256", 256, None, "float16"),
     ("fixed V'=64 uint8", 64, None, "uint8"),
+    ("fixed V'=64 log_uint8", 64, None, "log_uint8"),
+    ("fixed V'=128 log_uint8", 128, None, "log_uint8"),
     ("adaptive eps=1e-2 cap 64", 64, 1e-2, "float16"),
     ("adaptive eps=1e-3 cap 64", 64, 1e-3, "float16"),
+    ("adaptive eps=1e-3 cap 64 log_uint8", 64, 1e-3, "log_uint8"),
     ("adaptive eps=1e-2 cap 256", 256, 1e-2, "float16"),
     ("adaptive eps=1e-3 cap 256", 256, 1e-3, "float16"),
 ]
@@ -101,6 +107,23 @@ def reference_batch(reference, indices):
     return torch.from_numpy(out_ids), torch.from_numpy(out_probs)
 
 
+def read_back_error(store, teacher, sentences, top_k, epsilon, batch):
+    """(mean over positions of sum_k |stored p_k - p_k|, max |stored p - p|) over the kept entries, against the
+    float32 truncation of the teacher's distributions; the stored ids are checked to be the truncation's."""
+    l1, worst = [], 0.0
+    for start in range(0, len(sentences), batch):
+        ids, probs, counts, _ = truncate(torch.cat(teacher(sentences[start:start + batch])), top_k, epsilon)
+        stored = store.batch(np.arange(start, min(start + batch, len(sentences))))
+        real = torch.arange(stored.ids.shape[1])[None] < stored.lengths[:, None]
+        width = stored.ids.shape[-1]
+        kept = torch.arange(width) < counts[:, None]
+        assert torch.equal(stored.ids[real] * kept, ids[:, :width] * kept)
+        error = (stored.probs[real] - probs[:, :width]).abs() * kept
+        l1.append(error.sum(-1))
+        worst = max(worst, float(error.max()))
+    return float(torch.cat(l1).mean()), worst
+
+
 def seconds_per_pass(reads, batches, repeats):
     """Median seconds for one pass over `batches` with each read function, the functions taking turns so that
     load from other users of the machine hits them alike."""
@@ -141,9 +164,10 @@ def main():
         read_reference = lambda indices: reference_batch(reference, indices)
         (baseline,) = seconds_per_pass([read_reference], batches, args.repeats)
         baseline = tokens / baseline
-        print(f"{'store':<27} {'B/token':>8} {'vs 512 B':>8} {'kept/pos':>8} {'remainder':>9} "
-              f"{'read tok/s':>11} {'vs ref':>7} {'vs training':>11} {'verify MB/s':>11}")
-        print(f"{'reference (f32+i32, 64)':<27} {REFERENCE_BYTES_PER_TOKEN:>8.1f} {1.0:>8.2f} {64:>8.1f} "
+        print(f"{'store':<36} {'B/token':>8} {'vs 512 B':>8} {'kept/pos':>8} {'remainder':>9} "
+              f"{'read tok/s':>11} {'vs ref':>7} {'vs training':>11} {'verify MB/s':>11} {'L1 err':>8} "
+              f"{'max err':>8}")
+        print(f"{'reference (f32+i32, 64)':<36} {REFERENCE_BYTES_PER_TOKEN:>8.1f} {1.0:>8.2f} {64:>8.1f} "
               f"{'':>9} {baseline:>11.0f} {1.0:>7.2f} {baseline / args.training_tokens_per_s:>10.0f}x")
         for label, top_k, epsilon, probs_dtype in CONFIGS:
             store = write_store(Path(tmp) / label.replace(" ", "_"), sentences, teacher, vocab=vocab,
@@ -157,10 +181,11 @@ def main():
             whole = store.batch(np.arange(len(store)))
             real = torch.arange(whole.remainder.shape[1])[None] < whole.lengths[:, None]
             kept = store.manifest["num_entries"] / tokens
-            print(f"{label:<27} {store.bytes_per_token():>8.1f} "
+            l1, worst = read_back_error(store, teacher, sentences, top_k, epsilon, args.batch)
+            print(f"{label:<36} {store.bytes_per_token():>8.1f} "
                   f"{store.bytes_per_token() / REFERENCE_BYTES_PER_TOKEN:>8.2f} {kept:>8.1f} "
                   f"{whole.remainder[real].mean():>9.4f} {speed:>11.0f} {reference_time / store_time:>7.2f} "
-                  f"{speed / args.training_tokens_per_s:>10.0f}x {verify:>10.0f}")
+                  f"{speed / args.training_tokens_per_s:>10.0f}x {verify:>11.0f} {l1:>8.1e} {worst:>8.1e}")
 
 
 if __name__ == "__main__":

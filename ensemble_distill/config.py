@@ -248,7 +248,8 @@ class TranslationDistillation:
     beta: float = setting(0.5, at_least=0, at_most=1)  # loss = (1 - beta) NLL + beta KD (paper, NMT), KD at T = 1
     label_smoothing: float = setting(0.1, at_least=0, below=1)  # on the NLL term
     remainder: str = setting("drop", choices=("drop", "renormalise", "bucket"))
-    probs_dtype: str = setting("float16", choices=("float16", "uint8"))
+    # how the store keeps probabilities (teacher_store.PROBS_DTYPES); log_uint8 also bit-packs the ids
+    probs_dtype: str = setting("float16", choices=("float16", "uint8", "log_uint8"))
     sweep_top_k: list[int] = setting([32, 64, 128, 256], at_least=1)
     sweep_epsilon: list[float] = setting([0.01], above=0, below=1)  # adaptive, capped at max(sweep_top_k)
 

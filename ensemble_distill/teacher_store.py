@@ -23,6 +23,27 @@ Every position's entries are a variable-length row of the flat arrays, so both t
 per-position counts cost one byte a token. At V' = 64 this is ~259 bytes a token, against 512 for the published
 code's float32 log-probabilities with int32 ids.
 
+The compact layout (probs_dtype "log_uint8", format version 3) changes two arrays and adds two:
+
+    shard-00000-ids.npy        uint8 [ceil(entries b / 8) + 4]  the ids bit-packed, b = ceil(log2 V) bits each
+                                                    (dtype "packed<b>": 13 for an 8K vocabulary): entry i holds
+                                                    bits [i b, (i + 1) b) of the little-endian bit stream; 4 zero
+                                                    bytes end it, so that reading any entry's 5 bytes stays inside
+    shard-00000-probs.npy      uint8 [entries]      8-bit codes of their log-probabilities on their position's grid
+    shard-00000-log_max.npy    float16 [positions]  the grid's top: ln of the position's largest kept entry
+    shard-00000-log_min.npy    float16 [positions]  the grid's bottom: ln of its smallest nonzero kept entry, at
+                                                    most LOG_RANGE nats below log_max
+
+Code q of an entry reads back as 0 for q = 0, else exp(log_max - (255 - q) s), s = (log_max - log_min) / 254;
+log_max and log_min are rounded outwards to float16 (the grid covers every entry), and the code is the nearest
+grid point (q = 255 - round((log_max - ln p) / s)), 0 for p = 0 and below the grid. The largest entry reads back
+within float16's rounding of its log. At V' = 64 of an 8K vocabulary this is ~175 bytes a token.
+
+The manifest's `dtypes` names every array of a shard and how it is encoded, so another kind of entry (e.g.
+sampled ids with integer counts) is another set of dtypes. A store is written with the oldest format version
+that holds its layout: version 2 for float16 and uint8 probabilities, whose stores stay byte-identical to (and
+resumable with) those written before version 3 existed; both versions are read.
+
 The manifest records a fingerprint of the tokenised dataset (`fingerprint_dataset`), of the vocabulary
 (`fingerprint_vocab`), the teacher checkpoints, the truncation, the dtypes, a sha256 for every shard file, and a
 sha256 of the manifest itself (`manifest_sha256`, over its other fields). `TeacherStore.open` refuses a manifest
@@ -60,10 +81,9 @@ from ensemble_distill.errors import UserError, located
 from ensemble_distill.io_utils import atomic_write_bytes, strict_json
 
 FORMAT = "ensemble-distill teacher store"
-VERSION = 2  # 2: the manifest carries its own checksum
+READABLE_VERSIONS = (2, 3)  # 2: the manifest carries its own checksum; 3: the compact layout (packed ids, log_uint8)
 MANIFEST = "manifest.json"
 PARTIAL_MANIFEST = "manifest.partial.json"
-SHARD_ARRAYS = ("lengths", "counts", "ids", "probs", "remainder")
 
 # How the kept probabilities are stored, and the worst error a stored probability p has after reading back.
 PROBS_DTYPES = {
@@ -72,7 +92,20 @@ PROBS_DTYPES = {
     "float16": "relative error <= 2**-11 for p >= 6.1e-5, absolute error <= 3e-8 below",
     # uint8 stores round(255 p): absolute error <= 1/510 (~2.0e-3) for every p; entries below 1/510 read as 0.
     "uint8": "absolute error <= 1/510",
+    # log_uint8 rounds ln p to its position's grid of step s (module docstring): |ln p_read - ln p| <= s/2 for
+    # every entry on the grid. s = (log_max - log_min)/254 <= (LOG_RANGE + 1/32)/254 = 0.0631 nats (1/32: float16's
+    # outward rounding of log_min, whose magnitude is below 64 for V < 2**32), so the relative error is at most
+    # exp(0.0316) - 1 = 3.2e-2, and 2.0e-2 at a position whose kept entries span 10 nats. Only entries more than
+    # LOG_RANGE nats below their position's largest can fall off the grid (ln p < log_min - s/2): they read as 0,
+    # an absolute error below e**-16 (~1.1e-7) times that largest entry (float16 reads p < 3e-8 as 0). Zeros read
+    # as 0. Rounding in log space is nearly unbiased, where uint8 reads a tail of small entries as 0.
+    "log_uint8": "relative error <= exp(s/2) - 1 <= 3.2e-2, s = (log_max - log_min)/254 the position's grid step "
+                 "(2.0e-2 where the kept entries span 10 nats); entries below 1.1e-7 times the position's "
+                 "largest may read as 0",
 }
+LOG_RANGE = 16.0  # nats below a position's largest entry that the log_uint8 grid reaches at most
+FIRST_VERSION = {"float16": 2, "uint8": 2, "log_uint8": 3}  # the format version a store is written with
+PACKED_ID_PADDING = 4  # zero bytes ending a bit-packed id stream: ids < 2**32 span at most 5 bytes from their first
 ROW_SUM_TOLERANCE = 1e-3  # a teacher distribution must sum to 1 within this
 
 
@@ -123,26 +156,92 @@ def truncate(dist: torch.Tensor, top_k: int, epsilon: float | None = None):
     return ids, probs, counts, remainder
 
 
-def _encode_probs(probs: np.ndarray, dtype: str) -> np.ndarray:
+def _encode_probs(probs: np.ndarray, kept: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
+    """The kept entries of probs [P, K] (rows descending; kept [P, K] marks each row's first counts) as the
+    arrays of PROBS_DTYPES[dtype]: probs [entries], and for log_uint8 log_max and log_min [P]."""
     if dtype == "uint8":
-        return np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return probs.astype(np.float16)
+        return {"probs": np.rint(np.clip(probs[kept], 0.0, 1.0) * 255.0).astype(np.uint8)}
+    if dtype == "float16":
+        return {"probs": probs[kept].astype(np.float16)}
+    with np.errstate(divide="ignore"):
+        log_p = np.log(np.where(kept, probs, 0.0).astype(np.float64))  # -inf at zeros and past a row's count
+    log_max = _float16_outward(log_p[:, 0], up=True)
+    smallest = np.where(np.isfinite(log_p), log_p, np.inf).min(-1)
+    log_min = _float16_outward(np.maximum(smallest, log_max.astype(np.float64) - LOG_RANGE), up=False)
+    step = _log_step(log_max, log_min)
+    # Grid points below the top, nearest first; an entry below the grid (or -inf) ends at code 0, which reads 0.
+    # A zero step means every nonzero entry of the row equals log_max (ties, or one entry of 1).
+    below_top = np.rint((log_max.astype(np.float64)[:, None] - log_p) / np.where(step > 0, step, 1.0)[:, None])
+    codes = 255 - np.minimum(below_top, 255)
+    return {"probs": codes[kept].astype(np.uint8), "log_max": log_max, "log_min": log_min}
 
 
-def _decode_probs(stored: np.ndarray) -> np.ndarray:
-    if stored.dtype == np.uint8:
+def _float16_outward(x: np.ndarray, up: bool) -> np.ndarray:
+    """float64 x as the nearest float16 at or above it (up) or at or below it."""
+    rounded = x.astype(np.float16)
+    wrong_side = rounded.astype(np.float64) < x if up else rounded.astype(np.float64) > x
+    return np.where(wrong_side, np.nextafter(rounded, np.float16(np.inf if up else -np.inf)), rounded)
+
+
+def _log_step(log_max: np.ndarray, log_min: np.ndarray) -> np.ndarray:
+    """The log_uint8 grid step of each position, float32 [P], computed alike when writing and reading."""
+    return (log_max.astype(np.float32) - log_min.astype(np.float32)) / np.float32(254.0)
+
+
+def _decode_probs(stored: np.ndarray, dtype: str, log_max=None, log_min=None) -> np.ndarray:
+    """float32 probabilities of stored [n, k] entries; for log_uint8, log_max and log_min [n] of their positions."""
+    if dtype == "uint8":
         return stored.astype(np.float32) / np.float32(255.0)
-    return stored.astype(np.float32)
+    if dtype == "float16":
+        return stored.astype(np.float32)
+    below_top = (np.float32(255.0) - stored) * _log_step(log_max, log_min)[:, None]
+    return np.where(stored > 0, np.exp(log_max.astype(np.float32)[:, None] - below_top), np.float32(0.0))
+
+
+def _pack_ids(ids: np.ndarray, bits: int) -> np.ndarray:
+    """ids [n] < 2**bits (at most 32) as the "packed<bits>" stream: uint8 [ceil(n bits / 8) + PACKED_ID_PADDING]."""
+    chunks = []
+    for start in range(0, len(ids), 1 << 18):  # a multiple of 8 ids fills whole bytes; bounds the bit matrix
+        little_endian = ids[start:start + (1 << 18)].astype("<u4").view(np.uint8).reshape(-1, 4)
+        chunks.append(np.packbits(np.unpackbits(little_endian, axis=1, count=bits, bitorder="little"),
+                                  bitorder="little"))
+    return np.concatenate([*chunks, np.zeros(PACKED_ID_PADDING, np.uint8)])
+
+
+def _unpack_ids(stream: np.ndarray, entries: np.ndarray, bits: int) -> np.ndarray:
+    """int64 ids of the given entries (any shape) of a "packed<bits>" stream: the ceil((bits + 7) / 8) bytes from
+    each entry's first, joined little-endian in an int64 (at most 40 bits) and shifted to its first bit."""
+    first_bit = entries * bits
+    first_byte = first_bit >> 3
+    word = np.zeros(entries.shape, np.int64)
+    for byte in range((bits + 14) // 8):  # the bytes an entry can touch: up to 7 bits of offset, then `bits`
+        word |= stream[first_byte + byte].astype(np.int64) << (8 * byte)
+    return (word >> (first_bit & 7)) & ((1 << bits) - 1)
+
+
+def _packed_bits(dtype: str) -> int | None:
+    """b of a "packed<b>" ids dtype, None for ids stored as integers."""
+    return int(dtype.removeprefix("packed")) if dtype.startswith("packed") else None
+
+
+def _disk_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype of an array stored as `dtype` (a numpy name, "packed<b>" or a PROBS_DTYPES name)."""
+    return np.dtype(np.uint8 if dtype.startswith("packed") or dtype == "log_uint8" else dtype)
 
 
 def _dtypes(vocab_size: int, width: int, probs_dtype: str) -> dict[str, str]:
-    return {
+    """Every array of a shard, in file order, and how it is stored."""
+    dtypes = {
         "lengths": "int32",
         "counts": "uint8" if width <= 255 else "uint16",
         "ids": "uint16" if vocab_size <= 65536 else "int32",
         "probs": probs_dtype,
         "remainder": "float16",
     }
+    if probs_dtype == "log_uint8":  # the compact layout
+        dtypes |= {"ids": f"packed{max(1, (vocab_size - 1).bit_length())}", "log_max": "float16",
+                   "log_min": "float16"}
+    return dtypes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,7 +321,7 @@ def _settings(vocab, fingerprint, teachers, top_k, epsilon, probs_dtype, shard_s
     width = min(top_k, len(vocab))
     return {
         "format": FORMAT,
-        "version": VERSION,
+        "version": FIRST_VERSION[probs_dtype],
         "dataset_fingerprint": fingerprint,
         "vocab": {"sha256": fingerprint_vocab(vocab), "size": len(vocab)},
         "teachers": list(teachers),
@@ -270,7 +369,7 @@ def _compute_shard(chunk: list, first: int, teacher, settings: dict, bar) -> dic
     """Run the teacher over a shard's sentences, batch by batch, and truncate and encode its distributions."""
     width, epsilon = settings["truncation"]["width"], settings["truncation"]["epsilon"]
     dtypes, batch_size = settings["dtypes"], settings["batch_sentences"]
-    parts = {name: [] for name in SHARD_ARRAYS}
+    parts = {name: [] for name in dtypes}
     for start in range(0, len(chunk), batch_size):
         batch = chunk[start:start + batch_size]
         dists, lengths = _teacher_distributions(teacher, batch, first + start, settings["vocab"]["size"])
@@ -280,10 +379,14 @@ def _compute_shard(chunk: list, first: int, teacher, settings: dict, bar) -> dic
         parts["lengths"].append(np.array(lengths))
         parts["counts"].append(counts.numpy())
         parts["ids"].append(ids[kept].numpy())
-        parts["probs"].append(_encode_probs(probs[kept].numpy(), dtypes["probs"]))
+        for name, array in _encode_probs(probs.numpy(), kept.numpy(), dtypes["probs"]).items():
+            parts[name].append(array)
         parts["remainder"].append(remainder.numpy())
         bar.update(len(batch))
-    return {name: np.concatenate(parts[name]).astype(dtypes[name]) for name in SHARD_ARRAYS}
+    arrays = {name: np.concatenate(parts[name]) for name in dtypes}
+    if bits := _packed_bits(dtypes["ids"]):
+        arrays["ids"] = _pack_ids(arrays["ids"], bits)
+    return {name: array.astype(_disk_dtype(dtypes[name])) for name, array in arrays.items()}
 
 
 def _teacher_distributions(teacher, batch: list, first: int, vocab_size: int) -> tuple[torch.Tensor, list[int]]:
@@ -312,7 +415,7 @@ def _teacher_distributions(teacher, batch: list, first: int, vocab_size: int) ->
 
 def _save_shard(path: Path, index: int, first_sentence: int, arrays: dict[str, np.ndarray]) -> dict:
     files = {}
-    for name in SHARD_ARRAYS:
+    for name in arrays:
         buffer = io.BytesIO()
         np.save(buffer, arrays[name], allow_pickle=False)
         data = buffer.getvalue()
@@ -320,7 +423,7 @@ def _save_shard(path: Path, index: int, first_sentence: int, arrays: dict[str, n
         atomic_write_bytes(path / filename, data)
         files[name] = {"name": filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     return {"first_sentence": first_sentence, "num_sentences": len(arrays["lengths"]),
-            "num_positions": len(arrays["counts"]), "num_entries": len(arrays["ids"]), "files": files}
+            "num_positions": len(arrays["counts"]), "num_entries": len(arrays["probs"]), "files": files}
 
 
 def _manifest_bytes(manifest: dict) -> bytes:
@@ -344,9 +447,10 @@ def _read_manifest(path: Path) -> dict:
         raise located(path, None, f"cannot read the manifest: {error}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise located(path, None, f"not a {FORMAT} manifest")
-    if manifest.get("version") != VERSION:
-        raise located(path, None, f"a {FORMAT} of version {manifest.get('version')!r}, not {VERSION} (written by "
-                                  "another version of ensemble-distill): delete the folder and memoize again")
+    if manifest.get("version") not in READABLE_VERSIONS:
+        raise located(path, None, f"a {FORMAT} of version {manifest.get('version')!r}, not one of "
+                                  f"{', '.join(map(str, READABLE_VERSIONS))} (written by another version of "
+                                  "ensemble-distill): delete the folder and memoize again")
     if manifest.get("manifest_sha256") != _manifest_digest(manifest):
         raise located(path, None, "the manifest fails its checksum (manifest_sha256): it was edited or corrupted; "
                                   "rebuild the store")
@@ -454,8 +558,10 @@ class TeacherStore:
 class _Shard:
     """One shard's arrays, memory-mapped after their checksums were verified."""
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
+    def __init__(self, arrays: dict[str, np.ndarray], dtypes: dict[str, str]):
         self.counts, self.ids, self.probs, self.remainder = (arrays[n] for n in ("counts", "ids", "probs", "remainder"))
+        self.log_max, self.log_min = arrays.get("log_max"), arrays.get("log_min")
+        self.id_bits, self.probs_dtype = _packed_bits(dtypes["ids"]), dtypes["probs"]
         self.lengths = np.asarray(arrays["lengths"], dtype=np.int64)
         self.position_start = np.concatenate([[0], np.cumsum(self.lengths)])
         entries_before_position = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
@@ -476,7 +582,7 @@ class _Shard:
                                           "rebuild the store")
             arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
         _check_shard(folder, info, manifest, arrays)
-        return cls(arrays)
+        return cls(arrays, manifest["dtypes"])
 
     def gather(self, local: np.ndarray, fixed_width: int | None):
         """lengths [b] of the given sentences, and at each of their positions, flat: ids [n, k], probs [n, k]
@@ -486,8 +592,8 @@ class _Shard:
         positions = _ragged_arange(self.position_start[local], lengths)
         remainder = self.remainder[positions]
         if fixed_width is not None:  # every position kept fixed_width entries: they are rows of the flat arrays
-            return (lengths, self.ids.reshape(-1, fixed_width)[positions],
-                    _decode_probs(self.probs.reshape(-1, fixed_width)[positions]), remainder)
+            entries = positions[:, None] * fixed_width + np.arange(fixed_width)
+            return lengths, self._ids(entries), self._probs(entries, positions), remainder
         counts = self.counts[positions].astype(np.int64)
         # A position's entries start after its sentence's first entry and the entries of the positions before it.
         kept_before = np.concatenate([[0], np.cumsum(counts)])
@@ -495,34 +601,47 @@ class _Shard:
         entry_start = np.repeat(sentence_offset, lengths) + kept_before[:-1]
         window = np.arange(counts.max(initial=0))
         kept = window < counts[:, None]
-        entries = np.minimum(entry_start[:, None] + window, len(self.ids) - 1)  # past a count: any valid entry
-        ids, probs = np.where(kept, self.ids[entries], 0), np.where(kept, _decode_probs(self.probs[entries]), 0)
+        entries = np.minimum(entry_start[:, None] + window, len(self.probs) - 1)  # past a count: any valid entry
+        ids, probs = np.where(kept, self._ids(entries), 0), np.where(kept, self._probs(entries, positions), 0)
         return lengths, ids, probs, remainder
+
+    def _ids(self, entries: np.ndarray) -> np.ndarray:
+        """ids [n, k] of the entries [n, k]."""
+        return self.ids[entries] if self.id_bits is None else _unpack_ids(self.ids, entries, self.id_bits)
+
+    def _probs(self, entries: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """float32 probabilities [n, k] of the entries [n, k] at the positions [n]."""
+        if self.probs_dtype == "log_uint8":
+            return _decode_probs(self.probs[entries], "log_uint8", self.log_max[positions], self.log_min[positions])
+        return _decode_probs(self.probs[entries], self.probs_dtype)
 
 
 def _check_manifest(path: Path, manifest: dict) -> None:
     """The manifest's fields against each other and the files on disk: totals are the sums of the shards, each
-    shard starts where the previous one ended, dtypes and width follow from the vocabulary and truncation, and
-    each shard file has its expected name and size. Raises UserError naming the manifest and the field."""
+    shard starts where the previous one ended, dtypes, width and format version follow from the vocabulary,
+    truncation and probabilities' dtype, and each shard file has its expected name and size. Raises UserError
+    naming the manifest and the field."""
     where = path / MANIFEST
     try:
         vocab_size, truncation, shards = manifest["vocab"]["size"], manifest["truncation"], manifest["shards"]
-        width = min(truncation["top_k"], vocab_size)
-        expected = {"truncation.width": width,
-                    "dtypes": _dtypes(vocab_size, width, manifest["dtypes"]["probs"]) if manifest["dtypes"].get(
-                        "probs") in PROBS_DTYPES else "probs one of " + ", ".join(PROBS_DTYPES),
+        width, probs_dtype = min(truncation["top_k"], vocab_size), manifest["dtypes"]["probs"]
+        if probs_dtype not in PROBS_DTYPES:
+            raise located(where, None, f"the manifest does not match its shards: dtypes.probs is {probs_dtype!r}, "
+                                       f"expected one of {', '.join(PROBS_DTYPES)}; rebuild the store")
+        dtypes = _dtypes(vocab_size, width, probs_dtype)
+        expected = {"truncation.width": width, "dtypes": dtypes, "version": FIRST_VERSION[probs_dtype],
                     "num_sentences": sum(s["num_sentences"] for s in shards),
                     "num_positions": sum(s["num_positions"] for s in shards),
                     "num_entries": sum(s["num_entries"] for s in shards)}
         found = {"truncation.width": truncation["width"], "dtypes": manifest["dtypes"],
-                 **{key: manifest[key] for key in ("num_sentences", "num_positions", "num_entries")}}
+                 **{key: manifest[key] for key in ("version", "num_sentences", "num_positions", "num_entries")}}
         first = 0
         for index, shard in enumerate(shards):
             expected[f"shards[{index}].first_sentence"], found[f"shards[{index}].first_sentence"] = (
                 first, shard["first_sentence"])
             first += shard["num_sentences"]
-            names = {name: f"shard-{index:05d}-{name}.npy" for name in SHARD_ARRAYS}
-            expected[f"shards[{index}].files"] = {name: names[name] for name in SHARD_ARRAYS}
+            names = {name: f"shard-{index:05d}-{name}.npy" for name in dtypes}
+            expected[f"shards[{index}].files"] = names
             found[f"shards[{index}].files"] = {name: file["name"] for name, file in shard["files"].items()}
             for name, file in shard["files"].items():
                 size = _size(path / names.get(name, file["name"]))
@@ -546,13 +665,15 @@ def _size(path: Path) -> int | str:
 
 def _check_shard(folder: Path, info: dict, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
     """A verified shard's arrays against the manifest: dtypes, 1-d, lengths summing to the positions, counts
-    summing to the entries (each count at most the width, and equal to it for a fixed truncation), and ids
-    inside the vocabulary. Raises UserError naming the shard file that disagrees."""
+    summing to the entries (each count at most the width, and equal to it for a fixed truncation), ids inside
+    the vocabulary, and log_uint8 grids with log_min <= log_max. Raises UserError naming the shard file that
+    disagrees."""
     width, lengths, counts = manifest["truncation"]["width"], arrays["lengths"], arrays["counts"]
-    n_positions, n_entries = info["num_positions"], info["num_entries"]
-    checks = [(name, arrays[name].dtype == np.dtype(manifest["dtypes"][name]) and arrays[name].ndim == 1,
+    n_positions, n_entries, dtypes = info["num_positions"], info["num_entries"], manifest["dtypes"]
+    checks = [(name, arrays[name].dtype == _disk_dtype(dtype) and arrays[name].ndim == 1,
                f"holds {arrays[name].dtype} [{', '.join(map(str, arrays[name].shape))}], the manifest says 1-d "
-               f"{manifest['dtypes'][name]}") for name in SHARD_ARRAYS]
+               f"{_disk_dtype(dtype)}") for name, dtype in dtypes.items()]
+    bits, ids = _packed_bits(dtypes["ids"]), arrays["ids"]
     checks += [
         ("lengths", len(lengths) == info["num_sentences"] and (lengths >= 0).all()
          and int(lengths.sum(dtype=np.int64)) == n_positions,
@@ -561,14 +682,35 @@ def _check_shard(folder: Path, info: dict, manifest: dict, arrays: dict[str, np.
          and (counts <= width).all() and (manifest["truncation"]["epsilon"] is not None or (counts == width).all()),
          f"does not hold {n_positions} entry counts of at most {width}, summing to {n_entries}"),
         ("remainder", len(arrays["remainder"]) == n_positions, f"does not hold {n_positions} values"),
-        ("ids", len(arrays["ids"]) == n_entries and int(arrays["ids"].max(initial=0)) < manifest["vocab"]["size"],
+        ("ids", len(ids) == (n_entries if bits is None else _packed_length(n_entries, bits))
+         and _largest_id(ids, n_entries, bits) < manifest["vocab"]["size"],
          f"does not hold {n_entries} ids below the vocabulary size {manifest['vocab']['size']}"),
         ("probs", len(arrays["probs"]) == n_entries, f"does not hold {n_entries} values"),
     ]
+    if dtypes["probs"] == "log_uint8":
+        log_max, log_min = arrays["log_max"], arrays["log_min"]
+        checks += [(name, len(arrays[name]) == n_positions and np.isfinite(arrays[name]).all(),
+                    f"does not hold {n_positions} finite values") for name in ("log_max", "log_min")]
+        checks += [("log_min", len(log_min) != len(log_max) or (log_min <= log_max).all(),
+                    "holds a grid bottom above its top (log_max)")]
     for name, ok, problem in checks:
         if not ok:
             raise located(folder / info["files"][name]["name"], None, f"teacher store shard {problem}; rebuild "
                                                                       "the store")
+
+
+def _packed_length(n_entries: int, bits: int) -> int:
+    return -(-n_entries * bits // 8) + PACKED_ID_PADDING
+
+
+def _largest_id(ids: np.ndarray, n_entries: int, bits: int | None) -> int:
+    """The largest of a shard's ids (stored as integers, or bit-packed: unpacked 65536 at a time, which keeps the
+    temporaries in the cache)."""
+    if bits is None:
+        return int(ids.max(initial=0))
+    chunk = 1 << 16
+    return max((int(_unpack_ids(ids, np.arange(start, min(start + chunk, n_entries)), bits).max())
+                for start in range(0, n_entries, chunk)), default=0)
 
 
 def require_teachers(store: TeacherStore, expected: Sequence[str], claim: str) -> None:
@@ -617,4 +759,3 @@ def to_dense(ids: torch.Tensor, probs: torch.Tensor, vocab_size: int) -> torch.T
     """The kept entries as a [..., V] distribution (zeros elsewhere, so it sums to 1 - remainder)."""
     dense = torch.zeros(*ids.shape[:-1], vocab_size, dtype=probs.dtype)
     return dense.scatter_add_(-1, ids, probs)  # add, not assign: padding shares id 0 with a real entry
-

@@ -158,7 +158,8 @@ TRANSLATION_BAD = [
     ("[distill]\nbeta = -0.5\n", "distill.beta", "must lie in [0, 1], got -0.5"),
     ("[distill]\nsweep_top_k = []\n", "distill.sweep_top_k", "must name at least one V'"),
     ("[distill]\nsweep_epsilon = [0.01, 0.0]\n", "distill.sweep_epsilon[1]", "must lie in (0, 1), got 0.0"),
-    ('[distill]\nprobs_dtype = "float32"\n', "distill.probs_dtype", "must be one of float16, uint8, got 'float32'"),
+    ('[distill]\nprobs_dtype = "float32"\n', "distill.probs_dtype",
+     "must be one of float16, uint8, log_uint8, got 'float32'"),
     ("[distill]\nteacher_members = 4\n", "distill.teacher_members", "is 4, more than the 3 members (ensemble.members)"),
 ]
 

@@ -282,7 +282,7 @@ def set_path(manifest, dotted, value):
     ("shards.1.num_sentences", 6, "num_sentences is 23, expected 24"),  # the total is not the shards' sum
     ("truncation.width", 7, "truncation.width is 7, expected 6"),
     ("dtypes.ids", "int32", "dtypes is {"),
-    ("dtypes.probs", "float32", "dtypes is {"),
+    ("dtypes.probs", "float32", "dtypes.probs is 'float32', expected one of float16, uint8, log_uint8"),
     ("shards.0.files.ids.name", "../elsewhere.npy", "shards[0].files is {"),
     ("shards.0.files.ids.bytes", 3, "shards[0].files.ids.bytes is 3, expected"),
 ])
@@ -303,7 +303,7 @@ def test_a_malformed_or_old_manifest_is_refused(tmp_path):
     with pytest.raises(UserError, match="malformed manifest"):
         open_store(tmp_path, sentences)
     reseal(tmp_path / "manifest.json", lambda manifest: manifest.update(version=1))
-    with pytest.raises(UserError, match="of version 1, not 2 .*delete the folder and memoize again"):
+    with pytest.raises(UserError, match="of version 1, not one of 2, 3 .*delete the folder and memoize again"):
         open_store(tmp_path, sentences)
 
 
@@ -392,3 +392,175 @@ def test_teacher_output_that_is_not_a_distribution_is_refused(tmp_path):
         write(tmp_path / "b", [np.array([1, 2, 3])], lambda batch: torch.full((3, 7), 1 / 7))
 
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The compact layout: log_uint8 probabilities on a per-position log grid, bit-packed ids
+
+FLOAT16 = np.sort(np.arange(1 << 16, dtype=np.uint16).view(np.float16)[
+    np.isfinite(np.arange(1 << 16, dtype=np.uint16).view(np.float16))].astype(np.float64))
+
+
+def log_uint8_read_back(rows):
+    """The documented quantisation, computed here from its definition: for each row of kept probabilities
+    (descending, zeros allowed), log_max = the smallest float16 >= ln p_1, log_min = the largest float16 <=
+    max(ln of the smallest nonzero p, log_max - 16), s = (log_max - log_min) / 254 in float32, code
+    q = 255 - min(round((log_max - ln p) / s), 255) (0 for p = 0), read back as exp(log_max - (255 - q) s) or 0.
+    Returns the read-back values and each row's step s."""
+    values, steps = [], []
+    for row in rows:
+        row = np.asarray(row, np.float64)
+        log_p = np.log(row, where=row > 0, out=np.full(len(row), -np.inf))
+        log_max = FLOAT16[np.searchsorted(FLOAT16, log_p[0], side="left")]
+        log_min = FLOAT16[np.searchsorted(FLOAT16, max(log_p[row > 0].min(), log_max - 16.0), side="right") - 1]
+        step = (np.float32(log_max) - np.float32(log_min)) / np.float32(254)
+        codes = np.zeros(len(row))
+        for k, lp in enumerate(log_p):
+            if np.isfinite(lp):
+                codes[k] = 255 - min(np.rint((log_max - lp) / step) if step > 0 else 0, 255)
+        read = np.where(codes > 0, np.exp(np.float32(log_max) - (255 - codes).astype(np.float32) * step), 0)
+        values.append(read)
+        steps.append(float(step))
+    return values, steps
+
+
+@pytest.mark.parametrize("epsilon", [None, 0.05])
+def test_log_uint8_reads_back_its_documented_quantisation(tmp_path, epsilon):
+    sentences = make_sentences()
+    store = write(tmp_path, sentences, top_k=12, epsilon=epsilon, probs_dtype="log_uint8")
+    assert store.manifest["version"] == 3 and store.manifest["dtypes"]["ids"] == "packed6"  # 40 ids: 6 bits
+    for i, dist in enumerate(true_distributions(sentences)):
+        ids, probs, remainder = store.sentence(i)
+        for t, row in enumerate(dist):
+            kept = fewest_reaching(row, epsilon, 12) if epsilon else np.argsort(-row, kind="stable")[:12]
+            (expected,), (step,) = log_uint8_read_back([row[kept]])
+            np.testing.assert_array_equal(ids[t, :len(kept)].numpy(), kept)
+            np.testing.assert_allclose(probs[t, :len(kept)].numpy(), expected, rtol=1e-6)
+            assert (probs[t, len(kept):] == 0).all()
+            np.testing.assert_allclose(float(remainder[t]), 1 - row[kept].sum(), rtol=1e-3, atol=1e-6)
+            # the documented bound: every entry within half a step of its log; steps at most (16 + 1/32)/254
+            assert np.abs(np.log(probs[t, :len(kept)].numpy() / row[kept])).max() <= step / 2 + 1e-6
+            assert step <= (16 + 1 / 32) / 254
+
+
+def adversarial_rows():
+    """Rows that stress the grid (each sums to 1 over 40 labels): a single 1; ties everywhere; ties inside;
+    tiny entries far below the largest (some past the 16-nat grid, one a float32 subnormal); a row spanning
+    just under 16 nats; equal entries at the grid's bottom."""
+    rows = []
+    rows.append(np.eye(V)[3])
+    rows.append(np.full(V, 1 / V))
+    rows.append(np.r_[0.4, 0.2, 0.2, 0.2, np.zeros(V - 4)])
+    tiny = np.r_[1e-30, 1e-38, 1e-44, 1e-8, 3e-7, 1e-7, np.zeros(V - 7)]
+    rows.append(np.r_[1 - tiny.sum(), tiny])
+    span = np.exp(-np.linspace(0, 15.9, V))
+    rows.append(span / span.sum())
+    rows.append(np.r_[0.5, 0.5 - 4e-6, 1e-6, 1e-6, 1e-6, 1e-6, np.zeros(V - 6)])
+    return [np.asarray(row, np.float32) for row in rows]
+
+
+def test_log_uint8_error_bound_and_mass_on_adversarial_rows(tmp_path):
+    rows = adversarial_rows()
+    sentences = [np.arange(len(rows))]
+    store = write_store(tmp_path, sentences, lambda batch: [np.stack(rows)], vocab=VOCAB, teachers=[],
+                        fingerprint=fingerprint_dataset(sentences), top_k=V, probs_dtype="log_uint8",
+                        progress=False)
+    ids, probs, remainder = (x.numpy() for x in store.sentence(0))
+    true = np.take_along_axis(np.stack(rows).astype(np.float64), ids, -1)  # the stored order (ties: any)
+    expected, steps = log_uint8_read_back(true)
+    np.testing.assert_allclose(probs, np.stack(expected), rtol=1e-6)
+    for row, read, step, rest in zip(true, probs, steps, remainder):
+        on_grid = row >= row[0] * np.exp(-16.0)
+        bound = np.exp(step / 2) - 1 + 1e-6
+        assert (np.abs(read[on_grid] / row[on_grid] - 1) <= bound).all() and bound <= 3.21e-2
+        assert (np.abs(read[~on_grid] - row[~on_grid]) <= 1.13e-7 * row[0]).all()
+        assert ((read == 0) == (row == 0) | ~on_grid).all()  # zeros stay zeros; only the grid's far tail reads 0
+        # the stored mass plus the remainder: 1, within the bound on the kept mass and float16's on the remainder
+        assert abs(read.sum() + rest - 1) <= bound * row.sum() + V * 1.13e-7 + 2 ** -11 * rest + 1e-6
+    assert probs[0, 0] == 1 and (probs[0, 1:] == 0).all()  # p = 1 reads back exactly
+    assert np.all(probs[1] == probs[1, 0]) and abs(probs[1, 0] * V - 1) < 2 ** -10  # ties read alike
+    assert probs[2, 1] == probs[2, 2] == probs[2, 3]
+
+
+def pack_by_definition(ids, bits):
+    """The documented packed<bits> stream, built with Python integers: entry i in bits [i bits, (i + 1) bits) of a
+    little-endian number, then 4 zero bytes."""
+    number = sum(int(v) << (i * bits) for i, v in enumerate(ids))
+    return number.to_bytes(-(-len(ids) * bits // 8), "little") + bytes(4)
+
+
+@pytest.mark.parametrize("vocab_size, bits", [(2, 1), (40, 6), (8192, 13), (8193, 14), (70_000, 17)])
+def test_packed_ids_are_the_documented_bit_stream(tmp_path, vocab_size, bits):
+    rng = np.random.default_rng(vocab_size)
+    sentences = [np.arange(start, stop) for start, stop in ((0, 3), (3, 3), (3, 8), (8, 9))]  # by position
+    logits = rng.normal(size=(9, vocab_size)) * 4
+    logits[0, vocab_size - 1] = 100  # the largest id is kept
+    dist = torch.softmax(torch.tensor(logits, dtype=torch.float32), -1)
+    teacher = lambda batch: dist[np.concatenate(batch)]
+    store = write_store(tmp_path, sentences, teacher, vocab=[str(i) for i in range(vocab_size)],
+                        teachers=[], fingerprint=fingerprint_dataset(sentences), top_k=3, probs_dtype="log_uint8",
+                        shard_sentences=2, progress=False)
+    assert store.manifest["dtypes"]["ids"] == f"packed{bits}"
+    top = torch.topk(dist, min(3, vocab_size), -1).indices.numpy()
+    first = 0
+    for shard, size in enumerate((3, 6)):  # positions of the two shards
+        stream = np.load(tmp_path / f"shard-{shard:05d}-ids.npy")
+        assert stream.tobytes() == pack_by_definition(top[first:first + size].reshape(-1), bits)
+        first += size
+    batch = store.batch(np.arange(len(sentences)))
+    stored = batch.ids[torch.arange(batch.ids.shape[1])[None] < batch.lengths[:, None]]
+    np.testing.assert_array_equal(stored.numpy(), top)
+
+
+def test_log_uint8_layout_costs_its_documented_bytes(tmp_path):
+    """At V' = 64 of an 8K vocabulary: 13-bit ids (104 bytes), 64 one-byte codes, and per position a count, a
+    remainder and the grid's two float16 ends; npy headers of 128 bytes a file."""
+    vocab_size, sentences = 8192, [np.arange(n) for n in (20, 30, 25)]
+    positions = sum(len(s) for s in sentences)
+    dist = torch.softmax(torch.randn(positions, vocab_size, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    store = write_store(tmp_path, sentences, lambda batch: dist, vocab=[str(i) for i in range(vocab_size)],
+                        teachers=[], fingerprint=fingerprint_dataset(sentences), top_k=64, probs_dtype="log_uint8",
+                        progress=False)
+    data_bytes = positions * (64 * 13 // 8 + 64 + 1 + 2 + 2 + 2) + 4 + 4 * len(sentences)
+    assert store.bytes_per_token() == (data_bytes + 7 * 128) / positions
+    assert (data_bytes / positions) < 176
+
+
+def test_a_float16_store_keeps_format_version_2_and_versions_must_match_the_layout(tmp_path):
+    sentences = make_sentences()
+    assert write(tmp_path / "f16", sentences).manifest["version"] == 2
+    write(tmp_path / "log", sentences, probs_dtype="log_uint8")
+    for folder, version in (("f16", 3), ("log", 2)):
+        reseal(tmp_path / folder / "manifest.json", lambda manifest: manifest.update(version=version))
+        with pytest.raises(UserError, match=re.escape(f"the manifest does not match its shards: version is "
+                                                      f"{version}, expected {5 - version}")):
+            open_store(tmp_path / folder, sentences)
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("ids", lambda a: a[:-1], "does not hold 30 ids below the vocabulary size 40"),
+    ("ids", lambda a: np.r_[a[:-5], np.uint8(0xFF), a[-4:]].astype(np.uint8),  # the last id: 60 or more
+     "does not hold 30 ids below the vocabulary size 40"),
+    ("log_min", lambda a: a + np.float16(100), "holds a grid bottom above its top (log_max)"),
+    ("log_max", lambda a: a[:-1], "does not hold 5 finite values"),
+    ("probs", lambda a: a.astype(np.float16), "holds float16 [30], the manifest says 1-d uint8"),
+])
+def test_compact_shard_arrays_that_disagree_with_the_manifest_are_refused(tmp_path, name, change, message):
+    sentences = [np.array([1]), np.array([2, 3]), np.array([], dtype=np.int64), np.array([4]), np.array([5])]
+    write(tmp_path, sentences, top_k=6, probs_dtype="log_uint8")  # 30 entries of 6 bits: 23 bytes, then 4 zeros
+    original = np.load(tmp_path / f"shard-00000-{name}.npy")
+    replace_shard_array(tmp_path, 0, name, change(original))
+    with pytest.raises(UserError, match=re.escape(f"shard-00000-{name}.npy: teacher store shard {message}")):
+        open_store(tmp_path, sentences)
+
+
+def test_log_uint8_store_resumes_byte_identically(tmp_path):
+    sentences = make_sentences()
+    options = {"top_k": 12, "epsilon": 0.02, "probs_dtype": "log_uint8"}
+    write(tmp_path / "whole", sentences, **options)
+    with pytest.raises(KeyboardInterrupt):
+        write(tmp_path / "resumed", sentences, Teacher(fail_after_calls=7), **options)
+    write(tmp_path / "resumed", sentences, **options)
+    assert store_files(tmp_path / "resumed") == store_files(tmp_path / "whole")
+    with pytest.raises(UserError, match="manifest.json.*different dtypes"):
+        write(tmp_path / "resumed", sentences, top_k=12, epsilon=0.02)  # the float16 layout of the same store
