@@ -186,6 +186,18 @@ def test_quantile_ece_by_selection_equals_full_sort_bit_for_bit(paper_compatible
             assert got == _full_sort_ece(conf, hit, n_bins, paper_compatible), (name, n_bins)
 
 
+def test_event_keys_in_blocks_are_shifted_bits_and_correct(monkeypatch):
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 64)
+    rng = np.random.default_rng(16)
+    for dtype, uint in ((np.float32, np.uint32), (np.float64, np.uint64)):
+        conf = rng.random(1000).astype(dtype)
+        conf[:10] = -0.0  # the sign bit is shifted out
+        hit = rng.random(1000) < 0.5
+        expected = (np.abs(conf).view(uint) << 1) | hit
+        np.testing.assert_array_equal(metrics._event_keys(conf, hit), expected)
+        np.testing.assert_array_equal(metrics._event_keys(conf[::3], hit[::3]), expected[::3])  # strided columns
+
+
 def test_bins_whose_sum_depends_on_order_are_sorted_first():
     rng = np.random.default_rng(12)
     conf = np.concatenate([rng.random(3000), 1e-15 * rng.random(3000)]).astype(np.float32)
@@ -283,6 +295,23 @@ def test_brier_hand_case():
     assert brier(probs, [0, 2]) == pytest.approx(0.46, abs=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_brier_and_stratified_brier_over_several_blocks_match_a_direct_computation(monkeypatch, dtype):
+    monkeypatch.setattr(metrics, "_WIDE_BLOCK", 7 * 50)  # blocks of 50 rows (7 classes), the last one shorter
+    rng = np.random.default_rng(15)
+    gold = rng.integers(0, 7, size=1234)
+    gold_type = np.where(rng.random(1234) < 0.3, rng.integers(0, 7, 1234), -1)
+    probs = rng.dirichlet(np.full(7, 0.3), size=1234).astype(dtype)
+    for probs in (probs, np.round(probs, 1)):  # rounded: many equal values
+        p = probs.astype(np.float64)
+        expected = np.mean(np.sum((p - np.eye(7)[gold]) ** 2, axis=1))
+        assert brier(probs, gold) == pytest.approx(expected, rel=1e-12)
+        is_gold = gold_type[:, None] == np.arange(7)
+        bs_plus, bs_minus = stratified_brier(probs, gold_type)
+        assert bs_plus == pytest.approx(np.mean((1 - p[is_gold]) ** 2), rel=1e-12)
+        assert bs_minus == pytest.approx(np.mean(p[~is_gold] ** 2), rel=1e-12)
+
+
 def test_two_class_brier_is_twice_sklearns_binary_brier():
     rng = np.random.default_rng(8)
     p1 = rng.random(1000)
@@ -308,16 +337,27 @@ def test_entity_type_confidences_adds_b_and_i_and_clips_at_one():
     assert conf.dtype == np.float32
 
 
-def test_entity_type_confidences_in_row_blocks(monkeypatch):
-    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 5 * 64)  # blocks of 64 rows
-    probs = np.random.default_rng(10).dirichlet(np.ones(5), size=1000)
-    conf, _ = entity_type_confidences(probs, LABELS)
-    np.testing.assert_array_equal(conf, np.stack([probs[:, 3] + probs[:, 4], probs[:, 1] + probs[:, 2]], axis=1))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_entity_type_confidences_are_the_float_sum_of_b_and_i_exactly(dtype):
+    # the 0/1 matrix product must round each entry once, as p(B-X) + p(I-X) does: zeros, subnormals, ties, a type
+    # with a B- label only, labels in no particular order
+    rng = np.random.default_rng(10)
+    labels = ["I-LOC", "O", "B-PER", "B-MISC", "B-LOC", "I-PER"]
+    probs = rng.dirichlet(np.full(6, 0.3), size=3000).astype(dtype)
+    probs[:500] = np.round(probs[:500], 1)
+    probs[500:600, 0] = 0
+    probs[600:700, 4] = np.finfo(dtype).smallest_subnormal * rng.integers(0, 5, 100)
+    conf, types = entity_type_confidences(probs, labels)
+    assert types == ["LOC", "MISC", "PER"] and conf.dtype == dtype
+    expected = np.stack([probs[:, 4] + probs[:, 0], probs[:, 3], probs[:, 2] + probs[:, 5]], axis=1)
+    np.testing.assert_array_equal(conf, np.minimum(expected, 1))
 
 
 def test_gold_entity_types():
     types = ["LOC", "PER"]
-    np.testing.assert_array_equal(gold_entity_types([0, 1, 2, 3, 4, 0], LABELS, types), [-1, 1, 1, 0, 0, -1])
+    gold_type = gold_entity_types([0, 1, 2, 3, 4, 0], LABELS, types)
+    np.testing.assert_array_equal(gold_type, [-1, 1, 1, 0, 0, -1])
+    assert gold_type.dtype == np.int8  # a small index: the per-type passes read 1 byte a position, not 8
 
 
 def test_stratified_brier_hand_case():
@@ -553,6 +593,7 @@ def test_probabilities_a_rounding_step_outside_0_1_are_clipped():
     (lambda: brier(np.full((2, 3), 1 / 3), [0.0, 1.0]), "integers"),
     (lambda: entity_type_confidences(np.full((2, 3), 1 / 3), ["O", "B-PER", "PER"]), "IOB2"),
     (lambda: entity_type_confidences(np.full((2, 3), 1 / 3), ["O", "B-PER"]), "2 label names"),
+    (lambda: entity_type_confidences(np.full((2, 3), 1 / 3), ["O", "B-PER", "B-PER"]), "'B-PER' appears twice"),
     (lambda: gold_entity_types([1], LABELS, ["PER"]), "LOC"),
     (lambda: stratified_brier(np.full((2, 2), 0.5), [0, 2]), "gold_type must lie"),
     (lambda: balanced_calibration(np.full((2, 2), 0.5), [-1, -1]), "no position"),

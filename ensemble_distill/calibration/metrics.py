@@ -74,7 +74,10 @@ from ensemble_distill.predictions import PROB_TOLERANCE
 
 STRATEGIES = ("quantile", "uniform")
 _UINT_OF_FLOAT = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
-_BLOCK_ELEMENTS = 1 << 16  # elements per block in blocked loops: small enough to stay in cache
+# elements per block in blocked loops: a block of 32-bit values (1 MB) stays in cache between the operations on
+# it, and numpy's cost per call (microseconds) is small against one
+_BLOCK_ELEMENTS = 1 << 18
+_WIDE_BLOCK = 1 << 19  # float64 elements per block of _squares_and_gold (4 MB): BLAS's cost per call shows below
 
 
 # --------------------------------------------------------------------------------------------- ECE
@@ -143,13 +146,39 @@ def brier(probs, gold):
     n, c = probs.shape
     if n == 0:
         raise UserError("brier: no positions (probs is empty)")
-    # sum_c (p_c - y_c)^2 = sum_c p_c^2 - 2 p_gold + 1, summed without a squared copy of probs
-    flat = probs.reshape(-1)
-    sum_sq = np.einsum("i,i->", flat, flat, dtype=np.float64)
-    gold_at = np.arange(0, n * c, c)
-    gold_at += gold
-    p_gold = np.take(flat, gold_at)
-    return float((sum_sq - 2.0 * np.sum(p_gold, dtype=np.float64)) / n + 1.0)
+    # sum_c (p_c - y_c)^2 = sum_c p_c^2 - 2 p_gold + 1
+    sum_sq, _, sum_gold, _ = _squares_and_gold(probs, gold)
+    return float((sum_sq - 2.0 * sum_gold) / n + 1.0)
+
+
+def _squares_and_gold(values, gold):
+    """One pass over values [N, C] (float): the sum of all squares, and over the rows with a gold column (gold[n] >=
+    0; -1 for none) the count, sum and sum of squares of values[n, gold[n]]; float64. Row blocks are widened into a
+    float64 scratch buffer, where BLAS sums the squares, and the gold entries are gathered while the block is in
+    cache: no float64 copy of the whole, no [N] index array, a third of the time of einsum(dtype=float64) and a
+    separate gather (each reads all of `values`)."""
+    n, c = values.shape
+    rows = max(1, _WIDE_BLOCK // max(c, 1))
+    scratch = np.empty(min(n, rows) * c)
+    row_starts = np.arange(min(n, rows)) * c
+    sum_sq = gold_sum = gold_sum_sq = 0.0
+    n_gold = 0
+    for start in range(0, n, rows):
+        block_gold = gold[start:start + rows]
+        source = values[start:start + block_gold.size].reshape(-1)
+        block = scratch[: source.size]
+        np.copyto(block, source)
+        sum_sq += np.dot(block, block)
+        if block_gold.min() < 0:  # rows without gold left out
+            with_gold = np.flatnonzero(block_gold >= 0)  # (indexing with the boolean mask is several times slower)
+            at = with_gold * c + block_gold[with_gold]
+        else:
+            at = row_starts[: block_gold.size] + block_gold
+        picked = np.take(block, at)
+        n_gold += picked.size
+        gold_sum += picked.sum()
+        gold_sum_sq += np.dot(picked, picked)
+    return sum_sq, n_gold, gold_sum, gold_sum_sq
 
 
 # ------------------------------------------------------------------------------------ NER entity types
@@ -160,39 +189,39 @@ def entity_type_confidences(probs, label_names):
     probs = _as_probs(probs, "probs")
     label_types = _label_types(label_names, probs.shape[1])
     type_names = sorted({t for t in label_types if t is not None})
-    type_columns = [[c for c, t in enumerate(label_types) if t == name] for name in type_names]
-    confidences = np.empty((probs.shape[0], len(type_names)), dtype=probs.dtype)
-    rows = max(1, _BLOCK_ELEMENTS // probs.shape[1])
-    for start in range(0, probs.shape[0], rows):  # row blocks small enough to stay in cache across the columns
-        block, out = probs[start:start + rows], confidences[start:start + rows]
-        for t, columns in enumerate(type_columns):
-            np.copyto(out[:, t], block[:, columns[0]])
-            for c in columns[1:]:
-                np.add(out[:, t], block[:, c], out=out[:, t])
-    np.minimum(confidences, 1, out=confidences)
+    # probs @ [C, T] 0/1 matrix: a type has at most two labels (B-, I-) and the other products are exact zeros, so
+    # each entry is the float sum p(B-X) + p(I-X), rounded once as in plain addition, in one BLAS pass
+    members = np.array([[t == name for name in type_names] for t in label_types], dtype=probs.dtype)
+    confidences = np.matmul(probs, members)
+    if not _bits_at_most_one(confidences):  # a check costs a third of clipping
+        np.minimum(confidences, 1, out=confidences)
     return confidences, type_names
 
 
 def gold_entity_types(gold, label_names, type_names):
-    """For gold label ids [N], the index in type_names of each gold label's entity type; -1 for O."""
+    """For gold label ids [N], the index in type_names of each gold label's entity type; -1 for O. int8 [N] (intp
+    past 127 types): the per-type passes of the NER metrics read an eighth of the bytes of intp."""
     label_types = _label_types(label_names, len(label_names))
     unknown = sorted({t for t in label_types if t is not None} - set(type_names))
     if unknown:
         raise UserError(f"gold_entity_types: label types {unknown} are not among type_names {list(type_names)}")
     type_index = {name: i for i, name in enumerate(type_names)}
-    lookup = np.array([-1 if t is None else type_index[t] for t in label_types], dtype=np.intp)
+    dtype = np.int8 if len(type_names) <= np.iinfo(np.int8).max else np.intp
+    lookup = np.array([-1 if t is None else type_index[t] for t in label_types], dtype=dtype)
     gold = _as_labels(gold, (None, len(label_names)), "gold")
-    return lookup[gold]
+    return np.take(lookup, gold)
 
 
 def _label_types(label_names, n_classes):
     """Entity type of each IOB2 label name ("B-PER" -> "PER"), None for "O"."""
-    names = list(label_names)
+    names = [str(name) for name in label_names]
     if len(names) != n_classes:
         raise UserError(f"{len(names)} label names for {n_classes} classes in probs")
+    if len(set(names)) < len(names):
+        raise UserError(f"label {next(name for name in names if names.count(name) > 1)!r} appears twice")
     types = []
     for name in names:
-        prefix, _, type_name = str(name).partition("-")
+        prefix, _, type_name = name.partition("-")
         if name == "O":
             types.append(None)
         elif prefix in ("B", "I") and type_name:
@@ -208,15 +237,9 @@ def _label_types(label_names, n_classes):
 def stratified_brier(type_conf, gold_type):
     """(BS+, BS-): mean (1-c)^2 over (position, type) events of the gold type; mean c^2 over all other events."""
     type_conf, gold_type = _as_type_events(type_conf, gold_type)
-    n, t = type_conf.shape
-    gold_rows = np.flatnonzero(gold_type >= 0)
-    c_pos = type_conf[gold_rows, gold_type[gold_rows]]
-    n_pos = c_pos.size
-    n_neg = n * t - n_pos
-    flat = type_conf.reshape(-1)
-    sum_sq_all = np.einsum("i,i->", flat, flat, dtype=np.float64)
-    sum_sq_pos = np.einsum("i,i->", c_pos, c_pos, dtype=np.float64)
-    bs_plus = (n_pos - 2.0 * np.sum(c_pos, dtype=np.float64) + sum_sq_pos) / n_pos if n_pos else float("nan")
+    sum_sq_all, n_pos, sum_pos, sum_sq_pos = _squares_and_gold(type_conf, gold_type)
+    n_neg = type_conf.size - n_pos
+    bs_plus = (n_pos - 2.0 * sum_pos + sum_sq_pos) / n_pos if n_pos else float("nan")
     bs_minus = (sum_sq_all - sum_sq_pos) / n_neg if n_neg else float("nan")
     return float(bs_plus), float(bs_minus)
 
@@ -310,9 +333,14 @@ def _paper_fixed_size_ece(sorted_keys, dtype, n_bins, below=(0, 0)):
 
 
 def _event_keys(conf, hit):
-    """Events as sortable unsigned ints (float bits << 1) | correct; the sign bit of -0.0 is shifted out."""
-    keys = np.left_shift(conf.view(_UINT_OF_FLOAT[conf.dtype]), 1)
-    keys |= hit
+    """Events as sortable unsigned ints (float bits << 1) | correct; the sign bit of -0.0 is shifted out. Built in
+    blocks, so that the OR (which widens the bools in a buffer) finds the shifted bits in cache."""
+    bits = conf.view(_UINT_OF_FLOAT[conf.dtype])
+    keys = np.empty_like(bits)
+    for start in range(0, keys.size, _BLOCK_ELEMENTS):
+        block = keys[start:start + _BLOCK_ELEMENTS]
+        np.left_shift(bits[start:start + _BLOCK_ELEMENTS], 1, out=block)
+        block |= hit[start:start + _BLOCK_ELEMENTS]
     return keys
 
 
@@ -581,10 +609,7 @@ def _in_unit_interval(x, name):
     """`x`, or a copy clipped onto [0, 1] when values stray from it by at most PROB_TOLERANCE (float rounding, as the
     predictions file check accepts); NaN and values further out are refused. The common case costs one pass over
     the bits and no temporaries."""
-    if x.size == 0:
-        return x
-    # NaN, infinities, negatives and values above 1 all have bit patterns above that of 1.0
-    if x.view(_UINT_OF_FLOAT[x.dtype]).max() <= np.array(1, dtype=x.dtype).view(_UINT_OF_FLOAT[x.dtype]):
+    if _bits_at_most_one(x):
         return x
     lo, hi = x.min(), x.max()
     if np.isnan(lo) or np.isnan(hi):
@@ -592,6 +617,13 @@ def _in_unit_interval(x, name):
     if lo < -PROB_TOLERANCE or hi > 1 + PROB_TOLERANCE:
         raise UserError(f"{name} must lie in [0, 1] (within {PROB_TOLERANCE}); found values from {lo} to {hi}")
     return np.clip(x, 0, 1) if lo < 0 or hi > 1 else x  # else only -0.0 strayed: a zero like any other
+
+
+def _bits_at_most_one(x):
+    """Whether every value of the float array x is +0.0 .. 1.0, in one pass over the bits and no temporaries: NaN,
+    infinities, negatives (-0.0 too) and values above 1 all have bit patterns above that of 1.0."""
+    uint = _UINT_OF_FLOAT[x.dtype]
+    return x.size == 0 or x.view(uint).max() <= np.array(1, dtype=x.dtype).view(uint)
 
 
 def _as_correct(x, n, name):
