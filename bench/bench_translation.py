@@ -1,14 +1,19 @@
-"""Translation costs on the CPU: training tokens/s, decoding sentences/s (one model, an ensemble of K, a student),
-and a distillation step reading the teacher store against a plain NLL step.
+"""Translation costs on the CPU: training tokens/s, decoding sentences/s (one model, an ensemble of K, a student;
+cached keys and values against full recompute), how decoding time grows with the output length, and a
+distillation step reading the teacher store against a plain NLL step.
 
 Synthetic Multi30k-shaped data: an 8K vocabulary, source and target lengths 1 + Poisson(13) subwords, batches of
 `--batch-tokens` padded tokens as the pipeline cuts them (token_batches). The models are the "small" preset with
 random weights: speed does not depend on what a model learnt, except where decoding stops, so every system
 decodes to the same `--decode-len` tokens (random models rarely pick EOS). A student has the members'
-architecture, so it decodes at one member's speed: the point of distillation. Repeats are taken in turns so that
-load bursts on a shared machine hit every case alike; medians are printed.
+architecture, so it decodes at one member's speed: the point of distillation. "Full recompute" is beam search
+with cache=False, the decoder rerun over every prefix at every step (the search before incremental decoding); both
+ways find the same hypotheses, which the script checks. "4x longer" decodes one model to 4 x --decode-len tokens.
+Repeats are taken in turns so that load bursts on a shared machine hit every case alike; medians are printed. With
+--threads 1 the clock is the process's CPU time, which other processes' load does not inflate (on an idle machine
+it is the wall time); with more threads, wall time.
 
-    python bench/bench_translation.py [--repeats 3 --steps 5 --members 3 --sentences 64]
+    python bench/bench_translation.py --threads 1 [--repeats 3 --steps 5 --members 3 --sentences 64]
 """
 
 import argparse
@@ -35,10 +40,10 @@ def synthetic_pairs(n, vocab_size, seed=0):
     return [(rng.integers(4, vocab_size, s).tolist(), rng.integers(4, vocab_size, t).tolist()) for s, t in lengths]
 
 
-def timed(fn) -> float:
-    started = time.perf_counter()
+def timed(fn, clock=time.perf_counter) -> float:
+    started = clock()
     fn()
-    return time.perf_counter() - started
+    return clock() - started
 
 
 def main():
@@ -53,6 +58,7 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.threads == 1 else time.perf_counter
 
     cfg = TranslationConfig()
     vocab_size = cfg.data.vocab_size
@@ -82,14 +88,24 @@ def main():
                 optimizer.step()
 
         src = collate(pairs[:args.sentences]).src
-        decoders = {"one model": [members[0]], f"ensemble of {args.members}": members, "student": [decoding_student]}
-        times = {name: [] for name in [*losses, *decoders]}
+        systems = {"one model": [members[0]], f"ensemble of {args.members}": members, "student": [decoding_student]}
+        short, long = args.decode_len, 4 * args.decode_len
+        # (system, cache, output length): every system at --decode-len, one model also 4x longer
+        searches = [(name, cache, short) for name in systems for cache in (False, True)]
+        searches += [("one model", False, long), ("one model", True, long)]
+
+        def search(name, cache, length):
+            return beam_search(systems[name], src, beam_size=4, max_len=length, cache=cache)
+
+        for name in systems:
+            assert search(name, True, short).tokens == search(name, False, short).tokens, f"{name}: other hypotheses"
+        times = {case: [] for case in [*losses, *searches]}
         for _ in range(args.repeats):
             for name, loss_fn in losses.items():
-                times[name].append(timed(lambda: train_steps(loss_fn)))
-            for name, models in decoders.items():
-                times[name].append(timed(lambda: beam_search(models, src, beam_size=4, max_len=args.decode_len)))
-        median = {name: statistics.median(t) for name, t in times.items()}
+                times[name].append(timed(lambda: train_steps(loss_fn), clock))
+            for case in searches:
+                times[case].append(timed(lambda: search(*case), clock))
+        median = {case: statistics.median(t) for case, t in times.items()}
 
     print(f"small preset, vocab {vocab_size}, {args.threads} threads, medians of {args.repeats} repeats "
           f"(shared machine: absolute times are noisy; ratios are the point)")
@@ -98,10 +114,14 @@ def main():
           f"<= {args.batch_tokens} padded tokens)")
     print(f"distillation step from the store: {median[kd_name] / median[nll_name]:.2f}x the NLL step "
           f"({1000 * median[kd_name] / len(batches):.0f} vs {1000 * median[nll_name] / len(batches):.0f} ms a step)")
-    one = median["one model"]
-    for name in decoders:
-        print(f"beam 4 decoding, {name}: {args.sentences / median[name]:.1f} sentences/s "
-              f"({median[name] / one:.2f}x one model)")
+    print(f"beam 4 decoding of {args.sentences} sentences to {short} tokens, full recompute -> cached:")
+    for name in systems:
+        full, cached = median[name, False, short], median[name, True, short]
+        print(f"  {name}: {args.sentences / full:.1f} -> {args.sentences / cached:.1f} sentences/s "
+              f"({full / cached:.1f}x faster; {cached / median['one model', True, short]:.2f}x one model's time)")
+    for cache, way in ((False, "full recompute"), (True, "cached")):
+        ratio = median["one model", cache, long] / median["one model", cache, short]
+        print(f"4x longer output ({long} tokens), one model, {way}: {ratio:.1f}x the time")
 
 
 def write_teacher_store(folder: Path, members, pairs, vocab_size: int, top_k: int):
