@@ -28,7 +28,7 @@ from ensemble_distill.distill.losses import distillation_loss
 from ensemble_distill.distill.ner import dataset_fingerprint, window_targets
 from ensemble_distill.encoders import compute_frozen_states
 from ensemble_distill.models.tagger import Tagger
-from ensemble_distill.tagging import TaggingSplit, _batch, _emissions, predict_distributions, tagger_loss
+from ensemble_distill.tasks.ner import TaggingSplit, _batch, _emissions, predict_distributions, tagger_loss
 from ensemble_distill.teacher_store import write_store
 from ensemble_distill.training import make_optimizer
 

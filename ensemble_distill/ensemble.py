@@ -4,29 +4,22 @@ The training set is cut into tenths by a seeded permutation. Member i early-stop
 others, except the last tenth, which every member leaves out so a distilled student can validate on data no
 teacher saw. An ensemble of k is the first k members of a seeded permutation, so 3 ⊂ 6 ⊂ 9.
 
-Run directory:
-    RUN/config.toml, RUN/run.json        resolved config; seeds, versions, label set
-    RUN/members/member-<i>/              checkpoint.pt (resume), best.pt, log.jsonl, result.json (written last:
-                                         a model without it is unfinished, resumed by train-ensemble, never used)
-    RUN/individuals/individual-<i>/      optional models trained on all the data (early-stopped on dev)
-
-A run folder is written by one process at a time (io_utils.run_lock) and only ever with the config it was
-started with (io_utils.require_same_config).
+The run folder and its model folders follow runs.py (RUN/members/member-<i>/, RUN/individuals/individual-<i>/:
+models trained on all the data, early-stopped on dev); a model without result.json is unfinished, resumed by
+`train`, never used.
 """
 
-import json
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__
-from .config import MAX_MEMBERS, N_TENTHS, TaggingConfig, load_config, to_toml, validate
+from .config import MAX_MEMBERS, N_TENTHS, TaggingConfig, load_config, validate
 from .errors import UserError
-from .io_utils import atomic_write_json, atomic_write_text, require_same_config, run_lock
-from .tagging import TaggingData, load_tagging_data, new_tagger, train_tagger
+from .io_utils import require_same_config, run_lock
+from .runs import finished, record_run, save_model, write_result
+from .tasks.ner import TaggingData, load_tagging_data, member_seed, model_spec, new_tagger, train_tagger
 
 
 def tenths(n_sentences: int, split_seed: int) -> list[np.ndarray]:
@@ -74,10 +67,6 @@ def model_dir(run_dir, index: int, individual: bool = False) -> Path:
     return Path(run_dir) / f"{group}s" / f"{group}-{index}"
 
 
-def member_seed(cfg: TaggingConfig, index: int, individual: bool = False) -> int:
-    return cfg.train.seed + 1000 * index + (500 if individual else 0)
-
-
 @dataclass
 class EnsembleRun:
     run_dir: Path
@@ -86,25 +75,6 @@ class EnsembleRun:
 
     def member_dir(self, i: int) -> Path:
         return model_dir(self.run_dir, i)
-
-
-def record_run(run_dir: Path, cfg: TaggingConfig, labels: list[str]) -> None:
-    """config.toml and run.json. A run whose training data now give other labels is refused: its members'
-    output layers would not fit them."""
-    import transformers
-
-    previous = run_dir / "run.json"
-    if previous.is_file() and (recorded := json.loads(previous.read_text()).get("labels")) != labels:
-        raise UserError(f"{run_dir}: was started on training data with the labels {recorded}, the data now give "
-                        f"{labels}; use a new folder")
-    atomic_write_text(run_dir / "config.toml", to_toml(cfg))
-    atomic_write_json(run_dir / "run.json", {
-        "ensemble_distill": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-        "numpy": np.__version__, "python": platform.python_version(), "labels": labels,
-        "member_seeds": [member_seed(cfg, i) for i in range(cfg.ensemble.members)],
-        "individual_seeds": [member_seed(cfg, i, True) for i in range(cfg.ensemble.individuals)],
-        "split_seed": cfg.ensemble.split_seed,
-    })
 
 
 def train_ensemble(cfg: TaggingConfig, run_dir, progress: bool = True, data: TaggingData | None = None) -> EnsembleRun:
@@ -119,34 +89,40 @@ def train_ensemble(cfg: TaggingConfig, run_dir, progress: bool = True, data: Tag
         if n < N_TENTHS:  # refused before the run is recorded, so the folder takes the corrected config
             raise UserError(f"{cfg.data.train}: {n} training sentences; an ensemble needs at least {N_TENTHS} "
                             "(each member early-stops on its own tenth of them)")
-        record_run(run_dir, cfg, data.labels)
+        record_run(run_dir, cfg, {
+            "task": "ner", "labels": data.labels, "split_seed": cfg.ensemble.split_seed,
+            "member_seeds": [member_seed(cfg, i) for i in range(cfg.ensemble.members)],
+            "individual_seeds": [member_seed(cfg, i, True) for i in range(cfg.ensemble.individuals)],
+        }, must_match=("labels",))
         for i in range(cfg.ensemble.members):
             train_ids, held_ids = member_sentences(n, i, cfg.ensemble.split_seed)
-            _train_one(data, cfg, member_seed(cfg, i), train_split.windows_of(train_ids),
+            _train_one(data, cfg, "member", member_seed(cfg, i), train_split.windows_of(train_ids),
                        ("train", train_split.windows_of(held_ids)), model_dir(run_dir, i), progress)
         all_train = np.arange(len(train_split.windows))
         dev_windows = np.arange(len(data.splits["dev"].windows))
         for i in range(cfg.ensemble.individuals):
-            _train_one(data, cfg, member_seed(cfg, i, True), all_train, ("dev", dev_windows),
+            _train_one(data, cfg, "individual", member_seed(cfg, i, True), all_train, ("dev", dev_windows),
                        model_dir(run_dir, i, individual=True), progress)
     return EnsembleRun(run_dir, cfg, data)
 
 
-def _train_one(data, cfg, seed, train_windows, held_out, out_dir: Path, progress):
-    """Train (or resume) one model; result.json, written last, marks it finished (and skipped from then on)."""
-    if (out_dir / "result.json").is_file():
+def _train_one(data, cfg, role: str, seed, train_windows, held_out, out_dir: Path, progress):
+    """Train (or resume) one model; model.json and model.safetensors, then result.json, written last, which marks
+    it finished (and skipped from then on)."""
+    if finished(out_dir):
         return
     model = new_tagger(data, cfg, seed)
     train_cfg = type(cfg.train)(**{**cfg.train.__dict__, "seed": seed})
     result = train_tagger(model, data, train_windows, held_out, train_cfg, out_dir, progress)
-    atomic_write_json(out_dir / "result.json", {"best_held_out_f1": result.best_score,
-                                                "best_epoch": result.best_epoch, "epochs": result.epochs_run})
+    save_model(out_dir, model, model_spec(cfg, data, role, seed))
+    write_result(out_dir, task="ner", role=role, seed=seed, best_epoch=result.best_epoch, epochs=result.epochs_run,
+                 best_score=result.best_score, score="span_f1")
 
 
 def load_member(run: EnsembleRun, model_dir: Path, seed: int = 0):
     """A finished member's (or individual's) best weights; an unfinished one (no result.json) is refused."""
     best = model_dir / "best.pt"
-    if not (model_dir / "result.json").is_file() or not best.is_file():
+    if not finished(model_dir) or not best.is_file():
         raise UserError(f"{model_dir}: not a finished model (no result.json); run train-ensemble to train or "
                         "finish it")
     model = new_tagger(run.data, run.cfg, seed)

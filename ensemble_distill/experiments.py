@@ -7,6 +7,7 @@ Each member's distributions are computed once; an ensemble of k is the mean of i
 distributions, so evaluating ensembles of 3, 6 and 9 costs nine forward passes, not eighteen.
 """
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,13 @@ from .ensemble import (
     nested_subsets,
     read_run_config,
 )
-from .io_utils import atomic_write_json, atomic_write_text, strict_json
+from .errors import UserError
+from .io_utils import atomic_write_json, atomic_write_text
+from .models.tagger import Tagger
 from .predictions import save_predictions
+from .runs import load_weights, read_model_spec
 from .tables import cell, mean_and_se
-from .tagging import TaggingSplit, load_tagging_data, predict_distributions, to_predictions
+from .tasks.ner import TaggingSplit, load_tagging_data, predict_distributions, to_predictions, write_tagged
 
 TABLE_METRICS = ("f1", "bs_plus", "bs_minus", "b_bs", "b_ece")
 HEADERS = {"f1": "F1", "bs_plus": "BS+", "bs_minus": "BS-", "b_bs": "B-BS", "b_ece": "B-ECE"}
@@ -37,7 +41,8 @@ def open_run(run_dir, cfg: TaggingConfig | None = None, splits=("train", "dev", 
 
 
 def evaluate_run(run: EnsembleRun, split: str = "test", n_boot: int = 1000, progress: bool = True) -> list[dict]:
-    """Evaluate members, individuals and every configured ensemble size on `split`; writes predictions,
+    """Evaluate members, individuals, every configured ensemble size and the students in RUN/students/ on
+    `split`; writes predictions,
     metrics and plots under RUN/eval/<split>/ and the table as RUN/eval/<split>/results.{md,json}."""
     out = run.run_dir / "eval" / split
     data_split = run.data.splits[split]
@@ -56,6 +61,12 @@ def evaluate_run(run: EnsembleRun, split: str = "test", n_boot: int = 1000, prog
         metrics = evaluate_distributions(mean, data_split, run.data.labels, out / f"ensemble-{k}", n_boot,
                                          {**meta, "ensemble": ids})
         rows.append({"system": f"ensemble of {k}", **{m: metrics[m] for m in TABLE_METRICS}})
+    for folder in sorted(p.parent for p in (run.run_dir / "students").glob("*/result.json")):
+        student = load_student(run, folder)
+        distributions = predict_distributions([student], data_split, pad_id=run.data.pad_id, progress=progress)
+        metrics = evaluate_distributions(distributions, data_split, run.data.labels, out / folder.name, n_boot,
+                                         {**meta, "student": folder.name})
+        rows.append({"system": f"student ({folder.name})", **{m: metrics[m] for m in TABLE_METRICS}})
     atomic_write_json(out / "results.json", rows)
     atomic_write_text(out / "results.md", format_rows(rows, title=f"{run.run_dir.name}: {cfg.model.head}, {split}"))
     return rows
@@ -65,6 +76,16 @@ def _distributions(run, count, data_split, progress, individual=False):
     models = [load_member(run, model_dir(run.run_dir, i, individual), member_seed(run.cfg, i, individual))
               for i in range(count)]
     return [predict_distributions([m], data_split, pad_id=run.data.pad_id, progress=progress) for m in models]
+
+
+def load_student(run: EnsembleRun, folder: Path):
+    """A student of the run from its model folder, on the run's (already loaded) encoder top layers."""
+    spec = read_model_spec(folder)
+    if spec["labels"] != run.data.labels:
+        raise UserError(f"{folder}: a student of other labels ({spec['labels']}) than the run's")
+    m = spec["model"]
+    return load_weights(folder, Tagger(copy.deepcopy(run.data.top), len(spec["labels"]), m["head"], m["lstm_hidden"],
+                                       m["dropout"]))
 
 
 def evaluate_distributions(distributions: list[np.ndarray], data_split: TaggingSplit, labels: list[str], out_dir: Path,
@@ -95,9 +116,8 @@ def format_rows(rows: list[dict], title: str = "") -> str:
 def predict_file(run_dir, input_path, out_dir, ensemble_size: int | None = None, progress: bool = True) -> Path:
     """Tag a CoNLL file (the run's column layout) with the run's ensemble of `ensemble_size` (default: the largest).
 
-    Writes predictions.npz (the predictions format), predictions.conll (token, gold, predicted label) and
-    entities.jsonl: per sentence, each predicted entity span with a confidence, the product over its words of the
-    probability of the predicted label: the chance, under per-word independence, of labelling exactly that span.
+    Writes predictions.npz (the predictions format), predictions.conll (token, gold, predicted label, its
+    probability) and entities.jsonl (tasks.ner.entities_jsonl).
     """
     cfg = read_run_config(run_dir)
     run = EnsembleRun(Path(run_dir), cfg, load_tagging_data(cfg, splits=(), progress=progress,
@@ -106,38 +126,7 @@ def predict_file(run_dir, input_path, out_dir, ensemble_size: int | None = None,
     models = [load_member(run, run.member_dir(i), member_seed(cfg, i)) for i in ids]
     split = run.data.splits["input"]
     distributions = predict_distributions(models, split, pad_id=run.data.pad_id, progress=progress)
-    preds = to_predictions(distributions, split, run.data.labels, {"run": str(run_dir), "ensemble": ids,
-                                                                   "input": str(input_path)})
-    out_dir = Path(out_dir)
-    save_predictions(out_dir / "predictions.npz", preds)
-    atomic_write_text(out_dir / "predictions.conll", _conll_text(split.corpus, preds))
-    atomic_write_text(out_dir / "entities.jsonl", _entities_jsonl(split.corpus, preds))
-    return out_dir
-
-
-def _conll_text(corpus, preds) -> str:
-    names = preds.label_names
-    predicted = names[preds.predicted()]
-    lines, position = [], 0
-    for sentence in corpus.sentences:
-        for token, gold in zip(sentence.tokens, sentence.tags):
-            lines.append(f"{token} {gold} {predicted[position]}")
-            position += 1
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def _entities_jsonl(corpus, preds) -> str:
-    from seqeval.metrics.sequence_labeling import get_entities
-
-    ids = preds.predicted()
-    word_conf = preds.probs[np.arange(len(ids)), ids]
-    lines = []
-    for s, sentence in enumerate(corpus.sentences):
-        start = preds.sentence_offsets[s]
-        labels = preds.label_names[ids[start:preds.sentence_offsets[s + 1]]].tolist()
-        entities = [{"type": kind, "start": a, "end": b + 1, "text": " ".join(sentence.tokens[a:b + 1]),
-                     "confidence": float(np.prod(word_conf[start + a:start + b + 1]))}
-                    for kind, a, b in get_entities(labels)]
-        lines.append(strict_json({"sentence": s, "tokens": sentence.tokens, "entities": entities}))
-    return "\n".join(lines) + "\n"
+    tokens = [s.tokens for s in split.corpus.sentences]
+    write_tagged(out_dir, tokens, distributions, run.data.labels,
+                 {"run": str(run_dir), "ensemble": ids, "input": str(input_path)}, split.corpus)
+    return Path(out_dir)

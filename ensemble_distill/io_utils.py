@@ -88,6 +88,12 @@ def _finite_or_none(obj):
     return obj
 
 
+def cache_root() -> Path:
+    """The one place for caches (converted encoders, frozen-layer outputs): $ENSEMBLE_DISTILL_CACHE, else
+    ~/.cache/ensemble-distill. Everything in it can be deleted; it is rebuilt on first use."""
+    return Path(os.environ.get("ENSEMBLE_DISTILL_CACHE") or Path.home() / ".cache" / "ensemble-distill")
+
+
 def sha256_file(path) -> str:
     """The hex sha256 of a file's bytes, read in chunks (weights files are hundreds of MB)."""
     with open(path, "rb") as f:
@@ -199,7 +205,7 @@ def require_same_config(folder, cfg, name: str = "config.toml") -> None:
     recorded = Path(folder) / name
     if not recorded.is_file():
         return
-    before, now = _flat(to_dict(load_config(recorded, type(cfg)))), _flat(to_dict(cfg))
+    before, now = _flat(to_dict(load_config(recorded, type(cfg), resolve_paths=False))), _flat(to_dict(cfg))
     for key in now:
         if before.get(key) != now[key]:
             raise UserError(f"{folder}: was started with another config: '{key}' is {before.get(key)!r} in "

@@ -33,17 +33,9 @@ from .distill.losses import distillation_loss
 from .errors import UserError
 from .io_utils import atomic_write_json, checkpoint_name, run_lock
 from .models.translation import collate
-from .teacher_store import TeacherStore, fingerprint_dataset, write_store
-from .translation import (
-    TranslationRun,
-    evaluate_translation_run,
-    finished,
-    member_seed,
-    new_model,
-    open_run,
-    to_device,
-    train_model,
-)
+from .tasks.nmt import TASK, member_seed, new_model, to_device
+from .teacher_store import TeacherStore, write_store
+from .translation import TranslationRun, evaluate_translation_run, finished, open_run, train_model
 
 STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
 
@@ -54,12 +46,11 @@ def store_name(members: int, top_k: int, epsilon: float) -> str:
 
 
 def train_fingerprint(run: TranslationRun) -> str:
-    pairs = run.data.splits["train"].pairs
-    return fingerprint_dataset([src for src, _ in pairs], [tgt for _, tgt in pairs])
+    return TASK.dataset_fingerprint(run.data)
 
 
 def vocab_names(run: TranslationRun) -> list[str]:
-    return [run.data.vocab.processor.id_to_piece(i) for i in range(len(run.data.vocab))]
+    return run.data.vocab.piece_names()
 
 
 def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int | None = None,
@@ -109,8 +100,10 @@ def distill_translation(run_dir, members: int | None = None, top_k: int | None =
         seed = member_seed(run.cfg, STUDENT_SEED_INDEX)
         model = new_model(run.cfg, len(run.data.vocab), seed)
         record_teacher(student_dir, store)
+        teacher = {"store": str(store.path), "teachers": store.manifest["teachers"],
+                   "truncation": store.manifest["truncation"]}
         train_model(model, run.data, run.cfg, student_dir, student_loss(store, run.cfg.distill), seed, progress,
-                    after_round)
+                    after_round, role="student", spec_extra={"teacher": teacher})
     return student_dir
 
 

@@ -373,7 +373,7 @@ def test_entity_types_missing_from_evaluation_data_are_reported_once_with_counts
 
 def test_settings_reach_the_reader_from_the_config(tmp_path):
     from ensemble_distill.config import TaggingConfig, load_config
-    from ensemble_distill.tagging import _read
+    from ensemble_distill.tasks.ner import _read
 
     config = write(tmp_path, "c.toml", '\ufeff[data]\r\nencoding = "latin-1"\r\ntoken_prefix = "de:"\r\n'
                                        'comment_prefix = "%"\r\n')  # a config with a byte-order mark and CRLF

@@ -19,7 +19,7 @@ from ensemble_distill.distill.ner import dataset_fingerprint, memoize, store_tem
 from ensemble_distill.ensemble import load_member, member_seed, train_ensemble
 from ensemble_distill.errors import UserError
 from ensemble_distill.experiments import open_run
-from ensemble_distill.tagging import _batch, new_tagger, predict_distributions, tagger_loss
+from ensemble_distill.tasks.ner import _batch, new_tagger, predict_distributions, tagger_loss
 from ensemble_distill.teacher_store import TeacherStore, write_store
 
 from conftest import CONLL_SENTENCES, write_conll

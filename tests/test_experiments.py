@@ -95,18 +95,13 @@ def test_train_evaluate_predict(tiny_encoder, conll_files, tmp_path, capsys):
 
 
 def test_entity_confidence_is_the_product_of_its_words_predicted_label_probabilities():
-    from types import SimpleNamespace
-
-    from ensemble_distill.experiments import _entities_jsonl
-    from ensemble_distill.predictions import Predictions
+    from ensemble_distill.tasks.ner import entities_jsonl
 
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     tokens = ["Peter", "Blackburn", "visits", "New", "York", "Paris"]
     top = [(1, 0.9), (2, 0.6), (0, 0.8), (3, 0.5), (4, 0.7), (3, 0.4)]  # each word's argmax label and its probability
     probs = np.array([[p if j == label else (1 - p) / 4 for j in range(5)] for label, p in top])
-    preds = Predictions.tagging(probs, np.zeros(6, dtype=np.int64), [0, 6], labels)
-    corpus = SimpleNamespace(sentences=[SimpleNamespace(tokens=tokens)])
-    (line,) = _entities_jsonl(corpus, preds).splitlines()
+    (line,) = entities_jsonl([tokens], [probs], labels).splitlines()
     entities = json.loads(line)["entities"]
     assert [(e["type"], e["start"], e["end"], e["text"]) for e in entities] == [
         ("PER", 0, 2, "Peter Blackburn"), ("LOC", 3, 5, "New York"), ("LOC", 5, 6, "Paris")]

@@ -16,17 +16,17 @@ import pytest
 import torch
 from test_teacher_store import reseal
 
-from ensemble_distill import ensemble as ensemble_module
+from ensemble_distill import runs as runs_module
 from ensemble_distill import training as training_module
-from ensemble_distill import translation as translation_module
 from ensemble_distill.cli import main
 from ensemble_distill.config import DistillConfig, TaggingConfig, TranslationConfig, to_toml
 from ensemble_distill.distill.ner import memoize
 from ensemble_distill.ensemble import EnsembleRun, load_member, train_ensemble
 from ensemble_distill.errors import UserError
 from ensemble_distill.io_utils import LOCK, atomic_torch_save, run_lock
-from ensemble_distill.tagging import new_tagger, train_tagger
-from ensemble_distill.translation import new_model, nll_loss, open_run, train_members, train_model
+from ensemble_distill.tasks.ner import new_tagger, train_tagger
+from ensemble_distill.tasks.nmt import new_model, nll_loss
+from ensemble_distill.translation import open_run, train_members, train_model
 from ensemble_distill.translation_distill import memoize_translation_teacher
 
 from conftest import CONLL_SENTENCES, write_conll
@@ -209,17 +209,17 @@ def test_an_ner_member_without_its_result_is_unfinished_and_resumed(ner_run, tmp
     """Killed after best.pt and checkpoint.pt, before result.json: not usable, and the rerun finishes it."""
     run_dir = tmp_path / "run"
     cfg = ner_run.cfg
-    real_write = ensemble_module.atomic_write_json
+    real_write = runs_module.atomic_write_json
 
     def killed_before_result(path, obj):
         if path.name == "result.json" and "member-1" in str(path):
             raise KeyboardInterrupt("killed")
         real_write(path, obj)
 
-    monkeypatch.setattr(ensemble_module, "atomic_write_json", killed_before_result)
+    monkeypatch.setattr(runs_module, "atomic_write_json", killed_before_result)
     with pytest.raises(KeyboardInterrupt):
         train_ensemble(cfg, run_dir, progress=False, data=ner_run.data)
-    monkeypatch.setattr(ensemble_module, "atomic_write_json", real_write)
+    monkeypatch.setattr(runs_module, "atomic_write_json", real_write)
     member = run_dir / "members" / "member-1"
     assert (member / "best.pt").is_file() and not (member / "result.json").exists()
     with pytest.raises(UserError, match=f"{member}: not a finished model"):
@@ -229,7 +229,8 @@ def test_an_ner_member_without_its_result_is_unfinished_and_resumed(ner_run, tmp
     train_ensemble(cfg, run_dir, progress=False, data=ner_run.data)
     assert json.loads((member / "result.json").read_text())["epochs"] == cfg.train.max_epochs
     # The same bytes as the uninterrupted run's member: saving is byte-reproducible.
-    assert sha256(member / "best.pt") == sha256(ner_run.run_dir / "members" / "member-1" / "best.pt")
+    for name in ("best.pt", "model.safetensors", "model.json"):
+        assert sha256(member / name) == sha256(ner_run.run_dir / "members" / "member-1" / name), name
 
 
 def test_log_has_one_line_per_epoch_after_a_kill_between_checkpoint_and_log(ner_run, tmp_path, monkeypatch):
@@ -386,25 +387,26 @@ def test_a_translation_run_resumed_with_another_config_is_refused_naming_the_key
 
 def test_a_translation_member_killed_before_its_result_is_unfinished_and_resumed(nmt_run, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    real_write = translation_module.atomic_write_json
+    real_write = runs_module.atomic_write_json
 
     def killed_before_result(path, obj):
         if path.name == "result.json" and "member-1" in str(path):
             raise KeyboardInterrupt("killed")
         real_write(path, obj)
 
-    monkeypatch.setattr(translation_module, "atomic_write_json", killed_before_result)
+    monkeypatch.setattr(runs_module, "atomic_write_json", killed_before_result)
     with pytest.raises(KeyboardInterrupt):
         train_members(nmt_run.cfg, run_dir, progress=False, data=nmt_run.data)
-    monkeypatch.setattr(translation_module, "atomic_write_json", real_write)
+    monkeypatch.setattr(runs_module, "atomic_write_json", real_write)
     member = run_dir / "members" / "member-1"
     assert (member / "model.pt").is_file() and not (member / "result.json").exists()
     shutil.copy(nmt_run.run_dir / "vocab.model", run_dir / "vocab.model")
     with pytest.raises(UserError, match=f"{member}: not a finished model"):
         open_run(run_dir, splits=("dev",), progress=False).members(2)
     train_members(nmt_run.cfg, run_dir, progress=False, data=nmt_run.data)
-    assert json.loads((member / "result.json").read_text())["rounds"] == nmt_run.cfg.train.max_rounds
-    for name in ("model.pt", "best.pt", "epoch-2.pt"):  # identical to the uninterrupted run's, byte for byte
+    assert json.loads((member / "result.json").read_text())["epochs"] == nmt_run.cfg.train.max_rounds
+    # identical to the uninterrupted run's, byte for byte
+    for name in ("model.pt", "best.pt", "epoch-2.pt", "model.safetensors"):
         assert sha256(member / name) == sha256(nmt_run.member_dir(1) / name), name
 
 

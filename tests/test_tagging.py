@@ -15,7 +15,7 @@ from ensemble_distill.ensemble import (
     train_ensemble,
 )
 from ensemble_distill.errors import UserError
-from ensemble_distill.tagging import (
+from ensemble_distill.tasks.ner import (
     _batch,
     held_out_f1,
     load_tagging_data,

@@ -17,20 +17,18 @@ from ensemble_distill.data.vocab import PAD_ID
 from ensemble_distill.errors import UserError
 from ensemble_distill.models.translation import collate
 from ensemble_distill.predictions import load_predictions
-from ensemble_distill.teacher_store import to_dense
-from ensemble_distill.translation import (
-    evaluate_translation_run,
+from ensemble_distill.tasks.nmt import (
     mean_of_members,
     new_model,
     nll_loss,
     round_batches,
     teacher_forced,
     token_batches,
-    train_members,
-    train_model,
     translate,
     validation_nll,
 )
+from ensemble_distill.teacher_store import to_dense
+from ensemble_distill.translation import evaluate_translation_run, train_members, train_model
 from ensemble_distill.translation_distill import distill_translation, memoize_translation_teacher
 
 WORDS = "ant bee cat dog eel fox gnu hen".split()

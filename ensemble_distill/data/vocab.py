@@ -91,6 +91,10 @@ class SubwordVocab:
         """Detokenised text of each id sequence; pad, bos and eos ids are dropped."""
         return self.processor.decode([[int(i) for i in seq] for seq in ids])
 
+    def piece_names(self) -> list[str]:
+        """Every piece of the vocabulary, by id: the label names of a translation model's outputs."""
+        return [self.processor.id_to_piece(i) for i in range(len(self))]
+
     def pieces(self, text: str) -> list[str]:
         """The subword pieces of one text, for inspection."""
         return self.processor.encode(text, out_type=str)

@@ -39,8 +39,17 @@ from ..ensemble import (
 from ..errors import UserError
 from ..experiments import TABLE_METRICS, evaluate_distributions, format_rows
 from ..io_utils import atomic_write_json, atomic_write_text, checkpoint_name, require_same_config, run_lock
-from ..tagging import TaggingData, TaggingSplit, load_tagging_data, new_tagger, predict_distributions, train_tagger
-from ..teacher_store import TeacherStore, fingerprint_dataset, require_teachers, write_store
+from ..runs import save_model, write_result
+from ..tasks.ner import (
+    TaggingData,
+    dataset_fingerprint,
+    load_tagging_data,
+    model_spec,
+    new_tagger,
+    predict_distributions,
+    train_tagger,
+)
+from ..teacher_store import TeacherStore, require_teachers, write_store
 from .losses import distillation_loss
 
 TEMPERATURE_PREFIX = "temperature "  # the teacher-name entry that records a temperature-scaled teacher's T
@@ -81,11 +90,6 @@ def _memoize(run: EnsembleRun, store_dir, ids: list[int], temperature_scaled: bo
     return write_store(store_dir, range(len(split.corpus.sentences)), teacher, vocab=data.labels,
                        fingerprint=dataset_fingerprint(split), teachers=teachers, top_k=len(data.labels),
                        batch_sentences=64, progress=progress)
-
-
-def dataset_fingerprint(split: TaggingSplit) -> str:
-    """What a store is keyed to: the split's word-level gold ids and its encoder windows' subword ids."""
-    return fingerprint_dataset(split.corpus.tag_ids, [w.input_ids for w in split.windows])
 
 
 def member_checkpoints(run_dir: Path, ids: list[int]) -> list[str]:
@@ -144,8 +148,10 @@ def _distill(store_dir, config, out_dir: Path, n_boot: int, progress: bool, data
     model = new_tagger(data, student_cfg, cfg.train.seed)
     result = train_student(model, data, store, split.windows_of(np.setdiff1d(np.arange(n), held_out)),
                            split.windows_of(held_out), cfg, out_dir, progress)
-    atomic_write_json(out_dir / "result.json", {"best_held_out_f1": result.best_score,
-                                                "best_epoch": result.best_epoch, "epochs": result.epochs_run})
+    save_model(out_dir, model, model_spec(student_cfg, data, "student", cfg.train.seed,
+                                          teacher={"store": str(store.path), "name": teacher_name(store)}))
+    write_result(out_dir, task="ner", role="student", seed=cfg.train.seed, best_epoch=result.best_epoch,
+                 epochs=result.epochs_run, best_score=result.best_score, score="span_f1")
 
     test = data.splits["test"]
     distributions = predict_distributions([model], test, pad_id=data.pad_id, progress=progress)

@@ -1,0 +1,215 @@
+"""The commands' stages for either task, the task read from the config or the run folder (`task = "ner" | "nmt"`).
+
+    train(load_config("configs/conll-iid.toml"), "runs/conll-iid")     # members (+ NER individuals)
+    evaluate_run("runs/conll-iid")            # members, individuals, ensembles, students -> RUN/eval/test/
+    memoize("runs/conll-iid")                 # RUN/teachers/ensemble-<k>[-ts]
+    distill("runs/conll-iid")                 # RUN/students/student-<k>[-ts], memoizing first if needed
+    predict("runs/conll-iid/students/student-3", "new.txt", "out/")     # a model folder on new text
+
+Each stage calls the task's own module (NER: ensemble.py, experiments.py, distill/ner.py; translation:
+translation.py, translation_distill.py); the run folder is the same for both (runs.py).
+"""
+
+import dataclasses
+from pathlib import Path
+
+from .config import Distillation, DistillConfig, StudentTraining, load_config, validate
+from .errors import UserError
+from .io_utils import run_lock
+
+
+def run_task(run_dir) -> str:
+    """The task of a run folder: its config.toml's `task` (older runs: "nmt" when it holds vocab.model).
+    Raises UserError when the folder is not a run."""
+    from .config import read_toml
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no config.toml); train it with `train`")
+    task = read_toml(run_dir / "config.toml").get("task")
+    return task or ("nmt" if (run_dir / "vocab.model").is_file() else "ner")
+
+
+def train(cfg, run_dir, progress: bool = True) -> str:
+    """Train (or resume) every member (and NER individual) of the run; returns a one-line summary."""
+    if cfg.task == "ner":
+        from .ensemble import train_ensemble
+
+        train_ensemble(cfg, run_dir, progress)
+    else:
+        from .translation import train_members
+
+        train_members(cfg, run_dir, progress)
+    return f"{run_dir}: {cfg.ensemble.members} members trained; next: ensemble-distill evaluate --run {run_dir}"
+
+
+def evaluate_run(run_dir, split: str = "test", n_boot: int = 1000, device: str | None = None,
+                 overrides=(), progress: bool = True) -> str:
+    """Evaluate every system of the run on `split` (RUN/eval/<split>/); returns the Markdown table."""
+    if run_task(run_dir) == "ner":
+        from .ensemble import read_run_config
+        from .experiments import evaluate_run as evaluate_ner
+        from .experiments import format_rows, open_run
+
+        _no_overrides(overrides, "evaluating an NER run")
+        with run_lock(run_dir):
+            run = open_run(run_dir, read_run_config(run_dir), splits=(split,), progress=progress)
+            return format_rows(evaluate_ner(run, split, n_boot, progress), title=f"{run_dir} ({split})")
+    from .translation import evaluate_translation_run, format_rows, open_run
+
+    run = open_run(run_dir, splits=("dev", split), progress=progress, device=device, overrides=overrides)
+    rows = evaluate_translation_run(run_dir, split, n_boot, progress, run=run)
+    return format_rows(rows, title=f"{run_dir} ({split})")
+
+
+def memoize(run_dir, members: int | None = None, device: str | None = None, temperature_scaled: bool = False,
+            top_k: int | None = None, epsilon: float | None = None, out=None, overrides=(),
+            progress: bool = True) -> str:
+    """Write (or resume, or reuse) the teacher store of the run's ensemble of `members`: NER at `out` (default
+    RUN/teachers/ensemble-<k>[-ts]), translation at RUN/teachers/<store_name>. Returns a one-line summary."""
+    if run_task(run_dir) == "ner":
+        from .distill.ner import memoize as memoize_ner
+        from .distill.ner import teacher_name
+
+        _no_overrides(overrides, "memoizing an NER run")
+        _only_for("nmt", top_k=top_k, epsilon=epsilon, device=device)
+        store = memoize_ner(run_dir, out or ner_store_dir(run_dir, members, temperature_scaled), members,
+                            temperature_scaled, progress)
+        return f"wrote {store.path}: {teacher_name(store)} over {len(store)} sentences, {store.num_positions} words"
+    from .translation import open_run
+    from .translation_distill import memoize_translation_teacher
+
+    _only_for("ner", temperature_scaled=temperature_scaled, out=out)
+    run = open_run(run_dir, splits=("train", "dev"), progress=progress, device=device, overrides=overrides)
+    store = memoize_translation_teacher(run_dir, members, top_k, epsilon, progress, run=run)
+    return (f"wrote {store.path}: {len(store)} sentences, {store.num_positions} tokens, "
+            f"{store.bytes_per_token():.1f} bytes/token")
+
+
+def ner_store_dir(run_dir, members: int | None, temperature_scaled: bool) -> Path:
+    """RUN/teachers/ensemble-<k>[-ts]: where `memoize` puts an NER run's store by default."""
+    from .ensemble import ensemble_member_ids, read_run_config
+
+    k = len(ensemble_member_ids(read_run_config(run_dir), members))
+    return Path(run_dir) / "teachers" / f"ensemble-{k}{'-ts' if temperature_scaled else ''}"
+
+
+def distill(run_dir, members: int | None = None, device: str | None = None, config=None,
+            temperature_scaled: bool = False, top_k: int | None = None, epsilon: float | None = None,
+            n_boot: int = 1000, overrides=(), progress: bool = True) -> str:
+    """Train (or resume) a student of the run's ensemble of `members` in RUN/students/, memoizing its teacher
+    first if needed. NER: the student's settings are a distillation config (`config`, a DistillConfig TOML file;
+    default: DistillConfig's defaults) with `overrides`, its teacher this run; it is evaluated on test. Returns a
+    summary (NER: the student's table row)."""
+    if run_task(run_dir) == "ner":
+        from .distill.ner import distill as distill_ner
+        from .experiments import format_rows
+
+        _only_for("nmt", top_k=top_k, epsilon=epsilon, device=device)
+        store = ner_store_dir(run_dir, members, temperature_scaled)
+        memoize(run_dir, members, temperature_scaled=temperature_scaled, out=store, progress=progress)
+        cfg = student_config(run_dir, members, config, overrides)
+        out = Path(run_dir) / "students" / f"student-{store.name.removeprefix('ensemble-')}"
+        row = distill_ner(store, cfg, out, n_boot, progress)
+        return format_rows([row], title=f"{out} (test)")
+    from .translation import open_run
+    from .translation_distill import distill_translation
+
+    _only_for("ner", temperature_scaled=temperature_scaled, config=config)
+    run = open_run(run_dir, splits=("train", "dev"), progress=progress, device=device, overrides=overrides)
+    student = distill_translation(run_dir, members, top_k, epsilon, progress, run=run)
+    return f"trained {student}; `evaluate --run {run_dir}` evaluates it beside the ensembles"
+
+
+def student_config(run_dir, members: int | None, config, overrides) -> DistillConfig:
+    """The NER student's DistillConfig: the file `config` (or the defaults) with `overrides`, its teacher the
+    ensemble of `members` of `run_dir`."""
+    cfg = load_config(config, DistillConfig, overrides) if config else DistillConfig(
+        Distillation(ensemble_run=str(Path(run_dir).absolute())), StudentTraining())
+    if overrides and not config:
+        from .config import apply_overrides, from_dict, to_dict
+
+        cfg = from_dict(DistillConfig, apply_overrides(DistillConfig, to_dict(cfg), overrides), "--set")
+    distillation = dataclasses.replace(cfg.distill, ensemble_run=str(Path(run_dir).absolute()),
+                                       teacher_members=members or cfg.distill.teacher_members)
+    return validate(dataclasses.replace(cfg, distill=distillation), "distill config")
+
+
+def sweep(run_dir, members=None, top_ks=None, epsilons=None, n_boot: int = 1000, device=None, overrides=(),
+          progress: bool = True) -> str:
+    """Translation: one student per truncation, then the run's evaluation; returns the truncation table."""
+    if run_task(run_dir) != "nmt":
+        raise UserError(f"{run_dir}: `sweep` trains translation students for each truncation V'; an NER store keeps "
+                        "every label, so there is nothing to sweep")
+    from .translation import format_sweep, open_run
+    from .translation_distill import truncation_sweep
+
+    run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress, device=device, overrides=overrides)
+    return format_sweep(truncation_sweep(run_dir, members, top_ks, epsilons, n_boot, progress, run=run), str(run_dir))
+
+
+def predict(input_path, out_dir, model=None, run=None, members: int | None = None, device: str = "cpu",
+            **reader) -> list[Path]:
+    """Run a model folder (`model`) or an NER run's ensemble (`run`, `members`) on a file; returns the files
+    written (tasks/*.predict, experiments.predict_file)."""
+    if (model is None) == (run is None):
+        raise UserError("predict: give --model FOLDER (a member, individual or student) or --run RUN")
+    if run is not None:
+        if reader:
+            raise UserError(f"predict --run: reads the input in the run's layout; {_flag(next(iter(reader)))} is for "
+                            "--model")
+        if run_task(run) != "ner":
+            raise UserError(f"{run}: predict --run tags with an NER ensemble; for translation use --model FOLDER")
+        from .experiments import predict_file
+
+        out = predict_file(run, input_path, out_dir, members)
+        return [out / name for name in ("predictions.npz", "predictions.conll", "entities.jsonl")]
+    from .runs import read_model_spec
+    from .tasks import get_task
+
+    spec = read_model_spec(model)
+    task = get_task(spec["task"])
+    other = sorted(set(reader) - READER_OPTIONS[spec["task"]])
+    if other:
+        raise UserError(f"{_flag(other[0])}: not for a {spec['task']} model ({model})")
+    return task.predict(task.load_model(model, spec, device), input_path, out_dir, **reader)
+
+
+def export(model, fmt: str, out_dir) -> Path:
+    """A model folder in another runtime's format: "hf" (an IID tagger as a Hugging Face token-classification
+    folder) or "ctranslate2" (a translation model). Raises UserError for a format the model's task has not."""
+    from .export import export_ctranslate2, export_hf_token_classification
+    from .tasks import load_model
+
+    loaded = load_model(model)
+    task = loaded.spec["task"]
+    if (task, fmt) == ("ner", "hf"):
+        if loaded.spec["model"]["head"] != "iid":
+            raise UserError(f"{model}: a CRF tagger has no Hugging Face token-classification form; export an IID "
+                            "member or a student")
+        return export_hf_token_classification(loaded.tagger, loaded.encoder_path, loaded.labels, out_dir,
+                                              temperature=loaded.spec.get("temperature"))
+    if (task, fmt) == ("nmt", "ctranslate2"):
+        return export_ctranslate2(loaded.model, Path(model) / loaded.spec["vocab"], out_dir)
+    wanted = {"ner": "hf", "nmt": "ctranslate2"}[task]
+    raise UserError(f"{model}: a {task} model exports to --format {wanted}, not {fmt}")
+
+
+READER_OPTIONS = {"ner": {"tag_col", "token_col", "scheme", "encoding"}, "nmt": {"ref", "beam_size"}}
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _no_overrides(overrides, what: str) -> None:
+    if overrides:
+        raise UserError(f"--set {overrides[0]}: {what} reads no setting that --set could change")
+
+
+def _only_for(task: str, **given) -> None:
+    """Refuse an option that belongs to the other task's command."""
+    for name, value in given.items():
+        if value not in (None, False):
+            raise UserError(f"{_flag(name)}: only for {task} runs")
+

@@ -1,0 +1,49 @@
+"""The Task protocol: what a task (NER, translation) gives the shared stages and the command line (pipeline.py,
+runs.py, tasks.load_model): data, seeds, models and their folders, distributions, fingerprints, prediction.
+
+A task is a plain object in `tasks.TASKS`, chosen by the config's `task = "ner" | "nmt"`. A third task with the
+same shape of data (another tagging corpus and label set, e.g. WNUT-17; another language pair) is a config, not
+a new Task: label sets, vocabularies and file layouts are data.
+
+Shapes: a model's distributions are per sentence, float32 [positions, V]: NER positions are words and V the
+labels (CRF: marginals); translation positions are the target subwords plus EOS under teacher forcing and V the
+vocabulary. An ensemble is a list of models; its distribution is the mean of its members' probabilities.
+"""
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Task(Protocol):
+    name: str  # "ner" | "nmt": the config's `task`
+    config_class: type  # the config dataclass of this task (config.TASK_CONFIGS[name])
+    score_name: str  # what result.json's best_score is: "span_f1" (NER) or "neg_dev_nll" (NMT)
+
+    def load_data(self, cfg, run_dir: Path, splits: tuple[str, ...], progress: bool = True) -> Any:
+        """Read and prepare `splits` of the config's files (NER: windows and frozen states; NMT: the run's
+        vocabulary, trained on first use, and encoded pairs). Raises UserError naming the file and line."""
+
+    def member_seed(self, cfg, index: int, role: str = "member") -> int:
+        """The seed of member (or individual) `index`: initialisation, dropout and data order."""
+
+    def new_model(self, cfg, data, seed: int):
+        """A fresh model (torch.nn.Module) initialised from `seed` (the global torch RNG is seeded)."""
+
+    def model_spec(self, cfg, data, role: str, seed: int, **extra) -> dict:
+        """What model.json records (runs.py): enough for `load_model` to rebuild the model from its folder alone."""
+
+    def load_model(self, folder: Path, spec: dict, device: str = "cpu"):
+        """The model of a model folder, in eval mode, with what inference needs (tokenizer and labels, or the
+        vocabulary). Raises UserError when the folder's files or the encoder it names are missing or differ."""
+
+    def distributions(self, models: list, data, split: str) -> list[np.ndarray]:
+        """Per sentence of `split`, the ensemble's float32 [positions, V] distributions (see the module doc)."""
+
+    def dataset_fingerprint(self, data) -> str:
+        """The training split's fingerprint, which a teacher store is keyed to (teacher_store.fingerprint_dataset)."""
+
+    def predict(self, model, input_path: Path, out_dir: Path, **reader) -> list[Path]:
+        """Run a loaded model (`load_model`) on a file: tags or translations, with gold (tags, references) when
+        the reader settings say where they are, which adds predictions.npz for `evaluate`. Returns the files."""

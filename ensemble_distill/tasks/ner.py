@@ -1,0 +1,408 @@
+"""The NER pipeline's data side and model calls: corpora → encoder windows → frozen states → batches → distributions.
+
+    data = load_tagging_data(cfg)                       # train/dev/test, tokenised, frozen states computed once
+    model = new_tagger(data, cfg)                       # a fresh member: pretrained top layers + a new head
+    train_tagger(model, data.splits["train"], train_windows, held_out_windows, cfg.train, run_dir)
+    per_sentence = predict_distributions([model], data.splits["test"])    # an ensemble is a list of models
+"""
+
+import copy
+import functools
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..calibration.task_metrics import span_counts, span_scores
+from ..config import TaggingConfig, Training
+from ..data.conll import DOCSTART, TaggedCorpus, label_vocab, read_conll, tag_corpus
+from ..data.subwords import Window, bucketed_batches, collate, encode_sentences, load_tokenizer, merge_windows
+from ..data.text import read_text_lines
+from ..encoders import (
+    EncoderTop,
+    FrozenStates,
+    compute_frozen_states,
+    encoder_fingerprint,
+    load_pretrained,
+    resolve_encoder,
+    split_encoder,
+    token_ids_fingerprint,
+)
+from ..errors import UserError, located
+from ..io_utils import atomic_write_text, cache_root, sha256_file, strict_json
+from ..models.tagger import Tagger
+from ..predictions import Predictions, save_predictions
+from ..runs import load_weights
+from ..teacher_store import fingerprint_dataset
+from ..training import TrainResult, train
+
+
+@dataclass
+class TaggingSplit:
+    """A split ready for a tagger: its corpus (gold tag ids; None for unlabelled text), its encoder windows and
+    the frozen layers' outputs of every window."""
+    corpus: TaggedCorpus | None
+    windows: list[Window]
+    frozen: FrozenStates
+
+    def windows_of(self, sentences) -> np.ndarray:
+        """Indices of the windows that belong to the given sentences."""
+        owner = np.array([w.sentence for w in self.windows])
+        return np.flatnonzero(np.isin(owner, np.asarray(sentences)))
+
+
+@dataclass
+class TaggingData:
+    labels: list[str]
+    splits: dict[str, TaggingSplit]
+    top: EncoderTop  # the pretrained top layers; each member fine-tunes its own copy
+    pad_id: int
+    encoder_path: Path
+
+
+def load_tagging_data(cfg: TaggingConfig, splits=("train", "dev", "test"), progress: bool = True,
+                      extra_files: dict | None = None) -> TaggingData:
+    """Read, tokenise and run the frozen encoder layers over the configured files, once for all members.
+
+    extra_files: {name: path} of further files (same column layout) to prepare as splits, e.g. for `predict`.
+    """
+    d = cfg.data
+    encoder = _EncoderParts(cfg)
+    train_sentences = _sample(_read(d, d.train), d.max_train_sentences)
+    labels = label_vocab(train_sentences)
+    out = {}
+    for name in splits:
+        path = getattr(d, name)
+        sentences = train_sentences if name == "train" else _sample(_read(d, path), d.max_eval_sentences)
+        out[name] = encoder.prepare(path, sentences, labels, progress)
+    for name, path in (extra_files or {}).items():
+        out[name] = encoder.prepare(path, _read(d, path), labels, progress)
+    return TaggingData(labels, out, encoder.top, encoder.tokenizer.pad_token_id, encoder.path)
+
+
+def _read(d, path) -> list:
+    """A CoNLL file read with the config's `data` settings (column layout, scheme, encoding, comments, prefix)."""
+    return read_conll(path, d.token_col, d.tag_col, d.scheme, encoding=d.encoding, comment_prefix=d.comment_prefix,
+                      token_prefix=d.token_prefix)
+
+
+class _EncoderParts:
+    def __init__(self, cfg: TaggingConfig):
+        self.cfg = cfg
+        self.path = resolve_encoder(cfg.encoder.name)
+        self.tokenizer, self.max_length = load_tokenizer(self.path)
+        self.bottom, self.top = split_encoder(load_pretrained(self.path), cfg.encoder.finetune_layers)
+        self.fingerprint = encoder_fingerprint(self.path, cfg.encoder.finetune_layers)
+
+    def prepare(self, path, sentences, labels, progress) -> TaggingSplit:
+        corpus = tag_corpus(path, sentences, labels, self.cfg.data.unknown_tag)
+        windows = encode_sentences(self.tokenizer, [s.tokens for s in sentences], self.max_length, corpus.tag_ids)
+        ids = [w.input_ids for w in windows]
+        folder = Path(self.cfg.encoder.cache_dir) if self.cfg.encoder.cache_dir else cache_root() / "frozen"
+        cache = folder / f"frozen-{self.fingerprint}-{token_ids_fingerprint(ids)}.pt"
+        return TaggingSplit(corpus, windows, compute_frozen_states(self.bottom, ids, cache_file=cache,
+                                                                   progress=progress))
+
+
+def _sample(sentences: list, limit: int) -> list:
+    """A seeded sample of `limit` sentences in file order (0: all), for CPU-scale runs."""
+    if not limit or limit >= len(sentences):
+        return sentences
+    keep = sorted(random.Random(0).sample(range(len(sentences)), limit))
+    return [sentences[i] for i in keep]
+
+
+def new_tagger(data: TaggingData, cfg: TaggingConfig, seed: int) -> Tagger:
+    torch.manual_seed(seed)
+    return Tagger(copy.deepcopy(data.top), len(data.labels), cfg.model.head, cfg.model.lstm_hidden,
+                  cfg.model.dropout)
+
+
+def _batch(split: TaggingSplit, window_ids, pad_id: int) -> dict:
+    batch = collate([split.windows[i] for i in window_ids], pad_id)
+    batch["states"], batch["attention_mask"] = split.frozen.batch(window_ids)
+    return batch
+
+
+def _emissions(model: Tagger, batch: dict) -> torch.Tensor:
+    return model.emissions(batch["states"], batch["attention_mask"], batch["word_starts"], batch["word_mask"])
+
+
+def tagger_loss(model: Tagger, batch: dict):
+    emissions = _emissions(model, batch)
+    return model.loss(emissions, batch["word_labels"], batch["word_mask"]), int(batch["word_mask"].sum())
+
+
+def predict_distributions(models: list[Tagger], split: TaggingSplit, window_ids=None, pad_id: int = 0,
+                          batch_size: int = 64, progress: bool = False) -> list[np.ndarray]:
+    """Per-sentence [words, labels] distributions: the uniform mean of the models' per-word distributions.
+
+    Each batch's frozen states are read once and shared by every member; an ensemble of one is a single model.
+    """
+    window_ids = np.arange(len(split.windows)) if window_ids is None else np.asarray(window_ids)
+    lengths = [len(split.windows[i].input_ids) for i in window_ids]
+    outputs = [None] * len(window_ids)
+    for model in models:
+        model.eval()
+    with torch.no_grad():
+        for chunk in tqdm(bucketed_batches(lengths, batch_size), desc="predict", unit="batch", disable=not progress,
+                          leave=False):
+            batch = _batch(split, window_ids[chunk], pad_id)
+            mean = sum(m.distributions(_emissions(m, batch), batch["word_mask"]) for m in models) / len(models)
+            n_words = batch["word_mask"].sum(1).tolist()
+            for row, position in enumerate(chunk):
+                outputs[position] = mean[row, : n_words[row]].numpy()
+    return merge_windows([split.windows[i] for i in window_ids], outputs)
+
+
+def held_out_f1(models: list[Tagger], split: TaggingSplit, window_ids, pad_id: int, labels: list[str]) -> float:
+    """Span F1 (seqeval, strict IOB2) of the argmax labels on the given windows' sentences."""
+    distributions = predict_distributions(models, split, window_ids, pad_id)
+    sentences = sorted({split.windows[i].sentence for i in window_ids})
+    names = np.asarray(labels)
+    gold = [names[split.corpus.tag_ids[s]].tolist() for s in sentences]
+    pred = [names[d.argmax(1)].tolist() for d in distributions]
+    return span_scores(span_counts(gold, pred))["f1"]
+
+
+def train_tagger(model: Tagger, data: TaggingData, train_windows, held_out: tuple[str, np.ndarray], cfg: Training,
+                 run_dir, progress: bool = True, after_epoch=None, loss_fn=tagger_loss) -> TrainResult:
+    """Train one tagger on `train_windows` of the training split, early-stopping on span F1 of `held_out`
+    (a split name and window ids in it). Batches carry their window ids ("windows") for losses that need them,
+    such as distillation's."""
+    split = data.splits["train"]
+    train_windows = np.asarray(train_windows)
+    lengths = np.array([len(split.windows[i].input_ids) for i in train_windows])
+    held_split, held_windows = data.splits[held_out[0]], held_out[1]
+
+    def batches(epoch):
+        for chunk in bucketed_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+            yield {**_batch(split, train_windows[chunk], data.pad_id), "windows": train_windows[chunk]}
+
+    def score(m):
+        return held_out_f1([m], held_split, held_windows, data.pad_id, data.labels)
+
+    return train(model, batches, loss_fn, score, cfg, run_dir, progress, after_epoch)
+
+
+def to_predictions(distributions: list[np.ndarray], split: TaggingSplit, labels: list[str], meta: dict) -> Predictions:
+    """Per-sentence distributions of a split (of the sentences its windows cover) as the predictions format, gold
+    from the corpus."""
+    sentences = sorted({w.sentence for w in split.windows})
+    return tagging_predictions(distributions, [split.corpus.tag_ids[s] for s in sentences], labels, meta)
+
+
+def tagging_predictions(distributions: list[np.ndarray], gold: list[np.ndarray], labels: list[str],
+                        meta: dict) -> Predictions:
+    """Per sentence [words, labels] probabilities and [words] gold ids as one Predictions (rows renormalised:
+    float32 marginals can drift from 1 by more than rounding)."""
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in distributions])])
+    probs = np.concatenate(distributions).astype(np.float32)
+    probs /= probs.sum(1, keepdims=True)
+    return Predictions.tagging(probs, np.concatenate(gold), offsets, labels, meta=meta)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model folders (runs.py): model.json and model.safetensors
+
+
+@functools.cache
+def encoder_weights_sha256(path: Path) -> str:
+    """sha256 over the encoder folder's weights files (name and content): the encoder's identity in model.json,
+    stable across installs (the frozen-cache fingerprint uses sizes and times, which are not)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin")):
+        h.update(f"{f.name}:{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def model_spec(cfg: TaggingConfig, data: TaggingData, role: str, seed: int, **extra) -> dict:
+    """What model.json records of a tagger: the head, the labels, and the encoder (name, folder, weights sha256,
+    the number of fine-tuned top layers): enough to rebuild it with `load_model`."""
+    m, e = cfg.model, cfg.encoder
+    return {"task": "ner", "role": role, "seed": seed, "labels": list(data.labels),
+            "model": {"head": m.head, "lstm_hidden": m.lstm_hidden, "dropout": m.dropout},
+            "encoder": {"name": e.name, "path": str(data.encoder_path), "finetune_layers": e.finetune_layers,
+                        "sha256": encoder_weights_sha256(Path(data.encoder_path))}, **extra}
+
+
+@dataclass
+class TaggerFolder:
+    """A tagger rebuilt from its folder: the frozen encoder bottom, the tagger (top layers + head), the tokenizer
+    and the label names. `distributions(sentences)` tags lists of words."""
+    folder: Path
+    spec: dict
+    labels: list[str]
+    tagger: Tagger
+    bottom: torch.nn.Module
+    tokenizer: object
+    max_length: int
+    encoder_path: Path
+
+    def split(self, sentences: list[list[str]], tag_ids: list[np.ndarray] | None = None) -> TaggingSplit:
+        """Windows and frozen states of `sentences` (nothing cached on disk); gold ids if given."""
+        windows = encode_sentences(self.tokenizer, sentences, self.max_length, tag_ids)
+        frozen = compute_frozen_states(self.bottom, [w.input_ids for w in windows], progress=False)
+        return TaggingSplit(None, windows, frozen)
+
+    def distributions(self, sentences: list[list[str]]) -> list[np.ndarray]:
+        """Per sentence, [words, labels] float32 probabilities (CRF: marginals)."""
+        return predict_distributions([self.tagger], self.split(sentences))
+
+
+def load_model(folder, spec: dict, device: str = "cpu") -> TaggerFolder:
+    """Rebuild a tagger from model.json and model.safetensors: the encoder is found by its recorded name (a named
+    encoder or a folder) and must have the recorded weights. Raises UserError when it cannot be found or differs."""
+    folder, enc = Path(folder), spec["encoder"]
+    try:
+        path = resolve_encoder(enc["name"])
+    except UserError:
+        path = Path(enc["path"])
+    if not path.is_dir() or encoder_weights_sha256(path) != enc["sha256"]:
+        raise UserError(f"{folder}/model.json: the encoder {enc['name']!r} it was trained with (weights sha256 "
+                        f"{enc['sha256'][:12]}…) is not installed here (looked in {path})")
+    tokenizer, max_length = load_tokenizer(path)
+    bottom, top = split_encoder(load_pretrained(path), enc["finetune_layers"])
+    m = spec["model"]
+    tagger = load_weights(folder, Tagger(top, len(spec["labels"]), m["head"], m["lstm_hidden"], m["dropout"]), device)
+    return TaggerFolder(folder, spec, list(spec["labels"]), tagger, bottom.eval(), tokenizer, max_length, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tagging files: readers and writers
+
+
+def read_tokens(path, token_col: int = 0, encoding: str = "utf-8") -> list[list[str]]:
+    """Sentences of a tokens-only file: one token a line (column `token_col` of whitespace-separated columns),
+    blank lines between sentences, `-DOCSTART-` lines skipped. Raises UserError naming the file when it holds no
+    token or a line lacks the column."""
+    sentences, current = [], []
+    for number, line in enumerate(read_text_lines(path, encoding), 1):
+        columns = line.split()
+        if not columns or columns[0] == DOCSTART:
+            if current:
+                sentences.append(current)
+            current = []
+            continue
+        try:
+            current.append(columns[token_col])
+        except IndexError:
+            raise located(path, number, f"no column {token_col} (--token-col) in {line!r}") from None
+    if current:
+        sentences.append(current)
+    if not sentences:
+        raise UserError(f"{path}: no tokens (one token a line, a blank line between sentences)")
+    return sentences
+
+
+def conll_text(tokens: list[list[str]], distributions: list[np.ndarray], labels: list[str],
+               gold: list[list[str]] | None = None) -> str:
+    """One line a word: token, its gold tag (when given), the predicted (argmax) label and its probability."""
+    names, lines = np.asarray(labels), []
+    for s, (words, probs) in enumerate(zip(tokens, distributions)):
+        predicted = probs.argmax(1)
+        for w, word in enumerate(words):
+            columns = [word] + ([gold[s][w]] if gold is not None else [])
+            lines.append(" ".join(columns + [names[predicted[w]], f"{probs[w, predicted[w]]:.4f}"]))
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def entities_jsonl(tokens: list[list[str]], distributions: list[np.ndarray], labels: list[str]) -> str:
+    """Per sentence, a JSON line {"sentence", "tokens", "entities"}: each predicted span (seqeval's reading of the
+    argmax labels) with its type, word offsets [start, end), text and confidence, the product over its words of
+    the probability of the predicted label: the chance, under per-word independence, of labelling exactly that
+    span. A NaN or infinite confidence is written as null."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    names, lines = np.asarray(labels), []
+    for s, (words, probs) in enumerate(zip(tokens, distributions)):
+        predicted = probs.argmax(1)
+        word_conf = probs[np.arange(len(predicted)), predicted].astype(np.float64)
+        entities = [{"type": kind, "start": a, "end": b + 1, "text": " ".join(words[a:b + 1]),
+                     "confidence": float(np.prod(word_conf[a:b + 1]))}
+                    for kind, a, b in get_entities(names[predicted].tolist())]
+        lines.append(strict_json({"sentence": s, "tokens": words, "entities": entities}))
+    return "\n".join(lines) + "\n"
+
+
+def write_tagged(out_dir, tokens, distributions, labels, meta: dict, corpus: TaggedCorpus | None = None) -> list[Path]:
+    """entities.jsonl and predictions.conll; with gold tags (`corpus`), also predictions.npz for `evaluate`."""
+    out_dir = Path(out_dir)
+    gold = [s.tags for s in corpus.sentences] if corpus is not None else None
+    atomic_write_text(out_dir / "entities.jsonl", entities_jsonl(tokens, distributions, labels))
+    atomic_write_text(out_dir / "predictions.conll", conll_text(tokens, distributions, labels, gold))
+    written = [out_dir / "entities.jsonl", out_dir / "predictions.conll"]
+    if corpus is not None:
+        save_predictions(out_dir / "predictions.npz", tagging_predictions(distributions, corpus.tag_ids, labels, meta))
+        written.append(out_dir / "predictions.npz")
+    return written
+
+
+def predict(model: TaggerFolder, input_path, out_dir, tag_col: int | None = None, token_col: int = 0,
+            scheme: str = "iob2", encoding: str = "utf-8") -> list[Path]:
+    """Tag a file with a model from its folder. Without `tag_col` the file is tokens only (`read_tokens`); with it,
+    a CoNLL file whose gold tags (in `scheme`) add predictions.npz. Writes no cache. Returns the files written."""
+    corpus = None
+    if tag_col is None:
+        tokens = read_tokens(input_path, token_col, encoding)
+    else:
+        sentences = read_conll(input_path, token_col, tag_col, scheme, encoding=encoding)
+        corpus = tag_corpus(input_path, sentences, model.labels)
+        tokens = [s.tokens for s in sentences]
+    distributions = model.distributions(tokens)
+    meta = {"model": str(model.folder), "input": str(input_path)}
+    return write_tagged(out_dir, tokens, distributions, model.labels, meta, corpus)
+
+
+def dataset_fingerprint(split: TaggingSplit) -> str:
+    """What a teacher store is keyed to: the split's word-level gold ids and its encoder windows' subword ids."""
+    return fingerprint_dataset(split.corpus.tag_ids, [w.input_ids for w in split.windows])
+
+
+def member_seed(cfg: TaggingConfig, index: int, individual: bool = False) -> int:
+    """Seed of member i (individual i): train.seed + 1000 i (+ 500 for individuals), far apart so that the
+    seeds of members, individuals and students (train.seed) never meet."""
+    return cfg.train.seed + 1000 * index + (500 if individual else 0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The task (tasks/base.py)
+
+
+class NerTask:
+    """Tagging for the shared stages: see tasks/base.py for each method's contract."""
+    name = "ner"
+    config_class = TaggingConfig
+    score_name = "span_f1"
+
+    def load_data(self, cfg, run_dir=None, splits=("train", "dev", "test"), progress=True) -> TaggingData:
+        return load_tagging_data(cfg, splits, progress)
+
+    def member_seed(self, cfg, index, role="member") -> int:
+        return member_seed(cfg, index, role == "individual")
+
+    def new_model(self, cfg, data, seed) -> Tagger:
+        return new_tagger(data, cfg, seed)
+
+    def model_spec(self, cfg, data, role, seed, **extra) -> dict:
+        return model_spec(cfg, data, role, seed, **extra)
+
+    def load_model(self, folder, spec, device="cpu") -> TaggerFolder:
+        return load_model(folder, spec, device)
+
+    def distributions(self, models, data, split) -> list[np.ndarray]:
+        return predict_distributions(models, data.splits[split], pad_id=data.pad_id)
+
+    def dataset_fingerprint(self, data) -> str:
+        return dataset_fingerprint(data.splits["train"])
+
+    def predict(self, model, input_path, out_dir, **reader) -> list[Path]:
+        return predict(model, input_path, out_dir, **reader)
+
+
+TASK = NerTask()

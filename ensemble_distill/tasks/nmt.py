@@ -1,0 +1,395 @@
+"""Translation as a task: parallel text → joint BPE vocabulary → Transformer; batches, loss, teacher-forced
+distributions, beam search; translation model folders.
+
+    data = load_translation_data(cfg, run_dir)             # the run's vocab.model is trained on first use
+    model = new_model(cfg, len(data.vocab), seed=1)
+    hypotheses = translate([model], data.splits["test"], data.vocab, beam_size=4, alpha=0.6, batch_sentences=64)
+    model = load_model("runs/m30k/students/student-3-top64")   # a TranslationModelFolder: model, vocab, decode
+
+Members (paper §5) all train on the whole (length-filtered) training set and differ by seed: initialisation,
+dropout and data order. Batches: length-sorted sentences up to `batch_tokens` padded tokens, in seeded random
+order; a "round" of `updates_per_round` updates is the training loop's epoch.
+"""
+
+import math
+import shutil
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import TranslationConfig
+from ..data.parallel import FilterCounts, filter_by_length, read_parallel
+from ..data.text import read_text_lines
+from ..data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
+from ..errors import UserError
+from ..io_utils import atomic_path, atomic_write_text
+from ..models.beam_search import beam_search
+from ..models.translation import (
+    TransformerConfig,
+    TranslationBatch,
+    TranslationModel,
+    collate,
+    fit_to_positions,
+    label_smoothed_loss,
+)
+from ..predictions import Predictions, compact_distributions, save_predictions
+from ..runs import load_weights
+from ..teacher_store import fingerprint_dataset
+
+SPLITS = ("train", "dev", "test")
+TOP_K_STORED = 5  # predictions keep each position's top 5: enough for ECE-5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class ParallelSplit:
+    pairs: list[tuple[list[int], list[int]]]  # (source, target) subword ids, no specials
+    references: list[str]  # the target side as read from the file: BLEU's references
+
+    def lengths(self) -> np.ndarray:
+        """Per pair, the longer side's length with its EOS: what a sentence costs in a padded batch."""
+        return np.array([max(len(src), len(tgt)) + 1 for src, tgt in self.pairs], dtype=np.int64)
+
+    def n_positions(self) -> int:
+        return sum(len(tgt) + 1 for _, tgt in self.pairs)
+
+
+@dataclass
+class TranslationData:
+    vocab: SubwordVocab
+    splits: dict[str, ParallelSplit]
+    filter_counts: FilterCounts | None = None  # of the training split
+
+
+def load_translation_data(cfg: TranslationConfig, run_dir, splits: Sequence[str] = SPLITS,
+                          progress: bool = True) -> TranslationData:
+    """Read and encode the given splits with the run's vocabulary (trained on the training pairs on first use).
+    Only the training split is length-filtered: evaluation sees every test sentence, cut (with a warning) where a
+    side is longer than the model's positions take, so that no teacher-forced pass or search aborts on it."""
+    d = cfg.data
+    positions = TransformerConfig.preset(cfg.model.preset, vocab_size=1).max_positions  # whatever the vocabulary
+    vocab_path = Path(run_dir) / "vocab.model"
+    raw = {name: _read_split(cfg, name) for name in splits}
+    if not vocab_path.is_file():
+        train_pairs = raw["train"] if "train" in raw else _read_split(cfg, "train")
+        if progress:
+            tqdm.write(f"training a {d.vocab_size}-piece joint BPE vocabulary on {len(train_pairs)} pairs")
+        train_vocab(joint_sentences(train_pairs), vocab_path, d.vocab_size)
+    vocab = SubwordVocab(vocab_path)
+    data = TranslationData(vocab, {})
+    for name, pairs in raw.items():
+        encoded = list(zip(vocab.encode([s for s, _ in pairs]), vocab.encode([t for _, t in pairs])))
+        references = [t for _, t in pairs]
+        if name == "train":
+            kept, data.filter_counts = filter_by_length(encoded, min_len=d.min_len, max_ratio=d.max_ratio,
+                                                        max_len=min(d.max_len, positions - 1))
+            encoded, references = [encoded[i] for i in kept], [references[i] for i in kept]
+            if progress:
+                tqdm.write(f"training pairs: {data.filter_counts}")
+        else:
+            encoded, n_cut = fit_to_positions(encoded, positions)
+            if n_cut:
+                warnings.warn(f"{getattr(d, f'{name}_src')}: {n_cut} of {len(encoded)} {name} pairs have a side "
+                              f"longer than the model's {positions} positions take; each side was cut to its first "
+                              f"{positions - 1} subwords (translations and teacher-forced scores are of the cut "
+                              "pairs; BLEU compares with the full references)")
+        data.splits[name] = ParallelSplit(encoded, references)
+    return data
+
+
+def _read_split(cfg: TranslationConfig, name: str) -> list[tuple[str, str]]:
+    d = cfg.data
+    pairs = read_parallel(getattr(d, f"{name}_src"), getattr(d, f"{name}_tgt"))
+    limit = d.max_train_pairs if name == "train" else d.max_eval_pairs
+    if 0 < limit < len(pairs):  # a seeded sample, in file order
+        keep = np.sort(np.random.default_rng(d.sample_seed).choice(len(pairs), limit, replace=False))
+        pairs = [pairs[i] for i in keep]
+    return pairs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+
+
+def token_batches(lengths: np.ndarray, max_tokens: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Sentence indices cut into batches of similar length, each holding at most max_tokens padded tokens (its
+    size times its longest length; a sentence longer than max_tokens goes alone), in random order. Equal lengths
+    are ordered randomly, so the batches differ from epoch to epoch."""
+    order = rng.permutation(len(lengths))
+    order = order[np.argsort(lengths[order], kind="stable")]
+    sorted_lengths = lengths[order]
+    batches, start = [], 0
+    while start < len(order):
+        # Lengths are sorted, so a batch ending at `end` costs (end - start) * sorted_lengths[end - 1], increasing.
+        ends = np.arange(start + 1, min(len(order), start + max_tokens) + 1)
+        cost = (ends - start) * sorted_lengths[ends - 1]
+        end = int(ends[max(np.searchsorted(cost, max_tokens, side="right") - 1, 0)])
+        batches.append(order[start:end])
+        start = end
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def round_batches(lengths: np.ndarray, max_tokens: int, updates_per_round: int, seed: int,
+                  round_index: int) -> list[np.ndarray]:
+    """Batches of round `round_index` (from 1): updates (r - 1)·U .. r·U - 1 of a stream of epochs, epoch e's
+    batches drawn with seed (seed, e). Deterministic, so a resumed run sees the batches an unbroken one did."""
+    first, stop = (round_index - 1) * updates_per_round, round_index * updates_per_round
+    out, seen, epoch = [], 0, 0
+    while seen < stop:
+        epoch += 1
+        epoch_batches = token_batches(lengths, max_tokens, np.random.default_rng((seed, epoch)))
+        out += epoch_batches[max(first - seen, 0):max(stop - seen, 0)]
+        seen += len(epoch_batches)
+    return out
+
+
+def to_device(batch: TranslationBatch, device) -> TranslationBatch:
+    return TranslationBatch(batch.src.to(device), batch.tgt_in.to(device), batch.tgt_out.to(device))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def member_seed(cfg: TranslationConfig, index: int) -> int:
+    """Member i's seed (initialisation, dropout, data order); students use indices from 100 on."""
+    return cfg.train.seed + index
+
+
+def new_model(cfg: TranslationConfig, vocab_size: int, seed: int | None = None) -> TranslationModel:
+    """The configured Transformer on the configured device, initialised from `seed` (None: from the current
+    RNG state, for a model whose weights are loaded next)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but torch sees no CUDA GPU here: set train.device = \"cpu\" in the "
+                        "config, or pass --device cpu to the commands that read a trained run")
+    model_cfg = TransformerConfig.preset(cfg.model.preset, vocab_size=vocab_size, dropout=cfg.model.dropout)
+    return TranslationModel(model_cfg).to(cfg.train.device)
+
+
+def nll_loss(smoothing: float):
+    """The training loss of a member: label-smoothed cross-entropy per target token (λ = 0: plain NLL)."""
+    def loss_fn(model, batch):
+        _, b = batch
+        b = to_device(b, model.embedding.weight.device)
+        return label_smoothed_loss(model(b.src, b.tgt_in), b.tgt_out, smoothing), b.n_target_tokens
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distributions and translations
+
+
+@torch.no_grad()
+def teacher_forced(models: Sequence[TranslationModel], split: ParallelSplit, batch_sentences: int
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch of consecutive sentences: every model's next-token log-probabilities at the real target
+    positions [M, P, V] (sentence after sentence, EOS last) and the gold ids [P], on the models' device."""
+    device = models[0].embedding.weight.device
+    for model in models:
+        model.eval()
+    for start in range(0, len(split.pairs), batch_sentences):
+        batch = to_device(collate(split.pairs[start:start + batch_sentences]), device)
+        real = batch.tgt_out != PAD_ID
+        yield (torch.stack([m.log_probs_teacher_forced(batch.src, batch.tgt_in, real) for m in models]),
+               batch.tgt_out[real])
+
+
+def mean_of_members(member_log_probs: torch.Tensor) -> torch.Tensor:
+    """log of the uniform mean of the members' probabilities, [M, ...] -> [...]: an ensemble's log-probabilities."""
+    return member_log_probs.logsumexp(0) - math.log(len(member_log_probs))
+
+
+def validation_nll(models: Sequence[TranslationModel], split: ParallelSplit, batch_sentences: int) -> float:
+    """Mean negative log-likelihood per target token (EOS included) of the models' mean distribution."""
+    total, count = 0.0, 0
+    for log_probs, gold in teacher_forced(models, split, batch_sentences):
+        total -= mean_of_members(log_probs).gather(1, gold[:, None]).sum().item()
+        count += len(gold)
+    return total / count
+
+
+@torch.no_grad()
+def translate(models: Sequence[TranslationModel], split: ParallelSplit, vocab: SubwordVocab, beam_size: int,
+              alpha: float, batch_sentences: int, progress: bool = False) -> list[str]:
+    """Detokenised beam-search translations of the split's sources, in order (decoded in length-sorted batches)."""
+    device = models[0].embedding.weight.device
+    order = np.argsort([len(src) for src, _ in split.pairs], kind="stable")
+    tokens: list = [None] * len(order)
+    for start in tqdm(range(0, len(order), batch_sentences), desc="beam search", unit="batch", leave=False,
+                      disable=not progress):
+        chunk = order[start:start + batch_sentences]
+        src = collate([(split.pairs[i][0], []) for i in chunk]).src.to(device)
+        for i, hypothesis in zip(chunk, beam_search(models, src, beam_size=beam_size, alpha=alpha).tokens):
+            tokens[i] = hypothesis
+    return vocab.decode(tokens)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Predictions files
+
+
+@dataclass
+class System:
+    name: str  # member-0, ensemble-3, student-...
+    models: list[int]  # indices into the evaluated model list; the system is their mean
+
+
+def teacher_forced_compact(models, systems: list[System], temperatures: dict[str, float], split: ParallelSplit,
+                           batch_sentences: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per system and its temperature-scaled twin (name-ts): the compact predictions fields (top-5 ids and probs,
+    gold probability, sum of squares) of its teacher-forced distributions, computed batch by batch so that no
+    [positions, V] array of the whole split is held."""
+    parts = {f"{s.name}{suffix}": [] for s in systems for suffix in ("", "-ts")}
+    for member_log_probs, gold in teacher_forced(models, split, batch_sentences):
+        gold = gold.cpu().numpy()
+        for s in systems:
+            log_probs = mean_of_members(member_log_probs[s.models])
+            for name, t in ((s.name, 1.0), (f"{s.name}-ts", temperatures[s.name])):
+                probs = F.softmax(log_probs / t, dim=-1).cpu().numpy()
+                parts[name].append(compact_distributions(probs, gold, TOP_K_STORED) + (gold,))
+    fields = ("top_ids", "top_probs", "gold_prob", "sum_sq", "gold")
+    return {name: {f: np.concatenate([p[i] for p in chunks]) for i, f in enumerate(fields)}
+            for name, chunks in parts.items()}
+
+
+def to_predictions(compact: dict[str, np.ndarray], split: ParallelSplit, vocab: SubwordVocab, hypotheses: list[str],
+                   meta: dict) -> Predictions:
+    """A translation predictions file from compact fields computed batch by batch (Predictions.translation
+    compacts a dense array of the whole split, which we never hold)."""
+    offsets = np.concatenate([[0], np.cumsum([len(tgt) + 1 for _, tgt in split.pairs])])
+    names = np.array(vocab.piece_names(), dtype=str)
+    return Predictions(task="translation", label_names=names, sentence_offsets=offsets, gold=compact["gold"],
+                       meta=meta, top_ids=compact["top_ids"], top_probs=compact["top_probs"],
+                       gold_prob=compact["gold_prob"], sum_sq=compact["sum_sq"],
+                       hypotheses=np.asarray(hypotheses, dtype=str), references=np.asarray(split.references, dtype=str))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model folders (runs.py): model.json, model.safetensors and the vocabulary beside them
+
+
+def model_spec(cfg: TranslationConfig, vocab_size: int, role: str, seed: int, **extra) -> dict:
+    """What model.json records of a translation model: enough to rebuild it with `load_model`."""
+    return {"task": "nmt", "role": role, "seed": seed, "vocab": "vocab.model",
+            "model": {"preset": cfg.model.preset, "dropout": cfg.model.dropout, "vocab_size": vocab_size},
+            "decode": {"beam_size": cfg.decode.beam_size, "alpha": cfg.decode.alpha,
+                       "batch_sentences": cfg.decode.batch_sentences}, **extra}
+
+
+def copy_vocab(vocab: SubwordVocab, folder) -> None:
+    """The run's sentencepiece model into a model folder, so the folder translates on its own."""
+    with atomic_path(Path(folder) / "vocab.model") as tmp:
+        shutil.copyfile(vocab.path, tmp)
+
+
+@dataclass
+class TranslationModelFolder:
+    """A translation model rebuilt from its folder: the Transformer (eval mode), its vocabulary, model.json."""
+    folder: Path
+    spec: dict
+    model: TranslationModel
+    vocab: SubwordVocab
+
+
+def load_model(folder, spec: dict, device: str = "cpu") -> TranslationModelFolder:
+    """Rebuild a translation model from model.json, model.safetensors and vocab.model in `folder`.
+
+    Raises UserError when the folder's files do not fit together."""
+    folder = Path(folder)
+    m = spec["model"]
+    vocab = SubwordVocab(folder / spec["vocab"])
+    if len(vocab) != m["vocab_size"]:
+        raise UserError(f"{folder}/{spec['vocab']}: {len(vocab)} pieces, model.json says {m['vocab_size']}")
+    config = TransformerConfig.preset(m["preset"], vocab_size=m["vocab_size"], dropout=m["dropout"])
+    return TranslationModelFolder(folder, spec, load_weights(folder, TranslationModel(config), device), vocab)
+
+
+def read_sources(model: TranslationModelFolder, src_path, ref_path=None) -> ParallelSplit:
+    """A source file (one sentence a line; .gz read through gzip), with references if given, encoded with the
+    model's vocabulary and cut to its positions (with a warning). Without references the targets are empty.
+    Raises UserError naming a file that cannot be read, or references of another length."""
+    sources = read_text_lines(src_path)
+    references = read_text_lines(ref_path) if ref_path is not None else [""] * len(sources)
+    if len(references) != len(sources):
+        raise UserError(f"{ref_path}: {len(references)} lines, the source {src_path} has {len(sources)}")
+    targets = model.vocab.encode(references) if ref_path is not None else [[] for _ in sources]
+    positions = model.model.config.max_positions
+    pairs, n_cut = fit_to_positions(list(zip(model.vocab.encode(sources), targets)), positions)
+    if n_cut:
+        warnings.warn(f"{src_path}: {n_cut} of {len(pairs)} sentences are longer than the model's {positions} "
+                      f"positions take; each side was cut to its first {positions - 1} subwords")
+    return ParallelSplit(pairs, references)
+
+
+def predict(model: TranslationModelFolder, input_path, out_dir, ref=None, beam_size: int | None = None,
+            progress: bool = False) -> list[Path]:
+    """Translate a source file: OUT/translations.txt (detokenised, one a line). With references (`ref`), also
+    OUT/predictions.npz: the teacher-forced distributions on the references and the hypotheses, for `evaluate`."""
+    out_dir, decode = Path(out_dir), model.spec["decode"]
+    split = read_sources(model, input_path, ref)
+    hypotheses = translate([model.model], split, model.vocab, beam_size or decode["beam_size"], decode["alpha"],
+                           decode["batch_sentences"], progress)
+    atomic_write_text(out_dir / "translations.txt", "".join(h + "\n" for h in hypotheses))
+    written = [out_dir / "translations.txt"]
+    if ref is not None:
+        system = System("model", [0])
+        compact = teacher_forced_compact([model.model], [system], {"model": 1.0}, split, decode["batch_sentences"])
+        meta = {"model": str(model.folder), "input": str(input_path), "references": str(ref)}
+        save_predictions(out_dir / "predictions.npz", to_predictions(compact["model"], split, model.vocab,
+                                                                      hypotheses, meta))
+        written.append(out_dir / "predictions.npz")
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The task (tasks/base.py)
+
+
+class NmtTask:
+    """Translation for the shared stages: see tasks/base.py for each method's contract."""
+    name = "nmt"
+    config_class = TranslationConfig
+    score_name = "neg_dev_nll"
+
+    def load_data(self, cfg, run_dir, splits=SPLITS, progress=True) -> TranslationData:
+        return load_translation_data(cfg, run_dir, splits, progress)
+
+    def member_seed(self, cfg, index, role="member") -> int:
+        return member_seed(cfg, index)
+
+    def new_model(self, cfg, data, seed) -> TranslationModel:
+        return new_model(cfg, len(data.vocab), seed)
+
+    def model_spec(self, cfg, data, role, seed, **extra) -> dict:
+        return model_spec(cfg, len(data.vocab), role, seed, **extra)
+
+    def load_model(self, folder, spec, device="cpu") -> TranslationModelFolder:
+        return load_model(folder, spec, device)
+
+    def distributions(self, models, data, split) -> list[np.ndarray]:
+        """Teacher-forced, per sentence [target subwords + EOS, V] float32: dense, for small splits only."""
+        lengths = [len(tgt) + 1 for _, tgt in data.splits[split].pairs]
+        probs = torch.cat([mean_of_members(log_probs).exp().float().cpu()
+                           for log_probs, _ in teacher_forced(models, data.splits[split], 64)])
+        return [p.numpy() for p in probs.split(lengths)]
+
+    def dataset_fingerprint(self, data) -> str:
+        pairs = data.splits["train"].pairs
+        return fingerprint_dataset([src for src, _ in pairs], [tgt for _, tgt in pairs])
+
+    def predict(self, model, input_path, out_dir, **reader) -> list[Path]:
+        return predict(model, input_path, out_dir, **reader)
+
+
+TASK = NmtTask()
