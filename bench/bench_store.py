@@ -1,4 +1,5 @@
-"""Teacher store: bytes per token for each truncation, and how fast `batch()` reads, against the published format.
+"""Teacher store: bytes per token for each truncation and sampling, and how fast `batch()` reads, against the
+published format.
 
 The reference is the paper's published code's layout: float32 log-probabilities and int32 ids, V' = 64, i.e.
 8 bytes an entry and 512 bytes a token. Its read baseline gathers the same batches from that layout (memory-mapped
@@ -17,6 +18,11 @@ float32 truncation of the same distributions: "L1 err" is the mean over position
 (how far the quantisation moves the KD gradient at the student's logits, which is student - teacher at the
 kept ids), "max err" the largest |stored p - p| of any kept entry.
 
+Sampled stores (R draws a position, kept as distinct ids with counts) are in a second table: "distinct/pos" the
+distinct ids kept a position, and "L1 to q" the mean over positions of sum_v |draws_v / R - q_v| over the whole
+vocabulary: the estimate's noise, which averages out over positions (its mean is q), where a top-V' store's
+distance to q (its remainder plus its L1 err) is all bias.
+
     python bench/bench_store.py [--sentences 200 --vocab 8192 --batch 32 --training-tokens-per-s 5000]
 """
 
@@ -30,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ensemble_distill.teacher_store import TeacherStore, fingerprint_dataset, truncate, write_store
+from ensemble_distill.teacher_store import TeacherStore, fingerprint_dataset, to_dense, truncate, write_store
 
 REFERENCE_BYTES_PER_TOKEN = 64 * (4 + 4)
 CONFIGS = [  # (label, top_k, epsilon, probs dtype)
@@ -46,6 +52,13 @@ CONFIGS = [  # (label, top_k, epsilon, probs dtype)
     ("adaptive eps=1e-3 cap 64 log_uint8", 64, 1e-3, "log_uint8"),
     ("adaptive eps=1e-2 cap 256", 256, 1e-2, "float16"),
     ("adaptive eps=1e-3 cap 256", 256, 1e-3, "float16"),
+]
+SAMPLED = [  # (label, samples R, sampling)
+    ("sampled R=12", 12, "multinomial"),
+    ("sampled R=12 systematic", 12, "systematic"),
+    ("sampled R=32", 32, "multinomial"),
+    ("sampled R=64", 64, "multinomial"),
+    ("sampled R=128", 128, "multinomial"),
 ]
 
 
@@ -125,6 +138,24 @@ def read_back_error(store, teacher, sentences, top_k, epsilon, batch):
     return float(torch.cat(l1).mean()), worst
 
 
+def distance_to_teacher(store, teacher, sentences, batch):
+    """Mean over positions of sum_v |stored p_v - q_v| over the whole vocabulary."""
+    l1 = []
+    for start in range(0, len(sentences), batch):
+        dist = torch.cat(teacher(sentences[start:start + batch]))
+        stored = store.batch(np.arange(start, min(start + batch, len(sentences))))
+        real = torch.arange(stored.ids.shape[1])[None] < stored.lengths[:, None]
+        l1.append((to_dense(stored.ids[real], stored.probs[real], dist.shape[-1]) - dist).abs().sum(-1))
+    return float(torch.cat(l1).mean())
+
+
+def opened(store, fingerprint, vocab, tokens):
+    """The store reopened with every shard verified, and the verification's speed in MB/s."""
+    begin = time.perf_counter()
+    store = TeacherStore.open(store.path, expect_fingerprint=fingerprint, expect_vocab=vocab)
+    return store, store.bytes_per_token() * tokens / 1e6 / (time.perf_counter() - begin)
+
+
 def seconds_per_pass(reads, batches, repeats):
     """Median seconds for one pass over `batches` with each read function, the functions taking turns so that
     load from other users of the machine hits them alike."""
@@ -162,20 +193,25 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         reference = write_reference(Path(tmp), teacher, sentences, args.batch)
+        common = {"vocab": vocab, "fingerprint": fingerprint, "teachers": ["synthetic"],
+                  "batch_sentences": args.batch, "progress": False}
         stores = []  # (label, store, verify MB/s, read-back error)
         for label, top_k, epsilon, probs_dtype in CONFIGS:
-            store = write_store(Path(tmp) / label.replace(" ", "_"), sentences, teacher, vocab=vocab,
-                                fingerprint=fingerprint, teachers=["synthetic"], top_k=top_k, epsilon=epsilon,
-                                probs_dtype=probs_dtype, batch_sentences=args.batch, progress=False)
-            begin = time.perf_counter()
-            store = TeacherStore.open(store.path, expect_fingerprint=fingerprint, expect_vocab=vocab)  # verifies all
-            verify = store.bytes_per_token() * tokens / 1e6 / (time.perf_counter() - begin)
+            store = write_store(Path(tmp) / label.replace(" ", "_"), sentences, teacher, top_k=top_k, epsilon=epsilon,
+                                probs_dtype=probs_dtype, **common)
+            store, verify = opened(store, fingerprint, vocab, tokens)
             stores.append((label, store, verify, read_back_error(store, teacher, sentences, top_k, epsilon,
                                                                  args.batch)))
+        sampled = []  # (label, store, verify MB/s, L1 to q)
+        for label, samples, sampling in SAMPLED:
+            store = write_store(Path(tmp) / label.replace(" ", "_"), sentences, teacher, samples=samples, seed=0,
+                                sampling=sampling, **common)
+            store, verify = opened(store, fingerprint, vocab, tokens)
+            sampled.append((label, store, verify, distance_to_teacher(store, teacher, sentences, args.batch)))
         # Every layout read in turn within each pass, so that load from other jobs hits them alike.
         reference_time, *store_times = seconds_per_pass(
-            [lambda indices: reference_batch(reference, indices)] + [store.batch for _, store, _, _ in stores],
-            batches, args.repeats)
+            [lambda indices: reference_batch(reference, indices)]
+            + [store.batch for _, store, _, _ in stores + sampled], batches, args.repeats)
         baseline = tokens / reference_time
         print(f"{'store':<36} {'B/token':>8} {'vs 512 B':>8} {'kept/pos':>8} {'remainder':>9} "
               f"{'read tok/s':>11} {'vs ref':>7} {'vs training':>11} {'verify MB/s':>11} {'L1 err':>8} "
@@ -191,6 +227,14 @@ def main():
                   f"{store.bytes_per_token() / REFERENCE_BYTES_PER_TOKEN:>8.2f} {kept:>8.1f} "
                   f"{whole.remainder[real].mean():>9.4f} {speed:>11.0f} {reference_time / store_time:>7.2f} "
                   f"{speed / args.training_tokens_per_s:>10.0f}x {verify:>11.0f} {l1:>8.1e} {worst:>8.1e}")
+        print(f"\n{'sampled store':<36} {'B/token':>8} {'vs 512 B':>8} {'distinct/pos':>12} {'read tok/s':>11} "
+              f"{'vs ref':>7} {'vs training':>11} {'verify MB/s':>11} {'L1 to q':>8}")
+        for (label, store, verify, l1), store_time in zip(sampled, store_times[len(stores):]):
+            speed = tokens / store_time
+            print(f"{label:<36} {store.bytes_per_token():>8.1f} "
+                  f"{store.bytes_per_token() / REFERENCE_BYTES_PER_TOKEN:>8.2f} "
+                  f"{store.manifest['num_entries'] / tokens:>12.2f} {speed:>11.0f} {reference_time / store_time:>7.2f} "
+                  f"{speed / args.training_tokens_per_s:>10.0f}x {verify:>11.0f} {l1:>8.3f}")
 
 if __name__ == "__main__":
     main()

@@ -256,6 +256,9 @@ class TranslationDistillation:
     remainder: str = setting("drop", choices=("drop", "renormalise", "bucket"))
     # how the store keeps probabilities (teacher_store.PROBS_DTYPES); log_uint8 also bit-packs the ids
     probs_dtype: str = setting("float16", choices=("float16", "uint8", "log_uint8"))
+    # > 0: a sampled store instead of top-V' (teacher_store module docstring): this many draws from the teacher a
+    # position, kept as distinct ids with counts, an unbiased estimate of full KD; top_k, epsilon, probs_dtype unused
+    samples: int = setting(0, at_least=0)
     sweep_top_k: list[int] = setting([32, 64, 128, 256], at_least=1)
     sweep_epsilon: list[float] = setting([0.01], above=0, below=1)  # adaptive, capped at max(sweep_top_k)
 

@@ -1,4 +1,4 @@
-"""The teacher store: a compact, truncated, on-disk copy of a teacher's per-position distributions.
+"""The teacher store: a compact, truncated (or sampled), on-disk copy of a teacher's per-position distributions.
 
 Distillation reads the teacher's distribution at every position of the training set, every epoch. Running an
 ensemble that often is too slow, so its distributions are memoised once (paper §5.1), keeping for each position
@@ -6,7 +6,8 @@ only its most probable entries (ids and probabilities) and the mass they leave o
 
 - fixed truncation: the top `top_k` entries (paper: V' = 64 of a 32K vocabulary; top_k >= V keeps everything,
   which is what the NER label sets need);
-- adaptive truncation (`epsilon` set): the fewest top entries whose mass reaches 1 - epsilon, at most `top_k`.
+- adaptive truncation (`epsilon` set): the fewest top entries whose mass reaches 1 - epsilon, at most `top_k`;
+- or, instead of either, `samples` draws from the distribution, an unbiased estimate of it (the sampled layout).
 
 Layout of a store folder:
 
@@ -39,19 +40,41 @@ log_max and log_min are rounded outwards to float16 (the grid covers every entry
 grid point (q = 255 - round((log_max - ln p) / s)), 0 for p = 0 and below the grid. The largest entry reads back
 within float16's rounding of its log. At V' = 64 of an 8K vocabulary this is ~175 bytes a token.
 
-The manifest's `dtypes` names every array of a shard and how it is encoded, so another kind of entry (e.g.
-sampled ids with integer counts) is another set of dtypes. A store is written with the oldest format version
-that holds its layout: version 2 for float16 and uint8 probabilities, whose stores stay byte-identical to (and
-resumable with) those written before version 3 existed; both versions are read.
+The sampled layout (`samples` = R set, format version 4) keeps draws instead of the top entries: at each position
+R ids drawn from the teacher's distribution q (by its inverse CDF at R points of (0, 1], `sample_points`), each
+distinct id drawn once with its number of draws. It has no probabilities and no remainder:
+
+    shard-00000-counts.npy     uint8 [positions]    distinct ids drawn at each position, 1..R (uint16 when R > 255)
+    shard-00000-ids.npy        uint8 [...]          those ids, ascending within a position, bit-packed ("packed<b>")
+    shard-00000-draws.npy      uint8 [...]          each one's draws minus 1 in c = ceil(log2 R) bits ("packed<c>",
+                                                    the same bit stream as the ids; c = 1 for R = 1)
+
+It reads back as probs = draws / R (exact up to float32) and remainder 0: an unbiased estimate of q, E[draws_v] =
+R q_v, so the KD cross-entropy to it, -(1/R) sum_r log p(v_r) (the loss `distill.losses.kd_loss` computes from
+it), is an unbiased estimate of the full cross-entropy -sum_v q_v log p_v, and its gradient at the student's
+logits, p - draws / R, one of p - q ("Random Sampling KD": Anshumann et al., "Sparse Logit Sampling", ACL 2025,
+who also show that top-K caching is biased and miscalibrates the student). Only at temperature 1: re-tempering
+the estimate (`distill.losses.retemper`) is not unbiased. Two ways to place the points (`SAMPLINGS`):
+"multinomial", R independent uniform points (the paper's sampling with replacement: Var[draws_v / R] =
+q_v (1 - q_v) / R); "systematic", (r + 1 - U) / R for r < R with one uniform U a position, so each id is drawn
+floor(R q_v) or ceil(R q_v) times (Var <= 1/(4 R^2), the same mean). The points of sentence i come from numpy's
+default generator seeded with (seed, i) and the CDF is summed in float64, so a store depends only on the seed:
+not on batching or sharding, and a resumed store is byte-identical (on another device only a point within
+float64 rounding of a CDF step can fall the other way). On an NMT-like 8K-vocabulary teacher
+(bench/bench_store.py) this is 9.3 bytes a token at R = 12 (3.8 distinct ids a position), 23 at R = 64.
+
+The manifest's `dtypes` names every array of a shard and how it is encoded. A store is written with the oldest
+format version that holds its layout: version 2 for float16 and uint8 probabilities, whose stores stay
+byte-identical to (and resumable with) those written before version 3 existed; all three versions are read.
 
 The manifest records a fingerprint of the tokenised dataset (`fingerprint_dataset`), of the vocabulary
 (`fingerprint_vocab`), the teacher checkpoints, the truncation, the dtypes, a sha256 for every shard file, and a
 sha256 of the manifest itself (`manifest_sha256`, over its other fields). `TeacherStore.open` refuses a manifest
 that fails its checksum or whose fields disagree with each other (counts, shard offsets, file names and sizes),
 a store written for another dataset or vocabulary, and never reads a shard whose checksum it has not verified
-or whose arrays disagree with the manifest (dtypes, lengths, counts, ids). `require_teachers` ties a store to
-the teachers a student claims. Files carry no timestamps, so a resumed run writes the same bytes as an
-uninterrupted one.
+or whose arrays disagree with the manifest (dtypes, lengths, counts, ids, draws summing to R). `require_teachers`
+ties a store to the teachers a student claims. Files carry no timestamps, so a resumed run writes the same bytes
+as an uninterrupted one.
 
 For the distillation loss: the remainder is the teacher mass the truncation dropped. `distill.losses.distill_targets`
 turns a batch into targets for the three ways of treating it (drop it, as the paper does; renormalise the kept
@@ -59,6 +82,8 @@ entries; or a remainder bucket).
 
     store = write_store("runs/teacher", sentences, teacher, vocab=names, fingerprint=fingerprint_dataset(ids),
                         teachers=checkpoints, top_k=64)
+    sampled = write_store("runs/teacher-sampled", sentences, teacher, vocab=names,
+                          fingerprint=fingerprint_dataset(ids), teachers=checkpoints, samples=12, seed=0)
     store = TeacherStore.open("runs/teacher", expect_fingerprint=fp, expect_vocab=names)
     batch = store.batch([3, 17, 42])        # ids, probs [B, T, K]; remainder [B, T]; lengths [B]
 """
@@ -81,7 +106,8 @@ from ensemble_distill.errors import UserError, located
 from ensemble_distill.io_utils import atomic_write_bytes, strict_json
 
 FORMAT = "ensemble-distill teacher store"
-READABLE_VERSIONS = (2, 3)  # 2: the manifest carries its own checksum; 3: the compact layout (packed ids, log_uint8)
+READABLE_VERSIONS = (2, 3, 4)  # 2: the manifest carries its own checksum; 3: the compact layout (packed ids,
+# log_uint8); 4: the sampled layout
 MANIFEST = "manifest.json"
 PARTIAL_MANIFEST = "manifest.partial.json"
 
@@ -105,6 +131,9 @@ PROBS_DTYPES = {
 }
 LOG_RANGE = 16.0  # nats below a position's largest entry that the log_uint8 grid reaches at most
 FIRST_VERSION = {"float16": 2, "uint8": 2, "log_uint8": 3}  # the format version a store is written with
+SAMPLED_VERSION = 4
+SAMPLINGS = ("multinomial", "systematic")  # how a sampled store places its R points (module docstring)
+SAMPLED_READ_BACK = "probs = draws / samples, exact; an unbiased estimate of the teacher's distribution"
 PACKED_ID_PADDING = 4  # zero bytes ending a bit-packed id stream: ids < 2**32 span at most 5 bytes from their first
 ROW_SUM_TOLERANCE = 1e-3  # a teacher distribution must sum to 1 within this
 
@@ -156,6 +185,42 @@ def truncate(dist: torch.Tensor, top_k: int, epsilon: float | None = None):
     return ids, probs, counts, remainder
 
 
+def sample_points(seed: int, sentence: int, positions: int, samples: int, sampling: str) -> np.ndarray:
+    """Where `draw` reads the inverse CDFs of sentence number `sentence`: float64 [positions, samples] in (0, 1],
+    ascending in each row. multinomial: independent uniform points; systematic: (r + 1 - U) / samples for
+    r < samples, one uniform U a position. A function of its arguments only (numpy's default generator seeded
+    with (seed, sentence)).
+
+    Raises:
+        ValueError: `sampling` is not one of SAMPLINGS.
+    """
+    rng = np.random.default_rng([seed, sentence])
+    if sampling == "multinomial":  # 1 - [0, 1): a point of 1 reaches the last id of positive mass, 0 none
+        return np.sort(1.0 - rng.random((positions, samples)), axis=-1)
+    if sampling == "systematic":
+        return (np.arange(1, samples + 1) - rng.random((positions, 1))) / samples
+    raise ValueError(f"sample_points: sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+
+
+def draw(dist: torch.Tensor, points: torch.Tensor):
+    """Each row of dist [P, V] (probabilities; normalised here) drawn at its points [P, R] (float64 in (0, 1],
+    ascending in each row): the smallest id whose cumulative mass reaches the point, as distinct ids with their
+    number of draws.
+
+    Returns ids [E] int64 (ascending within a row; an id of probability 0 is never drawn), draws [E] int64 (>= 1,
+    R a row in all) and counts [P] (distinct ids of each row, E = counts.sum()), on dist's device."""
+    cdf = dist.to(torch.float64).cumsum(-1)
+    # A point in (0, 1] times the row's total stays at or below the last cumulative value (rounding is monotone),
+    # so every point finds an id; a zero-mass id repeats its predecessor's cumulative value and is never first
+    # to reach a point.
+    drawn = torch.searchsorted(cdf, points.to(cdf.device) * cdf[:, -1:])
+    first = torch.ones_like(drawn, dtype=torch.bool)  # a row's points ascend, so equal ids are adjacent
+    first[:, 1:] = drawn[:, 1:] != drawn[:, :-1]
+    starts = first.flatten().nonzero()[:, 0]
+    draws = torch.diff(starts, append=torch.tensor([drawn.numel()], device=starts.device))
+    return drawn.flatten()[starts], draws, first.sum(-1)
+
+
 def _encode_probs(probs: np.ndarray, kept: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
     """The kept entries of probs [P, K] (rows descending; kept [P, K] marks each row's first counts) as the
     arrays of PROBS_DTYPES[dtype]: probs [entries], and for log_uint8 log_max and log_min [P]."""
@@ -199,7 +264,8 @@ def _decode_probs(stored: np.ndarray, dtype: str, log_max=None, log_min=None) ->
 
 
 def _pack_ids(ids: np.ndarray, bits: int) -> np.ndarray:
-    """ids [n] < 2**bits (at most 32) as the "packed<bits>" stream: uint8 [ceil(n bits / 8) + PACKED_ID_PADDING]."""
+    """ids [n] < 2**bits (at most 32) as the "packed<bits>" stream: uint8 [ceil(n bits / 8) + PACKED_ID_PADDING].
+    (Also a sampled store's draws - 1.)"""
     chunks = []
     for start in range(0, len(ids), 1 << 18):  # a multiple of 8 ids fills whole bytes; bounds the bit matrix
         little_endian = ids[start:start + (1 << 18)].astype("<u4").view(np.uint8).reshape(-1, 4)
@@ -244,6 +310,13 @@ def _dtypes(vocab_size: int, width: int, probs_dtype: str) -> dict[str, str]:
     return dtypes
 
 
+def _sampled_dtypes(vocab_size: int, samples: int) -> dict[str, str]:
+    """Every array of a sampled store's shard, in file order, and how it is stored (draws as draws - 1)."""
+    return {"lengths": "int32", "counts": "uint8" if min(samples, vocab_size) <= 255 else "uint16",
+            "ids": f"packed{max(1, (vocab_size - 1).bit_length())}",
+            "draws": f"packed{max(1, (samples - 1).bit_length())}"}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Writing
 
@@ -256,9 +329,12 @@ def write_store(
     vocab: Sequence[str],
     fingerprint: str,
     teachers: Sequence[str],
-    top_k: int = 64,
+    top_k: int | None = None,
     epsilon: float | None = None,
-    probs_dtype: str = "float16",
+    probs_dtype: str | None = None,
+    samples: int | None = None,
+    seed: int | None = None,
+    sampling: str = "multinomial",
     shard_sentences: int = 4096,
     batch_sentences: int = 32,
     progress: bool = True,
@@ -270,12 +346,18 @@ def write_store(
     that is split by len(sentence). `fingerprint` is `fingerprint_dataset(...)` of the tokenised data;
     `teachers` names the checkpoints (paths or hashes).
 
+    What is kept at each position: the top `top_k` entries (default 64; with `epsilon`, adaptive) with
+    probabilities stored as `probs_dtype` (default "float16"); or, with `samples` = R, R draws from the
+    teacher placed by `sampling` from `seed` (default 0), kept as distinct ids with their draw counts (module
+    docstring). A sampled store takes none of top_k, epsilon and probs_dtype.
+
     Resumable: shards of `shard_sentences` sentences are written one by one; a rerun after a crash skips the
     sentences of completed shards and writes the same bytes an uninterrupted run would. Rerunning a finished
     store with the same settings only opens it."""
     path = Path(path)
-    settings = _settings(vocab, fingerprint, teachers, top_k, epsilon, probs_dtype, shard_sentences,
-                         batch_sentences)
+    sparsity = (_sampling(samples, seed, sampling, top_k, epsilon, probs_dtype, len(vocab)) if samples is not None
+                else _truncation(top_k, epsilon, probs_dtype, seed, len(vocab)))
+    settings = _settings(vocab, fingerprint, teachers, sparsity, shard_sentences, batch_sentences)
     path.mkdir(parents=True, exist_ok=True)
     if (path / MANIFEST).exists():
         _require_same_settings(path / MANIFEST, _read_manifest(path / MANIFEST), settings)
@@ -303,31 +385,59 @@ def write_store(
     return TeacherStore.open(path, expect_fingerprint=fingerprint, expect_vocab=vocab, verify="lazy")
 
 
-def _settings(vocab, fingerprint, teachers, top_k, epsilon, probs_dtype, shard_sentences, batch_sentences):
-    """Everything that determines a store's bytes, checked again when a run resumes."""
-    if not vocab:
-        raise UserError("teacher store: the vocabulary is empty")
+def _truncation(top_k, epsilon, probs_dtype, seed, vocab_size) -> dict:
+    """The settings of a top-V' store: version, truncation, dtypes and read-back error."""
+    top_k, probs_dtype = 64 if top_k is None else top_k, "float16" if probs_dtype is None else probs_dtype
     if not isinstance(top_k, int) or top_k < 1:
         raise UserError(f"teacher store: top_k must be a positive integer, got {top_k!r}")
     if epsilon is not None and not 0.0 < epsilon < 1.0:
         raise UserError(f"teacher store: epsilon must lie in (0, 1), got {epsilon!r}")
     if probs_dtype not in PROBS_DTYPES:
         raise UserError(f"teacher store: probs_dtype must be one of {sorted(PROBS_DTYPES)}, got {probs_dtype!r}")
+    if seed is not None:
+        raise UserError("teacher store: a seed is for a sampled store (samples), not a top-V' one")
+    width = min(top_k, vocab_size)
+    return {"version": FIRST_VERSION[probs_dtype], "truncation": {"top_k": top_k, "epsilon": epsilon, "width": width},
+            "dtypes": _dtypes(vocab_size, width, probs_dtype), "probs_error": PROBS_DTYPES[probs_dtype]}
+
+
+def _sampling(samples, seed, sampling, top_k, epsilon, probs_dtype, vocab_size) -> dict:
+    """The settings of a sampled store, in the same fields: its "truncation" is the sampling."""
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise UserError(f"teacher store: samples must be a positive integer, got {samples!r}")
+    seed = 0 if seed is None else seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UserError(f"teacher store: seed must be a non-negative integer, got {seed!r}")
+    if sampling not in SAMPLINGS:
+        raise UserError(f"teacher store: sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+    for name, value in (("top_k", top_k), ("epsilon", epsilon), ("probs_dtype", probs_dtype)):
+        if value is not None:
+            raise UserError(f"teacher store: {name} is for a top-V' store; a sampled store (samples = {samples}) "
+                            "keeps draws")
+    return {"version": SAMPLED_VERSION, "dtypes": _sampled_dtypes(vocab_size, samples),
+            "truncation": {"samples": samples, "sampling": sampling, "seed": seed,
+                           "width": min(samples, vocab_size)}, "probs_error": SAMPLED_READ_BACK}
+
+
+def _settings(vocab, fingerprint, teachers, sparsity: dict, shard_sentences, batch_sentences):
+    """Everything that determines a store's bytes, checked again when a run resumes; `sparsity` from
+    `_truncation` or `_sampling`."""
+    if not vocab:
+        raise UserError("teacher store: the vocabulary is empty")
     for name, value in (("shard_sentences", shard_sentences), ("batch_sentences", batch_sentences)):
         if not isinstance(value, int) or value < 1:
             raise UserError(f"teacher store: {name} must be a positive integer, got {value!r}")
     if isinstance(teachers, str) or not all(isinstance(t, str) for t in teachers):
         raise UserError("teacher store: teachers must be a list of checkpoint names or hashes")
-    width = min(top_k, len(vocab))
     return {
         "format": FORMAT,
-        "version": FIRST_VERSION[probs_dtype],
+        "version": sparsity["version"],
         "dataset_fingerprint": fingerprint,
         "vocab": {"sha256": fingerprint_vocab(vocab), "size": len(vocab)},
         "teachers": list(teachers),
-        "truncation": {"top_k": top_k, "epsilon": epsilon, "width": width},
-        "dtypes": _dtypes(len(vocab), width, probs_dtype),
-        "probs_error": PROBS_DTYPES[probs_dtype],
+        "truncation": sparsity["truncation"],
+        "dtypes": sparsity["dtypes"],
+        "probs_error": sparsity["probs_error"],
         "shard_sentences": shard_sentences,
         "batch_sentences": batch_sentences,
     }
@@ -366,26 +476,37 @@ def _first_difference(key: str, stored, wanted) -> str:
 
 
 def _compute_shard(chunk: list, first: int, teacher, settings: dict, bar) -> dict[str, np.ndarray]:
-    """Run the teacher over a shard's sentences, batch by batch, and truncate and encode its distributions."""
-    width, epsilon = settings["truncation"]["width"], settings["truncation"]["epsilon"]
-    dtypes, batch_size = settings["dtypes"], settings["batch_sentences"]
+    """Run the teacher over a shard's sentences, batch by batch, and truncate (or sample) and encode its
+    distributions."""
+    truncation, dtypes, batch_size = settings["truncation"], settings["dtypes"], settings["batch_sentences"]
     parts = {name: [] for name in dtypes}
     for start in range(0, len(chunk), batch_size):
         batch = chunk[start:start + batch_size]
         dists, lengths = _teacher_distributions(teacher, batch, first + start, settings["vocab"]["size"])
-        # Truncate where the teacher computed (a GPU's top-k is fast); only the kept entries travel to the CPU.
-        ids, probs, counts, remainder = (x.cpu() for x in truncate(dists, width, epsilon))
-        kept = torch.arange(ids.shape[-1])[None, :] < counts[:, None]
         parts["lengths"].append(np.array(lengths))
+        bar.update(len(batch))
+        if "samples" in truncation:
+            points = np.concatenate([sample_points(truncation["seed"], first + start + i, length,
+                                                   truncation["samples"], truncation["sampling"])
+                                     for i, length in enumerate(lengths)])
+            ids, draws, counts = (x.cpu().numpy() for x in draw(dists, torch.from_numpy(points)))
+            parts["counts"].append(counts)
+            parts["ids"].append(ids)
+            parts["draws"].append(draws - 1)
+            continue
+        # Truncate where the teacher computed (a GPU's top-k is fast); only the kept entries travel to the CPU.
+        ids, probs, counts, remainder = (x.cpu() for x in truncate(dists, truncation["width"],
+                                                                   truncation["epsilon"]))
+        kept = torch.arange(ids.shape[-1])[None, :] < counts[:, None]
         parts["counts"].append(counts.numpy())
         parts["ids"].append(ids[kept].numpy())
         for name, array in _encode_probs(probs.numpy(), kept.numpy(), dtypes["probs"]).items():
             parts[name].append(array)
         parts["remainder"].append(remainder.numpy())
-        bar.update(len(batch))
     arrays = {name: np.concatenate(parts[name]) for name in dtypes}
-    if bits := _packed_bits(dtypes["ids"]):
-        arrays["ids"] = _pack_ids(arrays["ids"], bits)
+    for name, dtype in dtypes.items():
+        if bits := _packed_bits(dtype):
+            arrays[name] = _pack_ids(arrays[name], bits)
     return {name: array.astype(_disk_dtype(dtypes[name])) for name, array in arrays.items()}
 
 
@@ -423,7 +544,8 @@ def _save_shard(path: Path, index: int, first_sentence: int, arrays: dict[str, n
         atomic_write_bytes(path / filename, data)
         files[name] = {"name": filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     return {"first_sentence": first_sentence, "num_sentences": len(arrays["lengths"]),
-            "num_positions": len(arrays["counts"]), "num_entries": len(arrays["probs"]), "files": files}
+            "num_positions": len(arrays["counts"]), "num_entries": int(arrays["counts"].sum(dtype=np.int64)),
+            "files": files}
 
 
 def _manifest_bytes(manifest: dict) -> bytes:
@@ -464,8 +586,9 @@ def _read_manifest(path: Path) -> dict:
 @dataclass
 class TeacherBatch:
     """Teacher targets for a batch of sentences, padded. K is the store's width (min(top_k, V)) for a fixed
-    truncation, and the most entries any position of the batch kept for an adaptive one. Padding (positions past
-    a sentence's length, entries past a position's count) has id 0 and probability 0."""
+    truncation, and the most entries any position of the batch kept for an adaptive or a sampled one (whose
+    probs are draws / R and remainder 0). Padding (positions past a sentence's length, entries past a position's
+    count) has id 0 and probability 0."""
 
     ids: torch.Tensor  # int64 [B, T, K]
     probs: torch.Tensor  # float32 [B, T, K]
@@ -519,7 +642,12 @@ class TeacherStore:
 
     @property
     def adaptive(self) -> bool:
-        return self.manifest["truncation"]["epsilon"] is not None
+        return self.manifest["truncation"].get("epsilon") is not None
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the store keeps draws (`samples` set) rather than the top entries."""
+        return "samples" in self.manifest["truncation"]
 
     def bytes_per_token(self) -> float:
         """Bytes on disk (all shard files) per stored position."""
@@ -538,7 +666,7 @@ class TeacherStore:
         if wanted.size and (wanted.min() < 0 or wanted.max() >= len(self)):
             raise IndexError(f"sentence index out of range for a store of {len(self)} sentences")
         shard_of = np.searchsorted(self._first_sentence, wanted, side="right") - 1
-        fixed_width = None if self.adaptive else self.manifest["truncation"]["width"]
+        fixed_width = None if self.adaptive or self.sampled else self.manifest["truncation"]["width"]
         parts = [(rows, *self._shard(int(shard)).gather(wanted[rows] - self._first_sentence[shard], fixed_width))
                  for shard in np.unique(shard_of) for rows in [np.flatnonzero(shard_of == shard)]]
         return _pad(len(wanted), fixed_width, parts)
@@ -558,14 +686,18 @@ class TeacherStore:
 class _Shard:
     """One shard's arrays, memory-mapped after their checksums were verified."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], dtypes: dict[str, str]):
-        self.counts, self.ids, self.probs, self.remainder = (arrays[n] for n in ("counts", "ids", "probs", "remainder"))
+    def __init__(self, arrays: dict[str, np.ndarray], dtypes: dict[str, str], samples: int | None):
+        self.counts, self.ids = arrays["counts"], arrays["ids"]
+        self.probs, self.remainder = arrays.get("probs"), arrays.get("remainder")  # None in a sampled store
         self.log_max, self.log_min = arrays.get("log_max"), arrays.get("log_min")
-        self.id_bits, self.probs_dtype = _packed_bits(dtypes["ids"]), dtypes["probs"]
+        self.draws, self.samples = arrays.get("draws"), samples
+        self.id_bits, self.probs_dtype = _packed_bits(dtypes["ids"]), dtypes.get("probs")
+        self.draw_bits = _packed_bits(dtypes["draws"]) if "draws" in dtypes else None
         self.lengths = np.asarray(arrays["lengths"], dtype=np.int64)
         self.position_start = np.concatenate([[0], np.cumsum(self.lengths)])
         entries_before_position = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
         self.entry_start = entries_before_position[self.position_start[:-1]]
+        self.num_entries = int(entries_before_position[-1])
 
     @classmethod
     def verified(cls, folder: Path, info: dict, manifest: dict) -> _Shard:
@@ -582,15 +714,15 @@ class _Shard:
                                           "rebuild the store")
             arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
         _check_shard(folder, info, manifest, arrays)
-        return cls(arrays, manifest["dtypes"])
+        return cls(arrays, manifest["dtypes"], manifest["truncation"].get("samples"))
 
     def gather(self, local: np.ndarray, fixed_width: int | None):
         """lengths [b] of the given sentences, and at each of their positions, flat: ids [n, k], probs [n, k]
         (float32, 0 past a position's count) and remainder [n]. k is the fixed width, or for an adaptive
-        truncation (fixed_width None) the most entries any of these positions kept."""
+        truncation or a sampled store (fixed_width None) the most entries any of these positions kept."""
         lengths = self.lengths[local]
         positions = _ragged_arange(self.position_start[local], lengths)
-        remainder = self.remainder[positions]
+        remainder = np.zeros(len(positions), np.float32) if self.remainder is None else self.remainder[positions]
         if fixed_width is not None:  # every position kept fixed_width entries: they are rows of the flat arrays
             entries = positions[:, None] * fixed_width + np.arange(fixed_width)
             return lengths, self._ids(entries), self._probs(entries, positions), remainder
@@ -601,7 +733,7 @@ class _Shard:
         entry_start = np.repeat(sentence_offset, lengths) + kept_before[:-1]
         window = np.arange(counts.max(initial=0))
         kept = window < counts[:, None]
-        entries = np.minimum(entry_start[:, None] + window, len(self.probs) - 1)  # past a count: any valid entry
+        entries = np.minimum(entry_start[:, None] + window, self.num_entries - 1)  # past a count: any valid entry
         ids, probs = np.where(kept, self._ids(entries), 0), np.where(kept, self._probs(entries, positions), 0)
         return lengths, ids, probs, remainder
 
@@ -610,7 +742,9 @@ class _Shard:
         return self.ids[entries] if self.id_bits is None else _unpack_ids(self.ids, entries, self.id_bits)
 
     def _probs(self, entries: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """float32 probabilities [n, k] of the entries [n, k] at the positions [n]."""
+        """float32 probabilities [n, k] of the entries [n, k] at the positions [n] (draws / R in a sampled store)."""
+        if self.draws is not None:
+            return ((_unpack_ids(self.draws, entries, self.draw_bits) + 1) / self.samples).astype(np.float32)
         if self.probs_dtype == "log_uint8":
             return _decode_probs(self.probs[entries], "log_uint8", self.log_max[positions], self.log_min[positions])
         return _decode_probs(self.probs[entries], self.probs_dtype)
@@ -619,17 +753,24 @@ class _Shard:
 def _check_manifest(path: Path, manifest: dict) -> None:
     """The manifest's fields against each other and the files on disk: totals are the sums of the shards, each
     shard starts where the previous one ended, dtypes, width and format version follow from the vocabulary,
-    truncation and probabilities' dtype, and each shard file has its expected name and size. Raises UserError
-    naming the manifest and the field."""
+    truncation (or sampling) and probabilities' dtype, and each shard file has its expected name and size.
+    Raises UserError naming the manifest and the field."""
     where = path / MANIFEST
     try:
         vocab_size, truncation, shards = manifest["vocab"]["size"], manifest["truncation"], manifest["shards"]
-        width, probs_dtype = min(truncation["top_k"], vocab_size), manifest["dtypes"]["probs"]
-        if probs_dtype not in PROBS_DTYPES:
-            raise located(where, None, f"the manifest does not match its shards: dtypes.probs is {probs_dtype!r}, "
-                                       f"expected one of {', '.join(PROBS_DTYPES)}; rebuild the store")
-        dtypes = _dtypes(vocab_size, width, probs_dtype)
-        expected = {"truncation.width": width, "dtypes": dtypes, "version": FIRST_VERSION[probs_dtype],
+        if "samples" in truncation:
+            samples = truncation["samples"]
+            if not isinstance(samples, int) or samples < 1:
+                raise TypeError("'truncation.samples'")
+            width, dtypes, version = min(samples, vocab_size), _sampled_dtypes(vocab_size, samples), SAMPLED_VERSION
+        else:
+            width, probs_dtype = min(truncation["top_k"], vocab_size), manifest["dtypes"]["probs"]
+            if probs_dtype not in PROBS_DTYPES:
+                raise located(where, None, f"the manifest does not match its shards: dtypes.probs is "
+                                           f"{probs_dtype!r}, expected one of {', '.join(PROBS_DTYPES)}; rebuild "
+                                           "the store")
+            dtypes, version = _dtypes(vocab_size, width, probs_dtype), FIRST_VERSION[probs_dtype]
+        expected = {"truncation.width": width, "dtypes": dtypes, "version": version,
                     "num_sentences": sum(s["num_sentences"] for s in shards),
                     "num_positions": sum(s["num_positions"] for s in shards),
                     "num_entries": sum(s["num_entries"] for s in shards)}
@@ -665,11 +806,12 @@ def _size(path: Path) -> int | str:
 
 def _check_shard(folder: Path, info: dict, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
     """A verified shard's arrays against the manifest: dtypes, 1-d, lengths summing to the positions, counts
-    summing to the entries (each count at most the width, and equal to it for a fixed truncation), ids inside
-    the vocabulary, and log_uint8 grids with log_min <= log_max. Raises UserError naming the shard file that
-    disagrees."""
-    width, lengths, counts = manifest["truncation"]["width"], arrays["lengths"], arrays["counts"]
-    n_positions, n_entries, dtypes = info["num_positions"], info["num_entries"], manifest["dtypes"]
+    summing to the entries (each count at most the width, equal to it for a fixed truncation and at least 1 in a
+    sampled store), ids inside the vocabulary, log_uint8 grids with log_min <= log_max, and a sampled store's
+    draws summing to R at each position. Raises UserError naming the shard file that disagrees."""
+    truncation, lengths, counts = manifest["truncation"], arrays["lengths"], arrays["counts"]
+    n_positions, n_entries, dtypes, width = info["num_positions"], info["num_entries"], manifest["dtypes"], \
+        manifest["truncation"]["width"]
     checks = [(name, arrays[name].dtype == _disk_dtype(dtype) and arrays[name].ndim == 1,
                f"holds {arrays[name].dtype} [{', '.join(map(str, arrays[name].shape))}], the manifest says 1-d "
                f"{_disk_dtype(dtype)}") for name, dtype in dtypes.items()]
@@ -678,16 +820,27 @@ def _check_shard(folder: Path, info: dict, manifest: dict, arrays: dict[str, np.
         ("lengths", len(lengths) == info["num_sentences"] and (lengths >= 0).all()
          and int(lengths.sum(dtype=np.int64)) == n_positions,
          f"does not hold {info['num_sentences']} sentence lengths summing to {n_positions} positions"),
-        ("counts", len(counts) == n_positions and int(counts.sum(dtype=np.int64)) == n_entries
-         and (counts <= width).all() and (manifest["truncation"]["epsilon"] is not None or (counts == width).all()),
-         f"does not hold {n_positions} entry counts of at most {width}, summing to {n_entries}"),
-        ("remainder", len(arrays["remainder"]) == n_positions, f"does not hold {n_positions} values"),
         ("ids", len(ids) == (n_entries if bits is None else _packed_length(n_entries, bits))
          and _largest_id(ids, n_entries, bits) < manifest["vocab"]["size"],
          f"does not hold {n_entries} ids below the vocabulary size {manifest['vocab']['size']}"),
-        ("probs", len(arrays["probs"]) == n_entries, f"does not hold {n_entries} values"),
     ]
-    if dtypes["probs"] == "log_uint8":
+    counts_ok = (len(counts) == n_positions and int(counts.sum(dtype=np.int64)) == n_entries
+                 and (counts <= width).all())
+    if "samples" in truncation:
+        counts_ok = counts_ok and (counts >= 1).all()
+        draws, draw_bits, samples = arrays["draws"], _packed_bits(dtypes["draws"]), truncation["samples"]
+        checks += [("counts", counts_ok, f"does not hold {n_positions} entry counts of 1 to {width}, summing to "
+                                         f"{n_entries}"),
+                   ("draws", counts_ok and draws.ndim == 1 and len(draws) == _packed_length(n_entries, draw_bits)
+                    and (_draws_per_position(draws, counts, draw_bits) == samples).all(),
+                    f"does not hold {n_entries} draw counts summing to {samples} at each position")]
+    else:
+        counts_ok = counts_ok and (truncation["epsilon"] is not None or (counts == width).all())
+        checks += [("counts", counts_ok, f"does not hold {n_positions} entry counts of at most {width}, summing "
+                                         f"to {n_entries}"),
+                   ("remainder", len(arrays["remainder"]) == n_positions, f"does not hold {n_positions} values"),
+                   ("probs", len(arrays["probs"]) == n_entries, f"does not hold {n_entries} values")]
+    if dtypes.get("probs") == "log_uint8":
         log_max, log_min = arrays["log_max"], arrays["log_min"]
         checks += [(name, len(arrays[name]) == n_positions and np.isfinite(arrays[name]).all(),
                     f"does not hold {n_positions} finite values") for name in ("log_max", "log_min")]
@@ -697,6 +850,13 @@ def _check_shard(folder: Path, info: dict, manifest: dict, arrays: dict[str, np.
         if not ok:
             raise located(folder / info["files"][name]["name"], None, f"teacher store shard {problem}; rebuild "
                                                                       "the store")
+
+
+def _draws_per_position(draws: np.ndarray, counts: np.ndarray, bits: int) -> np.ndarray:
+    """A sampled shard's draws at each position, int64 [positions], from its "packed<bits>" draws - 1 and its
+    counts (each at least 1, summing to the stream's entries)."""
+    per_entry = _unpack_ids(draws, np.arange(counts.sum(dtype=np.int64)), bits) + 1
+    return np.add.reduceat(per_entry, np.cumsum(counts, dtype=np.int64) - counts) if len(counts) else per_entry
 
 
 def _packed_length(n_entries: int, bits: int) -> int:

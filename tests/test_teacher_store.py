@@ -303,7 +303,7 @@ def test_a_malformed_or_old_manifest_is_refused(tmp_path):
     with pytest.raises(UserError, match="malformed manifest"):
         open_store(tmp_path, sentences)
     reseal(tmp_path / "manifest.json", lambda manifest: manifest.update(version=1))
-    with pytest.raises(UserError, match="of version 1, not one of 2, 3 .*delete the folder and memoize again"):
+    with pytest.raises(UserError, match="of version 1, not one of 2, 3, 4 .*delete the folder and memoize again"):
         open_store(tmp_path, sentences)
 
 
