@@ -6,9 +6,11 @@
 Each line times our way and a baseline on the same resample, same process, and prints the ratio:
 - positions of the drawn sentences: offsets + np.repeat/cumsum vs a Python loop concatenating per-sentence ranges;
 - span F1: summing per-sentence seqeval counts vs seqeval's f1_score on the resampled label lists;
+- per-sentence span counts, strict and conlleval, from label ids (once per file) vs seqeval's own span readers;
 - PR area: cumulative sums over events sorted once (positions weighted by draw counts) vs re-sorting, and
   scikit-learn's average_precision_score;
-- the whole tagging report for one replicate, and the projected time for 1,000 replicates.
+- the whole tagging report for one replicate, and the projected time for 1,000 replicates;
+- a paired comparison of two systems on F1 (200 replicates): from span counts alone vs both full reports.
 Timings are the best of --repeats runs; on a shared machine they are noisy, so the load average is printed.
 """
 
@@ -17,14 +19,16 @@ import os
 
 import numpy as np
 from seqeval.metrics import f1_score
-from seqeval.scheme import IOB2
+from seqeval.metrics.sequence_labeling import get_entities
+from seqeval.scheme import IOB2, Entities
 from sklearn.metrics import average_precision_score
 
-from ensemble_distill.calibration.bootstrap import sentence_positions
+from ensemble_distill.calibration.bootstrap import paired_bootstrap, sentence_positions
+from ensemble_distill.calibration.compare import compare as compare_systems
 from ensemble_distill.calibration.metrics import entity_type_confidences, gold_entity_types
 from ensemble_distill.calibration.plots import EventRanking, precision_recall_curve
 from ensemble_distill.calibration.report import tagging_metrics
-from ensemble_distill.calibration.task_metrics import span_counts, span_scores
+from ensemble_distill.calibration.task_metrics import label_span_counts, span_counts, span_scores
 from ensemble_distill.predictions import Predictions
 
 from common import best_time
@@ -83,6 +87,17 @@ def main():
         args.repeats,
     )
 
+    def seqeval_readers():  # strict entities and conlleval's, as seqeval reads them
+        Entities(gold_seqs, IOB2), Entities(pred_seqs, IOB2)
+        [(get_entities(g), get_entities(p)) for g, p in zip(gold_seqs, pred_seqs)]
+
+    compare(
+        "span counts, both modes (seqeval readers)",
+        lambda: [label_span_counts(gold, preds.predicted(), offsets, LABELS, mode) for mode in ("strict", "conlleval")],
+        seqeval_readers,
+        args.repeats,
+    )
+
     type_conf, types = entity_type_confidences(preds.probs, LABELS)
     gold_type = gold_entity_types(gold, LABELS, types)
     ranking = EventRanking(type_conf, gold_type)
@@ -104,6 +119,16 @@ def main():
     metrics_fn, _ = tagging_metrics(preds)
     t = best_time(lambda: metrics_fn(sentence_positions(offsets, draw), draw), args.repeats)
     print(f"{'whole tagging report, one replicate':44s} ours {1e3 * t:9.2f} ms   1,000 replicates ~ {1e3 * t:.0f} s")
+
+    other = make_predictions(preds.n_sentences, seed=0)
+    other.probs = np.roll(other.probs, 1, axis=0)  # the same sentences, a different (worse) system
+    other_fn, _ = tagging_metrics(other)
+    compare(
+        "paired F1, 200 replicates (full reports)",
+        lambda: compare_systems(preds, other, ["f1"], n_boot=200, progress=False),
+        lambda: paired_bootstrap(metrics_fn, other_fn, offsets, n_boot=200, progress=False),
+        1,
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ensemble_distill.calibration.bootstrap import bootstrap, bootstrap_ci, sentence_positions
+from ensemble_distill.calibration.bootstrap import bootstrap, bootstrap_ci, paired_bootstrap, sentence_positions
 from ensemble_distill.calibration.metrics import ece
 from ensemble_distill.errors import UserError
 
@@ -180,3 +180,149 @@ def test_ece_interval_of_a_miscalibrated_sample_covers_its_true_error():
     offsets, conf, correct = calibration_sample(1, power=2.0)
     ci = bootstrap_ci(lambda pos, sent: ece(conf[pos], correct[pos]), offsets, n_boot=100, debiased=True)
     assert ci.ci_low < 1 / 6 < ci.ci_high and ci.ci_low > 0.1
+
+
+# --- paired comparison ---------------------------------------------------------------------------------------------
+
+
+def paired_sample(seed, n_sentences=80, shift=0.0):
+    """Two systems' per-position scores on the same sentences: a shared sentence difficulty plus each system's own
+    noise; B's scores are `shift` lower."""
+    rng = np.random.default_rng(seed)
+    offsets = random_offsets(rng, n_sentences, max_len=10)
+    difficulty = np.repeat(rng.normal(size=n_sentences), np.diff(offsets))
+    a = difficulty + 0.3 * rng.normal(size=offsets[-1])
+    b = difficulty + 0.3 * rng.normal(size=offsets[-1]) - shift
+    return offsets, a, b
+
+
+def mean_of(x):
+    return lambda pos, sent: {"mean": x[pos].mean()}
+
+
+def test_paired_difference_equals_a_loop_over_the_documented_draws():
+    offsets, a, b = paired_sample(0, shift=0.1)
+    result = paired_bootstrap(mean_of(a), mean_of(b), offsets, n_boot=300, alpha=0.1, seed=4)["mean"]
+    d = a.mean() - b.mean()
+    draws = np.random.default_rng(4).integers(0, len(offsets) - 1, size=(300, len(offsets) - 1))
+    replicates = np.array([a[naive_positions(offsets, s)].mean() - b[naive_positions(offsets, s)].mean()
+                           for s in draws])
+    low, high = np.percentile(replicates, [5, 95])
+    beyond = sum(r - d >= d for r in replicates) if d > 0 else sum(r - d <= d for r in replicates)
+    assert result.value == result.estimate == pytest.approx(d, abs=1e-12)
+    assert (result.ci_low, result.ci_high) == pytest.approx((2 * d - high, 2 * d - low), abs=1e-12)
+    assert result.p_value == pytest.approx(min(1, 2 * (1 + beyond) / 301))
+
+
+def test_each_system_sees_the_draws_its_own_report_used():
+    offsets, a, b = paired_sample(1)
+    seed, n_boot = 3, 200
+    single_a = bootstrap(mean_of(a), offsets, n_boot=n_boot, seed=seed, progress=False)["mean"]
+    single_b = bootstrap(mean_of(b), offsets, n_boot=n_boot, seed=seed, progress=False)["mean"]
+    zero = lambda pos, sent: {"mean": 0.0}  # noqa: E731
+    against_zero = paired_bootstrap(mean_of(a), zero, offsets, n_boot=n_boot, seed=seed, progress=False)["mean"]
+    # a - 0 has a's replicates: the basic interval is the percentile one reflected about the estimate
+    assert against_zero.ci_low == pytest.approx(2 * single_a.value - single_a.ci_high)
+    assert against_zero.ci_high == pytest.approx(2 * single_a.value - single_a.ci_low)
+    pair = paired_bootstrap(mean_of(a), mean_of(b), offsets, n_boot=n_boot, seed=seed, progress=False)["mean"]
+    assert pair.estimate == pytest.approx(single_a.value - single_b.value)
+
+
+def test_pairing_removes_the_shared_sentence_difficulty():
+    offsets, a, b = paired_sample(2, n_sentences=200, shift=0.05)
+    pair = paired_bootstrap(mean_of(a), mean_of(b), offsets, n_boot=300, seed=0, progress=False)["mean"]
+    single = [bootstrap_ci(lambda pos, sent, x=x: x[pos].mean(), offsets, n_boot=300, seed=0) for x in (a, b)]
+    unpaired_width = np.hypot(*[ci.ci_high - ci.ci_low for ci in single])  # independent samples' width
+    assert pair.ci_high - pair.ci_low < 0.3 * unpaired_width
+    assert pair.ci_low > 0 and pair.p_value < 0.01  # 0.05 is far outside the paired interval's noise
+
+
+def test_identical_systems_differ_by_nothing_with_p_one():
+    offsets, a, _ = paired_sample(3)
+    result = paired_bootstrap(mean_of(a), mean_of(a), offsets, n_boot=50, seed=0, progress=False)["mean"]
+    assert (result.value, result.ci_low, result.ci_high, result.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_a_difference_no_replicate_reaches_back_to_zero_has_the_smallest_p():
+    offsets, a, b = paired_sample(4, shift=1.0)
+    result = paired_bootstrap(mean_of(a), mean_of(b), offsets, n_boot=99, seed=0, progress=False)["mean"]
+    assert result.p_value == 2 / 100 and result.ci_low > 0.8
+    reverse = paired_bootstrap(mean_of(b), mean_of(a), offsets, n_boot=99, seed=0, progress=False)["mean"]
+    assert reverse.p_value == 2 / 100 and reverse.ci_high < -0.8 and reverse.estimate == -result.estimate
+
+
+def test_p_value_below_alpha_exactly_when_the_interval_excludes_zero():
+    agree = 0
+    for seed in range(40):
+        offsets, a, b = paired_sample(seed, n_sentences=60, shift=0.04 * (seed % 5))
+        r = paired_bootstrap(mean_of(a), mean_of(b), offsets, n_boot=400, seed=seed, progress=False)["mean"]
+        excludes = r.ci_low > 0 or r.ci_high < 0
+        if abs(r.p_value - 0.05) > 0.01:  # away from the +1 terms' and interpolation's reach
+            assert (r.p_value < 0.05) == excludes, (seed, r)
+            agree += 1
+    assert agree >= 30
+
+
+def test_p_values_under_the_null_reject_about_alpha_of_the_time():
+    rejected = []
+    for seed in range(100):
+        offsets, a, b = paired_sample(100 + seed, n_sentences=60)  # no true difference
+        r = paired_bootstrap(mean_of(a), mean_of(b), offsets, n_boot=200, seed=seed, progress=False)["mean"]
+        rejected.append(r.p_value < 0.05)
+    assert np.mean(rejected) <= 0.12  # Binomial(100, 0.05): above 12 has probability < 0.5%
+
+
+def test_debiased_difference_is_corrected_by_the_median_and_not_clipped():
+    offsets, conf, correct = calibration_sample(5, n=2000, power=1.0)
+    worse = np.clip(conf + 0.1, 0, 1)  # B over-confident: ECE(A) - ECE(B) < 0
+    fn = lambda c: lambda pos, sent: {"ece": ece(c[pos], correct[pos])}  # noqa: E731
+    result = paired_bootstrap(fn(conf), fn(worse), offsets, n_boot=100, seed=0, progress=False,
+                              debiased=("ece",))["ece"]
+    draws = np.random.default_rng(0).integers(0, len(offsets) - 1, size=(100, len(offsets) - 1))
+    replicates = [ece(conf[p], correct[p]) - ece(worse[p], correct[p])
+                  for p in (naive_positions(offsets, s) for s in draws)]
+    d = ece(conf, correct) - ece(worse, correct)
+    assert result.estimate == pytest.approx(d) and d < 0
+    assert result.value == pytest.approx(2 * d - np.median(replicates))
+    assert result.ci_high < 0 and result.ci_low == pytest.approx(2 * d - np.percentile(replicates, 97.5))
+
+
+def test_systems_with_their_own_positions_per_sentence():
+    # the same sentences tokenised differently: each system's metric reads its own positions
+    rng = np.random.default_rng(6)
+    offsets_a, offsets_b = random_offsets(rng, 30), random_offsets(rng, 30)
+    assert (np.diff(offsets_a) != np.diff(offsets_b)).any()
+    # number of positions received minus the number the system's own offsets give the drawn sentences
+    surplus = lambda offsets: lambda pos, sent: {"n": len(pos) - np.diff(offsets)[sent].sum()}  # noqa: E731
+    result = paired_bootstrap(surplus(offsets_a), surplus(offsets_b), offsets_a, offsets_b, n_boot=20, progress=False)
+    assert result["n"].ci_low == result["n"].ci_high == 0
+
+
+def test_undefined_replicates_are_left_out_and_a_metric_undefined_on_the_data_is_nan():
+    offsets, a, b = paired_sample(7, n_sentences=6)
+    # defined only on replicates that draw sentence 0: (5/6)^6 ~ 1/3 of them are left out
+    fn = lambda x: lambda pos, sent: {"m": x[pos].mean() if 0 in sent else np.nan, "none": np.nan}  # noqa: E731
+    result = paired_bootstrap(fn(a), fn(b), offsets, n_boot=200, seed=1, progress=False)
+    draws = np.random.default_rng(1).integers(0, 6, size=(200, 6))
+    replicates = np.array([a[naive_positions(offsets, s)].mean() - b[naive_positions(offsets, s)].mean()
+                           for s in draws if 0 in s])
+    d = a.mean() - b.mean()
+    low, high = np.percentile(replicates, [2.5, 97.5])
+    beyond = np.sum(np.sign(d) * (replicates - d) >= abs(d))
+    assert 100 < len(replicates) < 180
+    assert (result["m"].ci_low, result["m"].ci_high) == pytest.approx((2 * d - high, 2 * d - low))
+    assert result["m"].p_value == pytest.approx(min(1, 2 * (1 + beyond) / (1 + len(replicates))))
+    none = result["none"]
+    assert np.isnan([none.value, none.ci_low, none.ci_high, none.estimate, none.p_value]).all()
+
+
+def test_paired_misuse_is_refused():
+    fn = lambda pos, sent: {"m": 0.0}  # noqa: E731
+    with pytest.raises(ValueError, match="same sentences: 2 and 3"):
+        paired_bootstrap(fn, fn, [0, 1, 2], [0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"does not return \['m'\]"):
+        paired_bootstrap(fn, lambda pos, sent: {"other": 0.0}, [0, 1, 2])
+    with pytest.raises(UserError, match="alpha"):
+        paired_bootstrap(fn, fn, [0, 1, 2], alpha=0)
+    with pytest.raises(UserError, match="n_boot"):
+        paired_bootstrap(fn, fn, [0, 1, 2], n_boot=0)

@@ -21,7 +21,8 @@ from ensemble_distill.errors import UserError
 from ensemble_distill.predictions import Predictions, _to_arrays, save_predictions
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-TAGGING_METRICS = ["f1", "precision", "recall", "token_accuracy", "ece_1", "conf_gap", "brier", "bs_plus", "bs_minus",
+TAGGING_METRICS = ["f1", "precision", "recall", "f1_conlleval", "precision_conlleval", "recall_conlleval",
+                   "token_accuracy", "ece_1", "conf_gap", "brier", "bs_plus", "bs_minus",
                    "b_bs", "b_ece", "b_ece_paper", "pr_auc"]  # fmt: skip
 
 
@@ -55,6 +56,7 @@ def test_tagging_values_equal_independent_computations(tmp_path):
 
     gold_seqs, pred_seqs = preds.sentence_labels(gold), preds.sentence_labels(probs.argmax(axis=1))
     assert value["f1"] == pytest.approx(f1_score(gold_seqs, pred_seqs, mode="strict", scheme=IOB2))
+    assert value["f1_conlleval"] == pytest.approx(f1_score(gold_seqs, pred_seqs))  # seqeval's default: conlleval
     assert value["token_accuracy"] == pytest.approx(np.mean(probs.argmax(axis=1) == gold))
     assert value["ece_1"] == pytest.approx(topk_ece(probs, gold, 1))
     assert value["conf_gap"] == pytest.approx(probs.max(axis=1).mean() - np.mean(probs.argmax(axis=1) == gold))

@@ -4,7 +4,7 @@ The plotting and report modules (matplotlib) are imported on first use, so `impo
 stays light.
 """
 
-from ensemble_distill.calibration.bootstrap import Interval, bootstrap, bootstrap_ci
+from ensemble_distill.calibration.bootstrap import Difference, Interval, bootstrap, bootstrap_ci, paired_bootstrap
 from ensemble_distill.calibration.metrics import (
     BalancedCalibration,
     TypeCalibration,
@@ -17,11 +17,21 @@ from ensemble_distill.calibration.metrics import (
     topk_ece,
     topk_events,
 )
-from ensemble_distill.calibration.task_metrics import bleu_from_stats, bleu_stats, span_counts, span_scores
+from ensemble_distill.calibration.task_metrics import (
+    OperatingPoint,
+    bleu_from_stats,
+    bleu_stats,
+    label_span_counts,
+    precision_recall_at,
+    span_counts,
+    span_metrics,
+    span_scores,
+    threshold_for_precision,
+)
 from ensemble_distill.calibration.temperature import apply_temperature, fit_temperature
 
 _LAZY = {
-    "evaluate": "report", "format_table": "report",
+    "evaluate": "report", "format_table": "report", "compare": "compare", "format_comparison": "compare",
     "precision_recall_curve": "plots", "EventRanking": "plots", "PRCurve": "plots",
     "reliability_diagram": "plots", "pr_curve_plot": "plots",
 }
@@ -38,6 +48,8 @@ def __getattr__(name):
 __all__ = [
     "BalancedCalibration", "TypeCalibration", "balanced_calibration", "brier", "ece", "entity_type_confidences",
     "gold_entity_types", "stratified_brier", "topk_ece", "topk_events",
-    "Interval", "bootstrap", "bootstrap_ci", "bleu_from_stats", "bleu_stats", "span_counts", "span_scores",
+    "Interval", "bootstrap", "bootstrap_ci", "Difference", "paired_bootstrap", "bleu_from_stats", "bleu_stats",
+    "span_counts", "label_span_counts", "span_scores", "span_metrics",
+    "OperatingPoint", "threshold_for_precision", "precision_recall_at",
     "apply_temperature", "fit_temperature", *_LAZY,
 ]

@@ -23,6 +23,22 @@ metric is undefined are left out), with the estimate t (the metric on the data i
   value is t corrected by the same (median) shift. The value always lies in the interval (q(alpha/2) <= q(1/2)
   <= q(1 - alpha/2)), which neither the percentile nor the basic interval of t guarantees, nor does BCa when
   almost every replicate exceeds t. The uncorrected t is kept as `estimate`.
+
+**Paired comparison** (`paired_bootstrap`): two systems evaluated on the same sentences, d = metric(A) - metric(B).
+Each replicate draws the sentences once and evaluates both systems on them (the pairing: sentence difficulty
+cancels), giving d*_b. With the same seed the draws are those of `bootstrap`, so each system's replicates are the
+ones its own report used. p-value, two-sided, of "no difference", by the shift-to-null convention of
+Berg-Kirkpatrick, Burkett & Klein (2012, "An empirical investigation of statistical significance in NLP"; the
+paired bootstrap of Koehn 2004 with the replicates centred): under the null, d*_b - d is distributed as d is, so
+
+    p = min(1, 2 (1 + #{b: sign(d) (d*_b - d) >= |d|}) / (1 + B)),
+
+twice the one-sided tail beyond the observed d, over the B replicates where the metric is defined; d = 0 gives
+p = 1. The +1 terms (Davison & Hinkley 1997, Bootstrap Methods, ch. 4) keep p a valid Monte Carlo p-value: never
+0, at least 2 / (1 + B). Interval: for every metric the basic one, [2d - q(1 - alpha/2), 2d - q(alpha/2)] of the
+d*_b, not clipped (a difference may be negative), because it is the interval this test inverts: p < alpha exactly
+when it excludes 0, up to the +1 terms and percentile interpolation, so a table's mark and its interval never
+disagree. Value: d, or 2d - q(1/2) for the metrics in `debiased` (two systems' ECE biases need not cancel).
 """
 
 import warnings
@@ -68,24 +84,13 @@ def bootstrap(metrics_fn: MetricsFn, offsets, n_boot=1000, alpha=0.05, seed=0, p
     resamples, such as ECE) get the bias-corrected value and basic interval, the others the percentile interval
     (module docstring). Replicates where a metric is undefined (NaN) are left out of its percentiles; a metric
     undefined on every replicate gets NaN bounds.
+
+    Raises:
+        UserError: n_boot < 1, or alpha outside (0, 1).
     """
-    if n_boot < 1:
-        raise UserError(f"n_boot must be at least 1, got {n_boot}")
-    if not 0 < alpha < 1:
-        raise UserError(f"alpha must lie in (0, 1), got {alpha}")
-    offsets = np.asarray(offsets, dtype=np.int64)
-    n_sentences = len(offsets) - 1
-    values = metrics_fn(np.arange(offsets[-1]), np.arange(n_sentences))
-
-    draws = np.random.default_rng(seed).integers(0, n_sentences, size=(n_boot, n_sentences))
-    replicates = np.empty((n_boot, len(values)))
-    for b in tqdm(range(n_boot), desc="bootstrap", unit="resample", disable=not progress or None, leave=False):
-        metrics = metrics_fn(sentence_positions(offsets, draws[b]), draws[b])
-        replicates[b] = [metrics[name] for name in values]
-
-    with warnings.catch_warnings():  # a metric undefined on every replicate: NaN bounds, without a warning
-        warnings.simplefilter("ignore", RuntimeWarning)
-        lows, medians, highs = np.nanpercentile(replicates, [100 * alpha / 2, 50, 100 * (1 - alpha / 2)], axis=0)
+    _check_alpha(alpha)
+    values, replicates = resample(metrics_fn, offsets, n_boot, seed, progress)
+    lows, medians, highs = _percentiles(replicates, alpha)
     intervals = {}
     for name, low, median, high in zip(values, lows, medians, highs):
         t = float(values[name])
@@ -95,6 +100,94 @@ def bootstrap(metrics_fn: MetricsFn, offsets, n_boot=1000, alpha=0.05, seed=0, p
             value = t
         intervals[name] = Interval(float(value), float(low), float(high), t)
     return intervals
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A paired difference metric(A) - metric(B): `value` (bias-corrected for the `debiased` metrics, else equal to
+    `estimate`, the difference on the full data), its (1 - alpha) basic interval and the two-sided p-value of
+    "no difference" (module docstring)."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    estimate: float
+    p_value: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def paired_bootstrap(metrics_a: MetricsFn, metrics_b: MetricsFn, offsets_a, offsets_b=None, n_boot=1000, alpha=0.05,
+                     seed=0, progress=True, debiased=()) -> dict[str, Difference]:
+    """Paired sentence-bootstrap of metric(A) - metric(B) for each metric `metrics_a` returns.
+
+    metrics_a, metrics_b: the two systems' metrics functions (positions, sentences) -> {name: float}, over the same
+    S sentences; offsets_a int [S+1] the positions of A's sentences, offsets_b those of B's (default: the same;
+    they differ when the systems tokenise a sentence differently). Both draw on np.random.default_rng(seed) as
+    `bootstrap` does. A metric undefined on the data (NaN) gets NaN throughout; replicates where it is undefined
+    are left out.
+
+    Raises:
+        ValueError: offsets of different numbers of sentences; metrics_b lacking a metric metrics_a returns.
+        UserError: n_boot < 1, or alpha outside (0, 1).
+    """
+    _check_alpha(alpha)
+    offsets_b = np.asarray(offsets_a if offsets_b is None else offsets_b, dtype=np.int64)
+    if len(offsets_b) != len(offsets_a):
+        raise ValueError(f"the systems must cover the same sentences: {len(offsets_a) - 1} and {len(offsets_b) - 1}")
+
+    def difference(positions, sentences):
+        a, b = metrics_a(positions, sentences), metrics_b(sentence_positions(offsets_b, sentences), sentences)
+        missing = a.keys() - b.keys()
+        if missing:
+            raise ValueError(f"metrics_b does not return {sorted(missing)}")
+        return {name: a[name] - b[name] for name in a}
+
+    values, replicates = resample(difference, offsets_a, n_boot, seed, progress)
+    d = np.array(list(values.values()), dtype=np.float64)
+    lows, medians, highs = _percentiles(replicates, alpha)
+    value = np.where(np.isin(list(values), list(debiased)), 2 * d - medians, d)
+    defined = ~np.isnan(replicates)
+    with np.errstate(invalid="ignore"):  # NaN replicates compare False and are not counted
+        beyond = (np.sign(d) * (replicates - d) >= np.abs(d)).sum(axis=0)
+    p_value = np.minimum(1.0, 2 * (1 + beyond) / (1 + defined.sum(axis=0)))
+    p_value[np.isnan(d) | ~defined.any(axis=0)] = np.nan
+    return {name: Difference(float(v), float(2 * t - high), float(2 * t - low), float(t), float(p))
+            for name, v, t, low, high, p in zip(values, value, d, lows, highs, p_value)}
+
+
+def resample(metrics_fn: MetricsFn, offsets, n_boot, seed, progress=True) -> tuple[dict[str, float], np.ndarray]:
+    """The metrics on the data, and float64 [n_boot, M] their values on each replicate (columns in the dict's
+    order); replicate b is the sentences np.random.default_rng(seed).integers(0, S, size=(n_boot, S))[b].
+
+    Raises:
+        UserError: n_boot < 1.
+    """
+    if n_boot < 1:
+        raise UserError(f"n_boot must be at least 1, got {n_boot}")
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n_sentences = len(offsets) - 1
+    values = metrics_fn(np.arange(offsets[-1]), np.arange(n_sentences))
+
+    draws = np.random.default_rng(seed).integers(0, n_sentences, size=(n_boot, n_sentences))
+    replicates = np.empty((n_boot, len(values)))
+    for b in tqdm(range(n_boot), desc="bootstrap", unit="resample", disable=not progress or None, leave=False):
+        metrics = metrics_fn(sentence_positions(offsets, draws[b]), draws[b])
+        replicates[b] = [metrics[name] for name in values]
+    return values, replicates
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha must lie in (0, 1), got {alpha}")
+
+
+def _percentiles(replicates: np.ndarray, alpha: float) -> np.ndarray:
+    """[3, M]: each column's alpha/2, 1/2 and 1 - alpha/2 percentiles over its defined (non-NaN) replicates."""
+    with warnings.catch_warnings():  # a metric undefined on every replicate: NaN bounds, without a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanpercentile(replicates, [100 * alpha / 2, 50, 100 * (1 - alpha / 2)], axis=0)
 
 
 def sentence_positions(offsets: np.ndarray, sentences: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from .metrics import (
     topk_events,
 )
 from .plots import EventRanking, pr_curve_plot, precision_recall_curve, reliability_diagram
-from .task_metrics import bleu_from_stats, bleu_stats, span_counts, span_scores
+from .task_metrics import SPAN_MODES, bleu_from_stats, bleu_stats, label_span_counts, span_metrics
 
 ALPHA = 0.05
 ECE_BINS = 10  # ECE-1 / ECE-k: quantile bins
@@ -39,9 +39,12 @@ BALANCED_BINS = 20  # B-ECE: quantile bins per entity type (paper section 4.2)
 TOP_K = (1, 5)  # ECE-k of translation, as the paper's ECE-1 and ECE-5
 
 DESCRIPTIONS = {
-    "f1": "entity span F1 (seqeval strict IOB2, micro)",
-    "precision": "entity span precision",
-    "recall": "entity span recall",
+    "f1": "entity span F1 (seqeval strict IOB2, micro; an I-X opening a span is no span)",
+    "precision": "entity span precision (strict)",
+    "recall": "entity span recall (strict)",
+    "f1_conlleval": "entity span F1 (conlleval = seqeval default mode: an I-X opens a span), the paper's",
+    "precision_conlleval": "entity span precision (conlleval)",
+    "recall_conlleval": "entity span recall (conlleval)",
     "token_accuracy": "token accuracy of predicted labels",
     "bleu": "corpus BLEU (sacrebleu)",
     "ece_1": "ECE of top-1 predictions",
@@ -87,7 +90,8 @@ def tagging_metrics(preds: Predictions):
     """The metrics function of a tagging file (positions, sentences) -> {name: value}, and its settings."""
     probs, gold, pred = preds.probs, preds.gold, preds.predicted()
     top1_conf, top1_correct = top1_events(preds)
-    counts = span_counts(preds.sentence_labels(gold), preds.sentence_labels(pred))
+    strict, conlleval = (label_span_counts(gold, pred, preds.sentence_offsets, preds.label_names, mode)
+                         for mode in SPAN_MODES)
     type_conf, type_names = entity_type_confidences(probs, preds.label_names)
     gold_type = gold_entity_types(gold, preds.label_names, type_names)
     ranking = EventRanking(type_conf, gold_type)
@@ -95,7 +99,7 @@ def tagging_metrics(preds: Predictions):
     def metrics(pos, sent):
         conf, gold_t = type_conf[pos], gold_type[pos]
         bs_plus, bs_minus = stratified_brier(conf, gold_t)
-        out = span_scores(counts[sent]) | {
+        out = span_metrics(strict[sent], conlleval[sent]) | {
             "token_accuracy": float(np.mean(pred[pos] == gold[pos])),
             "ece_1": ece(top1_conf[pos], top1_correct[pos], n_bins=ECE_BINS),
             "conf_gap": confidence_gap(top1_conf[pos], top1_correct[pos]),
@@ -113,7 +117,7 @@ def tagging_metrics(preds: Predictions):
     settings = {
         "task": "tagging",
         "entity_types": type_names,
-        "span_f1": "seqeval, mode=strict, scheme=IOB2, micro average",
+        "span_f1": "f1: seqeval mode=strict, scheme=IOB2; f1_conlleval: seqeval default mode (conlleval); micro",
         "ece_bins": ECE_BINS,
         "balanced_bins": BALANCED_BINS,
         "pred": "stored pred" if preds.pred is not None else "argmax of probs",

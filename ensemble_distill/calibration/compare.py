@@ -1,0 +1,167 @@
+"""Two systems on the same sentences: metric(A) - metric(B), its paired sentence-bootstrap interval and p-value.
+
+    rows = compare("runs/student/test.npz", "runs/baseline/test.npz", ["f1_conlleval", "B-ECE"], n_boot=1000)
+    print(format_comparison(rows, "student", "baseline"))
+
+Each replicate draws sentences once and scores both systems on them, so the sentences' difficulty cancels out of
+the difference; the interval (basic bootstrap) and the two-sided p-value (shift-to-null, Berg-Kirkpatrick et al.
+2012) are defined in calibration/bootstrap.py. With the same seed, each system's replicates are those of its own
+`evaluate` report. Metrics are the report's (report.DESCRIPTIONS), named as there or as the tables spell them
+(F1, B-ECE, ECE-1, BS+, BS-, BLEU). Span F1 and BLEU come from per-sentence statistics alone, so comparing only
+them costs milliseconds; any other metric runs the report's metrics function of both systems on each replicate.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..predictions import Predictions, load_predictions, validate_predictions
+from .bootstrap import Difference, paired_bootstrap
+from .report import ALPHA, DEBIASED, DESCRIPTIONS, tagging_metrics, translation_metrics
+from .task_metrics import SPAN_METRICS, SPAN_MODES, bleu_from_stats, bleu_stats, label_span_counts, span_metrics
+
+
+def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=True) -> list[dict]:
+    """One table row per metric: A's and B's values on the data, and the paired difference A - B.
+
+    pred_a, pred_b: predictions files (paths) or Predictions of the same sentences; metrics: names (see
+    `metric_key`). Row keys: metric (the report's name), a, b (each system's metric on the data), difference
+    (bias-corrected for the ECE-type metrics, report.DEBIASED, else a - b), ci_low, ci_high (its 1 - alpha basic
+    interval), estimate (a - b), p_value (two-sided), significant (p_value < alpha; False when undefined).
+    Values are the report's raw ones: fractions, BLEU on 0-100. A metric undefined on the data is NaN.
+
+    Raises:
+        UserError: a file that is not a valid predictions file; the two not holding the same sentences; an unknown
+            metric or one the task does not report; no metric; n_boot < 1, alpha outside (0, 1).
+    """
+    (a, name_a), (b, name_b) = _load(pred_a, "A"), _load(pred_b, "B")
+    check_same_sentences(a, b, name_a, name_b)
+    names = list(dict.fromkeys(metric_key(name) for name in metrics))
+    if not names:
+        raise UserError("compare: name at least one metric")
+    fn_a, fn_b = metrics_function(a, names, name_a), metrics_function(b, names, name_b)
+    everything_a, everything_b = np.arange(a.n_positions), np.arange(b.n_positions)
+    sentences = np.arange(a.n_sentences)
+    values_a, values_b = fn_a(everything_a, sentences), fn_b(everything_b, sentences)
+    differences = paired_bootstrap(fn_a, fn_b, a.sentence_offsets, b.sentence_offsets, n_boot=n_boot, alpha=alpha,
+                                   seed=seed, progress=progress, debiased=DEBIASED)
+    return [{"metric": name, "a": values_a[name], "b": values_b[name]} | _row(differences[name], alpha)
+            for name in names]
+
+
+def metric_key(name: str) -> str:
+    """The report's name of a metric: `b_ece` as is, or as a table spells it: B-ECE -> b_ece, ECE-1 -> ece_1,
+    BS+ -> bs_plus, BS- -> bs_minus, F1 -> f1 (case-insensitive).
+
+    Raises:
+        UserError: not one of the report's metrics (the message lists them).
+    """
+    key = name.strip().lower()
+    key = key[:-1] + "_plus" if key.endswith("+") else key[:-1] + "_minus" if key.endswith("-") else key
+    key = key.replace("-", "_")
+    if key not in DESCRIPTIONS:
+        raise UserError(f"unknown metric {name!r}; the report's metrics: {', '.join(DESCRIPTIONS)}")
+    return key
+
+
+def check_same_sentences(a: Predictions, b: Predictions, name_a="A", name_b="B") -> None:
+    """Refuse two predictions that do not score the same sentences: same task and number of sentences; tagging:
+    the same words and gold labels (by name: the label order may differ); translation: the same references (the
+    target tokenisations may differ, each system's positions are its own).
+
+    Raises:
+        UserError: one line naming both and the first difference.
+    """
+
+    def fail(problem):
+        raise UserError(f"{name_a} and {name_b} do not hold the same sentences: {problem}")
+
+    if a.task != b.task:
+        fail(f"{name_a} holds {a.task} predictions, {name_b} {b.task} ones")
+    if a.n_sentences != b.n_sentences:
+        fail(f"{a.n_sentences} sentences in {name_a}, {b.n_sentences} in {name_b}")
+    if a.task == "translation":
+        differ = a.references != b.references
+        if differ.any():
+            s = int(np.argmax(differ))
+            fail(f"sentence {s}'s reference is {_short(a.references[s])} in {name_a}, {_short(b.references[s])} "
+                 f"in {name_b}")
+        return
+    lengths_a, lengths_b = np.diff(a.sentence_offsets), np.diff(b.sentence_offsets)
+    if (lengths_a != lengths_b).any():
+        s = int(np.argmax(lengths_a != lengths_b))
+        fail(f"sentence {s} has {lengths_a[s]} words in {name_a}, {lengths_b[s]} in {name_b}")
+    gold_a, gold_b = a.label_names[a.gold], b.label_names[b.gold]
+    if (gold_a != gold_b).any():
+        pos = int(np.argmax(gold_a != gold_b))
+        s = int(np.searchsorted(a.sentence_offsets, pos, side="right") - 1)
+        fail(f"word {pos - a.sentence_offsets[s]} of sentence {s} has gold {gold_a[pos]} in {name_a}, "
+             f"{gold_b[pos]} in {name_b}")
+
+
+def metrics_function(preds: Predictions, names: list[str], where="predictions"):
+    """(positions, sentences) -> {name: value} of `names` (report keys) for `preds`: from per-sentence statistics
+    alone when every name is a span metric (tagging) or BLEU (translation), else by the report's metrics function.
+
+    Raises:
+        UserError: a name the report does not give for this file (a translation metric of a tagging file, ECE-5 of
+            a file that stores fewer than 5 entries a position); `where` names the file.
+    """
+    if preds.task == "tagging" and set(names) <= set(SPAN_METRICS):
+        strict, conlleval = (label_span_counts(preds.gold, preds.predicted(), preds.sentence_offsets,
+                                               preds.label_names, mode) for mode in SPAN_MODES)
+        return lambda pos, sent: span_metrics(strict[sent], conlleval[sent])
+    if preds.task == "translation" and set(names) == {"bleu"}:
+        stats, _ = bleu_stats(preds.hypotheses, preds.references)
+        return lambda pos, sent: {"bleu": bleu_from_stats(stats[sent])}
+    report_fn, _ = tagging_metrics(preds) if preds.task == "tagging" else translation_metrics(preds)
+    reported = report_fn(np.arange(preds.n_positions), np.arange(preds.n_sentences))
+    missing = [name for name in names if name not in reported]
+    if missing:
+        raise UserError(f"{where}: the report of these {preds.task} predictions has no {', '.join(missing)} "
+                        f"(it has {', '.join(reported)})")
+
+    def selected(pos, sent):
+        metrics = report_fn(pos, sent)
+        return {name: metrics[name] for name in names}
+
+    return selected
+
+
+def format_comparison(rows: list[dict], name_a="A", name_b="B", alpha=ALPHA) -> str:
+    """A plain-text table of `compare`'s rows: metric, A, B, A - B, its interval, p-value (* below alpha)."""
+    level = f"{100 * (1 - alpha):g}% CI"
+    table = [("metric", name_a, name_b, f"{name_a} - {name_b}", level, "p")]
+    for row in rows:
+        corrected = "*" if row["metric"] in DEBIASED else ""
+        table.append((row["metric"], f"{row['a']:.4f}", f"{row['b']:.4f}", f"{row['difference']:+.4f}{corrected}",
+                      f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]",
+                      f"{row['p_value']:.3f}" + (" (significant)" if row["significant"] else "")))
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"Paired sentence bootstrap: basic interval; p two-sided (shift-to-null), significant when "
+                 f"< {alpha:g}. Fractions raw (BLEU 0-100).")
+    if any(row["metric"] in DEBIASED for row in rows):
+        lines.append("* ECE-type: 2 * (a - b) - median of the replicates' differences (bias-corrected).")
+    return "\n".join(lines)
+
+
+def _row(d: Difference, alpha: float) -> dict:
+    return {"difference": d.value, "ci_low": d.ci_low, "ci_high": d.ci_high, "estimate": d.estimate,
+            "p_value": d.p_value, "significant": bool(d.p_value < alpha)}
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = str(text)
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
+def _load(source, default_name) -> tuple[Predictions, str]:
+    """Predictions and the name errors give them: a file's path, or A / B with the Predictions' meta["model"]."""
+    if isinstance(source, Predictions):
+        name = f"{default_name} ({source.meta['model']})" if "model" in source.meta else default_name
+        validate_predictions(source, name)
+        return source, name
+    return load_predictions(source), str(Path(source))
