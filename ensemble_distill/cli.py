@@ -398,9 +398,9 @@ def add_aliases(sub) -> None:
 
 def run_train_ensemble(args) -> int:
     from .config import TaggingConfig, load_config
-    from .ensemble import train_ensemble
     from .experiments import evaluate_run, format_rows
     from .io_utils import run_lock
+    from .tasks.ner import train_ensemble
 
     cfg = load_config(args.config, TaggingConfig, args.overrides)
     with run_lock(args.out):  # the evaluation writes into the run folder too

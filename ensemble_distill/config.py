@@ -131,6 +131,7 @@ class Training:
     max_epochs: int = setting(10, at_least=1)
     patience: int = setting(2, at_least=1)  # epochs without a better held-out score before stopping
     seed: int = setting(0, at_least=0)
+    device: str = setting("cpu", choices=("cpu", "cuda"))  # where the tuned layers train and predict
 
 
 @dataclass

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .config import Distillation, DistillConfig, StudentTraining, TaggingConfig, load_config
 from .distill.ner import distill, memoize
-from .ensemble import train_ensemble
 from .experiments import evaluate_run, format_rows
+from .tasks.ner import train_ensemble
 
 
 def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "crf"), n_boot: int = 200,

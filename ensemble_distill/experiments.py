@@ -14,22 +14,24 @@ import numpy as np
 
 from .calibration.report import evaluate
 from .config import TaggingConfig
-from .ensemble import (
-    EnsembleRun,
-    ensemble_member_ids,
-    load_member,
-    member_seed,
-    model_dir,
-    nested_subsets,
-    read_run_config,
-)
+from .ensemble import ensemble_member_ids, nested_subsets
 from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text
 from .models.tagger import Tagger
 from .predictions import save_predictions
-from .runs import load_weights, read_model_spec
+from .runs import load_weights, model_dir, read_model_spec
 from .tables import cell, mean_and_se
-from .tasks.ner import TaggingSplit, load_tagging_data, predict_distributions, to_predictions, write_tagged
+from .tasks.ner import (
+    EnsembleRun,
+    TaggingSplit,
+    load_member,
+    load_tagging_data,
+    member_seed,
+    predict_distributions,
+    read_run_config,
+    to_predictions,
+    write_tagged,
+)
 
 TABLE_METRICS = ("f1", "bs_plus", "bs_minus", "b_bs", "b_ece")
 HEADERS = {"f1": "F1", "bs_plus": "BS+", "bs_minus": "BS-", "b_bs": "B-BS", "b_ece": "B-ECE"}
@@ -73,7 +75,8 @@ def evaluate_run(run: EnsembleRun, split: str = "test", n_boot: int = 1000, prog
 
 
 def _distributions(run, count, data_split, progress, individual=False):
-    models = [load_member(run, model_dir(run.run_dir, i, individual), member_seed(run.cfg, i, individual))
+    models = [load_member(run, model_dir(run.run_dir, "individual" if individual else "member", i),
+                          member_seed(run.cfg, i, individual))
               for i in range(count)]
     return [predict_distributions([m], data_split, pad_id=run.data.pad_id, progress=progress) for m in models]
 

@@ -33,7 +33,7 @@ def run_task(run_dir) -> str:
 def train(cfg, run_dir, progress: bool = True) -> str:
     """Train (or resume) every member (and NER individual) of the run; returns a one-line summary."""
     if cfg.task == "ner":
-        from .ensemble import train_ensemble
+        from .tasks.ner import train_ensemble
 
         train_ensemble(cfg, run_dir, progress)
     else:
@@ -47,9 +47,9 @@ def evaluate_run(run_dir, split: str = "test", n_boot: int = 1000, device: str |
                  overrides=(), progress: bool = True) -> str:
     """Evaluate every system of the run on `split` (RUN/eval/<split>/); returns the Markdown table."""
     if run_task(run_dir) == "ner":
-        from .ensemble import read_run_config
         from .experiments import evaluate_run as evaluate_ner
         from .experiments import format_rows, open_run
+        from .tasks.ner import read_run_config
 
         _no_overrides(overrides, "evaluating an NER run")
         with run_lock(run_dir):
@@ -88,7 +88,8 @@ def memoize(run_dir, members: int | None = None, device: str | None = None, temp
 
 def ner_store_dir(run_dir, members: int | None, temperature_scaled: bool) -> Path:
     """RUN/teachers/ensemble-<k>[-ts]: where `memoize` puts an NER run's store by default."""
-    from .ensemble import ensemble_member_ids, read_run_config
+    from .ensemble import ensemble_member_ids
+    from .tasks.ner import read_run_config
 
     k = len(ensemble_member_ids(read_run_config(run_dir), members))
     return Path(run_dir) / "teachers" / f"ensemble-{k}{'-ts' if temperature_scaled else ''}"

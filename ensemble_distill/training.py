@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import Training
+from .errors import UserError
 from .io_utils import atomic_torch_save, atomic_write_text, strict_json
 
 
@@ -106,7 +107,7 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
         if after_epoch is not None:
             after_epoch(epoch)
 
-    model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True))
+    model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True, map_location="cpu"))
     model.eval()
     return TrainResult(state["best_score"], state["best_epoch"], state["epoch"], state["history"])
 
@@ -118,10 +119,19 @@ def _save(path: Path, model, optimizer, state: dict, scheduler=None) -> None:
 
 
 def _restore(path: Path, model, optimizer, scheduler=None) -> dict:
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=False, map_location="cpu")  # load_state_dict moves to the model's device
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
     return saved["state"]
+
+
+def average_snapshots(run_dir: Path, last_round: int, n: int) -> dict:
+    """The mean of the weights after rounds last_round - n + 1 .. last_round (those that exist)."""
+    paths = [run_dir / f"epoch-{r}.pt" for r in range(max(1, last_round - n + 1), last_round + 1)]
+    states = [torch.load(p, weights_only=True, map_location="cpu") for p in paths if p.is_file()]
+    if not states:
+        raise UserError(f"{run_dir}: no weight snapshots of rounds {last_round - n + 1}..{last_round} to average")
+    return {key: sum(s[key] for s in states) / len(states) for key in states[0]}

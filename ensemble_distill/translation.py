@@ -33,7 +33,6 @@ Run directory:
 """
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,90 +43,33 @@ from tqdm.auto import tqdm
 
 from .calibration.report import evaluate
 from .calibration.temperature import at_bound, fit_temperature, temperature_label
-from .config import Training, TranslationConfig, load_config, validate
+from .config import TranslationConfig, load_config
+from .ensemble import nested_subsets
+from .ensemble import train_members as train_members_of
 from .errors import UserError
-from .io_utils import atomic_torch_save, atomic_write_json, atomic_write_text, require_same_config, run_lock
+from .io_utils import atomic_write_json, atomic_write_text
 from .models.translation import (
     TranslationModel,
-    collate,
-    inverse_sqrt_schedule,
 )
 from .predictions import save_predictions
-from .runs import finished, record_run, save_model, write_result
+from .runs import finished
 from .tables import cell, mean_and_se
 from .tasks.nmt import (
     ParallelSplit,
     System,
     TranslationData,
-    copy_vocab,
     load_translation_data,
     mean_of_members,
-    member_seed,
-    model_spec,
     new_model,
-    nll_loss,
-    round_batches,
     teacher_forced,
     teacher_forced_compact,
     to_predictions,
     translate,
-    validation_nll,
 )
-from .training import train
 
 SPLITS = ("train", "dev", "test")
 TABLE_METRICS = ("bleu", "ece_1", "ece_5", "bs_plus", "conf_gap")
 HEADERS = {"bleu": "BLEU", "ece_1": "ECE-1", "ece_5": "ECE-5", "bs_plus": "BS+", "conf_gap": "conf − acc"}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training
-
-
-def train_model(model: TranslationModel, data: TranslationData, cfg: TranslationConfig, run_dir, loss_fn,
-                seed: int, progress: bool = True, after_round=None, role: str = "member",
-                spec_extra: dict | None = None) -> dict:
-    """Train `model` on the training split with `loss_fn(model, (indices, batch))` (resuming in run_dir), early-
-    stopping on validation NLL; leave the averaged weights in the model, in run_dir/model.pt and as a model folder
-    (runs.py: model.json with `spec_extra`, model.safetensors, vocab.model). Returns what result.json records."""
-    run_dir, t = Path(run_dir), cfg.train
-    train_split, dev = data.splits["train"], data.splits["dev"]
-    lengths = train_split.lengths()
-
-    def batches(round_index):
-        for indices in round_batches(lengths, t.batch_tokens, t.updates_per_round, seed, round_index):
-            yield indices, collate([train_split.pairs[i] for i in indices])
-
-    def score(m):
-        return -validation_nll([m], dev, cfg.decode.batch_sentences)
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.98), eps=1e-9)
-    scheduler = inverse_sqrt_schedule(optimizer, t.warmup_steps)
-    loop = Training(max_epochs=t.max_rounds, patience=t.patience, seed=seed)
-    started = time.time()
-    result = train(model, batches, loss_fn, score, loop, run_dir, progress, after_round, optimizer, scheduler,
-                   snapshots=t.average_last + t.patience)
-    averaged = average_snapshots(run_dir, result.best_epoch, t.average_last)
-    model.load_state_dict(averaged)
-    atomic_torch_save(averaged, run_dir / "model.pt")
-    save_model(run_dir, model, model_spec(cfg, len(data.vocab), role, seed, **(spec_extra or {})))
-    copy_vocab(data.vocab, run_dir)
-    tokens, seconds = sum(r["tokens"] for r in result.history), sum(r["seconds"] for r in result.history)
-    return write_result(run_dir, task="nmt", role=role, seed=seed, best_epoch=result.best_epoch,
-                        epochs=result.epochs_run, best_score=result.best_score, score="neg_dev_nll",
-                        averaged_rounds=t.average_last,
-                        averaged_dev_nll=validation_nll([model], dev, cfg.decode.batch_sentences),
-                        train_tokens=tokens, tokens_per_second=tokens / max(seconds, 1e-9),
-                        seconds_this_call=round(time.time() - started, 1))
-
-
-def average_snapshots(run_dir: Path, last_round: int, n: int) -> dict:
-    """The mean of the weights after rounds last_round - n + 1 .. last_round (those that exist)."""
-    paths = [run_dir / f"epoch-{r}.pt" for r in range(max(1, last_round - n + 1), last_round + 1)]
-    states = [torch.load(p, weights_only=True, map_location="cpu") for p in paths if p.is_file()]
-    if not states:
-        raise UserError(f"{run_dir}: no weight snapshots of rounds {last_round - n + 1}..{last_round} to average")
-    return {key: sum(s[key] for s in states) / len(states) for key in states[0]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,33 +104,8 @@ class TranslationRun:
 
 def train_members(cfg: TranslationConfig, run_dir, progress: bool = True,
                   data: TranslationData | None = None) -> TranslationRun:
-    """Train (or resume) every member of the configured ensemble in run_dir."""
-    run_dir = Path(run_dir)
-    validate(cfg)
-    with run_lock(run_dir):
-        require_same_config(run_dir, cfg)
-        # Nothing that binds the folder to this config is written before the inputs are read: a first run that
-        # fails on bad data leaves a folder that takes the corrected config.
-        if data is None:
-            if not (run_dir / "config.toml").is_file():  # a vocabulary left by a first run that failed before
-                (run_dir / "vocab.model").unlink(missing_ok=True)  # recording its config
-            data = load_translation_data(cfg, run_dir, progress=progress)
-        record_run(run_dir, cfg, run_facts(cfg, data))
-        run = TranslationRun(run_dir, cfg, data)
-        for i in range(cfg.ensemble.members):
-            if not finished(run.member_dir(i)):
-                seed = member_seed(cfg, i)
-                model = new_model(cfg, len(data.vocab), seed)
-                train_model(model, data, cfg, run.member_dir(i), nll_loss(cfg.train.label_smoothing), seed, progress)
-    return run
-
-
-def run_facts(cfg: TranslationConfig, data: TranslationData) -> dict:
-    """What run.json records of a translation run beside the versions (runs.record_run)."""
-    return {"task": "nmt", "vocab_size": len(data.vocab),
-            "member_seeds": [member_seed(cfg, i) for i in range(cfg.ensemble.members)],
-            "train_filter": str(data.filter_counts) if data.filter_counts else None,
-            "pairs": {name: len(split.pairs) for name, split in data.splits.items()}}
+    """Train (or resume) every member of the configured ensemble in run_dir (ensemble.train_members)."""
+    return TranslationRun(Path(run_dir), cfg, train_members_of(cfg, run_dir, progress, data))
 
 
 RUN_OVERRIDABLE = ("decode.", "distill.", "train.device")  # --set on a trained run: what its members don't fix
@@ -222,7 +139,8 @@ def run_systems(run: TranslationRun) -> tuple[list[Path], list[System]]:
     cfg = run.cfg
     folders = [run.member_dir(i) for i in range(cfg.ensemble.members)]
     systems = [System(f"member-{i}", [i]) for i in range(cfg.ensemble.members)]
-    systems += [System(f"ensemble-{k}", list(range(k))) for k in sorted(set(cfg.ensemble.subset_sizes))]
+    subsets = nested_subsets(cfg.ensemble.members, cfg.ensemble.subset_sizes, None)  # the first k members
+    systems += [System(f"ensemble-{k}", ids) for k, ids in subsets.items()]
     for student in sorted((run.run_dir / "students").glob("*/result.json")):
         systems.append(System(student.parent.name, [len(folders)]))
         folders.append(student.parent)

@@ -33,9 +33,10 @@ from .distill.losses import distillation_loss
 from .errors import UserError
 from .io_utils import atomic_write_json, checkpoint_name, run_lock
 from .models.translation import collate
-from .tasks.nmt import TASK, member_seed, new_model, to_device
+from .runs import finished
+from .tasks.nmt import TASK, member_seed, new_model, to_device, train_model
 from .teacher_store import TeacherStore, write_store
-from .translation import TranslationRun, evaluate_translation_run, finished, open_run, train_model
+from .translation import TranslationRun, evaluate_translation_run, open_run
 
 STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
 

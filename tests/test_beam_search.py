@@ -338,7 +338,7 @@ def test_evaluation_splits_are_cut_to_the_models_positions(tmp_path):
     # A test sentence of 600 words (subwords) under a 512-position model: once the whole evaluation aborted in the
     # teacher-forced pass or the search. Now the split is cut to fit, once, with a warning that counts the pairs.
     from ensemble_distill.config import TranslationConfig
-    from ensemble_distill.translation import load_translation_data, new_model, teacher_forced
+    from ensemble_distill.tasks.nmt import load_translation_data, new_model, teacher_forced
 
     rng = torch.Generator().manual_seed(0)
     words = "ant bee cat dog eel fox gnu hen".split()

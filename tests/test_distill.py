@@ -16,10 +16,17 @@ from ensemble_distill.config import DistillConfig, TaggingConfig, to_toml
 from ensemble_distill.distill import ner as distill_module
 from ensemble_distill.distill.losses import distillation_loss
 from ensemble_distill.distill.ner import dataset_fingerprint, memoize, store_temperature
-from ensemble_distill.ensemble import load_member, member_seed, train_ensemble
 from ensemble_distill.errors import UserError
 from ensemble_distill.experiments import open_run
-from ensemble_distill.tasks.ner import _batch, new_tagger, predict_distributions, tagger_loss
+from ensemble_distill.tasks.ner import (
+    _batch,
+    load_member,
+    member_seed,
+    new_tagger,
+    predict_distributions,
+    tagger_loss,
+    train_ensemble,
+)
 from ensemble_distill.teacher_store import TeacherStore, write_store
 
 from conftest import CONLL_SENTENCES, write_conll
@@ -220,7 +227,7 @@ def student_call(run, tmp_path_factory):
 
 def test_student_trains_on_nine_tenths_and_early_stops_on_the_tenth_no_member_saw(run, student_call, tmp_path,
                                                                                 monkeypatch):
-    from ensemble_distill import ensemble as ensemble_module
+    from ensemble_distill.tasks import ner as ner_module
     from ensemble_distill.training import TrainResult
 
     split = run.data.splits["train"]
@@ -232,7 +239,7 @@ def test_student_trains_on_nine_tenths_and_early_stops_on_the_tenth_no_member_sa
         members_saw.append((held_out[0], set(sentence_of[train_windows]), set(sentence_of[held_out[1]])))
         return TrainResult(0.0, 0, 0, [])
 
-    monkeypatch.setattr(ensemble_module, "train_tagger", member_training)
+    monkeypatch.setattr(ner_module, "train_tagger", member_training)
     cfg = copy.deepcopy(run.cfg)
     cfg.ensemble.members, cfg.ensemble.subset_sizes = 9, [3, 6, 9]  # every member the split allows
     train_ensemble(cfg, tmp_path / "nine", progress=False, data=run.data)

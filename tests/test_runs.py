@@ -21,12 +21,11 @@ from ensemble_distill import training as training_module
 from ensemble_distill.cli import main
 from ensemble_distill.config import DistillConfig, TaggingConfig, TranslationConfig, to_toml
 from ensemble_distill.distill.ner import memoize
-from ensemble_distill.ensemble import EnsembleRun, load_member, train_ensemble
 from ensemble_distill.errors import UserError
 from ensemble_distill.io_utils import LOCK, atomic_torch_save, run_lock
-from ensemble_distill.tasks.ner import new_tagger, train_tagger
-from ensemble_distill.tasks.nmt import new_model, nll_loss
-from ensemble_distill.translation import open_run, train_members, train_model
+from ensemble_distill.tasks.ner import EnsembleRun, load_member, new_tagger, train_ensemble, train_tagger
+from ensemble_distill.tasks.nmt import new_model, nll_loss, train_model
+from ensemble_distill.translation import open_run, train_members
 from ensemble_distill.translation_distill import memoize_translation_teacher
 
 from conftest import CONLL_SENTENCES, write_conll

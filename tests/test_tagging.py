@@ -6,23 +6,18 @@ import torch
 
 from ensemble_distill.config import TaggingConfig
 from ensemble_distill.encoders import compute_frozen_states, load_pretrained, split_encoder
-from ensemble_distill.ensemble import (
-    distillation_sentences,
-    load_member,
-    member_sentences,
-    nested_subsets,
-    tenths,
-    train_ensemble,
-)
+from ensemble_distill.ensemble import distillation_sentences, member_sentences, nested_subsets, tenths
 from ensemble_distill.errors import UserError
 from ensemble_distill.tasks.ner import (
     _batch,
     held_out_f1,
+    load_member,
     load_tagging_data,
     new_tagger,
     predict_distributions,
     tagger_loss,
     to_predictions,
+    train_ensemble,
     train_tagger,
 )
 
@@ -183,3 +178,14 @@ def test_train_ensemble_writes_members_and_resumes(tiny_encoder, conll_files, tm
     assert (tmp_path / "ens/members/member-0/best.pt").stat().st_mtime_ns == mtime
     member = load_member(run, tmp_path / "ens/members/member-1")
     assert len(predict_distributions([member], run.data.splits["test"])) == 4
+
+
+def test_a_tagger_on_cuda_without_a_gpu_is_refused_in_one_line(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = SimpleNamespace(top=torch.nn.Linear(2, 2), labels=["O"])
+    cfg = TaggingConfig()
+    cfg.train.device = "cuda"
+    with pytest.raises(UserError, match="train.device is 'cuda' but torch sees no CUDA GPU"):
+        new_tagger(data, cfg, seed=0)

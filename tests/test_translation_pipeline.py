@@ -24,11 +24,12 @@ from ensemble_distill.tasks.nmt import (
     round_batches,
     teacher_forced,
     token_batches,
+    train_model,
     translate,
     validation_nll,
 )
 from ensemble_distill.teacher_store import to_dense
-from ensemble_distill.translation import evaluate_translation_run, train_members, train_model
+from ensemble_distill.translation import evaluate_translation_run, train_members
 from ensemble_distill.translation_distill import distill_translation, memoize_translation_teacher
 
 WORDS = "ant bee cat dog eel fox gnu hen".split()

@@ -27,26 +27,22 @@ import torch
 from .. import __version__
 from ..calibration.temperature import apply_temperature, at_bound, fit_temperature
 from ..config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml, validate
-from ..ensemble import (
-    EnsembleRun,
-    distillation_sentences,
-    ensemble_member_ids,
-    load_member,
-    member_seed,
-    model_dir,
-    read_run_config,
-)
+from ..ensemble import distillation_sentences, ensemble_member_ids
 from ..errors import UserError
 from ..experiments import TABLE_METRICS, evaluate_distributions, format_rows
 from ..io_utils import atomic_write_json, atomic_write_text, checkpoint_name, require_same_config, run_lock
-from ..runs import save_model, write_result
+from ..runs import model_dir, save_model, write_result
 from ..tasks.ner import (
+    EnsembleRun,
     TaggingData,
     dataset_fingerprint,
+    load_member,
     load_tagging_data,
+    member_seed,
     model_spec,
     new_tagger,
     predict_distributions,
+    read_run_config,
     train_tagger,
 )
 from ..teacher_store import TeacherStore, require_teachers, write_store
@@ -94,7 +90,7 @@ def _memoize(run: EnsembleRun, store_dir, ids: list[int], temperature_scaled: bo
 
 def member_checkpoints(run_dir: Path, ids: list[int]) -> list[str]:
     """The store's names of the given members' weights."""
-    return [checkpoint_name(run_dir, model_dir(run_dir, i) / "best.pt") for i in ids]
+    return [checkpoint_name(run_dir, model_dir(run_dir, "member", i) / "best.pt") for i in ids]
 
 
 def ensemble_temperature(models, data: TaggingData) -> float:
@@ -205,6 +201,7 @@ def train_student(model, data: TaggingData, store: TeacherStore, train_windows, 
         ids, probs, remainder = window_targets(store, sentence_of[batch["windows"]],
                                                first_word_of[batch["windows"]], mask.shape[1])
         logits = m.emissions(batch["states"], batch["attention_mask"], batch["word_starts"], mask)
+        ids, probs, remainder = ids.to(mask.device), probs.to(mask.device), remainder.to(mask.device)
         loss = distillation_loss(logits, batch["word_labels"], mask, ids, probs, remainder, beta=d.beta,
                                  mode=d.remainder, temperature=d.temperature, label_smoothing=d.label_smoothing)
         return loss, int(mask.sum())

@@ -1,5 +1,6 @@
-"""The Task protocol: what a task (NER, translation) gives the shared stages and the command line (pipeline.py,
-runs.py, tasks.load_model): data, seeds, models and their folders, distributions, fingerprints, prediction.
+"""The Task protocol: what a task (NER, translation) gives the shared stages and the command line
+(ensemble.train_members, pipeline.py, tasks.load_model): data, seeds, models and their folders, member plans and
+fitting one model, distributions, fingerprints, prediction.
 
 A task is a plain object in `tasks.TASKS`, chosen by the config's `task = "ner" | "nmt"`. A third task with the
 same shape of data (another tagging corpus and label set, e.g. WNUT-17; another language pair) is a config, not
@@ -43,6 +44,27 @@ class Task(Protocol):
 
     def dataset_fingerprint(self, data) -> str:
         """The training split's fingerprint, which a teacher store is keyed to (teacher_store.fingerprint_dataset)."""
+
+    # Training a run's members: ensemble.train_members calls these in this order.
+    must_match: tuple[str, ...]  # run.json facts a resumed run must keep (NER: its label set)
+
+    def training_data(self, cfg, run_dir: Path, progress: bool = True) -> Any:
+        """The data the members train and early-stop on (`load_data` of every split the training needs)."""
+
+    def check_data(self, cfg, data) -> None:
+        """Raises UserError naming the file when the data cannot train this ensemble (NER: fewer sentences than
+        the ten tenths); called before anything binds the run folder to the config."""
+
+    def run_facts(self, cfg, data) -> dict:
+        """What run.json records beside the versions: seeds and facts of the data (label set, vocabulary size)."""
+
+    def member_plans(self, cfg, data) -> list:
+        """ensemble.MemberPlan of each model of the run, in training order (NER: members on nine tenths less their
+        own, then individuals on everything; translation: members on everything, by seed)."""
+
+    def fit(self, model, cfg, data, plan, folder: Path, progress: bool = True) -> dict:
+        """Train `model` as `plan` says into `folder` (resuming there: training.train), then write its model
+        folder (runs.save_model) and, last, result.json (runs.write_result); returns what result.json holds."""
 
     def predict(self, model, input_path: Path, out_dir: Path, **reader) -> list[Path]:
         """Run a loaded model (`load_model`) on a file: tags or translations, with gold (tags, references) when

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..calibration.task_metrics import span_counts, span_scores
-from ..config import TaggingConfig, Training
+from ..config import N_TENTHS, TaggingConfig, Training, load_config
 from ..data.conll import DOCSTART, TaggedCorpus, label_vocab, read_conll, tag_corpus
 from ..data.subwords import Window, bucketed_batches, collate, encode_sentences, load_tokenizer, merge_windows
 from ..data.text import read_text_lines
@@ -32,11 +32,12 @@ from ..encoders import (
     split_encoder,
     token_ids_fingerprint,
 )
+from ..ensemble import MemberPlan, member_sentences, train_members
 from ..errors import UserError, located
 from ..io_utils import atomic_write_text, cache_root, sha256_file, strict_json
 from ..models.tagger import Tagger
 from ..predictions import Predictions, save_predictions
-from ..runs import load_weights
+from ..runs import finished, load_weights, model_dir, save_model, write_result
 from ..teacher_store import fingerprint_dataset
 from ..training import TrainResult, train
 
@@ -117,15 +118,22 @@ def _sample(sentences: list, limit: int) -> list:
 
 
 def new_tagger(data: TaggingData, cfg: TaggingConfig, seed: int) -> Tagger:
+    """A fresh tagger on `train.device`: a copy of the pretrained top layers and a new head, initialised from
+    `seed` (the global torch RNG is seeded). Raises UserError for train.device = "cuda" without a GPU."""
+    device = cfg.train.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but torch sees no CUDA GPU here: set train.device = \"cpu\" "
+                        "(--set train.device=cpu)")
     torch.manual_seed(seed)
     return Tagger(copy.deepcopy(data.top), len(data.labels), cfg.model.head, cfg.model.lstm_hidden,
-                  cfg.model.dropout)
+                  cfg.model.dropout).to(device)
 
 
-def _batch(split: TaggingSplit, window_ids, pad_id: int) -> dict:
+def _batch(split: TaggingSplit, window_ids, pad_id: int, device="cpu") -> dict:
+    """Collated windows with their frozen states, on `device`: the frozen layers ran once, on the CPU."""
     batch = collate([split.windows[i] for i in window_ids], pad_id)
     batch["states"], batch["attention_mask"] = split.frozen.batch(window_ids)
-    return batch
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 def _emissions(model: Tagger, batch: dict) -> torch.Tensor:
@@ -146,13 +154,14 @@ def predict_distributions(models: list[Tagger], split: TaggingSplit, window_ids=
     window_ids = np.arange(len(split.windows)) if window_ids is None else np.asarray(window_ids)
     lengths = [len(split.windows[i].input_ids) for i in window_ids]
     outputs = [None] * len(window_ids)
+    device = next(models[0].parameters()).device
     for model in models:
         model.eval()
     with torch.no_grad():
         for chunk in tqdm(bucketed_batches(lengths, batch_size), desc="predict", unit="batch", disable=not progress,
                           leave=False):
-            batch = _batch(split, window_ids[chunk], pad_id)
-            mean = sum(m.distributions(_emissions(m, batch), batch["word_mask"]) for m in models) / len(models)
+            batch = _batch(split, window_ids[chunk], pad_id, device)
+            mean = (sum(m.distributions(_emissions(m, batch), batch["word_mask"]) for m in models) / len(models)).cpu()
             n_words = batch["word_mask"].sum(1).tolist()
             for row, position in enumerate(chunk):
                 outputs[position] = mean[row, : n_words[row]].numpy()
@@ -178,10 +187,11 @@ def train_tagger(model: Tagger, data: TaggingData, train_windows, held_out: tupl
     train_windows = np.asarray(train_windows)
     lengths = np.array([len(split.windows[i].input_ids) for i in train_windows])
     held_split, held_windows = data.splits[held_out[0]], held_out[1]
+    device = next(model.parameters()).device
 
     def batches(epoch):
         for chunk in bucketed_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
-            yield {**_batch(split, train_windows[chunk], data.pad_id), "windows": train_windows[chunk]}
+            yield {**_batch(split, train_windows[chunk], data.pad_id, device), "windows": train_windows[chunk]}
 
     def score(m):
         return held_out_f1([m], held_split, held_windows, data.pad_id, data.labels)
@@ -371,6 +381,45 @@ def member_seed(cfg: TaggingConfig, index: int, individual: bool = False) -> int
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# An NER run: its members, trained by ensemble.train_members
+
+
+@dataclass
+class EnsembleRun:
+    """A trained NER run: its folder (runs.py), resolved config and loaded data."""
+    run_dir: Path
+    cfg: TaggingConfig
+    data: TaggingData
+
+    def member_dir(self, i: int) -> Path:
+        return model_dir(self.run_dir, "member", i)
+
+
+def train_ensemble(cfg: TaggingConfig, run_dir, progress: bool = True, data: TaggingData | None = None) -> EnsembleRun:
+    """Train (or resume) every member and optional individual model of the configured ensemble
+    (ensemble.train_members)."""
+    return EnsembleRun(Path(run_dir), cfg, train_members(cfg, run_dir, progress, data))
+
+
+def load_member(run: EnsembleRun, folder: Path, seed: int = 0) -> Tagger:
+    """A finished member's (or individual's) best weights on train.device; an unfinished one (no result.json) is
+    refused with a UserError."""
+    best = folder / "best.pt"
+    if not finished(folder) or not best.is_file():
+        raise UserError(f"{folder}: not a finished model (no result.json); run `train` to train or finish it")
+    model = new_tagger(run.data, run.cfg, seed)
+    model.load_state_dict(torch.load(best, weights_only=True, map_location=run.cfg.train.device))
+    return model.eval()
+
+
+def read_run_config(run_dir) -> TaggingConfig:
+    """RUN/config.toml of an NER run. Raises UserError when the folder holds none."""
+    if not (Path(run_dir) / "config.toml").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no config.toml)")
+    return load_config(Path(run_dir) / "config.toml", TaggingConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The task (tasks/base.py)
 
 
@@ -403,6 +452,50 @@ class NerTask:
 
     def predict(self, model, input_path, out_dir, **reader) -> list[Path]:
         return predict(model, input_path, out_dir, **reader)
+
+    # Training a run's members (ensemble.train_members)
+    must_match = ("labels",)  # a run's members' output layers fit its label set
+
+    def training_data(self, cfg, run_dir, progress=True) -> TaggingData:
+        return load_tagging_data(cfg, progress=progress)
+
+    def check_data(self, cfg, data) -> None:
+        n = len(data.splits["train"].corpus.sentences)
+        if n < N_TENTHS:
+            raise UserError(f"{cfg.data.train}: {n} training sentences; an ensemble needs at least {N_TENTHS} "
+                            "(each member early-stops on its own tenth of them)")
+
+    def run_facts(self, cfg, data) -> dict:
+        return {"task": "ner", "labels": data.labels, "split_seed": cfg.ensemble.split_seed,
+                "member_seeds": [member_seed(cfg, i) for i in range(cfg.ensemble.members)],
+                "individual_seeds": [member_seed(cfg, i, True) for i in range(cfg.ensemble.individuals)]}
+
+    def member_plans(self, cfg, data) -> list[MemberPlan]:
+        """Members: all tenths but their own and the last, early-stopping on their own; individuals: everything,
+        early-stopping on dev."""
+        n, e = len(data.splits["train"].corpus.sentences), cfg.ensemble
+        plans = [MemberPlan("member", i, member_seed(cfg, i), *_member_split(n, i, e.split_seed))
+                 for i in range(e.members)]
+        return plans + [MemberPlan("individual", i, member_seed(cfg, i, True), None, ("dev", None))
+                        for i in range(e.individuals)]
+
+    def fit(self, model, cfg, data, plan: MemberPlan, folder, progress=True) -> dict:
+        """Train one planned model (training.train via train_tagger), then its model folder and result.json."""
+        train_split = data.splits["train"]
+        windows = np.arange(len(train_split.windows)) if plan.train is None else train_split.windows_of(plan.train)
+        held_split, held_ids = plan.held_out
+        held = data.splits[held_split]
+        held_windows = np.arange(len(held.windows)) if held_ids is None else held.windows_of(held_ids)
+        train_cfg = type(cfg.train)(**{**cfg.train.__dict__, "seed": plan.seed})
+        result = train_tagger(model, data, windows, (held_split, held_windows), train_cfg, folder, progress)
+        save_model(folder, model, model_spec(cfg, data, plan.role, plan.seed))
+        return write_result(folder, task="ner", role=plan.role, seed=plan.seed, best_epoch=result.best_epoch,
+                            epochs=result.epochs_run, best_score=result.best_score, score="span_f1")
+
+
+def _member_split(n_sentences: int, member: int, split_seed: int):
+    train, held = member_sentences(n_sentences, member, split_seed)
+    return train, ("train", held)
 
 
 TASK = NerTask()

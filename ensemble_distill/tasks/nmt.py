@@ -13,6 +13,7 @@ order; a "round" of `updates_per_round` updates is the training loop's epoch.
 
 import math
 import shutil
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..config import TranslationConfig
+from ..config import Training, TranslationConfig
 from ..data.parallel import FilterCounts, filter_by_length, read_parallel
 from ..data.text import read_text_lines
 from ..data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
+from ..ensemble import MemberPlan
 from ..errors import UserError
-from ..io_utils import atomic_path, atomic_write_text
+from ..io_utils import atomic_path, atomic_torch_save, atomic_write_text
 from ..models.beam_search import beam_search
 from ..models.translation import (
     TransformerConfig,
@@ -36,11 +38,13 @@ from ..models.translation import (
     TranslationModel,
     collate,
     fit_to_positions,
+    inverse_sqrt_schedule,
     label_smoothed_loss,
 )
 from ..predictions import Predictions, compact_distributions, save_predictions
-from ..runs import load_weights
+from ..runs import load_weights, save_model, write_result
 from ..teacher_store import fingerprint_dataset
+from ..training import average_snapshots, train
 
 SPLITS = ("train", "dev", "test")
 TOP_K_STORED = 5  # predictions keep each position's top 5: enough for ECE-5
@@ -236,6 +240,55 @@ def translate(models: Sequence[TranslationModel], split: ParallelSplit, vocab: S
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Training: members and students alike
+
+
+def train_model(model: TranslationModel, data: TranslationData, cfg: TranslationConfig, run_dir, loss_fn,
+                seed: int, progress: bool = True, after_round=None, role: str = "member",
+                spec_extra: dict | None = None) -> dict:
+    """Train `model` on the training split with `loss_fn(model, (indices, batch))` (resuming in run_dir), early-
+    stopping on validation NLL; leave the averaged weights in the model, in run_dir/model.pt and as a model folder
+    (runs.py: model.json with `spec_extra`, model.safetensors, vocab.model). Returns what result.json records."""
+    run_dir, t = Path(run_dir), cfg.train
+    train_split, dev = data.splits["train"], data.splits["dev"]
+    lengths = train_split.lengths()
+
+    def batches(round_index):
+        for indices in round_batches(lengths, t.batch_tokens, t.updates_per_round, seed, round_index):
+            yield indices, collate([train_split.pairs[i] for i in indices])
+
+    def score(m):
+        return -validation_nll([m], dev, cfg.decode.batch_sentences)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.98), eps=1e-9)
+    scheduler = inverse_sqrt_schedule(optimizer, t.warmup_steps)
+    loop = Training(max_epochs=t.max_rounds, patience=t.patience, seed=seed)
+    started = time.time()
+    result = train(model, batches, loss_fn, score, loop, run_dir, progress, after_round, optimizer, scheduler,
+                   snapshots=t.average_last + t.patience)
+    averaged = average_snapshots(run_dir, result.best_epoch, t.average_last)
+    model.load_state_dict(averaged)
+    atomic_torch_save(averaged, run_dir / "model.pt")
+    save_model(run_dir, model, model_spec(cfg, len(data.vocab), role, seed, **(spec_extra or {})))
+    copy_vocab(data.vocab, run_dir)
+    tokens, seconds = sum(r["tokens"] for r in result.history), sum(r["seconds"] for r in result.history)
+    return write_result(run_dir, task="nmt", role=role, seed=seed, best_epoch=result.best_epoch,
+                        epochs=result.epochs_run, best_score=result.best_score, score="neg_dev_nll",
+                        averaged_rounds=t.average_last,
+                        averaged_dev_nll=validation_nll([model], dev, cfg.decode.batch_sentences),
+                        train_tokens=tokens, tokens_per_second=tokens / max(seconds, 1e-9),
+                        seconds_this_call=round(time.time() - started, 1))
+
+
+def run_facts(cfg: TranslationConfig, data: TranslationData) -> dict:
+    """What run.json records of a translation run beside the versions (runs.record_run)."""
+    return {"task": "nmt", "vocab_size": len(data.vocab),
+            "member_seeds": [member_seed(cfg, i) for i in range(cfg.ensemble.members)],
+            "train_filter": str(data.filter_counts) if data.filter_counts else None,
+            "pairs": {name: len(split.pairs) for name, split in data.splits.items()}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Predictions files
 
 
@@ -390,6 +443,30 @@ class NmtTask:
 
     def predict(self, model, input_path, out_dir, **reader) -> list[Path]:
         return predict(model, input_path, out_dir, **reader)
+
+    # Training a run's members (ensemble.train_members)
+    must_match = ()
+
+    def training_data(self, cfg, run_dir, progress=True) -> TranslationData:
+        """Every split; the run's vocabulary is trained on first use (one a failed first run left, before it
+        recorded its config, is trained again)."""
+        if not (Path(run_dir) / "config.toml").is_file():
+            (Path(run_dir) / "vocab.model").unlink(missing_ok=True)
+        return load_translation_data(cfg, run_dir, progress=progress)
+
+    def check_data(self, cfg, data) -> None:
+        pass  # read_parallel and the length filter have refused what cannot be trained on
+
+    def run_facts(self, cfg, data) -> dict:
+        return run_facts(cfg, data)
+
+    def member_plans(self, cfg, data) -> list[MemberPlan]:
+        """Every member on the whole (length-filtered) training set, early-stopping on dev; seeds differ."""
+        return [MemberPlan("member", i, member_seed(cfg, i), None, ("dev", None)) for i in range(cfg.ensemble.members)]
+
+    def fit(self, model, cfg, data, plan: MemberPlan, folder, progress=True) -> dict:
+        return train_model(model, data, cfg, folder, nll_loss(cfg.train.label_smoothing), plan.seed, progress,
+                           role=plan.role)
 
 
 TASK = NmtTask()
