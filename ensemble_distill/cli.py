@@ -18,13 +18,13 @@ shows the traceback instead.
 
 import argparse
 import errno
-import os
 import sys
 import typing
 from pathlib import Path
 
 from .config import Ensemble, Range, TranslationDistillation, TranslationTraining, setting_problem
 from .errors import UserError
+from .io_utils import folder_problem
 
 
 class Parser(argparse.ArgumentParser):
@@ -84,19 +84,10 @@ def like_setting(cls, name: str):
 
 def writable_folder(text: str) -> str:
     """A folder a command writes into: an existing folder, or a path to create under one, that this process can
-    write. Checked before anything is read or written, so a refused folder is left as it was; raises UserError."""
-    if not text:
-        raise UserError("the path is empty")
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{text}: exists and is not a folder")
-    existing = path
-    while not existing.exists():  # the nearest existing ancestor, where the folder would be created
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{text}: cannot be created, {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{text}: cannot write in {existing} (no permission, or a read-only file system)")
+    write (tried with a probe file, io_utils.folder_problem). Checked before anything is read or written, so a
+    refused folder is left as it was; raises UserError."""
+    if problem := folder_problem(text):
+        raise UserError(f"{text}: {problem}" if text else problem)
     return text
 
 

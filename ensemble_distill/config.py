@@ -7,7 +7,6 @@ settings that must fit together are checked by its `check()` method. `validate(c
 built in code, and the pipelines' entry points call it.
 """
 
-import codecs
 import dataclasses
 import math
 import os
@@ -17,7 +16,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data.text import encoding_problem
 from .errors import UserError
+from .io_utils import folder_problem
 
 N_TENTHS = 10  # NER: member i early-stops on tenth i of the training data (ensemble.py)
 MAX_MEMBERS = N_TENTHS - 1  # the last tenth is held out from every member, for the student
@@ -95,11 +96,8 @@ class TaggingData:
     token_prefix: str = ""  # a regex removed from the start of every token: "[a-z]+:" reads WikiANN's `en:John`
 
     def check(self) -> None:
-        try:
-            codecs.lookup(self.encoding)
-        except LookupError:
-            raise Invalid("encoding", f"is not a text encoding Python knows (e.g. utf-8, latin-1), got "
-                                      f"{self.encoding!r}") from None
+        if problem := encoding_problem(self.encoding):
+            raise Invalid("encoding", f"{problem}, got {self.encoding!r}")
         try:
             re.compile(self.token_prefix)
         except re.error as err:
@@ -113,6 +111,10 @@ class Encoder:
     finetune_layers: int = setting(2, at_least=0)
     # frozen-layer outputs, shared by members and runs; "": io_utils.cache_root() / "frozen"
     cache_dir: str = setting("", path=True)
+
+    def check(self) -> None:
+        if self.cache_dir and (problem := folder_problem(self.cache_dir)):  # refused before a run starts
+            raise Invalid("cache_dir", f"{problem}, got {self.cache_dir!r}")
 
 
 @dataclass

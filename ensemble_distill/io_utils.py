@@ -7,6 +7,7 @@
 - `require_same_config(folder, cfg)`: a folder started with one config is never continued with another.
 """
 
+import errno
 import fcntl
 import hashlib
 import io
@@ -23,17 +24,64 @@ from .errors import UserError
 LOCK = ".lock"
 
 
+def folder_problem(path) -> str | None:
+    """Why this process cannot write files in folder `path` (an existing folder, or one to create), as a phrase
+    ("exists and is not a folder"), or None when it can.
+
+    Tried, not guessed from permission bits: root passes every os.access check, yet nothing can be created under
+    /proc or /sys, nor on a read-only mount. The missing folders are created, a probe file is written in the last
+    and removed, and the created folders are removed again, so the file system is left as it was."""
+    if not os.fspath(path):
+        return "the path is empty"
+    path = Path(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return "exists and is not a folder"
+    missing = []  # the folders to create, outermost last
+    existing = path.absolute()
+    while not os.path.lexists(existing):
+        missing.append(existing)
+        existing = existing.parent
+    if missing and not os.path.isdir(existing):
+        return f"cannot be created, {existing} is a file"
+    created = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+        # named like atomic_path's temporary files, which a killed process's successor cleans up
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        where = existing if not created else created[-1]
+        return f"cannot write in {where} ({err.strerror})"
+    finally:
+        for folder in reversed(created):
+            folder.rmdir()
+    return None
+
+
 @contextmanager
 def atomic_path(path):
-    """Yields a temporary path beside `path`; on success it replaces `path`, on failure it is removed."""
+    """Yields a temporary path beside `path`; on success it replaces `path`, on failure it is removed.
+
+    Raises UserError naming `path` when the system refuses the output (no permission, a read-only or full file
+    system, a file where a folder should be): the folders are checked up front, so this is a late refusal."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"{path}: cannot be written ({err.strerror}: {err.filename})") from err
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should read like any other file
         os.replace(tmp, path)
+    except OSError as err:
+        if str(err.filename) not in (tmp, str(path)) and err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise  # not about this output (an input the caller read meanwhile)
+        raise UserError(f"{path}: cannot be written ({err.strerror})") from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

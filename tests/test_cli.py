@@ -14,6 +14,7 @@ from ensemble_distill.cli import main
 from ensemble_distill.config import TaggingConfig, TranslationConfig, to_toml
 from ensemble_distill.ensemble import ensemble_member_ids
 from ensemble_distill.errors import UserError
+from ensemble_distill.io_utils import atomic_path, atomic_write_text
 from ensemble_distill.translation_distill import memoize_translation_teacher, truncation_sweep
 
 
@@ -111,7 +112,15 @@ def writing_commands(out: str) -> list[list[str]]:
             ["memoize-nmt", "--run", out],
             ["distill-nmt", "--run", out],
             ["sweep-nmt", "--run", out],
-            ["demo", "--out", out]]
+            ["demo", "--out", out],
+            ["train", "--config", "c.toml", "--out", out],
+            ["evaluate", "--run", out],
+            ["memoize", "--run", out],
+            ["distill", "--run", out],
+            ["sweep", "--run", out],
+            ["predict", "--model", "m", "--input", "i", "--out", out],
+            ["translate", "--model", "m", "--input", "i", "--out", out],
+            ["export", "--model", "m", "--format", "hf", "--out", out]]
 
 
 def test_an_output_path_that_is_a_file_is_refused_and_left_as_it_was(tmp_path, capsys, monkeypatch):
@@ -157,6 +166,47 @@ def test_a_read_only_output_folder_is_refused(tmp_path, capsys):
     assert not os.path.exists(f"{folder}/run")
 
 
+SYSTEM_FOLDERS = [folder for folder in ("/proc", "/proc/sys", "/sys") if os.path.isdir(folder)]
+
+
+@pytest.mark.parametrize("folder", SYSTEM_FOLDERS)
+def test_a_folder_where_nothing_can_be_created_is_refused_even_for_root(folder, tmp_path, capsys, monkeypatch):
+    # Root passes os.access everywhere, yet mkdir fails under /proc (ENOENT) and /sys (EPERM): tried, not guessed.
+    monkeypatch.chdir(tmp_path)
+    predictions = tmp_path / "p.npz"
+    predictions.write_bytes(b"not read: the folder is refused first")
+    for argv in [*writing_commands(f"{folder}/zz"), ["evaluate", str(predictions), "--out", f"{folder}/zz"]]:
+        refused(argv, capsys, f"{folder}/zz: cannot write in {folder} (")
+    refused(["evaluate", str(predictions), "--out", folder], capsys, f"{folder}: cannot write in {folder} (")
+    assert not os.path.exists(f"{folder}/zz") and sorted(p.name for p in tmp_path.iterdir()) == ["p.npz"]
+
+
+def test_a_writable_folder_is_checked_without_leaving_a_trace(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "kept.txt").write_text("kept\n")
+    assert cli.writable_folder(str(tmp_path / "run")) == str(tmp_path / "run")
+    assert cli.writable_folder("new/deeper/run") == "new/deeper/run"  # creatable: created, probed, removed again
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept.txt", "run"]
+    assert (tmp_path / "run" / "kept.txt").read_text() == "kept\n"
+
+
+def test_a_write_the_system_refuses_late_is_a_user_error_naming_the_file(tmp_path):
+    # The safety net under the up-front checks: io_utils.atomic_path turns a refused output into one UserError.
+    if SYSTEM_FOLDERS:
+        with pytest.raises(UserError, match=r"^/proc/zz/metrics.json: cannot be written \(No such file or direc"):
+            atomic_write_text("/proc/zz/metrics.json", "{}")
+    (tmp_path / "metrics.json").mkdir()  # a folder where the file goes: os.replace refuses it
+    (tmp_path / "metrics.json" / "kept.txt").write_text("kept\n")
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'metrics.json'}: cannot be written \(Is a directory\)$"):
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept.txt", "metrics.json"]  # no temporary file left
+    with pytest.raises(FileNotFoundError):  # an input the caller reads meanwhile is not the output's problem
+        with atomic_path(tmp_path / "out.txt"):
+            open(tmp_path / "missing-input.txt")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept.txt", "metrics.json"]
+
+
 def test_an_output_refused_mid_run_is_one_line(monkeypatch, capsys, tmp_path):
     # The folders are checked up front; a write the system refuses later (a full disk, a folder made read-only
     # during the run) is one line too, and --debug shows the traceback.
@@ -193,6 +243,12 @@ def test_a_config_outside_its_range_is_one_line_naming_file_and_key(tmp_path, ca
     config.write_text("[train]\nbatch_tokens = 0\n")
     refused(["train-nmt", "--config", str(config), "--out", str(tmp_path / "run")], capsys,
             f"{config}: 'train.batch_tokens' must be at least 1, got 0")
+    config.write_text(f'task = "ner"\n[encoder]\ncache_dir = "{config}"\n')
+    refused(["train", "--config", str(config), "--out", str(tmp_path / "run")], capsys,
+            f"{config}: 'encoder.cache_dir' exists and is not a folder, got '{config}'")
+    config.write_text('task = "ner"\n[data]\nencoding = "rot13"\n')
+    refused(["train", "--config", str(config), "--out", str(tmp_path / "run")], capsys,
+            f"{config}: 'data.encoding' is a rot-13 codec, not a text encoding")
     assert not (tmp_path / "run").exists()
 
 

@@ -83,12 +83,22 @@ def _split_lines(path, text: str) -> list[str]:
     return lines[:-1] if lines[-1] == "" else lines
 
 
-def _codec(encoding: str, setting: str | None) -> str:
+def encoding_problem(encoding: str) -> str | None:
+    """Why `encoding` cannot read a text file, as a phrase ("is not a text encoding ..."), or None: a name Python
+    does not know, or one of its codecs that are not text encodings (hex, base64, rot13, zlib: codecs.lookup knows
+    them, but they map bytes to bytes or text to text, which str.encode and bytes.decode refuse)."""
+    examples = "(e.g. utf-8, latin-1, cp1252)"
     try:
-        return codecs.lookup(encoding).name
+        codec = codecs.lookup(encoding)
     except LookupError:
-        raise UserError(f"{setting or 'encoding'}: {encoding!r} is not a text encoding Python knows "
-                        "(e.g. utf-8, latin-1, cp1252)") from None
+        return f"is not a text encoding Python knows {examples}"
+    return None if codec._is_text_encoding else f"is a {codec.name} codec, not a text encoding {examples}"
+
+
+def _codec(encoding: str, setting: str | None) -> str:
+    if problem := encoding_problem(encoding):
+        raise UserError(f"{setting or 'encoding'}: {encoding!r} {problem}")
+    return codecs.lookup(encoding).name
 
 
 def _byte_position(data: bytes, offset: int) -> tuple[int, int]:
