@@ -22,9 +22,8 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import Ensemble, Range, TranslationDistillation, TranslationTraining, setting_problem
+from .config import Ensemble, Range, TranslationDistillation, TranslationTraining, folder_problem, setting_problem
 from .errors import UserError
-from .io_utils import folder_problem
 
 
 class Parser(argparse.ArgumentParser):
@@ -84,7 +83,7 @@ def like_setting(cls, name: str):
 
 def writable_folder(text: str) -> str:
     """A folder a command writes into: an existing folder, or a path to create under one, that this process can
-    write (tried with a probe file, io_utils.folder_problem). Checked before anything is read or written, so a
+    write (tried with a probe file, config.folder_problem). Checked before anything is read or written, so a
     refused folder is left as it was; raises UserError."""
     if problem := folder_problem(text):
         raise UserError(f"{text}: {problem}" if text else problem)

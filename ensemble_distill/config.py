@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import re
+import tempfile
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,6 @@ from pathlib import Path
 
 from .data.text import encoding_problem
 from .errors import UserError
-from .io_utils import folder_problem
 
 N_TENTHS = 10  # NER: member i early-stops on tenth i of the training data (ensemble.py)
 MAX_MEMBERS = N_TENTHS - 1  # the last tenth is held out from every member, for the student
@@ -454,6 +454,44 @@ def setting_problem(cls, name: str, value) -> str | None:
     None: for command arguments and function arguments that override a config setting."""
     (f,) = [f for f in dataclasses.fields(cls) if f.name == name]
     return _problem(f, value)
+
+
+def folder_problem(path) -> str | None:
+    """Why this process cannot write files in folder `path` (an existing folder, or one to create), as a phrase
+    ("exists and is not a folder"), or None when it can: the valid values of a folder setting (encoder.cache_dir)
+    and of a command's output folder (cli.writable_folder).
+
+    Tried, not guessed from permission bits: root passes every os.access check, yet nothing can be created under
+    /proc or /sys, nor on a read-only mount. The missing folders are created, a probe file is written in the last
+    and removed, and the created folders are removed again, so the file system is left as it was."""
+    if not os.fspath(path):
+        return "the path is empty"
+    path = Path(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return "exists and is not a folder"
+    missing = []  # the folders to create, outermost last
+    existing = path.absolute()
+    while not os.path.lexists(existing):
+        missing.append(existing)
+        existing = existing.parent
+    if missing and not os.path.isdir(existing):
+        return f"cannot be created, {existing} is a file"
+    created = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+        # named like io_utils.atomic_path's temporary files, which a killed process's successor cleans up
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        where = existing if not created else created[-1]
+        return f"cannot write in {where} ({err.strerror})"
+    finally:
+        for folder in reversed(created):
+            folder.rmdir()
+    return None
 
 
 def _checked_value(source, key, kind, value):

@@ -24,43 +24,6 @@ from .errors import UserError
 LOCK = ".lock"
 
 
-def folder_problem(path) -> str | None:
-    """Why this process cannot write files in folder `path` (an existing folder, or one to create), as a phrase
-    ("exists and is not a folder"), or None when it can.
-
-    Tried, not guessed from permission bits: root passes every os.access check, yet nothing can be created under
-    /proc or /sys, nor on a read-only mount. The missing folders are created, a probe file is written in the last
-    and removed, and the created folders are removed again, so the file system is left as it was."""
-    if not os.fspath(path):
-        return "the path is empty"
-    path = Path(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        return "exists and is not a folder"
-    missing = []  # the folders to create, outermost last
-    existing = path.absolute()
-    while not os.path.lexists(existing):
-        missing.append(existing)
-        existing = existing.parent
-    if missing and not os.path.isdir(existing):
-        return f"cannot be created, {existing} is a file"
-    created = []
-    try:
-        for folder in reversed(missing):
-            folder.mkdir()
-            created.append(folder)
-        # named like atomic_path's temporary files, which a killed process's successor cleans up
-        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=path)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as err:
-        where = existing if not created else created[-1]
-        return f"cannot write in {where} ({err.strerror})"
-    finally:
-        for folder in reversed(created):
-            folder.rmdir()
-    return None
-
-
 @contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path`; on success it replaces `path`, on failure it is removed.
