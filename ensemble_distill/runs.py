@@ -35,7 +35,7 @@ import torch
 from . import __version__
 from .config import to_toml
 from .errors import UserError
-from .io_utils import atomic_path, atomic_write_json, atomic_write_text
+from .io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 MODEL_JSON = "model.json"
 WEIGHTS = "model.safetensors"
@@ -91,14 +91,28 @@ def write_result(folder, *, task: str, role: str, seed: int, best_epoch: int, ep
 
 
 def save_model(folder, model: torch.nn.Module, spec: dict) -> None:
-    """model.safetensors (shared tensors stored once, bytes that depend only on the weights) and model.json
-    (`spec` with the format version). Write before result.json."""
-    from safetensors.torch import save_model as save_safetensors
+    """model.safetensors and model.json (`spec` with the format version). Write before result.json.
 
-    folder = Path(folder)
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_safetensors(model, str(tmp), metadata={"format": "pt"})
-    atomic_write_json(folder / MODEL_JSON, {"format": MODEL_FORMAT, **spec})
+    A weight shared under two names (a tied embedding and output projection) is stored once, under its first name
+    in the state dict; the file's only metadata is {"format": "pt"}, so its bytes depend only on the weights
+    (safetensors' own aliasing writes one metadata key per alias, in a hash order that changes from call to call)."""
+    from safetensors.torch import save
+
+    aliases = _aliases(model.state_dict())
+    tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items() if name not in aliases}
+    atomic_write_bytes(Path(folder) / WEIGHTS, save(tensors, metadata={"format": "pt"}))
+    atomic_write_json(Path(folder) / MODEL_JSON, {"format": MODEL_FORMAT, **spec})
+
+
+def _aliases(state_dict: dict) -> set[str]:
+    """Names of the state dict whose tensor is one an earlier name already holds (same storage, shape, offset)."""
+    seen, aliases = set(), set()
+    for name, t in state_dict.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:
+            aliases.add(name)
+        seen.add(key)
+    return aliases
 
 
 def read_model_spec(folder) -> dict:
@@ -123,11 +137,20 @@ def read_model_spec(folder) -> dict:
 
 
 def load_weights(folder, model: torch.nn.Module, device="cpu") -> torch.nn.Module:
-    """Fill `model` (built from model.json) with the folder's weights, on `device`; returns it in eval mode."""
-    from safetensors.torch import load_model as load_safetensors
+    """Fill `model` (built from model.json) with the folder's weights, on `device`; returns it in eval mode.
+    Raises UserError when the file does not hold exactly the model's weights (shared ones once)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    missing, unexpected = load_safetensors(model, str(Path(folder) / WEIGHTS), strict=False, device=str(device))
+    path = checked_file(folder, WEIGHTS)
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{path}: cannot be read, damaged or cut short ({error}); delete {folder} and rerun the "
+                        "command that trains it") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = sorted(set(missing) - _aliases(model.state_dict()))
     if missing or unexpected:
         raise UserError(f"{folder}/{WEIGHTS}: does not fit the model model.json describes (missing "
-                        f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+                        f"{missing[:3]}, unexpected {sorted(unexpected)[:3]})")
     return model.to(device).eval()

@@ -1,4 +1,4 @@
-"""Translation pipeline: parallel text → joint vocabulary → members → ensembles → BLEU and calibration.
+"""Translation runs: members → ensembles → BLEU and calibration, raw and temperature-scaled; the tables.
 
     cfg = load_config("configs/multi30k-small.toml", TranslationConfig)
     run = train_members(cfg, "runs/m30k-ls")               # trains or resumes every member
@@ -6,8 +6,9 @@
     print(format_rows(rows))
 
 Members (paper §5) all train on the whole (length-filtered) training set and differ by seed: initialisation,
-dropout and data order. Ensembles of k are the first k members, so 3 ⊂ 5 ⊂ 7. Distillation (memoise the
-ensemble, train a student) is in translation_distill.py and trains its students with `train_model` below.
+dropout and data order (ensemble.train_members, tasks/nmt.py). Ensembles of k are the first k members, so
+3 ⊂ 5 ⊂ 7 (ensemble.nested_subsets). Distillation (memoise the ensemble, train a student) is in
+translation_distill.py and trains its students with tasks.nmt.train_model, as the members are trained.
 
 Training, for members and students alike: Adam (0.9, 0.98) with an inverse-square-root warm-up; batches of
 length-sorted sentences up to `batch_tokens` padded tokens, in seeded random order; validation every
@@ -22,11 +23,10 @@ search (an ensemble averages its members inside the beam). Every system is also 
 with T fitted on validation positions. Temperature scaling changes the confidences, not the hypotheses: BLEU is
 that of the unscaled system.
 
-Run directory:
-    RUN/config.toml, RUN/run.json      resolved config; seeds, versions, length-filter counts
+Run directory (runs.py), and what translation adds:
     RUN/vocab.model                    joint sentencepiece BPE of the training pairs, trained on first use
-    RUN/members/member-<i>/            checkpoint.pt (resume), best.pt, epoch-<n>.pt, model.pt (averaged),
-                                       log.jsonl, result.json (written last: a folder without it is unfinished)
+    RUN/members/member-<i>/            a model folder (model.json, model.safetensors, vocab.model) and training's
+                                       checkpoint.pt (resume), best.pt, epoch-<n>.pt, model.pt (averaged), log.jsonl
     RUN/teachers/<store>/, RUN/students/<student>/      translation_distill.py
     RUN/eval/<split>/<system>/         predictions.npz, metrics.json, reliability_top1.png
     RUN/eval/<split>/results.{md,json} the table

@@ -29,6 +29,17 @@ def write_conll(path, sentences, repeat=1):
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: a second torch thread only adds contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory):
     """A 3-layer, 32-wide BERT with random weights and the MiniLM WordPiece tokenizer, as a local HF folder."""

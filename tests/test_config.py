@@ -2,6 +2,7 @@
 file and the key, in files and in configs built in code."""
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 
@@ -215,6 +216,91 @@ def test_setting_problem_is_the_declared_range():
     assert setting_problem(TranslationDistillation, "top_k", 1) is None
     assert setting_problem(TranslationDistillation, "sweep_epsilon", 1.0) == "must lie in (0, 1), got 1.0"
     assert setting_problem(Training, "optimizer", "sgd") == "must be one of adafactor, adamw, got 'sgd'"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Settings checked against the system: a text encoding, a cache folder that can be written
+
+
+@pytest.mark.parametrize("name", ["hex", "rot13", "base64", "zlib", "bz2", "uu", "quopri"])
+def test_a_codec_that_is_not_a_text_encoding_is_refused_naming_the_key(tmp_path, name):
+    # codecs.lookup knows these, but they map bytes to bytes or text to text: bytes.decode refuses each of them.
+    with pytest.raises(LookupError, match="not a text encoding"):
+        b"x".decode(name)
+    path = write(tmp_path, f'[data]\nencoding = "{name}"\n')
+    with pytest.raises(UserError, match=rf"^{path}: 'data.encoding' is a [\w-]+ codec, not a text encoding .*got "
+                                        rf"'{name}'$"):
+        load_config(path, TaggingConfig)
+    with pytest.raises(UserError, match=rf"^data.encoding: '{name}' is a [\w-]+ codec, not a text encoding"):
+        read_text_lines(path, name, setting="data.encoding")  # the reader refuses it too, before reading
+    for text_encoding in ("utf-8", "latin-1", "cp1252", "utf-16", "UTF8", "iso-8859-15"):
+        load_config(write(tmp_path, f'[data]\nencoding = "{text_encoding}"\n'), TaggingConfig)
+
+
+SYSTEM_FOLDERS = [folder for folder in ("/proc", "/proc/sys", "/sys") if Path(folder).is_dir()]
+
+
+def test_a_cache_folder_that_cannot_be_written_is_refused_naming_the_key(tmp_path):
+    precious = tmp_path / "train.txt"
+    precious.write_text("EU B-ORG\n")
+    bad = {str(precious): "exists and is not a folder",
+           str(precious / "cache"): f"cannot be created, {precious} is a file",
+           **{f"{folder}/cache": f"cannot write in {folder} (" for folder in SYSTEM_FOLDERS}}
+    for cache_dir, problem in bad.items():
+        path = write(tmp_path, f'[encoder]\ncache_dir = "{cache_dir}"\n')
+        with pytest.raises(UserError) as err:
+            load_config(path, TaggingConfig)
+        assert str(err.value).startswith(f"{path}: 'encoder.cache_dir' {problem}"), str(err.value)
+        assert str(err.value).endswith(f"got {cache_dir!r}") and "\n" not in str(err.value)
+        with pytest.raises(UserError, match="'encoder.cache_dir'"):
+            load_config(write(tmp_path, ""), TaggingConfig, overrides=[f"encoder.cache_dir={cache_dir}"])
+    assert precious.read_text() == "EU B-ORG\n"
+    cfg = load_config(write(tmp_path, '[encoder]\ncache_dir = "cache/frozen"\n'), TaggingConfig)
+    assert cfg.encoder.cache_dir == str(tmp_path / "cache" / "frozen")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "train.txt"]  # checked, not created
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# task, paths relative to the config file, --set overrides
+
+
+def test_the_task_key_picks_the_config_class_and_is_required_without_one(tmp_path):
+    assert isinstance(load_config(write(tmp_path, 'task = "nmt"\n')), TranslationConfig)
+    assert isinstance(load_config(write(tmp_path, 'task = "ner"\n')), TaggingConfig)
+    with pytest.raises(UserError, match=r"'task' must be one of ner, nmt .* got None"):
+        load_config(write(tmp_path, "[train]\nlr = 1\n"))
+    with pytest.raises(UserError, match=r"'task' must be one of ner"):
+        load_config(write(tmp_path, 'task = "nmt"\n'), TaggingConfig)
+
+
+def test_paths_are_relative_to_the_config_files_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)  # not where the file's paths point from
+    cfg = load_config(write(folder, '[data]\ntrain = "../data/a.txt"\n[encoder]\ncache_dir = "cache"\n'), TaggingConfig)
+    assert cfg.data.train == str(tmp_path / "data" / "a.txt")
+    assert cfg.encoder.cache_dir == str(folder / "cache")
+    assert cfg.data.dev == str(tmp_path.parent / "shared/data/conll2003-en/eng.testa")  # a default: from the cwd
+    (tmp_path / "elsewhere").mkdir()
+    again = load_config(write(tmp_path / "elsewhere", to_toml(cfg)), TaggingConfig)  # absolute: read anywhere
+    assert again == cfg
+
+
+def test_overrides_are_toml_literals_validated_and_recorded(tmp_path):
+    path = write(tmp_path, 'task = "ner"\n[train]\nlr = 1\n')
+    cfg = load_config(path, overrides=["train.lr=0.5", "ensemble.subset_sizes=[2, 4]", "train.device=cuda",
+                                       'data.scheme="iob2"', "data.test=t.txt"])
+    assert (cfg.train.lr, cfg.ensemble.subset_sizes, cfg.train.device, cfg.data.scheme) == (0.5, [2, 4], "cuda",
+                                                                                           "iob2")
+    assert cfg.data.test == str(Path.cwd() / "t.txt")  # a path on the command line: from the cwd
+    assert "lr = 0.5" in to_toml(cfg) and "subset_sizes = [2, 4]" in to_toml(cfg)
+    for override, message in [("train.lrr=1", "--set train.lrr=1: unknown key 'train.lrr'"),
+                              ("train=1", "--set train=1: 'train' is a section"),
+                              ("train.batch_size=0", "'train.batch_size' must be at least 1, got 0"),
+                              ("train.lr.x=1", "'train.lr' is a setting, not a section"),
+                              ("lr", "expected section.key=value")]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            load_config(path, overrides=[override])
 
 
 # ----------------------------------------------------------------------------------------------------------------

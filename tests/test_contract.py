@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from ensemble_distill import load_model
 from ensemble_distill.cli import main
@@ -18,14 +17,6 @@ from ensemble_distill.predictions import load_predictions
 from conftest import CONLL_SENTENCES, write_conll
 
 WORDS = "ant bee cat dog eel fox gnu hen".split()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def ner_setting(folder, tiny_encoder):
@@ -107,6 +98,7 @@ top_k = 4
     return config, [], test, test + ["--ref", str(data / "test.tgt")]
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("setting", [ner_setting, nmt_setting], ids=["ner", "nmt"])
 def test_train_evaluate_memoize_distill_then_the_student_alone(setting, tiny_encoder, tmp_path, capsys):
     config, student_settings, unlabelled, labelled = setting(tmp_path, tiny_encoder)

@@ -452,3 +452,47 @@ def test_a_translation_student_folder_begun_from_other_teachers_is_refused(nmt_r
     err = one_line_error(capsys)
     assert f"{student}: was begun from another teacher (its teacher.json's teachers differ from" in err, err
     assert not (student / "checkpoint.pt").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model folders (runs.py)
+
+
+class Tied(torch.nn.Module):
+    """Two names for one matrix, as a translation model's embedding and output projection."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(5, 3)
+        self.projection = torch.nn.Linear(3, 5, bias=False)
+        self.projection.weight = self.embedding.weight
+
+
+def test_a_model_folder_round_trips_with_shared_weights_stored_once_and_the_same_bytes(tmp_path):
+    from ensemble_distill.runs import load_weights, read_model_spec, save_model, write_result
+
+    torch.manual_seed(0)
+    model = Tied()
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        save_model(folder, model, {"task": "nmt", "role": "member"})
+        write_result(folder, task="nmt", role="member", seed=0, best_epoch=1, epochs=1, best_score=0.0, score="s")
+    assert sha256(tmp_path / "a" / "model.safetensors") == sha256(tmp_path / "b" / "model.safetensors")
+    assert read_model_spec(tmp_path / "a") == {"format": 1, "task": "nmt", "role": "member"}
+    loaded = load_weights(tmp_path / "a", Tied())
+    assert torch.equal(loaded.embedding.weight, model.embedding.weight)
+    assert loaded.projection.weight is loaded.embedding.weight
+
+
+def test_a_folder_that_is_not_a_finished_model_is_refused_in_one_line(tmp_path):
+    from ensemble_distill import load_model
+    from ensemble_distill.runs import save_model
+
+    with pytest.raises(UserError, match="not a model folder"):
+        load_model(tmp_path)
+    save_model(tmp_path, Tied(), {"task": "nmt"})
+    with pytest.raises(UserError, match="an unfinished model"):
+        load_model(tmp_path)
+    (tmp_path / "result.json").write_text("{}")
+    (tmp_path / "model.json").write_text('{"format": 1, "task": "pos"}')
+    with pytest.raises(UserError, match="unknown task 'pos'"):
+        load_model(tmp_path)

@@ -1,9 +1,10 @@
-"""The NER pipeline's data side and model calls: corpora → encoder windows → frozen states → batches → distributions.
+"""NER as a task: corpora → encoder windows → frozen states → batches → distributions; tagger folders; NerTask.
 
     data = load_tagging_data(cfg)                       # train/dev/test, tokenised, frozen states computed once
-    model = new_tagger(data, cfg)                       # a fresh member: pretrained top layers + a new head
-    train_tagger(model, data.splits["train"], train_windows, held_out_windows, cfg.train, run_dir)
+    model = new_tagger(data, cfg, seed=0)               # a fresh member: pretrained top layers + a new head
+    train_tagger(model, data, train_windows, ("train", held_out_windows), cfg.train, run_dir)
     per_sentence = predict_distributions([model], data.splits["test"])    # an ensemble is a list of models
+    tagger = load_model("runs/conll-iid/students/student-3")    # a TaggerFolder: tags lists of words on its own
 """
 
 import copy
