@@ -219,48 +219,6 @@ def test_setting_problem_is_the_declared_range():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Settings checked against the system: a text encoding, a cache folder that can be written
-
-
-@pytest.mark.parametrize("name", ["hex", "rot13", "base64", "zlib", "bz2", "uu", "quopri"])
-def test_a_codec_that_is_not_a_text_encoding_is_refused_naming_the_key(tmp_path, name):
-    # codecs.lookup knows these, but they map bytes to bytes or text to text: bytes.decode refuses each of them.
-    with pytest.raises(LookupError, match="not a text encoding"):
-        b"x".decode(name)
-    path = write(tmp_path, f'[data]\nencoding = "{name}"\n')
-    with pytest.raises(UserError, match=rf"^{path}: 'data.encoding' is a [\w-]+ codec, not a text encoding .*got "
-                                        rf"'{name}'$"):
-        load_config(path, TaggingConfig)
-    with pytest.raises(UserError, match=rf"^data.encoding: '{name}' is a [\w-]+ codec, not a text encoding"):
-        read_text_lines(path, name, setting="data.encoding")  # the reader refuses it too, before reading
-    for text_encoding in ("utf-8", "latin-1", "cp1252", "utf-16", "UTF8", "iso-8859-15"):
-        load_config(write(tmp_path, f'[data]\nencoding = "{text_encoding}"\n'), TaggingConfig)
-
-
-SYSTEM_FOLDERS = [folder for folder in ("/proc", "/proc/sys", "/sys") if Path(folder).is_dir()]
-
-
-def test_a_cache_folder_that_cannot_be_written_is_refused_naming_the_key(tmp_path):
-    precious = tmp_path / "train.txt"
-    precious.write_text("EU B-ORG\n")
-    bad = {str(precious): "exists and is not a folder",
-           str(precious / "cache"): f"cannot be created, {precious} is a file",
-           **{f"{folder}/cache": f"cannot write in {folder} (" for folder in SYSTEM_FOLDERS}}
-    for cache_dir, problem in bad.items():
-        path = write(tmp_path, f'[encoder]\ncache_dir = "{cache_dir}"\n')
-        with pytest.raises(UserError) as err:
-            load_config(path, TaggingConfig)
-        assert str(err.value).startswith(f"{path}: 'encoder.cache_dir' {problem}"), str(err.value)
-        assert str(err.value).endswith(f"got {cache_dir!r}") and "\n" not in str(err.value)
-        with pytest.raises(UserError, match="'encoder.cache_dir'"):
-            load_config(write(tmp_path, ""), TaggingConfig, overrides=[f"encoder.cache_dir={cache_dir}"])
-    assert precious.read_text() == "EU B-ORG\n"
-    cfg = load_config(write(tmp_path, '[encoder]\ncache_dir = "cache/frozen"\n'), TaggingConfig)
-    assert cfg.encoder.cache_dir == str(tmp_path / "cache" / "frozen")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "train.txt"]  # checked, not created
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # task, paths relative to the config file, --set overrides
 
 
