@@ -139,16 +139,9 @@ def read_model_spec(folder) -> dict:
 def load_weights(folder, model: torch.nn.Module, device="cpu") -> torch.nn.Module:
     """Fill `model` (built from model.json) with the folder's weights, on `device`; returns it in eval mode.
     Raises UserError when the file does not hold exactly the model's weights (shared ones once)."""
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = checked_file(folder, WEIGHTS)
-    try:
-        state = load_file(path)
-    except (SafetensorError, OSError) as error:
-        raise UserError(f"{path}: cannot be read, damaged or cut short ({error}); delete {folder} and rerun the "
-                        "command that trains it") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(load_file(Path(folder) / WEIGHTS), strict=False)
     missing = sorted(set(missing) - _aliases(model.state_dict()))
     if missing or unexpected:
         raise UserError(f"{folder}/{WEIGHTS}: does not fit the model model.json describes (missing "
