@@ -8,6 +8,7 @@ is what makes its outputs cacheable.
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,11 +143,14 @@ def compute_frozen_states(bottom: FrozenBottom, windows_input_ids: list[np.ndarr
                           cache_file: Path | None = None, progress: bool = True) -> FrozenStates:
     """Runs the frozen bottom once over all windows (longest first, for little padding), optionally cached on disk.
 
-    The cache file is keyed by the caller (encoder fingerprint + token ids); it is written atomically.
+    The cache file is keyed by the caller (encoder fingerprint + token ids); it is written atomically. A cache file
+    that cannot be read, or does not hold one row per subword of these windows, is computed again, with a warning
+    naming it: it is only a cache.
     """
     if cache_file is not None and Path(cache_file).is_file():
-        data = torch.load(cache_file, weights_only=True)
-        return FrozenStates(data["states"], data["offsets"].numpy())
+        cached = _read_cache(Path(cache_file), sum(len(ids) for ids in windows_input_ids), len(windows_input_ids))
+        if cached is not None:
+            return cached
     lengths = np.array([len(ids) for ids in windows_input_ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     states = torch.empty(int(offsets[-1]), bottom.embeddings.word_embeddings.embedding_dim)
@@ -171,6 +175,26 @@ def compute_frozen_states(bottom: FrozenBottom, windows_input_ids: list[np.ndarr
 
         atomic_torch_save({"states": states, "offsets": torch.as_tensor(offsets)}, cache_file)
     return frozen
+
+
+def _read_cache(path: Path, n_subwords: int, n_windows: int) -> FrozenStates | None:
+    """The frozen states cached in `path`, or None (with a warning naming it) when it cannot be read or does not
+    fit: [n_subwords, hidden] states and n_windows + 1 offsets ending at n_subwords."""
+    from .io_utils import load_torch
+
+    try:
+        data = load_torch(path, "computing it again (it is only a cache)")
+        states, offsets = data["states"], data["offsets"].numpy()
+        fits = states.ndim == 2 and len(offsets) == n_windows + 1 and len(states) == offsets[-1] == n_subwords
+        if fits:
+            return FrozenStates(states, offsets)
+        problem = f"{path}: does not fit its {n_windows} windows of {n_subwords} subwords; computing it again"
+    except UserError as error:
+        problem = str(error)
+    except (KeyError, TypeError, AttributeError):
+        problem = f"{path}: not a frozen-layer cache file; computing it again (it is only a cache)"
+    warnings.warn(problem)
+    return None
 
 
 def token_ids_fingerprint(windows_input_ids: list[np.ndarray]) -> str:

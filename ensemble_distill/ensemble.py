@@ -20,7 +20,7 @@ import numpy as np
 from .config import MAX_MEMBERS, N_TENTHS, validate
 from .errors import UserError
 from .io_utils import require_same_config, run_lock
-from .runs import finished, model_dir, record_run
+from .runs import DATA, finished, model_dir, record_run
 
 
 def tenths(n_sentences: int, split_seed: int) -> list[np.ndarray]:
@@ -81,7 +81,8 @@ def train_members(cfg, run_dir, progress: bool = True, data=None):
     """Train (or resume) every member (and NER individual) of the configured ensemble in `run_dir`, for the task
     `cfg.task` names (tasks/base.py): read the data (`data`: already read), check it, record the run
     (runs.record_run), then fit each planned model not yet finished into RUN/members/ or RUN/individuals/.
-    Returns the data. Raises UserError for a run folder of another config, or data the task refuses; nothing that
+    Returns the data. Raises UserError for a run folder of another config, data the task refuses, or training or
+    dev data other than those run.json records (the members trained so far saw those); nothing that
     binds the folder to this config is written before the data is read and checked, so a first run that fails on
     bad data leaves a folder that takes the corrected config."""
     task = importlib.import_module(f"ensemble_distill.tasks.{cfg.task}").TASK
@@ -91,7 +92,8 @@ def train_members(cfg, run_dir, progress: bool = True, data=None):
         require_same_config(run_dir, cfg)
         data = data if data is not None else task.training_data(cfg, run_dir, progress)
         task.check_data(cfg, data)
-        record_run(run_dir, cfg, task.run_facts(cfg, data), must_match=task.must_match)
+        fingerprints = {split: task.dataset_fingerprint(data, split) for split in ("train", "dev")}
+        record_run(run_dir, cfg, {**task.run_facts(cfg, data), DATA: fingerprints}, must_match=task.must_match)
         for plan in task.member_plans(cfg, data):
             folder = model_dir(run_dir, plan.role, plan.index)
             if not finished(folder):

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import pickle
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -124,6 +125,39 @@ def checkpoint_name(run_dir, checkpoint) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Reading back what was written: a missing, cut or garbled file is one line naming it and how to recover
+
+
+def read_json(path, remedy: str):
+    """The JSON value in `path`. Raises UserError naming the file, why it cannot be read and `remedy` (what to
+    do about it) when it is missing, unreadable or not JSON (cut short by a full disk, edited by hand)."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except OSError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror}); {remedy}") from None
+    except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
+        raise UserError(f"{path}: damaged, not JSON ({error}); {remedy}") from None
+
+
+# What torch.load raises on a file cut short or garbled: an empty file (EOFError), a cut zip archive (RuntimeError
+# from its PytorchStreamReader, or OSError EINVAL), bytes that are no archive at all (UnpicklingError).
+_TORCH_DAMAGE = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
+
+
+def load_torch(path, remedy: str, weights_only: bool = True, map_location="cpu"):
+    """torch.load(path). Raises UserError naming the file, torch's reason and `remedy` when it cannot be read.
+    (A file cut short always fails here; a byte flipped inside a tensor does not, which is why finished models
+    also record the sha256 of their files: runs.checked_file.)"""
+    import torch
+
+    try:
+        return torch.load(path, weights_only=weights_only, map_location=map_location)
+    except _TORCH_DAMAGE as error:
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else "the file ends too early"
+        raise UserError(f"{path}: cannot be read, damaged or cut short ({reason}); {remedy}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # One writer per folder
 
 
@@ -207,18 +241,34 @@ def _holder(fd: int) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # One config per folder
 
+# What a run or student folder holds once a model was trained under its config (runs.py's layout).
+TRAINED = ("checkpoint.pt", "result.json", "*/*/checkpoint.pt", "*/*/result.json")
+
 
 def require_same_config(folder, cfg, name: str = "config.toml") -> None:
-    """Refuse to continue `folder` with `cfg` when FOLDER/name records another config: one line naming the
-    first key that differs. A folder without the file (a new one) passes."""
+    """Refuse to continue `folder` with `cfg` when FOLDER/name records another config and the folder holds a model
+    or checkpoint trained under it (TRAINED): one line naming the first key that differs.
+
+    A recorded config under which nothing was trained (a first run that failed on its data, or whose training
+    diverged and was discarded) binds nothing: it is removed with run.json, and the folder takes `cfg`. A folder
+    that holds trained models or checkpoints but no config is refused: no one can tell which config trained them."""
     from .config import load_config, to_dict
 
-    recorded = Path(folder) / name
+    folder = Path(folder)
+    recorded = folder / name
+    trained = next((p for pattern in TRAINED for p in sorted(folder.glob(pattern))), None)
     if not recorded.is_file():
+        if trained is not None:
+            raise UserError(f"{folder}: holds {trained.relative_to(folder)} but no {name}, so the config it was "
+                            f"trained with is unknown; put back the {name} it was started with, or use a new folder")
         return
     before, now = _flat(to_dict(load_config(recorded, type(cfg), resolve_paths=False))), _flat(to_dict(cfg))
     for key in now:
         if before.get(key) != now[key]:
+            if trained is None:
+                recorded.unlink()
+                (folder / "run.json").unlink(missing_ok=True)
+                return
             raise UserError(f"{folder}: was started with another config: '{key}' is {before.get(key)!r} in "
                             f"{recorded}, {now[key]!r} now; resume with the same config, or use a new folder")
 

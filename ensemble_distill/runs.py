@@ -1,7 +1,8 @@
 """The run folder contract, the same for both tasks, and self-describing model folders.
 
     RUN/config.toml              the resolved config (paths absolute); a different config is refused on resume
-    RUN/run.json                 versions of the libraries, seeds, facts of the data (labels, vocabulary size)
+    RUN/run.json                 versions of the libraries, seeds, facts of the data (labels, vocabulary size,
+                                 fingerprints of the tokenised train and dev data: other data are refused on resume)
     RUN/members/member-<i>/      one model folder each (below)
     RUN/individuals/individual-<i>/   NER: models trained on all the data (the table's mean ± s.e. rows)
     RUN/teachers/<name>/         teacher stores (teacher_store.py)
@@ -14,7 +15,8 @@ A model folder (member, individual or student) is self-describing:
                                   "vocab": "vocab.model" (NMT, the file beside it), "encoder" (NER: name, path,
                                   sha256 of its weights, finetune_layers), "teacher" (students)}
     model.safetensors            the weights (the fine-tuned top layers and the head, or the whole Transformer)
-    result.json                  written last: the folder holds a finished model (one schema, `write_result`)
+    result.json                  written last: the folder holds a finished model (one schema, `write_result`),
+                                 with the sha256 of each file it is loaded from, checked on every load
     checkpoint.pt, best.pt, log.jsonl, epoch-<n>.pt, model.pt    training's own files, for resuming
 
 `ensemble_distill.load_model(folder)` rebuilds a model from its folder alone (tasks/__init__.py). Every folder is
@@ -25,7 +27,6 @@ Caches live in one place, `io_utils.cache_root()`: $ENSEMBLE_DISTILL_CACHE, else
 (converted encoders under encoders/, frozen-layer outputs under frozen/ unless `encoder.cache_dir` says otherwise).
 """
 
-import json
 import platform
 from pathlib import Path
 
@@ -35,12 +36,14 @@ import torch
 from . import __version__
 from .config import to_toml
 from .errors import UserError
-from .io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text, load_torch, read_json, sha256_file
 
 MODEL_JSON = "model.json"
 WEIGHTS = "model.safetensors"
 RESULT = "result.json"
 MODEL_FORMAT = 1
+LOADED = (MODEL_JSON, WEIGHTS, "best.pt", "model.pt", "vocab.model")  # files a finished model is loaded from
+DATA = "data_fingerprint"  # run.json: per split that trains or early-stops members, its tokenised data's fingerprint
 
 
 def versions() -> dict:
@@ -61,15 +64,26 @@ def model_dir(run_dir, role: str, index: int) -> Path:
 def record_run(run_dir, cfg, facts: dict, must_match: tuple[str, ...] = ()) -> None:
     """Write RUN/config.toml and RUN/run.json ({versions, **facts}). The caller has already refused another config
     (io_utils.require_same_config). A fact named in `must_match` that the run recorded with another value (the
-    label set its members were trained on) is refused: UserError naming the fact."""
+    label set its members were trained on) is refused: UserError naming the fact. So is data whose fingerprint
+    (facts[DATA], {split: fingerprint}) differs from the recorded one: UserError naming the split's files, because
+    the members trained so far saw the recorded data (a config names files, not their contents)."""
     run_dir = Path(run_dir)
     previous = run_dir / "run.json"
     if previous.is_file():
-        recorded = json.loads(previous.read_text())
+        recorded = read_json(previous, "delete it to have it written again (the data and labels of the members "
+                                       "trained so far are then not checked)")
         for key in must_match:
             if key in recorded and recorded[key] != facts[key]:
                 raise UserError(f"{run_dir}: was started on data with the {key} {recorded[key]}, the data now give "
                                 f"{facts[key]}; use a new folder")
+        for split, fingerprint in facts.get(DATA, {}).items():
+            if recorded.get(DATA, {}).get(split, fingerprint) != fingerprint:
+                files = [str(getattr(cfg.data, key)) for key in (split, f"{split}_src", f"{split}_tgt")
+                         if hasattr(cfg.data, key)]
+                raise UserError(f"{', '.join(files)}: not the {split} data {run_dir} was started on (its run.json "
+                                f"records other tokenised {split} data, fingerprint {recorded[DATA][split][:12]}…, "
+                                f"not {fingerprint[:12]}…); restore the files its members were trained on, or use "
+                                "a new folder")
     atomic_write_text(run_dir / "config.toml", to_toml(cfg))
     atomic_write_json(previous, {**versions(), **facts})
 
@@ -83,11 +97,40 @@ def write_result(folder, *, task: str, role: str, seed: int, best_epoch: int, ep
                  score: str, **extra) -> dict:
     """result.json, the same schema for every model: task, role (member, individual, student), seed, best_epoch
     and epochs (NMT: rounds of `updates_per_round` updates), best_score on the held-out data and what it is
-    (`score`: "span_f1" or "neg_dev_nll"), and task-specific extras. Write it last. Returns what it wrote."""
+    (`score`: "span_f1" or "neg_dev_nll"), and task-specific extras; `sha256`: the digest of each file the model is
+    loaded from (LOADED), checked on every load (`checked_file`). Write it last. Returns what it wrote."""
+    folder = Path(folder)
+    digests = {name: sha256_file(folder / name) for name in LOADED if (folder / name).is_file()}
     record = {"task": task, "role": role, "seed": seed, "best_epoch": best_epoch, "epochs": epochs,
-              "best_score": best_score, "score": score, **extra}
+              "best_score": best_score, "score": score, **extra, "sha256": digests}
     atomic_write_json(Path(folder) / RESULT, record)
     return record
+
+
+def checked_file(folder, name: str) -> Path:
+    """FOLDER/name, once its sha256 is the one FOLDER/result.json records (models finished by versions that did
+    not record digests pass unchecked). Raises UserError naming the file when it differs, replaced (a member's
+    weights copied over another's) or damaged, or when result.json or the file cannot be read."""
+    folder = Path(folder)
+    path, retrain = folder / name, f"delete {folder} and rerun the command that trains it"
+    recorded = read_json(folder / RESULT, retrain)
+    expected = recorded.get("sha256", {}).get(name) if isinstance(recorded, dict) else None
+    if expected is not None:
+        try:
+            actual = sha256_file(path)
+        except OSError as error:
+            raise UserError(f"{path}: cannot be read ({error.strerror}); {retrain}") from None
+        if actual != expected:
+            raise UserError(f"{path}: not the file this model was saved with (sha256 {actual[:12]}…, {RESULT} "
+                            f"records {expected[:12]}…): replaced or damaged; restore it, or {retrain}")
+    return path
+
+
+def load_state(folder, name: str, device="cpu") -> dict:
+    """The state dict in a finished model's FOLDER/name (best.pt, model.pt), checked against result.json
+    (`checked_file`), on `device`. Raises UserError naming the file when it differs or cannot be read."""
+    path = checked_file(folder, name)
+    return load_torch(path, f"delete {folder} and rerun the command that trains it", map_location=device)
 
 
 def save_model(folder, model: torch.nn.Module, spec: dict) -> None:
@@ -124,10 +167,10 @@ def read_model_spec(folder) -> dict:
                         "or student folder of a run")
     if not finished(folder):
         raise UserError(f"{folder}: an unfinished model (no {RESULT}); rerun the command that trains it")
+    spec = read_json(checked_file(folder, MODEL_JSON), f"delete {folder} and rerun the command that trains it")
     try:
-        spec = json.loads(path.read_text())
         task = spec["task"]
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         raise UserError(f"{path}: malformed (not JSON with a 'task')") from None
     if spec.get("format") != MODEL_FORMAT:
         raise UserError(f"{path}: format {spec.get('format')!r}, this version reads {MODEL_FORMAT}")
@@ -139,9 +182,16 @@ def read_model_spec(folder) -> dict:
 def load_weights(folder, model: torch.nn.Module, device="cpu") -> torch.nn.Module:
     """Fill `model` (built from model.json) with the folder's weights, on `device`; returns it in eval mode.
     Raises UserError when the file does not hold exactly the model's weights (shared ones once)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    missing, unexpected = model.load_state_dict(load_file(Path(folder) / WEIGHTS), strict=False)
+    path = checked_file(folder, WEIGHTS)
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{path}: cannot be read, damaged or cut short ({error}); delete {folder} and rerun the "
+                        "command that trains it") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
     missing = sorted(set(missing) - _aliases(model.state_dict()))
     if missing or unexpected:
         raise UserError(f"{folder}/{WEIGHTS}: does not fit the model model.json describes (missing "

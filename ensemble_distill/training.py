@@ -7,6 +7,10 @@ from its history after it (one line per finished epoch, whatever was killed wher
 same directory resumes after the last finished epoch; because batch order comes from (seed, epoch) and the torch
 RNG state is restored, a resumed run ends with the same weights (the same bytes) as one that was never stopped.
 
+A training whose loss (or weights) stop being finite is stopped at once (`Diverged`, one line naming the loss
+and train.lr), and its files are removed: resumed, it would only continue weights the bad setting made, and a
+folder with nothing trained in it takes a corrected config (io_utils.require_same_config).
+
 Optional, for translation: a ready optimiser with a learning-rate scheduler stepped after every update (its state
 is checkpointed too), and snapshots of the weights after each of the last few epochs (`epoch-<n>.pt`, written
 before the checkpoint) for checkpoint averaging.
@@ -23,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .config import Training
 from .errors import UserError
-from .io_utils import atomic_torch_save, atomic_write_text, strict_json
+from .io_utils import atomic_torch_save, atomic_write_text, load_torch, strict_json
 
 
 def make_optimizer(params, cfg: Training) -> torch.optim.Optimizer:
@@ -35,6 +39,10 @@ def make_optimizer(params, cfg: Training) -> torch.optim.Optimizer:
         return Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay, scale_parameter=False,
                          relative_step=False, warmup_init=False)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class Diverged(UserError):
+    """The training loss or the weights stopped being finite (a learning rate far too high, as a rule)."""
 
 
 @dataclass
@@ -55,6 +63,10 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
     (loss, n_tokens). On return the model holds its best weights. `optimizer` defaults to make_optimizer(cfg);
     `scheduler`, if given, is stepped after every update. With `snapshots` = n the weights after each of the
     last n epochs are kept as epoch-<epoch>.pt.
+
+    Raises Diverged (a UserError) at the first non-finite loss or overflowing update, or non-finite weights after
+    an epoch, having
+    removed run_dir's training files; UserError naming checkpoint.pt or best.pt when one cannot be read.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +76,7 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
     checkpoint = run_dir / "checkpoint.pt"
     if checkpoint.is_file():
         state = _restore(checkpoint, model, optimizer, scheduler)
+    remedy = f"delete {run_dir} to train this model again from its start"
 
     while not state["done"]:
         epoch = state["epoch"] + 1
@@ -71,16 +84,26 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
         started, total_loss, total_tokens = time.time(), 0.0, 0
         epoch_batches = list(batches(epoch))
         bar = tqdm(epoch_batches, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
-        for batch in bar:
+        for number, batch in enumerate(bar, 1):
             loss, n_tokens = loss_fn(model, batch)
+            value = loss.item()
+            if not math.isfinite(value):
+                _diverged(run_dir, f"the training loss is {value} at epoch {epoch}, batch {number}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as error:  # torch refuses a step size that overflows the weights' float type
+                if "overflow" not in str(error):
+                    raise
+                _diverged(run_dir, f"the update at epoch {epoch}, batch {number} overflows ({error})")
             if scheduler is not None:
                 scheduler.step()
-            total_loss += loss.item() * n_tokens
+            total_loss += value * n_tokens
             total_tokens += n_tokens
             bar.set_postfix(loss=f"{total_loss / max(total_tokens, 1):.4f}")
+        if not all(p.isfinite().all() for p in model.parameters()):  # the last update overflowed: no loss shows it
+            _diverged(run_dir, f"the weights are not finite after epoch {epoch}")
         model.eval()
         with torch.no_grad():
             score = float(score_fn(model))
@@ -107,7 +130,7 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
         if after_epoch is not None:
             after_epoch(epoch)
 
-    model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True, map_location="cpu"))
+    model.load_state_dict(load_torch(run_dir / "best.pt", remedy))
     model.eval()
     return TrainResult(state["best_score"], state["best_epoch"], state["epoch"], state["history"])
 
@@ -118,8 +141,17 @@ def _save(path: Path, model, optimizer, state: dict, scheduler=None) -> None:
                        "scheduler": scheduler.state_dict() if scheduler is not None else None}, path)
 
 
+def _diverged(run_dir: Path, what: str):
+    """Remove the training files of `run_dir` (checkpoint, best and snapshot weights, log) and raise Diverged."""
+    for path in [run_dir / "checkpoint.pt", run_dir / "best.pt", run_dir / "log.jsonl", *run_dir.glob("epoch-*.pt")]:
+        path.unlink(missing_ok=True)
+    raise Diverged(f"{run_dir}: training diverged, {what}; lower train.lr and train again (its files were removed; "
+                   "a folder in which nothing else was trained takes the corrected config)")
+
+
 def _restore(path: Path, model, optimizer, scheduler=None) -> dict:
-    saved = torch.load(path, weights_only=False, map_location="cpu")  # load_state_dict moves to the model's device
+    # load_state_dict moves to the model's device; weights_only=False: the checkpoint holds the RNG state and history
+    saved = load_torch(path, f"delete it to train {path.parent} again from its start", weights_only=False)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     if scheduler is not None:
@@ -131,7 +163,7 @@ def _restore(path: Path, model, optimizer, scheduler=None) -> dict:
 def average_snapshots(run_dir: Path, last_round: int, n: int) -> dict:
     """The mean of the weights after rounds last_round - n + 1 .. last_round (those that exist)."""
     paths = [run_dir / f"epoch-{r}.pt" for r in range(max(1, last_round - n + 1), last_round + 1)]
-    states = [torch.load(p, weights_only=True, map_location="cpu") for p in paths if p.is_file()]
+    states = [load_torch(p, f"delete {run_dir} to train this model again") for p in paths if p.is_file()]
     if not states:
         raise UserError(f"{run_dir}: no weight snapshots of rounds {last_round - n + 1}..{last_round} to average")
     return {key: sum(s[key] for s in states) / len(states) for key in states[0]}

@@ -32,7 +32,6 @@ Run directory (runs.py), and what translation adds:
     RUN/eval/<split>/results.{md,json} the table
 """
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,12 +46,12 @@ from .config import TranslationConfig, load_config
 from .ensemble import nested_subsets
 from .ensemble import train_members as train_members_of
 from .errors import UserError
-from .io_utils import atomic_write_json, atomic_write_text
+from .io_utils import atomic_write_json, atomic_write_text, read_json
 from .models.translation import (
     TranslationModel,
 )
 from .predictions import save_predictions
-from .runs import finished
+from .runs import finished, load_state
 from .tables import cell, mean_and_se
 from .tasks.nmt import (
     ParallelSplit,
@@ -87,14 +86,15 @@ class TranslationRun:
         return self.run_dir / "members" / f"member-{i}"
 
     def load(self, model_dir: Path) -> TranslationModel:
-        """The averaged model of a finished member or student folder (cached)."""
+        """The averaged model of a finished member or student folder (cached). Raises UserError for an unfinished
+        one, and for a model.pt other than the one its result.json records (replaced or damaged)."""
         if model_dir not in self._models:
             weights = model_dir / "model.pt"
             if not finished(model_dir) or not weights.is_file():
                 raise UserError(f"{model_dir}: not a finished model (no result.json); train it first, or rerun "
                                 "the command that trains it to finish it")
             model = new_model(self.cfg, len(self.data.vocab))
-            model.load_state_dict(torch.load(weights, weights_only=True, map_location=self.cfg.train.device))
+            model.load_state_dict(load_state(model_dir, "model.pt", self.cfg.train.device))  # checked: result.json
             self._models[model_dir] = model.eval()
         return self._models[model_dir]
 
@@ -241,7 +241,7 @@ def truncation_table(run_dir, students: list[Path], rows: list[dict], split: str
     by_system = {row["system"]: row for row in rows}
     table = []
     for student in students:
-        teacher = json.loads((student / "teacher.json").read_text())
+        teacher = read_json(student / "teacher.json", f"delete {student} and distill it again")
         k, eps = teacher["truncation"]["top_k"], teacher["truncation"]["epsilon"]
         truncation = f"adaptive 1 - {eps:g} (at most {k})" if eps else f"V' = {k}"
         table.append({"student": student.name, "truncation": truncation, "top_k": k, "epsilon": eps or 0.0,

@@ -22,7 +22,6 @@ claims (checked again whenever it is reopened), and a student's teacher.json rec
 never resumed from another teacher.
 """
 
-import json
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from .config import TranslationDistillation, setting_problem
 from .data.vocab import PAD_ID
 from .distill.losses import distillation_loss
 from .errors import UserError
-from .io_utils import atomic_write_json, checkpoint_name, run_lock
+from .io_utils import atomic_write_json, checkpoint_name, read_json, run_lock
 from .models.translation import collate
 from .runs import finished
 from .tasks.nmt import TASK, member_seed, new_model, to_device, train_model
@@ -115,7 +114,7 @@ def record_teacher(student_dir: Path, store: TeacherStore) -> None:
               "truncation": store.manifest["truncation"], "bytes_per_token": store.bytes_per_token()}
     previous = student_dir / "teacher.json"
     if previous.is_file():
-        recorded = json.loads(previous.read_text())
+        recorded = read_json(previous, f"delete {student_dir} and distill it again")
         changed = [key for key in ("teachers", "truncation") if recorded.get(key) != record[key]]
         if changed:
             raise UserError(f"{student_dir}: was begun from another teacher (its teacher.json's {changed[0]} differ "
@@ -156,5 +155,5 @@ def truncation_sweep(run_dir, members: int | None = None, top_ks: list[int] | No
     settings = [(k, 0.0) for k in top_ks] + [(max(top_ks), eps) for eps in epsilons]
     students = [distill_translation(run.run_dir, members, k, eps, progress, run) for k, eps in settings]
     evaluate_translation_run(run.run_dir, "test", n_boot, progress, run)
-    table = json.loads((run.run_dir / "eval" / "test" / "truncation.json").read_text())
+    table = read_json(run.run_dir / "eval" / "test" / "truncation.json", "evaluate the run again")
     return [row for row in table if row["student"] in {s.name for s in students}]

@@ -17,7 +17,6 @@ the translation student reuses `kd_loss` and `distillation_loss` with its own st
 """
 
 import dataclasses
-import json
 import platform
 from pathlib import Path
 
@@ -30,7 +29,14 @@ from ..config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml
 from ..ensemble import distillation_sentences, ensemble_member_ids
 from ..errors import UserError
 from ..experiments import TABLE_METRICS, evaluate_distributions, format_rows
-from ..io_utils import atomic_write_json, atomic_write_text, checkpoint_name, require_same_config, run_lock
+from ..io_utils import (
+    atomic_write_json,
+    atomic_write_text,
+    checkpoint_name,
+    read_json,
+    require_same_config,
+    run_lock,
+)
 from ..runs import model_dir, save_model, write_result
 from ..tasks.ner import (
     EnsembleRun,
@@ -230,7 +236,7 @@ def _record_student(out_dir: Path, cfg: DistillConfig, student_cfg: TaggingConfi
     identity = {"store_dataset": store.manifest["dataset_fingerprint"], "store_teachers": store.manifest["teachers"]}
     previous = out_dir / "run.json"
     if previous.is_file():
-        recorded = json.loads(previous.read_text())
+        recorded = read_json(previous, f"delete {out_dir} and distill again")
         changed = [key for key in identity if recorded.get(key) != identity[key]]
         if changed:
             raise UserError(f"{out_dir}: holds a student of another teacher store (its {changed[0]} differs from "

@@ -42,8 +42,9 @@ class Task(Protocol):
     def distributions(self, models: list, data, split: str) -> list[np.ndarray]:
         """Per sentence of `split`, the ensemble's float32 [positions, V] distributions (see the module doc)."""
 
-    def dataset_fingerprint(self, data) -> str:
-        """The training split's fingerprint, which a teacher store is keyed to (teacher_store.fingerprint_dataset)."""
+    def dataset_fingerprint(self, data, split: str = "train") -> str:
+        """A split's fingerprint (teacher_store.fingerprint_dataset of its tokenised data): a teacher store is keyed
+        to the training split's, and run.json records those of the splits members train and early-stop on."""
 
     # Training a run's members: ensemble.train_members calls these in this order.
     must_match: tuple[str, ...]  # run.json facts a resumed run must keep (NER: its label set)

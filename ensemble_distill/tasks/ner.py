@@ -38,7 +38,7 @@ from ..errors import UserError, located
 from ..io_utils import atomic_write_text, cache_root, sha256_file, strict_json
 from ..models.tagger import Tagger
 from ..predictions import Predictions, save_predictions
-from ..runs import finished, load_weights, model_dir, save_model, write_result
+from ..runs import finished, load_state, load_weights, model_dir, save_model, write_result
 from ..teacher_store import fingerprint_dataset
 from ..training import TrainResult, train
 
@@ -403,13 +403,13 @@ def train_ensemble(cfg: TaggingConfig, run_dir, progress: bool = True, data: Tag
 
 
 def load_member(run: EnsembleRun, folder: Path, seed: int = 0) -> Tagger:
-    """A finished member's (or individual's) best weights on train.device; an unfinished one (no result.json) is
-    refused with a UserError."""
+    """A finished member's (or individual's) best weights on train.device. Raises UserError for an unfinished one
+    (no result.json), and for a best.pt other than the one result.json records (replaced or damaged)."""
     best = folder / "best.pt"
     if not finished(folder) or not best.is_file():
         raise UserError(f"{folder}: not a finished model (no result.json); run `train` to train or finish it")
     model = new_tagger(run.data, run.cfg, seed)
-    model.load_state_dict(torch.load(best, weights_only=True, map_location=run.cfg.train.device))
+    model.load_state_dict(load_state(folder, "best.pt", run.cfg.train.device))  # checked against result.json
     return model.eval()
 
 
@@ -448,8 +448,8 @@ class NerTask:
     def distributions(self, models, data, split) -> list[np.ndarray]:
         return predict_distributions(models, data.splits[split], pad_id=data.pad_id)
 
-    def dataset_fingerprint(self, data) -> str:
-        return dataset_fingerprint(data.splits["train"])
+    def dataset_fingerprint(self, data, split="train") -> str:
+        return dataset_fingerprint(data.splits[split])
 
     def predict(self, model, input_path, out_dir, **reader) -> list[Path]:
         return predict(model, input_path, out_dir, **reader)

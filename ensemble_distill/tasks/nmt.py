@@ -437,8 +437,8 @@ class NmtTask:
                            for log_probs, _ in teacher_forced(models, data.splits[split], 64)])
         return [p.numpy() for p in probs.split(lengths)]
 
-    def dataset_fingerprint(self, data) -> str:
-        pairs = data.splits["train"].pairs
+    def dataset_fingerprint(self, data, split="train") -> str:
+        pairs = data.splits[split].pairs
         return fingerprint_dataset([src for src, _ in pairs], [tgt for _, tgt in pairs])
 
     def predict(self, model, input_path, out_dir, **reader) -> list[Path]:
