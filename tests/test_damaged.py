@@ -11,10 +11,17 @@ import warnings
 
 import pytest
 import torch
-from test_runs import one_line_error, tiny_tagging_config, tiny_translation_config, write_copy_task
+from test_runs import (
+    one_line_error,
+    tiny_tagging_config,
+    tiny_translation_config,
+    write_copy_task,
+    write_distill_config,
+)
 
 from ensemble_distill.cli import main
 from ensemble_distill.config import to_toml
+from ensemble_distill.distill.ner import memoize
 from ensemble_distill.tasks.ner import load_tagging_data, train_ensemble
 from ensemble_distill.translation import train_members
 from ensemble_distill.translation_distill import memoize_translation_teacher
@@ -300,3 +307,20 @@ def test_a_diverging_training_stops_at_once_and_the_folder_takes_a_corrected_lr(
     assert main(["train", "--config", str(config), "--out", str(run)]) == 0
     assert f"lr = {good_lr}" in (run / "config.toml").read_text()
     assert (run / "members" / "member-1" / "result.json").is_file()
+
+
+def test_a_diverging_ner_student_stops_and_its_folder_takes_a_corrected_config_not_a_lost_one(ner_run, tmp_path,
+                                                                                            capsys):
+    store = memoize(ner_run.run_dir, tmp_path / "store", progress=False, data=ner_run.data)
+    config, out = write_distill_config(tmp_path / "d.toml", ner_run.run_dir), tmp_path / "student"
+    distill = ["distill", "--store", str(store.path), "--config", str(config), "--out", str(out), "--n-boot", "2"]
+    config.write_text(config.read_text().replace("lr = 0.01", "lr = 1e+30"))
+    assert main(distill) == 2
+    assert f"{out}: training diverged, the training loss is nan at epoch 1, batch 2" in error_line(capsys)
+    config.write_text(config.read_text().replace("lr = 1e+30", "lr = 0.01"))
+    assert main(distill) == 0
+    assert "lr = 0.01" in (out / "config.toml").read_text()
+    capsys.readouterr()
+    (out / "config.toml").unlink()
+    assert main(distill) == 2
+    assert f"{out}: holds checkpoint.pt but no config.toml" in one_line_error(capsys)
