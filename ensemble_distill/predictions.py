@@ -6,7 +6,14 @@ atomically, validated on save and on load so that a bad file is reported in one 
 within PROB_TOLERANCE outside [0, 1] are accepted and clipped onto it, here and by the calibration functions alike.
 
     tagging       probs [N, C] dense, optional pred [N]
-    translation   top_ids/top_probs [N, k], gold_prob [N], sum_sq [N], hypotheses/references [S]
+    translation   top_ids/top_probs [N, k], gold_prob [N], sum_sq [N], hypotheses/references [S], optional
+                  tied_beyond [N]
+
+Ties. The predicted label of a tagging position without a stored `pred` is its most probable label; among labels
+of equal probability, "O", then the smallest label name (code-point order: "B-LOC" < "B-PER" < "I-LOC"), so it
+never depends on the order of the labels in the file (`predicted_labels`). The calibration events share a tie's
+correctness instead (calibration/metrics.py, "Class ties"); for translation files they read `gold_prob` and
+`tied_beyond`, never the ids of tied tokens.
 """
 
 import json
@@ -35,7 +42,7 @@ TASK_KEYS = {
     "tagging": ("probs",),
     "translation": ("top_ids", "top_probs", "gold_prob", "sum_sq", "hypotheses", "references"),
 }
-OPTIONAL_KEYS = {"tagging": ("pred",), "translation": ()}
+OPTIONAL_KEYS = {"tagging": ("pred",), "translation": ("tied_beyond",)}
 PROBABILITY_KEYS = {"tagging": ("probs",), "translation": ("top_probs", "gold_prob", "sum_sq")}
 
 
@@ -61,6 +68,7 @@ class Predictions:
     sum_sq: np.ndarray | None = None  # translation: float32 [N]
     hypotheses: np.ndarray | None = None  # translation: str [S], detokenised
     references: np.ndarray | None = None  # translation: str [S], detokenised
+    tied_beyond: np.ndarray | None = None  # translation: int32 [N], tokens outside top_ids tied with the last one
 
     @property
     def n_positions(self) -> int:
@@ -71,8 +79,9 @@ class Predictions:
         return len(self.sentence_offsets) - 1
 
     def predicted(self) -> np.ndarray:
-        """Tagging: predicted label ids [N], the stored `pred` (e.g. CRF Viterbi) or the per-position argmax."""
-        return self.pred if self.pred is not None else self.probs.argmax(axis=1)
+        """Tagging: predicted label ids [N], the stored `pred` (e.g. CRF Viterbi) or the most probable label of each
+        position with ties broken by name (`predicted_labels`)."""
+        return self.pred if self.pred is not None else predicted_labels(self.probs, self.label_names)
 
     def sentence_labels(self, ids: np.ndarray) -> list[list[str]]:
         """Label ids [N] as one list of label strings per sentence (the input seqeval wants)."""
@@ -99,7 +108,7 @@ class Predictions:
     ) -> "Predictions":
         """Translation predictions from dense next-token distributions [N, V], kept in compact form."""
         gold = np.asarray(gold, dtype=np.int64)
-        top_ids, top_probs, gold_prob, sum_sq = compact_distributions(probs, gold, k)
+        top_ids, top_probs, gold_prob, sum_sq, tied_beyond = compact_distributions(probs, gold, k)
         return cls(
             task="translation",
             label_names=np.asarray(label_names, dtype=str),
@@ -112,7 +121,25 @@ class Predictions:
             sum_sq=clip_near_unit_interval(sum_sq),
             hypotheses=np.asarray(hypotheses, dtype=str),
             references=np.asarray(references, dtype=str),
+            tied_beyond=tied_beyond,
         )
+
+
+def predicted_labels(probs, label_names) -> np.ndarray:
+    """The most probable label of each position, int64 [N], for probs [N, C] over label_names [C]; among labels of
+    equal probability "O" first, then the smallest name (Python's string order, by code point: B- before I-, types
+    alphabetical). The labels are the same whatever the order of the columns: permuting probs' columns together
+    with label_names permutes the ids and keeps the names.
+
+    Raises:
+        ValueError: probs not [N, len(label_names)].
+    """
+    probs = np.asarray(probs)
+    names = [str(name) for name in label_names]
+    if probs.ndim != 2 or probs.shape[1] != len(names):
+        raise ValueError(f"probs must be [N, {len(names)}] (one column per label); got shape {probs.shape}")
+    preference = np.array(sorted(range(len(names)), key=lambda i: (names[i] != "O", names[i])), dtype=np.int64)
+    return preference[np.argmax(probs[:, preference], axis=1)]  # argmax takes the first of tied maxima
 
 
 def clip_near_unit_interval(x: np.ndarray) -> np.ndarray:
@@ -123,7 +150,9 @@ def clip_near_unit_interval(x: np.ndarray) -> np.ndarray:
 
 
 def compact_distributions(probs, gold, k: int, chunk_rows: int = COMPACT_CHUNK_ROWS):
-    """Top-k (ids, probs, descending), gold probability and sum_c p_c^2 of dense distributions [N, V].
+    """Top-k (ids, probs, descending), gold probability, sum_c p_c^2 of dense distributions [N, V], and how many
+    tokens outside the top k share the k-th probability (`tied_beyond`, int32 [N]: the calibration events share a
+    tie that straddles the k-th place among all its tokens; which of them are stored is arbitrary).
 
     Works through `chunk_rows` rows at a time so that memory stays bounded for large vocabularies.
     `probs` may be a numpy array or anything np.asarray accepts per chunk (a memmap, a CPU tensor).
@@ -136,6 +165,7 @@ def compact_distributions(probs, gold, k: int, chunk_rows: int = COMPACT_CHUNK_R
     top_probs = np.empty((n, k), dtype=np.float32)
     gold_prob = np.empty(n, dtype=np.float32)
     sum_sq = np.empty(n, dtype=np.float32)
+    tied_beyond = np.empty(n, dtype=np.int32)
     for start in range(0, n, chunk_rows):
         rows = slice(start, min(start + chunk_rows, n))
         chunk = np.asarray(probs[rows], dtype=np.float32)
@@ -146,7 +176,9 @@ def compact_distributions(probs, gold, k: int, chunk_rows: int = COMPACT_CHUNK_R
         top_probs[rows] = np.take_along_axis(chunk, ids, axis=1)
         gold_prob[rows] = chunk[np.arange(len(chunk)), gold[rows]]
         sum_sq[rows] = np.einsum("nv,nv->n", chunk, chunk, dtype=np.float64)
-    return top_ids, top_probs, gold_prob, sum_sq
+        last = top_probs[rows, -1:]
+        tied_beyond[rows] = (chunk == last).sum(axis=1) - (top_probs[rows] == last).sum(axis=1)
+    return top_ids, top_probs, gold_prob, sum_sq, tied_beyond
 
 
 def save_predictions(path, preds: Predictions) -> None:
@@ -203,7 +235,7 @@ def _to_arrays(preds: Predictions) -> dict[str, np.ndarray]:
     }
     dtypes = {
         "probs": np.float32, "pred": np.int64, "top_ids": np.int32, "top_probs": np.float32,
-        "gold_prob": np.float32, "sum_sq": np.float32, "hypotheses": str, "references": str,
+        "gold_prob": np.float32, "sum_sq": np.float32, "hypotheses": str, "references": str, "tied_beyond": np.int32,
     }  # fmt: skip
     for key in TASK_KEYS.get(preds.task, ()) + OPTIONAL_KEYS.get(preds.task, ()):
         value = getattr(preds, key)
@@ -297,6 +329,35 @@ def _validate_translation(fail, arrays, n, n_classes, n_sentences):
     _check_row_sums(fail, "top_probs", sums > 1 + PROB_TOLERANCE, sums)
     if np.any(np.diff(top_probs, axis=1) > 0):
         fail("top_probs rows are not sorted in descending order")
+    _check_gold_prob(fail, arrays, k, n_classes)
+
+
+def _check_gold_prob(fail, arrays, k, n_classes):
+    """The calibration events read the gold token's rank off `gold_prob` (a tie is a tie of probabilities), so it
+    must agree with the top-k: equal to top_probs where top_ids holds the gold id, else at most the last stored
+    probability; `tied_beyond` (optional) counts the tokens outside top_ids that share that last probability."""
+    top_ids, top_probs, gold = arrays["top_ids"], arrays["top_probs"], arrays["gold"]
+    gold_prob = arrays["gold_prob"].astype(top_probs.dtype)
+    stored = top_ids == gold[:, None]
+    differs = (stored & (top_probs != gold_prob[:, None])).any(axis=1)
+    above = ~stored.any(axis=1) & (gold_prob > top_probs[:, -1])
+    for bad, problem in ((differs, "differs from top_probs where top_ids holds the gold id"),
+                         (above, "exceeds the last top_probs, but the gold id is not in top_ids")):
+        if bad.any():
+            pos = int(np.argmax(bad))
+            fail(f"gold_prob at position {pos} {problem}: gold_prob must be the gold token's probability as "
+                 "top_probs holds it")
+    if "tied_beyond" not in arrays:
+        return
+    tied = arrays["tied_beyond"]
+    _check_shape(fail, "tied_beyond", tied, (len(gold),))
+    _check_integer(fail, "tied_beyond", tied)
+    if np.any((tied < 0) | (tied > n_classes - k)):
+        fail(f"tied_beyond must lie in [0, {n_classes - k}] (tokens outside the top {k})")
+    unstored_tie = ~stored.any(axis=1) & (gold_prob == top_probs[:, -1]) & (tied == 0)
+    if unstored_tie.any():
+        fail(f"gold_prob at position {int(np.argmax(unstored_tie))} equals the last top_probs with the gold id not "
+             "in top_ids, but tied_beyond says no token outside top_ids has that probability")
 
 
 def _check_shape(fail, name, array, shape):
@@ -328,12 +389,9 @@ def _check_iob2(fail, labels, gold, offsets):
     metrics read), each once, and every gold I-X must continue a B-X or I-X span in its sentence."""
     names = labels.tolist()
     for i, name in enumerate(names):
-        try:
-            split_tag(name)
-        except TagError:
-            fail(f"label {name!r} (label_names[{i}]) is not an IOB2 label: evaluation reads O, B-TYPE and I-TYPE "
-                 "(upper-case prefixes); relabel as IOB2 (IOBES, BILOU: S-X, U-X -> B-X and E-X, L-X -> I-X; a "
-                 "bare type X: B-X on a span's first token, I-X on the others)")
+        problem = iob2_label_problem(name)
+        if problem:
+            fail(f"label {name!r} (label_names[{i}]) {problem}")
     if len(set(names)) < len(names):
         fail(f"label {next(name for name in names if names.count(name) > 1)!r} appears twice in label_names")
     prefix = np.array([name[0] for name in names])
@@ -348,6 +406,20 @@ def _check_iob2(fail, labels, gold, offsets):
         after = "opening its sentence" if sentence_start[pos] else f"after {names[previous[pos]]!r}"
         fail(f"gold label {names[gold[pos]]!r} at position {pos} (sentence {sentence}) {after} is not IOB2, where "
              "a span starts with B-; convert IOB1 gold to IOB2 (the CoNLL reader's scheme = \"iob1\" does)")
+
+
+def iob2_label_problem(name: str) -> str | None:
+    """Why `name` is not a tagging label evaluation reads, or None: O, B-TYPE or I-TYPE with an upper-case prefix
+    and a TYPE of printable characters without whitespace ("B-PER " and "B- PER" would be types of their own)."""
+    try:
+        _, entity_type = split_tag(name)
+    except TagError:
+        return ("is not an IOB2 label: evaluation reads O, B-TYPE and I-TYPE (upper-case prefixes); relabel as "
+                "IOB2 (IOBES, BILOU: S-X, U-X -> B-X and E-X, L-X -> I-X; a bare type X: B-X on a span's first "
+                "token, I-X on the others)")
+    if not entity_type.isprintable() or any(ch.isspace() for ch in entity_type):
+        return f"has the entity type {entity_type!r}, with whitespace or unprintable characters: strip them"
+    return None
 
 
 def _check_strings(fail, name, array):

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 from sklearn.calibration import calibration_curve
@@ -7,6 +9,7 @@ import ensemble_distill.calibration.metrics as metrics
 from ensemble_distill.calibration import (
     balanced_calibration,
     brier,
+    dense_topk_events,
     ece,
     entity_type_confidences,
     gold_entity_types,
@@ -116,7 +119,7 @@ def test_percentile_edges_are_numpys_bit_for_bit():
     for n in (1, 2, 7, 1000, 12345):
         for dtype in (np.float32, np.float64):
             conf = np.sort(rng.random(n).astype(dtype))
-            keys = metrics._event_keys(conf, np.zeros(n, dtype=bool))
+            keys, _ = metrics._event_keys(conf, np.zeros(n, dtype=bool))
             for n_bins in (1, 10, 20):
                 expected = np.percentile(conf, np.linspace(0, 1, n_bins + 1) * 100)
                 np.testing.assert_array_equal(metrics._sklearn_percentile_edges(keys, conf.dtype, n_bins), expected)
@@ -153,7 +156,7 @@ def test_ece_accepts_float_and_int_inputs_alike():
 
 
 def _full_sort_ece(conf, hit, n_bins, paper_compatible):
-    keys = metrics._event_keys(conf, hit)
+    keys, _ = metrics._event_keys(conf, hit)
     keys.sort()
     return metrics._ece_of_sorted_keys(keys, conf.dtype, n_bins, "quantile", paper_compatible)
 
@@ -194,8 +197,14 @@ def test_event_keys_in_blocks_are_shifted_bits_and_correct(monkeypatch):
         conf[:10] = -0.0  # the sign bit is shifted out
         hit = rng.random(1000) < 0.5
         expected = (np.abs(conf).view(uint) << 1) | hit
-        np.testing.assert_array_equal(metrics._event_keys(conf, hit), expected)
-        np.testing.assert_array_equal(metrics._event_keys(conf[::3], hit[::3]), expected[::3])  # strided columns
+        np.testing.assert_array_equal(metrics._event_keys(conf, hit)[0], expected)
+        np.testing.assert_array_equal(metrics._event_keys(conf[::3], hit[::3])[0], expected[::3])  # strided columns
+        # float correctness: the bit where it is 1, and the fractions beside, at their indices across the blocks
+        shares = np.where(rng.random(1000) < 0.2, rng.choice([1 / 3, 0.5], 1000), hit)
+        keys, (index, values) = metrics._event_keys(conf, shares)
+        np.testing.assert_array_equal(keys, (np.abs(conf).view(uint) << 1) | (shares == 1))
+        np.testing.assert_array_equal(index, np.flatnonzero((shares > 0) & (shares < 1)))
+        np.testing.assert_array_equal(values, shares[index])
 
 
 def test_bins_whose_sum_depends_on_order_are_sorted_first():
@@ -212,7 +221,7 @@ def test_bins_whose_sum_depends_on_order_are_sorted_first():
 
 def test_bins_that_sum_exactly_are_left_unsorted():
     rng = np.random.default_rng(13)
-    keys = metrics._event_keys(rng.uniform(0.5, 1.0, 4000).astype(np.float32), rng.random(4000) < 0.5)
+    keys, _ = metrics._event_keys(rng.uniform(0.5, 1.0, 4000).astype(np.float32), rng.random(4000) < 0.5)
     bounds = np.array([0, 2000, 4000])
     metrics._partition_at(keys, bounds[1:-1])
     partitioned = keys.copy()
@@ -251,9 +260,13 @@ def test_topk_ece_hand_case():
 
 
 def test_topk_events_pools_rows():
-    conf, hit = topk_events([[0.5, 0.3], [0.6, 0.2]], [[0, 1], [1, 2]], [1, 2])
+    conf, hit = topk_events([[0.5, 0.3], [0.6, 0.2]], [0.3, 0.2])  # the gold class: second in each row
     np.testing.assert_array_equal(conf, [0.5, 0.3, 0.6, 0.2])
     np.testing.assert_array_equal(hit, [False, True, False, True])
+    assert hit.dtype == bool  # no tie: no fractions
+    conf, hit = topk_events([[0.5, 0.3], [0.6, 0.2]], [0.05, 0.6], k=1)  # gold outside the top k, then first
+    np.testing.assert_array_equal(conf, [0.5, 0.6])
+    np.testing.assert_array_equal(hit, [False, True])
 
 
 def test_ece1_is_top_label_ece():
@@ -574,6 +587,127 @@ def test_probabilities_a_rounding_step_outside_0_1_are_clipped():
     assert type_conf.max() == 1
 
 
+# ------------------------------------------------------------- class ties: tied classes share the gold's correctness
+
+
+def _sklearn_style_ece(conf, correct, n_bins, strategy):
+    """The paper's unweighted ECE over scikit-learn's bins, for fractional correctness (calibration_curve wants 0/1)."""
+    conf64 = conf.astype(np.float64)
+    if strategy == "quantile":
+        edges = np.percentile(conf, np.linspace(0, 1, n_bins + 1) * 100)
+    else:
+        edges = np.linspace(0, 1, n_bins + 1)
+    bins = np.searchsorted(edges[1:-1], conf, side="left")
+    used = np.unique(bins)
+    return np.mean([abs(correct[bins == b].mean() - conf64[bins == b].mean()) for b in used])
+
+
+def _uniform_ece(conf, correct, n_bins):
+    bins = np.searchsorted(np.linspace(0, 1, n_bins + 1)[1:-1], conf, side="right")  # [b/n, (b+1)/n), 1.0 last
+    return sum(abs(correct[bins == b].sum() - conf[bins == b].astype(np.float64).sum())
+               for b in range(n_bins)) / conf.size
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ece_of_fractional_correctness_matches_brute_force(dtype):
+    rng = np.random.default_rng(31)
+    for n in (1, 3, 11, 257, 5000):
+        conf, _ = _random_events(rng, n, dtype)
+        correct = rng.choice([0, 0, 1, 1, 1 / 2, 1 / 3, 1 / 4], size=n)
+        for n_bins in (1, 4, 10, 20):
+            assert ece(conf, correct, n_bins=n_bins) == pytest.approx(_brute_force_ece(conf, correct, n_bins),
+                                                                      abs=1e-9)
+            assert ece(conf, correct, n_bins, "uniform") == pytest.approx(_uniform_ece(conf, correct, n_bins),
+                                                                          abs=1e-9)
+            for strategy in ("quantile", "uniform"):
+                expected = _sklearn_style_ece(conf, correct, n_bins, strategy)
+                assert ece(conf, correct, n_bins, strategy, paper_compatible=True) == pytest.approx(expected,
+                                                                                                     abs=1e-9)
+
+
+def test_ece_of_fractional_correctness_by_hand():
+    # .2 (1/2), .2 (0) | .8 (1), .8 (1/2): |1/2 - .4| + |3/2 - 1.6| = .2 over 4 events
+    assert ece([0.2, 0.2, 0.8, 0.8], [0.5, 0, 1, 0.5], n_bins=2) == pytest.approx(0.05, abs=1e-12)
+    # a run of three .5 events (correct 1/3 + 0 + 1) cut by the bound: each counts 4/9. Bins .5 .5 | .5 .9:
+    # |8/9 - 1| + |4/9 + 1 - 1.4| = 1/9 + 2/45 = 7/45, over 4 events
+    assert ece([0.5, 0.9, 0.5, 0.5], [1 / 3, 1, 0, 1], n_bins=2) == pytest.approx(7 / 180, abs=1e-12)
+    # float 0/1 correctness is bool correctness
+    conf, hit = _random_events(np.random.default_rng(3), 500, np.float32)
+    assert ece(conf, hit.astype(np.float64)) == ece(conf, hit)
+
+
+def test_tied_classes_share_correctness_by_hand():
+    probs = np.array([[0.4, 0.2, 0.2, 0.2]], dtype=np.float32)
+    assert dense_topk_events(probs, [0], 2)[1].tolist() == [True, False]  # the untied top class is gold
+    for gold in (1, 2, 3):  # gold one of three classes tied for places 2-4: each of those events correct at 1/3
+        for k, expected in ((1, [0]), (2, [0, 1 / 3]), (3, [0, 1 / 3, 1 / 3]), (4, [0, 1 / 3, 1 / 3, 1 / 3])):
+            conf, correct = dense_topk_events(probs, [gold], k)
+            np.testing.assert_array_equal(conf, probs[0, :k])
+            np.testing.assert_allclose(correct, expected, rtol=1e-15)
+    # the issue's rows: .5 on O and on B-PER, gold alternating. Either order of the classes: top-1 accuracy 1/2
+    # against confidence 1/2 (was accuracy 1 or 0 by the order): ECE-1 0
+    probs = np.tile(np.array([[0.5, 0.5, 0.0]], dtype=np.float32), (40, 1))
+    gold = np.tile([0, 1], 20)
+    for order in ([0, 1, 2], [1, 0, 2]):
+        assert dense_topk_events(probs[:, order], np.argsort(order)[gold], 1)[1].tolist() == [0.5] * 40
+        assert topk_ece(probs[:, order], np.argsort(order)[gold], 1) == 0.0
+
+
+def _quantised_rows(rng, n, classes, steps=8):
+    """Rows of multiples of 1/steps summing to 1: many ties, and exact sums in any order."""
+    counts = rng.multinomial(steps, rng.dirichlet(np.ones(classes)), size=n)
+    return (counts / steps).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_topk_events_are_the_mean_over_every_order_of_the_classes(seed):
+    # brute force: for each of the 5! orders of the classes, the top k an order-dependent sort picks (a stable
+    # argsort, so the first of tied classes in that order), and the mean over the orders of each slot's correctness
+    rng = np.random.default_rng(seed)
+    probs = _quantised_rows(rng, 60, 5)
+    gold = rng.integers(0, 5, 60)
+    orders = list(itertools.permutations(range(5)))
+    for k in range(1, 6):
+        mean = np.zeros((60, k))
+        for order in orders:
+            order = np.array(order)
+            picked = order[np.argsort(-probs[:, order], axis=1, kind="stable")[:, :k]]
+            mean += picked == gold[:, None]
+        conf, correct = dense_topk_events(probs, gold, k)
+        np.testing.assert_array_equal(conf.reshape(60, k), -np.sort(-probs, axis=1)[:, :k])
+        np.testing.assert_allclose(correct.reshape(60, k), mean / len(orders), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_no_calibration_metric_depends_on_the_order_of_the_classes(seed):
+    rng = np.random.default_rng(seed)
+    probs = _quantised_rows(rng, 400, 6)
+    gold = rng.integers(0, 6, 400)
+    for _ in range(3):
+        perm = rng.permutation(6)
+        for k in range(1, 7):
+            for paper in (False, True):
+                assert topk_ece(probs[:, perm], np.argsort(perm)[gold], k, paper_compatible=paper) == \
+                    topk_ece(probs, gold, k, paper_compatible=paper)
+
+
+def test_compact_topk_events_count_the_ties_past_the_stored_k():
+    # full row .3 .2 .2 .2 .1, gold the fourth class (.2); two of the three .2 classes stored with K = 3, one not
+    row = np.array([[0.3, 0.2, 0.2, 0.2, 0.1]], dtype=np.float32)
+    top = row[:, :3]
+    for k in (1, 2, 3):
+        conf, correct = topk_events(top, row[:, 3], k, tied_beyond=[1])
+        dense_conf, dense_correct = dense_topk_events(row, [3], k)
+        np.testing.assert_array_equal(conf, dense_conf)
+        np.testing.assert_array_equal(correct, dense_correct)
+        np.testing.assert_allclose(correct, [0, 1 / 3, 1 / 3][:k], rtol=1e-15)
+    # without tied_beyond (unknown: counted as 0) the tie is two classes
+    np.testing.assert_allclose(topk_events(top, row[:, 3])[1], [0, 1 / 2, 1 / 2], rtol=1e-15)
+    # a tie that does not hold the gold class changes nothing, and leaves the events bool
+    conf, correct = topk_events(top, np.float32([0.3]), tied_beyond=[1])
+    assert correct.dtype == bool and correct.tolist() == [True, False, False]
+
+
 # -------------------------------------------------------------------------------------- bad input
 
 
@@ -584,6 +718,15 @@ def test_probabilities_a_rounding_step_outside_0_1_are_clipped():
     (lambda: ece(np.array([-0.1, 0.5], dtype=np.float32), [1, 0]), r"\[0, 1\]"),
     (lambda: ece([0.1, np.inf], [1, 0]), r"\[0, 1\]"),
     (lambda: ece([0.1, 0.2], [1, 2]), "0/1"),
+    (lambda: ece([0.1, 0.2], [1, 1.5]), r"probability in \[0, 1\]"),
+    (lambda: ece([0.1, 0.2], [1, np.nan]), r"probability in \[0, 1\]"),
+    (lambda: topk_events([[0.2, 0.5]], [0.5]), "descending"),
+    (lambda: topk_events([[0.5, 0.2]], [0.5], k=3), "k must be"),
+    (lambda: topk_events([[0.5, 0.2]], [0.5, 0.2]), "gold_prob must be"),
+    (lambda: topk_events([[0.5, 0.2]], [0.5], tied_beyond=[-1]), "tied_beyond must be >= 0"),
+    (lambda: topk_events([[0.5, 0.2]], [0.5], tied_beyond=[0.5]), "integers"),
+    (lambda: entity_type_confidences(np.full((2, 3), 1 / 3), ["O", "B-PER ", "I-PER "]), "whitespace"),
+    (lambda: entity_type_confidences(np.full((2, 3), 1 / 3), ["O", "B- PER", "I- PER"]), "whitespace"),
     (lambda: ece([], []), "no events"),
     (lambda: ece([0.1], [1], n_bins=0), "n_bins"),
     (lambda: ece([0.1], [1], strategy="equal"), "strategy"),

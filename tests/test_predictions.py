@@ -10,6 +10,7 @@ from ensemble_distill.predictions import (
     _to_arrays,
     compact_distributions,
     load_predictions,
+    predicted_labels,
     save_predictions,
     validate_arrays,
 )
@@ -53,6 +54,30 @@ def test_predicted_defaults_to_argmax():
     np.testing.assert_array_equal(preds.predicted(), preds.probs.argmax(axis=1))
 
 
+def test_tied_labels_go_to_o_then_to_the_smallest_name():
+    names = ["I-PER", "B-PER", "O", "B-LOC"]
+    probs = np.array([[0.5, 0.5, 0.0, 0.0],   # I-PER, B-PER: B-PER
+                      [0.4, 0.0, 0.4, 0.2],   # I-PER, O: O
+                      [0.3, 0.3, 0.0, 0.3],   # I-PER, B-PER, B-LOC: B-LOC
+                      [0.1, 0.7, 0.1, 0.1],   # no tie at the top: B-PER
+                      [0.25] * 4])            # all: O
+    assert [names[i] for i in predicted_labels(probs, names)] == ["B-PER", "O", "B-LOC", "B-PER", "O"]
+    preds = Predictions.tagging(probs, [1, 2, 3, 1, 2], [0, 5], names)
+    assert [names[i] for i in preds.predicted()] == ["B-PER", "O", "B-LOC", "B-PER", "O"]
+    with pytest.raises(ValueError, match=r"probs must be \[N, 4\]"):
+        predicted_labels(probs[:, :3], names)
+
+
+def test_predicted_labels_do_not_depend_on_the_order_of_the_labels():
+    rng = np.random.default_rng(4)
+    names = np.array(LABELS)
+    probs = (rng.multinomial(4, np.full(5, 0.2), size=300) / 4).astype(np.float32)  # quarters: ties everywhere
+    expected = names[predicted_labels(probs, names)]
+    for _ in range(10):
+        perm = rng.permutation(5)
+        np.testing.assert_array_equal(names[perm][predicted_labels(probs[:, perm], names[perm])], expected)
+
+
 def test_translation_compact_form_matches_dense(tmp_path):
     preds, probs = translation_preds()
     save_predictions(tmp_path / "t.npz", preds)
@@ -66,6 +91,27 @@ def test_translation_compact_form_matches_dense(tmp_path):
     dense_brier = ((probs - np.eye(50)[back.gold]) ** 2).sum(axis=1)
     np.testing.assert_allclose(back.sum_sq - 2 * back.gold_prob + 1, dense_brier, rtol=1e-5)
     assert back.hypotheses.tolist() == ["a b c", "d e"]
+    np.testing.assert_array_equal(back.tied_beyond, np.zeros(7))  # Dirichlet draws: no ties
+
+
+def test_compaction_counts_the_tokens_tied_with_the_last_stored_one(tmp_path):
+    probs = np.array([[0.3, 0.2, 0.2, 0.2, 0.1],     # two of three .2 stored with k = 3: one beyond
+                      [0.1, 0.1, 0.1, 0.1, 0.6],     # three of four .1 stored (after .6): one beyond
+                      [0.5, 0.25, 0.25, 0.0, 0.0]])  # the tie fits: none beyond
+    _, top_probs, gold_prob, _, tied_beyond = compact_distributions(probs, np.array([3, 0, 4]), k=3)
+    np.testing.assert_array_equal(top_probs, np.float32([[0.3, 0.2, 0.2], [0.6, 0.1, 0.1], [0.5, 0.25, 0.25]]))
+    np.testing.assert_array_equal(tied_beyond, [1, 2, 0])
+    np.testing.assert_array_equal(gold_prob, np.float32([0.2, 0.1, 0.0]))
+    preds = Predictions.translation(probs, [3, 0, 4], [0, 3], [f"t{i}" for i in range(5)], ["x"], ["x"], k=3)
+    save_predictions(tmp_path / "t.npz", preds)
+    np.testing.assert_array_equal(load_predictions(tmp_path / "t.npz").tied_beyond, [1, 2, 0])
+
+
+def test_empty_sentences_are_allowed(tmp_path):
+    preds = tagging_preds()
+    preds.sentence_offsets = np.array([0, 0, 4, 5, 5, 9, 9])
+    save_predictions(tmp_path / "p.npz", preds)
+    assert [len(s) for s in load_predictions(tmp_path / "p.npz").sentence_labels(preds.gold)] == [0, 4, 1, 0, 4, 0]
 
 
 def test_compaction_is_the_same_in_small_chunks():
@@ -157,6 +203,16 @@ TRANSLATION_CASES = {
     "hypotheses": (setter("hypotheses", np.array(["only one"])), "hypotheses has shape [1], expected [2]"),
     "gold prob nan": (set_cell("gold_prob", 5, np.nan), "gold_prob contains NaN at position 5"),
     "sum_sq": (set_cell("sum_sq", 0, 1.5), "sum_sq has the value 1.5 at position 0"),
+    "gold prob not stored value": (lambda a: a.update(gold=np.where(np.arange(7) == 2, a["top_ids"][:, 1], a["gold"])),
+                                   "gold_prob at position 2 differs from top_probs where top_ids holds the gold id"),
+    "gold prob above": (lambda a: a.update(gold_prob=np.where(np.arange(7) == 3, a["top_probs"][:, 0], a["gold_prob"])),
+                        "gold_prob at position 3 exceeds the last top_probs, but the gold id is not in top_ids"),
+    "gold tie not counted": (lambda a: a.update(gold_prob=np.where(np.arange(7) == 4, a["top_probs"][:, -1],
+                                                                   a["gold_prob"])),
+                             "gold_prob at position 4 equals the last top_probs with the gold id not in top_ids, "
+                             "but tied_beyond says no token"),
+    "tied_beyond negative": (set_cell("tied_beyond", 1, -1), "tied_beyond must lie in [0, 45]"),
+    "tied_beyond shape": (setter("tied_beyond", lambda a: a["tied_beyond"][:3]), "tied_beyond has shape [3]"),
 }
 
 
@@ -208,6 +264,8 @@ def test_compaction_rejects_gold_outside_the_vocabulary():
     (["O", "b-per", "i-per"], "b-per"),  # lower case
     (["o", "B-PER", "I-PER"], "o"),
     (["O", "B-", "I-PER"], "B-"),
+    (["O", " B-PER", "I-PER"], " B-PER"),
+    (["O ", "B-PER", "I-PER"], "O "),
 ])
 def test_labels_other_than_iob2_are_refused_naming_the_file_and_label(tmp_path, labels, bad):
     arrays = _to_arrays(Predictions.tagging(np.full((2, 3), 1 / 3), [0, 0], [0, 2], ["O", "B-PER", "I-PER"]))
@@ -218,6 +276,24 @@ def test_labels_other_than_iob2_are_refused_naming_the_file_and_label(tmp_path, 
     text = str(err.value)
     assert text.startswith(f"{path}: label {bad!r} (label_names[{labels.index(bad)}]) is not an IOB2 label")
     assert "\n" not in text
+
+
+@pytest.mark.parametrize("labels, bad", [
+    (["O", "B-PER ", "I-PER"], "B-PER "),  # a trailing space: another type than PER
+    (["O", "B-PER", "I- PER"], "I- PER"),
+    (["O", "B-PER\t", "I-PER"], "B-PER\t"),
+    (["O", "B-P ER", "I-PER"], "B-P ER"),
+    (["O", "B-PER", "I-PER\u200b"], "I-PER\u200b"),  # a zero-width space, unprintable
+])
+def test_labels_with_whitespace_are_refused_naming_the_file_and_label(tmp_path, labels, bad):
+    arrays = _to_arrays(Predictions.tagging(np.full((2, 3), 1 / 3), [0, 0], [0, 2], ["O", "B-PER", "I-PER"]))
+    arrays["label_names"] = np.array(labels)
+    path = write_raw(tmp_path / "space.npz", arrays)
+    with pytest.raises(UserError) as err:
+        load_predictions(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: label {bad!r} (label_names[{labels.index(bad)}]) has the entity type")
+    assert "whitespace" in text and "\n" not in text
 
 
 def test_a_label_named_twice_is_refused(tmp_path):

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -88,7 +89,9 @@ def test_stored_predictions_are_the_ones_scored():
     preds = tagging_preds()
     preds.pred = np.zeros_like(preds.gold)  # all O: no predicted entity
     metrics = evaluate(preds, n_boot=5)
-    assert metrics["f1"]["value"] == 0.0 and metrics["precision"]["value"] == 0.0
+    # gold entities but none predicted: F1 = 2 * 0 / (gold + 0) = 0, precision 0/0 undefined
+    assert metrics["f1"]["value"] == 0.0 and metrics["recall"]["value"] == 0.0
+    assert np.isnan(metrics["precision"]["value"])
     assert metrics["token_accuracy"]["value"] == pytest.approx(np.mean(preds.gold == 0))
 
 
@@ -230,3 +233,155 @@ def test_cli_evaluate_reads_probabilities_one_float32_step_above_one(tmp_path, c
     saved = _strict_json((tmp_path / "ev" / "metrics.json").read_text())
     accuracy = np.mean(arrays["probs"].argmax(axis=1) == preds.gold)
     assert saved["metrics"]["token_accuracy"]["value"] == pytest.approx(accuracy)
+
+
+# ------------------------------------------------------------------ ties between classes: the order of labels
+
+
+def _quantised(rng, n, classes, steps=4):
+    """Rows of multiples of 1/steps summing to 1: ties at every place, and sums exact in any order (so permuted
+    files can be compared bit for bit)."""
+    return (rng.multinomial(steps, rng.dirichlet(np.ones(classes)), size=n) / steps).astype(np.float32)
+
+
+def _same_metrics(a, b):
+    assert list(a) == list(b)
+    for name in a:
+        for key in a[name]:
+            x, y = a[name][key], b[name][key]
+            assert x == y or (np.isnan(x) and np.isnan(y)), (name, key, x, y)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_no_tagging_metric_depends_on_the_order_of_the_labels(seed):
+    rng = np.random.default_rng(seed)
+    base = tagging_preds(n_sentences=30, seed=seed)  # IOB2 gold
+    probs = _quantised(rng, base.n_positions, len(LABELS))
+    probs[rng.random(base.n_positions) < 0.5, :] = 0  # half the rows: gold tied with one other label
+    tied = ~probs.any(axis=1)
+    other = (base.gold[tied] + rng.integers(1, len(LABELS), tied.sum())) % len(LABELS)
+    probs[np.flatnonzero(tied), base.gold[tied]] = 0.5
+    probs[np.flatnonzero(tied), other] = 0.5
+    names = np.array(LABELS)
+    reference = evaluate(Predictions.tagging(probs, base.gold, base.sentence_offsets, names), n_boot=20, seed=seed)
+    for _ in range(3):
+        perm = rng.permutation(len(LABELS))  # column j of the permuted file is label perm[j]
+        permuted = Predictions.tagging(probs[:, perm], np.argsort(perm)[base.gold], base.sentence_offsets,
+                                       names[perm])
+        _same_metrics(evaluate(permuted, n_boot=20, seed=seed), reference)
+
+
+def test_no_translation_metric_depends_on_the_order_of_the_vocabulary():
+    rng = np.random.default_rng(5)
+    vocab, offsets = 12, np.array([0, 7, 11, 16, 19])
+    probs = _quantised(rng, 19, vocab, steps=8)
+    gold = np.where(rng.random(19) < 0.6, probs.argmax(axis=1), rng.integers(0, vocab, 19))
+    names = np.array([f"piece{i}" for i in range(vocab)])
+    reference = evaluate(Predictions.translation(probs, gold, offsets, names, HYPS, REFS, k=5), n_boot=20)
+    for _ in range(3):
+        perm = rng.permutation(vocab)
+        permuted = Predictions.translation(probs[:, perm], np.argsort(perm)[gold], offsets, names[perm], HYPS, REFS)
+        _same_metrics(evaluate(permuted, n_boot=20), reference)
+
+
+def test_the_issue_rows_of_two_tied_labels_score_alike_in_either_order():
+    # 40 rows .5 O / .5 B-PER, 4 to a sentence. Each top-1 event is right at 1/2 (the gold is one of the two tied
+    # classes): accuracy 1/2 = confidence 1/2, ECE-1 0, conf_gap 0. The predicted label is O in either order
+    # (ties go to O): token accuracy = the share of O gold; no span predicted, so F1 = 0 where gold has spans.
+    probs = np.tile(np.array([[0.5, 0.5, 0.0]], dtype=np.float32), (40, 1))
+    for gold_b_per, accuracy, f1 in ((np.tile([False, True], 20), 0.5, 0.0), (np.ones(40, bool), 0.0, 0.0)):
+        for labels, order in ((["O", "B-PER", "I-PER"], [0, 1, 2]), (["B-PER", "O", "I-PER"], [1, 0, 2])):
+            gold = np.where(gold_b_per, labels.index("B-PER"), labels.index("O"))
+            m = evaluate(Predictions.tagging(probs[:, order], gold, np.arange(0, 41, 4), labels), n_boot=10)
+            assert m["ece_1"]["estimate"] == 0.0 and m["conf_gap"]["estimate"] == 0.0
+            assert m["token_accuracy"]["estimate"] == accuracy and m["f1"]["estimate"] == f1
+            assert np.isnan(m["precision"]["estimate"])  # nothing predicted
+
+
+# ------------------------------------------------------------------------------------ empty sentences, 0/0
+
+
+def test_empty_sentences_hold_no_events_and_raise_no_warnings(tmp_path):
+    base = tagging_preds(n_sentences=12, seed=2)
+    lengths = np.diff(base.sentence_offsets)
+    with_empty = np.concatenate([[0], np.cumsum(np.insert(lengths, [0, 5, 5, 12], 0))])  # 4 empty sentences
+    preds = Predictions.tagging(base.probs, base.gold, with_empty, LABELS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" and the like fail the test
+        metrics = evaluate(preds, out_dir=tmp_path, n_boot=50)
+        plain = evaluate(base, n_boot=50)
+    # the events are the same: so are the metrics on the data
+    _same_metrics({n: {"estimate": m["estimate"]} for n, m in metrics.items()},
+                  {n: {"estimate": m["estimate"]} for n, m in plain.items()})
+    save_predictions(tmp_path / "e.npz", preds)
+    assert main(["evaluate", str(tmp_path / "e.npz"), "--n-boot", "5", "--out", str(tmp_path / "ev")]) == 0
+
+
+def test_replicates_of_empty_sentences_only_are_left_out():
+    # one sentence of 3 words and 9 empty ones: a replicate draws no word with probability (9/10)^10 = 0.35
+    probs = np.float32([[0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.3, 0.0, 0.7]])
+    preds = Predictions.tagging(probs, [0, 1, 2], [0, 3] + [3] * 9, ["O", "B-PER", "I-PER"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = evaluate(preds, n_boot=40, seed=1)
+    draws = np.random.default_rng(1).integers(0, 10, size=(40, 10))  # the bootstrap's draws (bootstrap.py)
+    defined = (draws == 0).any(axis=1)  # replicates that drew the sentence with words
+    assert 0 < defined.sum() < 40
+    # token accuracy is 1 on every replicate with words: its interval is [1, 1] over the defined ones
+    assert metrics["token_accuracy"] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0, "estimate": 1.0}
+    # ECE-1 of copies of the sentence, events .8 (1) .9 (1) .7 (1): accuracy 1, mean confidence .8, in any bins
+    assert metrics["ece_1"]["estimate"] == pytest.approx(0.2)
+
+
+def _gold_o_everywhere(n_sentences=6, predict_entities=False):
+    preds = tagging_preds(n_sentences=n_sentences)
+    preds.gold[:] = 0
+    preds.pred = np.where(np.arange(preds.n_positions) % 3 == 0, 1, 0) if predict_entities else np.zeros_like(
+        preds.gold)
+    return preds
+
+
+def test_span_metrics_without_spans_are_null_in_metrics_json(tmp_path):
+    # no gold span, none predicted: precision, recall and F1 are 0/0
+    metrics = evaluate(_gold_o_everywhere(), out_dir=tmp_path / "a", n_boot=5)
+    saved = _strict_json((tmp_path / "a" / "metrics.json").read_text())
+    for name in ("f1", "precision", "recall", "f1_conlleval", "precision_conlleval", "recall_conlleval"):
+        assert saved["metrics"][name] == {"value": None, "ci_low": None, "ci_high": None, "estimate": None}
+        assert np.isnan(metrics[name]["value"])
+    assert "n/a" in format_table(metrics)
+    # spans predicted, no gold: recall 0/0 (null); precision 0 / predicted = 0; F1 = 2 * 0 / (0 + predicted) = 0
+    evaluate(_gold_o_everywhere(predict_entities=True), out_dir=tmp_path / "b", n_boot=5)
+    saved = _strict_json((tmp_path / "b" / "metrics.json").read_text())["metrics"]
+    assert saved["recall"]["value"] is None and saved["precision"]["value"] == 0.0 and saved["f1"]["value"] == 0.0
+
+
+def test_span_f1_interval_is_over_the_replicates_where_it_is_defined():
+    # 8 sentences, one with a gold span the model finds: replicates without that sentence have no span at all
+    probs = np.tile(np.float32([0.9, 0.05, 0.05]), (16, 1))
+    gold = np.zeros(16, dtype=np.int64)
+    gold[5], probs[5] = 1, [0.1, 0.8, 0.1]  # sentence 2 (words 4, 5): "O B-PER"
+    preds = Predictions.tagging(probs, gold, np.arange(0, 17, 2), ["O", "B-PER", "I-PER"])
+    metrics = evaluate(preds, n_boot=30, seed=4)
+    draws = np.random.default_rng(4).integers(0, 8, size=(30, 8))
+    defined = (draws == 2).any(axis=1)
+    assert 0 < defined.sum() < 30
+    assert metrics["f1"] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0, "estimate": 1.0}  # 1 where defined
+
+
+def test_an_empty_file_is_refused_in_one_line(tmp_path, capsys):
+    arrays = _to_arrays(tagging_preds(n_sentences=2))
+    arrays.update(probs=np.zeros((0, 5), np.float32), gold=np.zeros(0, np.int64), sentence_offsets=np.array([0, 0]))
+    path = write_raw(tmp_path / "empty.npz", arrays)
+    assert main(["evaluate", str(path), "--n-boot", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: empty input: 0 positions" in err
+
+
+@pytest.mark.parametrize("bad", ["B-PER ", "B- PER"])
+def test_cli_evaluate_refuses_labels_with_whitespace_in_one_line(tmp_path, capsys, bad):
+    arrays = _to_arrays(tagging_preds(n_sentences=4))
+    arrays["label_names"] = np.array(["O", bad, "I-PER", "B-LOC", "I-LOC"])
+    path = write_raw(tmp_path / "space.npz", arrays)
+    assert main(["evaluate", str(path), "--n-boot", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: label {bad!r}" in err and "whitespace" in err

@@ -86,9 +86,25 @@ def test_span_counts_misuse_is_refused():
         label_span_counts([0, 3], [0, 0], [0, 2], ["O", "B-X", "I-X"])
 
 
-def test_span_scores_are_zero_without_predictions():
-    counts = span_counts([["B-PER"]], [["O"]])
-    assert span_scores(counts) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+def _same(a, b):
+    return a.keys() == b.keys() and all(a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])) for k in a)
+
+
+@pytest.mark.parametrize("gold, pred, expected", [
+    # no predicted span: precision 0/0; recall 0/1; F1 = 2 * 0 / (1 + 0) = 0 (seqeval: 0, 0, 0)
+    ([["B-PER"]], [["O"]], (np.nan, 0.0, 0.0)),
+    # no gold span: recall 0/0; precision 0/1; F1 = 0 / (0 + 1) = 0
+    ([["O"]], [["B-PER"]], (0.0, np.nan, 0.0)),
+    # neither: all three 0/0 (seqeval writes 0 for each, with a warning)
+    ([["O", "O"], []], [["O", "O"], []], (np.nan, np.nan, np.nan)),
+    # 1 correct of 3 predicted and 2 gold: P 1/3, R 1/2, F1 2 * 1 / (2 + 3) = 0.4
+    ([["B-PER", "O", "B-LOC"]], [["B-PER", "B-LOC", "B-ORG"]], (1 / 3, 1 / 2, 0.4)),
+])
+def test_span_scores_are_null_where_a_ratio_is_0_over_0(gold, pred, expected):
+    scores = span_scores(span_counts(gold, pred))
+    assert _same(scores, dict(zip(("precision", "recall", "f1"), expected)))
+    assert _same(span_metrics(span_counts(gold, pred), span_counts(gold, pred, "conlleval")),
+                 scores | {f"{name}_conlleval": value for name, value in scores.items()})
 
 
 HYPS = ["The cat sat on the mat.", "A dog barked loudly at night.", "Hello world", "It is raining today."]

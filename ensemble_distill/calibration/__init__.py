@@ -10,6 +10,7 @@ from ensemble_distill.calibration.metrics import (
     TypeCalibration,
     balanced_calibration,
     brier,
+    dense_topk_events,
     ece,
     entity_type_confidences,
     gold_entity_types,
@@ -47,7 +48,7 @@ def __getattr__(name):
 
 __all__ = [
     "BalancedCalibration", "TypeCalibration", "balanced_calibration", "brier", "ece", "entity_type_confidences",
-    "gold_entity_types", "stratified_brier", "topk_ece", "topk_events",
+    "gold_entity_types", "stratified_brier", "topk_ece", "topk_events", "dense_topk_events",
     "Interval", "bootstrap", "bootstrap_ci", "Difference", "paired_bootstrap", "bleu_from_stats", "bleu_stats",
     "span_counts", "label_span_counts", "span_scores", "span_metrics",
     "OperatingPoint", "threshold_for_precision", "precision_recall_at",

@@ -34,8 +34,18 @@ of the whole run (h/n for h correct among n tied events), in the bins and in the
 average over the orders of the tied events of the correct counts each side receives, and the same for every
 order. (Ordering ties by correctness instead would hand the incorrect ones to the lower bin: 20 events at 0.5,
 10 correct, scored an ECE of 0.5.) Cuts that never fall inside a run (uniform bins, scikit-learn's percentile
-edges) see whole runs, and there the rule changes nothing. Class ties inside a distribution (two classes with
-equal top probability) are a different matter: the top-k events take the classes np.argpartition picks.
+edges) see whole runs, and there the rule changes nothing.
+
+Class ties. Within one distribution, m classes may share a probability (a 50/50 row, float16 or quantised
+scores). Which of them is "the" top-1, or enters the top k when the tie straddles the k-th place, is arbitrary
+(argmax takes the first in label order), and must not decide the result. The same rule as above, over the orders
+of the tied classes: an event whose confidence is shared by m classes, one of them gold, is correct at 1/m, and
+at 0 when none is gold. A tie inside the top k contributes its m events, together correct once when it holds the
+gold class; a tie of m classes for the r last slots contributes r events, each correct at 1/m: r/m in all, the
+chance that the gold class is picked. So `topk_events` returns fractional `correct` where a tie holds the gold
+class, and `ece` takes `correct` as the probability that each event is correct (bool, 0/1, or a fraction in
+[0, 1]; a fractional event adds its fraction to its bin's correct count, and shares it with its run as above).
+The events depend only on the probabilities, never on the order of the classes.
 
 Balanced metrics for NER (paper section 4.2), per entity type with N gold positions (types with N = 0 are
 skipped): keep the 2N most confident events of that type (all of them when fewer exist; equal confidences at the
@@ -54,7 +64,9 @@ How it is fast: an event becomes one unsigned integer, ``(float bits << 1) | cor
 order like their bit patterns, so one ``np.sort`` of these keys orders events by confidence (ties broken by the
 correct bit) and carries the correct flag along: no argsort, no gather. Bins are then slices of the sorted keys;
 per-bin sums run in float64 without float64 copies of the data. A run of ties crossing a cut shows in the bins'
-smallest and largest keys; only then are its events counted, in the bins at the run's two ends.
+smallest and largest keys; only then are its events counted, in the bins at the run's two ends. Events correct
+at a fraction (class ties) are keyed as incorrect, and their fractions, summed per confidence, are added to the
+bins afterwards: the common case, no such event, costs nothing.
 
 Quantile bins of float32 confidences skip the full sort: the keys are only partitioned (np.partition, one rank at a
 time) at the ranks where bins start, or for ``paper_compatible`` at the order statistics ``np.percentile`` reads
@@ -70,7 +82,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ensemble_distill.errors import UserError
-from ensemble_distill.predictions import PROB_TOLERANCE
+from ensemble_distill.predictions import PROB_TOLERANCE, iob2_label_problem
 
 STRATEGIES = ("quantile", "uniform")
 _UINT_OF_FLOAT = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
@@ -84,56 +96,135 @@ _WIDE_BLOCK = 1 << 19  # float64 elements per block of _squares_and_gold (4 MB):
 
 
 def ece(confidence, correct, n_bins=10, strategy="quantile", paper_compatible=False):
-    """Expected calibration error of events: confidence [N] in [0, 1], correct [N] bool (or 0/1)."""
+    """Expected calibration error of events: confidence [N] in [0, 1]; correct [N] bool (or 0/1), or float in
+    [0, 1], the probability that the event is correct (a class tie's share, see the module docstring).
+
+    Raises:
+        UserError: no events, shapes that differ, confidences outside [0, 1] (beyond PROB_TOLERANCE) or NaN,
+            `correct` outside [0, 1], a bad n_bins or strategy.
+    """
     _check_bins(n_bins, strategy)
     conf = _as_confidence(confidence, "confidence")
-    hit = _as_correct(correct, conf.shape[0], "correct")
+    correct = _as_correct(correct, conf.shape[0], "correct")
     if conf.size == 0:
         raise UserError("ece: no events (confidence is empty)")
-    keys = _event_keys(conf, hit)
+    keys, fractions = _event_keys(conf, correct)
+    partial = _partial_by_confidence(keys, fractions)  # before the keys are reordered in place
     if strategy == "quantile" and conf.dtype == np.float32:
-        return _quantile_ece_by_selection(keys, conf.dtype, n_bins, paper_compatible)
+        return _quantile_ece_by_selection(keys, conf.dtype, n_bins, paper_compatible, partial=partial)
     keys.sort()
-    return _ece_of_sorted_keys(keys, conf.dtype, n_bins, strategy, paper_compatible)
+    return _ece_of_sorted_keys(keys, conf.dtype, n_bins, strategy, paper_compatible, partial=partial)
 
 
-def topk_events(top_probs, top_ids, gold):
-    """Pool [N, k] top probabilities/ids into N*k events (confidence, is-it-gold); for compact top-k predictions."""
-    top_probs = np.asarray(top_probs)
-    top_ids = np.asarray(top_ids)
-    gold = np.asarray(gold)
-    if top_probs.ndim != 2 or top_ids.shape != top_probs.shape:
-        raise UserError(f"topk_events: top_probs and top_ids must both be [N, k]; got {top_probs.shape} "
-                        f"and {top_ids.shape}")
-    if gold.shape != (top_probs.shape[0],):
-        raise UserError(f"topk_events: gold must be [N] = [{top_probs.shape[0]}]; got {gold.shape}")
-    _check_integer(top_ids, "top_ids")
-    _check_integer(gold, "gold")
-    confidence = _as_confidence(top_probs.reshape(-1), "top_probs")
-    correct = (top_ids == gold[:, None]).reshape(-1)
+def topk_events(top_probs, gold_prob, k=None, tied_beyond=0):
+    """ECE-k events of compact top-k predictions: each row's first k probabilities, and whether each is the gold
+    class's, with class ties shared (module docstring, "Class ties").
+
+    top_probs [N, K] float: each row's K largest probabilities, in descending order (the predictions file's
+    `top_probs`); gold_prob [N]: the gold class's probability, exactly as top_probs holds it where the gold class
+    is among the K; k: events per row, 1..K (default K); tied_beyond int [N] or a scalar: how many classes outside
+    the K share top_probs[:, -1] (the file's `tied_beyond`; 0 when unknown). The gold class is tied with slot j
+    when their probabilities are equal; it then counts as correct at 1/m, m the classes of that probability.
+
+    Returns confidence [N*k] and correct [N*k], row by row: bool, or float64 when a tie shares the gold's
+    correctness. Class ids are not needed: the events depend only on the probabilities.
+
+    Raises:
+        UserError: shapes that do not match, rows not in descending order, probabilities outside [0, 1], k outside
+            1..K, tied_beyond negative or not integers.
+    """
+    top_probs, gold_prob = np.asarray(top_probs), np.asarray(gold_prob)
+    if top_probs.ndim != 2 or top_probs.shape[1] == 0:
+        raise UserError(f"topk_events: top_probs must be [N, K] with K >= 1; got shape {top_probs.shape}")
+    n, stored = top_probs.shape
+    k = stored if k is None else _check_k(k, stored, "topk_events", "the number stored")
+    if gold_prob.shape != (n,):
+        raise UserError(f"topk_events: gold_prob must be [N] = [{n}]; got shape {gold_prob.shape}")
+    tied_beyond = np.asarray(tied_beyond)
+    if tied_beyond.shape not in ((), (n,)):
+        raise UserError(f"topk_events: tied_beyond must be a scalar or [N] = [{n}]; got shape {tied_beyond.shape}")
+    _check_integer(tied_beyond, "tied_beyond")
+    if tied_beyond.size and tied_beyond.min() < 0:
+        raise UserError("topk_events: tied_beyond must be >= 0")
+    top_probs = _as_probs(top_probs, "top_probs")
+    gold_prob = _as_confidence(gold_prob, "gold_prob")
+    if _neighbours_in_rows(top_probs, np.greater).any():
+        raise UserError("topk_events: top_probs rows must be in descending order")
+    at_gold = top_probs == gold_prob[:, None]  # [N, K] slots whose probability is the gold class's
+    confidence, hit = top_probs[:, :k].reshape(-1), at_gold[:, :k].reshape(-1)
+    # Equal probabilities sit side by side in sorted rows: a tie holding the gold class shows as two neighbouring
+    # slots at the gold's probability, or as the last slot at it with tied_beyond > 0. Rare: only those rows are
+    # counted, and the events are floats only when one exists.
+    tied_rows = np.flatnonzero(_neighbours_in_rows(at_gold, np.logical_and)) // stored
+    if tied_beyond.any():
+        tied_rows = np.union1d(tied_rows, np.flatnonzero(at_gold[:, -1] & (tied_beyond > 0)))
+    if not tied_rows.size:
+        return confidence, hit
+    beyond = tied_beyond[tied_rows] if tied_beyond.ndim else tied_beyond
+    classes = at_gold[tied_rows].sum(axis=1) + np.where(at_gold[tied_rows, -1], beyond, 0)  # at the gold's prob.
+    correct = hit.astype(np.float64)
+    correct.reshape(n, k)[tied_rows] /= classes[:, None]
     return confidence, correct
 
 
-def topk_ece(probs, gold, k, n_bins=10, paper_compatible=False):
-    """ECE-k: each position's k most probable classes become k events (is it gold?), pooled; quantile bins."""
+def _neighbours_in_rows(x, op):
+    """op(x[:, j + 1], x[:, j]) for each row's neighbouring pairs, laid out flat [N*K - 1] with the pairs that join
+    one row's last element to the next row's first set False: contiguous passes, several times faster than on the
+    [N, K - 1] strided views."""
+    flat = x.reshape(-1)
+    pairs = op(flat[1:], flat[:-1])
+    pairs[x.shape[1] - 1::x.shape[1]] = False
+    return pairs
+
+
+def dense_topk_events(probs, gold, k):
+    """`topk_events` of full distributions: probs [N, C] in [0, 1], gold [N] class ids, k in 1..C.
+
+    Returns confidence [N*k] (each row's k largest probabilities, descending) and correct [N*k] (bool, or float64
+    where a class tie holding the gold class shares its correctness).
+
+    Raises:
+        UserError: probs not [N, C] probabilities, gold ids outside 0..C-1, k outside 1..C.
+    """
     probs = _as_probs(probs, "probs")
     gold = _as_labels(gold, probs.shape, "gold")
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= probs.shape[1]:
-        raise UserError(f"topk_ece: k must be an integer in 1..{probs.shape[1]} (the number of classes); got {k!r}")
-    top_probs, top_ids = _top_k(probs, int(k))
-    confidence, correct = topk_events(top_probs, top_ids, gold)
+    k = _check_k(k, probs.shape[1], "topk_ece", "the number of classes")
+    top_probs, gold_prob, tied_beyond = _top_k_values(probs, gold, k)
+    return topk_events(top_probs, gold_prob, tied_beyond=tied_beyond)
+
+
+def topk_ece(probs, gold, k, n_bins=10, paper_compatible=False):
+    """ECE-k: each position's k most probable classes become k events (is it gold?), pooled; quantile bins. Class
+    ties share the gold's correctness (`dense_topk_events`)."""
+    confidence, correct = dense_topk_events(probs, gold, k)
     return ece(confidence, correct, n_bins=n_bins, strategy="quantile", paper_compatible=paper_compatible)
 
 
-def _top_k(probs, k):
-    """The k largest probabilities of each row and their class ids, [N, k], as np.argpartition picks them."""
+def _top_k_values(probs, gold, k):
+    """Each row's k largest probabilities in descending order [N, k]; the gold class's probability [N]; and, in the
+    rows where that equals the k-th largest, how many classes outside the k share it (0 elsewhere) [N] int64."""
     n, c = probs.shape
-    top_ids = np.empty((n, k), dtype=np.intp)
+    top_probs = np.empty((n, k), dtype=probs.dtype)
+    tied_beyond = np.zeros(n, dtype=np.int64)
+    gold_prob = np.take_along_axis(probs, gold[:, None], axis=1)[:, 0]
     rows = max(1, _BLOCK_ELEMENTS // c)
-    for start in range(0, n, rows):  # chunks of rows, so argpartition's index array stays small
-        block = probs[start:start + rows]
-        top_ids[start:start + rows] = np.argpartition(block, c - k, axis=1)[:, c - k:]
-    return np.take_along_axis(probs, top_ids, axis=1), top_ids
+    for start in range(0, n, rows):  # blocks of rows: partition's copy stays small
+        block, block_top = probs[start:start + rows], top_probs[start:start + rows]
+        block_top[:] = np.partition(block, c - k, axis=1)[:, c - k:]
+        block_top.sort(axis=1)
+        block_top[:] = block_top[:, ::-1]
+        at_last = np.flatnonzero(gold_prob[start:start + rows] == block_top[:, -1])
+        if at_last.size:
+            value = block_top[at_last, -1:]
+            tied_beyond[start + at_last] = ((block[at_last] == value).sum(axis=1)
+                                            - (block_top[at_last] == value).sum(axis=1))
+    return top_probs, gold_prob, tied_beyond
+
+
+def _check_k(k, limit, caller, what):
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= limit:
+        raise UserError(f"{caller}: k must be an integer in 1..{limit} ({what}); got {k!r}")
+    return int(k)
 
 
 # ------------------------------------------------------------------------------------------- Brier
@@ -219,16 +310,10 @@ def _label_types(label_names, n_classes):
         raise UserError(f"{len(names)} label names for {n_classes} classes in probs")
     if len(set(names)) < len(names):
         raise UserError(f"label {next(name for name in names if names.count(name) > 1)!r} appears twice")
-    types = []
-    for name in names:
-        prefix, _, type_name = name.partition("-")
-        if name == "O":
-            types.append(None)
-        elif prefix in ("B", "I") and type_name:
-            types.append(type_name)
-        else:
-            raise UserError(f"label {name!r} is not an IOB2 label (B-TYPE, I-TYPE or O)")
-    return types
+    problem = next(((name, p) for name in names if (p := iob2_label_problem(name))), None)
+    if problem:
+        raise UserError(f"label {problem[0]!r} {problem[1]}")
+    return [None if name == "O" else name[2:] for name in names]
 
 
 # --------------------------------------------------------------------------- stratified and balanced
@@ -289,7 +374,7 @@ def _type_calibration(conf, is_gold, type_index, n_bins, paper_compatible):
     if n_gold == 0:
         return None
     n_kept = min(2 * n_gold, conf.shape[0])
-    keys = _event_keys(conf, is_gold)
+    keys, _ = _event_keys(conf, is_gold)
     keys.partition(keys.size - n_kept)  # the n_kept largest keys end up last: the most confident events
     dropped, kept = keys[: keys.size - n_kept], keys[keys.size - n_kept:]
     # Events tied with the least confident kept one may have been dropped (the keys kept its correct ones first):
@@ -332,16 +417,38 @@ def _paper_fixed_size_ece(sorted_keys, dtype, n_bins, below=(0, 0)):
 # ------------------------------------------------------------------------- event keys and bins
 
 
-def _event_keys(conf, hit):
+def _event_keys(conf, correct):
     """Events as sortable unsigned ints (float bits << 1) | correct; the sign bit of -0.0 is shifted out. Built in
-    blocks, so that the OR (which widens the bools in a buffer) finds the shifted bits in cache."""
+    blocks, so that the OR (which widens the bools in a buffer) finds the shifted bits in cache.
+
+    `correct`: bool, or float (the probability of being correct). Float events correct at 1 get the bit; those
+    strictly between 0 and 1 do not, and are returned as (indices [P], float64 values [P]), else None. The float
+    values are checked in the same blocks (one read of them): anything else than 0, 1 or in between (NaN, < 0,
+    > 1) raises UserError."""
     bits = conf.view(_UINT_OF_FLOAT[conf.dtype])
     keys = np.empty_like(bits)
+    is_float = correct.dtype.kind == "f"
+    if is_float:  # buffers for the bools of a block
+        hit, other = (np.empty(min(_BLOCK_ELEMENTS, keys.size), dtype=bool) for _ in range(2))
+    index, values = [], []
     for start in range(0, keys.size, _BLOCK_ELEMENTS):
-        block = keys[start:start + _BLOCK_ELEMENTS]
+        block, part = keys[start:start + _BLOCK_ELEMENTS], correct[start:start + _BLOCK_ELEMENTS]
         np.left_shift(bits[start:start + _BLOCK_ELEMENTS], 1, out=block)
-        block |= hit[start:start + _BLOCK_ELEMENTS]
-    return keys
+        if not is_float:
+            block |= part
+            continue
+        block_hit = np.equal(part, 1, out=hit[: part.size])
+        block |= block_hit
+        block_other = np.not_equal(part, 0, out=other[: part.size])
+        block_other ^= block_hit  # neither 0 nor 1
+        if block_other.any():
+            at = np.flatnonzero(block_other)
+            shares = part[at].astype(np.float64)
+            if not np.all((shares > 0) & (shares < 1)):
+                raise UserError("correct must be bool, 0/1 or a probability in [0, 1]")
+            index.append(at + start)
+            values.append(shares)
+    return keys, ((np.concatenate(index), np.concatenate(values)) if index else None)
 
 
 def _key_confidences(keys, dtype):
@@ -349,19 +456,19 @@ def _key_confidences(keys, dtype):
     return np.right_shift(keys, 1).view(dtype)
 
 
-def _ece_of_sorted_keys(keys, dtype, n_bins, strategy, paper_compatible, below=(0, 0)):
+def _ece_of_sorted_keys(keys, dtype, n_bins, strategy, paper_compatible, below=(0, 0), partial=None):
     bounds = _bin_bounds(keys, dtype, n_bins, strategy, paper_compatible)
-    return _ece_of_bins(keys, dtype, bounds, paper_compatible, below)
+    return _ece_of_bins(keys, dtype, bounds, paper_compatible, below, partial=partial)
 
 
-def _ece_of_bins(keys, dtype, bounds, paper_compatible, below=(0, 0), extremes=None):
+def _ece_of_bins(keys, dtype, bounds, paper_compatible, below=(0, 0), extremes=None, partial=None):
     """ECE of the bins keys[bounds[b]:bounds[b + 1]]: bins in order, each holding its bin's events (in any order if
     they sum exactly). `extremes`: each non-empty bin's smallest and largest key, when the keys are not sorted;
-    `below`: see _share_ties."""
+    `below`, `partial`: see _share_ties."""
     starts, ends = _nonempty_bins(bounds)
     lows, highs = extremes if extremes is not None else (keys[starts], keys[ends - 1])
     counts, conf_sums, hit_sums = _bin_sums(keys, dtype, starts, ends)
-    hit_sums = _share_ties(keys, starts, ends, lows, highs, counts, hit_sums, below)
+    hit_sums = _share_ties(keys, starts, ends, lows, highs, counts, hit_sums, below, partial)
     if paper_compatible:  # as sklearn's calibration_curve, then the reference's np.mean(np.abs(fop - mpv))
         return float(np.mean(np.abs(hit_sums / counts - conf_sums / counts)))
     return float(np.abs(hit_sums - conf_sums).sum() / keys.size)
@@ -374,9 +481,9 @@ def _nonempty_bins(bounds):
     return starts[nonempty], ends[nonempty]
 
 
-def _share_ties(keys, starts, ends, lows, highs, counts, hit_sums, below=(0, 0)):
+def _share_ties(keys, starts, ends, lows, highs, counts, hit_sums, below=(0, 0), partial=None):
     """Correct events per bin [bins] (float64) after events of one confidence cut apart by bin bounds share their
-    correctness.
+    correctness, and fractional events add theirs.
 
     The sorted keys put a confidence's incorrect events before its correct ones, so a bound inside a run of equal
     confidences would hand the bin below its incorrect events and the bin above its correct ones. Instead each bin
@@ -385,19 +492,31 @@ def _share_ties(keys, starts, ends, lows, highs, counts, hit_sums, below=(0, 0))
     nothing unless a run crosses a bound; then one or two passes over the bins at the run's ends.
 
     `lows`, `highs`: each bin's smallest and largest key. `below` = (events, correct) outside the bins and beneath
-    them with the first bin's lowest confidence (events a selection dropped), which share that run too."""
+    them with the first bin's lowest confidence (events a selection dropped), which share that run too. `partial`:
+    None, or (confidence bits [P] ascending, float64 [P]) the summed correctness of events correct with a
+    probability between 0 and 1, whose keys say incorrect (_partial_by_confidence): each sum goes to the bin
+    holding its confidence, or, for a run that bins share, into the run's proportion."""
     conf_lo, conf_hi = lows >> 1, highs >> 1
     shared = conf_hi[:-1][conf_hi[:-1] == conf_lo[1:]]
     if below[0]:
         shared = np.append(shared, conf_lo[:1])
+    sums = hit_sums
+    if partial is not None:
+        partial_conf, partial_sums = partial
+        alone = ~np.isin(partial_conf, shared)
+        in_bin = np.searchsorted(conf_hi, partial_conf[alone])  # the first bin reaching it: the one holding it
+        sums = hit_sums + np.bincount(in_bin, weights=partial_sums[alone], minlength=hit_sums.size)
     if shared.size == 0:
-        return hit_sums
-    shared_sums = hit_sums.copy()
+        return sums
+    shared_sums = sums.copy()
     for conf in np.unique(shared):
         in_run = np.flatnonzero((conf_lo <= conf) & (conf <= conf_hi))  # consecutive bins
         runs = np.array([_run_in_bin(keys[starts[b]:ends[b]], conf, lows[b], highs[b], counts[b], hit_sums[b])
                          for b in in_run], dtype=np.float64)
         events, correct = runs.sum(axis=0) + (below if below[0] and conf == conf_lo[0] else 0)
+        if partial is not None:
+            at = np.searchsorted(partial_conf, conf)
+            correct += partial_sums[at] if at < partial_conf.size and partial_conf[at] == conf else 0.0
         shared_sums[in_run] += runs[:, 0] * (correct / events) - runs[:, 1]
     return shared_sums
 
@@ -502,7 +621,7 @@ def _bin_sums(keys, dtype, starts, ends):
 # ------------------------------------------------------------------ quantile bins by selection (no full sort)
 
 
-def _quantile_ece_by_selection(keys, dtype, n_bins, paper_compatible, below=(0, 0)):
+def _quantile_ece_by_selection(keys, dtype, n_bins, paper_compatible, below=(0, 0), partial=None):
     """Quantile ECE with the keys partitioned at the bin bounds instead of sorted; the same float as sorting.
 
     Equal keys are identical events, so a bin's slice after partitioning holds exactly the events it holds after a
@@ -522,7 +641,7 @@ def _quantile_ece_by_selection(keys, dtype, n_bins, paper_compatible, below=(0, 
     starts, ends = _nonempty_bins(bounds)
     extremes = _partitioned_extremes(keys, starts, ends)
     _sort_bins_not_summed_exactly(keys, dtype, starts, ends, *extremes)
-    return _ece_of_bins(keys, dtype, bounds, paper_compatible, below, extremes)
+    return _ece_of_bins(keys, dtype, bounds, paper_compatible, below, extremes, partial)
 
 
 def _partition_at(keys, ranks):
@@ -627,15 +746,26 @@ def _bits_at_most_one(x):
 
 
 def _as_correct(x, n, name):
-    """A bool array [n]; 0/1 numbers are accepted."""
+    """A bool [n] array, or a float [n] one of probabilities of being correct (checked by _event_keys, which reads
+    it anyway); 0/1 integers become bools."""
     x = np.asarray(x)
     if x.shape != (n,):
         raise UserError(f"{name} must have the same length as confidence ({n}); got shape {x.shape}")
-    if x.dtype == np.bool_:
+    if x.dtype == np.bool_ or x.dtype.kind == "f":
         return x
-    if x.dtype.kind not in "iuf" or x.size and not np.all((x == 0) | (x == 1)):
-        raise UserError(f"{name} must be bool or 0/1")
+    if x.dtype.kind not in "iu" or x.size and not np.all((x == 0) | (x == 1)):
+        raise UserError(f"{name} must be bool, 0/1 or a probability in [0, 1]")
     return x.astype(np.bool_)
+
+
+def _partial_by_confidence(keys, fractions):
+    """The fractional events of `ece` summed per confidence: (confidence bits [P] ascending, as keys hold them;
+    float64 [P] summed fractions), or None. Their keys say incorrect; _share_ties adds these sums."""
+    if fractions is None:
+        return None
+    index, values = fractions
+    conf_bits, inverse = np.unique(keys[index] >> 1, return_inverse=True)
+    return conf_bits, np.bincount(inverse, weights=values, minlength=conf_bits.size)
 
 
 def _as_probs(x, name):

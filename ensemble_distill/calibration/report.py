@@ -9,7 +9,20 @@ percentages (x100, see its Table 1 and Table 2); `PAPER_SCALE` gives the factor 
 Intervals: the percentile interval, except for the ECE-type metrics (`DEBIASED`), which are biased upward on
 resamples: their value is bias-corrected and their interval is the basic one, so that the value always lies in
 its interval (calibration/bootstrap.py says how); `estimate` keeps each metric as computed on the data.
-A metric undefined on the data (no gold entity: BS+, B-ECE, ...) is NaN here and null in metrics.json.
+A metric undefined on the data is NaN here and null in metrics.json: BS+, B-ECE, B-BS and PR-AUC without a gold
+entity; span precision without a predicted entity, recall without a gold one, F1 without either (F1 is
+2 * correct / (gold + predicted), 0 when there are entities but none is found). A bootstrap replicate where a
+metric is undefined (a draw of empty sentences only, or of sentences without entities) is left out of its
+interval, and the interval is NaN (null) when no replicate defines it.
+
+Ties between classes (calibration/metrics.py, "Class ties"): the top-1 and top-k events (ECE-1, ECE-k,
+conf_gap's accuracy) count each of m classes tied at a place as correct at 1/m; the labels F1 and token_accuracy
+score break ties by name ("O" first, then the smallest name; predictions.predicted_labels). No metric depends on
+the order of the labels in the file.
+
+Empty sentences (equal neighbouring sentence_offsets, which the format allows) hold no events: the metrics are
+those of the other sentences, and a replicate that draws only empty sentences is undefined for the per-position
+metrics.
 """
 
 import importlib.metadata
@@ -24,6 +37,7 @@ from .bootstrap import bootstrap
 from .metrics import (
     balanced_calibration,
     brier,
+    dense_topk_events,
     ece,
     entity_type_confidences,
     gold_entity_types,
@@ -95,11 +109,16 @@ def tagging_metrics(preds: Predictions):
     type_conf, type_names = entity_type_confidences(probs, preds.label_names)
     gold_type = gold_entity_types(gold, preds.label_names, type_names)
     ranking = EventRanking(type_conf, gold_type)
+    per_position = ("token_accuracy", "ece_1", "conf_gap", "brier", "bs_plus", "bs_minus")
+    balanced_names = ("b_bs", "b_ece", "b_ece_paper", "pr_auc")
 
     def metrics(pos, sent):
+        out = span_metrics(strict[sent], conlleval[sent])
+        if not pos.size:  # only empty sentences drawn: no event
+            return out | dict.fromkeys(per_position + balanced_names, float("nan"))
         conf, gold_t = type_conf[pos], gold_type[pos]
         bs_plus, bs_minus = stratified_brier(conf, gold_t)
-        out = span_metrics(strict[sent], conlleval[sent]) | {
+        out |= {
             "token_accuracy": float(np.mean(pred[pos] == gold[pos])),
             "ece_1": ece(top1_conf[pos], top1_correct[pos], n_bins=ECE_BINS),
             "conf_gap": confidence_gap(top1_conf[pos], top1_correct[pos]),
@@ -108,7 +127,7 @@ def tagging_metrics(preds: Predictions):
             "bs_minus": bs_minus,
         }
         if not np.any(gold_t >= 0):  # no gold entity: the balanced metrics are undefined
-            return out | dict.fromkeys(("b_bs", "b_ece", "b_ece_paper", "pr_auc"), float("nan"))
+            return out | dict.fromkeys(balanced_names, float("nan"))
         balanced = balanced_calibration(conf, gold_t, n_bins=BALANCED_BINS)
         paper = balanced_calibration(conf, gold_t, n_bins=BALANCED_BINS, paper_compatible=True)
         pr_auc = ranking.curve(np.bincount(pos, minlength=len(gold))).average_precision
@@ -120,24 +139,29 @@ def tagging_metrics(preds: Predictions):
         "span_f1": "f1: seqeval mode=strict, scheme=IOB2; f1_conlleval: seqeval default mode (conlleval); micro",
         "ece_bins": ECE_BINS,
         "balanced_bins": BALANCED_BINS,
-        "pred": "stored pred" if preds.pred is not None else "argmax of probs",
+        "pred": "stored pred" if preds.pred is not None else "most probable label; ties: O, then the smallest name",
+        "class_ties": "top-1 events of m tied classes each correct at 1/m",
     }
     return metrics, settings
 
 
 def translation_metrics(preds: Predictions):
     """The metrics function of a translation file (positions, sentences) -> {name: value}, and its settings."""
-    gold, top_ids, top_probs = preds.gold, preds.top_ids, preds.top_probs
     gold_prob, sum_sq = preds.gold_prob.astype(np.float64), preds.sum_sq.astype(np.float64)
     stats, signature = bleu_stats(preds.hypotheses, preds.references)
-    ks = [k for k in TOP_K if k <= top_ids.shape[1]]
-    top1_conf, top1_correct = top1_events(preds)
+    ks = [k for k in TOP_K if k <= preds.top_ids.shape[1]]
+    # Each k's events once, [N, k] (a position's events stay together when positions are resampled).
+    events = {k: tuple(x.reshape(-1, k) for x in _compact_topk_events(preds, k)) for k in ks}
+    top1_conf, top1_correct = (x[:, 0] for x in events[1])
+    per_position = ("conf_gap", *(f"ece_{k}{suffix}" for k in ks for suffix in ("", "_paper")), "bs_plus", "brier")
 
     def metrics(pos, sent):
-        out = {"bleu": bleu_from_stats(stats[sent]),
-               "conf_gap": confidence_gap(top1_conf[pos], top1_correct[pos])}
-        for k in ks:
-            conf, correct = topk_events(top_probs[pos, :k], top_ids[pos, :k], gold[pos])
+        out = {"bleu": bleu_from_stats(stats[sent])}
+        if not pos.size:  # only empty sentences drawn: no event
+            return out | dict.fromkeys(per_position, float("nan"))
+        out["conf_gap"] = confidence_gap(top1_conf[pos], top1_correct[pos])
+        for k, (conf_k, correct_k) in events.items():
+            conf, correct = conf_k[pos].reshape(-1), correct_k[pos].reshape(-1)
             out[f"ece_{k}"] = ece(conf, correct, n_bins=ECE_BINS)
             out[f"ece_{k}_paper"] = ece(conf, correct, n_bins=ECE_BINS, paper_compatible=True)
         out["bs_plus"] = float(np.mean(np.square(1 - gold_prob[pos])))
@@ -149,16 +173,25 @@ def translation_metrics(preds: Predictions):
         "bleu_signature": signature,
         "ece_bins": ECE_BINS,
         "ece_k": ks,
-        "top_k_stored": int(top_ids.shape[1]),
+        "top_k_stored": int(preds.top_ids.shape[1]),
+        "class_ties": "of m tokens tied at a place, each event correct at 1/m"
+                      + ("" if preds.tied_beyond is not None else " (no tied_beyond: ties past the stored top-k "
+                                                                  "unknown, counted as none)"),
     }
     return metrics, settings
 
 
 def top1_events(preds: Predictions) -> tuple[np.ndarray, np.ndarray]:
-    """Per position: the highest probability and whether its label is the gold one (the events of ECE-1)."""
+    """Per position: the highest probability, and whether its label is the gold one (the events of ECE-1): bool,
+    or float64 where m classes tie for the top and one is gold (each correct at 1/m)."""
     if preds.task == "tagging":
-        return preds.probs.max(axis=1), preds.probs.argmax(axis=1) == preds.gold
-    return preds.top_probs[:, 0], preds.top_ids[:, 0] == preds.gold
+        return dense_topk_events(preds.probs, preds.gold, 1)
+    return _compact_topk_events(preds, 1)
+
+
+def _compact_topk_events(preds: Predictions, k: int):
+    tied_beyond = preds.tied_beyond if preds.tied_beyond is not None else 0
+    return topk_events(preds.top_probs, preds.gold_prob, k, tied_beyond)
 
 
 def confidence_gap(confidence: np.ndarray, correct: np.ndarray) -> float:
@@ -171,11 +204,11 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
     rows = [("metric", "value", f"{100 * (1 - ALPHA):.0f}% CI", "unit", "")]
     for name, m in metrics.items():
         unit = "0-100" if PAPER_SCALE[name] == 1 else "fraction"
-        ci = f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+        ci = f"[{_number(m['ci_low'])}, {_number(m['ci_high'])}]"
         about = DESCRIPTIONS[name]
         if name in DEBIASED and "estimate" in m:
             about += f" (bias-corrected*; on the data {m['estimate']:.4f})"
-        rows.append((name, f"{m['value']:.4f}", ci, unit, about))
+        rows.append((name, _number(m["value"]), ci, unit, about))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4] for row in rows]
     lines.insert(1, "-" * len(lines[0]))
@@ -184,6 +217,10 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
         lines.append("* ECE is biased upward on resamples: value 2*estimate - median of the bootstrap replicates, "
                      "interval 2*estimate - their 97.5th and 2.5th percentiles (basic bootstrap), clipped at 0.")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _number(x: float) -> str:
+    return "n/a" if np.isnan(x) else f"{x:.4f}"  # undefined (null in metrics.json)
 
 
 def write_metrics_json(path, preds: Predictions, metrics, settings) -> None:

@@ -85,11 +85,16 @@ def label_span_counts(gold, pred, offsets, label_names, mode: str = "strict") ->
 
 
 def span_scores(counts: np.ndarray) -> dict[str, float]:
-    """Micro precision, recall and F1 from span counts [..., 3] summed over sentences (0 when undefined, as seqeval)."""
+    """Micro precision, recall and F1 from span counts [..., 3] summed over sentences; NaN where undefined.
+
+    precision = correct / predicted (NaN without a predicted span), recall = correct / gold (NaN without a gold
+    span), F1 = 2 correct / (gold + predicted), the harmonic mean of the two where both are defined, and NaN only
+    without any span. seqeval scores 0/0 as 0 instead (with a warning); everywhere else the values agree.
+    """
     n_gold, n_pred, n_correct = np.asarray(counts).reshape(-1, 3).sum(axis=0)
-    precision = n_correct / n_pred if n_pred else 0.0
-    recall = n_correct / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    precision = n_correct / n_pred if n_pred else float("nan")
+    recall = n_correct / n_gold if n_gold else float("nan")
+    f1 = 2 * n_correct / (n_gold + n_pred) if n_gold + n_pred else float("nan")
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
 

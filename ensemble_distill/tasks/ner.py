@@ -37,7 +37,7 @@ from ..ensemble import MemberPlan, member_sentences, train_members
 from ..errors import UserError, located
 from ..io_utils import atomic_write_text, cache_root, sha256_file, strict_json
 from ..models.tagger import Tagger
-from ..predictions import Predictions, save_predictions
+from ..predictions import Predictions, predicted_labels, save_predictions
 from ..runs import finished, load_state, load_weights, model_dir, save_model, write_result
 from ..teacher_store import fingerprint_dataset
 from ..training import TrainResult, train
@@ -170,13 +170,15 @@ def predict_distributions(models: list[Tagger], split: TaggingSplit, window_ids=
 
 
 def held_out_f1(models: list[Tagger], split: TaggingSplit, window_ids, pad_id: int, labels: list[str]) -> float:
-    """Span F1 (seqeval, strict IOB2) of the argmax labels on the given windows' sentences."""
+    """Span F1 (seqeval, strict IOB2) of the most probable labels (ties broken by name) on the given windows'
+    sentences; 0 when it is undefined (no gold and no predicted span), as seqeval scores it."""
     distributions = predict_distributions(models, split, window_ids, pad_id)
     sentences = sorted({split.windows[i].sentence for i in window_ids})
     names = np.asarray(labels)
     gold = [names[split.corpus.tag_ids[s]].tolist() for s in sentences]
-    pred = [names[d.argmax(1)].tolist() for d in distributions]
-    return span_scores(span_counts(gold, pred))["f1"]
+    pred = [names[predicted_labels(d, names)].tolist() for d in distributions]
+    f1 = span_scores(span_counts(gold, pred))["f1"]
+    return 0.0 if np.isnan(f1) else f1
 
 
 def train_tagger(model: Tagger, data: TaggingData, train_windows, held_out: tuple[str, np.ndarray], cfg: Training,
@@ -312,10 +314,11 @@ def read_tokens(path, token_col: int = 0, encoding: str = "utf-8") -> list[list[
 
 def conll_text(tokens: list[list[str]], distributions: list[np.ndarray], labels: list[str],
                gold: list[list[str]] | None = None) -> str:
-    """One line a word: token, its gold tag (when given), the predicted (argmax) label and its probability."""
+    """One line a word: token, its gold tag (when given), the predicted label (the most probable; ties: O, then the
+    smallest name) and its probability."""
     names, lines = np.asarray(labels), []
     for s, (words, probs) in enumerate(zip(tokens, distributions)):
-        predicted = probs.argmax(1)
+        predicted = predicted_labels(probs, names)
         for w, word in enumerate(words):
             columns = [word] + ([gold[s][w]] if gold is not None else [])
             lines.append(" ".join(columns + [names[predicted[w]], f"{probs[w, predicted[w]]:.4f}"]))
@@ -325,14 +328,14 @@ def conll_text(tokens: list[list[str]], distributions: list[np.ndarray], labels:
 
 def entities_jsonl(tokens: list[list[str]], distributions: list[np.ndarray], labels: list[str]) -> str:
     """Per sentence, a JSON line {"sentence", "tokens", "entities"}: each predicted span (seqeval's reading of the
-    argmax labels) with its type, word offsets [start, end), text and confidence, the product over its words of
-    the probability of the predicted label: the chance, under per-word independence, of labelling exactly that
-    span. A NaN or infinite confidence is written as null."""
+    most probable labels, ties broken as predictions.predicted_labels) with its type, word offsets [start, end),
+    text and confidence, the product over its words of the probability of the predicted label: the chance, under
+    per-word independence, of labelling exactly that span. A NaN or infinite confidence is written as null."""
     from seqeval.metrics.sequence_labeling import get_entities
 
     names, lines = np.asarray(labels), []
     for s, (words, probs) in enumerate(zip(tokens, distributions)):
-        predicted = probs.argmax(1)
+        predicted = predicted_labels(probs, names)
         word_conf = probs[np.arange(len(predicted)), predicted].astype(np.float64)
         entities = [{"type": kind, "start": a, "end": b + 1, "text": " ".join(words[a:b + 1]),
                      "confidence": float(np.prod(word_conf[a:b + 1]))}

@@ -311,7 +311,7 @@ def teacher_forced_compact(models, systems: list[System], temperatures: dict[str
             for name, t in ((s.name, 1.0), (f"{s.name}-ts", temperatures[s.name])):
                 probs = F.softmax(log_probs / t, dim=-1).cpu().numpy()
                 parts[name].append(compact_distributions(probs, gold, TOP_K_STORED) + (gold,))
-    fields = ("top_ids", "top_probs", "gold_prob", "sum_sq", "gold")
+    fields = ("top_ids", "top_probs", "gold_prob", "sum_sq", "tied_beyond", "gold")
     return {name: {f: np.concatenate([p[i] for p in chunks]) for i, f in enumerate(fields)}
             for name, chunks in parts.items()}
 
@@ -324,7 +324,7 @@ def to_predictions(compact: dict[str, np.ndarray], split: ParallelSplit, vocab: 
     names = np.array(vocab.piece_names(), dtype=str)
     return Predictions(task="translation", label_names=names, sentence_offsets=offsets, gold=compact["gold"],
                        meta=meta, top_ids=compact["top_ids"], top_probs=compact["top_probs"],
-                       gold_prob=compact["gold_prob"], sum_sq=compact["sum_sq"],
+                       gold_prob=compact["gold_prob"], sum_sq=compact["sum_sq"], tied_beyond=compact["tied_beyond"],
                        hypotheses=np.asarray(hypotheses, dtype=str), references=np.asarray(split.references, dtype=str))
 
 
