@@ -13,7 +13,7 @@ Repeats are taken in turns so that load bursts on a shared machine hit every cas
 --threads 1 the clock is the process's CPU time, which other processes' load does not inflate (on an idle machine
 it is the wall time); with more threads, wall time.
 
-    python bench/bench_translation.py --threads 1 [--repeats 3 --steps 5 --members 3 --sentences 64]
+    python bench/bench_translation.py --threads 1 [--repeats 3 --step-repeats 11 --steps 5 --members 3 --sentences 64]
 """
 
 import argparse
@@ -48,7 +48,10 @@ def timed(fn, clock=time.perf_counter) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the decoding cases")
+    parser.add_argument("--step-repeats", type=int, default=11,
+                        help="repeats of the training steps: cheap next to decoding, and their few-percent ratio "
+                             "needs more repeats than the load's swings")
     parser.add_argument("--steps", type=int, default=5, help="training steps per repeat and case")
     parser.add_argument("--batch-tokens", type=int, default=1024)
     parser.add_argument("--members", type=int, default=3, help="K: ensemble size for decoding and the teacher")
@@ -100,20 +103,25 @@ def main():
         for name in systems:
             assert search(name, True, short).tokens == search(name, False, short).tokens, f"{name}: other hypotheses"
         times = {case: [] for case in [*losses, *searches]}
-        for _ in range(args.repeats):
+        for _ in range(args.step_repeats):
             for name, loss_fn in losses.items():
                 times[name].append(timed(lambda: train_steps(loss_fn), clock))
+        for _ in range(args.repeats):
             for case in searches:
                 times[case].append(timed(lambda: search(*case), clock))
         median = {case: statistics.median(t) for case, t in times.items()}
 
-    print(f"small preset, vocab {vocab_size}, {args.threads} threads, medians of {args.repeats} repeats "
+    print(f"small preset, vocab {vocab_size}, {args.threads} threads, medians of {args.step_repeats} (training) "
+          f"and {args.repeats} (decoding) repeats "
           f"(shared machine: absolute times are noisy; ratios are the point)")
     nll_name, kd_name = losses
     print(f"training: {tokens / median[nll_name]:.0f} target tokens/s (NLL step, {len(batches)} batches of "
           f"<= {args.batch_tokens} padded tokens)")
+    # Each repeat times both losses back to back: the spread of their ratios shows how much load moved the median.
+    ratios = sorted(kd / nll for kd, nll in zip(times[kd_name], times[nll_name]))
     print(f"distillation step from the store: {median[kd_name] / median[nll_name]:.2f}x the NLL step "
-          f"({1000 * median[kd_name] / len(batches):.0f} vs {1000 * median[nll_name] / len(batches):.0f} ms a step)")
+          f"({1000 * median[kd_name] / len(batches):.0f} vs {1000 * median[nll_name] / len(batches):.0f} ms a step; "
+          f"repeats {ratios[0]:.2f}-{ratios[-1]:.2f}x)")
     print(f"beam 4 decoding of {args.sentences} sentences to {short} tokens, full recompute -> cached:")
     for name in systems:
         full, cached = median[name, False, short], median[name, True, short]

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ensemble_distill.distill.losses import distill_targets, distillation_loss, kd_loss, retemper
 
@@ -72,6 +73,66 @@ def test_label_smoothing_on_the_nll_term():
     # beta mixes: (1 - 0.25) NLL + 0.25 KD
     kd = -(0.6 * LOG(0.5) + 0.3 * LOG(0.2))
     assert distillation_loss(*args, beta=0.25).item() == pytest.approx(0.75 * -LOG(0.3) + 0.25 * kd, rel=1e-6)
+
+
+def test_bucket_with_a_padding_slot_on_a_kept_id():
+    """The store pads a position's entries with id 0 and probability 0; id 0 may also be a kept entry."""
+    ids, probs = torch.tensor([[[0, 1, 0]]]), torch.tensor([[[0.6, 0.3, 0.0]]])
+    loss = kd_loss(STUDENT[:, :1], ids, probs, torch.tensor([[0.1]]), torch.tensor([[True]]), "bucket")
+    # outside ids 0 and 1: the student's 0.2 on id 2
+    assert loss.item() == pytest.approx(-(0.6 * LOG(0.5) + 0.3 * LOG(0.3)) - 0.1 * LOG(0.2), rel=1e-6)
+
+
+def dense_distillation_loss(logits, gold, mask, ids, probs, remainder, beta, mode, temperature, label_smoothing):
+    """The reference formula over the real positions, with dense [N, V] targets."""
+    x, gold, ids, probs, remainder = logits[mask], gold[mask], ids[mask], probs[mask], remainder[mask]
+    vocab = x.shape[-1]
+    smoothed = (1 - label_smoothing) * F.one_hot(gold, vocab) + label_smoothing / vocab
+    nll = -(smoothed * x.log_softmax(-1)).sum(-1)
+    powered = probs ** (1 / temperature)  # retempered, keeping the stored mass
+    probs = powered * probs.sum(-1, keepdim=True) / powered.sum(-1, keepdim=True)
+    teacher = torch.zeros_like(x).scatter_add_(-1, ids, probs)  # padding (id 0, p 0) adds nothing
+    student = (x / temperature).log_softmax(-1)
+    if mode == "renormalise":
+        teacher = teacher / teacher.sum(-1, keepdim=True)
+    kd = -(teacher * student).sum(-1)
+    if mode == "bucket":
+        kd = kd - remainder * torch.log((student.exp() * (teacher == 0)).sum(-1))
+    return ((1 - beta) * nll + beta * temperature ** 2 * kd).mean()
+
+
+@pytest.mark.parametrize("mode", ["drop", "renormalise", "bucket"])
+@pytest.mark.parametrize("temperature, label_smoothing", [(1.0, 0.1), (1.0, 0.0), (2.0, 0.1)])
+def test_distillation_loss_equals_the_dense_formula(mode, temperature, label_smoothing):
+    """Values and gradients, with padded positions (gold -100, garbage logits) and padded entries (id 0, p 0,
+    some at positions that keep id 0)."""
+    g = torch.Generator().manual_seed(3)
+    B, T, K = 3, 5, 6
+    mask = torch.rand(B, T, generator=g) < 0.7
+    mask[0, 0] = True
+    gold = torch.randint(0, V, (B, T), generator=g).masked_fill(~mask, -100)
+    probs, ids = torch.softmax(3 * torch.randn(B, T, V, generator=g), -1).topk(K, -1)
+    probs[1, :, -2:], ids[1, :, -2:] = 0.0, 0  # two padding entries at every position of sentence 1
+    ids[1, :2, 0] = 0  # ... where positions 0 and 1 keep id 0 too
+    remainder = 1 - probs.sum(-1)
+    logits = (3 * torch.randn(B, T, V, generator=g)).requires_grad_()
+    loss = distillation_loss(logits, gold, mask, ids, probs, remainder, beta=0.4, mode=mode,
+                             temperature=temperature, label_smoothing=label_smoothing)
+    loss.backward()
+    reference_logits = logits.detach().clone().requires_grad_()
+    reference = dense_distillation_loss(reference_logits, gold, mask, ids, probs, remainder, 0.4, mode,
+                                        temperature, label_smoothing)
+    reference.backward()
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(logits.grad, reference_logits.grad)
+    assert (logits.grad[~mask] == 0).all()
+
+
+def test_distillation_loss_without_real_positions_is_zero():
+    mask = torch.zeros(1, 3, dtype=torch.bool)
+    loss = distillation_loss(STUDENT, torch.full((1, 3), -100), mask, IDS, PROBS, REMAINDER, beta=0.5,
+                             label_smoothing=0.1)
+    assert loss.item() == 0.0
 
 
 
