@@ -179,13 +179,16 @@ def add_truncation(p) -> None:
                    help="translation: V', entries kept per token (default distill.top_k)")
     p.add_argument("--epsilon", type=like_setting(TranslationDistillation, "epsilon"),
                    help="translation: > 0, adaptive truncation at mass 1 - epsilon (default distill.epsilon)")
+    p.add_argument("--samples", type=like_setting(TranslationDistillation, "samples"),
+                   help="translation: R > 0, a sampled store of R draws a token (unbiased KD) instead of top-V'; "
+                        "0: top-V' (default distill.samples)")
 
 
 def run_memoize(args) -> int:
     from .pipeline import memoize
 
     print(memoize(args.run, args.members, args.device, args.temperature_scaled, args.top_k, args.epsilon, args.out,
-                  args.overrides))
+                  args.overrides, samples=args.samples))
     return 0
 
 
@@ -221,7 +224,7 @@ def run_distill(args) -> int:
     from .pipeline import distill
 
     print(distill(args.run, args.members, args.device, args.config, args.temperature_scaled, args.top_k,
-                  args.epsilon, args.n_boot, args.overrides))
+                  args.epsilon, args.n_boot, args.overrides, samples=args.samples))
     return 0
 
 
@@ -236,6 +239,9 @@ def add_sweep(sub) -> None:
                    help="V' values (default distill.sweep_top_k)")
     p.add_argument("--epsilon", type=like_setting(TranslationDistillation, "sweep_epsilon"), nargs="*",
                    help="adaptive epsilons (default distill.sweep_epsilon; none given: no adaptive students)")
+    p.add_argument("--samples", type=like_setting(TranslationDistillation, "samples"), nargs="*",
+                   help="draws R of sampled stores, one student each (default: distill.samples if > 0; none given: "
+                        "no sampled students)")
     add_n_boot(p)
     add_device(p)
     p.set_defaults(func=run_sweep)
@@ -244,7 +250,8 @@ def add_sweep(sub) -> None:
 def run_sweep(args) -> int:
     from .pipeline import sweep
 
-    print(sweep(args.run, args.members, args.top_k, args.epsilon, args.n_boot, args.device, args.overrides))
+    print(sweep(args.run, args.members, args.top_k, args.epsilon, args.n_boot, args.device, args.overrides,
+                samples=args.samples))
     return 0
 
 
@@ -381,6 +388,9 @@ def add_aliases(sub) -> None:
                    help="V' values (default distill.sweep_top_k)")
     p.add_argument("--epsilon", type=like_setting(TranslationDistillation, "sweep_epsilon"), nargs="*",
                    help="adaptive epsilons (default distill.sweep_epsilon; none given: no adaptive students)")
+    p.add_argument("--samples", type=like_setting(TranslationDistillation, "samples"), nargs="*",
+                   help="draws R of sampled stores, one student each (default: distill.samples if > 0; none given: "
+                        "no sampled students)")
     add_n_boot(p)
     add_device(p)
     p.set_defaults(func=run_sweep)
@@ -421,7 +431,7 @@ def run_memoize_nmt(args) -> int:
     from .pipeline import memoize
 
     print(memoize(args.run, args.members, args.device, top_k=args.top_k, epsilon=args.epsilon,
-                  overrides=args.overrides))
+                  overrides=args.overrides, samples=args.samples))
     return 0
 
 
@@ -429,7 +439,7 @@ def run_distill_nmt(args) -> int:
     from .pipeline import distill
 
     print(distill(args.run, args.members, args.device, top_k=args.top_k, epsilon=args.epsilon,
-                  overrides=args.overrides))
+                  overrides=args.overrides, samples=args.samples))
     return 0
 
 

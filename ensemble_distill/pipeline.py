@@ -64,14 +64,16 @@ def evaluate_run(run_dir, split: str = "test", n_boot: int = 1000, device: str |
 
 def memoize(run_dir, members: int | None = None, device: str | None = None, temperature_scaled: bool = False,
             top_k: int | None = None, epsilon: float | None = None, out=None, overrides=(),
-            progress: bool = True) -> str:
+            progress: bool = True, samples: int | None = None) -> str:
     """Write (or resume, or reuse) the teacher store of the run's ensemble of `members`: NER at `out` (default
-    RUN/teachers/ensemble-<k>[-ts]), translation at RUN/teachers/<store_name>. Returns a one-line summary."""
+    RUN/teachers/ensemble-<k>[-ts]), translation at RUN/teachers/<store_name> (`samples` R > 0: a sampled store,
+    ensemble-<k>-sampled<R>). Returns a one-line summary."""
     if run_task(run_dir) == "ner":
         from .distill.ner import memoize as memoize_ner
         from .distill.ner import teacher_name
 
         _no_overrides(overrides, "memoizing an NER run")
+        _no_sampled_ner(samples)
         _only_for("nmt", top_k=top_k, epsilon=epsilon, device=device)
         store = memoize_ner(run_dir, out or ner_store_dir(run_dir, members, temperature_scaled), members,
                             temperature_scaled, progress)
@@ -81,7 +83,7 @@ def memoize(run_dir, members: int | None = None, device: str | None = None, temp
 
     _only_for("ner", temperature_scaled=temperature_scaled, out=out)
     run = open_run(run_dir, splits=("train", "dev"), progress=progress, device=device, overrides=overrides)
-    store = memoize_translation_teacher(run_dir, members, top_k, epsilon, progress, run=run)
+    store = memoize_translation_teacher(run_dir, members, top_k, epsilon, progress, run=run, samples=samples)
     return (f"wrote {store.path}: {len(store)} sentences, {store.num_positions} tokens, "
             f"{store.bytes_per_token():.1f} bytes/token")
 
@@ -97,15 +99,16 @@ def ner_store_dir(run_dir, members: int | None, temperature_scaled: bool) -> Pat
 
 def distill(run_dir, members: int | None = None, device: str | None = None, config=None,
             temperature_scaled: bool = False, top_k: int | None = None, epsilon: float | None = None,
-            n_boot: int = 1000, overrides=(), progress: bool = True) -> str:
+            n_boot: int = 1000, overrides=(), progress: bool = True, samples: int | None = None) -> str:
     """Train (or resume) a student of the run's ensemble of `members` in RUN/students/, memoizing its teacher
-    first if needed. NER: the student's settings are a distillation config (`config`, a DistillConfig TOML file;
-    default: DistillConfig's defaults) with `overrides`, its teacher this run; it is evaluated on test. Returns a
-    summary (NER: the student's table row)."""
+    first if needed (translation: `samples` R > 0 distils from a sampled store). NER: the student's settings are
+    a distillation config (`config`, a DistillConfig TOML file; default: DistillConfig's defaults) with
+    `overrides`, its teacher this run; it is evaluated on test. Returns a summary (NER: the student's table row)."""
     if run_task(run_dir) == "ner":
         from .distill.ner import distill as distill_ner
         from .experiments import format_rows
 
+        _no_sampled_ner(samples)
         _only_for("nmt", top_k=top_k, epsilon=epsilon, device=device)
         store = ner_store_dir(run_dir, members, temperature_scaled)
         memoize(run_dir, members, temperature_scaled=temperature_scaled, out=store, progress=progress)
@@ -118,7 +121,7 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
 
     _only_for("ner", temperature_scaled=temperature_scaled, config=config)
     run = open_run(run_dir, splits=("train", "dev"), progress=progress, device=device, overrides=overrides)
-    student = distill_translation(run_dir, members, top_k, epsilon, progress, run=run)
+    student = distill_translation(run_dir, members, top_k, epsilon, progress, run=run, samples=samples)
     return f"trained {student}; `evaluate --run {run_dir}` evaluates it beside the ensembles"
 
 
@@ -137,8 +140,9 @@ def student_config(run_dir, members: int | None, config, overrides) -> DistillCo
 
 
 def sweep(run_dir, members=None, top_ks=None, epsilons=None, n_boot: int = 1000, device=None, overrides=(),
-          progress: bool = True) -> str:
-    """Translation: one student per truncation, then the run's evaluation; returns the truncation table."""
+          progress: bool = True, samples=None) -> str:
+    """Translation: one student per truncation (and per sampled store's R in `samples`), then the run's
+    evaluation; returns the truncation table."""
     if run_task(run_dir) != "nmt":
         raise UserError(f"{run_dir}: `sweep` trains translation students for each truncation V'; an NER store keeps "
                         "every label, so there is nothing to sweep")
@@ -146,7 +150,8 @@ def sweep(run_dir, members=None, top_ks=None, epsilons=None, n_boot: int = 1000,
     from .translation_distill import truncation_sweep
 
     run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress, device=device, overrides=overrides)
-    return format_sweep(truncation_sweep(run_dir, members, top_ks, epsilons, n_boot, progress, run=run), str(run_dir))
+    return format_sweep(truncation_sweep(run_dir, members, top_ks, epsilons, n_boot, progress, run=run,
+                                         samples=samples), str(run_dir))
 
 
 def predict(input_path, out_dir, model=None, run=None, members: int | None = None, device: str = "cpu",
@@ -206,6 +211,14 @@ def _flag(option: str) -> str:
 def _no_overrides(overrides, what: str) -> None:
     if overrides:
         raise UserError(f"--set {overrides[0]}: {what} reads no setting that --set could change")
+
+
+def _no_sampled_ner(samples: int | None) -> None:
+    """An NER store keeps every label (a few bytes a word), and the NER student re-tempers its teacher, which is
+    biased for a sampled estimate: sampled stores are for translation."""
+    if samples:
+        raise UserError(f"--samples {samples}: only for translation runs (an NER store keeps every label, and "
+                        "re-tempering a sampled store at distill.temperature != 1 would be biased)")
 
 
 def _only_for(task: str, **given) -> None:

@@ -237,17 +237,19 @@ def format_rows(rows: list[dict], title: str = "") -> str:
 
 def truncation_table(run_dir, students: list[Path], rows: list[dict], split: str = "test") -> list[dict]:
     """BLEU, ECE-1, ECE-5 and the teacher store's bytes per token of each student, side by side, from its
-    evaluation rows: RUN/eval/<split>/truncation.{md,json}."""
+    evaluation rows: RUN/eval/<split>/truncation.{md,json}. Rows: fixed V' ascending, then adaptive, then
+    sampled stores by their draws R ("samples"; top_k and epsilon 0 there, samples 0 in the others)."""
     by_system = {row["system"]: row for row in rows}
     table = []
     for student in students:
         teacher = read_json(student / "teacher.json", f"delete {student} and distill it again")
-        k, eps = teacher["truncation"]["top_k"], teacher["truncation"]["epsilon"]
-        truncation = f"adaptive 1 - {eps:g} (at most {k})" if eps else f"V' = {k}"
-        table.append({"student": student.name, "truncation": truncation, "top_k": k, "epsilon": eps or 0.0,
+        t = teacher["truncation"]
+        k, eps, r = t.get("top_k", 0), t.get("epsilon") or 0.0, t.get("samples", 0)
+        truncation = f"sampled R = {r}" if r else f"adaptive 1 - {eps:g} (at most {k})" if eps else f"V' = {k}"
+        table.append({"student": student.name, "truncation": truncation, "top_k": k, "epsilon": eps, "samples": r,
                       "bytes_per_token": teacher["bytes_per_token"],
                       **{m: by_system[student.name][m] for m in TABLE_METRICS}})
-    table.sort(key=lambda row: (row["epsilon"] > 0, row["top_k"], row["epsilon"]))
+    table.sort(key=lambda row: (row["samples"] > 0, row["epsilon"] > 0, row["top_k"], row["epsilon"], row["samples"]))
     out = Path(run_dir) / "eval" / split
     atomic_write_json(out / "truncation.json", table)
     atomic_write_text(out / "truncation.md", format_sweep(table, f"{Path(run_dir).name}: students ({split})"))

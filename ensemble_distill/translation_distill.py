@@ -1,12 +1,15 @@
 """Ensemble distillation for translation: memoise the ensemble over the training set, train a student from it.
 
     store = memoize_translation_teacher("runs/m30k-ce", members=3, top_k=64)     # RUN/teachers/ensemble-3-top64
+    store = memoize_translation_teacher("runs/m30k-ce", samples=12)     # RUN/teachers/ensemble-3-sampled12
     student_dir = distill_translation("runs/m30k-ce", members=3, top_k=64)       # RUN/students/student-3-top64
     rows = truncation_sweep("runs/m30k-ce")        # V' in {32, 64, 128, 256} and adaptive: students, table
 
 Teacher (paper §5.1): the mean of the first k members' next-token distributions under teacher forcing, at every
 target position of every training pair, in dataset order; truncated to the top V' entries (or adaptively, to the
-fewest entries whose mass reaches 1 - epsilon, at most V') in a teacher store.
+fewest entries whose mass reaches 1 - epsilon, at most V') in a teacher store; or, with `distill.samples` = R > 0,
+R draws from it a position (teacher_store's sampled layout: an unbiased estimate of the full KD), placed from the
+run's seed by multinomial sampling (the paper's).
 
 Student (paper §5.2): the members' architecture, trained from a random initialisation with the members' schedule,
 batches and early stopping, on
@@ -40,8 +43,12 @@ from .translation import TranslationRun, evaluate_translation_run, open_run
 STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
 
 
-def store_name(members: int, top_k: int, epsilon: float) -> str:
-    truncation = f"eps{epsilon:g}-max{top_k}" if epsilon > 0 else f"top{top_k}"
+def store_name(members: int, top_k: int, epsilon: float, samples: int = 0) -> str:
+    """ensemble-<k>-top<V'>, ensemble-<k>-eps<epsilon>-max<V'> or, for a sampled store, ensemble-<k>-sampled<R>."""
+    if samples > 0:
+        truncation = f"sampled{samples}"
+    else:
+        truncation = f"eps{epsilon:g}-max{top_k}" if epsilon > 0 else f"top{top_k}"
     return f"ensemble-{members}-{truncation}"
 
 
@@ -55,17 +62,26 @@ def vocab_names(run: TranslationRun) -> list[str]:
 
 def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int | None = None,
                                 epsilon: float | None = None, progress: bool = True,
-                                run: TranslationRun | None = None) -> TeacherStore:
+                                run: TranslationRun | None = None, samples: int | None = None) -> TeacherStore:
     """Write (or resume, or open when finished) the store of the ensemble of the first `members` members over the
-    run's training pairs, at RUN/teachers/<store_name>. Defaults come from the run's [distill] section."""
+    run's training pairs, at RUN/teachers/<store_name>. Defaults come from the run's [distill] section; `samples`
+    > 0 makes a sampled store (R draws a position, seeded by train.seed), 0 a top-V' one.
+
+    Raises UserError for values outside the settings' ranges, and for `top_k` or `epsilon` given with samples > 0
+    (a sampled store keeps draws, not the top entries)."""
     run = run or open_run(run_dir, splits=("train", "dev"), progress=progress)
     d = run.cfg.distill
+    samples = d.samples if samples is None else samples
+    if samples > 0 and (top_k is not None or epsilon is not None):
+        given = "--top-k" if top_k is not None else "--epsilon"
+        raise UserError(f"{given}: a sampled store (samples = {samples}) keeps draws, not the top entries; give "
+                        "--samples 0 for a top-V' store")
     members = d.teacher_members if members is None else members
     top_k = d.top_k if top_k is None else top_k
     epsilon = d.epsilon if epsilon is None else epsilon
     if not 1 <= members <= run.cfg.ensemble.members:
         raise UserError(f"--members {members}: the run has {run.cfg.ensemble.members} members")
-    for name, value in (("top_k", top_k), ("epsilon", epsilon)):
+    for name, value in (("top_k", top_k), ("epsilon", epsilon), ("samples", samples)):
         if problem := setting_problem(TranslationDistillation, name, value):
             raise UserError(f"'{name}' {problem}")
     models = run.members(members)
@@ -80,19 +96,22 @@ def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int 
         probs = torch.stack([m.log_probs_teacher_forced(batch.src, batch.tgt_in, real) for m in models]).exp().mean(0)
         return list(probs.split([len(tgt) + 1 for _, tgt in pairs]))
 
-    path = run.run_dir / "teachers" / store_name(members, top_k, epsilon)
+    sparsity = (dict(samples=samples, seed=run.cfg.train.seed, sampling="multinomial") if samples > 0
+                else dict(top_k=top_k, epsilon=epsilon or None, probs_dtype=d.probs_dtype))
+    path = run.run_dir / "teachers" / store_name(members, top_k, epsilon, samples)
     with run_lock(path):
         return write_store(path, run.data.splits["train"].pairs, teacher, vocab=vocab_names(run),
-                           fingerprint=train_fingerprint(run), teachers=teachers, top_k=top_k, epsilon=epsilon or None,
-                           probs_dtype=d.probs_dtype, batch_sentences=run.cfg.decode.batch_sentences,
-                           progress=progress)
+                           fingerprint=train_fingerprint(run), teachers=teachers, **sparsity,
+                           batch_sentences=run.cfg.decode.batch_sentences, progress=progress)
 
 
 def distill_translation(run_dir, members: int | None = None, top_k: int | None = None, epsilon: float | None = None,
-                        progress: bool = True, run: TranslationRun | None = None, after_round=None) -> Path:
-    """Memoise the teacher (if not done) and train (or resume) its student; returns the student's folder."""
+                        progress: bool = True, run: TranslationRun | None = None, after_round=None,
+                        samples: int | None = None) -> Path:
+    """Memoise the teacher (if not done) and train (or resume) its student, RUN/students/student-<store name less
+    "ensemble-"> (student-3-top64, student-3-sampled12); returns the student's folder."""
     run = run or open_run(run_dir, splits=("train", "dev"), progress=progress)
-    store = memoize_translation_teacher(run.run_dir, members, top_k, epsilon, progress, run)
+    store = memoize_translation_teacher(run.run_dir, members, top_k, epsilon, progress, run, samples)
     student_dir = run.run_dir / "students" / f"student-{store.path.name.removeprefix('ensemble-')}"
     with run_lock(student_dir):
         if finished(student_dir):
@@ -141,19 +160,24 @@ def student_loss(store: TeacherStore, d: TranslationDistillation):
 
 def truncation_sweep(run_dir, members: int | None = None, top_ks: list[int] | None = None,
                      epsilons: list[float] | None = None, n_boot: int = 1000, progress: bool = True,
-                     run: TranslationRun | None = None) -> list[dict]:
-    """Distil one student per truncation (each V' in top_ks, each adaptive epsilon capped at max(top_ks)) and
-    evaluate the run, which tabulates every student's truncation (translation.truncation_table); returns the
-    rows of these students."""
+                     run: TranslationRun | None = None, samples: list[int] | None = None) -> list[dict]:
+    """Distil one student per truncation (each V' in top_ks, each adaptive epsilon capped at max(top_ks), each
+    sampled store's R in `samples`, default [distill.samples] when that is > 0) and evaluate the run, which
+    tabulates every student's truncation (translation.truncation_table); returns the rows of these students.
+    Raises UserError for an R below 1."""
     run = run or open_run(run_dir, splits=("train", "dev", "test"), progress=progress)
     d = run.cfg.distill
     members = d.teacher_members if members is None else members
     top_ks = d.sweep_top_k if top_ks is None else top_ks
     epsilons = d.sweep_epsilon if epsilons is None else epsilons
+    samples = ([d.samples] if d.samples > 0 else []) if samples is None else samples
     if not top_ks:
         raise UserError("'top_ks' must name at least one V', got []")
+    if any(r < 1 for r in samples):
+        raise UserError(f"--samples {min(samples)}: a sweep's sampled stores need at least 1 draw a position")
     settings = [(k, 0.0) for k in top_ks] + [(max(top_ks), eps) for eps in epsilons]
-    students = [distill_translation(run.run_dir, members, k, eps, progress, run) for k, eps in settings]
+    students = [distill_translation(run.run_dir, members, k, eps, progress, run, samples=0) for k, eps in settings]
+    students += [distill_translation(run.run_dir, members, progress=progress, run=run, samples=r) for r in samples]
     evaluate_translation_run(run.run_dir, "test", n_boot, progress, run)
     table = read_json(run.run_dir / "eval" / "test" / "truncation.json", "evaluate the run again")
     return [row for row in table if row["student"] in {s.name for s in students}]

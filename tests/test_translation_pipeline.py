@@ -275,6 +275,52 @@ def test_evaluation_tabulates_each_students_truncation(toy_run):
     assert "| V' = 4 |" in (toy_run.run_dir / "eval" / "test" / "truncation.md").read_text()
 
 
+def test_distill_samples_writes_a_sampled_store_and_its_student_joins_the_truncation_table(toy_run, capsys):
+    """distill.samples = R (the setting, or --samples) memoizes R draws a position from the run's seed instead of
+    the top V', and the student and its table row are named for it."""
+    from ensemble_distill.teacher_store import sample_points
+    from ensemble_distill.translation import open_run
+
+    run_dir = toy_run.run_dir
+    assert main(["distill", "--run", str(run_dir), "--samples", "3"]) == 0
+    capsys.readouterr()
+    store = memoize_translation_teacher(run_dir, samples=3, progress=False, run=toy_run)  # opens the finished one
+    assert store.path == run_dir / "teachers" / "ensemble-2-sampled3"
+    assert store.manifest["truncation"] == {"samples": 3, "sampling": "multinomial", "seed": toy_run.cfg.train.seed,
+                                            "width": 3}
+    # The setting alone (no --samples) names the same store: it is no longer ignored.
+    again = memoize_translation_teacher(run_dir, progress=False,
+                                        run=open_run(run_dir, ("train", "dev"), False, overrides=["distill.samples=3"]))
+    assert again.path == store.path
+    # Sentence 0's draws: the ensemble's inverse CDF at the points of (seed, sentence 0).
+    pair = toy_run.data.splits["train"].pairs[0]
+    batch = collate([pair])
+    with torch.no_grad():
+        q = torch.stack([F.softmax(m(batch.src, batch.tgt_in), -1) for m in toy_run.members(2)]).mean(0)[0]
+    points = sample_points(toy_run.cfg.train.seed, 0, len(pair[1]) + 1, 3, "multinomial")
+    drawn = np.stack([np.searchsorted(np.cumsum(row.double().numpy()), p) for row, p in zip(q, points)])
+    expected = np.stack([np.bincount(d, minlength=q.shape[-1]) for d in drawn]) / 3
+    stored = store.batch([0])
+    dense = to_dense(stored.ids, stored.probs, len(toy_run.data.vocab))[0, :len(pair[1]) + 1]
+    np.testing.assert_allclose(dense.numpy(), expected, atol=1e-6)
+
+    assert main(["evaluate", "--run", str(run_dir), "--n-boot", "5"]) == 0
+    table = json.loads((run_dir / "eval" / "test" / "truncation.json").read_text())
+    assert table[-1]["student"] == "student-2-sampled3" and table[-1]["truncation"] == "sampled R = 3"
+    assert all(row["samples"] == 0 for row in table[:-1])
+    assert "| sampled R = 3 |" in (run_dir / "eval" / "test" / "truncation.md").read_text()
+
+
+def test_samples_refused_with_a_truncation_or_out_of_range(toy_run, capsys):
+    assert main(["memoize", "--run", str(toy_run.run_dir), "--samples", "3", "--top-k", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--top-k: a sampled store (samples = 3) keeps draws" in err[0]
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--run", str(toy_run.run_dir), "--samples", "-1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "argument --samples: must be at least 0" in err[0]
+
+
 def test_a_run_opens_on_another_device_and_cuda_without_a_gpu_is_a_user_error(toy_run, monkeypatch):
     from ensemble_distill.translation import open_run
 
@@ -339,3 +385,11 @@ def test_config_ranges_name_the_key(tmp_path):
     config.write_text(to_toml(toy_config(folder)).replace('preset = "tiny"', 'preset = "huge"'))
     with pytest.raises(UserError, match="'model.preset' must be one of base, small, tiny"):
         load_config(config, TranslationConfig)
+
+
+def test_samples_refused_for_an_ner_run(tmp_path, capsys):
+    (tmp_path / "config.toml").write_text('task = "ner"\n')
+    for command in ("memoize", "distill"):
+        assert main([command, "--run", str(tmp_path), "--samples", "4"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--samples 4: only for translation runs" in err[0]
