@@ -3,6 +3,7 @@
 One command set for both tasks, the task read from the config or the run folder (`task = "ner" | "nmt"`):
 
     train --config C --out RUN        evaluate --run RUN | PREDICTIONS      memoize --run RUN
+    compare A.npz B.npz (paired bootstrap)
     distill --run RUN                 sweep --run RUN (translation)         predict --model DIR | --run RUN
     translate --model DIR             export --model DIR --format hf|ctranslate2                 demo
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train(sub)
     add_evaluate(sub)
+    add_compare(sub)
     add_memoize(sub)
     add_distill(sub)
     add_sweep(sub)
@@ -157,6 +159,40 @@ def run_evaluate(args) -> int:
     metrics = evaluate(load_predictions(args.predictions), out_dir=out, n_boot=args.n_boot, seed=args.seed)
     print(format_table(metrics))
     print(f"wrote {out}/metrics.json and plots")
+    return 0
+
+
+COMPARED = {"tagging": "f1_conlleval,f1,b_ece", "translation": "bleu,ece_1"}  # compare's default metrics
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="two systems' predictions of the same sentences: each metric's paired "
+                                       "difference A - B, its bootstrap interval and p-value")
+    p.add_argument("a", metavar="A.npz", help="predictions file of system A (docs/predictions-format.md)")
+    p.add_argument("b", metavar="B.npz", help="predictions file of system B, of the same sentences")
+    p.add_argument("--metrics", help="comma-separated, as in metrics.json or the tables (F1, B-ECE, ECE-1, BLEU); "
+                                     f"default tagging {COMPARED['tagging']}, translation {COMPARED['translation']}")
+    add_n_boot(p)
+    p.add_argument("--seed", type=in_range(int, 0), default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--out", help="also write the rows as JSON to this file (undefined values null)")
+    p.set_defaults(func=run_compare)
+
+
+def run_compare(args) -> int:
+    from .calibration.compare import compare, format_comparison
+    from .io_utils import atomic_write_json
+    from .predictions import load_predictions
+
+    no_settings(args, "compare")
+    if args.out is not None:
+        writable_folder(str(Path(args.out).parent))
+    metrics = args.metrics if args.metrics is not None else COMPARED[load_predictions(args.a).task]
+    rows = compare(args.a, args.b, [m for m in metrics.split(",") if m.strip()], args.n_boot, args.seed)
+    print(format_comparison(rows, "A", "B"))
+    print(f"A = {args.a}, B = {args.b}")
+    if args.out is not None:
+        atomic_write_json(args.out, rows)
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -189,3 +189,32 @@ def test_format_comparison():
     assert f1_line.split()[:4] == ["f1", f"{rows[0]['a']:.4f}", f"{rows[0]['b']:.4f}", f"{rows[0]['difference']:+.4f}"]
     assert f1_line.endswith("(significant)") and b_ece_line.split()[3].endswith("*")
     assert "bias-corrected" in text.splitlines()[-1]
+
+
+def test_the_compare_command_prints_the_table_and_writes_the_rows(tmp_path, capsys):
+    import json
+
+    from ensemble_distill.cli import main
+
+    offsets, gold = gold_tags(30, 5)
+    save_predictions(tmp_path / "a.npz", tagger(offsets, gold, 3.0, 1))
+    save_predictions(tmp_path / "b.npz", tagger(offsets, gold, 1.0, 2))
+    a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+    assert main(["compare", a, b, "--n-boot", "30", "--seed", "4", "--out", str(tmp_path / "rows.json")]) == 0
+    expected = compare(a, b, ["f1_conlleval", "f1", "b_ece"], n_boot=30, seed=4, progress=False)  # the default
+    out = capsys.readouterr().out
+    assert out.startswith(format_comparison(expected, "A", "B") + "\n") and f"A = {a}, B = {b}" in out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["metric"] for r in rows] == ["f1_conlleval", "f1", "b_ece"]
+    assert rows[1]["difference"] == pytest.approx(expected[1]["difference"])
+
+    assert main(["compare", a, b, "--metrics", "B-ECE", "--n-boot", "30"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith("b_ece")
+
+    save_predictions(tmp_path / "c.npz", tagger(offsets[:-1], gold[:offsets[-2]], 1.0, 2))
+    assert main(["compare", a, str(tmp_path / "c.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "do not hold the same sentences: 30 sentences in" in err[0]
+    assert main(["compare", a, b, "--metrics", "F2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown metric 'F2'" in err[0]
