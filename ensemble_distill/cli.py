@@ -294,17 +294,34 @@ def run_sweep(args) -> int:
 def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="tag (or translate) a file with a model folder or an NER run's ensemble")
     p.add_argument("--model", help="a member, individual or student folder (model.json)")
-    p.add_argument("--run", help="older form: an NER run directory; its ensemble tags a CoNLL file in the run's "
-                                 "layout")
+    p.add_argument("--run", help="an NER run directory: its ensemble (member folders) tags the input")
     p.add_argument("--members", type=MEMBERS, help="with --run: ensemble size (default: the largest configured)")
-    p.add_argument("--input", required=True, help="NER: one token a line, blank lines between sentences (with "
-                                                  "--tag-col: a CoNLL file with gold tags); translation: source text")
+    p.add_argument("--input", required=True,
+                   help="the text ('-': standard input). NER: --format conll (one token a line, blank lines between "
+                        "sentences), jsonl ({\"tokens\": [...]} a line) or text (one sentence a line, split by the "
+                        "encoder tokenizer's pre-tokenizer); translation: source text")
     p.add_argument("--out", required=True, type=output_folder,
                    help="folder for entities.jsonl, predictions.conll (translation: translations.txt) and, with gold, "
                         "predictions.npz")
-    p.add_argument("--token-col", type=in_range(int, 0), default=0, help="NER: the token column (default 0)")
-    p.add_argument("--tag-col", type=int, help="NER: the gold tag column (e.g. -1), if the file has one")
-    p.add_argument("--scheme", choices=("iob1", "iob2"), default="iob2", help="NER: the gold tags' scheme")
+    p.add_argument("--format", choices=("conll", "jsonl", "text"), dest="fmt",
+                   help="NER: the input's format (default: .jsonl/.json/.ndjson jsonl, .txt text, otherwise and for "
+                        "'-' conll; with --tag-col conll)")
+    p.add_argument("--token-col", type=int, help="NER conll: the token column (needed when the file has more than "
+                                                 "one column besides the tags)")
+    p.add_argument("--tag-col", type=int, help="NER conll: the gold tag column (e.g. -1), if the file has one: adds "
+                                               "predictions.npz for `evaluate`")
+    p.add_argument("--scheme", choices=("iob1", "iob2"), help="NER: the gold tags' scheme (default iob2)")
+    p.add_argument("--encoding", help="NER: the input's text encoding (default utf-8)")
+    p.add_argument("--comment-prefix", help="NER conll: comment lines before a sentence start with it (default "
+                                            "'#'; '' for none)")
+    p.add_argument("--token-prefix", help="NER conll: a regular expression removed from every token (e.g. "
+                                          "'[a-z]+:' for WikiANN's en:John)")
+    p.add_argument("--min-confidence", type=typed(float, lambda v: None if 0 <= v <= 1 else "must lie in [0, 1]"),
+                   help="NER: keep in entities.jsonl only spans of at least this confidence (default 0)")
+    p.add_argument("--target-precision", type=typed(float, lambda v: None if 0 < v <= 1 else "must lie in (0, 1]"),
+                   help="NER: with --dev, the smallest confidence threshold reaching this span precision on dev, "
+                        "applied as --min-confidence (threshold.json)")
+    p.add_argument("--dev", help="NER: a file with gold tags in the input's layout, for --target-precision")
     p.add_argument("--ref", help="translation: reference translations, one a line (adds predictions.npz)")
     p.set_defaults(func=run_predict)
 
@@ -313,12 +330,18 @@ def run_predict(args) -> int:
     from .pipeline import predict
 
     no_settings(args, "predict")
-    reader = {"ref": args.ref, "tag_col": args.tag_col, "token_col": args.token_col or None}
-    reader = {key: value for key, value in reader.items() if value is not None}
-    if args.tag_col is not None:
-        reader["scheme"] = args.scheme
-    files = predict(args.input, args.out, model=args.model, run=args.run, members=args.members, **reader)
+    options = {name: getattr(args, name) for name in ("ref", "fmt", "tag_col", "token_col", "scheme", "encoding",
+                                                      "comment_prefix", "token_prefix", "min_confidence",
+                                                      "target_precision", "dev")}
+    options = {name: value for name, value in options.items() if value is not None}
+    files = predict(args.input, args.out, model=args.model, run=args.run, members=args.members, **options)
     print("wrote " + ", ".join(str(f) for f in files))
+    threshold = [f for f in files if f.name == "threshold.json"]
+    if threshold:
+        from .io_utils import read_json
+        from .tag_text import threshold_summary
+
+        print(threshold_summary(read_json(threshold[0], "run predict again")))
     return 0
 
 

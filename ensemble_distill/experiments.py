@@ -14,7 +14,7 @@ import numpy as np
 
 from .calibration.report import evaluate
 from .config import TaggingConfig
-from .ensemble import ensemble_member_ids, nested_subsets
+from .ensemble import nested_subsets
 from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text
 from .models.tagger import Tagger
@@ -30,7 +30,6 @@ from .tasks.ner import (
     predict_distributions,
     read_run_config,
     to_predictions,
-    write_tagged,
 )
 
 TABLE_METRICS = ("f1", "bs_plus", "bs_minus", "b_bs", "b_ece")
@@ -114,22 +113,3 @@ def format_rows(rows: list[dict], title: str = "") -> str:
         cells = [cell(row[m]) for m in TABLE_METRICS]
         lines.append(f"| {row['system']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def predict_file(run_dir, input_path, out_dir, ensemble_size: int | None = None, progress: bool = True) -> Path:
-    """Tag a CoNLL file (the run's column layout) with the run's ensemble of `ensemble_size` (default: the largest).
-
-    Writes predictions.npz (the predictions format), predictions.conll (token, gold, predicted label, its
-    probability) and entities.jsonl (tasks.ner.entities_jsonl).
-    """
-    cfg = read_run_config(run_dir)
-    run = EnsembleRun(Path(run_dir), cfg, load_tagging_data(cfg, splits=(), progress=progress,
-                                                            extra_files={"input": input_path}))
-    ids = ensemble_member_ids(cfg, ensemble_size)
-    models = [load_member(run, run.member_dir(i), member_seed(cfg, i)) for i in ids]
-    split = run.data.splits["input"]
-    distributions = predict_distributions(models, split, pad_id=run.data.pad_id, progress=progress)
-    tokens = [s.tokens for s in split.corpus.sentences]
-    write_tagged(out_dir, tokens, distributions, run.data.labels,
-                 {"run": str(run_dir), "ensemble": ids, "input": str(input_path)}, split.corpus)
-    return Path(out_dir)

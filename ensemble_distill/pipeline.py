@@ -155,30 +155,39 @@ def sweep(run_dir, members=None, top_ks=None, epsilons=None, n_boot: int = 1000,
 
 
 def predict(input_path, out_dir, model=None, run=None, members: int | None = None, device: str = "cpu",
-            **reader) -> list[Path]:
-    """Run a model folder (`model`) or an NER run's ensemble (`run`, `members`) on a file; returns the files
-    written (tasks/*.predict, experiments.predict_file)."""
-    if (model is None) == (run is None):
-        raise UserError("predict: give --model FOLDER (a member, individual or student) or --run RUN")
-    if run is not None:
-        if reader:
-            raise UserError(f"predict --run: reads the input in the run's layout; {_flag(next(iter(reader)))} is for "
-                            "--model")
-        if run_task(run) != "ner":
-            raise UserError(f"{run}: predict --run tags with an NER ensemble; for translation use --model FOLDER")
-        from .experiments import predict_file
-
-        out = predict_file(run, input_path, out_dir, members)
-        return [out / name for name in ("predictions.npz", "predictions.conll", "entities.jsonl")]
+            **options) -> list[Path]:
+    """Run a model folder (`model`) or an NER run's ensemble of `members` (`run`: its member folders, default the
+    largest configured ensemble) on a file; `options`: the task's reader and output settings (READER_OPTIONS; NER:
+    tag_text.predict's). Reads only the model folders (and RUN/config.toml for the ensemble's members). Returns
+    the files written."""
     from .runs import read_model_spec
     from .tasks import get_task
 
+    if (model is None) == (run is None):
+        raise UserError("predict: give --model FOLDER (a member, individual or student) or --run RUN")
+    if run is not None:
+        if run_task(run) != "ner":
+            raise UserError(f"{run}: predict --run tags with an NER ensemble; for translation use --model FOLDER")
+        from .ensemble import ensemble_member_ids
+        from .runs import model_dir
+        from .tag_text import predict as tag_file
+        from .tasks.ner import load_model, read_run_config
+
+        _only_options("ner", options, run)
+        ids = ensemble_member_ids(read_run_config(run), members)
+        folders = [model_dir(run, "member", i) for i in ids]
+        models = [load_model(folder, read_model_spec(folder), device) for folder in folders]
+        return tag_file(models, input_path, out_dir, meta={"run": str(run), "ensemble": ids}, **options)
     spec = read_model_spec(model)
     task = get_task(spec["task"])
-    other = sorted(set(reader) - READER_OPTIONS[spec["task"]])
+    _only_options(spec["task"], options, model)
+    return task.predict(task.load_model(model, spec, device), input_path, out_dir, **options)
+
+
+def _only_options(task: str, options: dict, source) -> None:
+    other = sorted(set(options) - READER_OPTIONS[task])
     if other:
-        raise UserError(f"{_flag(other[0])}: not for a {spec['task']} model ({model})")
-    return task.predict(task.load_model(model, spec, device), input_path, out_dir, **reader)
+        raise UserError(f"{_flag(other[0])}: not for a {task} model ({source})")
 
 
 def export(model, fmt: str, out_dir) -> Path:
@@ -201,11 +210,13 @@ def export(model, fmt: str, out_dir) -> Path:
     raise UserError(f"{model}: a {task} model exports to --format {wanted}, not {fmt}")
 
 
-READER_OPTIONS = {"ner": {"tag_col", "token_col", "scheme", "encoding"}, "nmt": {"ref", "beam_size"}}
+READER_OPTIONS = {"ner": {"fmt", "tag_col", "token_col", "scheme", "encoding", "comment_prefix", "token_prefix",
+                          "min_confidence", "target_precision", "dev"},
+                  "nmt": {"ref", "beam_size"}}
 
 
 def _flag(option: str) -> str:
-    return "--" + option.replace("_", "-")
+    return "--format" if option == "fmt" else "--" + option.replace("_", "-")
 
 
 def _no_overrides(overrides, what: str) -> None:

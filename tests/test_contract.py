@@ -51,7 +51,8 @@ subset_sizes = [2]
 """)
     student = ["--set", "train.optimizer=\"adamw\"", "--set", "train.lr=3e-3", "--set", "train.batch_size=8",
                "--set", "train.max_epochs=1"]
-    return config, student, ["--input", str(tokens)], ["--input", str(test), "--tag-col", "-1"]
+    return config, student, ["--input", str(tokens), "--format", "conll"], ["--input", str(test), "--token-col", "0",
+                                                                            "--tag-col", "-1"]
 
 
 def nmt_setting(folder, tiny_encoder):

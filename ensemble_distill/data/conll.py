@@ -55,7 +55,8 @@ class TaggedCorpus:
 
 
 def read_conll(path, token_col: int = 0, tag_col: int = -1, scheme: str = "iob1", sep: str | None = None, *,
-               encoding: str = "utf-8", comment_prefix: str = "#", token_prefix: str = "") -> list[Sentence]:
+               encoding: str = "utf-8", comment_prefix: str = "#", token_prefix: str = "",
+               lines: list[str] | None = None) -> list[Sentence]:
     """Read a CoNLL column file into sentences with IOB2 tags.
 
     sep=None splits on TABs when the first token line holds one (tokens may then contain spaces), else on runs
@@ -71,12 +72,14 @@ def read_conll(path, token_col: int = 0, tag_col: int = -1, scheme: str = "iob1"
     token_prefix: a regular expression every token must start with, removed from it: "[a-z]+:" reads
     `en:John` as "John" (WikiANN/PAN-X). Without it, a file whose every token starts with the same `xx:` gets a
     warning.
+    lines: the file's lines when already read (`text.read_text_lines`; standard input can be read only once).
     """
     path = Path(path)
     if scheme not in SCHEMES:
         raise UserError(f"scheme: {scheme!r} is not one of {', '.join(SCHEMES)}")
     prefix = _token_prefix_pattern(token_prefix)
-    lines = read_text_lines(path, encoding, setting="data.encoding")
+    if lines is None:
+        lines = read_text_lines(path, encoding, setting="data.encoding")
     layout = _Layout.of(path, lines, sep, token_col, tag_col, comment_prefix)
     sentences = [_checked_sentence(path, tokens, tags, first_line, scheme, prefix)
                  for first_line, tokens, tags in _raw_sentences(path, lines, layout)]

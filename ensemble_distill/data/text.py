@@ -17,6 +17,7 @@
 import codecs
 import gzip
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -30,9 +31,13 @@ _LONE_CR = re.compile(r"\r(?!\n)")
 def read_text_lines(path, encoding: str = "utf-8", setting: str | None = None) -> list[str]:
     """The lines of a text file, without their line breaks; a name ending in .gz is read through gzip.
 
-    encoding: any Python codec name. setting: the config key that chose it (named in error messages).
+    path "-" reads standard input. encoding: any Python codec name. setting: the config key that chose it (named
+    in error messages).
     A final line break does not start an empty last line. Raises UserError naming the file (and line).
     """
+    if str(path) == "-":  # standard input, as command-line tools read it
+        return _split_lines(Path("-"), _decode(Path("-"), sys.stdin.buffer.read(), encoding,
+                                               _codec(encoding, setting), setting))
     path = Path(path)
     codec = _codec(encoding, setting)
     opener = gzip.open if path.suffix == ".gz" else open

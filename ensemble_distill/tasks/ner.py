@@ -20,9 +20,8 @@ from tqdm.auto import tqdm
 
 from ..calibration.task_metrics import span_counts, span_scores
 from ..config import N_TENTHS, TaggingConfig, Training, load_config
-from ..data.conll import DOCSTART, TaggedCorpus, label_vocab, read_conll, tag_corpus
+from ..data.conll import TaggedCorpus, label_vocab, read_conll, tag_corpus
 from ..data.subwords import Window, bucketed_batches, collate, encode_sentences, load_tokenizer, merge_windows
-from ..data.text import read_text_lines
 from ..encoders import (
     EncoderTop,
     FrozenStates,
@@ -34,10 +33,10 @@ from ..encoders import (
     token_ids_fingerprint,
 )
 from ..ensemble import MemberPlan, member_sentences, train_members
-from ..errors import UserError, located
-from ..io_utils import atomic_write_text, cache_root, sha256_file, strict_json
+from ..errors import UserError
+from ..io_utils import cache_root, sha256_file
 from ..models.tagger import Tagger
-from ..predictions import Predictions, predicted_labels, save_predictions
+from ..predictions import Predictions, predicted_labels
 from ..runs import finished, load_state, load_weights, model_dir, save_model, write_result
 from ..teacher_store import fingerprint_dataset
 from ..training import TrainResult, train
@@ -285,94 +284,6 @@ def load_model(folder, spec: dict, device: str = "cpu") -> TaggerFolder:
     return TaggerFolder(folder, spec, list(spec["labels"]), tagger, bottom.eval(), tokenizer, max_length, path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Tagging files: readers and writers
-
-
-def read_tokens(path, token_col: int = 0, encoding: str = "utf-8") -> list[list[str]]:
-    """Sentences of a tokens-only file: one token a line (column `token_col` of whitespace-separated columns),
-    blank lines between sentences, `-DOCSTART-` lines skipped. Raises UserError naming the file when it holds no
-    token or a line lacks the column."""
-    sentences, current = [], []
-    for number, line in enumerate(read_text_lines(path, encoding), 1):
-        columns = line.split()
-        if not columns or columns[0] == DOCSTART:
-            if current:
-                sentences.append(current)
-            current = []
-            continue
-        try:
-            current.append(columns[token_col])
-        except IndexError:
-            raise located(path, number, f"no column {token_col} (--token-col) in {line!r}") from None
-    if current:
-        sentences.append(current)
-    if not sentences:
-        raise UserError(f"{path}: no tokens (one token a line, a blank line between sentences)")
-    return sentences
-
-
-def conll_text(tokens: list[list[str]], distributions: list[np.ndarray], labels: list[str],
-               gold: list[list[str]] | None = None) -> str:
-    """One line a word: token, its gold tag (when given), the predicted label (the most probable; ties: O, then the
-    smallest name) and its probability."""
-    names, lines = np.asarray(labels), []
-    for s, (words, probs) in enumerate(zip(tokens, distributions)):
-        predicted = predicted_labels(probs, names)
-        for w, word in enumerate(words):
-            columns = [word] + ([gold[s][w]] if gold is not None else [])
-            lines.append(" ".join(columns + [names[predicted[w]], f"{probs[w, predicted[w]]:.4f}"]))
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def entities_jsonl(tokens: list[list[str]], distributions: list[np.ndarray], labels: list[str]) -> str:
-    """Per sentence, a JSON line {"sentence", "tokens", "entities"}: each predicted span (seqeval's reading of the
-    most probable labels, ties broken as predictions.predicted_labels) with its type, word offsets [start, end),
-    text and confidence, the product over its words of the probability of the predicted label: the chance, under
-    per-word independence, of labelling exactly that span. A NaN or infinite confidence is written as null."""
-    from seqeval.metrics.sequence_labeling import get_entities
-
-    names, lines = np.asarray(labels), []
-    for s, (words, probs) in enumerate(zip(tokens, distributions)):
-        predicted = predicted_labels(probs, names)
-        word_conf = probs[np.arange(len(predicted)), predicted].astype(np.float64)
-        entities = [{"type": kind, "start": a, "end": b + 1, "text": " ".join(words[a:b + 1]),
-                     "confidence": float(np.prod(word_conf[a:b + 1]))}
-                    for kind, a, b in get_entities(names[predicted].tolist())]
-        lines.append(strict_json({"sentence": s, "tokens": words, "entities": entities}))
-    return "\n".join(lines) + "\n"
-
-
-def write_tagged(out_dir, tokens, distributions, labels, meta: dict, corpus: TaggedCorpus | None = None) -> list[Path]:
-    """entities.jsonl and predictions.conll; with gold tags (`corpus`), also predictions.npz for `evaluate`."""
-    out_dir = Path(out_dir)
-    gold = [s.tags for s in corpus.sentences] if corpus is not None else None
-    atomic_write_text(out_dir / "entities.jsonl", entities_jsonl(tokens, distributions, labels))
-    atomic_write_text(out_dir / "predictions.conll", conll_text(tokens, distributions, labels, gold))
-    written = [out_dir / "entities.jsonl", out_dir / "predictions.conll"]
-    if corpus is not None:
-        save_predictions(out_dir / "predictions.npz", tagging_predictions(distributions, corpus.tag_ids, labels, meta))
-        written.append(out_dir / "predictions.npz")
-    return written
-
-
-def predict(model: TaggerFolder, input_path, out_dir, tag_col: int | None = None, token_col: int = 0,
-            scheme: str = "iob2", encoding: str = "utf-8") -> list[Path]:
-    """Tag a file with a model from its folder. Without `tag_col` the file is tokens only (`read_tokens`); with it,
-    a CoNLL file whose gold tags (in `scheme`) add predictions.npz. Writes no cache. Returns the files written."""
-    corpus = None
-    if tag_col is None:
-        tokens = read_tokens(input_path, token_col, encoding)
-    else:
-        sentences = read_conll(input_path, token_col, tag_col, scheme, encoding=encoding)
-        corpus = tag_corpus(input_path, sentences, model.labels)
-        tokens = [s.tokens for s in sentences]
-    distributions = model.distributions(tokens)
-    meta = {"model": str(model.folder), "input": str(input_path)}
-    return write_tagged(out_dir, tokens, distributions, model.labels, meta, corpus)
-
-
 def dataset_fingerprint(split: TaggingSplit) -> str:
     """What a teacher store is keyed to: the split's word-level gold ids and its encoder windows' subword ids."""
     return fingerprint_dataset(split.corpus.tag_ids, [w.input_ids for w in split.windows])
@@ -454,8 +365,10 @@ class NerTask:
     def dataset_fingerprint(self, data, split="train") -> str:
         return dataset_fingerprint(data.splits[split])
 
-    def predict(self, model, input_path, out_dir, **reader) -> list[Path]:
-        return predict(model, input_path, out_dir, **reader)
+    def predict(self, model, input_path, out_dir, **options) -> list[Path]:
+        from ..tag_text import predict
+
+        return predict([model], input_path, out_dir, meta={"model": str(model.folder)}, **options)
 
     # Training a run's members (ensemble.train_members)
     must_match = ("labels",)  # a run's members' output layers fit its label set

@@ -1,0 +1,373 @@
+"""Tagging new text with a tagger folder or an ensemble of them: read the input, tag it, span confidences, write.
+
+    models = [load_model("runs/conll-iid/students/student-3")]        # tasks.ner.TaggerFolder (or K members)
+    text = read_input("news.txt", models[0].tokenizer)                 # .txt: one sentence a line
+    tagged = tag(models, text.tokens)
+    write_tagged("out/", text, tagged)                                  # entities.jsonl, predictions.conll
+
+Input formats (`fmt`, default from the name: .jsonl/.json/.ndjson → jsonl, .txt → text, anything else and
+standard input "-" → conll; with `tag_col` always conll):
+- conll: one token a line (whitespace- or TAB-separated columns, the token in `token_col`, gold tags, if any, in
+  `tag_col`), blank lines between sentences, `-DOCSTART-` lines skipped. A file of more than one column besides
+  the tags must say which column is the token: nothing is guessed (an index in the first column is not a token).
+- jsonl: one JSON object a line, {"tokens": ["Peter", "Blackburn", ...]}; blank lines skipped.
+- text: one sentence a line, split into words by the encoder tokenizer's own pre-tokenizer
+  (`tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str`; BERT's splits at whitespace and punctuation:
+  "New-York," → New - York ,), the words taken from the line at the pre-tokenizer's offsets; blank lines skipped.
+
+Span confidence: the probability that exactly that span carries that type, right boundary included
+(spans.py): IID the per-word product with the closing factor, over the merged per-word distributions (exact
+whatever the windows, since an IID model's words are independent given the text); CRF the exact span marginal
+by forward-backward in the encoder window that owns the span's first word; an ensemble the mean of its members'.
+A CRF reads a long sentence window by window, so a span whose words, the word before it (when it could open with
+I-) or the word after it are not all in that window has no exact marginal in any window: it gets the product
+formula over the merged CRF marginals instead, with one warning that counts such spans.
+"""
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .calibration.task_metrics import OperatingPoint, precision_recall_at, threshold_for_precision
+from .data import conll
+from .data.conll import read_conll, tag_corpus
+from .data.subwords import bucketed_batches, merge_windows
+from .data.text import read_text_lines
+from .errors import UserError, located
+from .io_utils import atomic_write_json, atomic_write_text, strict_json
+from .predictions import predicted_labels, save_predictions
+from .spans import SpanLabels, Spans, crf_span_probabilities, decode_spans, iid_span_probabilities, span_events
+
+FORMATS = ("conll", "jsonl", "text")
+STDIN = "-"
+
+
+@dataclass
+class TextInput:
+    """Sentences read from a file: their words, the file line of each sentence's first word, and gold IOB2 tags
+    (None without)."""
+    path: str
+    tokens: list[list[str]]
+    lines: list[int]
+    gold: list[list[str]] | None = None
+
+
+def input_format(path, fmt: str | None = None, tag_col: int | None = None) -> str:
+    """`fmt` if given, else conll when gold tags are given, else from the file name (see the module doc)."""
+    if fmt is not None:
+        return fmt
+    name = str(path).lower().removesuffix(".gz")
+    if tag_col is not None or name == STDIN:
+        return "conll"
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    return "text" if name.endswith(".txt") else "conll"
+
+
+def read_input(path, tokenizer=None, fmt: str | None = None, token_col: int | None = None,
+               tag_col: int | None = None, scheme: str = "iob2", encoding: str = "utf-8", comment_prefix: str = "#",
+               token_prefix: str = "") -> TextInput:
+    """Read sentences (and gold tags when `tag_col` is given) from `path` ("-": standard input) in format `fmt`.
+
+    tokenizer: the encoder's fast tokenizer, whose pre-tokenizer splits "text" lines into words.
+    Raises UserError naming the file (and line) for anything that cannot be read as stated.
+    """
+    fmt = input_format(path, fmt, tag_col)
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: not one of {', '.join(FORMATS)}")
+    if fmt != "conll" and (tag_col is not None or token_col is not None):
+        raise UserError(f"{path}: --tag-col and --token-col are for --format conll; this input is read as {fmt}")
+    lines = read_text_lines(path, encoding, setting="--encoding")
+    if fmt == "jsonl":
+        return _jsonl(path, lines)
+    if fmt == "text":
+        return _text(path, lines, tokenizer)
+    n_columns = _columns(path, lines, comment_prefix)
+    if token_col is None:
+        others = n_columns - (tag_col is not None)
+        if others > 1:
+            raise UserError(f"{path}: {n_columns} columns; say which holds the token with --token-col (and the gold "
+                            "tags with --tag-col); one sentence a line is --format text")
+        token_col = 1 if tag_col in (0, -n_columns) else 0
+    if tag_col is None:
+        return _tokens_only(path, lines, token_col, n_columns, comment_prefix, token_prefix)
+    sentences = read_conll(path, token_col, tag_col, scheme, encoding=encoding, comment_prefix=comment_prefix,
+                           token_prefix=token_prefix, lines=lines)
+    return TextInput(str(path), [s.tokens for s in sentences], [s.line for s in sentences],
+                     [s.tags for s in sentences])
+
+
+def _columns(path, lines, comment_prefix) -> int:
+    first = conll._first_token_line(lines, comment_prefix)
+    if first is None:
+        raise located(path, None, "no tokens (one token a line, a blank line between sentences)")
+    return len(conll._split(lines[first - 1], _sep(lines[first - 1])))
+
+
+def _sep(line: str) -> str | None:
+    return "\t" if "\t" in line.rstrip(" \t") else None
+
+
+def _tokens_only(path, lines, token_col, n_columns, comment_prefix, token_prefix) -> TextInput:
+    """CoNLL lines without tags: a line starting with the comment prefix before a sentence's first token is a
+    comment when its column count is not the file's (so a lone `#` token is still a token)."""
+    if not -n_columns <= token_col < n_columns:
+        raise located(path, None, f"--token-col {token_col} is outside the file's {n_columns} columns")
+    prefix = conll._token_prefix_pattern(token_prefix)
+    sep = _sep(lines[conll._first_token_line(lines, comment_prefix) - 1])
+    sentences, starts, current = [], [], []
+    for number, line in enumerate(lines + [""], start=1):
+        if conll._is_break(line):
+            if current:
+                sentences.append(conll._without_prefix(path, current, starts[-1], prefix) if prefix else current)
+            current = []
+            continue
+        columns = conll._split(line, sep)
+        if not current and conll._starts_comment(line, comment_prefix) and len(columns) != n_columns:
+            continue
+        if len(columns) != n_columns:
+            raise located(path, number, f"{len(columns)} columns, but the file's first token line has {n_columns}")
+        if not current:
+            starts.append(number)
+        current.append(columns[token_col])
+    return TextInput(str(path), sentences, starts)
+
+
+def _jsonl(path, lines) -> TextInput:
+    tokens, starts = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            words = json.loads(line)["tokens"]
+        except (ValueError, TypeError, KeyError):
+            raise located(path, number, 'not a JSON object with "tokens" (a list of words)') from None
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+            raise located(path, number, '"tokens" must be a non-empty list of non-blank strings')
+        tokens.append(words)
+        starts.append(number)
+    if not tokens:
+        raise located(path, None, 'no sentences (one JSON object {"tokens": [...]} a line)')
+    return TextInput(str(path), tokens, starts)
+
+
+def _text(path, lines, tokenizer) -> TextInput:
+    pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
+    tokens, starts = [], []
+    for number, line in enumerate(lines, start=1):
+        # Words at the pre-tokenizer's offsets into the line: SentencePiece-style pre-tokenizers mark a word's
+        # leading space (▁) in the pieces they return, which is not part of the word.
+        words = [line[a:b].strip() for _, (a, b) in pre_tokenizer.pre_tokenize_str(line)] if pre_tokenizer \
+            else line.split()
+        words = [w for w in words if w]
+        if words:
+            tokens.append(words)
+            starts.append(number)
+    if not tokens:
+        raise located(path, None, "no sentences (one sentence a line)")
+    if all(len(words) == 1 for words in tokens) and len(tokens) < sum(1 for line in lines if not line.strip()) * 4:
+        warnings.warn(f"{path}: read as one sentence a line (--format text), but it looks like one token a line "
+                      "with blank lines between sentences: give --format conll for that")
+    return TextInput(str(path), tokens, starts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tagging
+
+
+@dataclass
+class Tagged:
+    """What the models made of the sentences: per sentence the mean [words, labels] float32 distributions, the
+    predicted spans (most probable labels, ties as predictions.predicted_labels; spans as seqeval's get_entities)
+    and each span's confidence float64 [N]."""
+    labels: list[str]
+    distributions: list[np.ndarray]
+    spans: Spans
+    confidence: np.ndarray
+
+
+def tag(models: list, sentences: list[list[str]], batch_size: int = 64) -> Tagged:
+    """Tag `sentences` with `models` (tasks.ner.TaggerFolder; several: an ensemble, the mean of their
+    distributions and of their span probabilities). Frozen encoder states are computed in memory, once per
+    distinct encoder. Raises UserError when the models have different label sets."""
+    labels = models[0].labels
+    for model in models[1:]:
+        if model.labels != labels:
+            raise UserError(f"{model.folder}: labels {model.labels} differ from {models[0].folder}'s {labels}")
+    span_labels = SpanLabels.from_names(labels)
+    splits = {}
+    per_model = []  # (model, split, per-window distributions, per-window emissions)
+    for model in models:
+        key = (model.spec["encoder"]["sha256"], model.spec["encoder"]["finetune_layers"])
+        split = splits.setdefault(key, model.split(sentences))
+        per_model.append((model, split, *_window_outputs(model, split, batch_size)))
+    merged = [merge_windows(split.windows, probs) for _, split, probs, _ in per_model]
+    distributions = [np.mean([m[s] for m in merged], axis=0) for s in range(len(sentences))]
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in distributions])])
+    spans = decode_spans(predicted_labels(np.concatenate(distributions), labels), offsets, span_labels)
+    confidence = np.zeros(len(spans))
+    for (model, split, _, emissions), probs in zip(per_model, merged):
+        own = iid_span_probabilities(np.concatenate(probs), offsets, spans, span_labels)
+        if model.tagger.head == "crf":
+            _exact_crf(model.tagger.crf, split.windows, emissions, spans, span_labels, own)
+        confidence += own
+    return Tagged(labels, distributions, spans, confidence / len(models))
+
+
+def _window_outputs(model, split, batch_size):
+    """Per window of `split`: the model's [words, labels] float32 distributions and [words, labels] emissions."""
+    from .tasks.ner import _batch, _emissions
+
+    lengths = [len(w.input_ids) for w in split.windows]
+    probs, emissions = [None] * len(lengths), [None] * len(lengths)
+    model.tagger.eval()
+    with torch.no_grad():
+        for chunk in bucketed_batches(lengths, batch_size):
+            batch = _batch(split, chunk, model.tokenizer.pad_token_id)
+            scores = _emissions(model.tagger, batch)
+            dist = model.tagger.distributions(scores, batch["word_mask"])
+            for row, (window, n) in enumerate(zip(chunk, batch["word_mask"].sum(1).tolist())):
+                probs[window], emissions[window] = dist[row, :n].float().numpy(), scores[row, :n]
+    return probs, emissions
+
+
+def _exact_crf(crf, windows, emissions, spans: Spans, labels: SpanLabels, confidence) -> None:
+    """Set `confidence` [N] of each span to this CRF's exact span marginal in the window that owns the span's first
+    word, where the span and its boundary words (the word before, the word after) lie in that window; the other
+    spans keep the value they have (the product formula over the merged marginals)."""
+    length = np.zeros(max(w.sentence for w in windows) + 1, dtype=np.int64)
+    for w in windows:
+        length[w.sentence] = max(length[w.sentence], w.first_word + len(w.word_starts))
+    owner = np.full(len(spans), -1)
+    for i, w in enumerate(windows):
+        last = w.first_word + len(w.word_starts)
+        owns = (spans.sentence == w.sentence) & (w.own_start <= spans.start) & (spans.start < w.own_end)
+        fits = ((spans.start > w.first_word) | (spans.start == 0)) & (
+            (spans.end < last) | (spans.end == length[spans.sentence]))
+        owner[owns & fits & (spans.end <= last)] = i
+    exact = np.flatnonzero(owner >= 0)
+    if len(exact) < len(spans):
+        warnings.warn(f"{len(spans) - len(exact)} spans of a CRF model cross an encoder window's edge: their "
+                      "confidence is the per-word product over the merged CRF marginals, not an exact span marginal")
+    if not len(exact):
+        return
+    used, row = np.unique(owner[exact], return_inverse=True)
+    scores = torch.nn.utils.rnn.pad_sequence([emissions[i] for i in used], batch_first=True)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(emissions[i]), dtype=torch.bool) for i in used],
+                                           batch_first=True)
+    first = np.array([windows[i].first_word for i in used])[row]
+    local = Spans(row, spans.start[exact] - first, spans.end[exact] - first, spans.type[exact])
+    with torch.no_grad():
+        confidence[exact] = crf_span_probabilities(crf, scores, mask, local, labels)
+
+
+def gold_ids(text: TextInput, labels: list[str]) -> list[np.ndarray]:
+    """Per sentence the gold tags' ids in `labels`. Raises UserError naming the line of a tag the model lacks."""
+    sentences = [conll.Sentence(tokens, tags, line) for tokens, tags, line in zip(text.tokens, text.gold, text.lines)]
+    return tag_corpus(text.path, sentences, labels).tag_ids
+
+
+def span_operating_events(tagged: Tagged, gold: list[np.ndarray]):
+    """(confidence [N], correct [N], number of gold spans) of the predicted spans against gold ids per sentence."""
+    offsets = np.concatenate([[0], np.cumsum([len(g) for g in gold])])
+    gold_spans = decode_spans(np.concatenate(gold), offsets, SpanLabels.from_names(tagged.labels))
+    confidence, correct = span_events(tagged.spans, tagged.confidence, gold_spans)
+    return confidence, correct, len(gold_spans)
+
+
+def dev_threshold(models: list, dev: TextInput, target_precision: float) -> OperatingPoint:
+    """The smallest span-confidence threshold whose precision on `dev` (with gold) reaches `target_precision`
+    (calibration.task_metrics.threshold_for_precision). Raises UserError when no threshold reaches it."""
+    tagged = tag(models, dev.tokens)
+    confidence, correct, n_gold = span_operating_events(tagged, gold_ids(dev, tagged.labels))
+    point = threshold_for_precision(confidence, correct, n_gold, target_precision)
+    if point is None:
+        best = correct.mean() if len(correct) else float("nan")
+        raise UserError(f"{dev.path}: no span-confidence threshold reaches precision {target_precision} on its "
+                        f"{len(correct)} predicted spans (all kept: precision {best:.3f}); lower --target-precision")
+    return point
+
+
+def entities_jsonl(text: TextInput, tagged: Tagged, min_confidence: float = 0.0) -> str:
+    """Per sentence a JSON line {"sentence", "line", "tokens", "entities"}: each predicted span whose confidence is
+    at least `min_confidence`, with its type, word offsets [start, end), text (the words joined by spaces) and
+    confidence (module doc)."""
+    spans, keep = tagged.spans, tagged.confidence >= min_confidence
+    per_sentence = [[] for _ in text.tokens]
+    for s, a, b, t, c in zip(spans.sentence[keep], spans.start[keep], spans.end[keep], spans.type[keep],
+                             tagged.confidence[keep]):
+        words = text.tokens[s]
+        per_sentence[s].append({"type": SpanLabels.from_names(tagged.labels).types[t], "start": int(a),
+                                "end": int(b), "text": " ".join(words[a:b]), "confidence": float(c)})
+    return "".join(strict_json({"sentence": s, "line": line, "tokens": words, "entities": entities}) + "\n"
+                   for s, (words, line, entities) in enumerate(zip(text.tokens, text.lines, per_sentence)))
+
+
+def conll_text(text: TextInput, tagged: Tagged) -> str:
+    """One line a word: token, its gold tag (when given), the predicted label (the most probable; ties: O, then the
+    smallest name) and its probability; a blank line after each sentence."""
+    names, lines = np.asarray(tagged.labels), []
+    for s, (words, probs) in enumerate(zip(text.tokens, tagged.distributions)):
+        predicted = predicted_labels(probs, names)
+        for w, word in enumerate(words):
+            gold = [text.gold[s][w]] if text.gold is not None else []
+            lines.append(" ".join([word, *gold, names[predicted[w]], f"{probs[w, predicted[w]]:.4f}"]))
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_confidence: float = 0.0,
+            target_precision: float | None = None, dev=None, meta: dict | None = None, **reader) -> list[Path]:
+    """Tag a file with `models` (one tagger folder, or an ensemble's members) and write into `out_dir`:
+    entities.jsonl (spans of confidence >= the threshold), predictions.conll and, with gold (`reader["tag_col"]`),
+    predictions.npz for `evaluate`. With `target_precision`, the threshold is picked on `dev` (a file with gold in
+    the same layout) and threshold.json records it, the dev operating point and, with gold, the input's.
+    reader: read_input's layout settings. Returns the files written. Raises UserError for bad input."""
+    from .tasks.ner import tagging_predictions
+
+    if (target_precision is None) != (dev is None):
+        raise UserError("--target-precision and --dev go together: the threshold is picked on a dev file with gold")
+    if dev is not None and reader.get("tag_col") is None:
+        raise UserError("--target-precision: give --tag-col, the gold tag column of the --dev file (same layout as "
+                        "the input)")
+    text = read_input(input_path, models[0].tokenizer, fmt, **reader)
+    labels = models[0].labels
+    gold = gold_ids(text, labels) if text.gold is not None else None
+    report = None
+    if target_precision is not None:
+        point = dev_threshold(models, read_input(dev, models[0].tokenizer, fmt, **reader), target_precision)
+        min_confidence = point.threshold
+        report = {"target_precision": target_precision, "dev": str(dev), "threshold": point.threshold,
+                  "dev_operating_point": point.__dict__}
+    tagged = tag(models, text.tokens)
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "entities.jsonl", entities_jsonl(text, tagged, min_confidence))
+    atomic_write_text(out_dir / "predictions.conll", conll_text(text, tagged))
+    written = [out_dir / "entities.jsonl", out_dir / "predictions.conll"]
+    if gold is not None:
+        meta = {**(meta or {}), "input": str(input_path)}
+        save_predictions(out_dir / "predictions.npz", tagging_predictions(tagged.distributions, gold, labels, meta))
+        written.append(out_dir / "predictions.npz")
+    if report is not None:
+        if gold is not None:
+            report["input_operating_point"] = precision_recall_at(
+                report["threshold"], *span_operating_events(tagged, gold)).__dict__
+        atomic_write_json(out_dir / "threshold.json", report)
+        written.append(out_dir / "threshold.json")
+    return written
+
+
+def threshold_summary(report: dict) -> str:
+    """One line per operating point of threshold.json."""
+    lines = [f"threshold {report['threshold']:.4f} (smallest reaching precision {report['target_precision']} on "
+             f"{report['dev']})"]
+    for name in ("dev", "input"):
+        point = report.get(f"{name}_operating_point")
+        if point:
+            lines.append(f"  {name}: precision {point['precision']:.4f}, recall {point['recall']:.4f}, "
+                         f"{point['n_kept']} spans kept")
+    return "\n".join(lines)

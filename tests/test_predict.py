@@ -1,0 +1,257 @@
+"""Tagging new text (tag_text.py, `predict`): input formats and standard input, the layout the user states, no
+cache written, span confidences equal to spans.py's on the same distributions, thresholds picked on dev."""
+
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble_distill.cli import main
+from ensemble_distill.predictions import predicted_labels
+from ensemble_distill.spans import SpanLabels, decode_spans, iid_span_probabilities, tagger_span_probabilities
+from ensemble_distill.tag_text import predict, tag
+from ensemble_distill.tasks import load_model
+
+LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+SENTENCES = [["Peter", "Blackburn", "visits", "Paris", "and", "New", "York"],
+             ["Werner", "Zwingmann", "said", "on", "Wednesday", "consumers", "should", "buy", "sheepmeat"],
+             ["Fischler", "proposed", "measures", "after", "reports", "from", "Britain", "and", "France"],
+             ["EU", "rejects", "German", "call"]]
+
+
+def tagger_folder(folder, encoder, head: str, seed: int):
+    """A finished model folder of a random tagger whose classifier is scaled up, so that it predicts spans."""
+    from ensemble_distill.encoders import load_pretrained, split_encoder
+    from ensemble_distill.models.tagger import Tagger
+    from ensemble_distill.runs import save_model, write_result
+    from ensemble_distill.tasks.ner import encoder_weights_sha256
+
+    torch.manual_seed(seed)
+    _, top = split_encoder(load_pretrained(encoder), 1)
+    model = Tagger(top, len(LABELS), head, lstm_hidden=8, dropout=0.0)
+    with torch.no_grad():
+        model.classifier.weight.mul_(20)
+    spec = {"task": "ner", "role": "student", "seed": seed, "labels": LABELS,
+            "model": {"head": head, "lstm_hidden": 8, "dropout": 0.0},
+            "encoder": {"name": str(encoder), "path": str(encoder), "finetune_layers": 1,
+                        "sha256": encoder_weights_sha256(encoder)}}
+    save_model(folder, model, spec)
+    write_result(folder, task="ner", role="student", seed=seed, best_epoch=1, epochs=1, best_score=0.0,
+                 score="span_f1")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tiny_encoder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {name: tagger_folder(root / name, tiny_encoder, head, seed)
+            for name, head, seed in (("iid", "iid", 1), ("crf", "crf", 2), ("iid2", "iid", 3))}
+
+
+def entities(out):
+    return [json.loads(line) for line in (out / "entities.jsonl").read_text().splitlines()]
+
+
+def conll_tokens(sentences) -> str:
+    return "".join("\n".join(words) + "\n\n" for words in sentences)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_every_input_format_and_standard_input_give_the_same_entities(folders, tmp_path, monkeypatch, capsys):
+    (tmp_path / "in.conll").write_text("# a comment\n" + conll_tokens(SENTENCES))
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"tokens": s}) + "\n" for s in SENTENCES))
+    (tmp_path / "in.txt").write_text("".join(" ".join(s) + "\n\n" for s in SENTENCES))  # blank lines skipped
+    model = ["predict", "--model", str(folders["iid"])]
+    results = {}
+    for name in ("in.conll", "in.jsonl", "in.txt"):
+        assert main([*model, "--input", str(tmp_path / name), "--out", str(tmp_path / f"out-{name}")]) == 0
+        results[name] = entities(tmp_path / f"out-{name}")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(conll_tokens(SENTENCES).encode())))
+    assert main([*model, "--input", "-", "--out", str(tmp_path / "stdin")]) == 0
+    results["-"] = entities(tmp_path / "stdin")
+    capsys.readouterr()
+    reference = results.pop("in.conll")
+    assert [s["tokens"] for s in reference] == SENTENCES
+    assert sum(len(s["entities"]) for s in reference) > 0
+    for name, result in results.items():
+        assert [(s["tokens"], s["entities"]) for s in result] == [(s["tokens"], s["entities"]) for s in reference]
+    assert [s["line"] for s in reference] == [2, 10, 20, 30]  # each sentence's first line in the file
+
+
+def test_text_is_split_by_the_encoder_tokenizers_pre_tokenizer(folders, tmp_path):
+    from ensemble_distill.tag_text import read_input
+
+    path = tmp_path / "news.txt"
+    path.write_text("Peter visits New-York, today.\n\n  \nEU rejects it\n")
+    text = read_input(path, load_model(folders["iid"]).tokenizer)
+    assert text.tokens == [["Peter", "visits", "New", "-", "York", ",", "today", "."], ["EU", "rejects", "it"]]
+    assert text.lines == [1, 4] and text.gold is None
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_layout_is_stated_never_guessed(folders, tmp_path, capsys):
+    indexed = tmp_path / "indexed.tsv"
+    indexed.write_text("1\tPeter\tB-PER\n2\tBlackburn\tI-PER\n3\tvisits\tO\n\n1\tParis\tB-LOC\n")
+    model = ["predict", "--model", str(folders["iid"]), "--input", str(indexed)]
+    for extra in ([], ["--tag-col", "-1"]):  # three columns: which is the token?
+        assert main([*model, *extra, "--out", str(tmp_path / "a")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"{indexed}: 3 columns" in err and "--token-col" in err
+    assert main([*model, "--token-col", "1", "--tag-col", "-1", "--out", str(tmp_path / "b")]) == 0
+    assert [s["tokens"] for s in entities(tmp_path / "b")] == [["Peter", "Blackburn", "visits"], ["Paris"]]
+    gold = [line.split()[1] for line in (tmp_path / "b" / "predictions.conll").read_text().splitlines() if line]
+    assert gold == ["B-PER", "I-PER", "O", "B-LOC"] and (tmp_path / "b" / "predictions.npz").is_file()
+    assert main([*model, "--token-col", "1", "--out", str(tmp_path / "c")]) == 0  # tokens only: no gold, no npz
+    assert [s["tokens"] for s in entities(tmp_path / "c")] == [["Peter", "Blackburn", "visits"], ["Paris"]]
+    assert not (tmp_path / "c" / "predictions.npz").exists()
+    two = tmp_path / "two.conll"  # token and tag: the token column is the other one
+    two.write_text("Peter B-PER\nBlackburn I-PER\n")
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(two), "--tag-col", "-1",
+                 "--out", str(tmp_path / "d")]) == 0
+    assert entities(tmp_path / "d")[0]["tokens"] == ["Peter", "Blackburn"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_prediction_writes_no_cache(folders, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ENSEMBLE_DISTILL_CACHE", str(cache))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "in.jsonl").write_text(json.dumps({"tokens": SENTENCES[0]}) + "\n")
+    assert main(["predict", "--model", str(folders["crf"]), "--input", str(tmp_path / "in.jsonl"),
+                 "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["entities.jsonl", "predictions.conll"]
+
+
+def batch_of(model, sentences):
+    """Emissions of one-window sentences, computed here through the tagger's own layers."""
+    from ensemble_distill.tasks.ner import _batch, _emissions
+
+    split = model.split(sentences)
+    assert len(split.windows) == len(sentences)
+    batch = _batch(split, np.arange(len(sentences)), model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        return _emissions(model.tagger, batch), batch["word_mask"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_confidences_are_spans_py_exact_span_probabilities(folders, tmp_path):
+    """An IID model: the IID formula on its distributions; a CRF and IID ensemble: the mean of the CRF's exact
+    span marginal and the IID member's formula (spans.tagger_span_probabilities on the same emissions)."""
+    span_labels = SpanLabels.from_names(LABELS)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"tokens": s}) + "\n" for s in SENTENCES))
+    for names in (["iid"], ["crf", "iid2"], ["crf"]):
+        models = [load_model(folders[n]) for n in names]
+        out = tmp_path / "-".join(names)
+        predict(models, tmp_path / "in.jsonl", out)
+        emissions, mask = zip(*(batch_of(m, SENTENCES) for m in models))
+        with torch.no_grad():
+            mean = sum(m.tagger.distributions(e, mask[0]) for m, e in zip(models, emissions)) / len(models)
+        flat = mean[mask[0]].numpy()
+        offsets = np.concatenate([[0], np.cumsum(mask[0].sum(1).numpy())])
+        spans = decode_spans(predicted_labels(flat, LABELS), offsets, span_labels)
+        assert len(spans) > 0
+        with torch.no_grad():
+            expected = tagger_span_probabilities([m.tagger for m in models], list(emissions), mask[0], spans,
+                                                 span_labels)
+        if names == ["iid"]:
+            np.testing.assert_allclose(expected, iid_span_probabilities(flat, offsets, spans, span_labels))
+        got = [(s["sentence"], e["start"], e["end"], e["type"], e["confidence"])
+               for s in entities(out) for e in s["entities"]]
+        assert [g[:4] for g in got] == [(int(s), int(a), int(b), span_labels.types[t])
+                                        for s, a, b, t in zip(spans.sentence, spans.start, spans.end, spans.type)]
+        np.testing.assert_allclose([g[4] for g in got], expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_long_sentences_iid_confidences_are_exact_on_the_merged_distributions(folders):
+    model = load_model(folders["iid"])
+    long = [w for s in SENTENCES for w in s] * 3  # 87 words: several windows of the 64-position encoder
+    assert len(model.split([long]).windows) > 1
+    tagged = tag([model], [long])
+    (probs,) = model.distributions([long])
+    spans = decode_spans(predicted_labels(probs, LABELS), [0, len(long)], SpanLabels.from_names(LABELS))
+    np.testing.assert_allclose(tagged.confidence, iid_span_probabilities(probs, [0, len(long)], spans,
+                                                                         SpanLabels.from_names(LABELS)), rtol=1e-6)
+
+
+def by_hand(confidence, correct, n_gold, q):
+    """The smallest threshold among the confidences whose kept spans' precision is at least q."""
+    for t in sorted(set(confidence)):
+        kept = confidence >= t
+        if correct[kept].mean() >= q:
+            return t, correct[kept].mean(), correct[kept].sum() / n_gold
+    return None
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_target_precision_picks_the_dev_threshold_and_reports_both_operating_points(folders, tmp_path, capsys):
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    model = load_model(folders["iid"])
+    tagged = tag([model], SENTENCES)
+    predicted = [np.asarray(LABELS)[predicted_labels(d, LABELS)].tolist() for d in tagged.distributions]
+    gold = [list(p) for p in predicted]
+    gold[0] = ["O"] * len(gold[0])  # the spans of sentence 0 become wrong
+    gold[2] = ["B-PER"] + ["O"] * (len(gold[2]) - 1)  # and a missed gold span
+    dev = tmp_path / "dev.conll"
+    dev.write_text("".join("".join(f"{w} {t}\n" for w, t in zip(s, g)) + "\n" for s, g in zip(SENTENCES, gold)))
+    gold_spans = {(s, a, b + 1, k) for s, g in enumerate(gold) for k, a, b in get_entities(g)}
+    events = [(c, (s, a, b, SpanLabels.from_names(LABELS).types[t]) in gold_spans) for s, a, b, t, c in
+              zip(tagged.spans.sentence, tagged.spans.start, tagged.spans.end, tagged.spans.type, tagged.confidence)]
+    confidence, correct = np.array([e[0] for e in events]), np.array([e[1] for e in events])
+    assert 0 < correct.sum() < len(correct)
+    q = correct.mean() + 0.5 * (1 - correct.mean())
+    expected = by_hand(confidence, correct, len(gold_spans), q)
+    if expected is None:
+        q, expected = correct.mean(), by_hand(confidence, correct, len(gold_spans), correct.mean())
+    threshold, precision, recall = expected
+
+    out = tmp_path / "out"
+    layout = ["--tag-col", "-1", "--scheme", "iob1"]  # the model's own tags may open a span with I-
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(dev), *layout, "--dev", str(dev),
+                 "--target-precision", str(q), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "threshold.json").read_text())
+    assert report["threshold"] == pytest.approx(threshold)
+    for key in ("dev_operating_point", "input_operating_point"):  # the input is the dev file here
+        assert report[key]["precision"] == pytest.approx(precision)
+        assert report[key]["recall"] == pytest.approx(recall)
+    assert f"threshold {threshold:.4f}" in printed and f"precision {precision:.4f}" in printed
+    kept = [e["confidence"] for s in entities(out) for e in s["entities"]]
+    assert len(kept) == (confidence >= threshold).sum() and min(kept) >= threshold
+
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(dev), *layout,
+                 "--min-confidence", "0.5", "--out", str(tmp_path / "m")]) == 0
+    assert sum(len(s["entities"]) for s in entities(tmp_path / "m")) == (confidence >= 0.5).sum()
+
+    unreachable = ["--dev", str(dev), *layout, "--target-precision", "1"]
+    if by_hand(confidence, correct, len(gold_spans), 1.0) is None:
+        assert main(["predict", "--model", str(folders["iid"]), "--input", str(dev), *unreachable,
+                     "--out", str(tmp_path / "u")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"{dev}: no span-confidence threshold reaches precision 1.0" in err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_crf_span_inside_a_window_gets_that_windows_exact_marginal(folders):
+    """A CRF reads a long sentence window by window: a span owned by the first window, with the word after it in
+    that window too, has the span marginal of the CRF over that window's words alone (the same encoder input)."""
+    model = load_model(folders["crf"])
+    long = [w for s in SENTENCES for w in s] * 3
+    first = model.split([long]).windows[0]
+    last = first.first_word + len(first.word_starts)
+    whole = tag([model], [long])
+    alone = tag([model], [long[:last]])
+    keys = {(int(a), int(b), int(t)): c for a, b, t, c in zip(alone.spans.start, alone.spans.end, alone.spans.type,
+                                                             alone.confidence)}
+    inside = [(int(a), int(b), int(t), c) for a, b, t, c in zip(whole.spans.start, whole.spans.end, whole.spans.type,
+                                                               whole.confidence) if b < first.own_end]
+    matched = [(c, keys[a, b, t]) for a, b, t, c in inside if (a, b, t) in keys]
+    assert matched
+    np.testing.assert_allclose(*zip(*matched), rtol=1e-6)
+    assert ((whole.confidence >= 0) & (whole.confidence <= 1)).all()
