@@ -321,7 +321,9 @@ def add_predict(sub) -> None:
     p.add_argument("--target-precision", type=typed(float, lambda v: None if 0 < v <= 1 else "must lie in (0, 1]"),
                    help="NER: with --dev, the smallest confidence threshold reaching this span precision on dev, "
                         "applied as --min-confidence (threshold.json)")
-    p.add_argument("--dev", help="NER: a file with gold tags in the input's layout, for --target-precision")
+    p.add_argument("--dev", help="NER: a CoNLL file with gold tags for --target-precision, read with the same "
+                                 "settings (for a --format text or jsonl input, --token-col and --tag-col are the dev "
+                                 "file's)")
     p.add_argument("--ref", help="translation: reference translations, one a line (adds predictions.npz)")
     p.set_defaults(func=run_predict)
 

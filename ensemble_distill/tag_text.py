@@ -169,7 +169,7 @@ def _text(path, lines, tokenizer) -> TextInput:
             starts.append(number)
     if not tokens:
         raise located(path, None, "no sentences (one sentence a line)")
-    if all(len(words) == 1 for words in tokens) and len(tokens) < sum(1 for line in lines if not line.strip()) * 4:
+    if all(len(words) == 1 for words in tokens) and any(not line.strip() for line in lines):
         warnings.warn(f"{path}: read as one sentence a line (--format text), but it looks like one token a line "
                       "with blank lines between sentences: give --format conll for that")
     return TextInput(str(path), tokens, starts)
@@ -324,8 +324,9 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
             target_precision: float | None = None, dev=None, meta: dict | None = None, **reader) -> list[Path]:
     """Tag a file with `models` (one tagger folder, or an ensemble's members) and write into `out_dir`:
     entities.jsonl (spans of confidence >= the threshold), predictions.conll and, with gold (`reader["tag_col"]`),
-    predictions.npz for `evaluate`. With `target_precision`, the threshold is picked on `dev` (a file with gold in
-    the same layout) and threshold.json records it, the dev operating point and, with gold, the input's.
+    predictions.npz for `evaluate`. With `target_precision`, the threshold is picked on `dev` (a CoNLL file with
+    gold, read with the same settings; for a text or jsonl input, `token_col` and `tag_col` are the dev file's) and
+    threshold.json records it, the dev operating point and, with gold, the input's.
     reader: read_input's layout settings. Returns the files written. Raises UserError for bad input."""
     from .tasks.ner import tagging_predictions
 
@@ -334,12 +335,15 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
     if dev is not None and reader.get("tag_col") is None:
         raise UserError("--target-precision: give --tag-col, the gold tag column of the --dev file (same layout as "
                         "the input)")
-    text = read_input(input_path, models[0].tokenizer, fmt, **reader)
+    fmt = input_format(input_path, fmt, reader.get("tag_col"))
+    # An input given as text or jsonl with a dev file: the column settings describe the dev file only.
+    columns = ("token_col", "tag_col") if dev is not None and fmt != "conll" else ()
+    text = read_input(input_path, models[0].tokenizer, fmt, **{k: v for k, v in reader.items() if k not in columns})
     labels = models[0].labels
     gold = gold_ids(text, labels) if text.gold is not None else None
     report = None
     if target_precision is not None:
-        point = dev_threshold(models, read_input(dev, models[0].tokenizer, fmt, **reader), target_precision)
+        point = dev_threshold(models, read_input(dev, models[0].tokenizer, "conll", **reader), target_precision)
         min_confidence = point.threshold
         report = {"target_precision": target_precision, "dev": str(dev), "threshold": point.threshold,
                   "dev_operating_point": point.__dict__}

@@ -195,21 +195,21 @@ def test_target_precision_picks_the_dev_threshold_and_reports_both_operating_poi
     model = load_model(folders["iid"])
     tagged = tag([model], SENTENCES)
     predicted = [np.asarray(LABELS)[predicted_labels(d, LABELS)].tolist() for d in tagged.distributions]
+    spans, confidence = tagged.spans, tagged.confidence
+    order = np.argsort(confidence)
+    assert len(order) >= 4
+    wrong = list(order[:len(order) // 3]) + [order[-1]]  # the least confident third and the most confident one
     gold = [list(p) for p in predicted]
-    gold[0] = ["O"] * len(gold[0])  # the spans of sentence 0 become wrong
-    gold[2] = ["B-PER"] + ["O"] * (len(gold[2]) - 1)  # and a missed gold span
+    for i in wrong:
+        gold[spans.sentence[i]][spans.start[i]:spans.end[i]] = ["O"] * int(spans.end[i] - spans.start[i])
     dev = tmp_path / "dev.conll"
     dev.write_text("".join("".join(f"{w} {t}\n" for w, t in zip(s, g)) + "\n" for s, g in zip(SENTENCES, gold)))
     gold_spans = {(s, a, b + 1, k) for s, g in enumerate(gold) for k, a, b in get_entities(g)}
-    events = [(c, (s, a, b, SpanLabels.from_names(LABELS).types[t]) in gold_spans) for s, a, b, t, c in
-              zip(tagged.spans.sentence, tagged.spans.start, tagged.spans.end, tagged.spans.type, tagged.confidence)]
-    confidence, correct = np.array([e[0] for e in events]), np.array([e[1] for e in events])
-    assert 0 < correct.sum() < len(correct)
-    q = correct.mean() + 0.5 * (1 - correct.mean())
-    expected = by_hand(confidence, correct, len(gold_spans), q)
-    if expected is None:
-        q, expected = correct.mean(), by_hand(confidence, correct, len(gold_spans), correct.mean())
-    threshold, precision, recall = expected
+    correct = np.array([(s, a, b, SpanLabels.from_names(LABELS).types[t]) in gold_spans
+                        for s, a, b, t in zip(spans.sentence, spans.start, spans.end, spans.type)])
+    q = correct.sum() / (correct.sum() + 1) - 1e-9  # reached once the least confident third is dropped
+    threshold, precision, recall = by_hand(confidence, correct, len(gold_spans), q)
+    assert confidence.min() < threshold
 
     out = tmp_path / "out"
     layout = ["--tag-col", "-1", "--scheme", "iob1"]  # the model's own tags may open a span with I-
@@ -225,16 +225,40 @@ def test_target_precision_picks_the_dev_threshold_and_reports_both_operating_poi
     kept = [e["confidence"] for s in entities(out) for e in s["entities"]]
     assert len(kept) == (confidence >= threshold).sum() and min(kept) >= threshold
 
+    text = tmp_path / "news.txt"  # plain text tagged with the dev file's threshold: the columns are dev's
+    text.write_text("".join(" ".join(s) + "\n" for s in SENTENCES))
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(text), "--format", "text", *layout,
+                 "--dev", str(dev), "--target-precision", str(q), "--out", str(tmp_path / "t")]) == 0
+    assert entities(tmp_path / "t") == [{**e, "line": i + 1} for i, e in enumerate(entities(out))]
+    assert "input_operating_point" not in json.loads((tmp_path / "t" / "threshold.json").read_text())
     assert main(["predict", "--model", str(folders["iid"]), "--input", str(dev), *layout,
                  "--min-confidence", "0.5", "--out", str(tmp_path / "m")]) == 0
     assert sum(len(s["entities"]) for s in entities(tmp_path / "m")) == (confidence >= 0.5).sum()
 
-    unreachable = ["--dev", str(dev), *layout, "--target-precision", "1"]
-    if by_hand(confidence, correct, len(gold_spans), 1.0) is None:
-        assert main(["predict", "--model", str(folders["iid"]), "--input", str(dev), *unreachable,
-                     "--out", str(tmp_path / "u")]) == 2
-        err = capsys.readouterr().err.strip()
-        assert "\n" not in err and f"{dev}: no span-confidence threshold reaches precision 1.0" in err
+    capsys.readouterr()
+    always_wrong = tmp_path / "wrong.conll"  # gold without entities: no threshold reaches any precision
+    always_wrong.write_text("".join("".join(f"{w} O\n" for w in s) + "\n" for s in SENTENCES))
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(dev), "--dev", str(always_wrong),
+                 *layout, "--target-precision", "0.5", "--out", str(tmp_path / "u")]) == 2
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # beside a warning
+    assert err.startswith(f"ensemble-distill: error: {always_wrong}: no span-confidence threshold reaches precision "
+                          "0.5")
+    assert not (tmp_path / "u" / "entities.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "jsonl"], ':2: not a JSON object with "tokens"'),
+    (["--format", "jsonl", "--tag-col", "-1"], "--tag-col and --token-col are for --format conll"),
+    (["--target-precision", "0.9"], "--target-precision and --dev go together"),
+    (["--dev", "x", "--target-precision", "0.9", "--format", "conll"], "give --tag-col"),
+])
+def test_bad_input_and_options_are_one_line(folders, tmp_path, capsys, argv, message):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"tokens": ["Peter"]}\n["Paris"]\n')
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(path), *argv,
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err, err
 
 
 @pytest.mark.usefixtures("one_thread")
