@@ -5,7 +5,7 @@ One command set for both tasks, the task read from the config or the run folder 
     train --config C --out RUN        evaluate --run RUN | PREDICTIONS      memoize --run RUN
     compare A.npz B.npz (paired bootstrap)
     distill --run RUN                 sweep --run RUN (translation)         predict --model DIR | --run RUN
-    translate --model DIR             export --model DIR --format hf|ctranslate2                 demo
+    translate --model DIR | --run RUN (stdin -> stdout)      export --model DIR --format hf|ctranslate2    demo
 
 Every command takes `--set section.key=value` (a TOML literal; repeatable) on top of its config, recorded in the
 resolved config.toml. The older verbs stay as aliases: train-ensemble (train, then evaluate), train-nmt,
@@ -134,7 +134,11 @@ def add_evaluate(sub) -> None:
     p.add_argument("predictions", nargs="?", help="predictions .npz (docs/predictions-format.md)")
     p.add_argument("--run", type=output_folder, help="a run directory instead: members, ensembles, students (writes "
                                                      "RUN/eval/<split>)")
-    p.add_argument("--split", default="test", choices=("dev", "test"), help="split of --run (default test)")
+    p.add_argument("--split", choices=("dev", "test"), help="split of --run (default test)")
+    p.add_argument("--src", help="translation, with --run: a source file to evaluate on instead of a split, with "
+                                 "--ref its reference translations (writes RUN/eval/pair-<source file stem>)")
+    p.add_argument("--ref", help="with --src: the reference translations, one a line")
+    p.add_argument("--name", help="with --src: the folder under RUN/eval (default pair-<source file stem>)")
     p.add_argument("--out", type=output_folder,
                    help="folder for metrics.json and PNGs (default: PREDICTIONS without .npz, plus -eval)")
     add_n_boot(p)
@@ -146,10 +150,18 @@ def add_evaluate(sub) -> None:
 def run_evaluate(args) -> int:
     if (args.predictions is None) == (args.run is None):
         raise UserError("evaluate: give a predictions file or --run RUN")
+    pair = {"--src": args.src, "--ref": args.ref, "--name": args.name}
+    if args.run is None and any(value is not None for value in pair.values()):
+        raise UserError(f"{next(flag for flag, value in pair.items() if value is not None)}: only with --run RUN")
     if args.run is not None:
         from .pipeline import evaluate_run
 
-        print(evaluate_run(args.run, args.split, args.n_boot, args.device, args.overrides))
+        if args.src is not None and args.split is not None:
+            raise UserError("--split: evaluates one of the config's splits; --src and --ref give the pair instead")
+        if args.name is not None and args.src is None:
+            raise UserError("--name: names the folder of a --src/--ref pair")
+        print(evaluate_run(args.run, args.split or "test", args.n_boot, args.device, args.overrides, src=args.src,
+                           ref=args.ref, name=args.name))
         return 0
     from .calibration.report import evaluate, format_table
     from .predictions import load_predictions
@@ -348,24 +360,36 @@ def run_predict(args) -> int:
 
 
 def add_translate(sub) -> None:
-    p = sub.add_parser("translate", help="translate a source file with a translation model folder")
-    p.add_argument("--model", required=True, help="a member or student folder of a translation run")
-    p.add_argument("--input", required=True, help="source text, one sentence a line (.gz read through gzip)")
-    p.add_argument("--out", required=True, type=output_folder, help="folder for translations.txt")
+    p = sub.add_parser("translate", help="translate text with a translation model folder or a run's ensemble")
+    p.add_argument("--model", help="a member or student folder of a translation run")
+    p.add_argument("--run", help="a translation run: the ensemble of its first --members members")
+    p.add_argument("--members", type=MEMBERS, help="with --run: ensemble size (default: the largest configured)")
+    p.add_argument("--input", default="-", help="source text, one sentence a line (.gz read through gzip; default "
+                                                "'-': standard input)")
+    p.add_argument("--output", default="-", help="translations, one a line (default '-': standard output)")
+    p.add_argument("--out", type=output_folder, help="older form: a folder for translations.txt (instead of --output)")
     p.add_argument("--beam", type=in_range(int, 1), help="beam size (default: the model's decode.beam_size)")
+    p.add_argument("--jsonl", action="store_true",
+                   help="one JSON object a line: source, translation, log_prob (summed log-probability of the output "
+                        "subwords and EOS, nats), mean_token_confidence (mean probability of each chosen subword)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to load the models (default cpu)")
     p.set_defaults(func=run_translate)
 
 
 def run_translate(args) -> int:
-    from .tasks import load_model
-    from .tasks.nmt import predict
+    from .pipeline import translate
 
     no_settings(args, "translate")
-    model = load_model(args.model)
-    if model.spec["task"] != "nmt":
-        raise UserError(f"{args.model}: an {model.spec['task']} model; translate takes a translation model "
-                        "(tag text with predict)")
-    print("wrote " + ", ".join(map(str, predict(model, args.input, args.out, beam_size=args.beam))))
+    if args.out is not None:
+        if args.output != "-":
+            raise UserError("translate: give --output FILE or (older form) --out FOLDER, not both")
+        args.output = str(Path(args.out) / "translations.txt")
+    if args.output != "-":
+        writable_folder(str(Path(args.output).parent))
+    n = translate(args.input, None if args.output == "-" else args.output, model=args.model, run=args.run,
+                  members=args.members, beam_size=args.beam, jsonl=args.jsonl, device=args.device)
+    if args.output != "-":
+        print(f"wrote {n} translations to {args.output}")
     return 0
 
 

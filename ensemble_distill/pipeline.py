@@ -44,20 +44,37 @@ def train(cfg, run_dir, progress: bool = True) -> str:
 
 
 def evaluate_run(run_dir, split: str = "test", n_boot: int = 1000, device: str | None = None,
-                 overrides=(), progress: bool = True) -> str:
-    """Evaluate every system of the run on `split` (RUN/eval/<split>/); returns the Markdown table."""
+                 overrides=(), progress: bool = True, src=None, ref=None, name: str | None = None) -> str:
+    """Evaluate every system of the run on `split` (RUN/eval/<split>/); returns the Markdown table. Translation:
+    `src` and `ref` (two line-aligned files) evaluate on that pair instead, in RUN/eval/<name> (default
+    pair-<the source file's stem>), with the temperatures fitted on the run's dev split as always."""
+    if (src is None) != (ref is None):
+        raise UserError("evaluate: --src and --ref go together (a source file and its reference translations)")
     if run_task(run_dir) == "ner":
         from .experiments import evaluate_run as evaluate_ner
         from .experiments import format_rows, open_run
         from .tasks.ner import read_run_config
 
+        if src is not None:
+            raise UserError("--src/--ref: a translation test pair; to score an NER run's models on another CoNLL "
+                            "file use predict --run RUN --input FILE --tag-col -1, then evaluate its predictions")
         _no_overrides(overrides, "evaluating an NER run")
         with run_lock(run_dir):
             run = open_run(run_dir, read_run_config(run_dir), splits=(split,), progress=progress)
             return format_rows(evaluate_ner(run, split, n_boot, progress), title=f"{run_dir} ({split})")
     from .translation import evaluate_translation_run, format_rows, open_run
 
-    run = open_run(run_dir, splits=("dev", split), progress=progress, device=device, overrides=overrides)
+    if src is None:
+        run = open_run(run_dir, splits=("dev", split), progress=progress, device=device, overrides=overrides)
+    else:
+        from .tasks.nmt import read_pair
+
+        split = name or "pair-" + Path(str(src).removesuffix(".gz")).stem
+        if split in ("train", "dev", "test") or not Path(split).name == split or split.startswith("."):
+            raise UserError(f"--name {split}: not a folder name of its own under RUN/eval (train, dev and test are "
+                            "the config's splits)")
+        run = open_run(run_dir, splits=("dev",), progress=progress, device=device, overrides=overrides)
+        run.data.splits[split] = read_pair(run.cfg, run.data.vocab, src, ref)
     rows = evaluate_translation_run(run_dir, split, n_boot, progress, run=run)
     return format_rows(rows, title=f"{run_dir} ({split})")
 
@@ -188,6 +205,40 @@ def _only_options(task: str, options: dict, source) -> None:
     other = sorted(set(options) - READER_OPTIONS[task])
     if other:
         raise UserError(f"{_flag(other[0])}: not for a {task} model ({source})")
+
+
+def translate(input_path="-", output=None, model=None, run=None, members: int | None = None,
+              beam_size: int | None = None, jsonl: bool = False, device: str = "cpu") -> int:
+    """Translate text (one sentence a line; "-": standard input) with a model folder (`model`) or the ensemble of
+    a translation run's first `members` members (`run`; default the largest configured), to `output` (None:
+    standard output): tasks.nmt.translate_text. Reads only the model folders (and RUN/config.toml). Returns the
+    number of sentences. Raises UserError for a tagging model or run, and for members of another vocabulary."""
+    from .tasks import load_model
+    from .tasks.nmt import translate_text
+
+    if (model is None) == (run is None):
+        raise UserError("translate: give --model FOLDER (a member or student) or --run RUN")
+    if run is not None:
+        if run_task(run) != "nmt":
+            raise UserError(f"{run}: an NER run; translate takes a translation run (tag text with predict)")
+        from .config import TranslationConfig
+        from .ensemble import ensemble_member_ids
+        from .runs import model_dir
+
+        ids = ensemble_member_ids(load_config(Path(run) / "config.toml", TranslationConfig), members)
+        loaded = [load_model(model_dir(run, "member", i), device) for i in ids]
+        vocab = loaded[0].vocab
+        other = next((m for m in loaded if m.vocab.path.read_bytes() != vocab.path.read_bytes()), None)
+        if other is not None:
+            raise UserError(f"{other.folder}/vocab.model: differs from {loaded[0].folder}'s; the members of an "
+                            "ensemble share one vocabulary")
+    else:
+        loaded = [load_model(model, device)]
+        if loaded[0].spec["task"] != "nmt":
+            raise UserError(f"{model}: an {loaded[0].spec['task']} model; translate takes a translation model (tag "
+                            "text with predict)")
+    return translate_text([m.model for m in loaded], loaded[0].vocab, loaded[0].spec["decode"], input_path, output,
+                          beam_size, jsonl)
 
 
 def export(model, fmt: str, out_dir) -> Path:

@@ -393,3 +393,72 @@ def test_samples_refused_for_an_ner_run(tmp_path, capsys):
         assert main([command, "--run", str(tmp_path), "--samples", "4"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--samples 4: only for translation runs" in err[0]
+
+
+def test_translate_reads_standard_input_and_writes_text_or_scored_json_lines(toy_run, tmp_path, capsys, monkeypatch):
+    import io
+    import sys
+
+    member_dir, test = toy_run.member_dir(0), toy_run.data.splits["test"]
+    sources = (toy_run.cfg.data.test_src, toy_run.cfg.data.test_tgt)[0]
+    expected = translate(toy_run.members(1), test, toy_run.data.vocab, 3, 0.6, 16)
+    assert main(["translate", "--model", str(member_dir), "--input", sources, "--output", str(tmp_path / "out.txt"),
+                 "--beam", "3"]) == 0
+    assert (tmp_path / "out.txt").read_text().splitlines() == expected
+
+    lines = open(sources).read().splitlines()[:5]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(("\n".join(lines) + "\n").encode())))
+    capsys.readouterr()
+    assert main(["translate", "--model", str(member_dir), "--beam", "3", "--jsonl"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["source"] for r in records] == lines and [r["translation"] for r in records] == expected[:5]
+    # log_prob and mean_token_confidence by hand: the member's softmax at each chosen subword and EOS.
+    vocab, member = toy_run.data.vocab, toy_run.members(1)[0]
+    for record in records:
+        src, hyp = vocab.encode([record["source"]])[0], vocab.encode([record["translation"]])[0]
+        batch = collate([(src, hyp)])
+        with torch.no_grad():
+            p = F.softmax(member(batch.src, batch.tgt_in)[0].double(), -1)[torch.arange(len(hyp) + 1), batch.tgt_out[0]]
+        assert record["tokens"] == len(hyp) + 1
+        assert record["log_prob"] == pytest.approx(p.log().sum().item(), abs=1e-4)
+        assert record["mean_token_confidence"] == pytest.approx(p.mean().item(), abs=1e-4)
+
+
+def test_translate_with_a_runs_ensemble_and_a_source_beyond_the_positions(toy_run, tmp_path, capsys):
+    test = toy_run.data.splits["test"]
+    expected = translate(toy_run.members(2), test, toy_run.data.vocab, 2, 0.6, 16)
+    assert main(["translate", "--run", str(toy_run.run_dir), "--members", "2", "--beam", "2",
+                 "--input", toy_run.cfg.data.test_src, "--output", str(tmp_path / "out.txt")]) == 0
+    assert (tmp_path / "out.txt").read_text().splitlines() == expected
+    assert "wrote 40 translations" in capsys.readouterr().out
+
+    (tmp_path / "long.txt").write_text("ant bee\n" + " ".join(["cat"] * 600) + "\n")
+    with pytest.warns(UserWarning, match="1 of 2 sentences are longer than the model's 512 positions"):
+        assert main(["translate", "--model", str(toy_run.member_dir(0)), "--beam", "1",
+                     "--input", str(tmp_path / "long.txt"), "--output", str(tmp_path / "long.out")]) == 0
+    assert len((tmp_path / "long.out").read_text().splitlines()) == 2
+    for args, message in ((["--model", str(toy_run.member_dir(0)), "--run", str(toy_run.run_dir)], "give --model"),
+                          (["--model", str(tmp_path)], str(tmp_path))):
+        assert main(["translate", *args, "--input", str(tmp_path / "long.txt")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+
+
+def test_evaluate_any_parallel_pair_like_the_configs_test_split(toy_run, tmp_path, capsys):
+    """The config's own test files given as --src/--ref: the same table as `evaluate --run` on test."""
+    run_dir, d = str(toy_run.run_dir), toy_run.cfg.data
+    assert main(["evaluate", "--run", run_dir, "--n-boot", "5"]) == 0
+    assert main(["evaluate", "--run", run_dir, "--src", d.test_src, "--ref", d.test_tgt, "--n-boot", "5"]) == 0
+    capsys.readouterr()
+    on_test = json.loads((toy_run.run_dir / "eval" / "test" / "results.json").read_text())
+    on_pair = json.loads((toy_run.run_dir / "eval" / "pair-test" / "results.json").read_text())
+    assert on_pair == on_test
+    assert load_predictions(toy_run.run_dir / "eval" / "pair-test" / "ensemble-2" / "predictions.npz").meta[
+        "split"] == "pair-test"
+    for args, message in ((["--src", d.test_src], "--src and --ref go together"),
+                          (["--src", d.test_src, "--ref", d.test_tgt, "--split", "dev"], "--split:"),
+                          (["--src", d.test_src, "--ref", d.train_tgt], "ends after 40 lines but"),
+                          (["--src", d.test_src, "--ref", d.test_tgt, "--name", "test"], "--name test:")):
+        assert main(["evaluate", "--run", run_dir, *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]

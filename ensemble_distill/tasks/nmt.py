@@ -13,6 +13,7 @@ order; a "round" of `updates_per_round` updates is the training loop's epoch.
 
 import math
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,7 @@ from ..data.text import read_text_lines
 from ..data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
 from ..ensemble import MemberPlan
 from ..errors import UserError
-from ..io_utils import atomic_path, atomic_torch_save, atomic_write_text
+from ..io_utils import atomic_path, atomic_torch_save, atomic_write_text, strict_json
 from ..models.beam_search import beam_search
 from ..models.translation import (
     TransformerConfig,
@@ -100,14 +101,28 @@ def load_translation_data(cfg: TranslationConfig, run_dir, splits: Sequence[str]
             if progress:
                 tqdm.write(f"training pairs: {data.filter_counts}")
         else:
-            encoded, n_cut = fit_to_positions(encoded, positions)
-            if n_cut:
-                warnings.warn(f"{getattr(d, f'{name}_src')}: {n_cut} of {len(encoded)} {name} pairs have a side "
-                              f"longer than the model's {positions} positions take; each side was cut to its first "
-                              f"{positions - 1} subwords (translations and teacher-forced scores are of the cut "
-                              "pairs; BLEU compares with the full references)")
+            encoded = _fit_eval_pairs(encoded, positions, f"{getattr(d, f'{name}_src')}", f"{name} pairs")
         data.splits[name] = ParallelSplit(encoded, references)
     return data
+
+
+def read_pair(cfg: TranslationConfig, vocab: SubwordVocab, src_path, ref_path) -> ParallelSplit:
+    """Any parallel test pair (two line-aligned files) as an evaluation split of a run (config `cfg`, vocabulary
+    `vocab`): every pair, each side cut to the model's positions with a warning, as load_translation_data does
+    for the config's dev and test. Raises UserError naming the file and line (read_parallel)."""
+    positions = TransformerConfig.preset(cfg.model.preset, vocab_size=1).max_positions
+    pairs = read_parallel(src_path, ref_path)
+    encoded = list(zip(vocab.encode([s for s, _ in pairs]), vocab.encode([t for _, t in pairs])))
+    return ParallelSplit(_fit_eval_pairs(encoded, positions, str(src_path), "pairs"), [t for _, t in pairs])
+
+
+def _fit_eval_pairs(encoded, positions: int, where: str, what: str):
+    encoded, n_cut = fit_to_positions(encoded, positions)
+    if n_cut:
+        warnings.warn(f"{where}: {n_cut} of {len(encoded)} {what} have a side longer than the model's {positions} "
+                      f"positions take; each side was cut to its first {positions - 1} subwords (translations and "
+                      "teacher-forced scores are of the cut pairs; BLEU compares with the full references)")
+    return encoded
 
 
 def _read_split(cfg: TranslationConfig, name: str) -> list[tuple[str, str]]:
@@ -223,10 +238,16 @@ def validation_nll(models: Sequence[TranslationModel], split: ParallelSplit, bat
     return total / count
 
 
-@torch.no_grad()
 def translate(models: Sequence[TranslationModel], split: ParallelSplit, vocab: SubwordVocab, beam_size: int,
               alpha: float, batch_sentences: int, progress: bool = False) -> list[str]:
     """Detokenised beam-search translations of the split's sources, in order (decoded in length-sorted batches)."""
+    return vocab.decode(translate_ids(models, split, beam_size, alpha, batch_sentences, progress))
+
+
+@torch.no_grad()
+def translate_ids(models: Sequence[TranslationModel], split: ParallelSplit, beam_size: int, alpha: float,
+                  batch_sentences: int, progress: bool = False) -> list[list[int]]:
+    """Beam-search translations of the split's sources as subword ids (no BOS, no EOS), in order."""
     device = models[0].embedding.weight.device
     order = np.argsort([len(src) for src, _ in split.pairs], kind="stable")
     tokens: list = [None] * len(order)
@@ -236,7 +257,57 @@ def translate(models: Sequence[TranslationModel], split: ParallelSplit, vocab: S
         src = collate([(split.pairs[i][0], []) for i in chunk]).src.to(device)
         for i, hypothesis in zip(chunk, beam_search(models, src, beam_size=beam_size, alpha=alpha).tokens):
             tokens[i] = hypothesis
-    return vocab.decode(tokens)
+    return tokens
+
+
+def hypothesis_scores(models: Sequence[TranslationModel], sources: list[list[int]], hypotheses: list[list[int]],
+                      batch_sentences: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sentence, how sure the models' mean distribution is of its translation, scored under teacher forcing
+    on (source, hypothesis + EOS): the summed log-probability (nats, float64 [N]; no length penalty) and the mean
+    token confidence, the mean over the output tokens, EOS included, of the probability the model gave each
+    chosen token (float64 [N], in (0, 1])."""
+    split = ParallelSplit(list(zip(sources, hypotheses)), [])
+    chosen = torch.cat([mean_of_members(log_probs).gather(1, gold[:, None])[:, 0].double().cpu()
+                        for log_probs, gold in teacher_forced(models, split, batch_sentences)])
+    per_sentence = chosen.split([len(h) + 1 for h in hypotheses])
+    return (np.array([lp.sum().item() for lp in per_sentence]),
+            np.array([lp.exp().mean().item() for lp in per_sentence]))
+
+
+def translate_text(models: Sequence[TranslationModel], vocab: SubwordVocab, decode: dict, input_path="-",
+                   output=None, beam_size: int | None = None, jsonl: bool = False) -> int:
+    """Translate text, one sentence a line (`input_path` "-": standard input), with the mean of `models` (one
+    model or an ensemble sharing `vocab`), and write the detokenised translations one a line to `output` (None:
+    standard output; a file is written atomically). jsonl: one JSON object a line instead, {"source",
+    "translation", "log_prob", "mean_token_confidence", "tokens"} (hypothesis_scores; tokens: output subwords
+    with EOS). `decode`: beam_size, alpha, batch_sentences. Sources longer than the models' positions are cut to
+    fit with a warning; outputs are capped at them (beam_search). Returns the number of sentences.
+
+    Raises UserError naming an input that cannot be read."""
+    sources = read_text_lines(input_path)
+    positions = models[0].config.max_positions
+    pairs, n_cut = fit_to_positions([(src, []) for src in vocab.encode(sources)], positions)
+    if n_cut:
+        warnings.warn(f"{input_path}: {n_cut} of {len(pairs)} sentences are longer than the model's {positions} "
+                      f"positions take; each was cut to its first {positions - 1} subwords")
+    split = ParallelSplit(pairs, [])
+    ids = translate_ids(models, split, beam_size or decode["beam_size"], decode["alpha"], decode["batch_sentences"])
+    translations = vocab.decode(ids)
+    if jsonl:
+        log_probs, confidences = hypothesis_scores(models, [src for src, _ in pairs], ids, decode["batch_sentences"])
+        lines = [strict_json({"source": source, "translation": translation, "log_prob": round(float(lp), 4),
+                              "mean_token_confidence": round(float(conf), 4), "tokens": len(hyp) + 1},
+                             ensure_ascii=False)
+                 for source, translation, lp, conf, hyp in zip(sources, translations, log_probs, confidences, ids)]
+    else:
+        lines = translations
+    text = "".join(line + "\n" for line in lines)
+    if output is None or str(output) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(output, text)
+    return len(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------
