@@ -387,12 +387,15 @@ def test_config_ranges_name_the_key(tmp_path):
         load_config(config, TranslationConfig)
 
 
-def test_samples_refused_for_an_ner_run(tmp_path, capsys):
+def test_samples_a_test_pair_and_translate_refused_for_an_ner_run(tmp_path, capsys):
     (tmp_path / "config.toml").write_text('task = "ner"\n')
-    for command in ("memoize", "distill"):
-        assert main([command, "--run", str(tmp_path), "--samples", "4"]) == 2
+    for args, message in ((["memoize", "--samples", "4"], "--samples 4: only for translation runs"),
+                          (["distill", "--samples", "4"], "--samples 4: only for translation runs"),
+                          (["evaluate", "--src", "a", "--ref", "b"], "--src/--ref: a translation test pair"),
+                          (["translate"], "an NER run; translate takes a translation run")):
+        assert main([args[0], "--run", str(tmp_path), *args[1:]]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "--samples 4: only for translation runs" in err[0]
+        assert len(err) == 1 and message in err[0]
 
 
 def test_translate_reads_standard_input_and_writes_text_or_scored_json_lines(toy_run, tmp_path, capsys, monkeypatch):
