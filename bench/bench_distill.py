@@ -28,7 +28,7 @@ from ensemble_distill.distill.losses import distillation_loss
 from ensemble_distill.distill.ner import dataset_fingerprint, window_targets
 from ensemble_distill.encoders import compute_frozen_states
 from ensemble_distill.models.tagger import Tagger
-from ensemble_distill.tasks.ner import TaggingSplit, _batch, _emissions, predict_distributions, tagger_loss
+from ensemble_distill.tasks.ner import TaggingSplit, predict_distributions, tagger_emissions, tagger_loss, window_batch
 from ensemble_distill.teacher_store import write_store
 from ensemble_distill.training import make_optimizer
 
@@ -79,16 +79,16 @@ def main():
             mask = batch["word_mask"]
             ids, probs, remainder = window_targets(store, sentence_of[batch["windows"]],
                                                    first_word_of[batch["windows"]], mask.shape[1])
-            return distillation_loss(_emissions(model, batch), batch["word_labels"], mask, ids, probs, remainder,
+            return distillation_loss(tagger_emissions(model, batch), batch["word_labels"], mask, ids, probs, remainder,
                                      beta=BETA)
 
         def online(k):
             def loss(model, batch):
                 mask = batch["word_mask"]
                 with torch.no_grad():
-                    mean = sum(t.distributions(_emissions(t, batch), mask) for t in teachers[:k]) / k
+                    mean = sum(t.distributions(tagger_emissions(t, batch), mask) for t in teachers[:k]) / k
                 ids = torch.arange(len(labels)).expand_as(mean)
-                return distillation_loss(_emissions(model, batch), batch["word_labels"], mask, ids, mean,
+                return distillation_loss(tagger_emissions(model, batch), batch["word_labels"], mask, ids, mean,
                                          torch.zeros(mask.shape), beta=BETA)
             return loss
 
@@ -100,7 +100,7 @@ def main():
         def step(name, ids):
             model, optimizer, loss_fn = students[name], optimizers[name], cases[name]
             started = time.perf_counter()
-            batch = {**_batch(split, ids, pad), "windows": ids}
+            batch = {**window_batch(split, ids, pad), "windows": ids}
             loss = loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -41,6 +41,7 @@ from .errors import UserError, located
 from .io_utils import atomic_write_json, atomic_write_text, strict_json
 from .predictions import predicted_labels, save_predictions
 from .spans import SpanLabels, Spans, crf_span_probabilities, decode_spans, iid_span_probabilities, span_events
+from .tasks.ner_batches import tagger_emissions, tagging_predictions, window_batch
 
 FORMATS = ("conll", "jsonl", "text")
 STDIN = "-"
@@ -220,15 +221,13 @@ def tag(models: list, sentences: list[list[str]], batch_size: int = 64) -> Tagge
 
 def _window_outputs(model, split, batch_size):
     """Per window of `split`: the model's [words, labels] float32 distributions and [words, labels] emissions."""
-    from .tasks.ner import _batch, _emissions
-
     lengths = [len(w.input_ids) for w in split.windows]
     probs, emissions = [None] * len(lengths), [None] * len(lengths)
     model.tagger.eval()
     with torch.no_grad():
         for chunk in bucketed_batches(lengths, batch_size):
-            batch = _batch(split, chunk, model.tokenizer.pad_token_id)
-            scores = _emissions(model.tagger, batch)
+            batch = window_batch(split, chunk, model.tokenizer.pad_token_id)
+            scores = tagger_emissions(model.tagger, batch)
             dist = model.tagger.distributions(scores, batch["word_mask"])
             for row, (window, n) in enumerate(zip(chunk, batch["word_mask"].sum(1).tolist())):
                 probs[window], emissions[window] = dist[row, :n].float().numpy(), scores[row, :n]
@@ -328,8 +327,6 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
     gold, read with the same settings; for a text or jsonl input, `token_col` and `tag_col` are the dev file's) and
     threshold.json records it, the dev operating point and, with gold, the input's.
     reader: read_input's layout settings. Returns the files written. Raises UserError for bad input."""
-    from .tasks.ner import tagging_predictions
-
     if (target_precision is None) != (dev is None):
         raise UserError("--target-precision and --dev go together: the threshold is picked on a dev file with gold")
     if dev is not None and reader.get("tag_col") is None:

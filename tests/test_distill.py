@@ -19,13 +19,13 @@ from ensemble_distill.distill.ner import dataset_fingerprint, memoize, store_tem
 from ensemble_distill.errors import UserError
 from ensemble_distill.experiments import open_run
 from ensemble_distill.tasks.ner import (
-    _batch,
     load_member,
     member_seed,
     new_tagger,
     predict_distributions,
     tagger_loss,
     train_ensemble,
+    window_batch,
 )
 from ensemble_distill.teacher_store import TeacherStore, write_store
 
@@ -63,7 +63,7 @@ def members(run, ids):
 def test_beta_zero_is_the_plain_nll(run):
     split = run.data.splits["train"]
     model = new_tagger(run.data, run.cfg, seed=3).eval()
-    batch = _batch(split, np.arange(len(split.windows)), run.data.pad_id)
+    batch = window_batch(split, np.arange(len(split.windows)), run.data.pad_id)
     mask = batch["word_mask"]
     logits = model.emissions(batch["states"], batch["attention_mask"], batch["word_starts"], mask)
     teacher = torch.rand(*mask.shape, len(run.data.labels)).softmax(-1)
@@ -266,7 +266,7 @@ def test_student_loss_is_the_configured_mix_at_the_configured_temperature(run, s
     tau, beta, eps = 2.0, 0.75, 0.2
     split, store, labels = run.data.splits["train"], student_call["store"], len(run.data.labels)
     windows = student_call["train_windows"][:6]
-    batch = {**_batch(split, windows, run.data.pad_id), "windows": windows}
+    batch = {**window_batch(split, windows, run.data.pad_id), "windows": windows}
     mask = batch["word_mask"]
     logits = 3 * torch.randn(*mask.shape, labels, generator=torch.Generator().manual_seed(0))
 

@@ -129,13 +129,13 @@ def test_prediction_writes_no_cache(folders, tmp_path, monkeypatch, capsys):
 
 def batch_of(model, sentences):
     """Emissions of one-window sentences, computed here through the tagger's own layers."""
-    from ensemble_distill.tasks.ner import _batch, _emissions
+    from ensemble_distill.tasks.ner import tagger_emissions, window_batch
 
     split = model.split(sentences)
     assert len(split.windows) == len(sentences)
-    batch = _batch(split, np.arange(len(sentences)), model.tokenizer.pad_token_id)
+    batch = window_batch(split, np.arange(len(sentences)), model.tokenizer.pad_token_id)
     with torch.no_grad():
-        return _emissions(model.tagger, batch), batch["word_mask"]
+        return tagger_emissions(model.tagger, batch), batch["word_mask"]
 
 
 @pytest.mark.usefixtures("one_thread")

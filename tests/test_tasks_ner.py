@@ -9,7 +9,6 @@ from ensemble_distill.encoders import compute_frozen_states, load_pretrained, sp
 from ensemble_distill.ensemble import distillation_sentences, member_sentences, nested_subsets, tenths
 from ensemble_distill.errors import UserError
 from ensemble_distill.tasks.ner import (
-    _batch,
     held_out_f1,
     load_member,
     load_tagging_data,
@@ -19,6 +18,7 @@ from ensemble_distill.tasks.ner import (
     to_predictions,
     train_ensemble,
     train_tagger,
+    window_batch,
 )
 
 
@@ -73,7 +73,7 @@ def test_training_lowers_the_loss(tiny_encoder, conll_files, tmp_path):
         data = load_tagging_data(cfg, progress=False)
         model = new_tagger(data, cfg, seed=0)
         split = data.splits["train"]
-        batch = _batch(split, np.arange(len(split.windows)), data.pad_id)
+        batch = window_batch(split, np.arange(len(split.windows)), data.pad_id)
         model.eval()
         before = tagger_loss(model, batch)[0].item()
         windows = np.arange(len(split.windows))

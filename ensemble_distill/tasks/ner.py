@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..calibration.task_metrics import span_counts, span_scores
 from ..config import N_TENTHS, TaggingConfig, Training, load_config
 from ..data.conll import TaggedCorpus, label_vocab, read_conll, tag_corpus
-from ..data.subwords import Window, bucketed_batches, collate, encode_sentences, load_tokenizer, merge_windows
+from ..data.subwords import Window, bucketed_batches, encode_sentences, load_tokenizer, merge_windows
 from ..encoders import (
     EncoderTop,
     FrozenStates,
@@ -40,6 +40,7 @@ from ..predictions import Predictions, predicted_labels
 from ..runs import finished, load_state, load_weights, model_dir, save_model, write_result
 from ..teacher_store import fingerprint_dataset
 from ..training import TrainResult, train
+from .ner_batches import tagger_emissions, tagging_predictions, window_batch
 
 
 @dataclass
@@ -129,19 +130,8 @@ def new_tagger(data: TaggingData, cfg: TaggingConfig, seed: int) -> Tagger:
                   cfg.model.dropout).to(device)
 
 
-def _batch(split: TaggingSplit, window_ids, pad_id: int, device="cpu") -> dict:
-    """Collated windows with their frozen states, on `device`: the frozen layers ran once, on the CPU."""
-    batch = collate([split.windows[i] for i in window_ids], pad_id)
-    batch["states"], batch["attention_mask"] = split.frozen.batch(window_ids)
-    return {key: value.to(device) for key, value in batch.items()}
-
-
-def _emissions(model: Tagger, batch: dict) -> torch.Tensor:
-    return model.emissions(batch["states"], batch["attention_mask"], batch["word_starts"], batch["word_mask"])
-
-
 def tagger_loss(model: Tagger, batch: dict):
-    emissions = _emissions(model, batch)
+    emissions = tagger_emissions(model, batch)
     return model.loss(emissions, batch["word_labels"], batch["word_mask"]), int(batch["word_mask"].sum())
 
 
@@ -160,8 +150,9 @@ def predict_distributions(models: list[Tagger], split: TaggingSplit, window_ids=
     with torch.no_grad():
         for chunk in tqdm(bucketed_batches(lengths, batch_size), desc="predict", unit="batch", disable=not progress,
                           leave=False):
-            batch = _batch(split, window_ids[chunk], pad_id, device)
-            mean = (sum(m.distributions(_emissions(m, batch), batch["word_mask"]) for m in models) / len(models)).cpu()
+            batch = window_batch(split, window_ids[chunk], pad_id, device)
+            mean = sum(m.distributions(tagger_emissions(m, batch), batch["word_mask"]) for m in models)
+            mean = (mean / len(models)).cpu()
             n_words = batch["word_mask"].sum(1).tolist()
             for row, position in enumerate(chunk):
                 outputs[position] = mean[row, : n_words[row]].numpy()
@@ -193,7 +184,7 @@ def train_tagger(model: Tagger, data: TaggingData, train_windows, held_out: tupl
 
     def batches(epoch):
         for chunk in bucketed_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
-            yield {**_batch(split, train_windows[chunk], data.pad_id, device), "windows": train_windows[chunk]}
+            yield {**window_batch(split, train_windows[chunk], data.pad_id, device), "windows": train_windows[chunk]}
 
     def score(m):
         return held_out_f1([m], held_split, held_windows, data.pad_id, data.labels)
@@ -206,16 +197,6 @@ def to_predictions(distributions: list[np.ndarray], split: TaggingSplit, labels:
     from the corpus."""
     sentences = sorted({w.sentence for w in split.windows})
     return tagging_predictions(distributions, [split.corpus.tag_ids[s] for s in sentences], labels, meta)
-
-
-def tagging_predictions(distributions: list[np.ndarray], gold: list[np.ndarray], labels: list[str],
-                        meta: dict) -> Predictions:
-    """Per sentence [words, labels] probabilities and [words] gold ids as one Predictions (rows renormalised:
-    float32 marginals can drift from 1 by more than rounding)."""
-    offsets = np.concatenate([[0], np.cumsum([len(d) for d in distributions])])
-    probs = np.concatenate(distributions).astype(np.float32)
-    probs /= probs.sum(1, keepdims=True)
-    return Predictions.tagging(probs, np.concatenate(gold), offsets, labels, meta=meta)
 
 
 # ----------------------------------------------------------------------------------------------------------------
