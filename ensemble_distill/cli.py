@@ -281,6 +281,11 @@ def add_sweep(sub) -> None:
                                      "bytes/token")
     p.add_argument("--run", required=True, type=output_folder,
                    help="run directory (writes RUN/teachers, RUN/students, RUN/eval)")
+    add_sweep_settings(p)
+
+
+def add_sweep_settings(p) -> None:
+    """The sweep's teacher and truncations, shared by `sweep` and its alias `sweep-nmt`."""
     p.add_argument("--members", type=like_setting(TranslationDistillation, "teacher_members"),
                    help="teacher ensemble size (default distill.teacher_members)")
     p.add_argument("--top-k", type=like_setting(TranslationDistillation, "sweep_top_k"), nargs="+",
@@ -467,18 +472,7 @@ def add_aliases(sub) -> None:
     p = sub.add_parser("sweep-nmt", help="alias of sweep")
     p.add_argument("--run", required=True, type=output_folder,
                    help="run directory of train-nmt (writes RUN/teachers, RUN/students, RUN/eval)")
-    p.add_argument("--members", type=like_setting(TranslationDistillation, "teacher_members"),
-                   help="teacher ensemble size (default distill.teacher_members)")
-    p.add_argument("--top-k", type=like_setting(TranslationDistillation, "sweep_top_k"), nargs="+",
-                   help="V' values (default distill.sweep_top_k)")
-    p.add_argument("--epsilon", type=like_setting(TranslationDistillation, "sweep_epsilon"), nargs="*",
-                   help="adaptive epsilons (default distill.sweep_epsilon; none given: no adaptive students)")
-    p.add_argument("--samples", type=like_setting(TranslationDistillation, "samples"), nargs="*",
-                   help="draws R of sampled stores, one student each (default: distill.samples if > 0; none given: "
-                        "no sampled students)")
-    add_n_boot(p)
-    add_device(p)
-    p.set_defaults(func=run_sweep)
+    add_sweep_settings(p)
 
 
 def run_train_ensemble(args) -> int:
