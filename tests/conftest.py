@@ -29,9 +29,10 @@ def write_conll(path, sentences, repeat=1):
     return path
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
-    """Tiny models on a shared 2-core machine: a second torch thread only adds contention."""
+    """Every test on one torch thread: tiny models on a shared 2-core machine, where a second thread only adds
+    contention."""
     import torch
 
     threads = torch.get_num_threads()

@@ -23,14 +23,6 @@ from ensemble_distill.models.translation import (
 COPY, REVERSE = 10, 11  # the first source token says which task; symbols are 4..9; vocabulary of 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine: a second thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def toy_examples(generator, n):
     """(source, target) pairs: COPY x -> x, or REVERSE x -> reversed x, for random x of 3..6 symbols."""

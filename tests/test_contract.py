@@ -99,7 +99,6 @@ top_k = 4
     return config, [], test, test + ["--ref", str(data / "test.tgt")]
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("setting", [ner_setting, nmt_setting], ids=["ner", "nmt"])
 def test_train_evaluate_memoize_distill_then_the_student_alone(setting, tiny_encoder, tmp_path, capsys):
     config, student_settings, unlabelled, labelled = setting(tmp_path, tiny_encoder)

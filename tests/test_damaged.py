@@ -27,14 +27,6 @@ from ensemble_distill.translation import train_members
 from ensemble_distill.translation_distill import memoize_translation_teacher
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

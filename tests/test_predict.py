@@ -59,7 +59,6 @@ def conll_tokens(sentences) -> str:
     return "".join("\n".join(words) + "\n\n" for words in sentences)
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_every_input_format_and_standard_input_give_the_same_entities(folders, tmp_path, monkeypatch, capsys):
     (tmp_path / "in.conll").write_text("# a comment\n" + conll_tokens(SENTENCES))
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"tokens": s}) + "\n" for s in SENTENCES))
@@ -91,7 +90,6 @@ def test_text_is_split_by_the_encoder_tokenizers_pre_tokenizer(folders, tmp_path
     assert text.lines == [1, 4] and text.gold is None
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_the_layout_is_stated_never_guessed(folders, tmp_path, capsys):
     indexed = tmp_path / "indexed.tsv"
     indexed.write_text("1\tPeter\tB-PER\n2\tBlackburn\tI-PER\n3\tvisits\tO\n\n1\tParis\tB-LOC\n")
@@ -114,7 +112,6 @@ def test_the_layout_is_stated_never_guessed(folders, tmp_path, capsys):
     assert entities(tmp_path / "d")[0]["tokens"] == ["Peter", "Blackburn"]
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_prediction_writes_no_cache(folders, tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache"
     monkeypatch.setenv("ENSEMBLE_DISTILL_CACHE", str(cache))
@@ -138,7 +135,6 @@ def batch_of(model, sentences):
         return tagger_emissions(model.tagger, batch), batch["word_mask"]
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_confidences_are_spans_py_exact_span_probabilities(folders, tmp_path):
     """An IID model: the IID formula on its distributions; a CRF and IID ensemble: the mean of the CRF's exact
     span marginal and the IID member's formula (spans.tagger_span_probabilities on the same emissions)."""
@@ -167,7 +163,6 @@ def test_confidences_are_spans_py_exact_span_probabilities(folders, tmp_path):
         np.testing.assert_allclose([g[4] for g in got], expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_long_sentences_iid_confidences_are_exact_on_the_merged_distributions(folders):
     model = load_model(folders["iid"])
     long = [w for s in SENTENCES for w in s] * 3  # 87 words: several windows of the 64-position encoder
@@ -188,7 +183,6 @@ def by_hand(confidence, correct, n_gold, q):
     return None
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_target_precision_picks_the_dev_threshold_and_reports_both_operating_points(folders, tmp_path, capsys):
     from seqeval.metrics.sequence_labeling import get_entities
 
@@ -261,7 +255,6 @@ def test_bad_input_and_options_are_one_line(folders, tmp_path, capsys, argv, mes
     assert "\n" not in err and message in err, err
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_a_crf_span_inside_a_window_gets_that_windows_exact_marginal(folders):
     """A CRF reads a long sentence window by window: a span owned by the first window, with the word after it in
     that window too, has the span marginal of the CRF over that window's words alone (the same encoder input)."""

@@ -33,13 +33,6 @@ from conftest import CONLL_SENTENCES, write_conll
 HOST = socket.gethostname()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

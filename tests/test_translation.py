@@ -16,15 +16,6 @@ from ensemble_distill.models.translation import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine: a second thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_batch(seed=0, vocab_size=20):
     g = torch.Generator().manual_seed(seed)
     lengths = [(5, 4), (2, 6), (7, 1)]  # different source and target lengths, so both sides carry padding

@@ -35,14 +35,6 @@ from ensemble_distill.translation_distill import distill_translation, memoize_tr
 WORDS = "ant bee cat dog eel fox gnu hen".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine: a second thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def write_copy_task(folder, sizes=(("train", 400), ("dev", 40), ("test", 40))):
     """Source and target files of a copy task: 2-5 random words, the target the same words."""
