@@ -117,6 +117,10 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="train (or resume) the members of an ensemble; the task comes from the config")
     p.add_argument("--config", required=True, help="TOML config with task = \"ner\" or \"nmt\" (see configs/)")
     p.add_argument("--out", required=True, type=output_folder, help="run directory (resumes if it holds a partial run)")
+    one = p.add_mutually_exclusive_group()
+    one.add_argument("--member", type=in_range(int, 0), help="train member I alone (0-based), one job of a job array "
+                                                            "of K jobs writing into the same --out")
+    one.add_argument("--individual", type=in_range(int, 0), help="NER: train individual model I alone (0-based)")
     p.set_defaults(func=run_train)
 
 
@@ -124,7 +128,8 @@ def run_train(args) -> int:
     from .config import load_config
     from .pipeline import train
 
-    print(train(load_config(args.config, overrides=args.overrides), args.out))
+    print(train(load_config(args.config, overrides=args.overrides), args.out, member=args.member,
+                individual=args.individual))
     return 0
 
 

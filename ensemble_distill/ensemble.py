@@ -12,6 +12,7 @@ An ensemble of k is the first k members of one order of the members, so 3 ⊂ 6 
 """
 
 import importlib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,27 +78,68 @@ class MemberPlan:
     held_out: tuple[str, np.ndarray | None]  # (split, its sentence ids; None: the whole split)
 
 
-def train_members(cfg, run_dir, progress: bool = True, data=None):
+def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[str, int] | None = None):
     """Train (or resume) every member (and NER individual) of the configured ensemble in `run_dir`, for the task
     `cfg.task` names (tasks/base.py): read the data (`data`: already read), check it, record the run
     (runs.record_run), then fit each planned model not yet finished into RUN/members/ or RUN/individuals/.
+    `only` = (role, index), ("member", 2) or ("individual", 0): that model alone, a job of a job array; the jobs
+    wait for one another on the run folder while they check and record the run (and, translation, train its
+    vocabulary on first use), then each holds only its model's folder while training it. Without `only` the run
+    folder is held throughout, and each model's folder while it trains.
     Returns the data. Raises UserError for a run folder of another config, data the task refuses, or training or
-    dev data other than those run.json records (the members trained so far saw those); nothing that
+    dev data other than those run.json records (the members trained so far saw those), for `only` outside the
+    configured members or individuals, and for a model folder another process is training; nothing that
     binds the folder to this config is written before the data is read and checked, so a first run that fails on
     bad data leaves a folder that takes the corrected config."""
     task = importlib.import_module(f"ensemble_distill.tasks.{cfg.task}").TASK
     run_dir = Path(run_dir)
     validate(cfg)
-    with run_lock(run_dir):
+    if only is not None:
+        _check_addressed(cfg, *only)
+    with ExitStack() as run_held:
+        run_held.enter_context(run_lock(run_dir, wait=only is not None))
         require_same_config(run_dir, cfg)
         data = data if data is not None else task.training_data(cfg, run_dir, progress)
         task.check_data(cfg, data)
         fingerprints = {split: task.dataset_fingerprint(data, split) for split in ("train", "dev")}
         record_run(run_dir, cfg, {**task.run_facts(cfg, data), DATA: fingerprints}, must_match=task.must_match)
-        for plan in task.member_plans(cfg, data):
+        plans = [p for p in task.member_plans(cfg, data) if only in (None, (p.role, p.index))]
+        if only is not None:
+            run_held.close()  # the run is recorded: the other jobs may go on while this one trains
+        for plan in plans:
             folder = model_dir(run_dir, plan.role, plan.index)
-            if not finished(folder):
-                task.fit(task.new_model(cfg, data, plan.seed), cfg, data, plan, folder, progress)
+            folder.mkdir(parents=True, exist_ok=True)  # not run_lock's: a failed training leaves it, emptied
+            with run_lock(folder):
+                if not finished(folder):
+                    task.fit(task.new_model(cfg, data, plan.seed), cfg, data, plan, folder, progress)
     return data
 
 
+def _check_addressed(cfg, role: str, index: int) -> None:
+    """Refuse a member or individual index outside the config's: one line naming the flag and the range."""
+    count = cfg.ensemble.members if role == "member" else getattr(cfg.ensemble, "individuals", 0)
+    if not 0 <= index < count:
+        setting = f"ensemble.{role}s = {count}"
+        within = f"0..{count - 1}" if count else "none to train"
+        raise UserError(f"--{role} {index}: outside the config's {setting} ({within})")
+
+
+def unfinished_models(cfg, run_dir, individuals: bool = True) -> list[Path]:
+    """The folders of the run's members (and, `individuals`, NER individuals) that hold no finished model yet."""
+    roles = [("member", cfg.ensemble.members)]
+    if individuals:
+        roles.append(("individual", getattr(cfg.ensemble, "individuals", 0)))
+    folders = [model_dir(run_dir, role, i) for role, count in roles for i in range(count)]
+    return [folder for folder in folders if not finished(folder)]
+
+
+def require_finished(cfg, run_dir, individuals: bool = True) -> None:
+    """Refuse a run whose members (and, `individuals`, NER individuals) are not all trained yet: one line naming
+    the missing ones and the command that trains them (a job array's jobs may still be running)."""
+    missing = unfinished_models(cfg, run_dir, individuals)
+    if missing:
+        names = ", ".join(folder.name for folder in missing)
+        role, index = missing[0].name.rsplit("-", 1)
+        raise UserError(f"{run_dir}: not trained yet: {names} (no result.json); train each with `ensemble-distill "
+                        f"train --config {Path(run_dir) / 'config.toml'} --out {run_dir} --{role} {index}` "
+                        "(or all at once without --member), then rerun")

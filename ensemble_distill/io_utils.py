@@ -165,9 +165,10 @@ _held: dict[Path, int] = {}  # folders this process holds, with how deeply their
 
 
 @contextmanager
-def run_lock(folder):
+def run_lock(folder, wait: bool = False):
     """Hold `folder` for writing: the folder is created if needed, and FOLDER/.lock, holding this process's
     id and host, is locked with an operating-system file lock until the block ends (also by an exception).
+    `wait`: block until another process releases it instead of refusing (member jobs sharing one run folder).
 
     The OS lock, not the file, decides: a lock file left by a killed process is simply taken over, because a
     dead process holds no lock. Re-entrant within a process (a sweep distils students that memoise teachers).
@@ -187,7 +188,7 @@ def run_lock(folder):
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = _acquire(folder / LOCK)
+        fd = _acquire(folder / LOCK, wait)
     except OSError as error:
         raise UserError(f"{folder}: cannot write here ({error.strerror or error})") from None
     _held[key] = 1
@@ -204,12 +205,13 @@ def run_lock(folder):
                 pass
 
 
-def _acquire(path: Path) -> int:
+def _acquire(path: Path, wait: bool = False) -> int:
     """An open, exclusively locked descriptor of `path`, which then holds {"pid", "host"} of this process."""
     while True:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a holder that created it may have removed it, left empty
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)

@@ -30,8 +30,20 @@ def run_task(run_dir) -> str:
     return task or ("nmt" if (run_dir / "vocab.model").is_file() else "ner")
 
 
-def train(cfg, run_dir, progress: bool = True) -> str:
-    """Train (or resume) every member (and NER individual) of the run; returns a one-line summary."""
+def train(cfg, run_dir, progress: bool = True, member: int | None = None, individual: int | None = None) -> str:
+    """Train (or resume) every member (and NER individual) of the run; returns a one-line summary. `member` or
+    `individual` I: that model alone (ensemble.train_members' `only`), so K jobs of a job array train K members
+    at once into one run folder. Raises ValueError when both are given."""
+    if member is not None or individual is not None:
+        from .ensemble import train_members, unfinished_models
+
+        if member is not None and individual is not None:
+            raise ValueError("train: give member or individual, not both (each names one model)")
+        role, index = ("member", member) if member is not None else ("individual", individual)
+        train_members(cfg, run_dir, progress, only=(role, index))
+        left = [folder.name for folder in unfinished_models(cfg, run_dir)]
+        return (f"{run_dir}: {role}-{index} trained; " + (f"not yet: {', '.join(left)}" if left else
+                f"all trained; next: ensemble-distill evaluate --run {run_dir}"))
     if cfg.task == "ner":
         from .tasks.ner import train_ensemble
 
@@ -41,6 +53,18 @@ def train(cfg, run_dir, progress: bool = True) -> str:
 
         train_members(cfg, run_dir, progress)
     return f"{run_dir}: {cfg.ensemble.members} members trained; next: ensemble-distill evaluate --run {run_dir}"
+
+
+def require_trained(run_dir, individuals: bool = True) -> None:
+    """Refuse a run whose members (and, `individuals`, NER individuals) are not all trained: a job array's jobs
+    may still be running, or some failed. Raises UserError naming the missing models and the command to train
+    them (ensemble.require_finished)."""
+    from .config import load_config
+    from .ensemble import require_finished
+    from .tasks import get_task
+
+    cfg = load_config(Path(run_dir) / "config.toml", get_task(run_task(run_dir)).config_class)
+    require_finished(cfg, run_dir, individuals)
 
 
 def evaluate_run(run_dir, split: str = "test", n_boot: int = 1000, device: str | None = None,
@@ -59,11 +83,13 @@ def evaluate_run(run_dir, split: str = "test", n_boot: int = 1000, device: str |
             raise UserError("--src/--ref: a translation test pair; to score an NER run's models on another CoNLL "
                             "file use predict --run RUN --input FILE --tag-col -1, then evaluate its predictions")
         _no_overrides(overrides, "evaluating an NER run")
+        require_trained(run_dir)
         with run_lock(run_dir):
             run = open_run(run_dir, read_run_config(run_dir), splits=(split,), progress=progress)
             return format_rows(evaluate_ner(run, split, n_boot, progress), title=f"{run_dir} ({split})")
     from .translation import evaluate_translation_run, format_rows, open_run
 
+    require_trained(run_dir)
     if src is None:
         run = open_run(run_dir, splits=("dev", split), progress=progress, device=device, overrides=overrides)
     else:
@@ -92,13 +118,16 @@ def memoize(run_dir, members: int | None = None, device: str | None = None, temp
         _no_overrides(overrides, "memoizing an NER run")
         _no_sampled_ner(samples)
         _only_for("nmt", top_k=top_k, epsilon=epsilon, device=device)
-        store = memoize_ner(run_dir, out or ner_store_dir(run_dir, members, temperature_scaled), members,
-                            temperature_scaled, progress)
+        store_dir = out or ner_store_dir(run_dir, members, temperature_scaled)
+        with run_lock(store_dir):  # a store another process writes is refused first, whatever the run holds
+            require_trained(run_dir, individuals=False)
+            store = memoize_ner(run_dir, store_dir, members, temperature_scaled, progress)
         return f"wrote {store.path}: {teacher_name(store)} over {len(store)} sentences, {store.num_positions} words"
     from .translation import open_run
     from .translation_distill import memoize_translation_teacher
 
     _only_for("ner", temperature_scaled=temperature_scaled, out=out)
+    require_trained(run_dir, individuals=False)
     run = open_run(run_dir, splits=("train", "dev"), progress=progress, device=device, overrides=overrides)
     store = memoize_translation_teacher(run_dir, members, top_k, epsilon, progress, run=run, samples=samples)
     return (f"wrote {store.path}: {len(store)} sentences, {store.num_positions} tokens, "
@@ -127,6 +156,7 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
 
         _no_sampled_ner(samples)
         _only_for("nmt", top_k=top_k, epsilon=epsilon, device=device)
+        require_trained(run_dir, individuals=False)
         store = ner_store_dir(run_dir, members, temperature_scaled)
         memoize(run_dir, members, temperature_scaled=temperature_scaled, out=store, progress=progress)
         cfg = student_config(run_dir, members, config, overrides)
@@ -137,6 +167,7 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
     from .translation_distill import distill_translation
 
     _only_for("ner", temperature_scaled=temperature_scaled, config=config)
+    require_trained(run_dir, individuals=False)
     run = open_run(run_dir, splits=("train", "dev"), progress=progress, device=device, overrides=overrides)
     student = distill_translation(run_dir, members, top_k, epsilon, progress, run=run, samples=samples)
     return f"trained {student}; `evaluate --run {run_dir}` evaluates it beside the ensembles"
@@ -163,6 +194,7 @@ def sweep(run_dir, members=None, top_ks=None, epsilons=None, n_boot: int = 1000,
     if run_task(run_dir) != "nmt":
         raise UserError(f"{run_dir}: `sweep` trains translation students for each truncation V'; an NER store keeps "
                         "every label, so there is nothing to sweep")
+    require_trained(run_dir, individuals=False)
     from .translation import format_sweep, open_run
     from .translation_distill import truncation_sweep
 
