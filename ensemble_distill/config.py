@@ -10,8 +10,10 @@ built in code, and the pipelines' entry points call it.
 import dataclasses
 import math
 import os
+import random
 import re
 import tempfile
+import time
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -467,15 +469,27 @@ def folder_problem(path) -> str | None:
     if not os.fspath(path):
         return "the path is empty"
     path = Path(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        return "exists and is not a folder"
+    for attempt in range(20):  # other processes may create or remove the same missing folders meanwhile:
+        problem, raced = _probe_folder(path)  # try again after a random pause, so that they stop colliding
+        if not raced:
+            break
+        time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+    return problem
+
+
+def _probe_folder(path: Path) -> tuple[str | None, bool]:
+    """folder_problem's one try: (None or the problem, whether it may have raced another process). Jobs started
+    together (train --member I) probe the same new run folder at once, so while missing folders are being created
+    a folder that appears or vanishes under this try says nothing about the path: the caller tries again."""
     missing = []  # the folders to create, outermost last
     existing = path.absolute()
     while not os.path.lexists(existing):
         missing.append(existing)
         existing = existing.parent
-    if missing and not os.path.isdir(existing):
-        return f"cannot be created, {existing} is a file"
+    if not os.path.isdir(existing):
+        if not os.path.lexists(existing):  # removed since it was seen
+            return f"cannot write in {existing} (it was removed meanwhile)", True
+        return ("exists and is not a folder" if not missing else f"cannot be created, {existing} is a file"), False
     created = []
     try:
         for folder in reversed(missing):
@@ -487,11 +501,16 @@ def folder_problem(path) -> str | None:
         os.remove(probe)
     except OSError as err:
         where = existing if not created else created[-1]
-        return f"cannot write in {where} ({err.strerror})"
+        raced = isinstance(err, FileExistsError) or (
+            isinstance(err, FileNotFoundError) and (bool(missing) or not os.path.isdir(path)))
+        return f"cannot write in {where} ({err.strerror})", raced
     finally:
         for folder in reversed(created):
-            folder.rmdir()
-    return None
+            try:
+                folder.rmdir()
+            except OSError:  # another process has put something in it meanwhile: it is theirs now
+                pass
+    return None, False
 
 
 def _checked_value(source, key, kind, value):

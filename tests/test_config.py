@@ -16,6 +16,7 @@ from ensemble_distill.config import (
     Training,
     TranslationConfig,
     TranslationDistillation,
+    folder_problem,
     load_config,
     setting_problem,
     to_toml,
@@ -301,3 +302,14 @@ def test_a_cache_folder_that_cannot_be_written_is_refused_naming_the_key(tmp_pat
     cfg = load_config(write(tmp_path, '[encoder]\ncache_dir = "cache/frozen"\n'), TaggingConfig)
     assert cfg.encoder.cache_dir == str(tmp_path / "cache" / "frozen")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "train.txt"]  # checked, not created
+
+
+def test_folders_probed_by_several_processes_at_once_are_writable(tmp_path):
+    """Jobs started together (train --member I) probe the same new run folder at once: one job's probe creating
+    and removing the missing folders must never make another's fail."""
+    import concurrent.futures
+
+    targets = [tmp_path / f"round-{i}" / "run" for i in range(40) for _ in range(4)]  # each path 4 times at once
+    with concurrent.futures.ProcessPoolExecutor(4) as pool:
+        problems = list(pool.map(folder_problem, targets))
+    assert problems == [None] * len(targets)
