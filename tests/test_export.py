@@ -5,6 +5,7 @@ import ctranslate2
 import numpy as np
 import pytest
 import torch
+from test_beam_search import toy_examples  # the toy task: ids 4..9 symbols, 10 "copy", 11 "reverse"
 from transformers import AutoModelForTokenClassification, pipeline
 
 from ensemble_distill.data.subwords import collate as collate_windows
@@ -118,8 +119,6 @@ def test_an_export_never_writes_into_a_folder_that_holds_files(tiny_encoder, tmp
 
 # ------------------------------------------------------------------------------------------- CTranslate2
 
-# The toy task of test_beam_search: ids 4..9 are symbols, 10 says "copy", 11 says "reverse".
-COPY, REVERSE = 10, 11
 
 
 @pytest.fixture(scope="module")
@@ -130,15 +129,6 @@ def toy_vocab(tmp_path_factory):
     vocab = train_vocab(text, tmp_path_factory.mktemp("vocab") / "toy.model", vocab_size=12)
     assert len(vocab) == 12
     return vocab
-
-
-def toy_examples(generator, n):
-    examples = []
-    for length, task in zip(torch.randint(3, 7, (n,), generator=generator).tolist(),
-                            torch.randint(0, 2, (n,), generator=generator).tolist()):
-        x = torch.randint(4, 10, (length,), generator=generator).tolist()
-        examples.append(([COPY, *x], x) if task == 0 else ([REVERSE, *x], x[::-1]))
-    return examples
 
 
 def pieces_of(vocab, ids):

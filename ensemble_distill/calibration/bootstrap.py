@@ -103,19 +103,12 @@ def bootstrap(metrics_fn: MetricsFn, offsets, n_boot=1000, alpha=0.05, seed=0, p
 
 
 @dataclass(frozen=True)
-class Difference:
+class Difference(Interval):
     """A paired difference metric(A) - metric(B): `value` (bias-corrected for the `debiased` metrics, else equal to
     `estimate`, the difference on the full data), its (1 - alpha) basic interval and the two-sided p-value of
     "no difference" (module docstring)."""
 
-    value: float
-    ci_low: float
-    ci_high: float
-    estimate: float
     p_value: float
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def paired_bootstrap(metrics_a: MetricsFn, metrics_b: MetricsFn, offsets_a, offsets_b=None, n_boot=1000, alpha=0.05,
