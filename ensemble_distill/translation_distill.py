@@ -43,13 +43,15 @@ from .translation import TranslationRun, evaluate_translation_run, open_run
 STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
 
 
-def store_name(members: int, top_k: int, epsilon: float, samples: int = 0) -> str:
-    """ensemble-<k>-top<V'>, ensemble-<k>-eps<epsilon>-max<V'> or, for a sampled store, ensemble-<k>-sampled<R>."""
+def store_name(members: int, top_k: int, epsilon: float, samples: int = 0, probs_dtype: str = "float16") -> str:
+    """ensemble-<k>-top<V'>, ensemble-<k>-eps<epsilon>-max<V'> or, for a sampled store, ensemble-<k>-sampled<R>;
+    a top-V' store kept in another layout than float16 adds it (ensemble-3-top64-log_uint8), so that stores of one
+    teacher in two layouts, and their students, live side by side."""
     if samples > 0:
-        truncation = f"sampled{samples}"
-    else:
-        truncation = f"eps{epsilon:g}-max{top_k}" if epsilon > 0 else f"top{top_k}"
-    return f"ensemble-{members}-{truncation}"
+        return f"ensemble-{members}-sampled{samples}"
+    truncation = f"eps{epsilon:g}-max{top_k}" if epsilon > 0 else f"top{top_k}"
+    layout = "" if probs_dtype == "float16" else f"-{probs_dtype}"
+    return f"ensemble-{members}-{truncation}{layout}"
 
 
 def train_fingerprint(run: TranslationRun) -> str:
@@ -98,7 +100,7 @@ def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int 
 
     sparsity = (dict(samples=samples, seed=run.cfg.train.seed, sampling="multinomial") if samples > 0
                 else dict(top_k=top_k, epsilon=epsilon or None, probs_dtype=d.probs_dtype))
-    path = run.run_dir / "teachers" / store_name(members, top_k, epsilon, samples)
+    path = run.run_dir / "teachers" / store_name(members, top_k, epsilon, samples, d.probs_dtype)
     with run_lock(path):
         return write_store(path, run.data.splits["train"].pairs, teacher, vocab=vocab_names(run),
                            fingerprint=train_fingerprint(run), teachers=teachers, **sparsity,

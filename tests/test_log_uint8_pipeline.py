@@ -26,8 +26,8 @@ def test_distill_nmt_trains_a_student_from_a_log_uint8_store(tmp_path):
     assert main(["distill-nmt", "--run", str(run_dir)]) == 0
 
     run = open_run(run_dir, splits=("train",), progress=False)
-    store = TeacherStore.open(run_dir / "teachers" / "ensemble-2-top4", expect_fingerprint=train_fingerprint(run),
-                              expect_vocab=vocab_names(run))
+    store = TeacherStore.open(run_dir / "teachers" / "ensemble-2-top4-log_uint8",
+                              expect_fingerprint=train_fingerprint(run), expect_vocab=vocab_names(run))
     assert store.manifest["dtypes"]["probs"] == "log_uint8" and store.manifest["dtypes"]["ids"] == "packed6"
     # The stored entries are the ensemble's top 4, within log_uint8's documented relative error.
     pairs = run.data.splits["train"].pairs[:8]
@@ -40,8 +40,15 @@ def test_distill_nmt_trains_a_student_from_a_log_uint8_store(tmp_path):
     assert torch.equal(stored.ids[real], top.indices)
     assert ((stored.probs[real] / top.values - 1).abs() <= 3.21e-2).all()
 
-    student_dir = run_dir / "students" / "student-2-top4"
+    student_dir = run_dir / "students" / "student-2-top4-log_uint8"
     log = [json.loads(line) for line in open(student_dir / "log.jsonl")]
     assert log[-1]["train_loss"] < 0.75 * log[0]["train_loss"]  # two rounds of 35 updates
     assert log[-1]["held_out_score"] > log[0]["held_out_score"]
     assert json.loads((student_dir / "teacher.json").read_text())["bytes_per_token"] == store.bytes_per_token()
+
+
+    # The same teacher in the float16 layout is another store beside it, not the log_uint8 one reopened.
+    assert main(["memoize", "--run", str(run_dir), "--set", 'distill.probs_dtype="float16"']) == 0
+    expect = dict(expect_fingerprint=train_fingerprint(run), expect_vocab=vocab_names(run))
+    for name, dtype in (("ensemble-2-top4", "float16"), ("ensemble-2-top4-log_uint8", "log_uint8")):
+        assert TeacherStore.open(run_dir / "teachers" / name, **expect).manifest["dtypes"]["probs"] == dtype
