@@ -27,7 +27,7 @@ from .tasks.ner import (
     load_member,
     load_tagging_data,
     member_seed,
-    predict_distributions,
+    predict_scored,
     read_run_config,
     to_predictions,
 )
@@ -48,36 +48,37 @@ def evaluate_run(run: EnsembleRun, split: str = "test", n_boot: int = 1000, prog
     out = run.run_dir / "eval" / split
     data_split = run.data.splits[split]
     cfg = run.cfg
-    members = _distributions(run, cfg.ensemble.members, data_split, progress)
-    individuals = _distributions(run, cfg.ensemble.individuals, data_split, progress, individual=True)
+    members = _scored(run, cfg.ensemble.members, data_split, progress)
+    individuals = _scored(run, cfg.ensemble.individuals, data_split, progress, individual=True)
     meta = {"run": str(run.run_dir), "head": cfg.model.head}
     rows = []
-    for group, dists in (("member", members), ("individual", individuals)):
-        if dists:
+    for group, scored in (("member", members), ("individual", individuals)):
+        if scored:
             scores = [evaluate_distributions(d, data_split, run.data.labels, out / f"{group}-{i}", n_boot,
-                                             {**meta, group: i}) for i, d in enumerate(dists)]
-            rows.append(_mean_row(f"{group}s ({len(dists)}, mean ± s.e.)", scores))
+                                             {**meta, group: i}, paths) for i, (d, paths) in enumerate(scored)]
+            rows.append(_mean_row(f"{group}s ({len(scored)}, mean ± s.e.)", scores))
     for k, ids in nested_subsets(cfg.ensemble.members, cfg.ensemble.subset_sizes, cfg.ensemble.split_seed).items():
-        mean = [sum(members[i][s] for i in ids) / k for s in range(len(members[0]))]
+        mean = [sum(members[i][0][s] for i in ids) / k for s in range(len(members[0][0]))]
         metrics = evaluate_distributions(mean, data_split, run.data.labels, out / f"ensemble-{k}", n_boot,
                                          {**meta, "ensemble": ids})
         rows.append({"system": f"ensemble of {k}", **{m: metrics[m] for m in TABLE_METRICS}})
     for folder in sorted(p.parent for p in (run.run_dir / "students").glob("*/result.json")):
         student = load_student(run, folder)
-        distributions = predict_distributions([student], data_split, pad_id=run.data.pad_id, progress=progress)
+        distributions, paths = predict_scored([student], data_split, pad_id=run.data.pad_id, progress=progress)
         metrics = evaluate_distributions(distributions, data_split, run.data.labels, out / folder.name, n_boot,
-                                         {**meta, "student": folder.name})
+                                         {**meta, "student": folder.name}, paths)
         rows.append({"system": f"student ({folder.name})", **{m: metrics[m] for m in TABLE_METRICS}})
     atomic_write_json(out / "results.json", rows)
     atomic_write_text(out / "results.md", format_rows(rows, title=f"{run.run_dir.name}: {cfg.model.head}, {split}"))
     return rows
 
 
-def _distributions(run, count, data_split, progress, individual=False):
+def _scored(run, count, data_split, progress, individual=False):
+    """Per model: its distributions and, a CRF, its Viterbi paths (tasks.ner.predict_scored)."""
     models = [load_member(run, model_dir(run.run_dir, "individual" if individual else "member", i),
                           member_seed(run.cfg, i, individual))
               for i in range(count)]
-    return [predict_distributions([m], data_split, pad_id=run.data.pad_id, progress=progress) for m in models]
+    return [predict_scored([m], data_split, pad_id=run.data.pad_id, progress=progress) for m in models]
 
 
 def load_student(run: EnsembleRun, folder: Path):
@@ -91,10 +92,11 @@ def load_student(run: EnsembleRun, folder: Path):
 
 
 def evaluate_distributions(distributions: list[np.ndarray], data_split: TaggingSplit, labels: list[str], out_dir: Path,
-                           n_boot: int, meta: dict) -> dict:
-    """Score per-sentence [words, labels] distributions of a split against its gold tags: writes
-    OUT/predictions.npz (with `meta`), metrics.json and plots; returns the metrics."""
-    preds = to_predictions(distributions, data_split, labels, meta)
+                           n_boot: int, meta: dict, paths: list[np.ndarray] | None = None) -> dict:
+    """Score per-sentence [words, labels] distributions of a split against its gold tags (the predicted labels:
+    `paths`, a single CRF's Viterbi paths, else the argmax): writes OUT/predictions.npz (with `meta`),
+    metrics.json and plots; returns the metrics."""
+    preds = to_predictions(distributions, data_split, labels, meta, paths)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_predictions(out_dir / "predictions.npz", preds)
     return evaluate(preds, out_dir=out_dir, n_boot=n_boot)

@@ -14,6 +14,7 @@ from ensemble_distill.tasks.ner import (
     load_tagging_data,
     new_tagger,
     predict_distributions,
+    predict_scored,
     tagger_loss,
     to_predictions,
     train_ensemble,
@@ -189,3 +190,49 @@ def test_a_tagger_on_cuda_without_a_gpu_is_refused_in_one_line(monkeypatch):
     cfg.train.device = "cuda"
     with pytest.raises(UserError, match="train.device is 'cuda' but torch sees no CUDA GPU"):
         new_tagger(data, cfg, seed=0)
+
+
+def test_a_single_crf_is_scored_by_viterbi_an_ensemble_by_marginal_argmax(tiny_encoder, conll_files, tmp_path):
+    """Two words whose only likely paths are B-PER I-PER (0.4), O B-LOC (0.3) and O B-ORG (0.3): the best path is
+    B-PER I-PER, but the marginal argmax is O (0.6) then I-PER (0.4), which strict IOB2 scores as no entity."""
+    import itertools
+
+    from conftest import write_conll
+
+    write_conll(conll_files[2], ["Peter B-PER|Blackburn I-PER"])
+    cfg = make_config(tiny_encoder, conll_files, tmp_path, "crf")
+    data = load_tagging_data(cfg, progress=False)
+    model = new_tagger(data, cfg, seed=0)
+    ids = {name: i for i, name in enumerate(data.labels)}
+    with torch.no_grad():
+        model.classifier.weight.zero_(), model.classifier.bias.zero_()
+        model.crf.start_transitions.zero_(), model.crf.end_transitions.zero_()
+        model.crf.transitions.fill_(-30.0)
+        for (a, b), p in {("B-PER", "I-PER"): 0.4, ("O", "B-LOC"): 0.3, ("O", "B-ORG"): 0.3}.items():
+            model.crf.transitions[ids[a], ids[b]] = float(np.log(p))
+    # brute force over all label pairs: path probabilities, best path, per-word marginals
+    T = model.crf.transitions.detach().double().numpy()
+    L = len(data.labels)
+    paths = list(itertools.product(range(L), repeat=2))
+    weights = np.array([np.exp(T[a, b]) for a, b in paths])
+    probs = weights / weights.sum()
+    best = paths[int(np.argmax(probs))]
+    marginals = np.zeros((2, L))
+    for (a, b), p in zip(paths, probs):
+        marginals[0, a] += p
+        marginals[1, b] += p
+    assert best == (ids["B-PER"], ids["I-PER"])
+    assert marginals.argmax(1).tolist() == [ids["O"], ids["I-PER"]]  # the two rules differ here
+
+    test = data.splits["test"]
+    (distributions,), (path,) = predict_scored([model], test)
+    assert path.tolist() == list(best)
+    np.testing.assert_allclose(distributions, marginals, atol=1e-6)  # confidences stay the marginals
+    assert to_predictions([distributions], test, data.labels, {}, [path]).predicted().tolist() == list(best)
+    ensemble_distributions, no_paths = predict_scored([model, model], test)
+    assert no_paths is None
+    assert to_predictions(ensemble_distributions, test, data.labels, {}).predicted().tolist() == [ids["O"],
+                                                                                                 ids["I-PER"]]
+    windows = np.arange(len(test.windows))
+    assert held_out_f1([model], test, windows, data.pad_id, data.labels) == 1.0
+    assert held_out_f1([model, model], test, windows, data.pad_id, data.labels) == 0.0

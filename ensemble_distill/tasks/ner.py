@@ -141,9 +141,31 @@ def predict_distributions(models: list[Tagger], split: TaggingSplit, window_ids=
 
     Each batch's frozen states are read once and shared by every member; an ensemble of one is a single model.
     """
+    return _predict(models, split, window_ids, pad_id, batch_size, progress, viterbi=False)[0]
+
+
+def predict_scored(models: list[Tagger], split: TaggingSplit, window_ids=None, pad_id: int = 0,
+                   batch_size: int = 64, progress: bool = False) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """What the models are scored by, in one pass: per sentence the [words, labels] float32 distributions
+    (`predict_distributions`) and, for a single CRF model, its int64 [words] Viterbi path, else None.
+
+    Decoding rule (paper §3.1 and its reference code): a single CRF tags with its best path (Viterbi), while its
+    confidences stay its marginals; an ensemble, of CRFs too, tags with the argmax of its mean marginals, and an IID
+    model with its argmax (None: predictions.predicted_labels of the distributions). A sentence longer than one
+    encoder window takes each word's label from the Viterbi path of the window that owns it, as its marginals."""
+    return _predict(models, split, window_ids, pad_id, batch_size, progress, viterbi=is_single_crf(models))
+
+
+def is_single_crf(models: list[Tagger]) -> bool:
+    """Whether `models` is one CRF tagger, the one case decoded by Viterbi (predict_scored)."""
+    return len(models) == 1 and models[0].head == "crf"
+
+
+def _predict(models, split, window_ids, pad_id, batch_size, progress, viterbi: bool):
     window_ids = np.arange(len(split.windows)) if window_ids is None else np.asarray(window_ids)
     lengths = [len(split.windows[i].input_ids) for i in window_ids]
     outputs = [None] * len(window_ids)
+    paths = [None] * len(window_ids)
     device = next(models[0].parameters()).device
     for model in models:
         model.eval()
@@ -151,22 +173,29 @@ def predict_distributions(models: list[Tagger], split: TaggingSplit, window_ids=
         for chunk in tqdm(bucketed_batches(lengths, batch_size), desc="predict", unit="batch", disable=not progress,
                           leave=False):
             batch = window_batch(split, window_ids[chunk], pad_id, device)
-            mean = sum(m.distributions(tagger_emissions(m, batch), batch["word_mask"]) for m in models)
+            emissions = [tagger_emissions(m, batch) for m in models]
+            mean = sum(m.distributions(e, batch["word_mask"]) for m, e in zip(models, emissions))
             mean = (mean / len(models)).cpu()
+            best = models[0].crf.viterbi(emissions[0], batch["word_mask"]).cpu() if viterbi else None
             n_words = batch["word_mask"].sum(1).tolist()
             for row, position in enumerate(chunk):
                 outputs[position] = mean[row, : n_words[row]].numpy()
-    return merge_windows([split.windows[i] for i in window_ids], outputs)
+                if viterbi:
+                    paths[position] = best[row, : n_words[row]].numpy()
+    windows = [split.windows[i] for i in window_ids]
+    return merge_windows(windows, outputs), merge_windows(windows, paths) if viterbi else None
 
 
 def held_out_f1(models: list[Tagger], split: TaggingSplit, window_ids, pad_id: int, labels: list[str]) -> float:
-    """Span F1 (seqeval, strict IOB2) of the most probable labels (ties broken by name) on the given windows'
-    sentences; 0 when it is undefined (no gold and no predicted span), as seqeval scores it."""
-    distributions = predict_distributions(models, split, window_ids, pad_id)
+    """Span F1 (seqeval, strict IOB2) of the labels the models are scored by (`predict_scored`: a single CRF's
+    Viterbi path, else the most probable labels, ties broken by name) on the given windows' sentences; 0 when it
+    is undefined (no gold and no predicted span), as seqeval scores it."""
+    distributions, paths = predict_scored(models, split, window_ids, pad_id)
     sentences = sorted({split.windows[i].sentence for i in window_ids})
     names = np.asarray(labels)
     gold = [names[split.corpus.tag_ids[s]].tolist() for s in sentences]
-    pred = [names[predicted_labels(d, names)].tolist() for d in distributions]
+    pred = [names[p].tolist() for p in paths] if paths is not None else [
+        names[predicted_labels(d, names)].tolist() for d in distributions]
     f1 = span_scores(span_counts(gold, pred))["f1"]
     return 0.0 if np.isnan(f1) else f1
 
@@ -192,11 +221,13 @@ def train_tagger(model: Tagger, data: TaggingData, train_windows, held_out: tupl
     return train(model, batches, loss_fn, score, cfg, run_dir, progress, after_epoch)
 
 
-def to_predictions(distributions: list[np.ndarray], split: TaggingSplit, labels: list[str], meta: dict) -> Predictions:
+def to_predictions(distributions: list[np.ndarray], split: TaggingSplit, labels: list[str], meta: dict,
+                   paths: list[np.ndarray] | None = None) -> Predictions:
     """Per-sentence distributions of a split (of the sentences its windows cover) as the predictions format, gold
-    from the corpus."""
+    from the corpus; `paths` (per sentence [words] label ids, a single CRF's Viterbi path: predict_scored) are
+    stored as the predicted labels, else they are the distributions' argmax."""
     sentences = sorted({w.sentence for w in split.windows})
-    return tagging_predictions(distributions, [split.corpus.tag_ids[s] for s in sentences], labels, meta)
+    return tagging_predictions(distributions, [split.corpus.tag_ids[s] for s in sentences], labels, meta, paths)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -25,10 +25,12 @@ def tagger_emissions(model, batch: dict) -> torch.Tensor:
 
 
 def tagging_predictions(distributions: list[np.ndarray], gold: list[np.ndarray], labels: list[str],
-                        meta: dict) -> Predictions:
+                        meta: dict, pred: list[np.ndarray] | None = None) -> Predictions:
     """Per sentence [words, labels] probabilities and [words] gold ids as one Predictions (rows renormalised:
-    a mean of float32 distributions sums to 1 only to float32 rounding, and the predictions file checks the sums)."""
+    a mean of float32 distributions sums to 1 only to float32 rounding, and the predictions file checks the sums);
+    `pred`: per sentence [words] predicted ids (a CRF's Viterbi path), else the argmax is the prediction."""
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in distributions])])
     probs = np.concatenate(distributions).astype(np.float32)
     probs /= probs.sum(1, keepdims=True)
-    return Predictions.tagging(probs, np.concatenate(gold), offsets, labels, meta=meta)
+    return Predictions.tagging(probs, np.concatenate(gold), offsets, labels, meta=meta,
+                               pred=None if pred is None else np.concatenate(pred))
