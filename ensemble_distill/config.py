@@ -139,6 +139,13 @@ class Training:
 
 
 @dataclass
+class TaggerTraining(Training):
+    """An NER member's or individual's training (a student's smoothing is distill.label_smoothing)."""
+    # α of the gold NLL smoothed towards uniform labels (models/tagger.py Tagger.loss); the paper's Table 7: 0.1
+    label_smoothing: float = setting(0.0, at_least=0, below=1)
+
+
+@dataclass
 class Ensemble:
     members: int = setting(9, at_least=1, at_most=MAX_MEMBERS)
     subset_sizes: list[int] = setting([3, 6, 9], at_least=1)  # nested: 3 ⊂ 6 ⊂ 9
@@ -156,7 +163,7 @@ class TaggingConfig:
     data: TaggingData = field(default_factory=TaggingData)
     encoder: Encoder = field(default_factory=Encoder)
     model: TaggerModel = field(default_factory=TaggerModel)
-    train: Training = field(default_factory=Training)
+    train: TaggerTraining = field(default_factory=TaggerTraining)
     ensemble: Ensemble = field(default_factory=Ensemble)
 
 

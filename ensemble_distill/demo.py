@@ -6,6 +6,7 @@ Per head (IID, CRF): train a small ensemble, evaluate it on test, memoise it and
 (trained like the members), which joins the table.
 """
 
+import dataclasses
 from pathlib import Path
 
 from .config import Distillation, DistillConfig, StudentTraining, TaggingConfig, load_config
@@ -29,7 +30,8 @@ def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "cr
         data = run.data  # the heads share data and frozen states
         rows = evaluate_run(run, "test", n_boot, progress)
         store = memoize(run.run_dir, Path(out_root) / f"{head}-teacher", progress=progress, data=data)
-        student = DistillConfig(Distillation(ensemble_run=str(run.run_dir)), StudentTraining(**vars(cfg.train)))
+        trained_like_members = {f.name: getattr(cfg.train, f.name) for f in dataclasses.fields(StudentTraining)}
+        student = DistillConfig(Distillation(ensemble_run=str(run.run_dir)), StudentTraining(**trained_like_members))
         rows.append(distill(store.path, student, Path(out_root) / f"{head}-student", n_boot, progress, data))
         tables.append(format_rows(rows, title=f"demo {head}, test"))
     return "\n".join(tables)

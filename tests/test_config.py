@@ -115,6 +115,8 @@ TAGGING_BAD = [  # (TOML, the key, the expected message), each message worked ou
     ("[train]\npatience = 0\n", "train.patience", "must be at least 1, got 0"),
     ("[train]\nweight_decay = -0.1\n", "train.weight_decay", "must be at least 0, got -0.1"),
     ("[train]\nseed = -1\n", "train.seed", "must be at least 0, got -1"),
+    ("[train]\nlabel_smoothing = 1\n", "train.label_smoothing", "must lie in [0, 1), got 1.0"),
+    ("[train]\nlabel_smoothing = -0.1\n", "train.label_smoothing", "must lie in [0, 1), got -0.1"),
     ("[model]\ndropout = 1.0\n", "model.dropout", "must lie in [0, 1), got 1.0"),
     ("[model]\ndropout = -0.1\n", "model.dropout", "must lie in [0, 1), got -0.1"),
     ("[model]\nlstm_hidden = 0\n", "model.lstm_hidden", "must be at least 1, got 0"),
@@ -139,6 +141,12 @@ DISTILL_BAD = [
     ('[distill]\nensemble_run = "r"\nlabel_smoothing = 1\n', "distill.label_smoothing", "must lie in [0, 1), got 1.0"),
     ("[distill]\nbeta = 0.5\n", "distill.ensemble_run", "is required"),
 ]
+
+
+def test_a_student_smooths_with_distill_label_smoothing_not_train(tmp_path):
+    path = write(tmp_path, '[distill]\nensemble_run = "r"\n[train]\nlabel_smoothing = 0.1\n')
+    with pytest.raises(UserError, match="unknown key 'train.label_smoothing'"):
+        load_config(path, DistillConfig)
 TRANSLATION_BAD = [
     ("[train]\nlr = -1e-3\n", "train.lr", "must be > 0, got -0.001"),
     ("[train]\nbatch_tokens = 0\n", "train.batch_tokens", "must be at least 1, got 0"),

@@ -298,3 +298,29 @@ def test_span_marginals_refuse_bad_queries(change, message):
     with pytest.raises(ValueError, match=message):
         crf_span_marginals(emissions, mask, *scores, **{**query, **change})
 
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.5])
+def test_label_smoothed_nll_matches_brute_force(alpha):
+    """(1 - α) (-log P(gold path)) + α Σ_t mean_j -log P(y_t = j), from enumerating every path."""
+    L, lengths = 3, [4, 2, 1]
+    emissions, mask, scores = random_crf(3, 4, L, lengths, seed=7)
+    tags = torch.randint(0, L, (3, 4), generator=torch.Generator().manual_seed(2)).masked_fill(~mask, -100)
+    crf = LinearChainCRF(L)
+    with torch.no_grad():
+        for parameter, value in zip(crf._scores(), scores):
+            parameter.copy_(value)
+    scores = [parameter.detach().double() for parameter in crf._scores()]  # as the float32 parameters hold them
+    expected = []
+    for b, n in enumerate(lengths):
+        paths, path_scores = enumerate_paths(emissions[b, :n], n, *scores)
+        probs = torch.softmax(path_scores, 0)
+        gold = probs[(paths == tags[b, :n]).all(1)].item()
+        marginals = (torch.nn.functional.one_hot(paths, L) * probs[:, None, None]).sum(0)  # [n, L]
+        expected.append((1 - alpha) * -np.log(gold) + alpha * -torch.log(marginals).mean(1).sum().item())
+    got = crf.nll(emissions, tags.clamp(min=0), mask, reduction="none", label_smoothing=alpha)
+    np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-9)
+    assert crf.nll(emissions, tags.clamp(min=0), mask, label_smoothing=alpha).item() == pytest.approx(
+        np.mean(expected), rel=1e-9)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        crf.nll(emissions, tags.clamp(min=0), mask, label_smoothing=1.0)

@@ -236,3 +236,32 @@ def test_a_single_crf_is_scored_by_viterbi_an_ensemble_by_marginal_argmax(tiny_e
     windows = np.arange(len(test.windows))
     assert held_out_f1([model], test, windows, data.pad_id, data.labels) == 1.0
     assert held_out_f1([model, model], test, windows, data.pad_id, data.labels) == 0.0
+
+
+def test_iid_label_smoothing_by_hand():
+    """(1 - α) (-log p_gold) + α mean_j (-log p_j) per word, averaged over the real words."""
+    from ensemble_distill.models.tagger import Tagger
+
+    top = torch.nn.Identity()
+    top.hidden_size = 4
+    model = Tagger(top, 3)  # only the loss is used
+    emissions = torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]])
+    labels, mask = torch.tensor([[0, 1]]), torch.tensor([[True, False]])
+    log_p = np.log(np.exp([2.0, 0.0, -1.0]) / np.exp([2.0, 0.0, -1.0]).sum())
+    expected = 0.9 * -log_p[0] + 0.1 * -log_p.mean()
+    assert model.loss(emissions, labels, mask, label_smoothing=0.1).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("head", ["iid", "crf"])
+def test_members_train_with_train_label_smoothing(tiny_encoder, conll_files, tmp_path, monkeypatch, head):
+    from ensemble_distill.models.tagger import Tagger
+
+    seen = []
+    loss = Tagger.loss
+    monkeypatch.setattr(Tagger, "loss", lambda self, *a, **k: seen.append(a[3] if len(a) > 3 else k.get(
+        "label_smoothing", 0.0)) or loss(self, *a, **k))
+    cfg = make_config(tiny_encoder, conll_files, tmp_path, head, max_epochs=1, label_smoothing=0.1)
+    cfg.ensemble.members, cfg.ensemble.subset_sizes, cfg.ensemble.individuals = 1, [1], 1
+    train_ensemble(cfg, tmp_path / "ens", progress=False)
+    assert seen and set(seen) == {0.1}  # the member and the individual
+    assert "label_smoothing = 0.1" in (tmp_path / "ens" / "config.toml").read_text()

@@ -35,12 +35,23 @@ class LinearChainCRF(nn.Module):
     def _scores(self):
         return self.transitions, self.start_transitions, self.end_transitions
 
-    def nll(self, emissions, tags, mask, reduction: str = "mean"):
-        """Negative log-likelihood of the gold `tags` [B, T]: log Z - score(tags); 'mean' averages over sequences."""
+    def nll(self, emissions, tags, mask, reduction: str = "mean", label_smoothing: float = 0.0):
+        """Negative log-likelihood of the gold `tags` [B, T]: log Z - score(tags); 'mean' averages over sequences.
+
+        label_smoothing α > 0 (the paper's Table 7 smooths NER members with α = 0.1) mixes the gold path's NLL with
+        the uniform label distribution's cross-entropy against each word's marginal:
+            (1 - α) (-log P(y | x))  +  α Σ_t (1/L) Σ_j -log P(y_t = j | x),   t over the sentence's real words,
+        the per-word smoothing of an IID tagger (cross_entropy's label_smoothing) with the gold term kept the whole
+        path's, as the CRF is trained; both terms are per sentence. Raises ValueError for α outside [0, 1)."""
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
         # Both terms grow with the length while their difference stays small: subtract them in float64.
         dtype = emissions.dtype
         emissions, *scores = _float64(emissions, *self._scores())
         nll = crf_log_partition(emissions, mask, *scores) - crf_sequence_score(emissions, tags, mask, *scores)
+        if label_smoothing:
+            uniform = -crf_log_marginals(emissions, mask, *scores).mean(2).sum(1)  # padding rows are 0
+            nll = (1.0 - label_smoothing) * nll + label_smoothing * uniform
         nll = nll.to(dtype)
         if reduction == "none":
             return nll
@@ -87,11 +98,23 @@ def crf_log_partition(emissions, mask, transitions, start, end):
 def crf_marginals(emissions, mask, transitions, start, end):
     """P(y_t = j | x) [B, T, L] by forward-backward; 0 at padding. Differentiable (autograd through the pass)."""
     _check_mask(mask)
-    dtype = emissions.dtype
+    marginals = _log_marginals(emissions, mask, transitions, start, end).exp()
+    return marginals.masked_fill(~mask.unsqueeze(2), 0).to(emissions.dtype)
+
+
+def crf_log_marginals(emissions, mask, transitions, start, end):
+    """log P(y_t = j | x) [B, T, L] by forward-backward; 0 at padding. Differentiable."""
+    _check_mask(mask)
+    return _log_marginals(emissions, mask, transitions, start, end).masked_fill(~mask.unsqueeze(2), 0).to(
+        emissions.dtype)
+
+
+def _log_marginals(emissions, mask, transitions, start, end):
+    """float64 log marginals [B, T, L] (meaningless at padding)."""
     alpha, beta = _forward_backward(*_float64(emissions, transitions, start, end), mask)
     # alpha + beta at any position log-sums to log Z; normalising each position by its own sum makes every row
     # sum to 1 by construction instead of by the agreement of T separately rounded sums.
-    return torch.softmax(alpha + beta, dim=2).masked_fill(~mask.unsqueeze(2), 0).to(dtype)
+    return torch.log_softmax(alpha + beta, dim=2)
 
 
 def crf_pair_marginals(emissions, mask, transitions, start, end):

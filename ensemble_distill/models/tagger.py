@@ -44,11 +44,13 @@ class Tagger(nn.Module):
             words = self.dropout(words)
         return self.classifier(words)
 
-    def loss(self, emissions, labels, word_mask) -> torch.Tensor:
-        """Mean negative log-likelihood per word (IID) or per sentence (CRF, the sequence NLL)."""
+    def loss(self, emissions, labels, word_mask, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean negative log-likelihood per word (IID) or per sentence (CRF, the sequence NLL). label_smoothing α:
+        IID (1 - α) NLL + α (1/L) Σ_j -log p_j per word (torch's cross_entropy); CRF: LinearChainCRF.nll."""
         if self.head == "crf":
-            return self.crf.nll(emissions, labels.clamp(min=0), word_mask, reduction="mean")
-        return nn.functional.cross_entropy(emissions[word_mask], labels[word_mask])
+            return self.crf.nll(emissions, labels.clamp(min=0), word_mask, reduction="mean",
+                                label_smoothing=label_smoothing)
+        return nn.functional.cross_entropy(emissions[word_mask], labels[word_mask], label_smoothing=label_smoothing)
 
     def distributions(self, emissions, word_mask) -> torch.Tensor:
         """Per-word label distributions [B, W, L]; rows at padding are meaningless."""

@@ -130,9 +130,11 @@ def new_tagger(data: TaggingData, cfg: TaggingConfig, seed: int) -> Tagger:
                   cfg.model.dropout).to(device)
 
 
-def tagger_loss(model: Tagger, batch: dict):
+def tagger_loss(model: Tagger, batch: dict, label_smoothing: float = 0.0):
+    """(the batch's mean loss, its words): Tagger.loss against the gold labels, smoothed by `label_smoothing`."""
     emissions = tagger_emissions(model, batch)
-    return model.loss(emissions, batch["word_labels"], batch["word_mask"]), int(batch["word_mask"].sum())
+    loss = model.loss(emissions, batch["word_labels"], batch["word_mask"], label_smoothing)
+    return loss, int(batch["word_mask"].sum())
 
 
 def predict_distributions(models: list[Tagger], split: TaggingSplit, window_ids=None, pad_id: int = 0,
@@ -416,7 +418,9 @@ class NerTask:
         held = data.splits[held_split]
         held_windows = np.arange(len(held.windows)) if held_ids is None else held.windows_of(held_ids)
         train_cfg = type(cfg.train)(**{**cfg.train.__dict__, "seed": plan.seed})
-        result = train_tagger(model, data, windows, (held_split, held_windows), train_cfg, folder, progress)
+        loss_fn = functools.partial(tagger_loss, label_smoothing=cfg.train.label_smoothing)
+        result = train_tagger(model, data, windows, (held_split, held_windows), train_cfg, folder, progress,
+                              loss_fn=loss_fn)
         save_model(folder, model, model_spec(cfg, data, plan.role, plan.seed))
         return write_result(folder, task="ner", role=plan.role, seed=plan.seed, best_epoch=result.best_epoch,
                             epochs=result.epochs_run, best_score=result.best_score, score="span_f1")
