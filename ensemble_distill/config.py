@@ -23,7 +23,8 @@ from .data.text import encoding_problem
 from .errors import UserError
 
 N_TENTHS = 10  # NER: member i early-stops on tenth i of the training data (ensemble.py)
-MAX_MEMBERS = N_TENTHS - 1  # the last tenth is held out from every member, for the student
+MAX_MEMBERS = N_TENTHS - 1  # the last tenth is the student's early-stopping data, no member's
+MEMBER_DATA = ("nine_tenths", "eight_tenths")  # ensemble.member_data: what a member trains on (ensemble.py)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,9 @@ class Ensemble:
     members: int = setting(9, at_least=1, at_most=MAX_MEMBERS)
     subset_sizes: list[int] = setting([3, 6, 9], at_least=1)  # nested: 3 ⊂ 6 ⊂ 9
     individuals: int = setting(0, at_least=0)  # models trained on all data with different seeds (mean ± s.e.)
+    # member i trains on every tenth but its own ("nine_tenths", the paper's reference code), or also leaves out
+    # the last tenth, the student's early-stopping data ("eight_tenths": no teacher saw the student's validation)
+    member_data: str = setting("nine_tenths", choices=MEMBER_DATA)
     split_seed: int = setting(0, at_least=0)  # fixes the tenths of the data and the nested subsets
 
     def check(self) -> None:

@@ -1,8 +1,10 @@
 """Ensembles, for both tasks: member plans, nested subsets, and training every member of a run.
 
 NER (paper §4): the training set is cut into tenths by a seeded permutation. Member i early-stops on tenth i and
-trains on the others, except the last tenth, which every member leaves out so a distilled student can validate
-on data no teacher saw; individuals train on all of it and early-stop on dev. Translation (paper §5): members
+trains on the other nine (`ensemble.member_data = "nine_tenths"`, as the paper's reference code), or on the other
+eight but the last ("eight_tenths"), so that a distilled student, which early-stops on the last tenth, validates on
+data no teacher saw. Member i < 9 never early-stops on the last tenth; individuals train on all the data and
+early-stop on dev. Translation (paper §5): members
 train on the whole training set and differ by seed.
 
 An ensemble of k is the first k members of one order of the members, so 3 ⊂ 6 ⊂ 9: a seeded permutation
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import MAX_MEMBERS, N_TENTHS, validate
+from .config import MAX_MEMBERS, MEMBER_DATA, N_TENTHS, validate
 from .errors import UserError
 from .io_utils import require_same_config, run_lock
 from .runs import DATA, finished, model_dir, record_run
@@ -30,17 +32,24 @@ def tenths(n_sentences: int, split_seed: int) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(order, N_TENTHS)]
 
 
-def member_sentences(n_sentences: int, member: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training sentences, early-stopping sentences) of member i: it holds out tenth i and the shared last tenth."""
+def member_sentences(n_sentences: int, member: int, split_seed: int,
+                     member_data: str = "nine_tenths") -> tuple[np.ndarray, np.ndarray]:
+    """(training sentences, early-stopping sentences) of member i: it early-stops on tenth i and trains on the
+    other nine ("nine_tenths") or the other eight but the last ("eight_tenths"). Raises ValueError for another
+    `member_data`, UserError for a member outside 0..MAX_MEMBERS-1."""
+    if member_data not in MEMBER_DATA:
+        raise ValueError(f"member_data must be one of {MEMBER_DATA}, got {member_data!r}")
     if not 0 <= member < MAX_MEMBERS:
-        raise UserError(f"ensemble.members: at most {MAX_MEMBERS} members (each holds out its own tenth)")
+        raise UserError(f"ensemble.members: at most {MAX_MEMBERS} members (each early-stops on its own tenth)")
     parts = tenths(n_sentences, split_seed)
-    train = np.concatenate([p for i, p in enumerate(parts) if i not in (member, N_TENTHS - 1)])
+    left_out = {member} if member_data == "nine_tenths" else {member, N_TENTHS - 1}
+    train = np.concatenate([p for i, p in enumerate(parts) if i not in left_out])
     return np.sort(train), parts[member]
 
 
 def distillation_sentences(n_sentences: int, split_seed: int) -> np.ndarray:
-    """The tenth that no member trained or early-stopped on: the student's validation data."""
+    """The last tenth, the student's validation data: no member early-stopped on it, and with
+    ensemble.member_data = "eight_tenths" none trained on it."""
     return tenths(n_sentences, split_seed)[N_TENTHS - 1]
 
 

@@ -61,10 +61,12 @@ def model_dir(run_dir, role: str, index: int) -> Path:
     return Path(run_dir) / f"{role}s" / f"{role}-{index}"
 
 
-def record_run(run_dir, cfg, facts: dict, must_match: tuple[str, ...] = ()) -> None:
+def record_run(run_dir, cfg, facts: dict, must_match: dict | None = None) -> None:
     """Write RUN/config.toml and RUN/run.json ({versions, **facts}). The caller has already refused another config
     (io_utils.require_same_config). A fact named in `must_match` that the run recorded with another value (the
-    label set its members were trained on) is refused: UserError naming the fact. So is data whose fingerprint
+    label set its members were trained on) is refused: UserError naming the fact; must_match[fact] is the value a
+    run.json written before the fact was recorded stands for (None: such a run is not checked). So is data whose
+    fingerprint
     (facts[DATA], {split: fingerprint}) differs from the recorded one: UserError naming the split's files, because
     the members trained so far saw the recorded data (a config names files, not their contents)."""
     run_dir = Path(run_dir)
@@ -72,10 +74,10 @@ def record_run(run_dir, cfg, facts: dict, must_match: tuple[str, ...] = ()) -> N
     if previous.is_file():
         recorded = read_json(previous, "delete it to have it written again (the data and labels of the members "
                                        "trained so far are then not checked)")
-        for key in must_match:
-            if key in recorded and recorded[key] != facts[key]:
-                raise UserError(f"{run_dir}: was started on data with the {key} {recorded[key]}, the data now give "
-                                f"{facts[key]}; use a new folder")
+        for key, before in (must_match or {}).items():
+            value = recorded.get(key, before)
+            if value is not None and value != facts[key]:
+                raise UserError(f"{run_dir}: was started with the {key} {value}, now {facts[key]}; use a new folder")
         for split, fingerprint in facts.get(DATA, {}).items():
             if recorded.get(DATA, {}).get(split, fingerprint) != fingerprint:
                 files = [str(getattr(cfg.data, key)) for key in (split, f"{split}_src", f"{split}_tgt")

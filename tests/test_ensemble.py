@@ -57,9 +57,11 @@ def test_tenths_partition_the_sentences_into_near_equal_parts_over_many_seeds():
         assert {len(p) for p in parts} <= {n // N_TENTHS, -(-n // N_TENTHS)}, (seed, [len(p) for p in parts])
 
 
-def test_each_member_holds_out_its_own_tenth_and_none_sees_the_distillation_tenth_over_many_seeds():
-    """Member i: trains on 8/10, early-stops on tenth i; the last tenth is the student's validation data and no
-    member trains or early-stops on it; the student trains on the other 9/10."""
+@pytest.mark.parametrize("member_data", ["eight_tenths", "nine_tenths"])
+def test_each_member_holds_out_its_own_tenth_and_none_early_stops_on_the_distillation_tenth(member_data):
+    """Member i early-stops on tenth i and trains on the other nine (nine_tenths, the paper's reference) or the
+    other eight (eight_tenths: the last tenth, the student's validation data, is no member's training data either);
+    the student trains on the other 9/10."""
     for seed in SEEDS:
         n = corpus_size(seed)
         everything = set(range(n))
@@ -67,11 +69,16 @@ def test_each_member_holds_out_its_own_tenth_and_none_sees_the_distillation_tent
         assert len(distillation) >= n // N_TENTHS
         held_out_tenths = []
         for member in range(MAX_MEMBERS):
-            train, held = (set(a.tolist()) for a in member_sentences(n, member, seed))
+            train, held = (set(a.tolist()) for a in member_sentences(n, member, seed, member_data))
             assert train and held, (seed, member)
-            assert not train & held and not train & distillation and not held & distillation, (seed, member)
+            assert not train & held and not held & distillation, (seed, member)
             assert train | held | distillation == everything, (seed, member)
-            assert len(held) <= -(-n // N_TENTHS) and len(train) >= n - 2 * -(-n // N_TENTHS), (seed, member)
+            if member_data == "eight_tenths":
+                assert not train & distillation, (seed, member)
+                assert len(train) >= n - 2 * -(-n // N_TENTHS), (seed, member)
+            else:
+                assert distillation <= train and train == everything - held, (seed, member)
+            assert len(held) <= -(-n // N_TENTHS), (seed, member)
             held_out_tenths.append(held)
         # Nine distinct early-stopping tenths: together with the distillation tenth, they partition the data.
         assert sorted([*(s for held in held_out_tenths for s in held), *distillation]) == list(range(n)), seed
@@ -92,3 +99,5 @@ def test_tenths_are_a_seeded_shuffle_not_file_order():
 def test_a_member_beyond_the_nine_tenths_is_refused(member):
     with pytest.raises(UserError, match="at most 9 members"):
         member_sentences(50, member, split_seed=0)
+    with pytest.raises(ValueError, match="member_data"):
+        member_sentences(50, 0, split_seed=0, member_data="all")

@@ -151,7 +151,7 @@ def test_member_splits_hold_out_their_own_tenth_and_the_last():
     assert sorted(np.concatenate(parts).tolist()) == list(range(n))
     last = distillation_sentences(n, 5)
     for i in range(9):
-        train, held = member_sentences(n, i, 5)
+        train, held = member_sentences(n, i, 5, "eight_tenths")
         assert np.array_equal(held, parts[i])
         assert not set(train) & set(held) and not set(train) & set(last) and not set(held) & set(last)
         assert len(train) + len(held) + len(last) == n
@@ -265,3 +265,33 @@ def test_members_train_with_train_label_smoothing(tiny_encoder, conll_files, tmp
     train_ensemble(cfg, tmp_path / "ens", progress=False)
     assert seen and set(seen) == {0.1}  # the member and the individual
     assert "label_smoothing = 0.1" in (tmp_path / "ens" / "config.toml").read_text()
+
+
+def test_member_data_is_recorded_and_a_run_keeps_it(tiny_encoder, conll_files, tmp_path):
+    """Members on nine tenths by default (the paper's reference), recorded in run.json; a run whose run.json
+    predates the setting trained on eight tenths and is not resumed on nine."""
+    import json
+
+    cfg = make_config(tiny_encoder, conll_files, tmp_path, max_epochs=1)
+    cfg.ensemble.members, cfg.ensemble.subset_sizes = 1, [1]
+    run = train_ensemble(cfg, tmp_path / "ens", progress=False)
+    n = len(run.data.splits["train"].corpus.sentences)  # 40 sentences: tenths of 4
+    plan = run_plans(cfg, run.data)[0]
+    assert len(plan.train) == n - 4 and set(distillation_sentences(n, 0)) <= set(plan.train)
+    recorded = json.loads((tmp_path / "ens" / "run.json").read_text())
+    assert recorded["member_data"] == "nine_tenths"
+    cfg.ensemble.member_data = "eight_tenths"
+    assert len(run_plans(cfg, run.data)[0].train) == n - 8
+    del recorded["member_data"]  # as a run recorded before the setting existed
+    (tmp_path / "ens" / "run.json").write_text(json.dumps(recorded))
+    cfg.ensemble.member_data, cfg.ensemble.members, cfg.ensemble.subset_sizes = "nine_tenths", 2, [2]
+    (tmp_path / "ens" / "config.toml").write_text((tmp_path / "ens" / "config.toml").read_text().replace(
+        "members = 1", "members = 2").replace("subset_sizes = [1]", "subset_sizes = [2]"))
+    with pytest.raises(UserError, match="member_data eight_tenths, now nine_tenths"):
+        train_ensemble(cfg, tmp_path / "ens", progress=False, data=run.data)
+
+
+def run_plans(cfg, data):
+    from ensemble_distill.tasks.ner import TASK
+
+    return TASK.member_plans(cfg, data)

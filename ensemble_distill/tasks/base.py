@@ -47,7 +47,7 @@ class Task(Protocol):
         to the training split's, and run.json records those of the splits members train and early-stop on."""
 
     # Training a run's members: ensemble.train_members calls these in this order.
-    must_match: tuple[str, ...]  # run.json facts a resumed run must keep (NER: its label set)
+    must_match: dict  # run.json facts a resumed run must keep (NER: its label set), runs.record_run's
 
     def training_data(self, cfg, run_dir: Path, progress: bool = True) -> Any:
         """The data the members train and early-stop on (`load_data` of every split the training needs)."""

@@ -385,7 +385,9 @@ class NerTask:
         return predict([model], input_path, out_dir, meta={"model": str(model.folder)}, **options)
 
     # Training a run's members (ensemble.train_members)
-    must_match = ("labels",)  # a run's members' output layers fit its label set
+    # a run's members' output layers fit its label set, and all of them train on the same share of the data (runs
+    # recorded before ensemble.member_data existed trained on eight tenths)
+    must_match = {"labels": None, "member_data": "eight_tenths"}
 
     def training_data(self, cfg, run_dir, progress=True) -> TaggingData:
         return load_tagging_data(cfg, progress=progress)
@@ -398,14 +400,15 @@ class NerTask:
 
     def run_facts(self, cfg, data) -> dict:
         return {"task": "ner", "labels": data.labels, "split_seed": cfg.ensemble.split_seed,
+                "member_data": cfg.ensemble.member_data,
                 "member_seeds": [member_seed(cfg, i) for i in range(cfg.ensemble.members)],
                 "individual_seeds": [member_seed(cfg, i, True) for i in range(cfg.ensemble.individuals)]}
 
     def member_plans(self, cfg, data) -> list[MemberPlan]:
-        """Members: all tenths but their own and the last, early-stopping on their own; individuals: everything,
-        early-stopping on dev."""
+        """Members: all tenths but their own (and, with ensemble.member_data = "eight_tenths", the last),
+        early-stopping on their own; individuals: everything, early-stopping on dev."""
         n, e = len(data.splits["train"].corpus.sentences), cfg.ensemble
-        plans = [MemberPlan("member", i, member_seed(cfg, i), *_member_split(n, i, e.split_seed))
+        plans = [MemberPlan("member", i, member_seed(cfg, i), *_member_split(n, i, e.split_seed, e.member_data))
                  for i in range(e.members)]
         return plans + [MemberPlan("individual", i, member_seed(cfg, i, True), None, ("dev", None))
                         for i in range(e.individuals)]
@@ -426,8 +429,8 @@ class NerTask:
                             epochs=result.epochs_run, best_score=result.best_score, score="span_f1")
 
 
-def _member_split(n_sentences: int, member: int, split_seed: int):
-    train, held = member_sentences(n_sentences, member, split_seed)
+def _member_split(n_sentences: int, member: int, split_seed: int, member_data: str):
+    train, held = member_sentences(n_sentences, member, split_seed, member_data)
     return train, ("train", held)
 
 

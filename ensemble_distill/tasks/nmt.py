@@ -516,7 +516,7 @@ class NmtTask:
         return predict(model, input_path, out_dir, **reader)
 
     # Training a run's members (ensemble.train_members)
-    must_match = ()
+    must_match = {}
 
     def training_data(self, cfg, run_dir, progress=True) -> TranslationData:
         """Every split; the run's vocabulary is trained on first use (one a failed first run left, before it
