@@ -23,7 +23,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import Ensemble, Range, TranslationDistillation, TranslationTraining, folder_problem, setting_problem
+from .config import MAX_MEMBERS, Range, TranslationDistillation, TranslationTraining, folder_problem, setting_problem
 from .errors import UserError
 
 
@@ -101,7 +101,7 @@ def output_folder(text: str) -> str:
 
 
 N_BOOT = in_range(int, 1)
-MEMBERS = like_setting(Ensemble, "members")
+MEMBERS = typed(int, Range(1, MAX_MEMBERS).problem)  # an ensemble's size: a run may have none (members = 0)
 
 
 def add_n_boot(p) -> None:

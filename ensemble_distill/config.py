@@ -137,6 +137,14 @@ class Training:
     patience: int = setting(2, at_least=1)  # epochs without a better held-out score before stopping
     seed: int = setting(0, at_least=0)
     device: str = setting("cpu", choices=("cpu", "cuda"))  # where the tuned layers train and predict
+    # the learning rate over the updates (training.make_scheduler): "constant", or "linear": warm-up from 0 over
+    # warmup_ratio of all max_epochs' updates, then down to 0 at the last (the usual fine-tuning schedule)
+    schedule: str = setting("constant", choices=("constant", "linear"))
+    warmup_ratio: float = setting(0.0, at_least=0, below=1)
+
+    def check(self) -> None:
+        if self.warmup_ratio and self.schedule != "linear":
+            raise Invalid("warmup_ratio", f"needs schedule = \"linear\" (schedule is {self.schedule!r})")
 
 
 @dataclass
@@ -148,7 +156,7 @@ class TaggerTraining(Training):
 
 @dataclass
 class Ensemble:
-    members: int = setting(9, at_least=1, at_most=MAX_MEMBERS)
+    members: int = setting(9, at_least=0, at_most=MAX_MEMBERS)  # 0: individuals only (the usual single model)
     subset_sizes: list[int] = setting([3, 6, 9], at_least=1)  # nested: 3 ⊂ 6 ⊂ 9
     individuals: int = setting(0, at_least=0)  # models trained on all data with different seeds (mean ± s.e.)
     # member i trains on every tenth but its own ("nine_tenths", the paper's reference code), or also leaves out
@@ -157,6 +165,12 @@ class Ensemble:
     split_seed: int = setting(0, at_least=0)  # fixes the tenths of the data and the nested subsets
 
     def check(self) -> None:
+        if self.members == 0:  # a run of individuals only, e.g. configs/conll-baseline.toml
+            if self.subset_sizes:
+                raise Invalid("subset_sizes", f"must be [] when members = 0 (no ensemble), got {self.subset_sizes}")
+            if not self.individuals:
+                raise Invalid("individuals", "must be at least 1 when members = 0 (the run trains nothing else)")
+            return
         _check_subset_sizes(self.subset_sizes, self.members)
 
 

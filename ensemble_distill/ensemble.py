@@ -69,6 +69,8 @@ def ensemble_member_ids(cfg, ensemble_size: int | None = None) -> list[int]:
     """Member ids of the run's nested ensemble of `ensemble_size` (default: the largest configured subset), for
     either task's config. Raises UserError for a size outside 1..ensemble.members."""
     e = cfg.ensemble
+    if not e.members:
+        raise UserError("the run has no members (ensemble.members = 0: individuals only), so no ensemble")
     order_seed = getattr(e, "split_seed", None)  # translation configs have none: members in order
     if ensemble_size is not None and not 1 <= ensemble_size <= e.members:
         raise UserError(f"ensemble of {ensemble_size}: the run has {e.members} members")

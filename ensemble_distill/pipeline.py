@@ -52,7 +52,9 @@ def train(cfg, run_dir, progress: bool = True, member: int | None = None, indivi
         from .translation import train_members
 
         train_members(cfg, run_dir, progress)
-    return f"{run_dir}: {cfg.ensemble.members} members trained; next: ensemble-distill evaluate --run {run_dir}"
+    individuals = getattr(cfg.ensemble, "individuals", 0)
+    also = f" and {individuals} individuals" if individuals else ""
+    return f"{run_dir}: {cfg.ensemble.members} members{also} trained; next: ensemble-distill evaluate --run {run_dir}"
 
 
 def require_trained(run_dir, individuals: bool = True) -> None:

@@ -41,6 +41,19 @@ def make_optimizer(params, cfg: Training) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Training,
+                   updates_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule `cfg.schedule` names, stepped after every update (None: constant). "linear":
+    transformers' linear warm-up over warmup_ratio of max_epochs x updates_per_epoch updates, then linear decay
+    to 0 at the last of them (the usual fine-tuning schedule, as Hugging Face's Trainer)."""
+    if cfg.schedule == "constant":
+        return None
+    from transformers import get_linear_schedule_with_warmup
+
+    total = cfg.max_epochs * updates_per_epoch
+    return get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
+
+
 class Diverged(UserError):
     """The training loss or the weights stopped being finite (a learning rate far too high, as a rule)."""
 

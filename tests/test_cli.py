@@ -237,9 +237,9 @@ def test_a_config_outside_its_range_is_one_line_naming_file_and_key(tmp_path, ca
     config.write_text("[train]\nlr = -1e-3\n")
     refused(["train-ensemble", "--config", str(config), "--out", str(tmp_path / "run")], capsys,
             f"{config}: 'train.lr' must be > 0, got -0.001")
-    config.write_text("[ensemble]\nmembers = 0\nsubset_sizes = []\n")
+    config.write_text("[ensemble]\nmembers = 10\nsubset_sizes = []\n")
     refused(["train-ensemble", "--config", str(config), "--out", str(tmp_path / "run")], capsys,
-            f"{config}: 'ensemble.members' must lie in [1, 9], got 0")
+            f"{config}: 'ensemble.members' must lie in [0, 9], got 10")
     config.write_text("[train]\nbatch_tokens = 0\n")
     refused(["train-nmt", "--config", str(config), "--out", str(tmp_path / "run")], capsys,
             f"{config}: 'train.batch_tokens' must be at least 1, got 0")

@@ -295,3 +295,47 @@ def run_plans(cfg, data):
     from ensemble_distill.tasks.ner import TASK
 
     return TASK.member_plans(cfg, data)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    """10 updates, warm-up over 20% of them: lr k/2 for k < 2, then (10 - k)/8 of the peak (worked by hand)."""
+    from ensemble_distill.config import Training
+    from ensemble_distill.training import make_scheduler
+
+    cfg = Training(optimizer="adamw", lr=0.5, max_epochs=2, schedule="linear", warmup_ratio=0.2)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = make_scheduler(optimizer, cfg, updates_per_epoch=5)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.5 * k / 2 for k in range(2)] + [0.5 * (10 - k) / 8 for k in range(2, 10)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)
+    assert make_scheduler(optimizer, Training(), 5) is None  # constant
+
+
+def test_the_usual_single_model_tunes_every_layer_in_a_run_of_individuals(tiny_encoder, conll_files, tmp_path):
+    """configs/conll-baseline.toml's settings on the tiny encoder: all its layers tuned, AdamW, linear schedule,
+    early-stopped on dev, no members; evaluate scores it as an individual and there is no ensemble to memoize."""
+    from ensemble_distill.config import load_config
+    from ensemble_distill.encoders import load_pretrained
+    from ensemble_distill.pipeline import evaluate_run, memoize
+
+    cfg = load_config("configs/conll-baseline.toml")
+    cfg.data.train, cfg.data.dev, cfg.data.test = map(str, conll_files)
+    cfg.data.scheme = "iob2"
+    cfg.encoder.name, cfg.encoder.cache_dir = str(tiny_encoder), str(tmp_path / "cache")
+    cfg.encoder.finetune_layers = 3  # every layer of the tiny encoder
+    cfg.train.max_epochs, cfg.train.lr = 2, 1e-3
+    run = train_ensemble(cfg, tmp_path / "baseline", progress=False)
+    assert not (tmp_path / "baseline" / "members").exists()
+    tuned = load_member(run, tmp_path / "baseline" / "individuals" / "individual-0").top.layers
+    pretrained = load_pretrained(tiny_encoder).encoder.layer
+    assert len(tuned) == 3
+    for layer, before in zip(tuned, pretrained):
+        assert not torch.equal(layer.attention.self.query.weight, before.attention.self.query.weight)
+    table = evaluate_run(tmp_path / "baseline", n_boot=10, progress=False)
+    assert "individuals (1, mean ± s.e.)" in table and "ensemble" not in table
+    with pytest.raises(UserError, match="no members"):
+        memoize(tmp_path / "baseline", progress=False)

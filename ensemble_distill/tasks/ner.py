@@ -39,7 +39,7 @@ from ..models.tagger import Tagger
 from ..predictions import Predictions, predicted_labels
 from ..runs import finished, load_state, load_weights, model_dir, save_model, write_result
 from ..teacher_store import fingerprint_dataset
-from ..training import TrainResult, train
+from ..training import TrainResult, make_optimizer, make_scheduler, train
 from .ner_batches import tagger_emissions, tagging_predictions, window_batch
 
 
@@ -220,7 +220,9 @@ def train_tagger(model: Tagger, data: TaggingData, train_windows, held_out: tupl
     def score(m):
         return held_out_f1([m], held_split, held_windows, data.pad_id, data.labels)
 
-    return train(model, batches, loss_fn, score, cfg, run_dir, progress, after_epoch)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    scheduler = make_scheduler(optimizer, cfg, len(bucketed_batches(lengths, cfg.batch_size)))
+    return train(model, batches, loss_fn, score, cfg, run_dir, progress, after_epoch, optimizer, scheduler)
 
 
 def to_predictions(distributions: list[np.ndarray], split: TaggingSplit, labels: list[str], meta: dict,
