@@ -19,6 +19,7 @@ shows the traceback instead.
 
 import argparse
 import errno
+import os
 import sys
 import typing
 from pathlib import Path
@@ -531,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if "WORLD_SIZE" in os.environ:  # under torchrun: join its process group (torch imported only then)
+            from .distributed import init_from_env
+
+            init_from_env()
         return args.func(args) or 0
     except UserError as err:
         if args.debug:

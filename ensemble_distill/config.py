@@ -25,6 +25,7 @@ from .errors import UserError
 N_TENTHS = 10  # NER: member i early-stops on tenth i of the training data (ensemble.py)
 MAX_MEMBERS = N_TENTHS - 1  # the last tenth is the student's early-stopping data, no member's
 MEMBER_DATA = ("nine_tenths", "eight_tenths")  # ensemble.member_data: what a member trains on (ensemble.py)
+PRECISIONS = ("fp32", "bf16")  # train.precision: bf16 autocast of the training forward passes
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,10 @@ class Training:
     # warmup_ratio of all max_epochs' updates, then down to 0 at the last (the usual fine-tuning schedule)
     schedule: str = setting("constant", choices=("constant", "linear"))
     warmup_ratio: float = setting(0.0, at_least=0, below=1)
+    # "bf16": the training forward passes under bf16 autocast (weights, optimiser and evaluation stay float32)
+    precision: str = setting("fp32", choices=PRECISIONS)
+    # each process's share of a batch run as this many pieces one after another: the same update, less memory
+    accumulate: int = setting(1, at_least=1)
 
     def check(self) -> None:
         if self.warmup_ratio and self.schedule != "linear":
@@ -256,6 +261,8 @@ class TranslationTraining:
     average_last: int = setting(3, at_least=1)  # the model is the mean of the weights of this many rounds to the best
     seed: int = setting(1, at_least=0)  # member i uses seed + i
     device: str = setting("cpu", choices=("cpu", "cuda"))
+    precision: str = setting("fp32", choices=PRECISIONS)  # as Training's
+    accumulate: int = setting(1, at_least=1)  # as Training's: batch_tokens is the update's batch whatever this is
 
 
 @dataclass
@@ -490,9 +497,12 @@ def folder_problem(path) -> str | None:
 
     Tried, not guessed from permission bits: root passes every os.access check, yet nothing can be created under
     /proc or /sys, nor on a read-only mount. The missing folders are created, a probe file is written in the last
-    and removed, and the created folders are removed again, so the file system is left as it was."""
+    and removed, and the created folders are removed again, so the file system is left as it was. Under torchrun
+    only rank 0 tries (distributed.py: the other ranks write nothing); the others take any folder."""
     if not os.fspath(path):
         return "the path is empty"
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 probes; the other ranks write nothing
+        return None
     path = Path(path)
     for attempt in range(20):  # other processes may create or remove the same missing folders meanwhile:
         problem, raced = _probe_folder(path)  # try again after a random pause, so that they stop colliding

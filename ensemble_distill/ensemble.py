@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import distributed
 from .config import MAX_MEMBERS, MEMBER_DATA, N_TENTHS, validate
 from .errors import UserError
 from .io_utils import require_same_config, run_lock
@@ -96,7 +97,8 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
     `only` = (role, index), ("member", 2) or ("individual", 0): that model alone, a job of a job array; the jobs
     wait for one another on the run folder while they check and record the run (and, translation, train its
     vocabulary on first use), then each holds only its model's folder while training it. Without `only` the run
-    folder is held throughout, and each model's folder while it trains.
+    folder is held throughout, and each model's folder while it trains. Under torchrun every rank trains each
+    model data-parallel (training.train) while rank 0 alone holds the locks and writes.
     Returns the data. Raises UserError for a run folder of another config, data the task refuses, or training or
     dev data other than those run.json records (the members trained so far saw those), for `only` outside the
     configured members or individuals, and for a model folder another process is training; nothing that
@@ -107,21 +109,26 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
     validate(cfg)
     if only is not None:
         _check_addressed(cfg, *only)
-    with ExitStack() as run_held:
-        run_held.enter_context(run_lock(run_dir, wait=only is not None))
-        require_same_config(run_dir, cfg)
-        data = data if data is not None else task.training_data(cfg, run_dir, progress)
+    with ExitStack() as run_held:  # under torchrun rank 0 holds the locks and records; all ranks train (distributed)
+        run_held.enter_context(distributed.main_only(run_lock(run_dir, wait=only is not None)))
+        distributed.on_main(require_same_config, run_dir, cfg)
+        with distributed.main_first():  # rank 0 trains a translation run's vocabulary on first use, the others read it
+            if data is None:
+                data = (task.training_data(cfg, run_dir, progress) if distributed.is_main()
+                        else task.load_data(cfg, run_dir, progress=False))
         task.check_data(cfg, data)
         fingerprints = {split: task.dataset_fingerprint(data, split) for split in ("train", "dev")}
-        record_run(run_dir, cfg, {**task.run_facts(cfg, data), DATA: fingerprints}, must_match=task.must_match)
+        distributed.on_main(record_run, run_dir, cfg, {**task.run_facts(cfg, data), DATA: fingerprints},
+                            must_match=task.must_match)
         plans = [p for p in task.member_plans(cfg, data) if only in (None, (p.role, p.index))]
         if only is not None:
             run_held.close()  # the run is recorded: the other jobs may go on while this one trains
         for plan in plans:
             folder = model_dir(run_dir, plan.role, plan.index)
-            folder.mkdir(parents=True, exist_ok=True)  # not run_lock's: a failed training leaves it, emptied
-            with run_lock(folder):
-                if not finished(folder):
+            if distributed.is_main():
+                folder.mkdir(parents=True, exist_ok=True)  # not run_lock's: a failed training leaves it, emptied
+            with distributed.main_only(run_lock(folder)):
+                if not distributed.on_main(finished, folder):
                     task.fit(task.new_model(cfg, data, plan.seed), cfg, data, plan, folder, progress)
     return data
 

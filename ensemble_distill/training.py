@@ -14,17 +14,24 @@ folder with nothing trained in it takes a corrected config (io_utils.require_sam
 Optional, for translation: a ready optimiser with a learning-rate scheduler stepped after every update (its state
 is checkpointed too), and snapshots of the weights after each of the last few epochs (`epoch-<n>.pt`, written
 before the checkpoint) for checkpoint averaging.
+
+An update is one batch whatever runs it (distributed.py): under torchrun each rank takes its share of the batch
+and DDP averages the gradients; `train.accumulate` = A runs a rank's share as A pieces one after another, summing
+their gradients (less memory, the same update); `train.precision = "bf16"` runs the training forward passes under
+bf16 autocast. Rank 0 alone scores the model, writes the files and shows progress; the others wait for it.
 """
 
 import math
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import Training
 from .errors import UserError
 from .io_utils import atomic_torch_save, atomic_write_text, load_torch, strict_json
@@ -69,20 +76,28 @@ class TrainResult:
 def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: Callable, score_fn: Callable,
           cfg: Training, run_dir, progress: bool = True, after_epoch: Callable[[int], None] | None = None,
           optimizer: torch.optim.Optimizer | None = None, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-          snapshots: int = 0) -> TrainResult:
+          snapshots: int = 0, units: Callable[[object], int] | None = None) -> TrainResult:
     """Train `model` until `cfg.patience` epochs pass without a better `score_fn(model)`.
 
     batches(epoch) yields the epoch's batches (deterministic given the epoch); loss_fn(model, batch) returns
-    (loss, n_tokens). On return the model holds its best weights. `optimizer` defaults to make_optimizer(cfg);
-    `scheduler`, if given, is stepped after every update. With `snapshots` = n the weights after each of the
-    last n epochs are kept as epoch-<epoch>.pt.
+    (loss, n_tokens), the loss a mean over the batch. On return the model holds its best weights. `optimizer`
+    defaults to make_optimizer(cfg); `scheduler`, if given, is stepped after every update. With `snapshots` = n
+    the weights after each of the last n epochs are kept as epoch-<epoch>.pt. units(batch): what the loss of a
+    batch is a mean over (its positions; its sentences for a per-sentence loss), needed to weight the pieces of a
+    batch (distributed.my_pieces) when several processes or `cfg.accumulate` > 1 share it.
 
     Raises Diverged (a UserError) at the first non-finite loss or overflowing update, or non-finite weights after
     an epoch, having
-    removed run_dir's training files; UserError naming checkpoint.pt or best.pt when one cannot be read.
+    removed run_dir's training files; UserError naming checkpoint.pt or best.pt when one cannot be read;
+    ValueError when the batch is shared (torchrun, accumulate > 1) and `units` is not given.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    shared = distributed.world_size() * cfg.accumulate > 1
+    if shared and units is None:
+        raise ValueError("train: a batch shared by several processes or accumulation steps needs `units`")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     optimizer = optimizer or make_optimizer(model.parameters(), cfg)
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [], "done": False}
     torch.manual_seed(cfg.seed)
@@ -90,20 +105,23 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
     if checkpoint.is_file():
         state = _restore(checkpoint, model, optimizer, scheduler)
     remedy = f"delete {run_dir} to train this model again from its start"
+    step = distributed.data_parallel(model, loss_fn)
+    device = next(model.parameters()).device.type
+    progress = progress and main
 
     while not state["done"]:
         epoch = state["epoch"] + 1
+        if distributed.world_size() > 1:
+            distributed.rank_seed(cfg.seed, epoch)
         model.train()
         started, total_loss, total_tokens = time.time(), 0.0, 0
         epoch_batches = list(batches(epoch))
         bar = tqdm(epoch_batches, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
         for number, batch in enumerate(bar, 1):
-            loss, n_tokens = loss_fn(model, batch)
-            value = loss.item()
+            optimizer.zero_grad(set_to_none=True)
+            value, n_tokens = _backward(step, batch, units, cfg, shared, device)
             if not math.isfinite(value):
                 _diverged(run_dir, f"the training loss is {value} at epoch {epoch}, batch {number}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             try:
                 optimizer.step()
             except RuntimeError as error:  # torch refuses a step size that overflows the weights' float type
@@ -119,24 +137,20 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
             _diverged(run_dir, f"the weights are not finite after epoch {epoch}")
         model.eval()
         with torch.no_grad():
-            score = float(score_fn(model))
+            score = float(distributed.on_main(score_fn, model))
         record = {"epoch": epoch, "train_loss": total_loss / max(total_tokens, 1), "held_out_score": score,
                   "seconds": round(time.time() - started, 2), "tokens": total_tokens}
         state["history"].append(record)
-        if score > state["best_score"]:
+        improved = score > state["best_score"]
+        if improved:
             state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-            atomic_torch_save(model.state_dict(), run_dir / "best.pt")
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         state["done"] = state["bad_epochs"] >= cfg.patience or epoch >= cfg.max_epochs
-        if snapshots:
-            atomic_torch_save(model.state_dict(), run_dir / f"epoch-{epoch}.pt")
-        _save(checkpoint, model, optimizer, state, scheduler)
-        for stale in run_dir.glob("epoch-*.pt"):
-            if int(stale.stem.split("-")[1]) <= epoch - snapshots:
-                stale.unlink()
-        atomic_write_text(run_dir / "log.jsonl", "".join(strict_json(r) + "\n" for r in state["history"]))
+        if main:
+            _write_epoch(run_dir, model, optimizer, scheduler, state, improved, snapshots)
+        distributed.barrier()  # the checkpoint is written before any rank goes on (or is killed meanwhile)
         if progress:
             tqdm.write(f"{run_dir.name} epoch {epoch}: loss {record['train_loss']:.4f} "
                        f"held-out {score:.4f} ({record['seconds']:.0f}s)")
@@ -148,6 +162,46 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
     return TrainResult(state["best_score"], state["best_epoch"], state["epoch"], state["history"])
 
 
+def _backward(step, batch, units, cfg: Training, shared: bool, device: str) -> tuple[float, int]:
+    """Forward and backward passes of this rank's pieces of `batch` (distributed.my_pieces; the batch itself when
+    it is not shared), their gradients summed (DDP reduces them across the ranks at the last piece). Returns the
+    batch's mean loss and its token count, over every rank's pieces."""
+    pieces = distributed.my_pieces(batch, units, cfg.accumulate) if shared else [(batch, 1.0)]
+    loss_sum, tokens = 0.0, 0
+    for i, (piece, weight) in enumerate(pieces):
+        with step.no_sync() if i < len(pieces) - 1 else nullcontext():
+            with _autocast(cfg.precision, device):
+                loss, n_tokens = step(piece)
+            (loss if weight == 1.0 else loss * weight).backward()
+        if weight:
+            loss_sum += weight / distributed.world_size() * loss.item()
+            tokens += n_tokens
+    if not shared:
+        return loss_sum, tokens
+    loss_sum, tokens = distributed.all_sum([loss_sum, tokens])
+    return loss_sum, int(tokens)
+
+
+def _autocast(precision: str, device: str):
+    """bf16 autocast of a training forward pass (`train.precision`) on `device` ("cpu", "cuda"); fp32: none."""
+    return torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+def _write_epoch(run_dir: Path, model, optimizer, scheduler, state: dict, improved: bool, snapshots: int) -> None:
+    """An epoch's files, each atomically: best weights (if improved), the snapshot, the checkpoint that marks the
+    epoch done, then the log rewritten from its history."""
+    epoch = state["epoch"]
+    if improved:
+        atomic_torch_save(model.state_dict(), run_dir / "best.pt")
+    if snapshots:
+        atomic_torch_save(model.state_dict(), run_dir / f"epoch-{epoch}.pt")
+    _save(run_dir / "checkpoint.pt", model, optimizer, state, scheduler)
+    for stale in run_dir.glob("epoch-*.pt"):
+        if int(stale.stem.split("-")[1]) <= epoch - snapshots:
+            stale.unlink()
+    atomic_write_text(run_dir / "log.jsonl", "".join(strict_json(r) + "\n" for r in state["history"]))
+
+
 def _save(path: Path, model, optimizer, state: dict, scheduler=None) -> None:
     atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                        "rng": torch.get_rng_state(),
@@ -155,9 +209,12 @@ def _save(path: Path, model, optimizer, state: dict, scheduler=None) -> None:
 
 
 def _diverged(run_dir: Path, what: str):
-    """Remove the training files of `run_dir` (checkpoint, best and snapshot weights, log) and raise Diverged."""
-    for path in [run_dir / "checkpoint.pt", run_dir / "best.pt", run_dir / "log.jsonl", *run_dir.glob("epoch-*.pt")]:
-        path.unlink(missing_ok=True)
+    """Remove the training files of `run_dir` (checkpoint, best and snapshot weights, log: rank 0) and raise
+    Diverged (every rank: the loss they all see is the batch's)."""
+    if distributed.is_main():
+        for path in [run_dir / "checkpoint.pt", run_dir / "best.pt", run_dir / "log.jsonl",
+                     *run_dir.glob("epoch-*.pt")]:
+            path.unlink(missing_ok=True)
     raise Diverged(f"{run_dir}: training diverged, {what}; lower train.lr and train again (its files were removed; "
                    "a folder in which nothing else was trained takes the corrected config)")
 

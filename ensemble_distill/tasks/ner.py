@@ -22,6 +22,7 @@ from ..calibration.task_metrics import span_counts, span_scores
 from ..config import N_TENTHS, TaggingConfig, Training, load_config
 from ..data.conll import TaggedCorpus, label_vocab, read_conll, tag_corpus
 from ..data.subwords import Window, bucketed_batches, encode_sentences, load_tokenizer, merge_windows
+from ..distributed import on_main
 from ..encoders import (
     EncoderTop,
     FrozenStates,
@@ -220,9 +221,15 @@ def train_tagger(model: Tagger, data: TaggingData, train_windows, held_out: tupl
     def score(m):
         return held_out_f1([m], held_split, held_windows, data.pad_id, data.labels)
 
+    per_sentence = model.head == "crf"  # a CRF's Tagger.loss; students (distillation's per-word loss) are IID
+
+    def units(batch):  # what the loss is a mean over
+        return len(batch["windows"]) if per_sentence else int(batch["word_mask"].sum())
+
     optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, len(bucketed_batches(lengths, cfg.batch_size)))
-    return train(model, batches, loss_fn, score, cfg, run_dir, progress, after_epoch, optimizer, scheduler)
+    return train(model, batches, loss_fn, score, cfg, run_dir, progress, after_epoch, optimizer, scheduler,
+                 units=units)
 
 
 def to_predictions(distributions: list[np.ndarray], split: TaggingSplit, labels: list[str], meta: dict,
@@ -426,9 +433,13 @@ class NerTask:
         loss_fn = functools.partial(tagger_loss, label_smoothing=cfg.train.label_smoothing)
         result = train_tagger(model, data, windows, (held_split, held_windows), train_cfg, folder, progress,
                               loss_fn=loss_fn)
-        save_model(folder, model, model_spec(cfg, data, plan.role, plan.seed))
-        return write_result(folder, task="ner", role=plan.role, seed=plan.seed, best_epoch=result.best_epoch,
-                            epochs=result.epochs_run, best_score=result.best_score, score="span_f1")
+
+        def record():
+            save_model(folder, model, model_spec(cfg, data, plan.role, plan.seed))
+            return write_result(folder, task="ner", role=plan.role, seed=plan.seed, best_epoch=result.best_epoch,
+                                epochs=result.epochs_run, best_score=result.best_score, score="span_f1")
+
+        return on_main(record)
 
 
 def _member_split(n_sentences: int, member: int, split_seed: int, member_data: str):

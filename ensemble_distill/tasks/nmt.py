@@ -29,6 +29,7 @@ from ..config import Training, TranslationConfig
 from ..data.parallel import FilterCounts, filter_by_length, read_parallel
 from ..data.text import read_text_lines
 from ..data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
+from ..distributed import on_main
 from ..ensemble import MemberPlan
 from ..errors import UserError
 from ..io_utils import atomic_path, atomic_torch_save, atomic_write_text, strict_json
@@ -333,22 +334,27 @@ def train_model(model: TranslationModel, data: TranslationData, cfg: Translation
 
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.98), eps=1e-9)
     scheduler = inverse_sqrt_schedule(optimizer, t.warmup_steps)
-    loop = Training(max_epochs=t.max_rounds, patience=t.patience, seed=seed)
+    loop = Training(max_epochs=t.max_rounds, patience=t.patience, seed=seed, precision=t.precision,
+                    accumulate=t.accumulate)
     started = time.time()
     result = train(model, batches, loss_fn, score, loop, run_dir, progress, after_round, optimizer, scheduler,
-                   snapshots=t.average_last + t.patience)
+                   snapshots=t.average_last + t.patience, units=lambda batch: batch[1].n_target_tokens)
     averaged = average_snapshots(run_dir, result.best_epoch, t.average_last)
     model.load_state_dict(averaged)
-    atomic_torch_save(averaged, run_dir / "model.pt")
-    save_model(run_dir, model, model_spec(cfg, len(data.vocab), role, seed, **(spec_extra or {})))
-    copy_vocab(data.vocab, run_dir)
-    tokens, seconds = sum(r["tokens"] for r in result.history), sum(r["seconds"] for r in result.history)
-    return write_result(run_dir, task="nmt", role=role, seed=seed, best_epoch=result.best_epoch,
-                        epochs=result.epochs_run, best_score=result.best_score, score="neg_dev_nll",
-                        averaged_rounds=t.average_last,
-                        averaged_dev_nll=validation_nll([model], dev, cfg.decode.batch_sentences),
-                        train_tokens=tokens, tokens_per_second=tokens / max(seconds, 1e-9),
-                        seconds_this_call=round(time.time() - started, 1))
+
+    def record():
+        atomic_torch_save(averaged, run_dir / "model.pt")
+        save_model(run_dir, model, model_spec(cfg, len(data.vocab), role, seed, **(spec_extra or {})))
+        copy_vocab(data.vocab, run_dir)
+        tokens, seconds = sum(r["tokens"] for r in result.history), sum(r["seconds"] for r in result.history)
+        return write_result(run_dir, task="nmt", role=role, seed=seed, best_epoch=result.best_epoch,
+                            epochs=result.epochs_run, best_score=result.best_score, score="neg_dev_nll",
+                            averaged_rounds=t.average_last,
+                            averaged_dev_nll=validation_nll([model], dev, cfg.decode.batch_sentences),
+                            train_tokens=tokens, tokens_per_second=tokens / max(seconds, 1e-9),
+                            seconds_this_call=round(time.time() - started, 1))
+
+    return on_main(record)  # under torchrun, rank 0 writes the model folder
 
 
 def run_facts(cfg: TranslationConfig, data: TranslationData) -> dict:
