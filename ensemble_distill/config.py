@@ -501,7 +501,7 @@ def folder_problem(path) -> str | None:
     only rank 0 tries (distributed.py: the other ranks write nothing); the others take any folder."""
     if not os.fspath(path):
         return "the path is empty"
-    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 probes; the other ranks write nothing
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 probes; the others write nothing (io_utils)
         return None
     path = Path(path)
     for attempt in range(20):  # other processes may create or remove the same missing folders meanwhile:

@@ -72,6 +72,15 @@ def broadcast(value):
     return box[0]
 
 
+def gather(value) -> list:
+    """Every rank's `value` (any picklable object), in rank order, on every rank."""
+    if world_size() == 1:
+        return [value]
+    out = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def on_main(fn: Callable, *args, **kwargs):
     """fn(*args, **kwargs) run by rank 0 alone; every rank returns its result once it is done. A UserError on rank
     0 is raised on every rank (the others name rank 0), so that no rank waits for one that has stopped."""
@@ -88,11 +97,6 @@ def on_main(fn: Callable, *args, **kwargs):
     if kind == "error":
         raise UserError(f"rank 0: {value}")
     return value
-
-
-def main_only(context):
-    """`context` (a lock, as io_utils.run_lock) entered by rank 0 alone; the other ranks enter nothing."""
-    return context if is_main() else nullcontext()
 
 
 @contextmanager
@@ -120,7 +124,10 @@ def batch_rows(batch) -> int:
 
 def rows_of(batch, start: int, stop: int):
     """Rows start..stop-1 of every tensor and array in `batch` (a tensor, array, dict, tuple, list or dataclass of
-    them); anything else is kept as it is."""
+    them); anything else is kept as it is. An object with a rows(start, stop) method cuts itself (a translation
+    batch also cuts its padding to the piece's longest sentence)."""
+    if hasattr(batch, "rows"):
+        return batch.rows(start, stop)
     if isinstance(batch, (torch.Tensor, np.ndarray)):
         return batch[start:stop]
     if isinstance(batch, dict):

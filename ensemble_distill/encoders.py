@@ -170,9 +170,9 @@ def compute_frozen_states(bottom: FrozenBottom, windows_input_ids: list[np.ndarr
         bar.update(int(lengths[idx].sum()))
     bar.close()
     frozen = FrozenStates(states, offsets)
-    if cache_file is not None:
-        from .io_utils import atomic_torch_save
+    from .io_utils import atomic_torch_save, writes_files
 
+    if cache_file is not None and writes_files():  # under torchrun, rank 0's copy
         atomic_torch_save({"states": states, "offsets": torch.as_tensor(offsets)}, cache_file)
     return frozen
 

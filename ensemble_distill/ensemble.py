@@ -109,8 +109,8 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
     validate(cfg)
     if only is not None:
         _check_addressed(cfg, *only)
-    with ExitStack() as run_held:  # under torchrun rank 0 holds the locks and records; all ranks train (distributed)
-        run_held.enter_context(distributed.main_only(run_lock(run_dir, wait=only is not None)))
+    with ExitStack() as run_held:  # under torchrun rank 0 holds the locks and records; all ranks train
+        run_held.enter_context(run_lock(run_dir, wait=only is not None))
         distributed.on_main(require_same_config, run_dir, cfg)
         with distributed.main_first():  # rank 0 trains a translation run's vocabulary on first use, the others read it
             if data is None:
@@ -127,7 +127,7 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
             folder = model_dir(run_dir, plan.role, plan.index)
             if distributed.is_main():
                 folder.mkdir(parents=True, exist_ok=True)  # not run_lock's: a failed training leaves it, emptied
-            with distributed.main_only(run_lock(folder)):
+            with run_lock(folder):
                 if not distributed.on_main(finished, folder):
                     task.fit(task.new_model(cfg, data, plan.seed), cfg, data, plan, folder, progress)
     return data

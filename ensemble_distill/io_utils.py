@@ -164,6 +164,12 @@ def load_torch(path, remedy: str, weights_only: bool = True, map_location="cpu")
 _held: dict[Path, int] = {}  # folders this process holds, with how deeply their run_lock blocks nest
 
 
+def writes_files() -> bool:
+    """Whether this process writes files: any process but a rank other than 0 of a torchrun job (RANK in the
+    environment; distributed.py), whose files rank 0 writes."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextmanager
 def run_lock(folder, wait: bool = False):
     """Hold `folder` for writing: the folder is created if needed, and FOLDER/.lock, holding this process's
@@ -173,8 +179,12 @@ def run_lock(folder, wait: bool = False):
     The OS lock, not the file, decides: a lock file left by a killed process is simply taken over, because a
     dead process holds no lock. Re-entrant within a process (a sweep distils students that memoise teachers).
     Raises UserError naming the folder and the holder's process id when another process holds it, or when the
-    folder cannot be created or written. A folder this call created and left empty is removed on release."""
+    folder cannot be created or written. A folder this call created and left empty is removed on release.
+    Under torchrun only rank 0, which writes, holds the lock; the other ranks hold nothing (writes_files)."""
     folder = Path(folder)
+    if not writes_files():
+        yield folder
+        return
     key = folder.resolve()
     if key in _held:
         _held[key] += 1

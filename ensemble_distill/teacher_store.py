@@ -102,6 +102,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ensemble_distill import distributed
 from ensemble_distill.errors import UserError, located
 from ensemble_distill.io_utils import atomic_write_bytes, strict_json
 
@@ -353,35 +354,53 @@ def write_store(
 
     Resumable: shards of `shard_sentences` sentences are written one by one; a rerun after a crash skips the
     sentences of completed shards and writes the same bytes an uninterrupted run would. Rerunning a finished
-    store with the same settings only opens it."""
+    store with the same settings only opens it.
+
+    Sharded under torchrun (distributed.py): every rank calls write_store with the same arguments; in each round
+    of world-size shards rank r runs the teacher over the round's r-th shard and writes it, and rank 0 records
+    the round's shards in the partial manifest and, at the end, writes the manifest. A shard's bytes
+    depend only on its sentences, so the store is byte-identical to one process's, and resumes the same way."""
     path = Path(path)
     sparsity = (_sampling(samples, seed, sampling, top_k, epsilon, probs_dtype, len(vocab)) if samples is not None
                 else _truncation(top_k, epsilon, probs_dtype, seed, len(vocab)))
     settings = _settings(vocab, fingerprint, teachers, sparsity, shard_sentences, batch_sentences)
-    path.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        path.mkdir(parents=True, exist_ok=True)
     if (path / MANIFEST).exists():
         _require_same_settings(path / MANIFEST, _read_manifest(path / MANIFEST), settings)
         return TeacherStore.open(path, expect_fingerprint=fingerprint, expect_vocab=vocab, verify="lazy")
 
     shards = _completed_shards(path, settings)
-    for leftover in path.glob(".*.tmp"):  # a killed run's half-written files (atomic_path's temporary names)
-        leftover.unlink()
+    if distributed.is_main():
+        for leftover in path.glob(".*.tmp"):  # a killed run's half-written files (atomic_path's temporary names)
+            leftover.unlink()
+    distributed.barrier()
     done = sum(shard["num_sentences"] for shard in shards)
     remaining = itertools.islice(iter(sentences), done, None)
     total = len(sentences) if isinstance(sentences, Sequence) else None
+    world, rank = distributed.world_size(), distributed.rank()
     with tqdm(total=total, initial=done, unit="sent", desc=f"teacher store {path.name}",
-              disable=not progress) as bar:
-        while chunk := list(itertools.islice(remaining, shard_sentences)):
-            arrays = _compute_shard(chunk, done, teacher, settings, bar)
-            shards.append(_save_shard(path, len(shards), done, arrays))
-            done += len(chunk)
-            atomic_write_bytes(path / PARTIAL_MANIFEST, _manifest_bytes({**settings, "shards": shards}))
+              disable=not progress or rank > 0) as bar:
+        # Each round gives the next shard to every rank (one shard: the only process), rank order = shard order.
+        while chunks := [c for c in (list(itertools.islice(remaining, shard_sentences)) for _ in range(world)) if c]:
+            firsts = done + np.cumsum([0] + [len(c) for c in chunks[:-1]])
+            mine = None
+            if rank < len(chunks):
+                arrays = _compute_shard(chunks[rank], int(firsts[rank]), teacher, settings, bar)
+                mine = _save_shard(path, len(shards) + rank, int(firsts[rank]), arrays)
+            shards += [info for info in distributed.gather(mine) if info is not None]
+            bar.update(sum(len(c) for c in chunks) - len(chunks[0]))  # the other ranks' sentences (rank 0's counted)
+            done += sum(len(c) for c in chunks)
+            if distributed.is_main():
+                atomic_write_bytes(path / PARTIAL_MANIFEST, _manifest_bytes({**settings, "shards": shards}))
 
     manifest = {**settings, "shards": shards, "num_sentences": done,
                 "num_positions": sum(s["num_positions"] for s in shards),
                 "num_entries": sum(s["num_entries"] for s in shards)}
-    atomic_write_bytes(path / MANIFEST, _manifest_bytes(manifest))
-    (path / PARTIAL_MANIFEST).unlink(missing_ok=True)
+    if distributed.is_main():
+        atomic_write_bytes(path / MANIFEST, _manifest_bytes(manifest))
+        (path / PARTIAL_MANIFEST).unlink(missing_ok=True)
+    distributed.barrier()
     return TeacherStore.open(path, expect_fingerprint=fingerprint, expect_vocab=vocab, verify="lazy")
 
 

@@ -32,6 +32,7 @@ import torch
 from .config import TranslationDistillation, setting_problem
 from .data.vocab import PAD_ID
 from .distill.losses import distillation_loss
+from .distributed import on_main
 from .errors import UserError
 from .io_utils import atomic_write_json, checkpoint_name, read_json, run_lock
 from .models.translation import collate
@@ -115,12 +116,12 @@ def distill_translation(run_dir, members: int | None = None, top_k: int | None =
     run = run or open_run(run_dir, splits=("train", "dev"), progress=progress)
     store = memoize_translation_teacher(run.run_dir, members, top_k, epsilon, progress, run, samples)
     student_dir = run.run_dir / "students" / f"student-{store.path.name.removeprefix('ensemble-')}"
-    with run_lock(student_dir):
-        if finished(student_dir):
+    with run_lock(student_dir):  # under torchrun: rank 0's; all ranks train the student (train_model)
+        if on_main(finished, student_dir):
             return student_dir
         seed = member_seed(run.cfg, STUDENT_SEED_INDEX)
         model = new_model(run.cfg, len(run.data.vocab), seed)
-        record_teacher(student_dir, store)
+        on_main(record_teacher, student_dir, store)
         teacher = {"store": str(store.path), "teachers": store.manifest["teachers"],
                    "truncation": store.manifest["truncation"]}
         train_model(model, run.data, run.cfg, student_dir, student_loss(store, run.cfg.distill), seed, progress,

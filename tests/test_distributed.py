@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from distributed_worker import toy_store
 from test_runs import tiny_tagging_config, tiny_translation_config
 from test_translation_pipeline import write_copy_task
 
@@ -62,6 +63,7 @@ def two_ranks(tiny_encoder, tmp_path_factory):
     watched = tmp_path_factory.mktemp("dp") / "watched"
     nmt = tiny_translation_config(write_copy_task(watched / "copy"))
     nmt.model.dropout, nmt.train.batch_tokens, nmt.train.updates_per_round = 0.0, 200, 4
+    nmt.ensemble.members, nmt.ensemble.subset_sizes, nmt.distill.teacher_members = 1, [1], 1  # a run to distil
     ner = tiny_tagging_config(watched, no_dropout(tiny_encoder, watched / "encoder"))
     ner.model.head, ner.model.dropout, ner.train.batch_size, ner.train.max_epochs = "crf", 0.0, 5, 2
     configs = {}
@@ -73,10 +75,16 @@ def two_ranks(tiny_encoder, tmp_path_factory):
         return [["train", "--config", str(configs[name]), "--out", str(watched / out / name), "--member", "0"]
                 for name in names]
 
-    written = torchrun(watched, commands("two-ranks") + commands("killed", ["nmt"]), kill_after="killed:1")
+    def distill(out):  # memoizes the teacher store (sharded) and trains the student
+        return [["distill", "--run", str(watched / out / "nmt")]]
+
+    stores = [["toy-store", str(watched / "two-ranks" / "stores")]]
+    written = torchrun(watched, stores + commands("two-ranks") + distill("two-ranks") + commands("killed", ["nmt"]),
+                       kill_after="killed:1")
     torchrun(watched, commands("killed", ["nmt"]))  # resumed
-    for argv in commands("one-process"):
+    for argv in commands("one-process") + distill("one-process"):
         assert main(argv) == 0
+    toy_store(watched / "one-process" / "stores")
     return watched, written
 
 
@@ -92,6 +100,17 @@ def test_two_ranks_follow_the_loss_curve_of_one_process(two_ranks, task):
     assert one[0]["train_loss"] != pytest.approx(one[1]["train_loss"], rel=1e-3)  # it learnt: the curve moves
 
 
+def test_two_ranks_distil_a_translation_student_like_one_process(two_ranks):
+    watched, _ = two_ranks
+    one, two = (watched / run / "nmt" for run in ("one-process", "two-ranks"))
+    # The teachers are the members each run trained (equal within float rounding, not bytes): so are the students.
+    assert (two / "teachers" / "ensemble-1-top4" / "manifest.json").is_file()
+    student = "students/student-1-top4"
+    for a, b in zip(losses(one / student), losses(two / student), strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    assert (two / student / "result.json").is_file()
+
+
 def test_two_ranks_killed_after_an_epoch_resume_to_the_same_weights(two_ranks):
     watched, _ = two_ranks
     killed, whole = (watched / run / "nmt" / "members" / "member-0" for run in ("killed", "two-ranks"))
@@ -100,9 +119,24 @@ def test_two_ranks_killed_after_an_epoch_resume_to_the_same_weights(two_ranks):
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
 
 
+def test_two_ranks_write_a_teacher_store_byte_identical_to_one_process(two_ranks):
+    watched, (rank0, rank1) = two_ranks
+    one, two = watched / "one-process" / "stores", watched / "two-ranks" / "stores"
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file()) == files
+    assert {str(p) for p in files if p.name == "manifest.json"} == {f"{s}/manifest.json" for s in ("top8", "log8",
+                                                                                                  "sampled6")}
+    for name in files:
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    shards = [f"two-ranks/stores/top8/shard-{i:05d}-ids.npy" for i in range(5)]
+    assert [s in rank0 for s in shards] == [True, False, True, False, True]  # rounds of two shards, one a rank
+    assert [s in rank1 for s in shards] == [False, True, False, True, False]
+    assert "two-ranks/stores/top8/manifest.json" in rank0
+
+
 def test_only_rank_0_writes_files(two_ranks):
     watched, (rank0, rank1) = two_ranks
-    assert rank1 == []
+    assert [path for path in rank1 if "/stores/" not in path] == []
     for task in ("nmt", "ner"):
         run = watched / "two-ranks" / task
         finished = {str(p.relative_to(watched)) for p in run.rglob("*") if p.is_file()}

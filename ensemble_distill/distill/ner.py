@@ -26,6 +26,7 @@ import torch
 from .. import __version__
 from ..calibration.temperature import apply_temperature, at_bound, fit_temperature
 from ..config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml, validate
+from ..distributed import on_main
 from ..ensemble import distillation_sentences, ensemble_member_ids
 from ..errors import UserError
 from ..experiments import TABLE_METRICS, evaluate_distributions, format_rows
@@ -144,26 +145,29 @@ def _distill(store_dir, config, out_dir: Path, n_boot: int, progress: bool, data
     split = data.splits["train"]
     store = TeacherStore.open(store_dir, expect_fingerprint=dataset_fingerprint(split), expect_vocab=data.labels)
     require_ensemble_teacher(store, cfg)
-    _record_student(out_dir, cfg, student_cfg, store, data.labels)
+    on_main(_record_student, out_dir, cfg, student_cfg, store, data.labels)
     n = len(split.corpus.sentences)
     held_out = distillation_sentences(n, student_cfg.ensemble.split_seed)
     model = new_tagger(data, student_cfg, cfg.train.seed)
     result = train_student(model, data, store, split.windows_of(np.setdiff1d(np.arange(n), held_out)),
                            split.windows_of(held_out), cfg, out_dir, progress)
-    save_model(out_dir, model, model_spec(student_cfg, data, "student", cfg.train.seed,
-                                          teacher={"store": str(store.path), "name": teacher_name(store)}))
-    write_result(out_dir, task="ner", role="student", seed=cfg.train.seed, best_epoch=result.best_epoch,
-                 epochs=result.epochs_run, best_score=result.best_score, score="span_f1")
 
-    test = data.splits["test"]
-    distributions = predict_distributions([model], test, pad_id=data.pad_id, progress=progress)
-    system = f"student ({teacher_name(store)})"
-    metrics = evaluate_distributions(distributions, test, data.labels, out_dir / "eval" / "test" / "student", n_boot,
-                                     {"run": str(out_dir), "head": "iid", "student": system})
-    row = {"system": system, **{m: metrics[m] for m in TABLE_METRICS}}
-    atomic_write_json(out_dir / "eval" / "test" / "results.json", [row])
-    atomic_write_text(out_dir / "eval" / "test" / "results.md", format_rows([row], title=f"{out_dir.name}, test"))
-    return row
+    def record() -> dict:  # under torchrun, rank 0 writes the student and evaluates it
+        save_model(out_dir, model, model_spec(student_cfg, data, "student", cfg.train.seed,
+                                              teacher={"store": str(store.path), "name": teacher_name(store)}))
+        write_result(out_dir, task="ner", role="student", seed=cfg.train.seed, best_epoch=result.best_epoch,
+                     epochs=result.epochs_run, best_score=result.best_score, score="span_f1")
+        test = data.splits["test"]
+        distributions = predict_distributions([model], test, pad_id=data.pad_id, progress=progress)
+        system = f"student ({teacher_name(store)})"
+        metrics = evaluate_distributions(distributions, test, data.labels, out_dir / "eval" / "test" / "student",
+                                         n_boot, {"run": str(out_dir), "head": "iid", "student": system})
+        row = {"system": system, **{m: metrics[m] for m in TABLE_METRICS}}
+        atomic_write_json(out_dir / "eval" / "test" / "results.json", [row])
+        atomic_write_text(out_dir / "eval" / "test" / "results.md", format_rows([row], title=f"{out_dir.name}, test"))
+        return row
+
+    return on_main(record)
 
 
 def require_ensemble_teacher(store: TeacherStore, cfg: DistillConfig) -> None:

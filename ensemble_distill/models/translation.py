@@ -273,6 +273,13 @@ class TranslationBatch:
     def n_target_tokens(self) -> int:
         return int((self.tgt_out != PAD_ID).sum())
 
+    def rows(self, start: int, stop: int) -> "TranslationBatch":
+        """Sentences start..stop-1 padded to their own longest, as collate would pad them alone: a piece of the
+        batch (distributed.my_pieces), whose teacher entries the store pads the same way."""
+        src, tgt_in, tgt_out = self.src[start:stop], self.tgt_in[start:stop], self.tgt_out[start:stop]
+        width = [int((x != PAD_ID).sum(1).max()) if len(x) else 0 for x in (src, tgt_out)]
+        return TranslationBatch(src[:, :width[0]], tgt_in[:, :width[1]], tgt_out[:, :width[1]])
+
 
 def collate(pairs) -> TranslationBatch:
     """A padded batch from (source ids, target ids) pairs of subword ids without specials."""
