@@ -146,10 +146,15 @@ class Training:
     precision: str = setting("fp32", choices=PRECISIONS)
     # each process's share of a batch run as this many pieces one after another: the same update, less memory
     accumulate: int = setting(1, at_least=1)
+    # Adafactor's step lr x max(1e-3, RMS(parameter)), the reference's Adafactor (training.make_optimizer)
+    scale_parameter: bool = False
+    clip_norm: float = setting(0.0, at_least=0)  # > 0: the gradients' total norm clipped to this before each step
 
     def check(self) -> None:
         if self.warmup_ratio and self.schedule != "linear":
             raise Invalid("warmup_ratio", f"needs schedule = \"linear\" (schedule is {self.schedule!r})")
+        if self.scale_parameter and self.optimizer != "adafactor":
+            raise Invalid("scale_parameter", f"is an Adafactor setting (optimizer is {self.optimizer!r})")
 
 
 @dataclass

@@ -38,14 +38,25 @@ from .io_utils import atomic_torch_save, atomic_write_text, load_torch, strict_j
 
 
 def make_optimizer(params, cfg: Training) -> torch.optim.Optimizer:
+    """The optimiser `cfg` names over the parameters that require gradients, their gradient norm clipped to
+    `cfg.clip_norm` before every step (0: not clipped). Adafactor is transformers' with an explicit learning rate
+    (relative_step=False): `cfg.scale_parameter` multiplies it by each parameter's RMS, max(1e-3, RMS(p)), as the
+    paper's reference Adafactor (fairseq's) does, so that its "lr 1e-4" means what the paper meant; without it the
+    step is the absolute lr."""
     params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
-        # An absolute learning rate, as the paper's "Adafactor, lr 1e-4" means (no relative step sizes).
-        return Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay, scale_parameter=False,
-                         relative_step=False, warmup_init=False)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay, scale_parameter=cfg.scale_parameter,
+                              relative_step=False, warmup_init=False)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.clip_norm:
+        def clip(*_):  # a hook before every step: whatever loop runs the optimiser clips, after any gradient averaging
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+
+        optimizer.register_step_pre_hook(clip)
+    return optimizer
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Training,

@@ -339,3 +339,32 @@ def test_the_usual_single_model_tunes_every_layer_in_a_run_of_individuals(tiny_e
     assert "individuals (1, mean ± s.e.)" in table and "ensemble" not in table
     with pytest.raises(UserError, match="no members"):
         memoize(tmp_path / "baseline", progress=False)
+
+
+@pytest.mark.parametrize("scale_parameter", [False, True])
+def test_adafactor_first_step_by_hand(scale_parameter):
+    """Adafactor's first step of a vector parameter is lr x sign(g) (its second moment is g^2, the update
+    g / |g| has RMS 1, under the clipping threshold); with scale_parameter, lr x max(1e-3, RMS(p)) x sign(g)."""
+    from ensemble_distill.config import Training
+    from ensemble_distill.training import make_optimizer
+
+    p = torch.nn.Parameter(torch.tensor([3.0, -4.0]))
+    cfg = Training(optimizer="adafactor", lr=0.01, scale_parameter=scale_parameter)
+    optimizer = make_optimizer([p], cfg)
+    (p * torch.tensor([1.0, -2.0])).sum().backward()
+    optimizer.step()
+    step = 0.01 * (np.sqrt((9 + 16) / 2) if scale_parameter else 1.0)
+    np.testing.assert_allclose(p.detach().numpy(), [3.0 - step, -4.0 + step], rtol=1e-6)
+
+
+def test_clip_norm_clips_the_gradient_before_each_step():
+    """A gradient (30, 40) of norm 50 is (0.6, 0.8) when the optimiser steps with clip_norm 1; untouched with 0."""
+    from ensemble_distill.config import Training
+    from ensemble_distill.training import make_optimizer
+
+    for clip_norm, expected in ((1.0, [0.6, 0.8]), (0.0, [30.0, 40.0])):
+        w = torch.nn.Parameter(torch.zeros(2))
+        optimizer = make_optimizer([w], Training(optimizer="adamw", clip_norm=clip_norm))
+        (w * torch.tensor([30.0, 40.0])).sum().backward()
+        optimizer.step()
+        np.testing.assert_allclose(w.grad.numpy(), expected, rtol=1e-6)
