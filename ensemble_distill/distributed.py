@@ -1,7 +1,7 @@
 """Data parallelism with PyTorch's own stack: `torchrun` starts the processes, `torch.distributed` connects them
 (gloo for CPU tensors, nccl for CUDA ones), DDP averages the gradients.
 
-    torchrun --nproc-per-node 2 -m ensemble_distill.cli train --config C --out RUN --member 0
+    torchrun --nproc-per-node 2 -m ensemble_distill.cli -- train --config C --out RUN --member 0
 
 Every rank builds the global batch one process would (batches come from (seed, epoch)), cuts it into
 world size x accumulation steps consecutive pieces and takes its own (`my_pieces`). Each piece's loss is a mean
