@@ -1,17 +1,27 @@
-"""Tagger speed: what the shared frozen-layer cache saves, and what an ensemble costs at prediction time.
+"""Tagger speed: what the shared frozen-layer cache saves in training an ensemble, what training its members side by
+side could add, and what an ensemble costs at prediction time.
 
-    python bench/bench_tagging.py [--data ../shared/data] [--sentences 400] [--members 3 9]
+    python bench/bench_tagging.py [--data ../shared/data] [--sentences 300] [--members 3 9] [--repeats 3]
+        [--side-by-side 3] [--threads 1]
 
-1. Training words/s of one member with the frozen bottom cached vs recomputed every step (the baseline: running the
-   whole encoder, its lower layers without gradients). Also the cache's one-off cost, amortised over the epochs
-   and members that share it.
-2. Prediction words/s on unseen text: a single model vs ensembles of K that run the frozen bottom once per batch
-   and share it (each member runs only its top layers and head) vs K full encoder passes (the naive ensemble).
+1. Training: CPU seconds of one member's epoch with the frozen bottom cached vs recomputed every step (the
+   baseline, a member trained on its own: the whole encoder runs, its lower layers without gradients), and the
+   cache's one-off cost, amortised over the epochs and members that share it. CPU time of this process, on
+   --threads threads (default 1): what each epoch costs, and steadier than wall time on a shared machine, where
+   other jobs stretch runs unequally. The repeats are taken in turns; medians and ranges are printed.
+2. Members side by side: K members' tops forward and backward on K batches, against one forward and backward of
+   a batch K times as large, the K batches stacked. That is the most stacking the K members' tops could save
+   (torch.func.stack_module_state + vmap turns each matrix product into a batched one of the same total size; the
+   members' own batches differ in length, so stacking them pads, which this case leaves out) and the bound it
+   puts on the ensemble's speed-up over K members trained on their own.
+3. Prediction words per CPU second on unseen text: a single model vs ensembles of K that run the frozen bottom once
+   per batch and share it (each member runs only its top layers and head) vs K full encoder passes.
 Ratios are against baselines run in this process.
 """
 
 import argparse
 import copy
+import statistics
 import time
 
 import torch
@@ -24,15 +34,32 @@ from ensemble_distill.training import make_optimizer
 
 from common import conll_sample
 
+EPOCHS_OF_RUNS = ((3, 3), (9, 10))  # (members, epochs) of the ensembles whose training time is estimated
+
+
+def cpu_seconds(fn):
+    started = time.process_time()
+    fn()
+    return time.process_time() - started
+
+
+def spread(values):
+    """'median (min-max)' of a list of numbers."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data")
-    parser.add_argument("--sentences", type=int, default=400)
+    parser.add_argument("--sentences", type=int, default=300)
     parser.add_argument("--members", type=int, nargs="+", default=[3, 9])
     parser.add_argument("--head", default="iid", choices=["iid", "crf"])
     parser.add_argument("--finetune-layers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each training case, taken in turns")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: CPU time per epoch)")
+    parser.add_argument("--side-by-side", type=int, default=3, help="K of the members-side-by-side case")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     sample = conll_sample(args.data, args.sentences, args.finetune_layers)
@@ -43,9 +70,11 @@ def main():
           f"encoder {path.name}, top {args.finetune_layers} of {len(bottom.layers) + len(top.layers)} layers tuned; "
           f"{torch.get_num_threads()} threads")
 
-    started = time.perf_counter()
-    frozen = compute_frozen_states(bottom, [w.input_ids for w in windows], progress=False)
-    cache_seconds = time.perf_counter() - started
+    frozen = None
+
+    def compute_cache():
+        nonlocal frozen
+        frozen = compute_frozen_states(bottom, [w.input_ids for w in windows], progress=False)
 
     def tensors(ids, cached):
         batch = collate([windows[i] for i in ids], tokenizer.pad_token_id)
@@ -56,37 +85,77 @@ def main():
             states = bottom(batch["input_ids"], mask)
         return states, mask, batch
 
-    def train_epoch(cached):
+    def new_member():
         model = Tagger(copy.deepcopy(top), len(labels), args.head).train()
-        optimizer = make_optimizer(model.parameters(), Training(lr=1e-4))
-        started = time.perf_counter()
-        for ids in batches:
-            states, mask, batch = tensors(ids, cached)
-            emissions = model.emissions(states, mask, batch["word_starts"], batch["word_mask"])
-            loss = model.loss(emissions, batch["word_labels"], batch["word_mask"])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return time.perf_counter() - started
+        return model, make_optimizer(model.parameters(), Training(lr=1e-4))
 
+    def forward_backward(model, states, mask, batch):
+        emissions = model.emissions(states, mask, batch["word_starts"], batch["word_mask"])
+        model.loss(emissions, batch["word_labels"], batch["word_mask"]).backward()
+
+    def train_epoch(cached):
+        model, optimizer = new_member()
+        for ids in batches:
+            optimizer.zero_grad()
+            forward_backward(model, *tensors(ids, cached))
+            optimizer.step()
+
+    def stacked(k, tensors_of_batch):
+        """The k batches of k members stacked into one (here k copies of one batch: the case without padding)."""
+        states, mask, batch = tensors_of_batch
+        return states.repeat(k, 1, 1), mask.repeat(k, 1), {key: value.repeat(k, *[1] * (value.dim() - 1))
+                                                            for key, value in batch.items()}
+
+    def members_apart(k):
+        models = [new_member()[0] for _ in range(k)]
+        for ids in batches:
+            inputs = tensors(ids, True)
+            for model in models:
+                forward_backward(model, *inputs)
+
+    def members_stacked(k):
+        model = new_member()[0]
+        for ids in batches:
+            forward_backward(model, *stacked(k, tensors(ids, True)))
+
+    cache_cpu = cpu_seconds(compute_cache)
     train_epoch(True)  # warm-up
-    uncached, cached = train_epoch(False), train_epoch(True)
-    print("\n1. training one member (words/s)")
-    print(f"  recompute frozen layers every step   {n_words / uncached:9.0f}   1.00x")
-    print(f"  frozen states from the shared cache  {n_words / cached:9.0f}   {uncached / cached:.2f}x")
-    print(f"  one-off cache computation: {cache_seconds:.1f}s = {cache_seconds / uncached:.2f} uncached epochs")
-    for members, epochs in ((3, 3), (9, 10)):
-        total_uncached = members * epochs * uncached
-        total_cached = cache_seconds + members * epochs * cached
-        print(f"  {members} members x {epochs} epochs: {total_uncached:.0f}s -> {total_cached:.0f}s "
-              f"({total_uncached / total_cached:.2f}x faster)")
+    k_side = args.side_by_side
+    cases = {"uncached": lambda: train_epoch(False), "cached": lambda: train_epoch(True),
+             "apart": lambda: members_apart(k_side), "stacked": lambda: members_stacked(k_side)}
+    seconds = {name: [] for name in cases}
+    for _ in range(args.repeats):
+        for name, fn in cases.items():
+            seconds[name].append(cpu_seconds(fn))
+    uncached, cached = seconds["uncached"], seconds["cached"]
+    print(f"\n1. training one member, CPU seconds per epoch (median of {args.repeats}, range)")
+    print(f"  recompute frozen layers every step   {spread(uncached)}   1.00x")
+    print(f"  frozen states from the shared cache  {spread(cached)}   "
+          f"{spread([u / c for u, c in zip(uncached, cached)])}x")
+    print(f"  one-off cache computation: {cache_cpu:.2f}s = {cache_cpu / statistics.median(uncached):.2f} "
+          "uncached epochs")
+    for members, epochs in EPOCHS_OF_RUNS:
+        ratios = [members * epochs * u / (cache_cpu + members * epochs * c) for u, c in zip(uncached, cached)]
+        print(f"  {members} members x {epochs} epochs: cached {spread(ratios)}x faster than on their own")
+
+    gains = [a / s for a, s in zip(seconds["apart"], seconds["stacked"])]
+    # the forward and backward passes of one member's cached epoch: what stacking can shrink, by at most the gain
+    fb = statistics.median(seconds["apart"]) / k_side
+    print(f"\n2. members side by side (K = {k_side}): forward + backward of K members apart "
+          f"{spread(seconds['apart'])}s, as one stacked batch {spread(seconds['stacked'])}s: at most "
+          f"{spread(gains)}x faster")
+    for members, epochs in EPOCHS_OF_RUNS:
+        best = [members * epochs * u / (cache_cpu + members * epochs * (c - fb * (1 - 1 / g)))
+                for u, c, g in zip(uncached, cached, gains)]
+        print(f"  {members} members x {epochs} epochs, cached and stacked: at most {spread(best)}x faster than on "
+              "their own")
 
     models = [Tagger(copy.deepcopy(top), len(labels), args.head).eval() for _ in range(max(args.members))]
     full_encoders = [(bottom, m) for m in models]
 
     @torch.no_grad()
     def predict(k, shared):
-        started = time.perf_counter()
+        started = time.process_time()
         for ids in batches:
             batch = collate([windows[i] for i in ids], tokenizer.pad_token_id)
             mask = batch["attention_mask"]
@@ -98,11 +167,11 @@ def main():
                 outputs.append(m.distributions(m.emissions(member_states, mask, batch["word_starts"],
                                                            batch["word_mask"]), batch["word_mask"]))
             torch.stack(outputs).mean(0)
-        return time.perf_counter() - started
+        return time.process_time() - started
 
     predict(1, False)  # warm-up
     single = predict(1, False)
-    print("\n2. prediction (words/s; single model = full encoder, the baseline)")
+    print("\n3. prediction (words per CPU second; single model = full encoder, the baseline)")
     print(f"  single model                          {n_words / single:9.0f}   1.00x")
     for k in args.members:
         naive, shared = predict(k, False), predict(k, True)
