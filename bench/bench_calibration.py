@@ -11,7 +11,8 @@ Inputs (seeded, float32 like real prediction files), E = 10M x scale events for 
 Targets: the whole report within 3x one np.sort of the E confidences (float32, as the report receives them);
 each metric's peak extra memory (numpy allocations, tracemalloc) within 4x its input arrays.
 
-Timings are the best of --repeats runs, taken in turns, on one thread (BLAS limited to one, as np.sort has one).
+Timings are the best of --repeats runs, taken in turns (each round's report/sort ratio is printed too, median
+and range), on one thread (BLAS limited to one, as np.sort has one).
 Ratios are of CPU time (this process's): what each call costs, and steadier than wall time on a shared machine,
 where other processes stretch short and long calls unequally (under a load of 5 on 2 cores the wall-clock np.sort
 doubled and the report did not: a wall ratio of 2.8 where CPU time said 3.4); wall times are printed beside them.
@@ -118,14 +119,10 @@ def cpu_and_wall_seconds(fn):
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def best_times_round_robin(fns, repeats):
-    """Best CPU and best wall seconds of each function [len(fns), 2], the repeats taken in turns so that a burst of
-    load hits all cases alike."""
-    best = np.full((len(fns), 2), np.inf)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            best[i] = np.minimum(best[i], cpu_and_wall_seconds(fn))
-    return best
+def times_round_robin(fns, repeats):
+    """CPU and wall seconds of each run of each function [repeats, len(fns), 2], the repeats taken in turns so that
+    a burst of load hits all cases alike."""
+    return np.array([[cpu_and_wall_seconds(fn) for fn in fns] for _ in range(repeats)])
 
 
 def sort_dispatch():
@@ -170,7 +167,8 @@ def main():
 
     timed = cases(d, type_events)
     with threadpool_limits(1):
-        seconds = best_times_round_robin([fn for _, fn, _ in timed], args.repeats)
+        runs = times_round_robin([fn for _, fn, _ in timed], args.repeats)
+    seconds = runs.min(axis=0)  # best of the repeats [cases, 2]
     rows = [(name, cpu, wall, peak_extra_bytes(fn), sum(a.nbytes for a in inputs))
             for (name, fn, inputs), (cpu, wall) in zip(timed, seconds)]
     sort_cpu, sort_wall = seconds[0]
@@ -192,6 +190,9 @@ def main():
     verdict = "PASS" if report_cpu <= 3 * sort_cpu else "FAIL"
     print(f"full report / np.sort = {report_cpu / sort_cpu:.2f} in CPU time (target <= 3): {verdict}; "
           f"{report_wall / sort_wall:.2f} in wall time")
+    per_round = runs[:, -1, 0] / runs[:, 0, 0]  # each round's report against that round's sort
+    print(f"  round by round (CPU time): median {np.median(per_round):.2f}, range {per_round.min():.2f}-"
+          f"{per_round.max():.2f} over {args.repeats} rounds")
     print(f"worst peak extra memory / input = {worst_memory:.2f} (target <= 4): "
           f"{'PASS' if worst_memory <= 4 else 'FAIL'}")
     print("report:", {k: round(v, 6) for k, v in full_report(d).items()})
