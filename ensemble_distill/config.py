@@ -129,7 +129,15 @@ class TaggerModel:
 
 
 @dataclass
-class Training:
+class WeightAveraging:
+    """Stochastic weight averaging (`averaging = "swa"`, training.StochasticWeightAveraging), either task."""
+    swa_start: int = setting(1, at_least=1)  # the first epoch (translation: round) whose weights are averaged
+    swa_lr: float = setting(1e-4, above=0)  # the constant rate SWALR anneals to from epoch swa_start on
+    swa_anneal_updates: int = setting(0, at_least=0)  # updates over which it cosine-anneals there (0: at once)
+
+
+@dataclass
+class Training(WeightAveraging):
     optimizer: str = setting("adafactor", choices=("adafactor", "adamw"))  # Adafactor: the paper's
     lr: float = setting(1e-4, above=0)
     weight_decay: float = setting(0.0, at_least=0)
@@ -149,6 +157,8 @@ class Training:
     # Adafactor's step lr x max(1e-3, RMS(parameter)), the reference's Adafactor (training.make_optimizer)
     scale_parameter: bool = False
     clip_norm: float = setting(0.0, at_least=0)  # > 0: the gradients' total norm clipped to this before each step
+    # "swa": the model is the SWA average of its epochs from swa_start on (model.pt), not its best epoch (best.pt)
+    averaging: str = setting("none", choices=("none", "swa"))
 
     def check(self) -> None:
         if self.warmup_ratio and self.schedule != "linear":
@@ -255,7 +265,7 @@ class TranslationModelConfig:
 
 
 @dataclass
-class TranslationTraining:
+class TranslationTraining(WeightAveraging):
     lr: float = setting(1e-3, above=0)  # peak rate, reached after the warm-up
     warmup_steps: int = setting(400, at_least=1)  # inverse-square-root schedule
     batch_tokens: int = setting(1024, at_least=1)  # padded tokens per batch (sentences x longest side, EOS included)
@@ -264,6 +274,8 @@ class TranslationTraining:
     max_rounds: int = setting(6, at_least=1)
     patience: int = setting(2, at_least=1)  # rounds without a lower validation NLL before stopping
     average_last: int = setting(3, at_least=1)  # the model is the mean of the weights of this many rounds to the best
+    # "checkpoints": that mean (average_last); "swa": the SWA average of the rounds from swa_start on
+    averaging: str = setting("checkpoints", choices=("checkpoints", "swa"))
     seed: int = setting(1, at_least=0)  # member i uses seed + i
     device: str = setting("cpu", choices=("cpu", "cuda"))
     precision: str = setting("fp32", choices=PRECISIONS)  # as Training's

@@ -72,6 +72,70 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Training,
     return get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
 
 
+class StochasticWeightAveraging:
+    """SWA (Izmailov et al. 2018; the paper's weight averaging, §5) with torch.optim.swa_utils, run by `train` as
+    its scheduler (stepped after every update, checkpointed with the optimiser, so a resumed run averages exactly
+    the epochs an unbroken one does).
+
+    Until epoch `start` the rate follows `base` (None: constant); from its first update SWALR cosine-anneals it to
+    `swa_lr` over `anneal_updates` updates and holds it there, and the weights after each epoch from `start` on
+    are averaged (AveragedModel: their uniform running mean). An epoch is `updates_per_epoch` updates (NMT: a round).
+    No update_bn afterwards: the models normalise with LayerNorm, which keeps no running statistics to recompute
+    (update_bn only refreshes BatchNorm buffers). `apply(model)` puts the average in the model."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, updates_per_epoch: int, start: int,
+                 swa_lr: float, anneal_updates: int, base: torch.optim.lr_scheduler.LRScheduler | None = None):
+        self.optimizer, self.model, self.base = optimizer, model, base
+        self.updates_per_epoch, self.start, self.swa_lr, self.anneal_updates = updates_per_epoch, start, swa_lr, \
+            anneal_updates
+        self.averaged = torch.optim.swa_utils.AveragedModel(model)
+        self.swalr, self.updates = None, 0
+        if start == 1:
+            self._start_annealing()
+
+    def step(self) -> None:
+        self.updates += 1
+        scheduler = self.swalr or self.base
+        if scheduler is not None:
+            scheduler.step()
+        if self.swalr is not None and self.updates % self.updates_per_epoch == 0:
+            self.averaged.update_parameters(self.model)
+        if self.swalr is None and self.updates == (self.start - 1) * self.updates_per_epoch:
+            self._start_annealing()  # sets the rate of the next update, epoch `start`'s first
+
+    def _start_annealing(self) -> None:
+        from torch.optim.swa_utils import SWALR
+
+        self.swalr = SWALR(self.optimizer, swa_lr=self.swa_lr, anneal_epochs=self.anneal_updates,
+                           anneal_strategy="cos")
+
+    @property
+    def epochs_averaged(self) -> int:
+        return int(self.averaged.n_averaged)
+
+    def apply(self, model: torch.nn.Module) -> bool:
+        """Put the averaged weights in `model`; False (the model left as it is) when no epoch was averaged yet."""
+        if not self.epochs_averaged:
+            return False
+        model.load_state_dict(self.averaged.module.state_dict())
+        return True
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "averaged": self.averaged.state_dict(),
+                "base": self.base.state_dict() if self.base is not None else None,
+                "swalr": self.swalr.state_dict() if self.swalr is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = state["updates"]
+        self.averaged.load_state_dict(state["averaged"])
+        if self.base is not None:
+            self.base.load_state_dict(state["base"])
+        if state["swalr"] is not None:
+            if self.swalr is None:
+                self._start_annealing()
+            self.swalr.load_state_dict(state["swalr"])
+
+
 class Diverged(UserError):
     """The training loss or the weights stopped being finite (a learning rate far too high, as a rule)."""
 

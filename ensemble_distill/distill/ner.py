@@ -46,6 +46,7 @@ from ..tasks.ner import (
     load_member,
     load_tagging_data,
     member_seed,
+    member_weights,
     model_spec,
     new_tagger,
     predict_distributions,
@@ -97,7 +98,7 @@ def _memoize(run: EnsembleRun, store_dir, ids: list[int], temperature_scaled: bo
 
 def member_checkpoints(run_dir: Path, ids: list[int]) -> list[str]:
     """The store's names of the given members' weights."""
-    return [checkpoint_name(run_dir, model_dir(run_dir, "member", i) / "best.pt") for i in ids]
+    return [checkpoint_name(run_dir, member_weights(model_dir(run_dir, "member", i))) for i in ids]
 
 
 def ensemble_temperature(models, data: TaggingData) -> float:

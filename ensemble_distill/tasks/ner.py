@@ -35,12 +35,12 @@ from ..encoders import (
 )
 from ..ensemble import MemberPlan, member_sentences, train_members
 from ..errors import UserError
-from ..io_utils import cache_root, sha256_file
+from ..io_utils import atomic_torch_save, cache_root, sha256_file
 from ..models.tagger import Tagger
 from ..predictions import Predictions, predicted_labels
 from ..runs import finished, load_state, load_weights, model_dir, save_model, write_result
 from ..teacher_store import fingerprint_dataset
-from ..training import TrainResult, make_optimizer, make_scheduler, train
+from ..training import StochasticWeightAveraging, TrainResult, make_optimizer, make_scheduler, train
 from .ner_batches import tagger_emissions, tagging_predictions, window_batch
 
 
@@ -227,9 +227,16 @@ def train_tagger(model: Tagger, data: TaggingData, train_windows, held_out: tupl
         return len(batch["windows"]) if per_sentence else int(batch["word_mask"].sum())
 
     optimizer = make_optimizer(model.parameters(), cfg)
-    scheduler = make_scheduler(optimizer, cfg, len(bucketed_batches(lengths, cfg.batch_size)))
-    return train(model, batches, loss_fn, score, cfg, run_dir, progress, after_epoch, optimizer, scheduler,
-                 units=units)
+    updates_per_epoch = len(bucketed_batches(lengths, cfg.batch_size))
+    scheduler = make_scheduler(optimizer, cfg, updates_per_epoch)
+    if cfg.averaging == "swa":
+        scheduler = StochasticWeightAveraging(model, optimizer, updates_per_epoch, cfg.swa_start, cfg.swa_lr,
+                                              cfg.swa_anneal_updates, base=scheduler)
+    result = train(model, batches, loss_fn, score, cfg, run_dir, progress, after_epoch, optimizer, scheduler,
+                   units=units)
+    if cfg.averaging == "swa" and scheduler.apply(model):  # else stopped before swa_start: the best epoch's
+        on_main(atomic_torch_save, model.state_dict(), Path(run_dir) / SWA_WEIGHTS)
+    return result
 
 
 def to_predictions(distributions: list[np.ndarray], split: TaggingSplit, labels: list[str], meta: dict,
@@ -342,12 +349,22 @@ def train_ensemble(cfg: TaggingConfig, run_dir, progress: bool = True, data: Tag
 def load_member(run: EnsembleRun, folder: Path, seed: int = 0) -> Tagger:
     """A finished member's (or individual's) best weights on train.device. Raises UserError for an unfinished one
     (no result.json), and for a best.pt other than the one result.json records (replaced or damaged)."""
-    best = folder / "best.pt"
-    if not finished(folder) or not best.is_file():
+    weights = member_weights(folder)
+    if not finished(folder) or not weights.is_file():
         raise UserError(f"{folder}: not a finished model (no result.json); run `train` to train or finish it")
     model = new_tagger(run.data, run.cfg, seed)
-    model.load_state_dict(load_state(folder, "best.pt", run.cfg.train.device))  # checked against result.json
+    model.load_state_dict(load_state(folder, weights.name, run.cfg.train.device))  # checked against result.json
     return model.eval()
+
+
+SWA_WEIGHTS = "model.pt"  # a tagger trained with train.averaging = "swa": its averaged weights, beside best.pt
+
+
+def member_weights(folder) -> Path:
+    """The file of a member's (or individual's) weights: its SWA average (model.pt) when trained with
+    train.averaging = "swa" and averaged, else its best epoch's (best.pt)."""
+    folder = Path(folder)
+    return folder / SWA_WEIGHTS if (folder / SWA_WEIGHTS).is_file() else folder / "best.pt"
 
 
 def read_run_config(run_dir) -> TaggingConfig:
@@ -437,7 +454,8 @@ class NerTask:
         def record():
             save_model(folder, model, model_spec(cfg, data, plan.role, plan.seed))
             return write_result(folder, task="ner", role=plan.role, seed=plan.seed, best_epoch=result.best_epoch,
-                                epochs=result.epochs_run, best_score=result.best_score, score="span_f1")
+                                epochs=result.epochs_run, best_score=result.best_score, score="span_f1",
+                                averaging=cfg.train.averaging, weights=member_weights(folder).name)
 
         return on_main(record)
 

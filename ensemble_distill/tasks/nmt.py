@@ -46,7 +46,7 @@ from ..models.translation import (
 from ..predictions import Predictions, compact_distributions, save_predictions
 from ..runs import load_weights, save_model, write_result
 from ..teacher_store import fingerprint_dataset
-from ..training import average_snapshots, train
+from ..training import StochasticWeightAveraging, average_snapshots, train
 
 SPLITS = ("train", "dev", "test")
 TOP_K_STORED = 5  # predictions keep each position's top 5: enough for ECE-5
@@ -334,13 +334,21 @@ def train_model(model: TranslationModel, data: TranslationData, cfg: Translation
 
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.98), eps=1e-9)
     scheduler = inverse_sqrt_schedule(optimizer, t.warmup_steps)
+    swa = t.averaging == "swa"
+    if swa:
+        scheduler = StochasticWeightAveraging(model, optimizer, t.updates_per_round, t.swa_start, t.swa_lr,
+                                              t.swa_anneal_updates, base=scheduler)
     loop = Training(max_epochs=t.max_rounds, patience=t.patience, seed=seed, precision=t.precision,
                     accumulate=t.accumulate)
     started = time.time()
     result = train(model, batches, loss_fn, score, loop, run_dir, progress, after_round, optimizer, scheduler,
-                   snapshots=t.average_last + t.patience, units=lambda batch: batch[1].n_target_tokens)
-    averaged = average_snapshots(run_dir, result.best_epoch, t.average_last)
-    model.load_state_dict(averaged)
+                   snapshots=0 if swa else t.average_last + t.patience, units=lambda batch: batch[1].n_target_tokens)
+    if swa:
+        scheduler.apply(model)  # nothing averaged (stopped before swa_start): the best round's weights
+        averaged = model.state_dict()
+    else:
+        averaged = average_snapshots(run_dir, result.best_epoch, t.average_last)
+        model.load_state_dict(averaged)
 
     def record():
         atomic_torch_save(averaged, run_dir / "model.pt")
@@ -349,7 +357,8 @@ def train_model(model: TranslationModel, data: TranslationData, cfg: Translation
         tokens, seconds = sum(r["tokens"] for r in result.history), sum(r["seconds"] for r in result.history)
         return write_result(run_dir, task="nmt", role=role, seed=seed, best_epoch=result.best_epoch,
                             epochs=result.epochs_run, best_score=result.best_score, score="neg_dev_nll",
-                            averaged_rounds=t.average_last,
+                            averaging=t.averaging,
+                            averaged_rounds=scheduler.epochs_averaged if swa else t.average_last,
                             averaged_dev_nll=validation_nll([model], dev, cfg.decode.batch_sentences),
                             train_tokens=tokens, tokens_per_second=tokens / max(seconds, 1e-9),
                             seconds_this_call=round(time.time() - started, 1))
