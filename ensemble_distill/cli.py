@@ -6,6 +6,7 @@ One command set for both tasks, the task read from the config or the run folder 
     compare A.npz B.npz (paired bootstrap)
     distill --run RUN                 sweep --run RUN (translation)         predict --model DIR | --run RUN
     translate --model DIR | --run RUN (stdin -> stdout)      export --model DIR --format hf|ctranslate2    demo
+    reproduce --scale smoke|cpu|gpu --out reports/NAME (every experiment of the paper)
 
 Every command takes `--set section.key=value` (a TOML literal; repeatable) on top of its config, recorded in the
 resolved config.toml. The older verbs stay as aliases: train-ensemble (train, then evaluate), train-nmt,
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_translate(sub)
     add_export(sub)
     add_demo(sub)
+    add_reproduce(sub)
     add_aliases(sub)
     for command in sub.choices.values():  # also accepted after the command; SUPPRESS keeps a --debug given before
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -433,6 +435,27 @@ def run_demo(args) -> int:
     from .demo import demo
 
     print(demo(args.data, args.out, args.config, overrides=args.overrides))
+    return 0
+
+
+def add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="every experiment of the paper at a scale: trains what is missing, then "
+                                         "tables (Markdown, CSV), figures (PNG) and OUT/index.html")
+    p.add_argument("--scale", required=True, choices=("smoke", "cpu", "gpu"),
+                   help="smoke: tiny, minutes; cpu: this 2-core machine, about a day; gpu: the paper's sizes")
+    p.add_argument("--out", required=True, type=output_folder, help="report folder (its runs/ resume)")
+    p.add_argument("--only", help="comma-separated experiments (table1, figure2, domain-shift, ...; default all)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan: each experiment, its steps, whether "
+                                                          "each is done, the estimated time; run nothing")
+    p.add_argument("--data", default="../shared/data", help="the data root (default ../shared/data)")
+    p.set_defaults(func=run_reproduce)
+
+
+def run_reproduce(args) -> int:
+    from .reproduce import reproduce
+
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only is not None else None
+    print(reproduce(args.scale, args.out, only, args.dry_run, args.data, args.overrides))
     return 0
 
 

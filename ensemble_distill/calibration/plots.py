@@ -100,7 +100,25 @@ def reliability_diagram(confidence, correct, path, n_bins=10, title="Reliability
         bottom.annotate(f"{n}", (x, n), ha="center", va="bottom", fontsize=7)
     bottom.set(xlabel="confidence", ylabel="events", yscale="symlog")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
+
+
+def reliability_curves(panels: dict[str, dict[str, tuple]], path, n_bins=10) -> None:
+    """Side-by-side panels (paper Figure 2), each comparing systems' reliability: per system, accuracy against
+    mean confidence in equal-width bins (empty bins left out), with the diagonal. panels: {panel title: {system:
+    (confidence [N], correct [N])}}."""
+    fig = Figure(figsize=(4.5 * len(panels), 4.5))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (title, systems) in zip(axes, panels.items()):
+        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+        for name, (confidence, correct) in systems.items():
+            counts, accuracy, mean_conf = reliability_bins(confidence, correct, n_bins)
+            ax.plot(mean_conf[counts > 0], accuracy[counts > 0], "o-", markersize=4, label=name)
+        ax.set(xlabel="confidence", xlim=(0, 1), ylim=(0, 1), title=title)
+        ax.legend(loc="upper left", fontsize="small")
+    axes[0].set_ylabel("accuracy")
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def pr_curve_plot(curves: dict[str, PRCurve], path, title="Precision-recall of entity-type confidences") -> None:
@@ -112,9 +130,9 @@ def pr_curve_plot(curves: dict[str, PRCurve], path, title="Precision-recall of e
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.legend(loc="lower left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig: Figure, path) -> None:
+def save_figure(fig: Figure, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

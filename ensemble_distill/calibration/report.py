@@ -44,7 +44,7 @@ from .metrics import (
     stratified_brier,
     topk_events,
 )
-from .plots import EventRanking, pr_curve_plot, precision_recall_curve, reliability_diagram
+from .plots import EventRanking, PRCurve, pr_curve_plot, precision_recall_curve, reliability_diagram
 from .task_metrics import SPAN_MODES, bleu_from_stats, bleu_stats, label_span_counts, span_metrics
 
 ALPHA = 0.05
@@ -245,7 +245,10 @@ def write_plots(out_dir: Path, preds: Predictions, metrics) -> None:
     title = f"Top-1 reliability ({name})"
     reliability_diagram(confidence, correct, out_dir / "reliability_top1.png", title=title, ece=ece_1)
     if preds.task == "tagging":
-        type_conf, type_names = entity_type_confidences(preds.probs, preds.label_names)
-        gold_type = gold_entity_types(preds.gold, preds.label_names, type_names)
-        curve = precision_recall_curve(type_conf, gold_type)
-        pr_curve_plot({name: curve}, out_dir / "pr_curve.png")
+        pr_curve_plot({name: pr_curve(preds)}, out_dir / "pr_curve.png")
+
+
+def pr_curve(preds: Predictions) -> PRCurve:
+    """The precision-recall curve of a tagging file's entity-type events (plots.py, the paper's appendix B)."""
+    type_conf, type_names = entity_type_confidences(preds.probs, preds.label_names)
+    return precision_recall_curve(type_conf, gold_entity_types(preds.gold, preds.label_names, type_names))

@@ -1,0 +1,449 @@
+"""The tables and figures of `reproduce` (reproduce.py), from what its steps wrote, and one static HTML page.
+
+    page = write_report(plan, experiments, timings)     # OUT/tables/<name>.{md,csv}, OUT/figures/<name>.png,
+                                                         # OUT/index.html
+
+Numbers come from each system's metrics.json under RUN/eval/<split>/<system>/ (pipeline.evaluate_run): a group of
+models (individuals, or members when a run has none) is the mean ± s.e. of its models' values, every other row the
+value [95% sentence-bootstrap interval]. Significance marks come from the paired sentence bootstrap
+(calibration.compare): in each table a student is compared with the single model of its run (individual-0, the
+first seed trained on all the data, or member-0) and with its teacher ensemble, on the same sentences; a mark
+means p < 0.05. Comparisons are cached in OUT/compare/ by the predictions files' sizes and times.
+"""
+
+import csv
+import hashlib
+import html
+import io
+import json
+import math
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .calibration.compare import compare
+from .calibration.plots import save_figure
+from .calibration.report import DESCRIPTIONS, PAPER_SCALE
+from .config import to_toml
+from .io_utils import atomic_write_json, atomic_write_text, read_json
+from .reproduce import Experiment, Plan, Step, is_done, missing_features, ordered_steps, predict_dir, student_name
+from .tables import cell, mean_and_se
+
+NER_METRICS = ("f1_conlleval", "f1", "bs_plus", "bs_minus", "b_bs", "b_ece")
+NMT_METRICS = ("bleu", "ece_1", "ece_5", "conf_gap")
+HEADERS = {"f1_conlleval": "F1", "f1": "F1 strict", "bs_plus": "BS+", "bs_minus": "BS−", "b_bs": "B-BS",
+           "b_ece": "B-ECE", "bleu": "BLEU", "ece_1": "ECE-1", "ece_5": "ECE-5", "conf_gap": "conf − acc",
+           "ece_1_ts": "ECE-1 after TS (T)", "bytes_per_token": "bytes/token", "conll_f1": "CoNLL test F1",
+           "conll_b_ece": "CoNLL test B-ECE"}
+SCALE = {**PAPER_SCALE, "conll_f1": 100, "conll_b_ece": 100, "ece_1_ts": 100, "bytes_per_token": 1}  # in tables
+COMPARED = {"ner": ("f1_conlleval", "b_ece"), "nmt": ("bleu", "ece_1")}
+MARKS = {"single": "*", "teacher": "†"}
+MARKS_NOTE = ("* differs significantly from the run's single model (individual-0, or member-0), † from the "
+              "student's teacher ensemble: paired sentence bootstrap, p < 0.05.")
+LANGUAGE = {"en": "English", "de": "German"}
+
+
+@dataclass
+class Row:
+    group: str
+    system: str
+    stats: dict  # metric -> {value, se} or {value, ci_low, ci_high}
+    path: Path | None = None  # its predictions file, for comparisons
+    marks: dict = field(default_factory=dict)  # metric -> marks
+    notes: dict = field(default_factory=dict)  # metric -> text after the value (a temperature)
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    metrics: tuple[str, ...]
+    rows: list[Row]
+    caption: str = ""
+    comparisons: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a run's evaluation
+
+
+def metrics_of(folder: Path) -> dict:
+    """{metric: stat} of a system folder's metrics.json."""
+    return read_json(folder / "metrics.json", "rerun reproduce to evaluate again")["metrics"]
+
+
+def group_row(group: str, label: str, folders: list[Path], metrics) -> Row:
+    """Mean ± s.e. over several models' metrics."""
+    return Row(group, f"{label} ({len(folders)}, mean ± s.e.)", mean_and_se([metrics_of(f) for f in folders], metrics))
+
+
+def system_row(group: str, label: str, folder: Path, metrics) -> Row:
+    stats = metrics_of(folder)
+    return Row(group, label, {m: stats[m] for m in metrics}, folder / "predictions.npz")
+
+
+def _runs(experiment: Experiment) -> list:
+    return list(dict.fromkeys(s.run for s in experiment.steps))
+
+
+def _students(experiment: Experiment, run, **match) -> list[Step]:
+    return [s for s in dict.fromkeys(experiment.steps) if s.kind == "distill" and s.run == run
+            and all(getattr(s, k) == v for k, v in match.items())]
+
+
+def _group_name(run) -> str:
+    parts = run.name.split("-")
+    if run.task == "ner":
+        return f"{LANGUAGE[parts[1]]}, {parts[2].upper()}" + "".join(f", {p}" for p in parts[3:])
+    return f"{parts[1]}→{parts[2]}, {parts[3].upper()}" + (", no averaging" if "noavg" in parts else "")
+
+
+def _single(cfg) -> str:
+    return "individual-0" if getattr(cfg.ensemble, "individuals", 0) else "member-0"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def ner_table(plan: Plan, experiment: Experiment, split: str) -> Table:
+    """Per NER run: individuals (mean ± s.e.), each nested ensemble, each ensemble's IID student."""
+    rows, pairs = [], []
+    for run in _runs(experiment):
+        cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / split
+        group = _group_name(run)
+        role = "individual" if cfg.ensemble.individuals else "member"
+        count = cfg.ensemble.individuals or cfg.ensemble.members
+        rows.append(group_row(group, f"{role}s", [ev / f"{role}-{i}" for i in range(count)], NER_METRICS))
+        for k in cfg.ensemble.subset_sizes:
+            rows.append(system_row(group, f"ensemble of {k}", ev / f"ensemble-{k}", NER_METRICS))
+        for step in _students(experiment, run, temperature_scaled=False):
+            name = student_name(step)
+            rows.append(system_row(group, f"IID student of ensemble of {step.members}", ev / name, NER_METRICS))
+            pairs += [(rows[-1], ev / _single(cfg), "single"), (rows[-1], ev / f"ensemble-{step.members}", "teacher")]
+    return Table(experiment.name, experiment.title, NER_METRICS, rows, comparisons=_compare(plan, pairs, "ner"))
+
+
+def nmt_table(plan: Plan, experiment: Experiment) -> Table:
+    """Per translation run: individuals (mean ± s.e.), each nested ensemble, students at V' = distill.top_k;
+    each also temperature-scaled on dev (ECE-1 after TS and T)."""
+    metrics = (*NMT_METRICS, "ece_1_ts")
+    rows, pairs = [], []
+    for run in _runs(experiment):
+        cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / "test"
+        group = _group_name(run)
+        members = [ev / f"member-{i}" for i in range(cfg.ensemble.members)]
+        row = group_row(group, "individuals", members, NMT_METRICS)
+        ts = [_ts(f) for f in members]
+        row.stats["ece_1_ts"] = mean_and_se([{"v": s} for s, _ in ts], ["v"])["v"]
+        row.notes["ece_1_ts"] = f" (T {np.mean([t for _, t in ts]):.2f})"
+        rows.append(row)
+        systems = [(f"ensemble of {k}", f"ensemble-{k}", None) for k in cfg.ensemble.subset_sizes]
+        systems += [(f"student of ensemble of {s.members} (V' = {s.top_k})", student_name(s), s.members)
+                    for s in _students(experiment, run, top_k=cfg.distill.top_k, epsilon=0.0)]
+        for label, name, teacher in systems:
+            row = system_row(group, label, ev / name, NMT_METRICS)
+            row.stats["ece_1_ts"], t = _ts(ev / name)
+            row.notes["ece_1_ts"] = f" (T {t:.2f})"
+            rows.append(row)
+            if teacher:
+                pairs += [(row, ev / "member-0", "single"), (row, ev / f"ensemble-{teacher}", "teacher")]
+    return Table(experiment.name, experiment.title, metrics, rows, comparisons=_compare(plan, pairs, "nmt"))
+
+
+def _ts(folder: Path) -> tuple[dict, float]:
+    """ECE-1 of the temperature-scaled system (folder-ts), and its T."""
+    record = read_json(Path(f"{folder}-ts") / "metrics.json", "rerun reproduce to evaluate again")
+    return record["metrics"]["ece_1"], record["predictions_meta"]["temperature"]
+
+
+def truncation_table(plan: Plan, experiment: Experiment) -> Table:
+    """The students of the largest ensemble at each truncation, with the store's bytes per token."""
+    (run,) = _runs(experiment)
+    k = plan.config(run).ensemble.subset_sizes[-1]
+    table = read_json(plan.run_dir(run) / "eval" / "test" / "truncation.json", "rerun reproduce to evaluate again")
+    ev, rows = plan.run_dir(run) / "eval" / "test", []
+    for entry in table:
+        if entry["student"].startswith(f"student-{k}-") and "sampled" not in entry["student"]:
+            row = Row(_group_name(run), entry["truncation"], {m: entry[m] for m in NMT_METRICS},
+                      ev / entry["student"] / "predictions.npz")
+            row.stats["bytes_per_token"] = {"value": entry["bytes_per_token"]}
+            rows.append(row)
+    return Table(experiment.name, experiment.title, (*NMT_METRICS, "bytes_per_token"), rows)
+
+
+def domain_shift_table(plan: Plan, experiment: Experiment) -> Table:
+    """Each English system on WNUT-17 test (mapped types) beside its CoNLL-2003 test F1 and B-ECE."""
+    rows, pairs, by_run = [], [], {}
+    for step in (s for s in experiment.steps if s.kind == "predict"):
+        folder = predict_dir(plan, step)
+        row = system_row(_group_name(step.run), step.system, folder, ("f1_conlleval", "f1", "b_ece", "bs_plus"))
+        in_domain = metrics_of(plan.run_dir(step.run) / "eval" / "test" / step.system)
+        row.stats |= {"conll_f1": in_domain["f1_conlleval"], "conll_b_ece": in_domain["b_ece"]}
+        rows.append(row)
+        by_run.setdefault(step.run.name, {})[step.system.split("-")[0]] = row
+    for systems in by_run.values():
+        pairs += [(systems["student"], systems["individual"].path.parent, "single"),
+                  (systems["student"], systems["ensemble"].path.parent, "teacher")]
+    table = Table(experiment.name, experiment.title, ("f1_conlleval", "f1", "b_ece", "bs_plus", "conll_f1",
+                                                      "conll_b_ece"), rows, comparisons=_compare(plan, pairs, "ner"))
+    return table
+
+
+def _compare(plan: Plan, pairs, task: str) -> list[dict]:
+    """Paired bootstrap of each (row, other system's folder, kind): the comparison rows, and marks on the row."""
+    out = []
+    for row, other, kind in pairs:
+        rows = cached_compare(plan, row.path, other / "predictions.npz", COMPARED[task])
+        for r in rows:
+            if r["significant"]:
+                row.marks[r["metric"]] = row.marks.get(r["metric"], "") + MARKS[kind]
+            out.append({"group": row.group, "system": row.system, "versus": f"{kind} ({other.name})", **r})
+    return out
+
+
+def cached_compare(plan: Plan, a: Path, b: Path, metrics) -> list[dict]:
+    """calibration.compare of two predictions files, cached under OUT/compare/ by their sizes and times."""
+    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (a, b)]
+    key = hashlib.sha256(json.dumps([stamp, list(metrics), plan.scale.n_boot]).encode()).hexdigest()
+    path = plan.out / "compare" / f"{key[:24]}.json"
+    if path.is_file():
+        return read_json(path, "delete it (a cached comparison)")
+    rows = compare(a, b, list(metrics), n_boot=plan.scale.n_boot, progress=False)
+    atomic_write_json(path, rows)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures
+
+
+def figure_ensemble_size(plan: Plan, experiment: Experiment, path: Path) -> None:
+    """BLEU and ECE-1 of each nested ensemble and its student against the ensemble size, with the individuals'
+    mean ± s.e. as a band (paper Figure 1)."""
+    from matplotlib.figure import Figure
+
+    (run,) = _runs(experiment)
+    cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / "test"
+    sizes = cfg.ensemble.subset_sizes
+    students = {s.members: student_name(s) for s in _students(experiment, run)}
+    members = mean_and_se([metrics_of(ev / f"member-{i}") for i in range(cfg.ensemble.members)], ("bleu", "ece_1"))
+    fig = Figure(figsize=(9, 4))
+    for ax, metric in zip(fig.subplots(1, 2), ("bleu", "ece_1")):
+        scale = SCALE[metric]
+        mean, se = scale * members[metric]["value"], scale * members[metric]["se"]
+        ax.axhspan(mean - se, mean + se, color="tab:gray", alpha=0.3, label="individuals, mean ± s.e.")
+        ax.axhline(mean, color="tab:gray", linewidth=1)
+        for label, names, color in (("ensemble", {k: f"ensemble-{k}" for k in sizes}, "tab:blue"),
+                                    ("student", students, "tab:orange")):
+            ks = [k for k in sizes if k in names]
+            stats = [metrics_of(ev / names[k])[metric] for k in ks]
+            values = np.array([scale * s["value"] for s in stats])
+            errors = np.array([[values[i] - scale * s["ci_low"], scale * s["ci_high"] - values[i]]
+                               for i, s in enumerate(stats)]).T.reshape(2, -1)
+            ax.errorbar(ks, values, yerr=errors, marker="o", capsize=3, color=color, label=f"{label} (95% CI)")
+        ax.set(xlabel="ensemble size", ylabel=HEADERS[metric] + ("" if metric == "bleu" else " (×100)"),
+               xticks=sizes, title=HEADERS[metric])
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def figure_reliability(plan: Plan, experiment: Experiment, path: Path) -> None:
+    """Top-1 reliability of member-0 and the largest ensemble, per run (CE and LS; paper Figure 2)."""
+    from .calibration.plots import reliability_curves
+    from .calibration.report import top1_events
+    from .predictions import load_predictions
+
+    panels = {}
+    for run in _runs(experiment):
+        cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / "test"
+        k = cfg.ensemble.subset_sizes[-1]
+        panels[_group_name(run)] = {label: top1_events(load_predictions(ev / name / "predictions.npz"))
+                                    for label, name in (("individual (member-0)", "member-0"),
+                                                        (f"ensemble of {k}", f"ensemble-{k}"))}
+    reliability_curves(panels, path)
+
+
+def figure_pr(plan: Plan, experiment: Experiment, path: Path) -> None:
+    """PR curves with their areas of the single IID and CRF models and the students of each (paper Figure 3)."""
+    from .calibration.plots import pr_curve_plot
+    from .calibration.report import pr_curve
+    from .predictions import load_predictions
+
+    curves = {}
+    for run in _runs(experiment):
+        cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / "test"
+        k, head = cfg.ensemble.subset_sizes[-1], cfg.model.head.upper()
+        for label, name in ((f"{head} {_single(cfg)}", _single(cfg)), (f"IID student of {head} ensemble of {k}",
+                                                                        f"student-{k}")):
+            curves[label] = pr_curve(load_predictions(ev / name / "predictions.npz"))
+    pr_curve_plot(curves, path, title="Precision-recall of entity-type confidences (test)")
+
+
+TABLES = {"table1": lambda p, e: ner_table(p, e, "test"), "table8": lambda p, e: ner_table(p, e, "dev"),
+          "table7": lambda p, e: ner_table(p, e, "test"), "table2": nmt_table, "table6": nmt_table,
+          "table3": truncation_table, "domain-shift": domain_shift_table}
+FIGURES = {"figure1": figure_ensemble_size, "figure2": figure_reliability, "figure3": figure_pr}
+CAPTIONS = {
+    "table1": "F1 is conlleval's (the paper's); F1 strict is seqeval's strict IOB2. Members train on 8/10 of the "
+              "training data, individuals on all of it, students on 9/10 (the tenth no member saw validates them). "
+              "Single CRF models are scored by the argmax of their marginals.",
+    "table8": "The systems of Table 1 on dev.",
+    "table2": "Weight averaging: the mean of the last train.average_last rounds' weights up to the best one "
+              "(checkpoint averaging, standing in for the paper's SWA). Students distil the CE ensembles at V' = "
+              "distill.top_k. T is fitted on dev by NLL.",
+    "table6": "The same design without weight averaging (train.average_last = 1: the best round's weights).",
+    "table3": "Each student distils the largest CE ensemble through a store truncated at V' entries a token "
+              "(adaptive: the fewest entries holding 1 − ε of the mass, at most the largest V').",
+    "domain-shift": "WNUT-17 types mapped onto CoNLL-2003's: person → PER, location → LOC, corporation and group → "
+                    "ORG, creative-work and product → MISC (reproduce.WNUT17_TYPES). CoNLL test columns: the same "
+                    "system in domain.",
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing: Markdown, CSV, HTML
+
+
+def _cell(stat: dict, metric: str) -> str:
+    scale = SCALE.get(metric, 100)
+    if not math.isfinite(stat.get("value", float("nan"))):
+        return "–"
+    if "ci_low" in stat or "se" in stat:
+        return cell(stat, scale)
+    return f"{scale * stat['value']:.2f}" if scale != 1 or metric == "bleu" else f"{stat['value']:.1f}"
+
+
+def cells(table: Table, row: Row) -> list[str]:
+    return [_cell(row.stats[m], m) + row.notes.get(m, "") + row.marks.get(m, "") for m in table.metrics]
+
+
+def caption(plan: Plan, table: Table) -> str:
+    marks = MARKS_NOTE if table.comparisons else ""
+    return " ".join(filter(None, [CAPTIONS.get(table.name, ""), marks, "Values ×100 except BLEU and bytes/token.",
+                                  plan.scale.shrunk + "."]))
+
+
+def markdown(plan: Plan, table: Table) -> str:
+    lines = [f"**{table.title}**", "", "| setting | system | " + " | ".join(HEADERS[m] for m in table.metrics) + " |",
+             "|---|---|" + "---|" * len(table.metrics)]
+    lines += [f"| {r.group} | {r.system} | " + " | ".join(cells(table, r)) + " |" for r in table.rows]
+    return "\n".join(lines + ["", caption(plan, table)]) + "\n"
+
+
+def csv_text(table: Table) -> str:
+    """One line per (system, metric): raw values (fractions; BLEU 0-100), interval or s.e., marks; then the
+    comparisons."""
+    buffer = io.StringIO()
+    w = csv.writer(buffer, lineterminator="\n")
+    w.writerow(["setting", "system", "metric", "value", "ci_low", "ci_high", "se", "significant_vs"])
+    for r in table.rows:
+        for m in table.metrics:
+            s = r.stats[m]
+            w.writerow([r.group, r.system, m, s.get("value"), s.get("ci_low", ""), s.get("ci_high", ""),
+                        s.get("se", ""), r.marks.get(m, "")])
+    if table.comparisons:
+        w.writerow([])
+        w.writerow(["setting", "system", "versus", "metric", "a", "b", "difference", "ci_low", "ci_high",
+                    "p_value", "significant"])
+        for c in table.comparisons:
+            w.writerow([c[k] for k in ("group", "system", "versus", "metric", "a", "b", "difference", "ci_low",
+                                       "ci_high", "p_value", "significant")])
+    return buffer.getvalue()
+
+
+def html_table(plan: Plan, table: Table) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(HEADERS[m])}</th>" for m in table.metrics)
+    body = "".join(f"<tr><td>{e(r.group)}</td><td>{e(r.system)}</td>" + "".join(f"<td>{e(c)}</td>"
+                                                                                 for c in cells(table, r)) + "</tr>"
+                   for r in table.rows)
+    text = f"<table><thead><tr><th>setting</th><th>system</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+    text += f"<p class='caption'>{e(caption(plan, table))}</p>"
+    if table.comparisons:
+        rows = "".join(
+            f"<tr><td>{e(c['group'])}</td><td>{e(c['system'])}</td><td>{e(c['versus'])}</td>"
+            f"<td>{e(HEADERS.get(c['metric'], c['metric']))}</td><td>{_signed(c, 'difference')}</td>"
+            f"<td>[{_signed(c, 'ci_low')}, {_signed(c, 'ci_high')}]</td><td>{c['p_value']:.3f}</td></tr>"
+            for c in table.comparisons)
+        text += ("<details><summary>paired bootstrap comparisons</summary><table><thead><tr><th>setting</th>"
+                 "<th>system</th><th>versus</th><th>metric</th><th>difference</th><th>95% CI</th><th>p</th></tr>"
+                 f"</thead><tbody>{rows}</tbody></table></details>")
+    return text
+
+
+def _signed(c: dict, key: str) -> str:
+    return f"{SCALE.get(c['metric'], 100) * c[key]:+.2f}"
+
+
+# A script in the page: each image that fails to load is marked, and the counts go on <body> (the test reads them
+# through headless Chromium's --dump-dom).
+CHECK_IMAGES = """
+window.addEventListener("load", function () {
+  var images = Array.from(document.images), broken = images.filter(function (i) { return !i.naturalWidth; });
+  broken.forEach(function (i) { i.classList.add("broken"); i.alt = "missing image: " + i.getAttribute("src"); });
+  document.body.dataset.images = images.length; document.body.dataset.broken = broken.length;
+});
+"""
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0;font-size:90%}td,th{border:1px solid #bbb;padding:2px 6px}
+th{background:#eee}td:nth-child(n+3){text-align:right;white-space:nowrap}.caption{color:#555;font-size:90%}
+img{max-width:100%}img.broken{border:2px solid red}.status{color:#a60}pre{background:#f6f6f6;padding:.5em;
+overflow-x:auto;font-size:80%}"""
+
+
+def write_report(plan: Plan, experiments: list[Experiment], timings: dict) -> Path:
+    """Every finished experiment's table (Markdown, CSV) or figure (PNG), and OUT/index.html with all of them,
+    the experiments not run and why, the settings and versions. Returns the page's path."""
+    from .runs import versions
+
+    e, sections = html.escape, []
+    for experiment in experiments:
+        missing = missing_features(experiment.needs)
+        done = all(is_done(plan, s) for s in experiment.steps)
+        section = f"<section id='{e(experiment.name)}'><h2>{e(experiment.title)}</h2>"
+        if missing:
+            section += "<p class='status'>not run: needs " + e(", ".join(missing)) + "</p>"
+        elif not done:
+            section += "<p class='status'>not run yet (steps left: rerun reproduce)</p>"
+        elif experiment.name in FIGURES:
+            path = plan.out / "figures" / f"{experiment.name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            FIGURES[experiment.name](plan, experiment, path)
+            section += f"<img src='figures/{e(path.name)}' alt='{e(experiment.title)}'>"
+            section += f"<p class='caption'>{e(plan.scale.shrunk)}.</p>"
+        else:
+            table = TABLES[experiment.name](plan, experiment)
+            atomic_write_text(plan.out / "tables" / f"{experiment.name}.md", markdown(plan, table))
+            atomic_write_text(plan.out / "tables" / f"{experiment.name}.csv", csv_text(table))
+            section += html_table(plan, table) + (f"<p><a href='tables/{e(experiment.name)}.md'>Markdown</a> · "
+                                                  f"<a href='tables/{e(experiment.name)}.csv'>CSV</a></p>")
+        sections.append(section + "</section>")
+    page = plan.out / "index.html"
+    atomic_write_text(page, "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+                      f"<title>ensemble-distill: {e(plan.scale.name)} scale</title><style>{STYLE}</style>"
+                      f"<script>{CHECK_IMAGES}</script></head><body>"
+                      f"<h1>Ensemble distillation for structured prediction: {e(plan.scale.name)} scale</h1>"
+                      + "".join(sections) + settings_html(plan, experiments, timings, versions()) + "</body></html>")
+    return page
+
+
+def settings_html(plan: Plan, experiments, timings: dict, versions: dict) -> str:
+    """The command, the data, each run's resolved config, the versions and the steps' wall times."""
+    e = html.escape
+    command = shlex.join(["ensemble-distill", "reproduce", "--scale", plan.scale.name, "--out", str(plan.out),
+                          "--data", str(plan.data_root), *(x for o in plan.overrides for x in ("--set", o))])
+    runs = list(dict.fromkeys(s.run for s in ordered_steps(experiments)))
+    configs = "".join(f"<details><summary>{e(r.name)} (configs/{e(r.config)})</summary><pre>"
+                      f"{e(to_toml(plan.config(r)))}</pre></details>" for r in runs)
+    times = "".join(f"<tr><td>{e(k)}</td><td>{v / 60:.1f} min</td></tr>" for k, v in timings.items())
+    return (f"<section id='settings'><h2>Settings and versions</h2><pre>{e(command)}</pre>"
+            f"<p>Python {e(sys.version.split()[0])}; " + ", ".join(f"{e(k)} {e(str(v))}" for k, v in versions.items())
+            + f"; {plan.scale.n_boot} bootstrap resamples.</p><h3>Runs</h3>{configs}"
+            f"<h3>Wall time of each step</h3><table><tbody>{times}</tbody></table>"
+            f"<h3>Metrics</h3><ul>" + "".join(f"<li>{e(HEADERS.get(m, m))}: {e(DESCRIPTIONS[m])}</li>"
+                                              for m in (*NER_METRICS, *NMT_METRICS)) + "</ul></section>")

@@ -1,0 +1,576 @@
+"""`ensemble-distill reproduce`: every experiment of the paper from one command, at a chosen scale.
+
+    print(reproduce("smoke", "reports/smoke", dry_run=True))   # the plan: experiments, configs, done or not, time
+    reproduce("cpu", "reports/cpu")                            # trains what is missing; tables, figures, index.html
+
+An experiment (Table 1, Figure 2, the WNUT-17 domain shift, ...) is a list of steps over run folders
+OUT/runs/<run>/ of the existing pipeline (pipeline.py: train, distill, evaluate_run, predict) and a builder
+(paper_report.py) that reads what the steps wrote into Markdown and CSV tables, PNG figures and OUT/index.html.
+Steps shared by experiments run once. A step is done when its outputs exist: every model's result.json (train,
+distill), an evaluation newer than every model it scores (evaluate), a scored predictions file (predict). So a
+rerun retrains nothing, and a killed one resumes: the pipeline resumes a model from its last finished epoch.
+
+Each run is a config of configs/ with the scale's overrides (`Scale`), its data under the data root (`--data`,
+default ../shared/data), and the command's `--set` overrides, each applied to every run whose config has that
+key. An experiment whose settings need a feature the code does not have yet (FEATURES) is listed by the plan as
+"needs: <feature>" and not run.
+
+Scales (SCALES): `smoke`, tiny, minutes (the tests run it on fixture files); `cpu`, the paper's design sized
+for a 2-core machine (about a day, background, resumable), NER on the full CoNLL-2003 training data; `gpu`,
+the paper's sizes on one GPU. `estimate_seconds` gives each step's rough time from the per-unit costs measured
+on this machine (COSTS).
+"""
+
+import dataclasses
+import gzip
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import TASK_CONFIGS, apply_overrides, load_config
+from .errors import UserError
+from .io_utils import atomic_write_json, read_json
+from .runs import RESULT, finished
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RUNS, TIMINGS = "runs", "timings.json"
+
+# Data files under the data root (the layout of ../shared/data, README there).
+NER_DATA = {"en": ("conll2003-en", "eng.train", "eng.testa", "eng.testb"),
+            "de": ("europarl-ner-de", "train.tsv", "dev.tsv", "test.tsv")}
+MULTI30K = ("multi30k-de-en", {"train": "train", "dev": "val", "test": "test_2016_flickr"})
+WNUT17_TEST = "wnut17/emerging.test.annotated"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Features that some experiments need and the code may not have yet
+
+
+def _has_setting(cls, key: str) -> bool:
+    try:
+        apply_overrides(cls, {}, [f"{key}=0"])
+        return True
+    except UserError:
+        return False
+
+
+FEATURES = {
+    # name: (what it is, whether the code has it)
+    "ner-label-smoothing": ("label smoothing of NER members' NLL (train.label_smoothing)",
+                            lambda: _has_setting(TASK_CONFIGS["ner"], "train.label_smoothing")),
+    "sgdr": ("SGDR snapshot ensembles (warm restarts, one snapshot a cycle)",
+             lambda: _has_setting(TASK_CONFIGS["nmt"], "train.sgdr_cycles")),
+    "ner-ts-eval": ("temperature-scaled rows in NER evaluation (T fitted on dev)",
+                    lambda: _has_setting(TASK_CONFIGS["ner"], "train.device") and _ner_eval_has_ts()),
+    "baseline": ("the usual single model: all layers tuned, AdamW, linear schedule, full data",
+                 lambda: (CONFIGS / "conll-baseline.toml").is_file()),
+}
+
+
+def _ner_eval_has_ts() -> bool:
+    from . import experiments
+
+    return hasattr(experiments, "TEMPERATURE_SCALED")
+
+
+def missing_features(needs) -> list[str]:
+    """The features of `needs` the code does not have (FEATURES). Raises ValueError for an unknown name."""
+    unknown = [n for n in needs if n not in FEATURES]
+    if unknown:
+        raise ValueError(f"missing_features: unknown feature {unknown[0]!r} (known: {', '.join(FEATURES)})")
+    return [n for n in needs if not FEATURES[n][1]()]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scales
+
+
+@dataclass(frozen=True)
+class Scale:
+    """What one scale runs: overrides of every NER and translation run, the translation config, the directions,
+    bootstrap resamples, and what it shrinks from the paper (said in the captions)."""
+    name: str
+    ner: tuple[str, ...]
+    nmt_config: str
+    nmt: tuple[str, ...]
+    directions: tuple[str, ...]  # translation: "de-en", "en-de"
+    n_boot: int
+    shrunk: str  # for the captions
+    gpu: bool = False
+
+
+PAPER_NER = ("data.max_train_sentences=0", "data.max_eval_sentences=0", "ensemble.members=9",
+             "ensemble.subset_sizes=[3, 6, 9]")  # the full data, nested ensembles 3 ⊂ 6 ⊂ 9
+SCALES = {
+    "smoke": Scale(
+        "smoke",
+        ner=("data.max_train_sentences=60", "data.max_eval_sentences=40", "encoder.finetune_layers=1",
+             "train.max_epochs=1", "train.batch_size=16", "ensemble.members=3", "ensemble.subset_sizes=[2, 3]",
+             "ensemble.individuals=2"),
+        nmt_config="multi30k-small.toml",
+        nmt=('model.preset="tiny"', "data.max_train_pairs=300", "data.max_eval_pairs=30", "data.vocab_size=300",
+             "train.updates_per_round=8", "train.max_rounds=2", "train.warmup_steps=8", "train.lr=5e-3",
+             "train.batch_tokens=600", "ensemble.members=2", "ensemble.subset_sizes=[1, 2]",
+             "distill.teacher_members=2", "distill.top_k=8", "distill.sweep_top_k=[4, 8]",
+             "distill.sweep_epsilon=[0.1]", "decode.beam_size=2", "decode.batch_sentences=16",
+             "decode.temperature_positions=200"),
+        directions=("de-en",), n_boot=20,
+        shrunk="smoke scale: tiny samples of the data, one epoch, a tiny Transformer, German→English only; checks "
+               "the plumbing, not the method"),
+    "cpu": Scale(
+        "cpu",
+        ner=(*PAPER_NER, "encoder.finetune_layers=3", "train.max_epochs=5", "train.patience=1",
+             "ensemble.individuals=3"),
+        nmt_config="multi30k-small.toml",
+        nmt=("ensemble.members=5", "ensemble.subset_sizes=[3, 5]", "distill.teacher_members=5"),
+        directions=("de-en", "en-de"), n_boot=1000,
+        shrunk="CPU scale: MiniLM-L6 (top 3 of 6 layers tuned, at most 5 epochs) for NER, 3 individuals (paper 9); "
+               "translation: the small Transformer on Multi30k, 3 rounds of 250 updates, ensembles 3 ⊂ 5 (paper "
+               "3 ⊂ 5 ⊂ 7), no-averaging runs in the first direction only"),
+    "gpu": Scale(
+        "gpu",
+        ner=(*PAPER_NER, "encoder.finetune_layers=4", "train.max_epochs=20", "train.patience=3",
+             "ensemble.individuals=9", 'train.device="cuda"'),
+        nmt_config="multi30k-small-gpu.toml",
+        nmt=("ensemble.members=7", "ensemble.subset_sizes=[3, 5, 7]", "distill.teacher_members=7",
+             'train.device="cuda"'),
+        directions=("de-en", "en-de"), n_boot=1000, gpu=True,
+        shrunk="GPU scale: MiniLM-L6 (top 4 of 6 layers tuned) instead of BERT-base, Multi30k instead of WMT16"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runs and steps
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run folder OUT/runs/<name>: a config of configs/ with overrides (the scale's come first)."""
+    name: str
+    config: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def task(self) -> str:
+        return "nmt" if self.name.startswith("nmt-") else "ner"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage of the pipeline on a run: train its models, distil a student of its ensemble of `members`
+    (NER: `temperature_scaled`; translation: `top_k`, `epsilon`), evaluate it on `split`, or tag a file with
+    one of its systems (`system`: individual-0, ensemble-K, student-K) and score it (`predict`: WNUT-17)."""
+    kind: str
+    run: RunSpec
+    members: int = 0
+    temperature_scaled: bool = False
+    top_k: int = 0
+    epsilon: float = 0.0
+    split: str = "test"
+    system: str = ""
+
+    @property
+    def key(self) -> str:
+        if self.kind == "train":
+            return f"train {self.run.name}"
+        if self.kind == "evaluate":
+            return f"evaluate {self.run.name} {self.split}"
+        if self.kind == "predict":
+            return f"predict {self.run.name} {self.system} {self.split}"
+        return f"distill {self.run.name} {student_name(self)}"
+
+
+def student_name(step: Step) -> str:
+    """The student folder a distill step trains (pipeline.distill's naming)."""
+    if step.run.task == "ner":
+        return f"student-{step.members}" + ("-ts" if step.temperature_scaled else "")
+    from .translation_distill import store_name
+
+    return "student-" + store_name(step.members, step.top_k, step.epsilon).removeprefix("ensemble-")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A table or figure of the paper: the steps that produce its numbers, and the features it needs."""
+    name: str
+    title: str
+    steps: tuple[Step, ...]
+    needs: tuple[str, ...] = ()
+    notes: str = ""
+
+
+@dataclass
+class Plan:
+    """Every experiment of a scale over OUT, with the data root and the command's --set overrides."""
+    scale: Scale
+    out: Path
+    data_root: Path
+    overrides: tuple[str, ...] = ()
+    experiments: list[Experiment] = field(default_factory=list)
+    _configs: dict = field(default_factory=dict, repr=False)
+
+    def run_dir(self, run: RunSpec) -> Path:
+        return self.out / RUNS / run.name
+
+    def overrides_of(self, run: RunSpec) -> list[str]:
+        """The run's overrides: scale and data first, then its own, then the command's that its config has."""
+        cls = TASK_CONFIGS[run.task]
+        return [*run.overrides, *(o for o in self.overrides if _has_setting(cls, o.partition("=")[0].strip()))]
+
+    def config(self, run: RunSpec):
+        """The run's resolved, validated config."""
+        if run.name not in self._configs:
+            self._configs[run.name] = load_config(CONFIGS / run.config, TASK_CONFIGS[run.task], self.overrides_of(run))
+        return self._configs[run.name]
+
+    def wnut_file(self) -> Path:
+        return self.out / "data" / "wnut17-test-conll.txt"
+
+
+def build_plan(scale: str, out, data_root="../shared/data", overrides=()) -> Plan:
+    """The plan of `scale` over output folder `out`. Raises UserError for an unknown scale, a --set key that no
+    run's config has, or a config the overrides make invalid (naming the key)."""
+    if scale not in SCALES:
+        raise UserError(f"--scale {scale}: one of {', '.join(SCALES)}")
+    for o in overrides:
+        key = o.partition("=")[0].strip()
+        if not any(_has_setting(cls, key) for cls in TASK_CONFIGS.values()):
+            raise UserError(f"--set {o}: no run of the plan has the setting '{key}'")
+    plan = Plan(SCALES[scale], Path(out), Path(data_root).absolute(), tuple(overrides))
+    plan.experiments = experiments(plan)
+    return plan
+
+
+def _ner_run(plan: Plan, language: str, head: str, extra=()) -> RunSpec:
+    folder, train, dev, test = NER_DATA[language]
+    root = plan.data_root / folder
+    data = (f'data.train="{root / train}"', f'data.dev="{root / dev}"', f'data.test="{root / test}"')
+    name = f"ner-{language}-{head}" + "".join(f"-{e.partition('=')[0].split('.')[-1]}" for e in extra)
+    config = "conll-iid.toml" if language == "en" else "europarl-iid.toml"
+    return RunSpec(name, config, (*plan.scale.ner, *data, f'model.head="{head}"', *extra))
+
+
+def _nmt_run(plan: Plan, direction: str, smoothing: bool, averaging: bool = True) -> RunSpec:
+    folder, stems = MULTI30K
+    src, tgt = direction.split("-")
+    data = [f'data.{split}_{side}="{plan.data_root / folder / f"{stem}.{lang}.gz"}"'
+            for split, stem in stems.items() for side, lang in (("src", src), ("tgt", tgt))]
+    own = [f"train.label_smoothing={0.1 if smoothing else 0.0}"] + ([] if averaging else ["train.average_last=1"])
+    name = f"nmt-{direction}-{'ls' if smoothing else 'ce'}" + ("" if averaging else "-noavg")
+    return RunSpec(name, plan.scale.nmt_config, (*plan.scale.nmt, *data, *own))
+
+
+def _ner_steps(plan: Plan, run: RunSpec, splits=("test",), temperature_scaled=False) -> tuple[Step, ...]:
+    """Train a run, a student of each nested ensemble (and of the largest, temperature-scaled), evaluate."""
+    sizes = plan.config(run).ensemble.subset_sizes
+    students = [Step("distill", run, members=k) for k in sizes]
+    if temperature_scaled:
+        students.append(Step("distill", run, members=sizes[-1], temperature_scaled=True))
+    return (Step("train", run), *students, *(Step("evaluate", run, split=s) for s in splits))
+
+
+def _nmt_steps(plan: Plan, run: RunSpec, students: bool, sweep: bool = False) -> tuple[Step, ...]:
+    """Train a translation run, students of each nested ensemble at V' = distill.top_k (`students`), the
+    truncation sweep of the largest (`sweep`: distill.sweep_top_k, and adaptive at each distill.sweep_epsilon
+    capped at the largest V'), evaluate on test."""
+    cfg = plan.config(run)
+    d, sizes = cfg.distill, cfg.ensemble.subset_sizes
+    steps = [Step("train", run)]
+    if students:
+        steps += [Step("distill", run, members=k, top_k=d.top_k) for k in sizes]
+    if sweep:
+        steps += [Step("distill", run, members=sizes[-1], top_k=v) for v in d.sweep_top_k]
+        steps += [Step("distill", run, members=sizes[-1], top_k=max(d.sweep_top_k), epsilon=e)
+                  for e in d.sweep_epsilon]
+    return (*steps, Step("evaluate", run))
+
+
+def experiments(plan: Plan) -> list[Experiment]:
+    """The paper's experiments (its numbering), and the domain shift of its future work."""
+    en_iid, en_crf = _ner_run(plan, "en", "iid"), _ner_run(plan, "en", "crf")
+    de_iid, de_crf = _ner_run(plan, "de", "iid"), _ner_run(plan, "de", "crf")
+    ner_runs = (en_iid, en_crf, de_iid, de_crf)
+    ner = tuple(s for run in ner_runs for s in _ner_steps(plan, run, ("test", "dev")))
+    first = plan.scale.directions[0]
+    nmt = []
+    for direction in plan.scale.directions:
+        for smoothing in (False, True):
+            nmt += _nmt_steps(plan, _nmt_run(plan, direction, smoothing), students=not smoothing,
+                              sweep=direction == first and not smoothing)
+    noavg = _nmt_steps(plan, _nmt_run(plan, first, False, False), False)
+    de_en_ce, de_en_ls = _nmt_run(plan, first, False), _nmt_run(plan, first, True)
+    k = plan.config(en_iid).ensemble.subset_sizes[-1]
+    shift = tuple(Step("predict", run, system=system, split="wnut17")
+                  for run in (en_iid, en_crf) for system in ("individual-0", f"ensemble-{k}", f"student-{k}"))
+    return [
+        Experiment("table1", "Table 1: NER ensembles and students, test (CoNLL-2003 English, Europarl German; "
+                   "IID and CRF)", ner),
+        Experiment("table8", "Table 8: the same systems on dev", ner),
+        Experiment("table2", "Table 2: translation with weight averaging, CE and LS: individuals, nested ensembles, "
+                   "students of the CE ensembles (Multi30k)", tuple(nmt)),
+        Experiment("table6", f"Table 6: translation without weight averaging (CE, {first})", noavg),
+        Experiment("table3", f"Table 3: truncation V' of the teacher store, students of the largest CE ensemble "
+                   f"({first})", _nmt_steps(plan, de_en_ce, students=False, sweep=True)),
+        Experiment("table4", "Table 4: SGDR snapshot ensembles against seed ensembles", (), needs=("sgdr",)),
+        Experiment("table5", "Table 5: temperature scaling (T fitted on dev) of individuals, ensembles, students, "
+                   "and a student of the temperature-scaled ensemble (IID)",
+                   (*_ner_steps(plan, en_iid, temperature_scaled=True),
+                    *_ner_steps(plan, de_iid, temperature_scaled=True)),
+                   needs=("ner-ts-eval",)),
+        Experiment("table7", "Table 7: NER members trained with label smoothing (α = 0.1)", (),
+                   needs=("ner-label-smoothing",)),
+        Experiment("figure1", f"Figure 1: BLEU and ECE-1 against ensemble size ({first}, CE)",
+                   _nmt_steps(plan, de_en_ce, students=True)),
+        Experiment("figure2", f"Figure 2: reliability of an individual and the ensemble, with and without label "
+                   f"smoothing ({first})", (*_nmt_steps(plan, de_en_ce, False), *_nmt_steps(plan, de_en_ls, False))),
+        Experiment("figure3", "Figure 3: precision-recall of entity-type confidences (CoNLL-2003 English test)",
+                   _ner_steps(plan, en_iid) + _ner_steps(plan, en_crf)),
+        Experiment("domain-shift", "Domain shift: English NER systems on WNUT-17 test (types mapped onto "
+                   "PER/LOC/ORG/MISC)", _ner_steps(plan, en_iid) + _ner_steps(plan, en_crf) + shift),
+        Experiment("baseline", "The usual single model (all layers tuned, AdamW, linear schedule), raw and "
+                   "temperature-scaled", (), needs=("baseline",)),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Doing a step, and knowing it is done
+
+
+def _latest_result(run_dir: Path) -> float:
+    """The newest result.json of the run's models (0 when none): an evaluation older than it is stale."""
+    stamps = [p.stat().st_mtime for role in ("members", "individuals", "students")
+              for p in (run_dir / role).glob(f"*/{RESULT}")]
+    return max(stamps, default=0.0)
+
+
+def is_done(plan: Plan, step: Step) -> bool:
+    """Whether the step's outputs exist (and, for an evaluation, are newer than every model it scores)."""
+    run_dir = plan.run_dir(step.run)
+    if step.kind == "train":
+        from .ensemble import unfinished_models
+
+        return (run_dir / "config.toml").is_file() and not unfinished_models(plan.config(step.run), run_dir)
+    if step.kind == "distill":
+        return finished(run_dir / "students" / student_name(step))
+    if step.kind == "evaluate":
+        results = run_dir / "eval" / step.split / "results.json"
+        return results.is_file() and results.stat().st_mtime >= _latest_result(run_dir)
+    return (predict_dir(plan, step) / "metrics.json").is_file()
+
+
+def predict_dir(plan: Plan, step: Step) -> Path:
+    return plan.out / step.split / f"{step.run.name}-{step.system}"
+
+
+def do_step(plan: Plan, step: Step, progress: bool = True) -> None:
+    """Run one step through the pipeline's public functions (each resumes what a killed run left)."""
+    from . import pipeline
+
+    run_dir, n_boot = plan.run_dir(step.run), plan.scale.n_boot
+    if step.kind == "train":
+        pipeline.train(plan.config(step.run), run_dir, progress)
+    elif step.kind == "distill" and step.run.task == "ner":
+        cfg = plan.config(step.run)  # the student gets the members' training settings (configs/distill-conll.toml)
+        student = [f"train.{k}={json.dumps(v)}" for k, v in dataclasses.asdict(cfg.train).items()]
+        pipeline.distill(run_dir, step.members, temperature_scaled=step.temperature_scaled, n_boot=n_boot,
+                         overrides=student, progress=progress)
+    elif step.kind == "distill":
+        pipeline.distill(run_dir, step.members, top_k=step.top_k, epsilon=step.epsilon, n_boot=n_boot,
+                         progress=progress)
+    elif step.kind == "evaluate":
+        pipeline.evaluate_run(run_dir, step.split, n_boot, progress=progress)
+    else:
+        _predict(plan, step, progress)
+
+
+def _predict(plan: Plan, step: Step, progress: bool) -> None:
+    """Tag the mapped WNUT-17 test file with one system of an NER run and score its predictions."""
+    from . import pipeline
+    from .calibration.report import evaluate
+    from .predictions import load_predictions
+
+    run_dir, out = plan.run_dir(step.run), predict_dir(plan, step)
+    role, _, index = step.system.rpartition("-")
+    source = ({"run": run_dir, "members": int(index)} if role == "ensemble" else
+              {"model": run_dir / ("students" if role == "student" else f"{role}s") / step.system})
+    wnut = write_wnut17(plan.data_root / WNUT17_TEST, plan.wnut_file())
+    pipeline.predict(wnut, out, fmt="conll", token_col=0, tag_col=1, scheme="iob2", **source)
+    evaluate(load_predictions(out / "predictions.npz"), out_dir=out, n_boot=plan.scale.n_boot)
+
+
+# WNUT-17's six types onto CoNLL-2003's four (documented in the README): people are PER, places LOC, companies
+# and groups (bands, teams, organisations) ORG, and creative works and products, which CoNLL tags as MISC, MISC.
+WNUT17_TYPES = {"person": "PER", "location": "LOC", "corporation": "ORG", "group": "ORG", "creative-work": "MISC",
+                "product": "MISC"}
+
+
+def write_wnut17(source, target) -> Path:
+    """WNUT-17 (token TAB tag, IOB2) with its types mapped by WNUT17_TYPES, as a two-column CoNLL file. Raises
+    UserError naming file:line for a type outside the mapping or a line that is not two columns."""
+    from .io_utils import atomic_write_text
+
+    source, target = Path(source), Path(target)
+    if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
+        return target
+    lines = []
+    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            lines.append("")
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise UserError(f"{source}:{number}: expected 'token<TAB>tag', got {line!r}")
+        token, tag = parts
+        if tag != "O":
+            prefix, _, kind = tag.partition("-")
+            if kind not in WNUT17_TYPES:
+                raise UserError(f"{source}:{number}: type {kind!r} is not one of WNUT-17's "
+                                f"({', '.join(WNUT17_TYPES)})")
+            tag = f"{prefix}-{WNUT17_TYPES[kind]}"
+        lines.append(f"{token}\t{tag}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, "\n".join(lines) + "\n")
+    return target
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rough time of a step
+
+
+# Per-unit costs on the 2-core development machine, one torch thread (README "Benchmarks" and issue 12):
+COSTS = {
+    # a training sentence through one tuned encoder layer, forward and backward: MiniLM-L6 fine-tuned with all
+    # 6 layers takes ~10 min for one CoNLL-2003 epoch of 14,041 sentences
+    "ner_sentence_layer": 600 / (14041 * 6),
+    # one update of 1,024 tokens: the small Transformer 750 updates in 12-15 min; the tiny one in the tests
+    "nmt_update": {"tiny": 0.02, "small": 1.1, "base": 10.0},
+    "nmt_beam_sentence": 0.01,  # beam 4, cached, one model (bench_translation: ~160 sentences/s)
+    "boot_replicate": 40e-3 / 3453,  # a whole tagging report per test sentence (bench_bootstrap)
+    "gpu_speedup": 50,  # H200 against one CPU thread (README: ~160K vs ~1K target tokens/s for translation)
+}
+
+
+def _count_sentences(path, limit: int) -> int:
+    """Sentences of a CoNLL file (blank-line separated) or lines of a parallel file, at most `limit` (0: all)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        n = sum(1 for line in f if not line.strip()) if path.suffix != ".gz" else sum(1 for _ in f)
+    return min(n, limit) if limit else n
+
+
+def estimate_seconds(plan: Plan, step: Step) -> float:
+    """A rough wall time of the step at its config's sizes, from COSTS (the step's own measured time, once done,
+    is in OUT/timings.json)."""
+    cfg = plan.config(step.run)
+    if step.run.task == "ner":
+        d, layers, epochs = cfg.data, cfg.encoder.finetune_layers, cfg.train.max_epochs
+        n_train = _count_sentences(d.train, d.max_train_sentences)
+        n_eval = _count_sentences(d.test if step.split == "test" else d.dev, d.max_eval_sentences)
+        per_epoch = n_train * layers * COSTS["ner_sentence_layer"]
+        if step.kind == "train":
+            seconds = epochs * per_epoch * (0.8 * cfg.ensemble.members + cfg.ensemble.individuals)
+        elif step.kind == "distill":
+            seconds = epochs * per_epoch * 0.9 + step.members * per_epoch / 3
+        else:
+            models = cfg.ensemble.members + cfg.ensemble.individuals + len(cfg.ensemble.subset_sizes)
+            systems = models + len(cfg.ensemble.subset_sizes)
+            if step.kind == "predict":
+                n_eval, models, systems = 1287, 1, 1  # WNUT-17 test
+            seconds = (models * n_eval * layers * COSTS["ner_sentence_layer"] / 3
+                       + plan.scale.n_boot * systems * n_eval * COSTS["boot_replicate"])
+    else:
+        t = cfg.train
+        update = COSTS["nmt_update"][cfg.model.preset] * t.batch_tokens / 1024
+        member = t.max_rounds * t.updates_per_round * update
+        if step.kind == "train":
+            seconds = cfg.ensemble.members * member
+        elif step.kind == "distill":
+            seconds = member * (1 + step.members / 4)
+        else:
+            n_test = _count_sentences(cfg.data.test_src, cfg.data.max_eval_pairs)
+            models = cfg.ensemble.members + sum(cfg.ensemble.subset_sizes) + 4
+            seconds = models * n_test * COSTS["nmt_beam_sentence"] * (1 + update)
+    return seconds / (COSTS["gpu_speedup"] if plan.scale.gpu else 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command
+
+
+def selected(plan: Plan, only=None) -> list[Experiment]:
+    """The experiments `only` names (all when None). Raises UserError naming an unknown one."""
+    names = [e.name for e in plan.experiments]
+    if only is None:
+        return plan.experiments
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise UserError(f"--only {unknown[0]}: not an experiment (known: {', '.join(names)})")
+    return [e for e in plan.experiments if e.name in only]
+
+
+def ordered_steps(experiments: list[Experiment]) -> list[Step]:
+    """The steps of the experiments whose features exist, each once, run by run: training, students,
+    evaluations (an evaluation scores every student its run has)."""
+    steps = list(dict.fromkeys(s for e in experiments if not missing_features(e.needs) for s in e.steps))
+    runs = list(dict.fromkeys(s.run.name for s in steps))
+    phase = {"train": 0, "distill": 1, "evaluate": 2, "predict": 3}
+    return sorted(steps, key=lambda s: (runs.index(s.run.name), phase[s.kind]))
+
+
+def describe(plan: Plan, experiments: list[Experiment], timings: dict) -> str:
+    """The dry run's text: each experiment with its status and steps (done, or the estimated time), each run's
+    config, and the total time left."""
+    lines = [f"reproduce --scale {plan.scale.name} --out {plan.out} (data {plan.data_root})", ""]
+    left = 0.0
+    for e in experiments:
+        missing = missing_features(e.needs)
+        status = ("needs: " + ", ".join(f"{n} ({FEATURES[n][0]})" for n in missing) if missing else
+                  "done" if all(is_done(plan, s) for s in e.steps) else "to do")
+        lines.append(f"{e.name}: {e.title} [{status}]")
+        for s in ([] if missing else list(dict.fromkeys(e.steps))):
+            done = is_done(plan, s)
+            took = f"took {_duration(timings[s.key])}" if s.key in timings else ""
+            lines.append(f"    {'done' if done else 'todo'}  {s.key}  "
+                         f"{took if done else '~' + _duration(estimate_seconds(plan, s))}")
+    runs = list(dict.fromkeys(s.run for s in ordered_steps(experiments)))
+    lines += ["", "runs (config file, then overrides):"]
+    for run in runs:
+        lines.append(f"  {run.name}: configs/{run.config} " + " ".join(f"--set {o}" for o in plan.overrides_of(run)))
+    for s in ordered_steps(experiments):
+        left += 0 if is_done(plan, s) else estimate_seconds(plan, s)
+    lines.append(f"\nestimated time left: {_duration(left)} (rough: COSTS in reproduce.py; one process, one step "
+                 "at a time)")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../shared/data", overrides=(),
+              progress: bool = True) -> str:
+    """Run (or resume) every step of the selected experiments, then write their tables and figures and
+    OUT/index.html (paper_report.write_report); `dry_run`: only describe the plan. Returns the plan's
+    description (dry run) or a summary of what was written."""
+    plan = build_plan(scale, out, data_root, overrides)
+    chosen = selected(plan, only)
+    timings_path = plan.out / TIMINGS
+    timings = read_json(timings_path, "delete it (it only records times)") if timings_path.is_file() else {}
+    if dry_run:
+        return describe(plan, chosen, timings)
+    steps = ordered_steps(chosen)
+    todo = [s for s in steps if not is_done(plan, s)]
+    for number, step in enumerate(todo, 1):
+        print(f"[{number}/{len(todo)}] {step.key}", flush=True)
+        start = time.monotonic()
+        do_step(plan, step, progress)
+        timings[step.key] = timings.get(step.key, 0.0) + time.monotonic() - start
+        atomic_write_json(timings_path, timings)
+    from .paper_report import write_report
+
+    page = write_report(plan, chosen, timings)
+    return f"{len(todo)} of {len(steps)} steps run, the others reused; wrote {page}"

@@ -1,0 +1,187 @@
+"""`reproduce --scale smoke` end to end on fixture files laid out like ../shared/data: the files it writes, a rerun
+that retrains nothing, --dry-run, --only, the numbers in its tables, and its HTML page in headless Chromium."""
+
+import csv
+import gzip
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from test_translation_pipeline import write_copy_task
+
+from ensemble_distill.calibration.compare import compare
+from ensemble_distill.cli import main
+from ensemble_distill.errors import UserError
+from ensemble_distill.reproduce import FEATURES, build_plan, missing_features, write_wnut17
+
+from conftest import CONLL_SENTENCES, write_conll
+
+# WNUT-17 test sentences (token TAB tag, IOB2), their types within what the CoNLL fixture's labels can hold after
+# the mapping: person (B, I) -> PER, location -> LOC, corporation, group (B, I) -> ORG, product -> MISC.
+WNUT = [[("Peter", "B-person"), ("Blackburn", "I-person"), ("visited", "O"), ("Britain", "B-location")],
+        [("The", "O"), ("European", "B-group"), ("Union", "I-group"), ("likes", "O"), ("EU-wide", "B-product")],
+        [("Fischler", "B-person"), ("left", "O"), ("Germany", "B-corporation"), ("today", "O")]]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """Tiny files in ../shared/data's layout: CoNLL-2003, Europarl (5 TAB columns), WNUT-17, Multi30k (gzip)."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "conll2003-en").mkdir()
+    write_conll(root / "conll2003-en" / "eng.train", CONLL_SENTENCES, repeat=5)
+    write_conll(root / "conll2003-en" / "eng.testa", CONLL_SENTENCES[:4])
+    write_conll(root / "conll2003-en" / "eng.testb", CONLL_SENTENCES[4:])
+    (root / "europarl-ner-de").mkdir()
+    for name, sentences, repeat in (("train", CONLL_SENTENCES, 5), ("dev", CONLL_SENTENCES[:4], 1),
+                                    ("test", CONLL_SENTENCES[4:], 1)):
+        blocks = ["\n".join(f"{p.split(' ')[0]}\t{p.split(' ')[0].lower()}\tNN\tI-NC\t{p.split(' ')[1]}"
+                            for p in s.split("|")) for s in sentences * repeat]
+        (root / "europarl-ner-de" / f"{name}.tsv").write_text("\n\n".join(blocks) + "\n")
+    (root / "wnut17").mkdir()
+    (root / "wnut17" / "emerging.test.annotated").write_text(
+        "\n\n".join("\n".join(f"{t}\t{g}" for t, g in s) for s in WNUT) + "\n")
+    copy = write_copy_task(root / "copy")
+    (root / "multi30k-de-en").mkdir()
+    for split, stem in (("train", "train"), ("dev", "val"), ("test", "test_2016_flickr")):
+        for side, lang in (("src", "de"), ("tgt", "en")):
+            with gzip.open(root / "multi30k-de-en" / f"{stem}.{lang}.gz", "wt") as f:
+                f.write((copy / f"{split}.{side}").read_text())
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(data_root, tiny_encoder, tmp_path_factory):
+    """The smoke scale run once over the fixtures: (its output folder, the --data/--set arguments, stdout)."""
+    out = tmp_path_factory.mktemp("report") / "smoke"
+    args = ["--scale", "smoke", "--data", str(data_root), "--set", f"encoder.name={tiny_encoder}",
+            "--set", f"encoder.cache_dir={out.parent / 'cache'}", "--set", "data.vocab_size=48"]
+    return out, args
+
+
+def run(capsys, report, *extra):
+    out, args = report
+    code = main(["reproduce", *args, "--out", str(out), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def model_times(out):
+    return {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/*/*/model.safetensors")}
+
+
+def test_smoke_end_to_end_then_a_rerun_reuses_everything(report, capsys):
+    out = report[0]
+    code, text, _ = run(capsys, report, "--dry-run")
+    assert code == 0 and not (out / "runs").exists()  # a dry run runs nothing
+    lines = text.splitlines()
+    assert any(line.startswith("table4:") and "needs: sgdr" in line for line in lines)
+    assert any(line.startswith("table1:") and line.endswith("[to do]") for line in lines)
+    assert "todo  train ner-en-iid" in text and "estimated time left" in text
+
+    code, text, _ = run(capsys, report)
+    assert code == 0
+    steps = int(re.search(r"(\d+) of (\d+) steps run", text).group(2))
+    assert f"{steps} of {steps} steps run" in text
+    done = [e.name for e in build_plan("smoke", out).experiments if not missing_features(e.needs)]
+    for name in done:
+        kind = "figures" if name.startswith("figure") else "tables"
+        suffixes = (".png",) if kind == "figures" else (".md", ".csv")
+        assert all((out / kind / f"{name}{s}").is_file() for s in suffixes), name
+    page = (out / "index.html").read_text()
+    assert page.count("<img ") == 3 and "not run: needs sgdr" in page
+
+    before = model_times(out)
+    code, text, _ = run(capsys, report)
+    assert code == 0 and f"0 of {steps} steps run" in text
+    assert model_times(out) == before and len(before) > 30  # nothing retrained
+    code, text, _ = run(capsys, report, "--dry-run")
+    assert "todo" not in text and "[to do]" not in text
+    assert re.search(r"done  train ner-en-iid  took \d", text)
+
+
+def test_tables_hold_the_runs_numbers_and_the_bootstrap_marks(report):
+    out = report[0]
+    rows = list(csv.reader((out / "tables" / "table1.csv").open()))
+    header = rows[0]
+    values = [dict(zip(header, r)) for r in rows[1:rows.index([])]]
+    ev = out / "runs" / "ner-en-crf" / "eval" / "test"
+
+    def value(system, metric, setting="English, CRF"):
+        (row,) = [r for r in values if r["setting"] == setting and r["system"] == system and r["metric"] == metric]
+        return row
+
+    metrics = [json.loads((ev / f"individual-{i}" / "metrics.json").read_text())["metrics"]["b_ece"]["value"]
+               for i in range(2)]
+    row = value("individuals (2, mean ± s.e.)", "b_ece")
+    assert float(row["value"]) == pytest.approx(np.mean(metrics))
+    assert float(row["se"]) == pytest.approx(np.std(metrics, ddof=1) / np.sqrt(2))
+    ensemble = json.loads((ev / "ensemble-3" / "metrics.json").read_text())["metrics"]["f1_conlleval"]
+    assert float(value("ensemble of 3", "f1_conlleval")["value"]) == pytest.approx(ensemble["value"])
+
+    # The student's comparisons are calibration.compare's, and its marks say which are significant.
+    comparisons = [dict(zip(rows[rows.index([]) + 1], r)) for r in rows[rows.index([]) + 2:]]
+    mine = [c for c in comparisons if c["setting"] == "English, CRF" and c["system"] == "IID student of ensemble of 3"]
+    assert [c["versus"] for c in mine] == ["single (individual-0)"] * 2 + ["teacher (ensemble-3)"] * 2
+    expected = compare(ev / "student-3" / "predictions.npz", ev / "ensemble-3" / "predictions.npz",
+                       ["f1_conlleval", "b_ece"], n_boot=20, progress=False)
+    for got, want in zip(mine[2:], expected):
+        assert float(got["p_value"]) == pytest.approx(want["p_value"])
+        assert float(got["difference"]) == pytest.approx(want["difference"])
+        assert ("†" in value("IID student of ensemble of 3", want["metric"])["significant_vs"]) == want["significant"]
+    assert "IID student of ensemble of 3" in (out / "tables" / "table1.md").read_text()
+
+    table3 = (out / "tables" / "table3.csv").read_text()
+    assert "V' = 4" in table3 and "V' = 8" in table3 and "adaptive 1 - 0.1 (at most 8)" in table3
+    shift = (out / "tables" / "domain-shift.md").read_text()
+    assert "| English, IID | student-3 |" in shift and "corporation and group → ORG" in shift
+
+
+def test_the_page_renders_in_chromium_with_every_image(report):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed: `make setup` installs it (apt-get install -y chromium)")
+    page = report[0] / "index.html"
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-images="3"' in dom and 'data-broken="0"' in dom, dom[:300]
+    assert dom.count("<table>") >= 7 and "Settings and versions" in dom
+    # A missing figure is seen as such.
+    (report[0] / "figures" / "figure2.png").rename(report[0] / "figures" / "moved.png")
+    try:
+        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                              "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    finally:
+        (report[0] / "figures" / "moved.png").rename(report[0] / "figures" / "figure2.png")
+    assert 'data-broken="1"' in dom and 'class="broken"' in dom
+
+
+def test_only_and_bad_arguments(report, capsys, tmp_path):
+    out, args = report
+    code, text, _ = run(capsys, report, "--only", "table3,figure1", "--dry-run")
+    assert code == 0 and "table3:" in text and "figure1:" in text and "table1:" not in text
+    assert "ner-en-iid" not in text  # only the runs those experiments need
+    code, _, err = run(capsys, report, "--only", "table9")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--only table9: not an experiment" in err
+    assert main(["reproduce", *args, "--out", str(tmp_path / "x"), "--set", "nope.key=1"]) == 2
+    assert "--set nope.key=1: no run of the plan has the setting 'nope.key'" in capsys.readouterr().err
+
+
+def test_wnut17_types_map_onto_conll_types(tmp_path):
+    source = tmp_path / "wnut.txt"
+    source.write_text("Lady\tB-person\nGaga\tI-person\nsings\tO\n\nApple\tB-corporation\niPhone\tB-product\n"
+                      "Boston\tB-location\nfans\tB-group\nStar\tB-creative-work\nWars\tI-creative-work\n")
+    lines = write_wnut17(source, tmp_path / "out.txt").read_text().splitlines()
+    assert [line.split("\t")[1] if line else "" for line in lines] == [
+        "B-PER", "I-PER", "O", "", "B-ORG", "B-MISC", "B-LOC", "B-ORG", "B-MISC", "I-MISC"]
+    source.write_text("x\tB-animal\n")
+    with pytest.raises(UserError, match=r"wnut.txt:1: type 'animal' is not one of WNUT-17's"):
+        write_wnut17(source, tmp_path / "bad.txt")
+
+
+def test_features_are_named():
+    with pytest.raises(ValueError, match="unknown feature 'warp-drive'"):
+        missing_features(["warp-drive"])
+    assert all(callable(landed) for _, landed in FEATURES.values())
