@@ -29,7 +29,6 @@ from .calibration.plots import save_figure
 from .calibration.report import DESCRIPTIONS, PAPER_SCALE
 from .config import to_toml
 from .io_utils import atomic_write_json, atomic_write_text, read_json
-from .reproduce import Experiment, Plan, Step, is_done, missing_features, ordered_steps, predict_dir, student_name
 from .tables import cell, mean_and_se
 
 NER_METRICS = ("f1_conlleval", "f1", "bs_plus", "bs_minus", "b_bs", "b_ece")
@@ -85,11 +84,11 @@ def system_row(group: str, label: str, folder: Path, metrics) -> Row:
     return Row(group, label, {m: stats[m] for m in metrics}, folder / "predictions.npz")
 
 
-def _runs(experiment: Experiment) -> list:
+def _runs(experiment) -> list:
     return list(dict.fromkeys(s.run for s in experiment.steps))
 
 
-def _students(experiment: Experiment, run, **match) -> list[Step]:
+def _students(experiment, run, **match) -> list:
     return [s for s in dict.fromkeys(experiment.steps) if s.kind == "distill" and s.run == run
             and all(getattr(s, k) == v for k, v in match.items())]
 
@@ -97,7 +96,7 @@ def _students(experiment: Experiment, run, **match) -> list[Step]:
 def _group_name(run) -> str:
     parts = run.name.split("-")
     if run.task == "ner":
-        return f"{LANGUAGE[parts[1]]}, {parts[2].upper()}" + "".join(f", {p}" for p in parts[3:])
+        return f"{LANGUAGE[parts[1]]}, {parts[2].upper()}" + (", label smoothing 0.1" if "ls" in parts else "")
     return f"{parts[1]}→{parts[2]}, {parts[3].upper()}" + (", no averaging" if "noavg" in parts else "")
 
 
@@ -109,7 +108,7 @@ def _single(cfg) -> str:
 # Tables
 
 
-def ner_table(plan: Plan, experiment: Experiment, split: str) -> Table:
+def ner_table(plan, experiment, split: str) -> Table:
     """Per NER run: individuals (mean ± s.e.), each nested ensemble, each ensemble's IID student."""
     rows, pairs = [], []
     for run in _runs(experiment):
@@ -121,13 +120,13 @@ def ner_table(plan: Plan, experiment: Experiment, split: str) -> Table:
         for k in cfg.ensemble.subset_sizes:
             rows.append(system_row(group, f"ensemble of {k}", ev / f"ensemble-{k}", NER_METRICS))
         for step in _students(experiment, run, temperature_scaled=False):
-            name = student_name(step)
+            name = step.student
             rows.append(system_row(group, f"IID student of ensemble of {step.members}", ev / name, NER_METRICS))
             pairs += [(rows[-1], ev / _single(cfg), "single"), (rows[-1], ev / f"ensemble-{step.members}", "teacher")]
     return Table(experiment.name, experiment.title, NER_METRICS, rows, comparisons=_compare(plan, pairs, "ner"))
 
 
-def nmt_table(plan: Plan, experiment: Experiment) -> Table:
+def nmt_table(plan, experiment) -> Table:
     """Per translation run: individuals (mean ± s.e.), each nested ensemble, students at V' = distill.top_k;
     each also temperature-scaled on dev (ECE-1 after TS and T)."""
     metrics = (*NMT_METRICS, "ece_1_ts")
@@ -142,7 +141,7 @@ def nmt_table(plan: Plan, experiment: Experiment) -> Table:
         row.notes["ece_1_ts"] = f" (T {np.mean([t for _, t in ts]):.2f})"
         rows.append(row)
         systems = [(f"ensemble of {k}", f"ensemble-{k}", None) for k in cfg.ensemble.subset_sizes]
-        systems += [(f"student of ensemble of {s.members} (V' = {s.top_k})", student_name(s), s.members)
+        systems += [(f"student of ensemble of {s.members} (V' = {s.top_k})", s.student, s.members)
                     for s in _students(experiment, run, top_k=cfg.distill.top_k, epsilon=0.0)]
         for label, name, teacher in systems:
             row = system_row(group, label, ev / name, NMT_METRICS)
@@ -160,7 +159,7 @@ def _ts(folder: Path) -> tuple[dict, float]:
     return record["metrics"]["ece_1"], record["predictions_meta"]["temperature"]
 
 
-def truncation_table(plan: Plan, experiment: Experiment) -> Table:
+def truncation_table(plan, experiment) -> Table:
     """The students of the largest ensemble at each truncation, with the store's bytes per token."""
     (run,) = _runs(experiment)
     k = plan.config(run).ensemble.subset_sizes[-1]
@@ -175,11 +174,11 @@ def truncation_table(plan: Plan, experiment: Experiment) -> Table:
     return Table(experiment.name, experiment.title, (*NMT_METRICS, "bytes_per_token"), rows)
 
 
-def domain_shift_table(plan: Plan, experiment: Experiment) -> Table:
+def domain_shift_table(plan, experiment) -> Table:
     """Each English system on WNUT-17 test (mapped types) beside its CoNLL-2003 test F1 and B-ECE."""
     rows, pairs, by_run = [], [], {}
     for step in (s for s in experiment.steps if s.kind == "predict"):
-        folder = predict_dir(plan, step)
+        folder = plan.predict_dir(step)
         row = system_row(_group_name(step.run), step.system, folder, ("f1_conlleval", "f1", "b_ece", "bs_plus"))
         in_domain = metrics_of(plan.run_dir(step.run) / "eval" / "test" / step.system)
         row.stats |= {"conll_f1": in_domain["f1_conlleval"], "conll_b_ece": in_domain["b_ece"]}
@@ -193,7 +192,7 @@ def domain_shift_table(plan: Plan, experiment: Experiment) -> Table:
     return table
 
 
-def _compare(plan: Plan, pairs, task: str) -> list[dict]:
+def _compare(plan, pairs, task: str) -> list[dict]:
     """Paired bootstrap of each (row, other system's folder, kind): the comparison rows, and marks on the row."""
     out = []
     for row, other, kind in pairs:
@@ -205,7 +204,7 @@ def _compare(plan: Plan, pairs, task: str) -> list[dict]:
     return out
 
 
-def cached_compare(plan: Plan, a: Path, b: Path, metrics) -> list[dict]:
+def cached_compare(plan, a: Path, b: Path, metrics) -> list[dict]:
     """calibration.compare of two predictions files, cached under OUT/compare/ by their sizes and times."""
     stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (a, b)]
     key = hashlib.sha256(json.dumps([stamp, list(metrics), plan.scale.n_boot]).encode()).hexdigest()
@@ -221,7 +220,7 @@ def cached_compare(plan: Plan, a: Path, b: Path, metrics) -> list[dict]:
 # Figures
 
 
-def figure_ensemble_size(plan: Plan, experiment: Experiment, path: Path) -> None:
+def figure_ensemble_size(plan, experiment, path: Path) -> None:
     """BLEU and ECE-1 of each nested ensemble and its student against the ensemble size, with the individuals'
     mean ± s.e. as a band (paper Figure 1)."""
     from matplotlib.figure import Figure
@@ -229,7 +228,7 @@ def figure_ensemble_size(plan: Plan, experiment: Experiment, path: Path) -> None
     (run,) = _runs(experiment)
     cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / "test"
     sizes = cfg.ensemble.subset_sizes
-    students = {s.members: student_name(s) for s in _students(experiment, run)}
+    students = {s.members: s.student for s in _students(experiment, run)}
     members = mean_and_se([metrics_of(ev / f"member-{i}") for i in range(cfg.ensemble.members)], ("bleu", "ece_1"))
     fig = Figure(figsize=(9, 4))
     for ax, metric in zip(fig.subplots(1, 2), ("bleu", "ece_1")):
@@ -252,7 +251,7 @@ def figure_ensemble_size(plan: Plan, experiment: Experiment, path: Path) -> None
     save_figure(fig, path)
 
 
-def figure_reliability(plan: Plan, experiment: Experiment, path: Path) -> None:
+def figure_reliability(plan, experiment, path: Path) -> None:
     """Top-1 reliability of member-0 and the largest ensemble, per run (CE and LS; paper Figure 2)."""
     from .calibration.plots import reliability_curves
     from .calibration.report import top1_events
@@ -268,7 +267,7 @@ def figure_reliability(plan: Plan, experiment: Experiment, path: Path) -> None:
     reliability_curves(panels, path)
 
 
-def figure_pr(plan: Plan, experiment: Experiment, path: Path) -> None:
+def figure_pr(plan, experiment, path: Path) -> None:
     """PR curves with their areas of the single IID and CRF models and the students of each (paper Figure 3)."""
     from .calibration.plots import pr_curve_plot
     from .calibration.report import pr_curve
@@ -322,13 +321,13 @@ def cells(table: Table, row: Row) -> list[str]:
     return [_cell(row.stats[m], m) + row.notes.get(m, "") + row.marks.get(m, "") for m in table.metrics]
 
 
-def caption(plan: Plan, table: Table) -> str:
+def caption(plan, table: Table) -> str:
     marks = MARKS_NOTE if table.comparisons else ""
     return " ".join(filter(None, [CAPTIONS.get(table.name, ""), marks, "Values ×100 except BLEU and bytes/token.",
                                   plan.scale.shrunk + "."]))
 
 
-def markdown(plan: Plan, table: Table) -> str:
+def markdown(plan, table: Table) -> str:
     lines = [f"**{table.title}**", "", "| setting | system | " + " | ".join(HEADERS[m] for m in table.metrics) + " |",
              "|---|---|" + "---|" * len(table.metrics)]
     lines += [f"| {r.group} | {r.system} | " + " | ".join(cells(table, r)) + " |" for r in table.rows]
@@ -356,7 +355,7 @@ def csv_text(table: Table) -> str:
     return buffer.getvalue()
 
 
-def html_table(plan: Plan, table: Table) -> str:
+def html_table(plan, table: Table) -> str:
     e = html.escape
     head = "".join(f"<th>{e(HEADERS[m])}</th>" for m in table.metrics)
     body = "".join(f"<tr><td>{e(r.group)}</td><td>{e(r.system)}</td>" + "".join(f"<td>{e(c)}</td>"
@@ -396,15 +395,15 @@ img{max-width:100%}img.broken{border:2px solid red}.status{color:#a60}pre{backgr
 overflow-x:auto;font-size:80%}"""
 
 
-def write_report(plan: Plan, experiments: list[Experiment], timings: dict) -> Path:
+def write_report(plan, experiments, timings: dict) -> Path:
     """Every finished experiment's table (Markdown, CSV) or figure (PNG), and OUT/index.html with all of them,
     the experiments not run and why, the settings and versions. Returns the page's path."""
     from .runs import versions
 
     e, sections = html.escape, []
     for experiment in experiments:
-        missing = missing_features(experiment.needs)
-        done = all(is_done(plan, s) for s in experiment.steps)
+        missing = experiment.missing
+        done = all(plan.done(s) for s in experiment.steps)
         section = f"<section id='{e(experiment.name)}'><h2>{e(experiment.title)}</h2>"
         if missing:
             section += "<p class='status'>not run: needs " + e(", ".join(missing)) + "</p>"
@@ -432,12 +431,12 @@ def write_report(plan: Plan, experiments: list[Experiment], timings: dict) -> Pa
     return page
 
 
-def settings_html(plan: Plan, experiments, timings: dict, versions: dict) -> str:
+def settings_html(plan, experiments, timings: dict, versions: dict) -> str:
     """The command, the data, each run's resolved config, the versions and the steps' wall times."""
     e = html.escape
     command = shlex.join(["ensemble-distill", "reproduce", "--scale", plan.scale.name, "--out", str(plan.out),
                           "--data", str(plan.data_root), *(x for o in plan.overrides for x in ("--set", o))])
-    runs = list(dict.fromkeys(s.run for s in ordered_steps(experiments)))
+    runs = list(dict.fromkeys(s.run for s in plan.steps(experiments)))
     configs = "".join(f"<details><summary>{e(r.name)} (configs/{e(r.config)})</summary><pre>"
                       f"{e(to_toml(plan.config(r)))}</pre></details>" for r in runs)
     times = "".join(f"<tr><td>{e(k)}</td><td>{v / 60:.1f} min</td></tr>" for k, v in timings.items())

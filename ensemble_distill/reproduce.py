@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TASK_CONFIGS, apply_overrides, load_config
+from .config import TASK_CONFIGS, StudentTraining, apply_overrides, load_config
 from .errors import UserError
 from .io_utils import atomic_write_json, read_json
 from .runs import RESULT, finished
@@ -61,8 +61,7 @@ FEATURES = {
                             lambda: _has_setting(TASK_CONFIGS["ner"], "train.label_smoothing")),
     "sgdr": ("SGDR snapshot ensembles (warm restarts, one snapshot a cycle)",
              lambda: _has_setting(TASK_CONFIGS["nmt"], "train.sgdr_cycles")),
-    "ner-ts-eval": ("temperature-scaled rows in NER evaluation (T fitted on dev)",
-                    lambda: _has_setting(TASK_CONFIGS["ner"], "train.device") and _ner_eval_has_ts()),
+    "ner-ts-eval": ("temperature-scaled rows in NER evaluation (T fitted on dev)", lambda: _ner_eval_has_ts()),
     "baseline": ("the usual single model: all layers tuned, AdamW, linear schedule, full data",
                  lambda: (CONFIGS / "conll-baseline.toml").is_file()),
 }
@@ -178,16 +177,16 @@ class Step:
             return f"evaluate {self.run.name} {self.split}"
         if self.kind == "predict":
             return f"predict {self.run.name} {self.system} {self.split}"
-        return f"distill {self.run.name} {student_name(self)}"
+        return f"distill {self.run.name} {self.student}"
 
+    @property
+    def student(self) -> str:
+        """The student folder a distill step trains (pipeline.distill's naming)."""
+        if self.run.task == "ner":
+            return f"student-{self.members}" + ("-ts" if self.temperature_scaled else "")
+        from .translation_distill import store_name
 
-def student_name(step: Step) -> str:
-    """The student folder a distill step trains (pipeline.distill's naming)."""
-    if step.run.task == "ner":
-        return f"student-{step.members}" + ("-ts" if step.temperature_scaled else "")
-    from .translation_distill import store_name
-
-    return "student-" + store_name(step.members, step.top_k, step.epsilon).removeprefix("ensemble-")
+        return "student-" + store_name(self.members, self.top_k, self.epsilon).removeprefix("ensemble-")
 
 
 @dataclass(frozen=True)
@@ -198,6 +197,11 @@ class Experiment:
     steps: tuple[Step, ...]
     needs: tuple[str, ...] = ()
     notes: str = ""
+
+    @property
+    def missing(self) -> list[str]:
+        """The features it needs that the code does not have."""
+        return missing_features(self.needs)
 
 
 @dataclass
@@ -227,6 +231,32 @@ class Plan:
     def wnut_file(self) -> Path:
         return self.out / "data" / "wnut17-test-conll.txt"
 
+    def predict_dir(self, step: Step) -> Path:
+        return self.out / step.split / f"{step.run.name}-{step.system}"
+
+    def done(self, step: Step) -> bool:
+        """Whether the step's outputs exist (and, for an evaluation, are newer than every model it scores)."""
+        run_dir = self.run_dir(step.run)
+        if step.kind == "train":
+            from .ensemble import unfinished_models
+
+            return (run_dir / "config.toml").is_file() and not unfinished_models(self.config(step.run), run_dir)
+        if step.kind == "distill":
+            return finished(run_dir / "students" / step.student)
+        if step.kind == "evaluate":
+            results = run_dir / "eval" / step.split / "results.json"
+            return results.is_file() and results.stat().st_mtime >= _latest_result(run_dir)
+        return (self.predict_dir(step) / "metrics.json").is_file()
+
+    @staticmethod
+    def steps(experiments: list[Experiment]) -> list[Step]:
+        """The steps of the experiments whose features exist, each once, run by run: training, students,
+        evaluations (an evaluation scores every student its run has)."""
+        steps = list(dict.fromkeys(s for e in experiments if not e.missing for s in e.steps))
+        runs = list(dict.fromkeys(s.run.name for s in steps))
+        phase = {"train": 0, "distill": 1, "evaluate": 2, "predict": 3}
+        return sorted(steps, key=lambda s: (runs.index(s.run.name), phase[s.kind]))
+
 
 def build_plan(scale: str, out, data_root="../shared/data", overrides=()) -> Plan:
     """The plan of `scale` over output folder `out`. Raises UserError for an unknown scale, a --set key that no
@@ -242,11 +272,11 @@ def build_plan(scale: str, out, data_root="../shared/data", overrides=()) -> Pla
     return plan
 
 
-def _ner_run(plan: Plan, language: str, head: str, extra=()) -> RunSpec:
+def _ner_run(plan: Plan, language: str, head: str, suffix: str = "", extra=()) -> RunSpec:
     folder, train, dev, test = NER_DATA[language]
     root = plan.data_root / folder
     data = (f'data.train="{root / train}"', f'data.dev="{root / dev}"', f'data.test="{root / test}"')
-    name = f"ner-{language}-{head}" + "".join(f"-{e.partition('=')[0].split('.')[-1]}" for e in extra)
+    name = f"ner-{language}-{head}{suffix}"
     config = "conll-iid.toml" if language == "en" else "europarl-iid.toml"
     return RunSpec(name, config, (*plan.scale.ner, *data, f'model.head="{head}"', *extra))
 
@@ -290,6 +320,7 @@ def experiments(plan: Plan) -> list[Experiment]:
     """The paper's experiments (its numbering), and the domain shift of its future work."""
     en_iid, en_crf = _ner_run(plan, "en", "iid"), _ner_run(plan, "en", "crf")
     de_iid, de_crf = _ner_run(plan, "de", "iid"), _ner_run(plan, "de", "crf")
+    de_iid_ls = _ner_run(plan, "de", "iid", "-ls", ("train.label_smoothing=0.1",))
     ner_runs = (en_iid, en_crf, de_iid, de_crf)
     ner = tuple(s for run in ner_runs for s in _ner_steps(plan, run, ("test", "dev")))
     first = plan.scale.directions[0]
@@ -318,7 +349,8 @@ def experiments(plan: Plan) -> list[Experiment]:
                    (*_ner_steps(plan, en_iid, temperature_scaled=True),
                     *_ner_steps(plan, de_iid, temperature_scaled=True)),
                    needs=("ner-ts-eval",)),
-        Experiment("table7", "Table 7: NER members trained with label smoothing (α = 0.1)", (),
+        Experiment("table7", "Table 7: NER members trained with label smoothing (α = 0.1), against those without "
+                   "(German, IID)", (*_ner_steps(plan, de_iid), *_ner_steps(plan, de_iid_ls)),
                    needs=("ner-label-smoothing",)),
         Experiment("figure1", f"Figure 1: BLEU and ECE-1 against ensemble size ({first}, CE)",
                    _nmt_steps(plan, de_en_ce, students=True)),
@@ -344,25 +376,6 @@ def _latest_result(run_dir: Path) -> float:
     return max(stamps, default=0.0)
 
 
-def is_done(plan: Plan, step: Step) -> bool:
-    """Whether the step's outputs exist (and, for an evaluation, are newer than every model it scores)."""
-    run_dir = plan.run_dir(step.run)
-    if step.kind == "train":
-        from .ensemble import unfinished_models
-
-        return (run_dir / "config.toml").is_file() and not unfinished_models(plan.config(step.run), run_dir)
-    if step.kind == "distill":
-        return finished(run_dir / "students" / student_name(step))
-    if step.kind == "evaluate":
-        results = run_dir / "eval" / step.split / "results.json"
-        return results.is_file() and results.stat().st_mtime >= _latest_result(run_dir)
-    return (predict_dir(plan, step) / "metrics.json").is_file()
-
-
-def predict_dir(plan: Plan, step: Step) -> Path:
-    return plan.out / step.split / f"{step.run.name}-{step.system}"
-
-
 def do_step(plan: Plan, step: Step, progress: bool = True) -> None:
     """Run one step through the pipeline's public functions (each resumes what a killed run left)."""
     from . import pipeline
@@ -371,8 +384,9 @@ def do_step(plan: Plan, step: Step, progress: bool = True) -> None:
     if step.kind == "train":
         pipeline.train(plan.config(step.run), run_dir, progress)
     elif step.kind == "distill" and step.run.task == "ner":
-        cfg = plan.config(step.run)  # the student gets the members' training settings (configs/distill-conll.toml)
-        student = [f"train.{k}={json.dumps(v)}" for k, v in dataclasses.asdict(cfg.train).items()]
+        # the student gets the members' training settings (configs/distill-conll.toml), those a student has
+        train, known = dataclasses.asdict(plan.config(step.run).train), dataclasses.fields(StudentTraining)
+        student = [f"train.{f.name}={json.dumps(train[f.name])}" for f in known if f.name in train]
         pipeline.distill(run_dir, step.members, temperature_scaled=step.temperature_scaled, n_boot=n_boot,
                          overrides=student, progress=progress)
     elif step.kind == "distill":
@@ -390,7 +404,7 @@ def _predict(plan: Plan, step: Step, progress: bool) -> None:
     from .calibration.report import evaluate
     from .predictions import load_predictions
 
-    run_dir, out = plan.run_dir(step.run), predict_dir(plan, step)
+    run_dir, out = plan.run_dir(step.run), plan.predict_dir(step)
     role, _, index = step.system.rpartition("-")
     source = ({"run": run_dir, "members": int(index)} if role == "ensemble" else
               {"model": run_dir / ("students" if role == "student" else f"{role}s") / step.system})
@@ -470,7 +484,7 @@ def estimate_seconds(plan: Plan, step: Step) -> float:
         n_eval = _count_sentences(d.test if step.split == "test" else d.dev, d.max_eval_sentences)
         per_epoch = n_train * layers * COSTS["ner_sentence_layer"]
         if step.kind == "train":
-            seconds = epochs * per_epoch * (0.8 * cfg.ensemble.members + cfg.ensemble.individuals)
+            seconds = epochs * per_epoch * (0.9 * cfg.ensemble.members + cfg.ensemble.individuals)
         elif step.kind == "distill":
             seconds = epochs * per_epoch * 0.9 + step.members * per_epoch / 3
         else:
@@ -510,36 +524,27 @@ def selected(plan: Plan, only=None) -> list[Experiment]:
     return [e for e in plan.experiments if e.name in only]
 
 
-def ordered_steps(experiments: list[Experiment]) -> list[Step]:
-    """The steps of the experiments whose features exist, each once, run by run: training, students,
-    evaluations (an evaluation scores every student its run has)."""
-    steps = list(dict.fromkeys(s for e in experiments if not missing_features(e.needs) for s in e.steps))
-    runs = list(dict.fromkeys(s.run.name for s in steps))
-    phase = {"train": 0, "distill": 1, "evaluate": 2, "predict": 3}
-    return sorted(steps, key=lambda s: (runs.index(s.run.name), phase[s.kind]))
-
-
 def describe(plan: Plan, experiments: list[Experiment], timings: dict) -> str:
     """The dry run's text: each experiment with its status and steps (done, or the estimated time), each run's
     config, and the total time left."""
     lines = [f"reproduce --scale {plan.scale.name} --out {plan.out} (data {plan.data_root})", ""]
     left = 0.0
     for e in experiments:
-        missing = missing_features(e.needs)
+        missing = e.missing
         status = ("needs: " + ", ".join(f"{n} ({FEATURES[n][0]})" for n in missing) if missing else
-                  "done" if all(is_done(plan, s) for s in e.steps) else "to do")
+                  "done" if all(plan.done(s) for s in e.steps) else "to do")
         lines.append(f"{e.name}: {e.title} [{status}]")
         for s in ([] if missing else list(dict.fromkeys(e.steps))):
-            done = is_done(plan, s)
+            done = plan.done(s)
             took = f"took {_duration(timings[s.key])}" if s.key in timings else ""
             lines.append(f"    {'done' if done else 'todo'}  {s.key}  "
                          f"{took if done else '~' + _duration(estimate_seconds(plan, s))}")
-    runs = list(dict.fromkeys(s.run for s in ordered_steps(experiments)))
+    runs = list(dict.fromkeys(s.run for s in plan.steps(experiments)))
     lines += ["", "runs (config file, then overrides):"]
     for run in runs:
         lines.append(f"  {run.name}: configs/{run.config} " + " ".join(f"--set {o}" for o in plan.overrides_of(run)))
-    for s in ordered_steps(experiments):
-        left += 0 if is_done(plan, s) else estimate_seconds(plan, s)
+    for s in plan.steps(experiments):
+        left += 0 if plan.done(s) else estimate_seconds(plan, s)
     lines.append(f"\nestimated time left: {_duration(left)} (rough: COSTS in reproduce.py; one process, one step "
                  "at a time)")
     return "\n".join(lines)
@@ -551,26 +556,31 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def read_timings(plan: Plan) -> dict:
+    """{step key: seconds} of the steps run so far in OUT (OUT/timings.json)."""
+    path = plan.out / TIMINGS
+    return read_json(path, "delete it (it only records times)") if path.is_file() else {}
+
+
 def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../shared/data", overrides=(),
               progress: bool = True) -> str:
-    """Run (or resume) every step of the selected experiments, then write their tables and figures and
-    OUT/index.html (paper_report.write_report); `dry_run`: only describe the plan. Returns the plan's
-    description (dry run) or a summary of what was written."""
+    """Run (or resume) every step of the selected experiments (`only`: their names; None: all), recording each
+    step's wall time in OUT/timings.json, then write their tables, figures and OUT/index.html
+    (paper_report.write_report); `dry_run`: only describe the plan. Returns the plan's description (dry run) or a
+    summary of what was run and written."""
     plan = build_plan(scale, out, data_root, overrides)
     chosen = selected(plan, only)
-    timings_path = plan.out / TIMINGS
-    timings = read_json(timings_path, "delete it (it only records times)") if timings_path.is_file() else {}
+    timings = read_timings(plan)
     if dry_run:
         return describe(plan, chosen, timings)
-    steps = ordered_steps(chosen)
-    todo = [s for s in steps if not is_done(plan, s)]
+    steps = plan.steps(chosen)
+    todo = [s for s in steps if not plan.done(s)]
     for number, step in enumerate(todo, 1):
         print(f"[{number}/{len(todo)}] {step.key}", flush=True)
         start = time.monotonic()
         do_step(plan, step, progress)
         timings[step.key] = timings.get(step.key, 0.0) + time.monotonic() - start
-        atomic_write_json(timings_path, timings)
+        atomic_write_json(plan.out / TIMINGS, timings)
     from .paper_report import write_report
 
-    page = write_report(plan, chosen, timings)
-    return f"{len(todo)} of {len(steps)} steps run, the others reused; wrote {page}"
+    return f"{len(todo)} of {len(steps)} steps run, the others reused; wrote {write_report(plan, chosen, timings)}"
