@@ -95,6 +95,8 @@ def _students(experiment, run, **match) -> list:
 
 def _group_name(run) -> str:
     parts = run.name.split("-")
+    if run.name.endswith("baseline"):
+        return f"{LANGUAGE[parts[1]]}, usual single model"
     if run.task == "ner":
         return f"{LANGUAGE[parts[1]]}, {parts[2].upper()}" + (", label smoothing 0.1" if "ls" in parts else "")
     return f"{parts[1]}→{parts[2]}, {parts[3].upper()}" + (", no averaging" if "noavg" in parts else "")
@@ -123,6 +125,20 @@ def ner_table(plan, experiment, split: str) -> Table:
             name = step.student
             rows.append(system_row(group, f"IID student of ensemble of {step.members}", ev / name, NER_METRICS))
             pairs += [(rows[-1], ev / _single(cfg), "single"), (rows[-1], ev / f"ensemble-{step.members}", "teacher")]
+    return Table(experiment.name, experiment.title, NER_METRICS, rows, comparisons=_compare(plan, pairs, "ner"))
+
+
+def baseline_table(plan, experiment) -> Table:
+    """The usual single model beside each English run's largest ensemble and its IID student, each student
+    compared with it and with its teacher."""
+    base, *runs = _runs(experiment)
+    usual = plan.run_dir(base) / "eval" / "test" / "individual-0"
+    rows, pairs = [system_row(_group_name(base), "usual single model", usual, NER_METRICS)], []
+    for run in runs:
+        k, ev = plan.config(run).ensemble.subset_sizes[-1], plan.run_dir(run) / "eval" / "test"
+        rows.append(system_row(_group_name(run), f"ensemble of {k}", ev / f"ensemble-{k}", NER_METRICS))
+        rows.append(system_row(_group_name(run), f"IID student of ensemble of {k}", ev / f"student-{k}", NER_METRICS))
+        pairs += [(rows[-1], usual, "single"), (rows[-1], ev / f"ensemble-{k}", "teacher")]
     return Table(experiment.name, experiment.title, NER_METRICS, rows, comparisons=_compare(plan, pairs, "ner"))
 
 
@@ -285,13 +301,15 @@ def figure_pr(plan, experiment, path: Path) -> None:
 
 TABLES = {"table1": lambda p, e: ner_table(p, e, "test"), "table8": lambda p, e: ner_table(p, e, "dev"),
           "table7": lambda p, e: ner_table(p, e, "test"), "table2": nmt_table, "table6": nmt_table,
-          "table3": truncation_table, "domain-shift": domain_shift_table}
+          "table3": truncation_table, "domain-shift": domain_shift_table, "baseline": baseline_table}
 FIGURES = {"figure1": figure_ensemble_size, "figure2": figure_reliability, "figure3": figure_pr}
 CAPTIONS = {
     "table1": "F1 is conlleval's (the paper's); F1 strict is seqeval's strict IOB2. Members train on 8/10 of the "
               "training data, individuals on all of it, students on 9/10 (the tenth no member saw validates them). "
               "Single CRF models are scored by the argmax of their marginals.",
     "table8": "The systems of Table 1 on dev.",
+    "baseline": "configs/conll-baseline.toml: what a user trains instead of an ensemble. Here * marks a student "
+                "that differs significantly from the usual single model.",
     "table2": "Weight averaging: the mean of the last train.average_last rounds' weights up to the best one "
               "(checkpoint averaging, standing in for the paper's SWA). Students distil the CE ensembles at V' = "
               "distill.top_k. T is fitted on dev by NLL.",

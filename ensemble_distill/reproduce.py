@@ -96,6 +96,7 @@ class Scale:
     directions: tuple[str, ...]  # translation: "de-en", "en-de"
     n_boot: int
     shrunk: str  # for the captions
+    baseline: tuple[str, ...] = ()  # overrides of configs/conll-baseline.toml, the usual single model
     gpu: bool = False
 
 
@@ -115,6 +116,8 @@ SCALES = {
              "distill.sweep_epsilon=[0.1]", "decode.beam_size=2", "decode.batch_sentences=16",
              "decode.temperature_positions=200"),
         directions=("de-en",), n_boot=20,
+        baseline=("data.max_train_sentences=60", "data.max_eval_sentences=40", "encoder.finetune_layers=1",
+                  "train.max_epochs=1", "train.batch_size=16"),
         shrunk="smoke scale: tiny samples of the data, one epoch, a tiny Transformer, German→English only; checks "
                "the plumbing, not the method"),
     "cpu": Scale(
@@ -134,7 +137,7 @@ SCALES = {
         nmt_config="multi30k-small-gpu.toml",
         nmt=("ensemble.members=7", "ensemble.subset_sizes=[3, 5, 7]", "distill.teacher_members=7",
              'train.device="cuda"'),
-        directions=("de-en", "en-de"), n_boot=1000, gpu=True,
+        directions=("de-en", "en-de"), n_boot=1000, gpu=True, baseline=('train.device="cuda"',),
         shrunk="GPU scale: MiniLM-L6 (top 4 of 6 layers tuned) instead of BERT-base, Multi30k instead of WMT16"),
 }
 
@@ -272,13 +275,16 @@ def build_plan(scale: str, out, data_root="../shared/data", overrides=()) -> Pla
     return plan
 
 
-def _ner_run(plan: Plan, language: str, head: str, suffix: str = "", extra=()) -> RunSpec:
+def _ner_data(plan: Plan, language: str) -> tuple[str, ...]:
     folder, train, dev, test = NER_DATA[language]
     root = plan.data_root / folder
-    data = (f'data.train="{root / train}"', f'data.dev="{root / dev}"', f'data.test="{root / test}"')
-    name = f"ner-{language}-{head}{suffix}"
+    return f'data.train="{root / train}"', f'data.dev="{root / dev}"', f'data.test="{root / test}"'
+
+
+def _ner_run(plan: Plan, language: str, head: str, suffix: str = "", extra=()) -> RunSpec:
     config = "conll-iid.toml" if language == "en" else "europarl-iid.toml"
-    return RunSpec(name, config, (*plan.scale.ner, *data, f'model.head="{head}"', *extra))
+    return RunSpec(f"ner-{language}-{head}{suffix}", config,
+                   (*plan.scale.ner, *_ner_data(plan, language), f'model.head="{head}"', *extra))
 
 
 def _nmt_run(plan: Plan, direction: str, smoothing: bool, averaging: bool = True) -> RunSpec:
@@ -320,6 +326,7 @@ def experiments(plan: Plan) -> list[Experiment]:
     """The paper's experiments (its numbering), and the domain shift of its future work."""
     en_iid, en_crf = _ner_run(plan, "en", "iid"), _ner_run(plan, "en", "crf")
     de_iid, de_crf = _ner_run(plan, "de", "iid"), _ner_run(plan, "de", "crf")
+    baseline = RunSpec("ner-en-baseline", "conll-baseline.toml", (*plan.scale.baseline, *_ner_data(plan, "en")))
     de_iid_ls = _ner_run(plan, "de", "iid", "-ls", ("train.label_smoothing=0.1",))
     ner_runs = (en_iid, en_crf, de_iid, de_crf)
     ner = tuple(s for run in ner_runs for s in _ner_steps(plan, run, ("test", "dev")))
@@ -360,8 +367,10 @@ def experiments(plan: Plan) -> list[Experiment]:
                    _ner_steps(plan, en_iid) + _ner_steps(plan, en_crf)),
         Experiment("domain-shift", "Domain shift: English NER systems on WNUT-17 test (types mapped onto "
                    "PER/LOC/ORG/MISC)", _ner_steps(plan, en_iid) + _ner_steps(plan, en_crf) + shift),
-        Experiment("baseline", "The usual single model (all layers tuned, AdamW, linear schedule), raw and "
-                   "temperature-scaled", (), needs=("baseline",)),
+        Experiment("baseline", "The usual single model (MiniLM-L6, all layers tuned, AdamW, linear schedule, full "
+                   "data) against the English students and ensembles, test",
+                   (Step("train", baseline), Step("evaluate", baseline), *_ner_steps(plan, en_iid),
+                    *_ner_steps(plan, en_crf)), needs=("baseline",)),
     ]
 
 

@@ -91,7 +91,7 @@ def test_smoke_end_to_end_then_a_rerun_reuses_everything(report, capsys):
         suffixes = (".png",) if kind == "figures" else (".md", ".csv")
         assert all((out / kind / f"{name}{s}").is_file() for s in suffixes), name
     page = (out / "index.html").read_text()
-    assert page.count("<img ") == 3 and "not run: needs sgdr" in page
+    assert page.count("<img ") == 3 and "not run: needs sgdr" in page and "usual single model" in page
 
     before = model_times(out)
     code, text, _ = run(capsys, report)
