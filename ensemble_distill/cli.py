@@ -270,10 +270,11 @@ def run_distill(args) -> int:
             raise UserError("distill: give --run RUN, or (older form) all of --store, --config and --out")
         from .config import DistillConfig, load_config
         from .distill.ner import distill
-        from .experiments import format_rows
+        from .tables import format_rows
+        from .tasks.ner import TASK
 
         config = load_config(args.config, DistillConfig, args.overrides)
-        print(format_rows([distill(args.store, config, args.out, args.n_boot)], title=f"{args.out} (test)"))
+        print(format_rows(distill(args.store, config, args.out, args.n_boot), TASK.columns, title=f"{args.out} (test)"))
         return 0
     if args.run is None:
         raise UserError("distill: give --run RUN")
@@ -506,14 +507,11 @@ def add_aliases(sub) -> None:
 
 def run_train_ensemble(args) -> int:
     from .config import TaggingConfig, load_config
-    from .experiments import evaluate_run, format_rows
-    from .io_utils import run_lock
-    from .tasks.ner import train_ensemble
+    from .pipeline import evaluate_run, train
 
     cfg = load_config(args.config, TaggingConfig, args.overrides)
-    with run_lock(args.out):  # the evaluation writes into the run folder too
-        run = train_ensemble(cfg, args.out)
-        print(format_rows(evaluate_run(run, args.split, args.n_boot), title=f"{args.out} ({args.split})"))
+    train(cfg, args.out)
+    print(evaluate_run(args.out, args.split, args.n_boot))
     return 0
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from .config import Distillation, DistillConfig, StudentTraining, TaggingConfig, load_config
 from .distill.ner import distill, memoize
-from .experiments import evaluate_run, format_rows
-from .tasks.ner import train_ensemble
+from .ensemble import train_members
+from .evaluation import evaluate_run
+from .tables import format_rows
 
 
 def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "crf"), n_boot: int = 200,
@@ -26,12 +27,12 @@ def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "cr
     tables, data = [], None
     for head in heads:
         cfg.model.head = head
-        run = train_ensemble(cfg, Path(out_root) / head, progress=progress, data=data)
+        run = train_members(cfg, Path(out_root) / head, progress=progress, data=data)
         data = run.data  # the heads share data and frozen states
         rows = evaluate_run(run, "test", n_boot, progress)
         store = memoize(run.run_dir, Path(out_root) / f"{head}-teacher", progress=progress, data=data)
         trained_like_members = {f.name: getattr(cfg.train, f.name) for f in dataclasses.fields(StudentTraining)}
         student = DistillConfig(Distillation(ensemble_run=str(run.run_dir)), StudentTraining(**trained_like_members))
-        rows.append(distill(store.path, student, Path(out_root) / f"{head}-student", n_boot, progress, data))
-        tables.append(format_rows(rows, title=f"demo {head}, test"))
+        rows += distill(store.path, student, Path(out_root) / f"{head}-student", n_boot, progress, data)
+        tables.append(format_rows(rows, run.task.columns, title=f"demo {head}, test"))
     return "\n".join(tables)

@@ -10,21 +10,24 @@ train on the whole training set and differ by seed.
 An ensemble of k is the first k members of one order of the members, so 3 ⊂ 6 ⊂ 9: a seeded permutation
 (`ensemble.split_seed`, NER, the paper's random subsets) or the members in order (translation).
 
-    data = train_members(cfg, "runs/x")     # either task: task.member_plans, task.fit, into runs.py's layout
+    run = train_members(cfg, "runs/x")      # either task: task.member_plans, task.fit, into runs.py's layout
+    run = open_run("runs/x", splits=("dev", "test"))    # a trained run: config, data, its models on demand
+    models = run.members(3)                  # the nested ensemble of 3
 """
 
-import importlib
+from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import distributed
-from .config import MAX_MEMBERS, MEMBER_DATA, N_TENTHS, validate
+from .config import MAX_MEMBERS, MEMBER_DATA, N_TENTHS, load_config, read_toml, validate
 from .errors import UserError
 from .io_utils import require_same_config, run_lock
 from .runs import DATA, finished, model_dir, record_run
+from .tasks import get_task
 
 
 def tenths(n_sentences: int, split_seed: int) -> list[np.ndarray]:
@@ -90,7 +93,74 @@ class MemberPlan:
     held_out: tuple[str, np.ndarray | None]  # (split, its sentence ids; None: the whole split)
 
 
-def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[str, int] | None = None):
+def ensemble_mean(member_probs: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """The ensemble of members `ids`: the uniform mean of their probabilities (paper §3.2), member_probs float32
+    [M, positions, V] -> [positions, V], summed in the order of `ids` (an ensemble of one is its member, exactly)."""
+    return sum(member_probs[i] for i in ids) / len(ids)
+
+
+@dataclass
+class Run:
+    """A trained run of either task: its folder (runs.py), resolved config and loaded data; its model folders are
+    loaded on demand, once (`load`), on `train.device`."""
+    run_dir: Path
+    cfg: object
+    data: object
+    _models: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def task(self):
+        return get_task(self.cfg.task)
+
+    def member_dir(self, i: int) -> Path:
+        return model_dir(self.run_dir, "member", i)
+
+    def load(self, folder):
+        """The model of a finished model folder of this run (member, individual or student), in eval mode.
+        Raises UserError for an unfinished folder (no result.json), and for weights other than the ones its
+        result.json records (replaced or damaged)."""
+        folder = Path(folder)
+        if folder not in self._models:
+            if not finished(folder):
+                raise UserError(f"{folder}: not a finished model (no result.json); train it first, or rerun the "
+                                "command that trains it to finish it")
+            self._models[folder] = self.task.load_run_model(self.cfg, self.data, folder)
+        return self._models[folder]
+
+    def members(self, ensemble_size: int | None = None) -> list:
+        """The models of the run's nested ensemble of `ensemble_size` (default: the largest configured)."""
+        return [self.load(self.member_dir(i)) for i in ensemble_member_ids(self.cfg, ensemble_size)]
+
+
+def read_run_config(run_dir, overrides: Sequence[str] = ()):
+    """RUN/config.toml of a run of either task (older runs without `task`: "nmt" when the folder holds vocab.model),
+    with `overrides` ("section.key=value") of what its members do not fix (Task.run_overridable: decoding,
+    distillation, the device). Raises UserError for a folder that is not a run, or an override of a fixed
+    setting."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no config.toml); train it with `train`")
+    task = get_task(read_toml(run_dir / "config.toml").get("task")
+                    or ("nmt" if (run_dir / "vocab.model").is_file() else "ner"))
+    fixed = [o for o in overrides if not o.strip().startswith(task.run_overridable)]
+    if fixed:
+        allowed = ", ".join(f"{p}*" if p.endswith(".") else p for p in task.run_overridable)
+        raise UserError(f"--set {fixed[0]}: a trained run's members fix this setting; only {allowed} can change")
+    return load_config(run_dir / "config.toml", task.config_class, overrides)
+
+
+def open_run(run_dir, splits: Sequence[str] = ("dev", "test"), progress: bool = True, device: str | None = None,
+             overrides: Sequence[str] = ()) -> Run:
+    """A trained run of either task (config: `read_run_config`) with `splits` of its data loaded, its models to be
+    loaded on `device` (default: the run's train.device; a run trained on a GPU can be evaluated or distilled on a
+    CPU and the other way round). Raises UserError as read_run_config does, and for unreadable data."""
+    cfg = read_run_config(run_dir, overrides)
+    if device is not None:
+        cfg.train.device = device
+    return Run(Path(run_dir), cfg, get_task(cfg.task).load_data(cfg, Path(run_dir), tuple(splits), progress))
+
+
+def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[str, int] | None = None) -> Run:
     """Train (or resume) every member (and NER individual) of the configured ensemble in `run_dir`, for the task
     `cfg.task` names (tasks/base.py): read the data (`data`: already read), check it, record the run
     (runs.record_run), then fit each planned model not yet finished into RUN/members/ or RUN/individuals/.
@@ -99,12 +169,12 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
     vocabulary on first use), then each holds only its model's folder while training it. Without `only` the run
     folder is held throughout, and each model's folder while it trains. Under torchrun every rank trains each
     model data-parallel (training.train) while rank 0 alone holds the locks and writes.
-    Returns the data. Raises UserError for a run folder of another config, data the task refuses, or training or
+    Returns the Run. Raises UserError for a run folder of another config, data the task refuses, or training or
     dev data other than those run.json records (the members trained so far saw those), for `only` outside the
     configured members or individuals, and for a model folder another process is training; nothing that
     binds the folder to this config is written before the data is read and checked, so a first run that fails on
     bad data leaves a folder that takes the corrected config."""
-    task = importlib.import_module(f"ensemble_distill.tasks.{cfg.task}").TASK
+    task = get_task(cfg.task)
     run_dir = Path(run_dir)
     validate(cfg)
     if only is not None:
@@ -130,7 +200,7 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
             with run_lock(folder):
                 if not distributed.on_main(finished, folder):
                     task.fit(task.new_model(cfg, data, plan.seed), cfg, data, plan, folder, progress)
-    return data
+    return Run(run_dir, cfg, data)
 
 
 def _check_addressed(cfg, role: str, index: int) -> None:

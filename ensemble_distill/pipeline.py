@@ -44,14 +44,9 @@ def train(cfg, run_dir, progress: bool = True, member: int | None = None, indivi
         left = [folder.name for folder in unfinished_models(cfg, run_dir)]
         return (f"{run_dir}: {role}-{index} trained; " + (f"not yet: {', '.join(left)}" if left else
                 f"all trained; next: ensemble-distill evaluate --run {run_dir}"))
-    if cfg.task == "ner":
-        from .tasks.ner import train_ensemble
+    from .ensemble import train_members
 
-        train_ensemble(cfg, run_dir, progress)
-    else:
-        from .translation import train_members
-
-        train_members(cfg, run_dir, progress)
+    train_members(cfg, run_dir, progress)
     individuals = getattr(cfg.ensemble, "individuals", 0)
     also = f" and {individuals} individuals" if individuals else ""
     return f"{run_dir}: {cfg.ensemble.members} members{also} trained; next: ensemble-distill evaluate --run {run_dir}"
@@ -61,39 +56,30 @@ def require_trained(run_dir, individuals: bool = True) -> None:
     """Refuse a run whose members (and, `individuals`, NER individuals) are not all trained: a job array's jobs
     may still be running, or some failed. Raises UserError naming the missing models and the command to train
     them (ensemble.require_finished)."""
-    from .config import load_config
-    from .ensemble import require_finished
-    from .tasks import get_task
+    from .ensemble import read_run_config, require_finished
 
-    cfg = load_config(Path(run_dir) / "config.toml", get_task(run_task(run_dir)).config_class)
-    require_finished(cfg, run_dir, individuals)
+    require_finished(read_run_config(run_dir), run_dir, individuals)
 
 
 def evaluate_run(run_dir, split: str = "test", n_boot: int = 1000, device: str | None = None,
                  overrides=(), progress: bool = True, src=None, ref=None, name: str | None = None) -> str:
-    """Evaluate every system of the run on `split` (RUN/eval/<split>/); returns the Markdown table. Translation:
-    `src` and `ref` (two line-aligned files) evaluate on that pair instead, in RUN/eval/<name> (default
-    pair-<the source file's stem>), with the temperatures fitted on the run's dev split as always."""
+    """Evaluate every system of the run on `split`, raw and temperature-scaled (evaluation.evaluate_run,
+    RUN/eval/<split>/); returns the Markdown table. Translation: `src` and `ref` (two line-aligned files) evaluate
+    on that pair instead, in RUN/eval/<name> (default pair-<the source file's stem>), with the temperatures fitted
+    on the run's dev split as always."""
+    from .ensemble import open_run
+    from .evaluation import evaluate_run as evaluate_systems
+    from .tables import format_rows
+
     if (src is None) != (ref is None):
         raise UserError("evaluate: --src and --ref go together (a source file and its reference translations)")
-    if run_task(run_dir) == "ner":
-        from .experiments import evaluate_run as evaluate_ner
-        from .experiments import format_rows, open_run
-        from .tasks.ner import read_run_config
-
-        if src is not None:
-            raise UserError("--src/--ref: a translation test pair; to score an NER run's models on another CoNLL "
-                            "file use predict --run RUN --input FILE --tag-col -1, then evaluate its predictions")
-        _no_overrides(overrides, "evaluating an NER run")
-        require_trained(run_dir)
-        with run_lock(run_dir):
-            run = open_run(run_dir, read_run_config(run_dir), splits=(split,), progress=progress)
-            return format_rows(evaluate_ner(run, split, n_boot, progress), title=f"{run_dir} ({split})")
-    from .translation import evaluate_translation_run, format_rows, open_run
-
+    if src is not None and run_task(run_dir) == "ner":
+        raise UserError("--src/--ref: a translation test pair; to score an NER run's models on another CoNLL "
+                        "file use predict --run RUN --input FILE --tag-col -1, then evaluate its predictions")
     require_trained(run_dir)
     if src is None:
-        run = open_run(run_dir, splits=("dev", split), progress=progress, device=device, overrides=overrides)
+        run = open_run(run_dir, splits=tuple(dict.fromkeys(("dev", split))), progress=progress, device=device,
+                       overrides=overrides)
     else:
         from .tasks.nmt import read_pair
 
@@ -103,8 +89,9 @@ def evaluate_run(run_dir, split: str = "test", n_boot: int = 1000, device: str |
                             "the config's splits)")
         run = open_run(run_dir, splits=("dev",), progress=progress, device=device, overrides=overrides)
         run.data.splits[split] = read_pair(run.cfg, run.data.vocab, src, ref)
-    rows = evaluate_translation_run(run_dir, split, n_boot, progress, run=run)
-    return format_rows(rows, title=f"{run_dir} ({split})")
+    with run_lock(Path(run_dir) / "eval" / split):
+        rows = evaluate_systems(run, split, n_boot, progress)
+    return format_rows(rows, run.task.columns, title=f"{run_dir} ({split})")
 
 
 def memoize(run_dir, members: int | None = None, device: str | None = None, temperature_scaled: bool = False,
@@ -125,7 +112,7 @@ def memoize(run_dir, members: int | None = None, device: str | None = None, temp
             require_trained(run_dir, individuals=False)
             store = memoize_ner(run_dir, store_dir, members, temperature_scaled, progress)
         return f"wrote {store.path}: {teacher_name(store)} over {len(store)} sentences, {store.num_positions} words"
-    from .translation import open_run
+    from .ensemble import open_run
     from .translation_distill import memoize_translation_teacher
 
     _only_for("ner", temperature_scaled=temperature_scaled, out=out)
@@ -138,8 +125,7 @@ def memoize(run_dir, members: int | None = None, device: str | None = None, temp
 
 def ner_store_dir(run_dir, members: int | None, temperature_scaled: bool) -> Path:
     """RUN/teachers/ensemble-<k>[-ts]: where `memoize` puts an NER run's store by default."""
-    from .ensemble import ensemble_member_ids
-    from .tasks.ner import read_run_config
+    from .ensemble import ensemble_member_ids, read_run_config
 
     k = len(ensemble_member_ids(read_run_config(run_dir), members))
     return Path(run_dir) / "teachers" / f"ensemble-{k}{'-ts' if temperature_scaled else ''}"
@@ -154,7 +140,8 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
     `overrides`, its teacher this run; it is evaluated on test. Returns a summary (NER: the student's table row)."""
     if run_task(run_dir) == "ner":
         from .distill.ner import distill as distill_ner
-        from .experiments import format_rows
+        from .tables import format_rows
+        from .tasks.ner import TASK
 
         _no_sampled_ner(samples)
         _only_for("nmt", top_k=top_k, epsilon=epsilon, device=device)
@@ -163,9 +150,9 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
         memoize(run_dir, members, temperature_scaled=temperature_scaled, out=store, progress=progress)
         cfg = student_config(run_dir, members, config, overrides)
         out = Path(run_dir) / "students" / f"student-{store.name.removeprefix('ensemble-')}"
-        row = distill_ner(store, cfg, out, n_boot, progress)
-        return format_rows([row], title=f"{out} (test)")
-    from .translation import open_run
+        rows = distill_ner(store, cfg, out, n_boot, progress)
+        return format_rows(rows, TASK.columns, title=f"{out} (test)")
+    from .ensemble import open_run
     from .translation_distill import distill_translation
 
     _only_for("ner", temperature_scaled=temperature_scaled, config=config)
@@ -197,12 +184,13 @@ def sweep(run_dir, members=None, top_ks=None, epsilons=None, n_boot: int = 1000,
         raise UserError(f"{run_dir}: `sweep` trains translation students for each truncation V'; an NER store keeps "
                         "every label, so there is nothing to sweep")
     require_trained(run_dir, individuals=False)
-    from .translation import format_sweep, open_run
+    from .ensemble import open_run
+    from .tables import format_sweep
     from .translation_distill import truncation_sweep
 
     run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress, device=device, overrides=overrides)
     return format_sweep(truncation_sweep(run_dir, members, top_ks, epsilons, n_boot, progress, run=run,
-                                         samples=samples), str(run_dir))
+                                         samples=samples), run.task.columns, str(run_dir))
 
 
 def predict(input_path, out_dir, model=None, run=None, members: int | None = None, device: str = "cpu",
@@ -219,10 +207,10 @@ def predict(input_path, out_dir, model=None, run=None, members: int | None = Non
     if run is not None:
         if run_task(run) != "ner":
             raise UserError(f"{run}: predict --run tags with an NER ensemble; for translation use --model FOLDER")
-        from .ensemble import ensemble_member_ids
+        from .ensemble import ensemble_member_ids, read_run_config
         from .runs import model_dir
         from .tag_text import predict as tag_file
-        from .tasks.ner import load_model, read_run_config
+        from .tasks.ner import load_model
 
         _only_options("ner", options, run)
         ids = ensemble_member_ids(read_run_config(run), members)
@@ -255,11 +243,10 @@ def translate(input_path="-", output=None, model=None, run=None, members: int | 
     if run is not None:
         if run_task(run) != "nmt":
             raise UserError(f"{run}: an NER run; translate takes a translation run (tag text with predict)")
-        from .config import TranslationConfig
-        from .ensemble import ensemble_member_ids
+        from .ensemble import ensemble_member_ids, read_run_config
         from .runs import model_dir
 
-        ids = ensemble_member_ids(load_config(Path(run) / "config.toml", TranslationConfig), members)
+        ids = ensemble_member_ids(read_run_config(run), members)
         loaded = [load_model(model_dir(run, "member", i), device) for i in ids]
         vocab = loaded[0].vocab
         other = next((m for m in loaded if m.vocab.path.read_bytes() != vocab.path.read_bytes()), None)

@@ -1,7 +1,27 @@
-"""Result tables shared by the NER and translation experiments: groups of models as mean ± standard error,
-single systems as value [95% CI]."""
+"""Result tables of both tasks: one Markdown formatter whose metric columns the task declares (`Task.columns`),
+groups of models as mean ± standard error, single systems as value [95% CI], and the truncation table of a run's
+students.
+
+    rows = table_rows(systems, scores, temperatures, task.columns)       # evaluation.py writes results.json
+    print(format_rows(rows, task.columns, title="runs/x, test"))
+"""
+
+from dataclasses import dataclass
 
 import numpy as np
+
+from .calibration.temperature import at_bound, temperature_label
+
+SCALED = ("-ts", " + TS")  # a temperature-scaled system: its name's and its label's suffix
+
+
+@dataclass(frozen=True)
+class Column:
+    """A metric column: the key in calibration.report's metrics, its header, and the factor to the paper's units
+    (100 for fractions, 1 for BLEU, which is already 0-100)."""
+    key: str
+    header: str
+    scale: float = 100
 
 
 def mean_and_se(scores: list[dict], metrics) -> dict:
@@ -18,3 +38,76 @@ def cell(stat: dict, scale: float = 100) -> str:
     if "se" in stat:
         return f"{scale * stat['value']:.2f} ± {scale * stat['se']:.2f}"
     return f"{scale * stat['value']:.2f} [{scale * stat['ci_low']:.2f}, {scale * stat['ci_high']:.2f}]"
+
+
+def table_rows(systems, scores: dict[str, dict], temperatures: dict[str, float], columns) -> list[dict]:
+    """The rows of results.json, one schema for both tasks: each group of systems (evaluation.System.group:
+    "members", "individuals") as one mean ± s.e. row, then every other system with its 95% interval; each row
+    followed by its temperature-scaled twin (" + TS"). A row: {"system": label, "name": the folder under
+    RUN/eval/<split>/ (a group's: its name), "temperature": T (1 for raw rows; a group's mean T, with
+    "temperature_note" when some fits stopped at a bound), metric: {value, ci_low, ci_high} or {value, se}}.
+    `scores` holds each system's metrics under its name and name + "-ts"."""
+    keys = [c.key for c in columns]
+    groups = list(dict.fromkeys(s.group for s in systems if s.group))
+    rows = []
+    for group in groups:
+        names = [s.name for s in systems if s.group == group]
+        for suffix, label in (("", ""), SCALED):
+            ts = [temperatures[n] for n in names]
+            row = {"system": f"{group} ({len(names)}, mean ± s.e.){label}", "name": group + suffix,
+                   "temperature": float(np.mean(ts)) if suffix else 1.0}
+            if suffix and any(map(at_bound, ts)):  # a mean over bounds is no temperature: say so in the table
+                row["temperature_note"] = f"{sum(map(at_bound, ts))} of {len(ts)} at the fit's bound"
+            rows.append({**row, **mean_and_se([scores[n + suffix] for n in names], keys)})
+    for s in systems:
+        if s.group:
+            continue
+        for suffix, label in (("", ""), SCALED):
+            rows.append({"system": s.label + label, "name": s.name + suffix,
+                         "temperature": temperatures[s.name] if suffix else 1.0,
+                         **{k: scores[s.name + suffix][k] for k in keys}})
+    return rows
+
+
+def units(columns) -> str:
+    return "values ×100" if all(c.scale == 100 for c in columns) else "calibration ×100"
+
+
+def format_rows(rows: list[dict], columns, title: str = "") -> str:
+    """A Markdown table in the paper's units: mean ± s.e. for groups, value [95% CI] for single systems; T is the
+    fitted temperature of a " + TS" row (1.00 for a raw one)."""
+    lines = [f"**{title}** ({units(columns)})", ""] if title else []
+    lines += ["| system | T | " + " | ".join(c.header for c in columns) + " |",
+              "|---|---|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [cell(row[c.key], c.scale) for c in columns]
+        note = f" ({row['temperature_note']})" if "temperature_note" in row else ""
+        lines.append(f"| {row['system']} | {temperature_label(row['temperature'])}{note} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def truncation_rows(students: dict[str, dict], rows: list[dict], columns) -> list[dict]:
+    """Per student (its folder name → its teacher.json: truncation and bytes_per_token), its raw row's metrics
+    beside its teacher store's truncation and size. Rows: fixed V' ascending, then adaptive, then sampled stores by
+    their draws R ("samples"; top_k and epsilon 0 there, samples 0 in the others)."""
+    by_name = {row["name"]: row for row in rows}
+    table = []
+    for name, teacher in students.items():
+        t = teacher["truncation"]
+        k, eps, r = t.get("top_k", 0), t.get("epsilon") or 0.0, t.get("samples", 0)
+        truncation = f"sampled R = {r}" if r else f"adaptive 1 - {eps:g} (at most {k})" if eps else f"V' = {k}"
+        table.append({"student": name, "truncation": truncation, "top_k": k, "epsilon": eps, "samples": r,
+                      "bytes_per_token": teacher["bytes_per_token"], **{c.key: by_name[name][c.key] for c in columns}})
+    table.sort(key=lambda row: (row["samples"] > 0, row["epsilon"] > 0, row["top_k"], row["epsilon"], row["samples"]))
+    return table
+
+
+def format_sweep(table: list[dict], columns, title: str) -> str:
+    """The truncation table in Markdown: each student's truncation, metrics (values only) and bytes per token."""
+    lines = [f"**{title}** ({units(columns)})", "",
+             "| truncation | " + " | ".join(c.header for c in columns) + " | bytes/token |",
+             "|---|" + "---|" * (len(columns) + 1)]
+    for row in table:
+        cells = [f"{c.scale * row[c.key]['value']:.2f}" for c in columns]
+        lines.append(f"| {row['truncation']} | " + " | ".join(cells) + f" | {row['bytes_per_token']:.1f} |")
+    return "\n".join(lines) + "\n"

@@ -33,13 +33,14 @@ from .config import TranslationDistillation, setting_problem
 from .data.vocab import PAD_ID
 from .distill.losses import distillation_loss
 from .distributed import on_main
+from .ensemble import Run, open_run
 from .errors import UserError
+from .evaluation import evaluate_run
 from .io_utils import atomic_write_json, checkpoint_name, read_json, run_lock
 from .models.translation import collate
 from .runs import finished
 from .tasks.nmt import TASK, member_seed, new_model, to_device, train_model
 from .teacher_store import TeacherStore, write_store
-from .translation import TranslationRun, evaluate_translation_run, open_run
 
 STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
 
@@ -55,17 +56,17 @@ def store_name(members: int, top_k: int, epsilon: float, samples: int = 0, probs
     return f"ensemble-{members}-{truncation}{layout}"
 
 
-def train_fingerprint(run: TranslationRun) -> str:
+def train_fingerprint(run: Run) -> str:
     return TASK.dataset_fingerprint(run.data)
 
 
-def vocab_names(run: TranslationRun) -> list[str]:
+def vocab_names(run: Run) -> list[str]:
     return run.data.vocab.piece_names()
 
 
 def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int | None = None,
                                 epsilon: float | None = None, progress: bool = True,
-                                run: TranslationRun | None = None, samples: int | None = None) -> TeacherStore:
+                                run: Run | None = None, samples: int | None = None) -> TeacherStore:
     """Write (or resume, or open when finished) the store of the ensemble of the first `members` members over the
     run's training pairs, at RUN/teachers/<store_name>. Defaults come from the run's [distill] section; `samples`
     > 0 makes a sampled store (R draws a position, seeded by train.seed), 0 a top-V' one.
@@ -87,7 +88,7 @@ def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int 
     for name, value in (("top_k", top_k), ("epsilon", epsilon), ("samples", samples)):
         if problem := setting_problem(TranslationDistillation, name, value):
             raise UserError(f"'{name}' {problem}")
-    models = run.members(members)
+    models = run.members(members)  # the first k
     teachers = [checkpoint_name(run.run_dir, run.member_dir(i) / "model.pt") for i in range(members)]
 
     @torch.no_grad()
@@ -109,7 +110,7 @@ def memoize_translation_teacher(run_dir, members: int | None = None, top_k: int 
 
 
 def distill_translation(run_dir, members: int | None = None, top_k: int | None = None, epsilon: float | None = None,
-                        progress: bool = True, run: TranslationRun | None = None, after_round=None,
+                        progress: bool = True, run: Run | None = None, after_round=None,
                         samples: int | None = None) -> Path:
     """Memoise the teacher (if not done) and train (or resume) its student, RUN/students/student-<store name less
     "ensemble-"> (student-3-top64, student-3-sampled12); returns the student's folder."""
@@ -163,10 +164,10 @@ def student_loss(store: TeacherStore, d: TranslationDistillation):
 
 def truncation_sweep(run_dir, members: int | None = None, top_ks: list[int] | None = None,
                      epsilons: list[float] | None = None, n_boot: int = 1000, progress: bool = True,
-                     run: TranslationRun | None = None, samples: list[int] | None = None) -> list[dict]:
+                     run: Run | None = None, samples: list[int] | None = None) -> list[dict]:
     """Distil one student per truncation (each V' in top_ks, each adaptive epsilon capped at max(top_ks), each
     sampled store's R in `samples`, default [distill.samples] when that is > 0) and evaluate the run, which
-    tabulates every student's truncation (translation.truncation_table); returns the rows of these students.
+    tabulates every student's truncation (evaluation.evaluate_run); returns the rows of these students.
     Raises UserError for an R below 1."""
     run = run or open_run(run_dir, splits=("train", "dev", "test"), progress=progress)
     d = run.cfg.distill
@@ -181,6 +182,6 @@ def truncation_sweep(run_dir, members: int | None = None, top_ks: list[int] | No
     settings = [(k, 0.0) for k in top_ks] + [(max(top_ks), eps) for eps in epsilons]
     students = [distill_translation(run.run_dir, members, k, eps, progress, run, samples=0) for k, eps in settings]
     students += [distill_translation(run.run_dir, members, progress=progress, run=run, samples=r) for r in samples]
-    evaluate_translation_run(run.run_dir, "test", n_boot, progress, run)
+    evaluate_run(run, "test", n_boot, progress)
     table = read_json(run.run_dir / "eval" / "test" / "truncation.json", "evaluate the run again")
     return [row for row in table if row["student"] in {s.name for s in students}]

@@ -301,7 +301,7 @@ def test_a_vocabulary_left_without_a_recorded_config_is_not_reused(tmp_path):
     # A first run killed (or failed) between training its vocabulary and recording its config leaves vocab.model
     # alone in the folder; the next run may have another vocabulary size and must train its own.
     from ensemble_distill.data.vocab import train_vocab
-    from ensemble_distill.translation import train_members
+    from ensemble_distill.ensemble import train_members
 
     torch.set_num_threads(1)
     folder = tmp_path / "data"

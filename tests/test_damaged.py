@@ -22,8 +22,8 @@ from test_runs import (
 from ensemble_distill.cli import main
 from ensemble_distill.config import to_toml
 from ensemble_distill.distill.ner import memoize
-from ensemble_distill.tasks.ner import load_tagging_data, train_ensemble
-from ensemble_distill.translation import train_members
+from ensemble_distill.ensemble import train_members
+from ensemble_distill.tasks.ner import load_tagging_data
 from ensemble_distill.translation_distill import memoize_translation_teacher
 
 
@@ -52,7 +52,7 @@ def cut(path, keep=0.5) -> None:
 @pytest.fixture(scope="module")
 def ner_run(tiny_encoder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ner")
-    return train_ensemble(tiny_tagging_config(folder, tiny_encoder), folder / "run", progress=False)
+    return train_members(tiny_tagging_config(folder, tiny_encoder), folder / "run", progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,12 @@ from ensemble_distill.config import DistillConfig, TaggingConfig, to_toml
 from ensemble_distill.distill import ner as distill_module
 from ensemble_distill.distill.losses import distillation_loss
 from ensemble_distill.distill.ner import dataset_fingerprint, memoize, store_temperature
+from ensemble_distill.ensemble import open_run, train_members
 from ensemble_distill.errors import UserError
-from ensemble_distill.experiments import open_run
 from ensemble_distill.tasks.ner import (
-    load_member,
-    member_seed,
     new_tagger,
     predict_distributions,
     tagger_loss,
-    train_ensemble,
     window_batch,
 )
 from ensemble_distill.teacher_store import TeacherStore, write_store
@@ -47,17 +44,17 @@ def run_dir(tiny_encoder, tmp_path_factory):
     cfg.encoder.cache_dir = str(folder / "cache")
     cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size, cfg.train.max_epochs = "adamw", 1e-2, 8, 2
     cfg.ensemble.members, cfg.ensemble.subset_sizes = 2, [1, 2]
-    train_ensemble(cfg, folder / "run", progress=False)
+    train_members(cfg, folder / "run", progress=False)
     return folder / "run"
 
 
 @pytest.fixture(scope="module")
 def run(run_dir):
-    return open_run(run_dir, progress=False)
+    return open_run(run_dir, splits=("train", "dev", "test"), progress=False)
 
 
 def members(run, ids):
-    return [load_member(run, run.member_dir(i), member_seed(run.cfg, i)) for i in ids]
+    return [run.load(run.member_dir(i)) for i in ids]
 
 
 def test_beta_zero_is_the_plain_nll(run):
@@ -246,7 +243,7 @@ def test_student_trains_on_nine_tenths_and_early_stops_on_the_tenth_no_member_ea
     cfg = copy.deepcopy(run.cfg)
     cfg.ensemble.members, cfg.ensemble.subset_sizes = 9, [3, 6, 9]  # every member the split allows
     cfg.ensemble.member_data = member_data
-    train_ensemble(cfg, tmp_path / "nine", progress=False, data=run.data)
+    train_members(cfg, tmp_path / "nine", progress=False, data=run.data)
     assert len(members_saw) == 9
 
     held_name, held_windows = student_call["held_out"]

@@ -18,10 +18,10 @@ from test_translation_pipeline import write_copy_task
 from ensemble_distill import distributed
 from ensemble_distill.cli import main
 from ensemble_distill.config import Training, to_toml
+from ensemble_distill.ensemble import train_members
 from ensemble_distill.models.translation import collate
 from ensemble_distill.tasks.nmt import new_model, nll_loss, train_model
 from ensemble_distill.training import train
-from ensemble_distill.translation import train_members
 
 ROOT = Path(__file__).resolve().parents[1]
 

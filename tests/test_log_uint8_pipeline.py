@@ -11,9 +11,9 @@ from test_translation_pipeline import toy_config, write_copy_task
 from ensemble_distill.cli import main
 from ensemble_distill.config import to_toml
 from ensemble_distill.data.vocab import PAD_ID
+from ensemble_distill.ensemble import open_run
 from ensemble_distill.models.translation import collate
 from ensemble_distill.teacher_store import TeacherStore
-from ensemble_distill.translation import open_run
 from ensemble_distill.translation_distill import train_fingerprint, vocab_names
 
 

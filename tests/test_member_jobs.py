@@ -12,11 +12,10 @@ from test_runs import one_line_error, sha256, tiny_tagging_config, tiny_translat
 
 from ensemble_distill.cli import main
 from ensemble_distill.config import load_config, to_toml
+from ensemble_distill.ensemble import train_members
 from ensemble_distill.errors import UserError
 from ensemble_distill.io_utils import LOCK, run_lock
 from ensemble_distill.pipeline import train
-from ensemble_distill.tasks.ner import train_ensemble
-from ensemble_distill.translation import train_members
 
 WEIGHTS = ("model.safetensors", "best.pt")  # both tasks write these; NMT also model.pt
 
@@ -38,7 +37,7 @@ def ner(tiny_encoder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ner-jobs")
     cfg = tiny_tagging_config(folder, tiny_encoder)
     cfg.ensemble.individuals = 1
-    run = train_ensemble(cfg, folder / "plain", progress=False)
+    run = train_members(cfg, folder / "plain", progress=False)
     return run.run_dir, config_file(folder / "config.toml", cfg)
 
 

@@ -21,11 +21,11 @@ from ensemble_distill import training as training_module
 from ensemble_distill.cli import main
 from ensemble_distill.config import DistillConfig, TaggingConfig, TranslationConfig, to_toml
 from ensemble_distill.distill.ner import memoize
+from ensemble_distill.ensemble import Run, open_run, train_members
 from ensemble_distill.errors import UserError
 from ensemble_distill.io_utils import LOCK, atomic_torch_save, run_lock
-from ensemble_distill.tasks.ner import EnsembleRun, load_member, new_tagger, train_ensemble, train_tagger
+from ensemble_distill.tasks.ner import new_tagger, train_tagger
 from ensemble_distill.tasks.nmt import new_model, nll_loss, train_model
-from ensemble_distill.translation import open_run, train_members
 from ensemble_distill.translation_distill import memoize_translation_teacher
 
 from conftest import CONLL_SENTENCES, write_conll
@@ -179,7 +179,7 @@ def tiny_tagging_config(folder, tiny_encoder) -> TaggingConfig:
 @pytest.fixture(scope="module")
 def ner_run(tiny_encoder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ner")
-    return train_ensemble(tiny_tagging_config(folder, tiny_encoder), folder / "run", progress=False)
+    return train_members(tiny_tagging_config(folder, tiny_encoder), folder / "run", progress=False)
 
 
 def test_an_ner_run_resumed_with_another_config_is_refused_naming_the_key(ner_run, tmp_path, capsys):
@@ -210,15 +210,15 @@ def test_an_ner_member_without_its_result_is_unfinished_and_resumed(ner_run, tmp
 
     monkeypatch.setattr(runs_module, "atomic_write_json", killed_before_result)
     with pytest.raises(KeyboardInterrupt):
-        train_ensemble(cfg, run_dir, progress=False, data=ner_run.data)
+        train_members(cfg, run_dir, progress=False, data=ner_run.data)
     monkeypatch.setattr(runs_module, "atomic_write_json", real_write)
     member = run_dir / "members" / "member-1"
     assert (member / "best.pt").is_file() and not (member / "result.json").exists()
     with pytest.raises(UserError, match=f"{member}: not a finished model"):
-        load_member(EnsembleRun(run_dir, cfg, ner_run.data), member)
+        Run(run_dir, cfg, ner_run.data).load(member)
     with pytest.raises(UserError, match=f"{member}: not a finished model"):
         memoize(run_dir, tmp_path / "store", progress=False, data=ner_run.data)
-    train_ensemble(cfg, run_dir, progress=False, data=ner_run.data)
+    train_members(cfg, run_dir, progress=False, data=ner_run.data)
     assert json.loads((member / "result.json").read_text())["epochs"] == cfg.train.max_epochs
     # The same bytes as the uninterrupted run's member: saving is byte-reproducible.
     for name in ("best.pt", "model.safetensors", "model.json"):

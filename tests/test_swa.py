@@ -67,19 +67,20 @@ def test_swa_anneals_the_rate_to_swa_lr_by_cosine():
 def test_ner_members_trained_with_swa_are_loaded_averaged(tiny_encoder, conll_files, tmp_path):
     from test_tasks_ner import make_config
 
+    from ensemble_distill.ensemble import train_members
     from ensemble_distill.runs import load_weights
-    from ensemble_distill.tasks.ner import load_member, new_tagger, train_ensemble
+    from ensemble_distill.tasks.ner import new_tagger
 
     cfg = make_config(tiny_encoder, conll_files, tmp_path, max_epochs=2, averaging="swa", swa_start=1,
                       swa_lr=1e-3)
     cfg.ensemble.members, cfg.ensemble.subset_sizes = 1, [1]
-    run = train_ensemble(cfg, tmp_path / "ens", progress=False)
+    run = train_members(cfg, tmp_path / "ens", progress=False)
     folder = tmp_path / "ens" / "members" / "member-0"
     result = json.loads((folder / "result.json").read_text())
     assert result["averaging"] == "swa" and result["weights"] == "model.pt"
     averaged, best = torch.load(folder / "model.pt"), torch.load(folder / "best.pt")
     assert any(not torch.equal(averaged[k], best[k]) for k in best)
-    member = load_member(run, folder)
+    member = run.load(folder)
     saved = load_weights(folder, new_tagger(run.data, cfg, 0))
     for key, value in member.state_dict().items():
         assert torch.equal(value, averaged[key]) and torch.equal(value, saved.state_dict()[key]), key
@@ -88,8 +89,8 @@ def test_ner_members_trained_with_swa_are_loaded_averaged(tiny_encoder, conll_fi
 def test_translation_members_trained_with_swa_keep_the_mean_of_their_rounds_from_swa_start(tmp_path):
     from test_translation_pipeline import toy_config, write_copy_task
 
+    from ensemble_distill.ensemble import train_members
     from ensemble_distill.tasks.nmt import new_model, nll_loss, train_model
-    from ensemble_distill.translation import train_members
 
     folder = write_copy_task(tmp_path / "copy", (("train", 60), ("dev", 8), ("test", 8)))
     data = train_members(toy_config(folder, max_rounds=1), folder / "vocab-run", progress=False).data

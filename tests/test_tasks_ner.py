@@ -6,18 +6,16 @@ import torch
 
 from ensemble_distill.config import TaggingConfig
 from ensemble_distill.encoders import compute_frozen_states, load_pretrained, split_encoder
-from ensemble_distill.ensemble import distillation_sentences, member_sentences, nested_subsets, tenths
+from ensemble_distill.ensemble import distillation_sentences, member_sentences, nested_subsets, tenths, train_members
 from ensemble_distill.errors import UserError
 from ensemble_distill.tasks.ner import (
     held_out_f1,
-    load_member,
     load_tagging_data,
     new_tagger,
     predict_distributions,
     predict_scored,
     tagger_loss,
     to_predictions,
-    train_ensemble,
     train_tagger,
     window_batch,
 )
@@ -170,14 +168,14 @@ def test_nested_subsets_are_prefixes():
 def test_train_ensemble_writes_members_and_resumes(tiny_encoder, conll_files, tmp_path):
     cfg = make_config(tiny_encoder, conll_files, tmp_path, "iid", max_epochs=1)
     cfg.ensemble.members, cfg.ensemble.subset_sizes, cfg.ensemble.individuals = 2, [1, 2], 1
-    run = train_ensemble(cfg, tmp_path / "ens", progress=False)
+    run = train_members(cfg, tmp_path / "ens", progress=False)
     for folder in ("members/member-0", "members/member-1", "individuals/individual-0"):
         assert (tmp_path / "ens" / folder / "best.pt").is_file()
     assert (tmp_path / "ens" / "config.toml").is_file() and (tmp_path / "ens" / "run.json").is_file()
     mtime = (tmp_path / "ens/members/member-0/best.pt").stat().st_mtime_ns
-    train_ensemble(cfg, tmp_path / "ens", progress=False, data=run.data)  # finished members are not retrained
+    train_members(cfg, tmp_path / "ens", progress=False, data=run.data)  # finished members are not retrained
     assert (tmp_path / "ens/members/member-0/best.pt").stat().st_mtime_ns == mtime
-    member = load_member(run, tmp_path / "ens/members/member-1")
+    member = run.load(tmp_path / "ens/members/member-1")
     assert len(predict_distributions([member], run.data.splits["test"])) == 4
 
 
@@ -262,7 +260,7 @@ def test_members_train_with_train_label_smoothing(tiny_encoder, conll_files, tmp
         "label_smoothing", 0.0)) or loss(self, *a, **k))
     cfg = make_config(tiny_encoder, conll_files, tmp_path, head, max_epochs=1, label_smoothing=0.1)
     cfg.ensemble.members, cfg.ensemble.subset_sizes, cfg.ensemble.individuals = 1, [1], 1
-    train_ensemble(cfg, tmp_path / "ens", progress=False)
+    train_members(cfg, tmp_path / "ens", progress=False)
     assert seen and set(seen) == {0.1}  # the member and the individual
     assert "label_smoothing = 0.1" in (tmp_path / "ens" / "config.toml").read_text()
 
@@ -274,7 +272,7 @@ def test_member_data_is_recorded_and_a_run_keeps_it(tiny_encoder, conll_files, t
 
     cfg = make_config(tiny_encoder, conll_files, tmp_path, max_epochs=1)
     cfg.ensemble.members, cfg.ensemble.subset_sizes = 1, [1]
-    run = train_ensemble(cfg, tmp_path / "ens", progress=False)
+    run = train_members(cfg, tmp_path / "ens", progress=False)
     n = len(run.data.splits["train"].corpus.sentences)  # 40 sentences: tenths of 4
     plan = run_plans(cfg, run.data)[0]
     assert len(plan.train) == n - 4 and set(distillation_sentences(n, 0)) <= set(plan.train)
@@ -288,7 +286,7 @@ def test_member_data_is_recorded_and_a_run_keeps_it(tiny_encoder, conll_files, t
     (tmp_path / "ens" / "config.toml").write_text((tmp_path / "ens" / "config.toml").read_text().replace(
         "members = 1", "members = 2").replace("subset_sizes = [1]", "subset_sizes = [2]"))
     with pytest.raises(UserError, match="member_data eight_tenths, now nine_tenths"):
-        train_ensemble(cfg, tmp_path / "ens", progress=False, data=run.data)
+        train_members(cfg, tmp_path / "ens", progress=False, data=run.data)
 
 
 def run_plans(cfg, data):
@@ -328,9 +326,9 @@ def test_the_usual_single_model_tunes_every_layer_in_a_run_of_individuals(tiny_e
     cfg.encoder.name, cfg.encoder.cache_dir = str(tiny_encoder), str(tmp_path / "cache")
     cfg.encoder.finetune_layers = 3  # every layer of the tiny encoder
     cfg.train.max_epochs, cfg.train.lr = 2, 1e-3
-    run = train_ensemble(cfg, tmp_path / "baseline", progress=False)
+    run = train_members(cfg, tmp_path / "baseline", progress=False)
     assert not (tmp_path / "baseline" / "members").exists()
-    tuned = load_member(run, tmp_path / "baseline" / "individuals" / "individual-0").top.layers
+    tuned = run.load(tmp_path / "baseline" / "individuals" / "individual-0").top.layers
     pretrained = load_pretrained(tiny_encoder).encoder.layer
     assert len(tuned) == 3
     for layer, before in zip(tuned, pretrained):

@@ -137,7 +137,9 @@ def test_tables_and_teacher_names_show_a_fit_at_the_bound():
     from types import SimpleNamespace
 
     from ensemble_distill.distill.ner import TEMPERATURE_PREFIX, teacher_name
-    from ensemble_distill.translation import System, format_rows, table_rows
+    from ensemble_distill.evaluation import System
+    from ensemble_distill.tables import format_rows, table_rows
+    from ensemble_distill.tasks.nmt import TASK
 
     def name(t):
         return teacher_name(SimpleNamespace(manifest={"teachers": ["m1", "m2", f"{TEMPERATURE_PREFIX}{t!r}"]}))
@@ -146,10 +148,12 @@ def test_tables_and_teacher_names_show_a_fit_at_the_bound():
     assert name(T_BOUNDS[1]) == ("ensemble of 2, temperature-scaled (T = 100.000 at the fit's bound: dev had no "
                                  "finite optimum)")
 
-    systems = [System("member-1", [0]), System("member-2", [1]), System("ensemble-2", [0, 1])]
+    systems = [System("member-1", "member-1", (0,), "members"), System("member-2", "member-2", (1,), "members"),
+               System("ensemble-2", "ensemble of 2", (0, 1))]
     metrics = ("bleu", "ece_1", "ece_5", "bs_plus", "conf_gap")
     score = {m: {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6} for m in metrics}
     scores = {f"{s.name}{suffix}": score for s in systems for suffix in ("", "-ts")}
-    rows = table_rows(systems, scores, {"member-1": 1.19, "member-2": T_BOUNDS[0], "ensemble-2": T_BOUNDS[1]})
-    t_cells = [line.split(" | ")[1] for line in format_rows(rows).splitlines()[2:]]
+    rows = table_rows(systems, scores, {"member-1": 1.19, "member-2": T_BOUNDS[0], "ensemble-2": T_BOUNDS[1]},
+                      TASK.columns)
+    t_cells = [line.split(" | ")[1] for line in format_rows(rows, TASK.columns).splitlines()[2:]]
     assert t_cells == ["1.00", "0.60 (1 of 2 at the fit's bound)", "1.00", ">= 100"]

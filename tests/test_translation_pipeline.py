@@ -14,7 +14,9 @@ from ensemble_distill.calibration.report import evaluate
 from ensemble_distill.cli import main
 from ensemble_distill.config import TranslationConfig, load_config, to_toml
 from ensemble_distill.data.vocab import PAD_ID
+from ensemble_distill.ensemble import train_members
 from ensemble_distill.errors import UserError
+from ensemble_distill.evaluation import evaluate_run
 from ensemble_distill.models.translation import collate
 from ensemble_distill.predictions import load_predictions
 from ensemble_distill.tasks.nmt import (
@@ -29,7 +31,6 @@ from ensemble_distill.tasks.nmt import (
     validation_nll,
 )
 from ensemble_distill.teacher_store import to_dense
-from ensemble_distill.translation import evaluate_translation_run, train_members
 from ensemble_distill.translation_distill import distill_translation, memoize_translation_teacher
 
 WORDS = "ant bee cat dog eel fox gnu hen".split()
@@ -155,9 +156,10 @@ def test_an_ensemble_of_identical_members_translates_like_the_member(toy_run):
 
 
 def test_evaluation_writes_predictions_that_evaluate_reads(toy_run):
-    rows = evaluate_translation_run(toy_run.run_dir, n_boot=20, progress=False, run=toy_run)
-    assert [r["system"] for r in rows] == ["individuals (2, mean ± s.e.)", "individuals (2, mean ± s.e.) + TS",
-                                          "ensemble-2", "ensemble-2 + TS"]
+    rows = evaluate_run(toy_run, n_boot=20, progress=False)
+    assert [r["system"] for r in rows] == ["members (2, mean ± s.e.)", "members (2, mean ± s.e.) + TS",
+                                          "ensemble of 2", "ensemble of 2 + TS"]
+    assert [r["name"] for r in rows] == ["members", "members-ts", "ensemble-2", "ensemble-2-ts"]
     out = toy_run.run_dir / "eval" / "test"
     preds = load_predictions(out / "ensemble-2" / "predictions.npz")
     test = toy_run.data.splits["test"]
@@ -257,21 +259,21 @@ def test_translation_student_loss_by_hand(tmp_path, config):
 def test_evaluation_tabulates_each_students_truncation(toy_run):
     narrow = distill_translation(toy_run.run_dir, top_k=2, progress=False, run=toy_run)
     wide = distill_translation(toy_run.run_dir, top_k=4, progress=False, run=toy_run)  # trained above: reused
-    rows = evaluate_translation_run(toy_run.run_dir, n_boot=5, progress=False, run=toy_run)
+    rows = evaluate_run(toy_run, n_boot=5, progress=False)
     table = json.loads((toy_run.run_dir / "eval" / "test" / "truncation.json").read_text())
     assert [r["student"] for r in table] == [narrow.name, wide.name]
     assert [r["truncation"] for r in table] == ["V' = 2", "V' = 4"]
     assert table[0]["bytes_per_token"] < table[1]["bytes_per_token"]
-    by_system = {r["system"]: r for r in rows}
-    assert table[0]["bleu"] == by_system[narrow.name]["bleu"]
+    by_name = {r["name"]: r for r in rows}
+    assert table[0]["bleu"] == by_name[narrow.name]["bleu"]
     assert "| V' = 4 |" in (toy_run.run_dir / "eval" / "test" / "truncation.md").read_text()
 
 
 def test_distill_samples_writes_a_sampled_store_and_its_student_joins_the_truncation_table(toy_run, capsys):
     """distill.samples = R (the setting, or --samples) memoizes R draws a position from the run's seed instead of
     the top V', and the student and its table row are named for it."""
+    from ensemble_distill.ensemble import open_run
     from ensemble_distill.teacher_store import sample_points
-    from ensemble_distill.translation import open_run
 
     run_dir = toy_run.run_dir
     assert main(["distill", "--run", str(run_dir), "--samples", "3"]) == 0
@@ -314,7 +316,7 @@ def test_samples_refused_with_a_truncation_or_out_of_range(toy_run, capsys):
 
 
 def test_a_run_opens_on_another_device_and_cuda_without_a_gpu_is_a_user_error(toy_run, monkeypatch):
-    from ensemble_distill.translation import open_run
+    from ensemble_distill.ensemble import open_run
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     run = open_run(toy_run.run_dir, splits=("dev",), progress=False, device="cuda")

@@ -27,9 +27,9 @@ from .. import __version__
 from ..calibration.temperature import apply_temperature, at_bound, fit_temperature
 from ..config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml, validate
 from ..distributed import on_main
-from ..ensemble import distillation_sentences, ensemble_member_ids
+from ..ensemble import Run, distillation_sentences, ensemble_member_ids, read_run_config
 from ..errors import UserError
-from ..experiments import TABLE_METRICS, evaluate_distributions, format_rows
+from ..evaluation import System, evaluate_systems, fit_temperatures
 from ..io_utils import (
     atomic_write_json,
     atomic_write_text,
@@ -39,18 +39,16 @@ from ..io_utils import (
     run_lock,
 )
 from ..runs import model_dir, save_model, write_result
+from ..tables import format_rows, table_rows
 from ..tasks.ner import (
-    EnsembleRun,
+    TASK,
     TaggingData,
     dataset_fingerprint,
-    load_member,
     load_tagging_data,
-    member_seed,
     member_weights,
     model_spec,
     new_tagger,
     predict_distributions,
-    read_run_config,
     train_tagger,
 )
 from ..teacher_store import TeacherStore, require_teachers, write_store
@@ -72,12 +70,12 @@ def memoize(run_dir, store_dir, members: int | None = None, temperature_scaled: 
     with run_lock(store_dir):
         data = data or load_tagging_data(cfg, splits=("train", "dev") if temperature_scaled else ("train",),
                                          progress=progress)
-        return _memoize(EnsembleRun(run_dir, cfg, data), store_dir, ids, temperature_scaled, progress)
+        return _memoize(Run(run_dir, cfg, data), store_dir, ids, temperature_scaled, progress)
 
 
-def _memoize(run: EnsembleRun, store_dir, ids: list[int], temperature_scaled: bool, progress: bool) -> TeacherStore:
-    cfg, data = run.cfg, run.data
-    models = [load_member(run, run.member_dir(i), member_seed(cfg, i)) for i in ids]
+def _memoize(run: Run, store_dir, ids: list[int], temperature_scaled: bool, progress: bool) -> TeacherStore:
+    data = run.data
+    models = [run.load(run.member_dir(i)) for i in ids]
     teachers = member_checkpoints(run.run_dir, ids)
     temperature = None
     if temperature_scaled:
@@ -127,22 +125,23 @@ def store_temperature(store: TeacherStore) -> float | None:
 
 
 def distill(store_dir, config, out_dir, n_boot: int = 1000, progress: bool = True,
-            data: TaggingData | None = None) -> dict:
+            data: TaggingData | None = None) -> list[dict]:
     """Train (or resume) an IID student on the store's teacher and evaluate it on test.
 
     config: a DistillConfig or its TOML file. The store must hold the teacher the config names (the ensemble of
     `distill.teacher_members` of `distill.ensemble_run`), and OUT, if it exists, a student of the same config and
     store. Writes OUT/config.toml, run.json, checkpoint.pt, best.pt, log.jsonl, result.json and
-    OUT/eval/test/student/ (predictions.npz, metrics.json, plots), holding OUT's lock; returns the table row."""
+    OUT/eval/test/student[-ts]/ (predictions.npz, metrics.json, plots; raw and temperature-scaled, T fitted on
+    dev), holding OUT's lock; returns the table's rows (raw, temperature-scaled)."""
     with run_lock(out_dir):
         return _distill(store_dir, config, Path(out_dir), n_boot, progress, data)
 
 
-def _distill(store_dir, config, out_dir: Path, n_boot: int, progress: bool, data: TaggingData | None) -> dict:
+def _distill(store_dir, config, out_dir: Path, n_boot: int, progress: bool, data: TaggingData | None) -> list[dict]:
     cfg = (validate(config, "distill config") if isinstance(config, DistillConfig)
            else load_config(config, DistillConfig))
     student_cfg = student_config(read_run_config(cfg.distill.ensemble_run), cfg)
-    data = data or load_tagging_data(student_cfg, splits=("train", "test"), progress=progress)
+    data = data or load_tagging_data(student_cfg, splits=("train", "dev", "test"), progress=progress)
     split = data.splits["train"]
     store = TeacherStore.open(store_dir, expect_fingerprint=dataset_fingerprint(split), expect_vocab=data.labels)
     require_ensemble_teacher(store, cfg)
@@ -153,20 +152,21 @@ def _distill(store_dir, config, out_dir: Path, n_boot: int, progress: bool, data
     result = train_student(model, data, store, split.windows_of(np.setdiff1d(np.arange(n), held_out)),
                            split.windows_of(held_out), cfg, out_dir, progress)
 
-    def record() -> dict:  # under torchrun, rank 0 writes the student and evaluates it
+    def record() -> list[dict]:  # under torchrun, rank 0 writes the student and evaluates it
         save_model(out_dir, model, model_spec(student_cfg, data, "student", cfg.train.seed,
                                               teacher={"store": str(store.path), "name": teacher_name(store)}))
         write_result(out_dir, task="ner", role="student", seed=cfg.train.seed, best_epoch=result.best_epoch,
                      epochs=result.epochs_run, best_score=result.best_score, score="span_f1")
-        test = data.splits["test"]
-        distributions = predict_distributions([model], test, pad_id=data.pad_id, progress=progress)
-        system = f"student ({teacher_name(store)})"
-        metrics = evaluate_distributions(distributions, test, data.labels, out_dir / "eval" / "test" / "student",
-                                         n_boot, {"run": str(out_dir), "head": "iid", "student": system})
-        row = {"system": system, **{m: metrics[m] for m in TABLE_METRICS}}
-        atomic_write_json(out_dir / "eval" / "test" / "results.json", [row])
-        atomic_write_text(out_dir / "eval" / "test" / "results.md", format_rows([row], title=f"{out_dir.name}, test"))
-        return row
+        model.eval()
+        system = System("student", f"student ({teacher_name(store)})", (0,), meta={"models": [str(out_dir)]})
+        temperatures = fit_temperatures(TASK, student_cfg, data, [model], [system], str(out_dir))
+        scores = evaluate_systems(TASK, student_cfg, data, [model], [system], temperatures, "test",
+                                  out_dir / "eval" / "test", n_boot, {"run": str(out_dir)}, progress)
+        rows = table_rows([system], scores, temperatures, TASK.columns)
+        atomic_write_json(out_dir / "eval" / "test" / "results.json", rows)
+        atomic_write_text(out_dir / "eval" / "test" / "results.md",
+                          format_rows(rows, TASK.columns, title=f"{out_dir.name}, test"))
+        return rows
 
     return on_main(record)
 

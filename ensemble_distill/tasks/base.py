@@ -11,6 +11,7 @@ labels (CRF: marginals); translation positions are the target subwords plus EOS 
 vocabulary. An ensemble is a list of models; its distribution is the mean of its members' probabilities.
 """
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +22,8 @@ class Task(Protocol):
     name: str  # "ner" | "nmt": the config's `task`
     config_class: type  # the config dataclass of this task (config.TASK_CONFIGS[name])
     score_name: str  # what result.json's best_score is: "span_f1" (NER) or "neg_dev_nll" (NMT)
+    run_overridable: tuple[str, ...]  # --set prefixes a trained run may change (ensemble.open_run)
+    columns: tuple  # tables.Column of the metrics its tables show (NER: F1, BS+, BS-, B-BS, B-ECE; NMT: BLEU, ...)
 
     def load_data(self, cfg, run_dir: Path, splits: tuple[str, ...], progress: bool = True) -> Any:
         """Read and prepare `splits` of the config's files (NER: windows and frozen states; NMT: the run's
@@ -39,8 +42,45 @@ class Task(Protocol):
         """The model of a model folder, in eval mode, with what inference needs (tokenizer and labels, or the
         vocabulary). Raises UserError when the folder's files or the encoder it names are missing or differ."""
 
+    def weights(self, folder: Path) -> Path:
+        """The weights file of a run's model folder: what `load_run_model` loads and teacher stores name (sha256)
+        (NER: best.pt, or model.pt for an SWA average; translation: model.pt, the checkpoint average)."""
+
+    def load_run_model(self, cfg, data, folder: Path):
+        """The model (torch.nn.Module, eval mode, on cfg.train.device) of a finished model folder of the run whose
+        config and data these are, built on what the data already holds (NER: the encoder's top layers), its
+        weights (`weights`) checked against result.json (runs.load_state).
+        Raises UserError when its files are damaged or do not fit the run (other labels), or for a CUDA device
+        torch cannot see."""
+
     def distributions(self, models: list, data, split: str) -> list[np.ndarray]:
         """Per sentence of `split`, the ensemble's float32 [positions, V] distributions (see the module doc)."""
+
+    # Evaluation (evaluation.py) and memoizing (distill/memoize.py): distributions in chunks, predictions files.
+    def member_probs(self, models: list, cfg, data, split: str) -> Iterator[tuple[np.ndarray, np.ndarray, list]]:
+        """Each model's distributions over `split` in chunks of consecutive sentences, in split order: per chunk
+        float32 [M, P, V] probabilities (M models, P positions), int64 [P] gold ids, and per model its own
+        predicted labels, int64 [P] (a CRF tagger's Viterbi path), or None when they are the argmax of its
+        probabilities. NER: one chunk."""
+
+    def n_positions(self, data, split: str) -> int:
+        """The number of positions `member_probs` yields over `split` (the sum of its P)."""
+
+    def temperature_positions(self, cfg) -> int:
+        """How many dev positions a temperature is fitted on (a seeded sample); 0: all of them."""
+
+    def hypotheses(self, models: list, cfg, data, split: str, progress: bool = False) -> list[str] | None:
+        """The ensemble's decoded outputs of each sentence of `split` (translation: beam search with the models'
+        mean inside the beam), or None when the distributions are the output (tagging)."""
+
+    def compact(self, probs: np.ndarray, gold: np.ndarray, labels: np.ndarray | None = None) -> Any:
+        """What a predictions file keeps of a chunk's float32 [P, V] distributions, int [P] gold ids and the
+        system's own predicted labels (int [P] or None; member_probs) (NER: the dense probabilities and the
+        labels; translation: top-5, gold probability, sum of squares, gold)."""
+
+    def predictions(self, pieces: list, data, split: str, hypotheses: list[str] | None, meta: dict):
+        """predictions.Predictions of `split` from the `compact` pieces of its chunks in order, with gold (tags or
+        references), `hypotheses` and `meta`. Raises UserError when the pieces do not cover the split."""
 
     def dataset_fingerprint(self, data, split: str = "train") -> str:
         """A split's fingerprint (teacher_store.fingerprint_dataset of its tokenised data): a teacher store is keyed

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..calibration.task_metrics import span_counts, span_scores
-from ..config import N_TENTHS, TaggingConfig, Training, load_config
+from ..config import N_TENTHS, TaggingConfig, Training
 from ..data.conll import TaggedCorpus, label_vocab, read_conll, tag_corpus
 from ..data.subwords import Window, bucketed_batches, encode_sentences, load_tokenizer, merge_windows
 from ..distributed import on_main
@@ -33,12 +33,13 @@ from ..encoders import (
     split_encoder,
     token_ids_fingerprint,
 )
-from ..ensemble import MemberPlan, member_sentences, train_members
+from ..ensemble import MemberPlan, member_sentences
 from ..errors import UserError
 from ..io_utils import atomic_torch_save, cache_root, sha256_file
 from ..models.tagger import Tagger
 from ..predictions import Predictions, predicted_labels
-from ..runs import finished, load_state, load_weights, model_dir, save_model, write_result
+from ..runs import load_state, load_weights, read_model_spec, save_model, write_result
+from ..tables import Column
 from ..teacher_store import fingerprint_dataset
 from ..training import StochasticWeightAveraging, TrainResult, make_optimizer, make_scheduler, train
 from .ner_batches import tagger_emissions, tagging_predictions, window_batch
@@ -122,10 +123,7 @@ def _sample(sentences: list, limit: int) -> list:
 def new_tagger(data: TaggingData, cfg: TaggingConfig, seed: int) -> Tagger:
     """A fresh tagger on `train.device`: a copy of the pretrained top layers and a new head, initialised from
     `seed` (the global torch RNG is seeded). Raises UserError for train.device = "cuda" without a GPU."""
-    device = cfg.train.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but torch sees no CUDA GPU here: set train.device = \"cpu\" "
-                        "(--set train.device=cpu)")
+    device = _device(cfg)
     torch.manual_seed(seed)
     return Tagger(copy.deepcopy(data.top), len(data.labels), cfg.model.head, cfg.model.lstm_hidden,
                   cfg.model.dropout).to(device)
@@ -244,8 +242,7 @@ def to_predictions(distributions: list[np.ndarray], split: TaggingSplit, labels:
     """Per-sentence distributions of a split (of the sentences its windows cover) as the predictions format, gold
     from the corpus; `paths` (per sentence [words] label ids, a single CRF's Viterbi path: predict_scored) are
     stored as the predicted labels, else they are the distributions' argmax."""
-    sentences = sorted({w.sentence for w in split.windows})
-    return tagging_predictions(distributions, [split.corpus.tag_ids[s] for s in sentences], labels, meta, paths)
+    return tagging_predictions(distributions, _gold(split), labels, meta, paths)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -326,37 +323,6 @@ def member_seed(cfg: TaggingConfig, index: int, individual: bool = False) -> int
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# An NER run: its members, trained by ensemble.train_members
-
-
-@dataclass
-class EnsembleRun:
-    """A trained NER run: its folder (runs.py), resolved config and loaded data."""
-    run_dir: Path
-    cfg: TaggingConfig
-    data: TaggingData
-
-    def member_dir(self, i: int) -> Path:
-        return model_dir(self.run_dir, "member", i)
-
-
-def train_ensemble(cfg: TaggingConfig, run_dir, progress: bool = True, data: TaggingData | None = None) -> EnsembleRun:
-    """Train (or resume) every member and optional individual model of the configured ensemble
-    (ensemble.train_members)."""
-    return EnsembleRun(Path(run_dir), cfg, train_members(cfg, run_dir, progress, data))
-
-
-def load_member(run: EnsembleRun, folder: Path, seed: int = 0) -> Tagger:
-    """A finished member's (or individual's) best weights on train.device. Raises UserError for an unfinished one
-    (no result.json), and for a best.pt other than the one result.json records (replaced or damaged)."""
-    weights = member_weights(folder)
-    if not finished(folder) or not weights.is_file():
-        raise UserError(f"{folder}: not a finished model (no result.json); run `train` to train or finish it")
-    model = new_tagger(run.data, run.cfg, seed)
-    model.load_state_dict(load_state(folder, weights.name, run.cfg.train.device))  # checked against result.json
-    return model.eval()
-
-
 SWA_WEIGHTS = "model.pt"  # a tagger trained with train.averaging = "swa": its averaged weights, beside best.pt
 
 
@@ -365,13 +331,6 @@ def member_weights(folder) -> Path:
     train.averaging = "swa" and averaged, else its best epoch's (best.pt)."""
     folder = Path(folder)
     return folder / SWA_WEIGHTS if (folder / SWA_WEIGHTS).is_file() else folder / "best.pt"
-
-
-def read_run_config(run_dir) -> TaggingConfig:
-    """RUN/config.toml of an NER run. Raises UserError when the folder holds none."""
-    if not (Path(run_dir) / "config.toml").is_file():
-        raise UserError(f"{run_dir}: not a run directory (no config.toml)")
-    return load_config(Path(run_dir) / "config.toml", TaggingConfig)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -383,6 +342,10 @@ class NerTask:
     name = "ner"
     config_class = TaggingConfig
     score_name = "span_f1"
+    run_overridable = ("train.device",)
+    # F1: seqeval's strict IOB2 span F1 (f1_conlleval, the paper's, is beside it in metrics.json)
+    columns = (Column("f1", "F1"), Column("bs_plus", "BS+"), Column("bs_minus", "BS-"), Column("b_bs", "B-BS"),
+               Column("b_ece", "B-ECE"))
 
     def load_data(self, cfg, run_dir=None, splits=("train", "dev", "test"), progress=True) -> TaggingData:
         return load_tagging_data(cfg, splits, progress)
@@ -399,8 +362,47 @@ class NerTask:
     def load_model(self, folder, spec, device="cpu") -> TaggerFolder:
         return load_model(folder, spec, device)
 
+    def weights(self, folder) -> Path:
+        return member_weights(folder)
+
+    def load_run_model(self, cfg, data, folder) -> Tagger:
+        """A tagger of the run on its own encoder top layers (no encoder reload), head and labels from model.json."""
+        spec = read_model_spec(folder)
+        if spec["labels"] != data.labels:
+            raise UserError(f"{folder}: a model of other labels ({spec['labels']}) than the run's ({data.labels})")
+        m = spec["model"]
+        tagger = Tagger(copy.deepcopy(data.top), len(data.labels), m["head"], m["lstm_hidden"], m["dropout"])
+        tagger.load_state_dict(load_state(folder, self.weights(folder).name, _device(cfg)))  # checked: result.json
+        return tagger.to(_device(cfg)).eval()
+
     def distributions(self, models, data, split) -> list[np.ndarray]:
         return predict_distributions(models, data.splits[split], pad_id=data.pad_id)
+
+    def member_probs(self, models, cfg, data, split):
+        """The whole split in one chunk: label sets are small ([M, words, labels] of CoNLL test is a few MB). A
+        CRF model's own labels are its Viterbi path (predict_scored)."""
+        split_data = data.splits[split]
+        scored = [predict_scored([m], split_data, pad_id=data.pad_id) for m in models]
+        yield (np.stack([np.concatenate(d) for d, _ in scored]), np.concatenate(_gold(split_data)),
+               [None if paths is None else np.concatenate(paths) for _, paths in scored])
+
+    def n_positions(self, data, split) -> int:
+        return sum(len(g) for g in _gold(data.splits[split]))
+
+    def temperature_positions(self, cfg) -> int:
+        return 0  # every dev word: [words, labels] is small
+
+    def hypotheses(self, models, cfg, data, split, progress=False) -> None:
+        return None  # a tagger's output is its distributions' most probable labels
+
+    def compact(self, probs, gold, labels=None) -> tuple:
+        return probs, labels
+
+    def predictions(self, pieces, data, split, hypotheses, meta) -> Predictions:
+        cuts = np.cumsum([len(g) for g in _gold(data.splits[split])])[:-1]
+        probs = np.split(np.concatenate([p for p, _ in pieces]), cuts)
+        labels = None if pieces[0][1] is None else np.split(np.concatenate([p for _, p in pieces]), cuts)
+        return to_predictions(probs, data.splits[split], data.labels, meta, labels)
 
     def dataset_fingerprint(self, data, split="train") -> str:
         return dataset_fingerprint(data.splits[split])
@@ -458,6 +460,18 @@ class NerTask:
                                 averaging=cfg.train.averaging, weights=member_weights(folder).name)
 
         return on_main(record)
+
+
+def _gold(split: TaggingSplit) -> list[np.ndarray]:
+    """Gold tag ids of the sentences the split's windows cover, in order (to_predictions' sentences)."""
+    return [split.corpus.tag_ids[s] for s in sorted({w.sentence for w in split.windows})]
+
+
+def _device(cfg) -> str:
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but torch sees no CUDA GPU here: set train.device = \"cpu\" "
+                        "(--set train.device=cpu, or --device cpu where the command has it)")
+    return cfg.train.device
 
 
 def _member_split(n_sentences: int, member: int, split_seed: int, member_data: str):

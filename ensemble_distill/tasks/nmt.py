@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import Training, TranslationConfig
@@ -44,7 +43,8 @@ from ..models.translation import (
     label_smoothed_loss,
 )
 from ..predictions import Predictions, compact_distributions, save_predictions
-from ..runs import load_weights, save_model, write_result
+from ..runs import load_state, load_weights, save_model, write_result
+from ..tables import Column
 from ..teacher_store import fingerprint_dataset
 from ..training import StochasticWeightAveraging, average_snapshots, train
 
@@ -378,40 +378,34 @@ def run_facts(cfg: TranslationConfig, data: TranslationData) -> dict:
 # Predictions files
 
 
-@dataclass
-class System:
-    name: str  # member-0, ensemble-3, student-...
-    models: list[int]  # indices into the evaluated model list; the system is their mean
+@torch.no_grad()
+def member_probs(models: Sequence[TranslationModel], split: ParallelSplit, batch_sentences: int
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per batch of consecutive sentences: each model's teacher-forced next-token probabilities at the real target
+    positions, float32 [M, P, V] on the CPU, the gold ids, int64 [P] (teacher_forced), and per model None (a
+    translation model's own output is its beam search, `translate`)."""
+    for log_probs, gold in teacher_forced(models, split, batch_sentences):
+        yield log_probs.exp().float().cpu().numpy(), gold.cpu().numpy(), [None] * len(models)
 
 
-def teacher_forced_compact(models, systems: list[System], temperatures: dict[str, float], split: ParallelSplit,
-                           batch_sentences: int) -> dict[str, dict[str, np.ndarray]]:
-    """Per system and its temperature-scaled twin (name-ts): the compact predictions fields (top-5 ids and probs,
-    gold probability, sum of squares) of its teacher-forced distributions, computed batch by batch so that no
-    [positions, V] array of the whole split is held."""
-    parts = {f"{s.name}{suffix}": [] for s in systems for suffix in ("", "-ts")}
-    for member_log_probs, gold in teacher_forced(models, split, batch_sentences):
-        gold = gold.cpu().numpy()
-        for s in systems:
-            log_probs = mean_of_members(member_log_probs[s.models])
-            for name, t in ((s.name, 1.0), (f"{s.name}-ts", temperatures[s.name])):
-                probs = F.softmax(log_probs / t, dim=-1).cpu().numpy()
-                parts[name].append(compact_distributions(probs, gold, TOP_K_STORED) + (gold,))
-    fields = ("top_ids", "top_probs", "gold_prob", "sum_sq", "tied_beyond", "gold")
-    return {name: {f: np.concatenate([p[i] for p in chunks]) for i, f in enumerate(fields)}
-            for name, chunks in parts.items()}
+def compact(probs: np.ndarray, gold: np.ndarray, labels=None) -> tuple:
+    """The compact predictions fields of dense [P, V] distributions (top-5 ids and probs, gold probability, sum of
+    squares, ties beyond the top 5) and the gold ids: what a predictions file keeps of a large vocabulary."""
+    return compact_distributions(probs, gold, TOP_K_STORED) + (gold,)
 
 
-def to_predictions(compact: dict[str, np.ndarray], split: ParallelSplit, vocab: SubwordVocab, hypotheses: list[str],
+def to_predictions(pieces: list[tuple], split: ParallelSplit, vocab: SubwordVocab, hypotheses: list[str],
                    meta: dict) -> Predictions:
-    """A translation predictions file from compact fields computed batch by batch (Predictions.translation
-    compacts a dense array of the whole split, which we never hold)."""
+    """A translation predictions file from the `compact` pieces of consecutive batches of the split (never a dense
+    [positions, V] array of the whole split)."""
+    fields = [np.concatenate([piece[i] for piece in pieces]) for i in range(6)]
+    top_ids, top_probs, gold_prob, sum_sq, tied_beyond, gold = fields
     offsets = np.concatenate([[0], np.cumsum([len(tgt) + 1 for _, tgt in split.pairs])])
     names = np.array(vocab.piece_names(), dtype=str)
-    return Predictions(task="translation", label_names=names, sentence_offsets=offsets, gold=compact["gold"],
-                       meta=meta, top_ids=compact["top_ids"], top_probs=compact["top_probs"],
-                       gold_prob=compact["gold_prob"], sum_sq=compact["sum_sq"], tied_beyond=compact["tied_beyond"],
-                       hypotheses=np.asarray(hypotheses, dtype=str), references=np.asarray(split.references, dtype=str))
+    return Predictions(task="translation", label_names=names, sentence_offsets=offsets, gold=gold, meta=meta,
+                       top_ids=top_ids, top_probs=top_probs, gold_prob=gold_prob, sum_sq=sum_sq,
+                       tied_beyond=tied_beyond, hypotheses=np.asarray(hypotheses, dtype=str),
+                       references=np.asarray(split.references, dtype=str))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -482,11 +476,10 @@ def predict(model: TranslationModelFolder, input_path, out_dir, ref=None, beam_s
     atomic_write_text(out_dir / "translations.txt", "".join(h + "\n" for h in hypotheses))
     written = [out_dir / "translations.txt"]
     if ref is not None:
-        system = System("model", [0])
-        compact = teacher_forced_compact([model.model], [system], {"model": 1.0}, split, decode["batch_sentences"])
+        pieces = [compact(probs[0], gold) for probs, gold, _ in member_probs([model.model], split,
+                                                                               decode["batch_sentences"])]
         meta = {"model": str(model.folder), "input": str(input_path), "references": str(ref)}
-        save_predictions(out_dir / "predictions.npz", to_predictions(compact["model"], split, model.vocab,
-                                                                      hypotheses, meta))
+        save_predictions(out_dir / "predictions.npz", to_predictions(pieces, split, model.vocab, hypotheses, meta))
         written.append(out_dir / "predictions.npz")
     return written
 
@@ -500,6 +493,9 @@ class NmtTask:
     name = "nmt"
     config_class = TranslationConfig
     score_name = "neg_dev_nll"
+    run_overridable = ("decode.", "distill.", "train.device")  # --set on a trained run: what its members don't fix
+    columns = (Column("bleu", "BLEU", 1), Column("ece_1", "ECE-1"), Column("ece_5", "ECE-5"),
+               Column("bs_plus", "BS+"), Column("conf_gap", "conf − acc"))
 
     def load_data(self, cfg, run_dir, splits=SPLITS, progress=True) -> TranslationData:
         return load_translation_data(cfg, run_dir, splits, progress)
@@ -522,6 +518,33 @@ class NmtTask:
         probs = torch.cat([mean_of_members(log_probs).exp().float().cpu()
                            for log_probs, _ in teacher_forced(models, data.splits[split], 64)])
         return [p.numpy() for p in probs.split(lengths)]
+
+    def weights(self, folder) -> Path:
+        return Path(folder) / "model.pt"  # the averaged weights
+
+    def load_run_model(self, cfg, data, folder) -> TranslationModel:
+        model = new_model(cfg, len(data.vocab))
+        model.load_state_dict(load_state(folder, "model.pt", cfg.train.device))  # checked: result.json
+        return model.eval()
+
+    def member_probs(self, models, cfg, data, split):
+        return member_probs(models, data.splits[split], cfg.decode.batch_sentences)
+
+    def n_positions(self, data, split) -> int:
+        return data.splits[split].n_positions()
+
+    def temperature_positions(self, cfg) -> int:
+        return cfg.decode.temperature_positions  # a dense [positions, V] float64 array is what the fit holds
+
+    def hypotheses(self, models, cfg, data, split, progress=False) -> list[str]:
+        d = cfg.decode
+        return translate(models, data.splits[split], data.vocab, d.beam_size, d.alpha, d.batch_sentences, progress)
+
+    def compact(self, probs, gold, labels=None) -> tuple:
+        return compact(probs, gold)
+
+    def predictions(self, pieces, data, split, hypotheses, meta) -> Predictions:
+        return to_predictions(pieces, data.splits[split], data.vocab, hypotheses, meta)
 
     def dataset_fingerprint(self, data, split="train") -> str:
         pairs = data.splits[split].pairs

@@ -1,10 +1,13 @@
-"""train-ensemble → evaluate → predict through the CLI on a tiny random BERT and tiny CoNLL files."""
+"""evaluation.py on an NER run through the CLI (train-ensemble → evaluate → predict) on a tiny random BERT and
+tiny CoNLL files: members, individuals, nested ensembles, raw and temperature-scaled. The translation side is in
+test_translation_pipeline.py (its toy run), the table's rows in test_temperature.py."""
 
 import json
 
 import numpy as np
 import pytest
 
+from ensemble_distill.calibration.temperature import fit_temperature
 from ensemble_distill.cli import main
 from ensemble_distill.ensemble import nested_subsets
 from ensemble_distill.predictions import load_predictions
@@ -47,7 +50,9 @@ def test_train_evaluate_predict(tiny_encoder, conll_files, tmp_path, capsys):
     for system in ("members (3, mean ± s.e.)", "individuals (2, mean ± s.e.)", "ensemble of 2", "ensemble of 3"):
         assert system in table
     rows = json.loads((run / "eval/test/results.json").read_text())
-    assert [r["system"] for r in rows][-2:] == ["ensemble of 2", "ensemble of 3"]
+    assert [r["system"] for r in rows if not r["system"].endswith(" + TS")][-2:] == ["ensemble of 2", "ensemble of 3"]
+    assert [r["name"] for r in rows] == ["members", "members-ts", "individuals", "individuals-ts", "ensemble-2",
+                                         "ensemble-2-ts", "ensemble-3", "ensemble-3-ts"]
 
     # the ensemble-of-3 predictions are the mean of the three members' predictions; the ensemble of 2 is the mean
     # of the two members its nested subset names (0 and 2 at split seed 1), and says so
@@ -70,6 +75,22 @@ def test_train_evaluate_predict(tiny_encoder, conll_files, tmp_path, capsys):
             mean = sum(values) / count
             se = (sum((v - mean) ** 2 for v in values) / (count - 1)) ** 0.5 / count ** 0.5
             assert row[metric]["value"] == pytest.approx(mean) and row[metric]["se"] == pytest.approx(se)
+
+    # temperature-scaled: T minimises the dev NLL of the ensemble's distributions (here from `predict` on the dev
+    # file, the ensemble's mean by another code path), and the scaled test distributions are q^(1/T) renormalised
+    layout = ["--token-col", "0", "--tag-col", "-1"]
+    assert main(["predict", "--run", str(run), "--input", str(conll_files[1]), *layout, "--out",
+                 str(tmp_path / "dev")]) == 0
+    dev = load_predictions(tmp_path / "dev/predictions.npz")
+    t = fit_temperature(np.log(dev.probs), dev.gold)
+    scaled = load_predictions(run / "eval/test/ensemble-3-ts/predictions.npz")
+    assert scaled.meta["temperature"] == pytest.approx(t, rel=1e-4) and t != pytest.approx(1.0, abs=1e-3)
+    expected = ensemble.probs.astype(np.float64) ** (1 / t)
+    np.testing.assert_allclose(scaled.probs, expected / expected.sum(1, keepdims=True), atol=1e-5)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["ensemble-3-ts"]["temperature"] == scaled.meta["temperature"]
+    assert by_name["ensemble-3-ts"]["f1"]["value"] == by_name["ensemble-3"]["f1"]["value"]  # the argmax is kept
+    assert by_name["ensemble-3-ts"]["b_ece"]["value"] != by_name["ensemble-3"]["b_ece"]["value"]
 
     out = tmp_path / "pred"
     layout = ["--token-col", "0", "--tag-col", "-1"]  # the input's layout is stated, not the run's

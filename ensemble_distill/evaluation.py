@@ -1,0 +1,155 @@
+"""Evaluating a trained run, the same for both tasks: every system (each member, each NER individual, the nested
+ensembles, every student in RUN/students/), raw and temperature-scaled, written as a predictions file and scored
+by calibration.report; one results.json schema and one table (tables.py, the task's metric columns).
+
+    run = open_run("runs/conll-iid", splits=("dev", "test"))     # ensemble.open_run
+    rows = evaluate_run(run, "test")                             # RUN/eval/test/...
+    print(format_rows(rows, run.task.columns))
+
+Distributions (tasks/base.py, `member_probs`): each model's probabilities at every position of the split, in
+chunks of consecutive sentences (NER: words over labels, CRF marginals; translation: target subwords and EOS over
+the vocabulary, teacher-forced). A system's distribution is the mean of its members' (ensemble.ensemble_mean), so
+each model runs once however many ensembles it is in.
+
+Temperature scaling (Guo et al. 2017; paper §6.2): each system's T minimises the dev NLL of softmax(log q / T)
+(every dev word for NER; for translation a seeded sample of `decode.temperature_positions` dev positions, since
+the fit holds a dense [positions, V] float64 array). Scaling keeps each position's ranking, so the most probable
+label and the translation hypotheses (and with them F1 and BLEU) are those of the raw system; the calibration
+columns change.
+
+    RUN/eval/<split>/<system>[-ts]/    predictions.npz, metrics.json, plots (system: member-<i>, individual-<i>,
+                                       ensemble-<k>, a student folder's name; -ts: temperature-scaled)
+    RUN/eval/<split>/results.{md,json} the table (tables.table_rows: one schema for both tasks)
+    RUN/eval/<split>/truncation.{md,json}  the students' teacher truncation beside their metrics (tables.py)
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .calibration.report import evaluate
+from .calibration.temperature import apply_temperature, fit_temperature
+from .ensemble import ensemble_mean, nested_subsets
+from .errors import UserError
+from .io_utils import atomic_write_json, atomic_write_text, read_json
+from .predictions import save_predictions
+from .runs import model_dir
+from .tables import SCALED, format_rows, format_sweep, table_rows, truncation_rows
+
+
+@dataclass(frozen=True)
+class System:
+    """One row of the table: a model or the mean of several."""
+    name: str  # its folder under RUN/eval/<split>/: member-0, ensemble-3, student-3-top64
+    label: str  # its row's name in the table
+    models: tuple[int, ...]  # indices into the evaluated model folders; the system is their mean
+    group: str = ""  # "members" | "individuals": tabulated together as one mean ± s.e. row
+    meta: dict = field(default_factory=dict)  # recorded in its predictions files
+
+
+def run_systems(run) -> tuple[list[Path], list[System]]:
+    """The model folders to load and the systems to evaluate: each member and NER individual, the configured
+    nested ensembles (ensemble.nested_subsets), and every finished student in RUN/students/."""
+    e = run.cfg.ensemble
+    folders, systems = [], []
+
+    def add(folder: Path, system: System) -> None:
+        systems.append(system)
+        folders.append(folder)
+
+    for role, count in (("member", e.members), ("individual", getattr(e, "individuals", 0))):
+        for i in range(count):
+            folder = model_dir(run.run_dir, role, i)
+            add(folder, System(f"{role}-{i}", f"{role}-{i}", (len(folders),), f"{role}s",
+                               {role: i, "models": [str(folder)]}))
+    for k, ids in nested_subsets(e.members, e.subset_sizes, getattr(e, "split_seed", None)).items():
+        systems.append(System(f"ensemble-{k}", f"ensemble of {k}", tuple(ids),
+                              meta={"ensemble": ids, "models": [str(folders[i]) for i in ids]}))
+    for folder in sorted(p.parent for p in (run.run_dir / "students").glob("*/result.json")):
+        add(folder, System(folder.name, f"student ({folder.name})", (len(folders),),
+                           meta={"student": folder.name, "models": [str(folder)]}))
+    return folders, systems
+
+
+def log_floor(probs: np.ndarray) -> np.ndarray:
+    """log p, with exact zeros (float32 underflows of a mean of softmaxes) at the smallest normal float32."""
+    return np.log(np.maximum(probs, np.finfo(np.float32).tiny))
+
+
+def temperature_scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T) over the last axis, float32 (computed in float64): a renormalised p^(1/T)."""
+    return apply_temperature(log_floor(probs), temperature).astype(np.float32)
+
+
+def fit_temperatures(task, cfg, data, models: list, systems: list[System], where: str) -> dict[str, float]:
+    """Each system's T minimising the NLL of softmax(log q / T) on dev positions (all of them, or the task's
+    seeded sample of Task.temperature_positions). Raises UserError naming `where` when a system's dev scores
+    cannot be fitted (NaN: a model whose weights are broken)."""
+    n, limit = task.n_positions(data, "dev"), task.temperature_positions(cfg)
+    sample = (np.arange(n) if not limit or limit >= n
+              else np.sort(np.random.default_rng(0).choice(n, limit, replace=False)))
+    kept, gold, offset = [], [], 0
+    for probs, chunk_gold, _ in task.member_probs(models, cfg, data, "dev"):
+        rows = sample[(sample >= offset) & (sample < offset + len(chunk_gold))] - offset
+        kept.append(probs[:, rows])
+        gold.append(chunk_gold[rows])
+        offset += len(chunk_gold)
+    probs, gold = np.concatenate(kept, axis=1), np.concatenate(gold)
+    temperatures = {}
+    for s in systems:
+        try:
+            temperatures[s.name] = fit_temperature(log_floor(ensemble_mean(probs, s.models)), gold, f"{s.name} on dev")
+        except ValueError as error:
+            raise UserError(f"{where}: the dev distributions of {s.name} cannot be temperature-scaled: {error}")
+    return temperatures
+
+
+def evaluate_systems(task, cfg, data, models: list, systems: list[System], temperatures: dict[str, float],
+                     split: str, out_dir: Path, n_boot: int, meta: dict, progress: bool = True) -> dict[str, dict]:
+    """Each system raw and temperature-scaled on `split`: OUT/<name>[-ts]/ predictions.npz (with `meta`, the
+    system's own and its temperature), metrics.json and plots. Distributions are computed chunk by chunk and kept
+    as the task's compact pieces, so no [positions, V] array of a whole translation split is held. Returns
+    {name[-ts]: metrics}."""
+    pieces = {s.name + suffix: [] for s in systems for suffix in ("", SCALED[0])}
+    for probs, gold, labels in task.member_probs(models, cfg, data, split):
+        for s in systems:
+            q = ensemble_mean(probs, s.models)
+            own = labels[s.models[0]] if len(s.models) == 1 else None  # an ensemble's labels are its argmax
+            pieces[s.name].append(task.compact(q, gold, own))
+            pieces[s.name + SCALED[0]].append(task.compact(temperature_scaled(q, temperatures[s.name]), gold, own))
+    scores = {}
+    for s in tqdm(systems, desc="evaluate", unit="system", disable=not progress):
+        hypotheses = task.hypotheses([models[i] for i in s.models], cfg, data, split, progress)
+        for suffix, temperature in (("", 1.0), (SCALED[0], temperatures[s.name])):
+            name = s.name + suffix
+            preds = task.predictions(pieces.pop(name), data, split, hypotheses,
+                                     {**meta, **s.meta, "model": name, "split": split, "temperature": temperature})
+            (out_dir / name).mkdir(parents=True, exist_ok=True)
+            save_predictions(out_dir / name / "predictions.npz", preds)
+            scores[name] = evaluate(preds, out_dir=out_dir / name, n_boot=n_boot)
+    return scores
+
+
+def evaluate_run(run, split: str = "test", n_boot: int = 1000, progress: bool = True) -> list[dict]:
+    """Evaluate every system of a trained run (ensemble.Run with the dev split and `split` loaded) on `split`,
+    raw and temperature-scaled (T fitted on dev): RUN/eval/<split>/ (module doc). Returns the table's rows
+    (tables.table_rows). Raises UserError for an unfinished or damaged model folder."""
+    task, out = run.task, run.run_dir / "eval" / split
+    folders, systems = run_systems(run)
+    models = [run.load(folder) for folder in folders]
+    temperatures = fit_temperatures(task, run.cfg, run.data, models, systems, str(run.run_dir))
+    scores = evaluate_systems(task, run.cfg, run.data, models, systems, temperatures, split, out, n_boot,
+                              {"run": str(run.run_dir)}, progress)
+    rows = table_rows(systems, scores, temperatures, task.columns)
+    atomic_write_json(out / "results.json", rows)
+    atomic_write_text(out / "results.md", format_rows(rows, task.columns, title=f"{run.run_dir.name}, {split}"))
+    students = {folder.name: read_json(folder / "teacher.json", f"delete {folder} and distill it again")
+                for folder in folders if folder.parent.name == "students" and (folder / "teacher.json").is_file()}
+    if students:
+        table = truncation_rows(students, rows, task.columns)
+        atomic_write_json(out / "truncation.json", table)
+        atomic_write_text(out / "truncation.md", format_sweep(table, task.columns,
+                                                              f"{run.run_dir.name}: students ({split})"))
+    return rows
