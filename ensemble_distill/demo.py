@@ -10,7 +10,8 @@ import dataclasses
 from pathlib import Path
 
 from .config import Distillation, DistillConfig, StudentTraining, TaggingConfig, load_config
-from .distill.ner import distill, memoize
+from .distill.memoize import memoize
+from .distill.ner import distill
 from .ensemble import train_members
 from .evaluation import evaluate_run
 from .tables import format_rows
@@ -30,7 +31,7 @@ def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "cr
         run = train_members(cfg, Path(out_root) / head, progress=progress, data=data)
         data = run.data  # the heads share data and frozen states
         rows = evaluate_run(run, "test", n_boot, progress)
-        store = memoize(run.run_dir, Path(out_root) / f"{head}-teacher", progress=progress, data=data)
+        store = memoize(run, store_dir=Path(out_root) / f"{head}-teacher", progress=progress)
         trained_like_members = {f.name: getattr(cfg.train, f.name) for f in dataclasses.fields(StudentTraining)}
         student = DistillConfig(Distillation(ensemble_run=str(run.run_dir)), StudentTraining(**trained_like_members))
         rows += distill(store.path, student, Path(out_root) / f"{head}-student", n_boot, progress, data)

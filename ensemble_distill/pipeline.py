@@ -97,38 +97,43 @@ def evaluate_run(run_dir, split: str = "test", n_boot: int = 1000, device: str |
 def memoize(run_dir, members: int | None = None, device: str | None = None, temperature_scaled: bool = False,
             top_k: int | None = None, epsilon: float | None = None, out=None, overrides=(),
             progress: bool = True, samples: int | None = None) -> str:
-    """Write (or resume, or reuse) the teacher store of the run's ensemble of `members`: NER at `out` (default
-    RUN/teachers/ensemble-<k>[-ts]), translation at RUN/teachers/<store_name> (`samples` R > 0: a sampled store,
-    ensemble-<k>-sampled<R>). Returns a one-line summary."""
-    if run_task(run_dir) == "ner":
-        from .distill.ner import memoize as memoize_ner
-        from .distill.ner import teacher_name
+    """Write (or resume, or reuse) the teacher store of the run's nested ensemble of `members`, temperature-scaled
+    or not, at `out` (default RUN/teachers/<store_name>: ensemble-<k>[-ts] for NER, whose stores keep every label;
+    translation: ensemble-<k>-top<V'>, -eps<e>-max<V'> or, `samples` R > 0, -sampled<R>): distill/memoize.py, the
+    settings from the task (Task.teacher_settings). Returns a one-line summary."""
+    from .distill.memoize import memoize as memoize_teacher
+    from .distill.memoize import teacher_name
 
-        _no_overrides(overrides, "memoizing an NER run")
-        _no_sampled_ner(samples)
-        _only_for("nmt", top_k=top_k, epsilon=epsilon, device=device)
-        store_dir = out or ner_store_dir(run_dir, members, temperature_scaled)
-        with run_lock(store_dir):  # a store another process writes is refused first, whatever the run holds
-            require_trained(run_dir, individuals=False)
-            store = memoize_ner(run_dir, store_dir, members, temperature_scaled, progress)
-        return f"wrote {store.path}: {teacher_name(store)} over {len(store)} sentences, {store.num_positions} words"
-    from .ensemble import open_run
-    from .translation_distill import memoize_translation_teacher
+    store_dir, members, truncation = teacher_store_dir(run_dir, members, temperature_scaled, top_k, epsilon, samples,
+                                                       out, overrides)
+    with run_lock(store_dir):  # a store another process writes is refused first, whatever the run holds
+        require_trained(run_dir, individuals=False)
+        from .ensemble import open_run
 
-    _only_for("ner", temperature_scaled=temperature_scaled, out=out)
-    require_trained(run_dir, individuals=False)
-    run = open_run(run_dir, splits=("train", "dev"), progress=progress, device=device, overrides=overrides)
-    store = memoize_translation_teacher(run_dir, members, top_k, epsilon, progress, run=run, samples=samples)
-    return (f"wrote {store.path}: {len(store)} sentences, {store.num_positions} tokens, "
+        run = open_run(run_dir, splits=("train", "dev") if temperature_scaled else ("train",), progress=progress,
+                       device=device, overrides=overrides)
+        store = memoize_teacher(run, members, truncation, temperature_scaled, store_dir, progress)
+    return (f"wrote {store.path}: {teacher_name(store)} over {len(store)} sentences, {store.num_positions} positions, "
             f"{store.bytes_per_token():.1f} bytes/token")
 
 
-def ner_store_dir(run_dir, members: int | None, temperature_scaled: bool) -> Path:
-    """RUN/teachers/ensemble-<k>[-ts]: where `memoize` puts an NER run's store by default."""
+def teacher_store_dir(run_dir, members: int | None = None, temperature_scaled: bool = False, top_k=None, epsilon=None,
+                      samples=None, out=None, overrides=()) -> tuple:
+    """Where `memoize` puts the run's teacher store (`out`, default RUN/teachers/<store_name>), with the teacher's
+    ensemble size and truncation (Task.teacher_settings: the command's values, else the config's)."""
+    from .distill.memoize import store_name
     from .ensemble import ensemble_member_ids, read_run_config
+    from .tasks import get_task
 
-    k = len(ensemble_member_ids(read_run_config(run_dir), members))
-    return Path(run_dir) / "teachers" / f"ensemble-{k}{'-ts' if temperature_scaled else ''}"
+    cfg = read_run_config(run_dir, overrides)
+    members, truncation = get_task(cfg.task).teacher_settings(cfg, members, top_k, epsilon, samples)
+    name = store_name(len(ensemble_member_ids(cfg, members)), truncation, temperature_scaled)
+    return (Path(out) if out is not None else Path(run_dir) / "teachers" / name), members, truncation
+
+
+def ner_store_dir(run_dir, members: int | None, temperature_scaled: bool) -> Path:
+    """RUN/teachers/ensemble-<k>[-ts]: where `memoize` puts an NER run's store by default (teacher_store_dir)."""
+    return teacher_store_dir(run_dir, members, temperature_scaled)[0]
 
 
 def distill(run_dir, members: int | None = None, device: str | None = None, config=None,
@@ -143,10 +148,9 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
         from .tables import format_rows
         from .tasks.ner import TASK
 
-        _no_sampled_ner(samples)
-        _only_for("nmt", top_k=top_k, epsilon=epsilon, device=device)
+        _only_for("nmt", device=device)
+        store = teacher_store_dir(run_dir, members, temperature_scaled, top_k, epsilon, samples)[0]
         require_trained(run_dir, individuals=False)
-        store = ner_store_dir(run_dir, members, temperature_scaled)
         memoize(run_dir, members, temperature_scaled=temperature_scaled, out=store, progress=progress)
         cfg = student_config(run_dir, members, config, overrides)
         out = Path(run_dir) / "students" / f"student-{store.name.removeprefix('ensemble-')}"
@@ -289,19 +293,6 @@ READER_OPTIONS = {"ner": {"fmt", "tag_col", "token_col", "scheme", "encoding", "
 
 def _flag(option: str) -> str:
     return "--format" if option == "fmt" else "--" + option.replace("_", "-")
-
-
-def _no_overrides(overrides, what: str) -> None:
-    if overrides:
-        raise UserError(f"--set {overrides[0]}: {what} reads no setting that --set could change")
-
-
-def _no_sampled_ner(samples: int | None) -> None:
-    """An NER store keeps every label (a few bytes a word), and the NER student re-tempers its teacher, which is
-    biased for a sampled estimate: sampled stores are for translation."""
-    if samples:
-        raise UserError(f"--samples {samples}: only for translation runs (an NER store keeps every label, and "
-                        "re-tempering a sampled store at distill.temperature != 1 would be biased)")
 
 
 def _only_for(task: str, **given) -> None:

@@ -15,7 +15,8 @@ from ensemble_distill.config import TaggingConfig, TranslationConfig, to_toml
 from ensemble_distill.ensemble import ensemble_member_ids
 from ensemble_distill.errors import UserError
 from ensemble_distill.io_utils import atomic_path, atomic_write_text
-from ensemble_distill.translation_distill import memoize_translation_teacher, truncation_sweep
+from ensemble_distill.tasks.nmt import TASK as NMT_TASK
+from ensemble_distill.translation_distill import truncation_sweep
 
 
 def run_cli(argv, capsys) -> tuple[int, list[str]]:
@@ -83,11 +84,11 @@ def test_zero_is_never_replaced_by_a_default_in_the_python_api():
     # The run's [distill] section says top_k = 64 and teacher_members = 3: 0 must be refused, not read as "unset".
     run = SimpleNamespace(cfg=TranslationConfig())
     with pytest.raises(UserError, match=r"^'top_k' must be at least 1, got 0$"):
-        memoize_translation_teacher("r", top_k=0, run=run)
+        NMT_TASK.teacher_settings(run.cfg, top_k=0)
     with pytest.raises(UserError, match=r"--members 0: the run has 3 members"):
-        memoize_translation_teacher("r", members=0, run=run)
+        NMT_TASK.teacher_settings(run.cfg, members=0)
     with pytest.raises(UserError, match=r"'epsilon' must lie in \[0, 1\), got -0.5"):
-        memoize_translation_teacher("r", epsilon=-0.5, run=run)
+        NMT_TASK.teacher_settings(run.cfg, epsilon=-0.5)
     with pytest.raises(UserError, match="'top_ks' must name at least one V'"):
         truncation_sweep("r", top_ks=[], run=run)
     with pytest.raises(UserError, match="ensemble of 0: the run has 9 members"):

@@ -21,10 +21,10 @@ from test_runs import (
 
 from ensemble_distill.cli import main
 from ensemble_distill.config import to_toml
-from ensemble_distill.distill.ner import memoize
+from ensemble_distill.distill.memoize import memoize
 from ensemble_distill.ensemble import train_members
+from ensemble_distill.pipeline import memoize as memoize_command
 from ensemble_distill.tasks.ner import load_tagging_data
-from ensemble_distill.translation_distill import memoize_translation_teacher
 
 
 def sha256(path) -> str:
@@ -215,7 +215,7 @@ def test_damaged_json_records_are_one_line_naming_the_file(ner_run, tmp_path, ca
 
 def test_a_damaged_teacher_json_of_a_translation_student_is_one_line(nmt_run, tmp_path, capsys):
     run = copy_run(nmt_run, tmp_path)
-    memoize_translation_teacher(run, progress=False)
+    memoize_command(run, progress=False)
     student = run / "students" / "student-2-top4"
     student.mkdir(parents=True)
     (student / "teacher.json").write_text('{"teachers": [')
@@ -303,7 +303,7 @@ def test_a_diverging_training_stops_at_once_and_the_folder_takes_a_corrected_lr(
 
 def test_a_diverging_ner_student_stops_and_its_folder_takes_a_corrected_config_not_a_lost_one(ner_run, tmp_path,
                                                                                             capsys):
-    store = memoize(ner_run.run_dir, tmp_path / "store", progress=False, data=ner_run.data)
+    store = memoize(ner_run, store_dir=tmp_path / "store", progress=False)
     config, out = write_distill_config(tmp_path / "d.toml", ner_run.run_dir), tmp_path / "student"
     distill = ["distill", "--store", str(store.path), "--config", str(config), "--out", str(out), "--n-boot", "2"]
     config.write_text(config.read_text().replace("lr = 0.01", "lr = 1e+30"))

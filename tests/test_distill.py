@@ -15,7 +15,8 @@ from ensemble_distill.cli import main
 from ensemble_distill.config import DistillConfig, TaggingConfig, to_toml
 from ensemble_distill.distill import ner as distill_module
 from ensemble_distill.distill.losses import distillation_loss
-from ensemble_distill.distill.ner import dataset_fingerprint, memoize, store_temperature
+from ensemble_distill.distill.memoize import memoize, store_temperature
+from ensemble_distill.distill.ner import dataset_fingerprint
 from ensemble_distill.ensemble import open_run, train_members
 from ensemble_distill.errors import UserError
 from ensemble_distill.tasks.ner import (
@@ -91,16 +92,16 @@ def test_memoize_round_trip_and_rerun(run, tmp_path, capsys, monkeypatch):
 
     # a rerun reuses the finished store without running the teacher; another ensemble is refused
     manifest = (store_dir / "manifest.json").read_bytes()
-    monkeypatch.setattr(distill_module, "predict_distributions", lambda *a, **k: pytest.fail("teacher rerun"))
-    assert memoize(run.run_dir, store_dir, progress=False, data=run.data).manifest["teachers"] == \
+    monkeypatch.setattr(type(run.task), "teacher_probs", lambda *a, **k: pytest.fail("teacher rerun"))
+    assert memoize(run, store_dir=store_dir, progress=False).manifest["teachers"] == \
         store.manifest["teachers"]
     assert (store_dir / "manifest.json").read_bytes() == manifest
     with pytest.raises(UserError, match="different teachers"):
-        memoize(run.run_dir, store_dir, members=1, progress=False, data=run.data)
+        memoize(run, store_dir=store_dir, members=1, progress=False)
 
 
 def test_temperature_scaled_teacher(run, tmp_path):
-    store = memoize(run.run_dir, tmp_path / "ts", temperature_scaled=True, progress=False, data=run.data)
+    store = memoize(run, store_dir=tmp_path / "ts", temperature_scaled=True, progress=False)
     models = members(run, [0, 1])
     dev = run.data.splits["dev"]
     dev_q = np.concatenate(predict_distributions(models, dev, pad_id=run.data.pad_id))
@@ -138,7 +139,7 @@ def kl_to_teacher(model, run, store) -> float:
 
 def test_student_at_beta_one_moves_towards_its_teacher(run, tmp_path, capsys):
     store_dir = tmp_path / "one"
-    store = memoize(run.run_dir, store_dir, members=1, progress=False, data=run.data)
+    store = memoize(run, store_dir=store_dir, members=1, progress=False)
     config = write_student_config(tmp_path / "student.toml", run.run_dir, beta=1.0, teacher_members=1)
     out = tmp_path / "student"
     student_cfg = distill_module.student_config(run.cfg, distill_module.load_config(config, DistillConfig))
@@ -167,7 +168,7 @@ def test_cli_refuses_a_store_for_other_data_or_labels_or_corrupted(run, tmp_path
                                fingerprint=dataset_fingerprint(split), teachers=["t"], top_k=len(labels),
                                progress=False)
     corrupted = tmp_path / "corrupted"
-    shutil.copytree(memoize(run.run_dir, tmp_path / "good", progress=False, data=run.data).path, corrupted)
+    shutil.copytree(memoize(run, store_dir=tmp_path / "good", progress=False).path, corrupted)
     probs = corrupted / "shard-00000-probs.npy"
     data = bytearray(probs.read_bytes())
     data[-1] ^= 1
@@ -206,7 +207,7 @@ def student_call(run, tmp_path_factory):
     """The arguments `distill` passes to the training loop for a student at tau = 2, beta = 0.75 and label
     smoothing 0.2: {model, train_windows, held_out, loss_fn, store}."""
     folder = tmp_path_factory.mktemp("student-call")
-    store = memoize(run.run_dir, folder / "store", progress=False, data=run.data)
+    store = memoize(run, store_dir=folder / "store", progress=False)
     config = write_student_config(folder / "student.toml", run.run_dir, temperature=2.0, beta=0.75,
                                   label_smoothing=0.2)
     seen = {}

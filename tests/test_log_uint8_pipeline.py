@@ -14,7 +14,6 @@ from ensemble_distill.data.vocab import PAD_ID
 from ensemble_distill.ensemble import open_run
 from ensemble_distill.models.translation import collate
 from ensemble_distill.teacher_store import TeacherStore
-from ensemble_distill.translation_distill import train_fingerprint, vocab_names
 
 
 def test_distill_nmt_trains_a_student_from_a_log_uint8_store(tmp_path):
@@ -26,8 +25,9 @@ def test_distill_nmt_trains_a_student_from_a_log_uint8_store(tmp_path):
     assert main(["distill-nmt", "--run", str(run_dir)]) == 0
 
     run = open_run(run_dir, splits=("train",), progress=False)
-    store = TeacherStore.open(run_dir / "teachers" / "ensemble-2-top4-log_uint8",
-                              expect_fingerprint=train_fingerprint(run), expect_vocab=vocab_names(run))
+    task = run.task
+    expect = dict(expect_fingerprint=task.dataset_fingerprint(run.data), expect_vocab=task.output_names(run.data))
+    store = TeacherStore.open(run_dir / "teachers" / "ensemble-2-top4-log_uint8", **expect)
     assert store.manifest["dtypes"]["probs"] == "log_uint8" and store.manifest["dtypes"]["ids"] == "packed6"
     # The stored entries are the ensemble's top 4, within log_uint8's documented relative error.
     pairs = run.data.splits["train"].pairs[:8]
@@ -49,6 +49,5 @@ def test_distill_nmt_trains_a_student_from_a_log_uint8_store(tmp_path):
 
     # The same teacher in the float16 layout is another store beside it, not the log_uint8 one reopened.
     assert main(["memoize", "--run", str(run_dir), "--set", 'distill.probs_dtype="float16"']) == 0
-    expect = dict(expect_fingerprint=train_fingerprint(run), expect_vocab=vocab_names(run))
     for name, dtype in (("ensemble-2-top4", "float16"), ("ensemble-2-top4-log_uint8", "log_uint8")):
         assert TeacherStore.open(run_dir / "teachers" / name, **expect).manifest["dtypes"]["probs"] == dtype

@@ -20,13 +20,12 @@ from ensemble_distill import runs as runs_module
 from ensemble_distill import training as training_module
 from ensemble_distill.cli import main
 from ensemble_distill.config import DistillConfig, TaggingConfig, TranslationConfig, to_toml
-from ensemble_distill.distill.ner import memoize
+from ensemble_distill.distill.memoize import memoize
 from ensemble_distill.ensemble import Run, open_run, train_members
 from ensemble_distill.errors import UserError
 from ensemble_distill.io_utils import LOCK, atomic_torch_save, run_lock
 from ensemble_distill.tasks.ner import new_tagger, train_tagger
 from ensemble_distill.tasks.nmt import new_model, nll_loss, train_model
-from ensemble_distill.translation_distill import memoize_translation_teacher
 
 from conftest import CONLL_SENTENCES, write_conll
 
@@ -217,7 +216,7 @@ def test_an_ner_member_without_its_result_is_unfinished_and_resumed(ner_run, tmp
     with pytest.raises(UserError, match=f"{member}: not a finished model"):
         Run(run_dir, cfg, ner_run.data).load(member)
     with pytest.raises(UserError, match=f"{member}: not a finished model"):
-        memoize(run_dir, tmp_path / "store", progress=False, data=ner_run.data)
+        memoize(Run(run_dir, ner_run.cfg, ner_run.data), store_dir=tmp_path / "store", progress=False)
     train_members(cfg, run_dir, progress=False, data=ner_run.data)
     assert json.loads((member / "result.json").read_text())["epochs"] == cfg.train.max_epochs
     # The same bytes as the uninterrupted run's member: saving is byte-reproducible.
@@ -275,8 +274,8 @@ def write_distill_config(path, run_dir, **distill):
 
 def test_a_store_of_another_ensemble_than_the_student_claims_is_refused(ner_run, tmp_path, capsys):
     run_dir = ner_run.run_dir
-    one = memoize(run_dir, tmp_path / "one", members=1, progress=False, data=ner_run.data)
-    both = memoize(run_dir, tmp_path / "both", progress=False, data=ner_run.data)
+    one = memoize(Run(run_dir, ner_run.cfg, ner_run.data), store_dir=tmp_path / "one", members=1, progress=False)
+    both = memoize(Run(run_dir, ner_run.cfg, ner_run.data), store_dir=tmp_path / "both", progress=False)
     config = write_distill_config(tmp_path / "d.toml", run_dir)  # teacher_members = 0: the run's largest, 2
     out = tmp_path / "student"
     assert main(["distill", "--store", str(one.path), "--config", str(config), "--out", str(out)]) == 2
@@ -304,7 +303,7 @@ def test_a_store_of_another_ensemble_than_the_student_claims_is_refused(ner_run,
 
 
 def test_an_edited_teachers_list_is_refused(ner_run, tmp_path, capsys):
-    store = memoize(ner_run.run_dir, tmp_path / "store", progress=False, data=ner_run.data)
+    store = memoize(Run(ner_run.run_dir, ner_run.cfg, ner_run.data), store_dir=tmp_path / "store", progress=False)
     config = write_distill_config(tmp_path / "d.toml", ner_run.run_dir)
     manifest = store.path / "manifest.json"
     original = manifest.read_text()
@@ -318,7 +317,7 @@ def test_an_edited_teachers_list_is_refused(ner_run, tmp_path, capsys):
 
 
 def test_a_student_folder_resumed_with_another_config_is_refused_naming_the_key(ner_run, tmp_path, capsys):
-    store = memoize(ner_run.run_dir, tmp_path / "store", progress=False, data=ner_run.data)
+    store = memoize(Run(ner_run.run_dir, ner_run.cfg, ner_run.data), store_dir=tmp_path / "store", progress=False)
     out = tmp_path / "student"
     config = write_distill_config(tmp_path / "d.toml", ner_run.run_dir)
     assert main(["distill", "--store", str(store.path), "--config", str(config), "--out", str(out),
@@ -414,7 +413,7 @@ def test_two_identical_translation_trainings_write_identical_files(nmt_run, tmp_
 
 
 def test_a_translation_store_with_edited_teachers_is_refused(nmt_run, capsys):
-    store = memoize_translation_teacher(nmt_run.run_dir, progress=False, run=nmt_run)
+    store = memoize(nmt_run, *nmt_run.task.teacher_settings(nmt_run.cfg), progress=False)
     manifest = store.path / "manifest.json"
     original = manifest.read_text()
     reseal(manifest, lambda m: m["teachers"].reverse())
@@ -436,7 +435,7 @@ def test_every_translation_writing_command_refuses_a_held_folder_in_one_line(nmt
 
 
 def test_a_translation_student_folder_begun_from_other_teachers_is_refused(nmt_run, capsys):
-    memoize_translation_teacher(nmt_run.run_dir, top_k=3, progress=False, run=nmt_run)
+    memoize(nmt_run, *nmt_run.task.teacher_settings(nmt_run.cfg, top_k=3), progress=False)
     student = nmt_run.run_dir / "students" / "student-2-top3"
     student.mkdir(parents=True)
     (student / "teacher.json").write_text(json.dumps({"teachers": ["members/member-0/model.pt sha256:0"],

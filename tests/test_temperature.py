@@ -136,7 +136,7 @@ def test_inputs_it_cannot_fit_raise_one_value_error(scores, gold, match):
 def test_tables_and_teacher_names_show_a_fit_at_the_bound():
     from types import SimpleNamespace
 
-    from ensemble_distill.distill.ner import TEMPERATURE_PREFIX, teacher_name
+    from ensemble_distill.distill.memoize import TEMPERATURE_PREFIX, teacher_name
     from ensemble_distill.evaluation import System
     from ensemble_distill.tables import format_rows, table_rows
     from ensemble_distill.tasks.nmt import TASK

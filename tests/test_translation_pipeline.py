@@ -14,11 +14,13 @@ from ensemble_distill.calibration.report import evaluate
 from ensemble_distill.cli import main
 from ensemble_distill.config import TranslationConfig, load_config, to_toml
 from ensemble_distill.data.vocab import PAD_ID
+from ensemble_distill.distill.memoize import memoize
 from ensemble_distill.ensemble import train_members
 from ensemble_distill.errors import UserError
 from ensemble_distill.evaluation import evaluate_run
 from ensemble_distill.models.translation import collate
 from ensemble_distill.predictions import load_predictions
+from ensemble_distill.tasks.nmt import TASK as NMT
 from ensemble_distill.tasks.nmt import (
     mean_of_members,
     new_model,
@@ -31,7 +33,7 @@ from ensemble_distill.tasks.nmt import (
     validation_nll,
 )
 from ensemble_distill.teacher_store import to_dense
-from ensemble_distill.translation_distill import distill_translation, memoize_translation_teacher
+from ensemble_distill.translation_distill import distill_translation
 
 WORDS = "ant bee cat dog eel fox gnu hen".split()
 
@@ -182,7 +184,7 @@ def test_evaluation_writes_predictions_that_evaluate_reads(toy_run):
 
 
 def test_memoize_then_distill_trains_a_student(toy_run):
-    store = memoize_translation_teacher(toy_run.run_dir, progress=False, run=toy_run)
+    store = memoize(toy_run, *NMT.teacher_settings(toy_run.cfg), progress=False)
     train = toy_run.data.splits["train"]
     assert len(store) == len(train.pairs) and store.num_positions == train.n_positions()
     # The stored entries are the top 4 of the ensemble's teacher-forced distribution.
@@ -278,13 +280,13 @@ def test_distill_samples_writes_a_sampled_store_and_its_student_joins_the_trunca
     run_dir = toy_run.run_dir
     assert main(["distill", "--run", str(run_dir), "--samples", "3"]) == 0
     capsys.readouterr()
-    store = memoize_translation_teacher(run_dir, samples=3, progress=False, run=toy_run)  # opens the finished one
+    store = memoize(toy_run, *NMT.teacher_settings(toy_run.cfg, samples=3), progress=False)  # the finished one
     assert store.path == run_dir / "teachers" / "ensemble-2-sampled3"
     assert store.manifest["truncation"] == {"samples": 3, "sampling": "multinomial", "seed": toy_run.cfg.train.seed,
                                             "width": 3}
     # The setting alone (no --samples) names the same store: it is no longer ignored.
-    again = memoize_translation_teacher(run_dir, progress=False,
-                                        run=open_run(run_dir, ("train", "dev"), False, overrides=["distill.samples=3"]))
+    with_setting = open_run(run_dir, ("train", "dev"), False, overrides=["distill.samples=3"])
+    again = memoize(with_setting, *NMT.teacher_settings(with_setting.cfg), progress=False)
     assert again.path == store.path
     # Sentence 0's draws: the ensemble's inverse CDF at the points of (seed, sentence 0).
     pair = toy_run.data.splits["train"].pairs[0]

@@ -1,11 +1,6 @@
-"""Ensemble distillation: memoise an ensemble's per-word distributions once, then train a student on them.
+"""NER students: train an IID tagger on a teacher store (distill/memoize.py) and evaluate it.
 
-    store = memoize("runs/conll-iid", "runs/conll-iid-teacher")       # the run's largest configured ensemble
-    row = distill("runs/conll-iid-teacher", "configs/distill-conll.toml", "runs/conll-iid-student")
-
-Teacher (paper §3.2): q = the uniform mean of the members' per-word distributions (CRF members: marginals), over
-every training sentence in order, kept whole in a teacher store (NER label sets are small: top_k = labels).
-With `temperature_scaled` (paper §6.2, Table 5) the teacher is softmax(log q / T), T fitted on dev.
+    rows = distill("runs/conll-iid/teachers/ensemble-9", "configs/distill-conll.toml", "runs/conll-iid-student")
 
 Student (paper §4.1): always an IID tagger, trained on the training sentences but the last tenth (which no member
 saw) and early-stopped on span F1 of that tenth, with
@@ -24,101 +19,32 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..calibration.temperature import apply_temperature, at_bound, fit_temperature
 from ..config import DistillConfig, TaggingConfig, load_config, to_dict, to_toml, validate
 from ..distributed import on_main
-from ..ensemble import Run, distillation_sentences, ensemble_member_ids, read_run_config
+from ..ensemble import distillation_sentences, ensemble_member_ids, read_run_config
 from ..errors import UserError
 from ..evaluation import System, evaluate_systems, fit_temperatures
 from ..io_utils import (
     atomic_write_json,
     atomic_write_text,
-    checkpoint_name,
     read_json,
     require_same_config,
     run_lock,
 )
-from ..runs import model_dir, save_model, write_result
+from ..runs import save_model, write_result
 from ..tables import format_rows, table_rows
 from ..tasks.ner import (
     TASK,
     TaggingData,
     dataset_fingerprint,
     load_tagging_data,
-    member_weights,
     model_spec,
     new_tagger,
-    predict_distributions,
     train_tagger,
 )
-from ..teacher_store import TeacherStore, require_teachers, write_store
+from ..teacher_store import TeacherStore, require_teachers
 from .losses import distillation_loss
-
-TEMPERATURE_PREFIX = "temperature "  # the teacher-name entry that records a temperature-scaled teacher's T
-
-# ----------------------------------------------------------------------------------------------------------------
-# Memoising the teacher
-
-
-def memoize(run_dir, store_dir, members: int | None = None, temperature_scaled: bool = False,
-            progress: bool = True, data: TaggingData | None = None) -> TeacherStore:
-    """Write (or resume, or reuse when finished) the teacher store of the run's ensemble of `members` (default:
-    the largest configured subset) over all training sentences in order. `data`: the run's data, if loaded."""
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    ids = ensemble_member_ids(cfg, members)
-    with run_lock(store_dir):
-        data = data or load_tagging_data(cfg, splits=("train", "dev") if temperature_scaled else ("train",),
-                                         progress=progress)
-        return _memoize(Run(run_dir, cfg, data), store_dir, ids, temperature_scaled, progress)
-
-
-def _memoize(run: Run, store_dir, ids: list[int], temperature_scaled: bool, progress: bool) -> TeacherStore:
-    data = run.data
-    models = [run.load(run.member_dir(i)) for i in ids]
-    teachers = member_checkpoints(run.run_dir, ids)
-    temperature = None
-    if temperature_scaled:
-        temperature = ensemble_temperature(models, data)
-        teachers.append(f"{TEMPERATURE_PREFIX}{temperature!r}")
-    split = data.splits["train"]
-
-    def teacher(sentences):
-        distributions = predict_distributions(models, split, split.windows_of(sentences), data.pad_id)
-        if temperature is None:
-            return distributions
-        return [apply_temperature(_log(d), temperature).astype(np.float32) for d in distributions]
-
-    return write_store(store_dir, range(len(split.corpus.sentences)), teacher, vocab=data.labels,
-                       fingerprint=dataset_fingerprint(split), teachers=teachers, top_k=len(data.labels),
-                       batch_sentences=64, progress=progress)
-
-
-def member_checkpoints(run_dir: Path, ids: list[int]) -> list[str]:
-    """The store's names of the given members' weights."""
-    return [checkpoint_name(run_dir, member_weights(model_dir(run_dir, "member", i))) for i in ids]
-
-
-def ensemble_temperature(models, data: TaggingData) -> float:
-    """T minimising the dev NLL of softmax(log q / T), q the ensemble's mean distributions (paper §6.2)."""
-    dev = data.splits["dev"]
-    distributions = predict_distributions(models, dev, pad_id=data.pad_id)
-    gold = np.concatenate([dev.corpus.tag_ids[s] for s in sorted({w.sentence for w in dev.windows})])
-    try:
-        return fit_temperature(_log(np.concatenate(distributions)), gold, what=f"the ensemble on {dev.corpus.path}")
-    except ValueError as error:  # NaN scores: members whose weights are broken
-        raise UserError(f"{dev.corpus.path}: the ensemble's dev distributions cannot be temperature-scaled: {error}")
-
-
-def _log(probs: np.ndarray) -> np.ndarray:
-    """log p with float32 underflows (exact zeros of a mean of softmaxes) at the smallest normal float32."""
-    return np.log(np.maximum(probs, np.finfo(np.float32).tiny))
-
-
-def store_temperature(store: TeacherStore) -> float | None:
-    found = [t for t in store.manifest["teachers"] if t.startswith(TEMPERATURE_PREFIX)]
-    return float(found[0][len(TEMPERATURE_PREFIX):]) if found else None
-
+from .memoize import TEMPERATURE_PREFIX, member_checkpoints, teacher_name
 
 # ----------------------------------------------------------------------------------------------------------------
 # Training and evaluating the student
@@ -181,21 +107,13 @@ def require_ensemble_teacher(store: TeacherStore, cfg: DistillConfig) -> None:
                         f"{run_cfg.ensemble.members} members")
     ids = ensemble_member_ids(run_cfg, k or None)
     temperature = [t for t in store.manifest["teachers"] if t.startswith(TEMPERATURE_PREFIX)]
-    require_teachers(store, member_checkpoints(run_dir, ids) + temperature,
+    require_teachers(store, member_checkpoints(run_dir, ids, TASK) + temperature,
                      f"the ensemble of {len(ids)} of {run_dir} (distill.teacher_members = {k})")
 
 
 def student_config(run_cfg: TaggingConfig, cfg: DistillConfig) -> TaggingConfig:
     """The teacher run's data and encoder settings with an IID head and the student's training settings."""
     return dataclasses.replace(run_cfg, model=dataclasses.replace(run_cfg.model, head="iid"), train=cfg.train)
-
-
-def teacher_name(store: TeacherStore) -> str:
-    """'ensemble of K', and T for a temperature-scaled teacher, from the store's teacher names."""
-    k = sum(1 for t in store.manifest["teachers"] if not t.startswith(TEMPERATURE_PREFIX))
-    temperature = store_temperature(store)
-    bound = " at the fit's bound: dev had no finite optimum" if temperature and at_bound(temperature) else ""
-    return f"ensemble of {k}" + (f", temperature-scaled (T = {temperature:.3f}{bound})" if temperature else "")
 
 
 def train_student(model, data: TaggingData, store: TeacherStore, train_windows, held_out_windows,

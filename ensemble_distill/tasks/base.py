@@ -69,6 +69,25 @@ class Task(Protocol):
     def temperature_positions(self, cfg) -> int:
         """How many dev positions a temperature is fitted on (a seeded sample); 0: all of them."""
 
+    def teacher_probs(self, models: list, cfg, data, sentences) -> list:
+        """Per training sentence of `sentences` (ids), the models' mean distribution, float32 [positions, V] (numpy
+        or torch, on the models' device): what distill/memoize.py stores."""
+
+    def n_sentences(self, data, split: str) -> int:
+        """The number of sentences of `split` (a teacher store holds one entry per training sentence)."""
+
+    def output_names(self, data) -> list[str]:
+        """The names of the V outputs: label names (NER) or subword pieces (translation), a store's vocabulary."""
+
+    def batch_sentences(self, cfg) -> int:
+        """Sentences per teacher batch when memoizing."""
+
+    def teacher_settings(self, cfg, members: int | None = None, top_k: int | None = None,
+                         epsilon: float | None = None, samples: int | None = None) -> tuple:
+        """The teacher's ensemble size (None: the largest configured) and distill.memoize.Truncation from what the
+        command gave and the config's defaults. Raises UserError for a value outside its range, or a setting the
+        task has not (NER keeps every label: no top_k, epsilon or samples)."""
+
     def hypotheses(self, models: list, cfg, data, split: str, progress: bool = False) -> list[str] | None:
         """The ensemble's decoded outputs of each sentence of `split` (translation: beam search with the models'
         mean inside the beam), or None when the distributions are the output (tagging)."""

@@ -22,6 +22,7 @@ from ..calibration.task_metrics import span_counts, span_scores
 from ..config import N_TENTHS, TaggingConfig, Training
 from ..data.conll import TaggedCorpus, label_vocab, read_conll, tag_corpus
 from ..data.subwords import Window, bucketed_batches, encode_sentences, load_tokenizer, merge_windows
+from ..distill.memoize import Truncation
 from ..distributed import on_main
 from ..encoders import (
     EncoderTop,
@@ -391,6 +392,30 @@ class NerTask:
 
     def temperature_positions(self, cfg) -> int:
         return 0  # every dev word: [words, labels] is small
+
+    def teacher_probs(self, models, cfg, data, sentences) -> list[np.ndarray]:
+        split = data.splits["train"]
+        return predict_distributions(models, split, split.windows_of(sentences), data.pad_id)
+
+    def n_sentences(self, data, split) -> int:
+        return len(data.splits[split].corpus.sentences)
+
+    def output_names(self, data) -> list[str]:
+        return list(data.labels)
+
+    def batch_sentences(self, cfg) -> int:
+        return 64
+
+    def teacher_settings(self, cfg, members=None, top_k=None, epsilon=None, samples=None) -> tuple:
+        """Every label is kept (a few bytes a word). A sampled store is refused: the NER student re-tempers its
+        teacher (distill.temperature), which is biased for a sampled estimate."""
+        if samples:
+            raise UserError(f"--samples {samples}: only for translation runs (an NER store keeps every label, and "
+                            "re-tempering a sampled store at distill.temperature != 1 would be biased)")
+        for flag, value in (("--top-k", top_k), ("--epsilon", epsilon)):
+            if value is not None:
+                raise UserError(f"{flag}: only for nmt runs (an NER store keeps every label)")
+        return members, Truncation()
 
     def hypotheses(self, models, cfg, data, split, progress=False) -> None:
         return None  # a tagger's output is its distributions' most probable labels

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Training, TranslationConfig
+from ..config import Training, TranslationConfig, TranslationDistillation, setting_problem
 from ..data.parallel import FilterCounts, filter_by_length, read_parallel
 from ..data.text import read_text_lines
 from ..data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
+from ..distill.memoize import Truncation
 from ..distributed import on_main
 from ..ensemble import MemberPlan
 from ..errors import UserError
@@ -535,6 +536,45 @@ class NmtTask:
 
     def temperature_positions(self, cfg) -> int:
         return cfg.decode.temperature_positions  # a dense [positions, V] float64 array is what the fit holds
+
+    @torch.no_grad()
+    def teacher_probs(self, models, cfg, data, sentences) -> list[torch.Tensor]:
+        """The mean of probabilities (not log-space) is what is stored, and exp-then-mean is twice as fast on a CPU
+        as a logsumexp over the members. It stays on the models' device: the store truncates there."""
+        pairs = [data.splits["train"].pairs[i] for i in sentences]
+        batch = to_device(collate(pairs), models[0].embedding.weight.device)
+        real = batch.tgt_out != PAD_ID
+        probs = torch.stack([m.log_probs_teacher_forced(batch.src, batch.tgt_in, real) for m in models]).exp().mean(0)
+        return list(probs.split([len(tgt) + 1 for _, tgt in pairs]))
+
+    def n_sentences(self, data, split) -> int:
+        return len(data.splits[split].pairs)
+
+    def output_names(self, data) -> list[str]:
+        return data.vocab.piece_names()
+
+    def batch_sentences(self, cfg) -> int:
+        return cfg.decode.batch_sentences
+
+    def teacher_settings(self, cfg, members=None, top_k=None, epsilon=None, samples=None) -> tuple:
+        """Defaults from the run's [distill] section; `samples` > 0 makes a sampled store (R draws a position,
+        seeded by train.seed), 0 a top-V' one. Also raises UserError for top_k or epsilon given with samples > 0
+        (a sampled store keeps draws, not the top entries)."""
+        d = cfg.distill
+        samples = d.samples if samples is None else samples
+        if samples > 0 and (top_k is not None or epsilon is not None):
+            given = "--top-k" if top_k is not None else "--epsilon"
+            raise UserError(f"{given}: a sampled store (samples = {samples}) keeps draws, not the top entries; give "
+                            "--samples 0 for a top-V' store")
+        members = d.teacher_members if members is None else members
+        top_k = d.top_k if top_k is None else top_k
+        epsilon = d.epsilon if epsilon is None else epsilon
+        if not 1 <= members <= cfg.ensemble.members:
+            raise UserError(f"--members {members}: the run has {cfg.ensemble.members} members")
+        for name, value in (("top_k", top_k), ("epsilon", epsilon), ("samples", samples)):
+            if problem := setting_problem(TranslationDistillation, name, value):
+                raise UserError(f"'{name}' {problem}")
+        return members, Truncation(top_k, epsilon, samples, d.probs_dtype)
 
     def hypotheses(self, models, cfg, data, split, progress=False) -> list[str]:
         d = cfg.decode
