@@ -68,9 +68,9 @@ FEATURES = {
 
 
 def _ner_eval_has_ts() -> bool:
-    from . import experiments
+    from . import evaluation
 
-    return hasattr(experiments, "TEMPERATURE_SCALED")
+    return hasattr(evaluation, "TEMPERATURE_SCALED")
 
 
 def missing_features(needs) -> list[str]:
@@ -187,9 +187,9 @@ class Step:
         """The student folder a distill step trains (pipeline.distill's naming)."""
         if self.run.task == "ner":
             return f"student-{self.members}" + ("-ts" if self.temperature_scaled else "")
-        from .translation_distill import store_name
+        from .distill.memoize import Truncation, store_name
 
-        return "student-" + store_name(self.members, self.top_k, self.epsilon).removeprefix("ensemble-")
+        return "student-" + store_name(self.members, Truncation(self.top_k, self.epsilon)).removeprefix("ensemble-")
 
 
 @dataclass(frozen=True)
