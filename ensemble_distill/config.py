@@ -26,6 +26,8 @@ N_TENTHS = 10  # NER: member i early-stops on tenth i of the training data (ense
 MAX_MEMBERS = N_TENTHS - 1  # the last tenth is the student's early-stopping data, no member's
 MEMBER_DATA = ("nine_tenths", "eight_tenths")  # ensemble.member_data: what a member trains on (ensemble.py)
 PRECISIONS = ("fp32", "bf16")  # train.precision: bf16 autocast of the training forward passes
+# ensemble.kind: members that differ by seed, or snapshots of one SGDR trajectory (paper §6.1, Table 4; snapshots.py)
+ENSEMBLE_KINDS = ("seeds", "snapshots")
 
 
 @dataclass(frozen=True)
@@ -280,12 +282,25 @@ class TranslationTraining(WeightAveraging):
     device: str = setting("cpu", choices=("cpu", "cuda"))
     precision: str = setting("fp32", choices=PRECISIONS)  # as Training's
     accumulate: int = setting(1, at_least=1)  # as Training's: batch_tokens is the update's batch whatever this is
+    # ensemble.kind = "snapshots" (tasks/nmt.py train_snapshots): after a warm start of max_rounds less
+    # members x cycle_rounds rounds, one cosine cycle with warm restarts per member, each cycle_rounds rounds long,
+    # its rate from cycle_lr down towards cycle_min_lr (CosineAnnealingWarmRestarts, T_mult = 1)
+    cycle_rounds: int = setting(1, at_least=1)
+    cycle_lr: float = setting(1e-3, above=0)  # the rate each cycle restarts at
+    cycle_min_lr: float = setting(0.0, at_least=0)  # the rate a cycle's cosine falls to (eta_min)
+
+    def check(self) -> None:
+        if self.cycle_min_lr >= self.cycle_lr:
+            raise Invalid("cycle_min_lr", f"must be below cycle_lr = {self.cycle_lr:g}, got {self.cycle_min_lr:g}")
 
 
 @dataclass
 class TranslationEnsemble:
-    members: int = setting(3, at_least=1)
+    members: int = setting(3, at_least=1)  # "snapshots": the number of cycles, one snapshot each
     subset_sizes: list[int] = setting([3], at_least=1)  # ensembles of the first k members
+    # "seeds": members trained apart from different seeds; "snapshots": the weights at the end of each of the
+    # `members` SGDR cycles of one training (paper §6.1, Table 4), trained by one job
+    kind: str = setting("seeds", choices=ENSEMBLE_KINDS)
 
     def check(self) -> None:
         _check_subset_sizes(self.subset_sizes, self.members)
@@ -336,6 +351,12 @@ class TranslationConfig:
         if self.distill.teacher_members > self.ensemble.members:
             raise Invalid("distill.teacher_members", f"is {self.distill.teacher_members}, more than the "
                                                      f"{self.ensemble.members} members (ensemble.members)")
+        t, k = self.train, self.ensemble.members
+        if self.ensemble.kind == "snapshots" and t.max_rounds <= k * t.cycle_rounds:
+            raise Invalid("train.max_rounds", f"must exceed ensemble.members x train.cycle_rounds = "
+                                              f"{k * t.cycle_rounds} with ensemble.kind = \"snapshots\" (the budget "
+                                              f"is a warm start of at least one round, then {k} cycles), got "
+                                              f"{t.max_rounds}")
 
 
 def load_config(path, cls=None, overrides: list[str] = (), resolve_paths: bool = True):

@@ -163,7 +163,8 @@ def open_run(run_dir, splits: Sequence[str] = ("dev", "test"), progress: bool = 
 def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[str, int] | None = None) -> Run:
     """Train (or resume) every member (and NER individual) of the configured ensemble in `run_dir`, for the task
     `cfg.task` names (tasks/base.py): read the data (`data`: already read), check it, record the run
-    (runs.record_run), then fit each planned model not yet finished into RUN/members/ or RUN/individuals/.
+    (runs.record_run), then fit each planned model not yet finished into RUN/members/ or RUN/individuals/
+    (`ensemble.kind = "snapshots"`: task.fit_snapshots trains the one trajectory whose snapshots are the members).
     `only` = (role, index), ("member", 2) or ("individual", 0): that model alone, a job of a job array; the jobs
     wait for one another on the run folder while they check and record the run (and, translation, train its
     vocabulary on first use), then each holds only its model's folder while training it. Without `only` the run
@@ -171,7 +172,8 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
     model data-parallel (training.train) while rank 0 alone holds the locks and writes.
     Returns the Run. Raises UserError for a run folder of another config, data the task refuses, or training or
     dev data other than those run.json records (the members trained so far saw those), for `only` outside the
-    configured members or individuals, and for a model folder another process is training; nothing that
+    configured members or individuals or given for a snapshot ensemble, and for a model folder another process
+    is training; nothing that
     binds the folder to this config is written before the data is read and checked, so a first run that fails on
     bad data leaves a folder that takes the corrected config."""
     task = get_task(cfg.task)
@@ -190,7 +192,11 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
         fingerprints = {split: task.dataset_fingerprint(data, split) for split in ("train", "dev")}
         distributed.on_main(record_run, run_dir, cfg, {**task.run_facts(cfg, data), DATA: fingerprints},
                             must_match=task.must_match)
-        plans = [p for p in task.member_plans(cfg, data) if only in (None, (p.role, p.index))]
+        if getattr(cfg.ensemble, "kind", "seeds") == "snapshots":  # one trajectory, in the held run folder
+            task.fit_snapshots(cfg, data, run_dir, progress)
+            plans = []
+        else:
+            plans = [p for p in task.member_plans(cfg, data) if only in (None, (p.role, p.index))]
         if only is not None:
             run_held.close()  # the run is recorded: the other jobs may go on while this one trains
         for plan in plans:
@@ -205,6 +211,10 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
 
 def _check_addressed(cfg, role: str, index: int) -> None:
     """Refuse a member or individual index outside the config's: one line naming the flag and the range."""
+    if getattr(cfg.ensemble, "kind", "seeds") == "snapshots":
+        raise UserError(f"--{role} {index}: ensemble.kind = \"snapshots\": the members are snapshots of one "
+                        "training, each continuing the one before, so one job trains them all; run train without "
+                        f"--{role}")
     count = cfg.ensemble.members if role == "member" else getattr(cfg.ensemble, "individuals", 0)
     if not 0 <= index < count:
         setting = f"ensemble.{role}s = {count}"

@@ -72,6 +72,17 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Training,
     return get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
 
 
+def warm_restarts(optimizer: torch.optim.Optimizer, cycle_updates: int,
+                  min_lr: float) -> torch.optim.lr_scheduler.CosineAnnealingWarmRestarts:
+    """SGDR (Loshchilov & Hutter 2017; the paper's snapshot ensembles, §6.1 and its footnote 15: T_mult = 1):
+    torch's CosineAnnealingWarmRestarts stepped after every update, so update u (from 0) of the training it
+    schedules runs at min_lr + (lr - min_lr) (1 + cos(pi (u mod cycle_updates) / cycle_updates)) / 2, lr being
+    the optimiser's initial rate: a cycle starts at lr, its last update runs just above min_lr, and the next
+    update restarts at lr. The weights after a cycle's last update are its snapshot."""
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=cycle_updates, T_mult=1,
+                                                                 eta_min=min_lr)
+
+
 class StochasticWeightAveraging:
     """SWA (Izmailov et al. 2018; the paper's weight averaging, §5) with torch.optim.swa_utils, run by `train` as
     its scheduler (stepped after every update, checkpointed with the optimiser, so a resumed run averages exactly

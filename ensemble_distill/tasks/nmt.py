@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from ..distill.memoize import Truncation
 from ..distributed import on_main
 from ..ensemble import MemberPlan
 from ..errors import UserError
-from ..io_utils import atomic_path, atomic_torch_save, atomic_write_text, strict_json
+from ..io_utils import atomic_path, atomic_torch_save, atomic_write_text, load_torch, read_json, strict_json
 from ..models.beam_search import beam_search
 from ..models.translation import (
     TransformerConfig,
@@ -44,10 +44,10 @@ from ..models.translation import (
     label_smoothed_loss,
 )
 from ..predictions import Predictions, compact_distributions, save_predictions
-from ..runs import load_state, load_weights, save_model, write_result
+from ..runs import RESULT, finished, load_state, load_weights, model_dir, save_model, write_result
 from ..tables import Column
 from ..teacher_store import fingerprint_dataset
-from ..training import StochasticWeightAveraging, average_snapshots, train
+from ..training import StochasticWeightAveraging, average_snapshots, train, warm_restarts
 
 SPLITS = ("train", "dev", "test")
 TOP_K_STORED = 5  # predictions keep each position's top 5: enough for ECE-5
@@ -161,9 +161,17 @@ def token_batches(lengths: np.ndarray, max_tokens: int, rng: np.random.Generator
 
 def round_batches(lengths: np.ndarray, max_tokens: int, updates_per_round: int, seed: int,
                   round_index: int) -> list[np.ndarray]:
-    """Batches of round `round_index` (from 1): updates (r - 1)·U .. r·U - 1 of a stream of epochs, epoch e's
-    batches drawn with seed (seed, e). Deterministic, so a resumed run sees the batches an unbroken one did."""
-    first, stop = (round_index - 1) * updates_per_round, round_index * updates_per_round
+    """Batches of round `round_index` (from 1): updates (r - 1)·U .. r·U - 1 of the seeded stream
+    (stream_batches)."""
+    return stream_batches(lengths, max_tokens, seed, (round_index - 1) * updates_per_round,
+                          round_index * updates_per_round)
+
+
+def stream_batches(lengths: np.ndarray, max_tokens: int, seed: int, first: int, stop: int) -> list[np.ndarray]:
+    """Batches of updates first .. stop - 1 (from 0) of a stream of epochs, epoch e's batches drawn with seed
+    (seed, e). Deterministic, so a resumed run sees the batches an unbroken one did, and a training continued
+    from update `first` (a snapshot ensemble's cycles after its warm start) sees the data the warm start would
+    have seen next."""
     out, seen, epoch = [], 0, 0
     while seen < stop:
         epoch += 1
@@ -171,6 +179,18 @@ def round_batches(lengths: np.ndarray, max_tokens: int, updates_per_round: int, 
         out += epoch_batches[max(first - seen, 0):max(stop - seen, 0)]
         seen += len(epoch_batches)
     return out
+
+
+def update_batches(split: "ParallelSplit", max_tokens: int, seed: int, updates: int, first: int = 0):
+    """batches(e) for the training loop: its epoch e (from 1) as `updates` updates of the seeded stream,
+    from update `first` on, each batch (sentence indices, collated TranslationBatch)."""
+    lengths = split.lengths()
+
+    def batches(epoch):
+        start = first + (epoch - 1) * updates
+        for indices in stream_batches(lengths, max_tokens, seed, start, start + updates):
+            yield indices, collate([split.pairs[i] for i in indices])
+    return batches
 
 
 def to_device(batch: TranslationBatch, device) -> TranslationBatch:
@@ -323,17 +343,8 @@ def train_model(model: TranslationModel, data: TranslationData, cfg: Translation
     stopping on validation NLL; leave the averaged weights in the model, in run_dir/model.pt and as a model folder
     (runs.py: model.json with `spec_extra`, model.safetensors, vocab.model). Returns what result.json records."""
     run_dir, t = Path(run_dir), cfg.train
-    train_split, dev = data.splits["train"], data.splits["dev"]
-    lengths = train_split.lengths()
-
-    def batches(round_index):
-        for indices in round_batches(lengths, t.batch_tokens, t.updates_per_round, seed, round_index):
-            yield indices, collate([train_split.pairs[i] for i in indices])
-
-    def score(m):
-        return -validation_nll([m], dev, cfg.decode.batch_sentences)
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.98), eps=1e-9)
+    batches = update_batches(data.splits["train"], t.batch_tokens, seed, t.updates_per_round)
+    optimizer = adam(model, t.lr)
     scheduler = inverse_sqrt_schedule(optimizer, t.warmup_steps)
     swa = t.averaging == "swa"
     if swa:
@@ -342,29 +353,105 @@ def train_model(model: TranslationModel, data: TranslationData, cfg: Translation
     loop = Training(max_epochs=t.max_rounds, patience=t.patience, seed=seed, precision=t.precision,
                     accumulate=t.accumulate)
     started = time.time()
-    result = train(model, batches, loss_fn, score, loop, run_dir, progress, after_round, optimizer, scheduler,
-                   snapshots=0 if swa else t.average_last + t.patience, units=lambda batch: batch[1].n_target_tokens)
+    result = train(model, batches, loss_fn, dev_score(data, cfg), loop, run_dir, progress, after_round, optimizer,
+                   scheduler, snapshots=0 if swa else t.average_last + t.patience, units=batch_units)
     if swa:
         scheduler.apply(model)  # nothing averaged (stopped before swa_start): the best round's weights
         averaged = model.state_dict()
     else:
         averaged = average_snapshots(run_dir, result.best_epoch, t.average_last)
         model.load_state_dict(averaged)
+    tokens, seconds = sum(r["tokens"] for r in result.history), sum(r["seconds"] for r in result.history)
+    return on_main(lambda: write_model_folder(  # under torchrun, rank 0 writes the model folder
+        run_dir, model, cfg, data, role, seed, spec_extra, best_epoch=result.best_epoch, epochs=result.epochs_run,
+        best_score=result.best_score, averaging=t.averaging,
+        averaged_rounds=scheduler.epochs_averaged if swa else t.average_last,
+        averaged_dev_nll=validation_nll([model], data.splits["dev"], cfg.decode.batch_sentences),
+        train_tokens=tokens, tokens_per_second=tokens / max(seconds, 1e-9),
+        seconds_this_call=round(time.time() - started, 1)))
 
-    def record():
-        atomic_torch_save(averaged, run_dir / "model.pt")
-        save_model(run_dir, model, model_spec(cfg, len(data.vocab), role, seed, **(spec_extra or {})))
-        copy_vocab(data.vocab, run_dir)
-        tokens, seconds = sum(r["tokens"] for r in result.history), sum(r["seconds"] for r in result.history)
-        return write_result(run_dir, task="nmt", role=role, seed=seed, best_epoch=result.best_epoch,
-                            epochs=result.epochs_run, best_score=result.best_score, score="neg_dev_nll",
-                            averaging=t.averaging,
-                            averaged_rounds=scheduler.epochs_averaged if swa else t.average_last,
-                            averaged_dev_nll=validation_nll([model], dev, cfg.decode.batch_sentences),
-                            train_tokens=tokens, tokens_per_second=tokens / max(seconds, 1e-9),
-                            seconds_this_call=round(time.time() - started, 1))
 
-    return on_main(record)  # under torchrun, rank 0 writes the model folder
+def adam(model: TranslationModel, lr: float) -> torch.optim.Adam:
+    """The Transformer's optimiser (Vaswani et al. 2017): Adam, betas (0.9, 0.98), eps 1e-9."""
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9)
+
+
+def dev_score(data: TranslationData, cfg: TranslationConfig):
+    """The held-out score the training loop maximises: minus the validation NLL per target token."""
+    return lambda model: -validation_nll([model], data.splits["dev"], cfg.decode.batch_sentences)
+
+
+def batch_units(batch) -> int:
+    """What a batch's loss is a mean over: its target tokens (training.train's `units`)."""
+    return batch[1].n_target_tokens
+
+
+def write_model_folder(folder, model: TranslationModel, cfg: TranslationConfig, data: TranslationData, role: str,
+                       seed: int, spec_extra: dict | None = None, **result) -> dict:
+    """The model's weights as model.pt and a model folder (model.json with `spec_extra`, model.safetensors,
+    vocab.model), then result.json (runs.write_result with `result`) last. Returns what result.json holds."""
+    folder = Path(folder)
+    atomic_torch_save(model.state_dict(), folder / "model.pt")
+    save_model(folder, model, model_spec(cfg, len(data.vocab), role, seed, **(spec_extra or {})))
+    copy_vocab(data.vocab, folder)
+    return write_result(folder, task="nmt", role=role, seed=seed, score="neg_dev_nll", **result)
+
+
+def warm_start_config(cfg: TranslationConfig) -> TranslationConfig:
+    """The config of a snapshot ensemble's warm start: the members' training with max_rounds less the cycles'
+    rounds (ensemble.members x train.cycle_rounds), so the whole trajectory has the seed members' budget."""
+    t = cfg.train
+    return replace(cfg, train=replace(t, max_rounds=t.max_rounds - cfg.ensemble.members * t.cycle_rounds))
+
+
+def train_snapshots(cfg: TranslationConfig, data: TranslationData, run_dir, progress: bool = True,
+                    after_cycle=None) -> list[dict]:
+    """A snapshot ensemble (SGDR, paper §6.1 and Table 4): one training trajectory whose K = ensemble.members
+    snapshots are the run's members, members/member-<i>, model folders like a seed ensemble's, which evaluate,
+    memoize and distill read unchanged. Resumes after a kill (training.train's checkpoints); returns what each
+    member's result.json holds.
+
+    1. Warm start (RUN/snapshots/warm-start): member 0's training (seed, schedule, early stopping, weight
+       averaging) to train.max_rounds less K x train.cycle_rounds rounds (warm_start_config), as the paper's
+       single models stopped earlier.
+    2. Cycles (RUN/snapshots/cycles): its weights trained on with a fresh Adam from train.cycle_lr, the rate
+       following cosine warm restarts (training.warm_restarts: one cycle of cycle_rounds x updates_per_round
+       updates per member, down towards train.cycle_min_lr), on the data stream from where the warm start
+       stopped (stream_batches); K cycles, no early stopping. The weights after cycle i (its epoch-<i>.pt,
+       written before the checkpoint that marks the cycle done) are member i - 1, written once all K are done,
+       so a kill loses no finished cycle's snapshot."""
+    t, k, run_dir = cfg.train, cfg.ensemble.members, Path(run_dir)
+    seed, trajectory = member_seed(cfg, 0), run_dir / "snapshots"
+    warm_dir, cycles_dir = trajectory / "warm-start", trajectory / "cycles"
+    loss_fn = nll_loss(t.label_smoothing)
+    model = new_model(cfg, len(data.vocab), seed)
+    if on_main(finished, warm_dir):
+        warm = read_json(warm_dir / RESULT, f"delete {warm_dir} to train the warm start again")
+        model.load_state_dict(load_state(warm_dir, "model.pt", t.device))
+    else:
+        warm = train_model(model, data, warm_start_config(cfg), warm_dir, loss_fn, seed, progress, role="warm-start")
+    cycle_updates = t.cycle_rounds * t.updates_per_round
+    optimizer = adam(model, t.cycle_lr)
+    batches = update_batches(data.splits["train"], t.batch_tokens, seed, cycle_updates,
+                             first=warm["epochs"] * t.updates_per_round)
+    loop = Training(max_epochs=k, patience=k, seed=seed, precision=t.precision, accumulate=t.accumulate)
+    result = train(model, batches, loss_fn, dev_score(data, cfg), loop, cycles_dir, progress, after_cycle,
+                   optimizer, warm_restarts(optimizer, cycle_updates, t.cycle_min_lr), snapshots=k,
+                   units=batch_units)
+
+    def record(i: int) -> dict:
+        folder = model_dir(run_dir, "member", i)
+        if not finished(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            model.load_state_dict(load_torch(cycles_dir / f"epoch-{i + 1}.pt", f"delete {cycles_dir} to train the "
+                                                                                 "cycles again"))
+            rounds = warm["epochs"] + (i + 1) * t.cycle_rounds
+            write_model_folder(folder, model, cfg, data, "member", seed, {"snapshot": i + 1}, best_epoch=rounds,
+                               epochs=rounds, best_score=result.history[i]["held_out_score"], averaging="snapshot",
+                               snapshot=i + 1, warm_start_rounds=warm["epochs"], cycle_updates=cycle_updates)
+        return read_json(folder / RESULT, f"delete {folder} and train the run again")
+
+    return on_main(lambda: [record(i) for i in range(k)])
 
 
 def run_facts(cfg: TranslationConfig, data: TranslationData) -> dict:
@@ -616,6 +703,9 @@ class NmtTask:
     def fit(self, model, cfg, data, plan: MemberPlan, folder, progress=True) -> dict:
         return train_model(model, data, cfg, folder, nll_loss(cfg.train.label_smoothing), plan.seed, progress,
                            role=plan.role)
+
+    def fit_snapshots(self, cfg, data, run_dir, progress=True) -> list[dict]:
+        return train_snapshots(cfg, data, run_dir, progress)
 
 
 TASK = NmtTask()
