@@ -25,12 +25,14 @@ class Column:
 
 
 def mean_and_se(scores: list[dict], metrics) -> dict:
-    """{metric: {value, se}} over several models' metric dicts (each {metric: {value, ...}})."""
+    """{metric: {value, se}} over several models' metric dicts (each {metric: {value, ...}}). One model has no
+    spread to take a standard error of: its own stats (value and 95% interval) are returned as they are."""
+    if len(scores) == 1:
+        return {m: scores[0][m] for m in metrics}
     out = {}
     for m in metrics:
         values = np.array([s[m]["value"] for s in scores])
-        se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-        out[m] = {"value": float(values.mean()), "se": float(se)}
+        out[m] = {"value": float(values.mean()), "se": float(values.std(ddof=1) / np.sqrt(len(values)))}
     return out
 
 
@@ -54,7 +56,8 @@ def table_rows(systems, scores: dict[str, dict], temperatures: dict[str, float],
         names = [s.name for s in systems if s.group == group]
         for suffix, label in (("", ""), SCALED):
             ts = [temperatures[n] for n in names]
-            row = {"system": f"{group} ({len(names)}, mean ± s.e.){label}", "name": group + suffix,
+            counted = f"{group} ({len(names)}, mean ± s.e.)" if len(names) > 1 else group.removesuffix("s")
+            row = {"system": counted + label, "name": group + suffix,
                    "temperature": float(np.mean(ts)) if suffix else 1.0}
             if suffix and any(map(at_bound, ts)):  # a mean over bounds is no temperature: say so in the table
                 row["temperature_note"] = f"{sum(map(at_bound, ts))} of {len(ts)} at the fit's bound"

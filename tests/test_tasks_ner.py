@@ -1,5 +1,7 @@
 """The NER pipeline on a tiny random BERT: encoder split, frozen-state cache, training, resume, ensembles."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -334,7 +336,12 @@ def test_the_usual_single_model_tunes_every_layer_in_a_run_of_individuals(tiny_e
     for layer, before in zip(tuned, pretrained):
         assert not torch.equal(layer.attention.self.query.weight, before.attention.self.query.weight)
     table = evaluate_run(tmp_path / "baseline", n_boot=10, progress=False)
-    assert "individuals (1, mean ± s.e.)" in table and "ensemble" not in table
+    # One model is shown with its own 95% interval, not as a mean with an undefined (nan) standard error.
+    assert "| individual | 1.00 |" in table and "nan" not in table and "ensemble" not in table
+    evaluated = tmp_path / "baseline" / "eval" / "test"
+    row = next(r for r in json.loads((evaluated / "results.json").read_text()) if r["system"] == "individual")
+    own = json.loads((evaluated / "individual-0" / "metrics.json").read_text())
+    assert row["f1"] == own["metrics"]["f1"] and row["f1"]["ci_low"] <= row["f1"]["value"] <= row["f1"]["ci_high"]
     with pytest.raises(UserError, match="no members"):
         memoize(tmp_path / "baseline", progress=False)
 
