@@ -70,6 +70,12 @@ def run_systems(run) -> tuple[list[Path], list[System]]:
     for folder in sorted(p.parent for p in (run.run_dir / "students").glob("*/result.json")):
         add(folder, System(folder.name, f"student ({folder.name})", (len(folders),),
                            meta={"student": folder.name, "models": [str(folder)]}))
+    names = {s.name for s in systems}
+    for s in systems:
+        if s.name.endswith(SCALED[0]) and s.name.removesuffix(SCALED[0]) in names:
+            raise UserError(f"{run.run_dir / 'students' / s.name}: its evaluation folder would be the temperature-"
+                            f"scaled one of {s.name.removesuffix(SCALED[0])}: rename it "
+                            f"(a temperature-scaled teacher's student is student-ts-<k>)")
     return folders, systems
 
 

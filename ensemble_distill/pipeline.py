@@ -3,7 +3,7 @@
     train(load_config("configs/conll-iid.toml"), "runs/conll-iid")     # members (+ NER individuals)
     evaluate_run("runs/conll-iid")            # members, individuals, ensembles, students -> RUN/eval/test/
     memoize("runs/conll-iid")                 # RUN/teachers/ensemble-<k>[-ts]
-    distill("runs/conll-iid")                 # RUN/students/student-<k>[-ts], memoizing first if needed
+    distill("runs/conll-iid")                 # RUN/students/student-<k> (student-ts-<k>), memoizing if needed
     predict("runs/conll-iid/students/student-3", "new.txt", "out/")     # a model folder on new text
 
 Each stage calls the task's own module (NER: ensemble.py, experiments.py, distill/ner.py; translation:
@@ -144,6 +144,7 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
     a distillation config (`config`, a DistillConfig TOML file; default: DistillConfig's defaults) with
     `overrides`, its teacher this run; it is evaluated on test. Returns a summary (NER: the student's table row)."""
     if run_task(run_dir) == "ner":
+        from .distill.memoize import student_name
         from .distill.ner import distill as distill_ner
         from .tables import format_rows
         from .tasks.ner import TASK
@@ -153,7 +154,7 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
         require_trained(run_dir, individuals=False)
         memoize(run_dir, members, temperature_scaled=temperature_scaled, out=store, progress=progress)
         cfg = student_config(run_dir, members, config, overrides)
-        out = Path(run_dir) / "students" / f"student-{store.name.removeprefix('ensemble-')}"
+        out = Path(run_dir) / "students" / student_name(store.name)
         rows = distill_ner(store, cfg, out, n_boot, progress)
         return format_rows(rows, TASK.columns, title=f"{out} (test)")
     from .ensemble import open_run

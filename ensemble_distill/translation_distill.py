@@ -27,7 +27,7 @@ from pathlib import Path
 from .config import TranslationDistillation
 from .data.vocab import PAD_ID
 from .distill.losses import distillation_loss
-from .distill.memoize import memoize
+from .distill.memoize import memoize, student_name
 from .distributed import on_main
 from .ensemble import Run, open_run
 from .errors import UserError
@@ -43,12 +43,12 @@ STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
 def distill_translation(run_dir, members: int | None = None, top_k: int | None = None, epsilon: float | None = None,
                         progress: bool = True, run: Run | None = None, after_round=None,
                         samples: int | None = None) -> Path:
-    """Memoise the teacher (if not done) and train (or resume) its student, RUN/students/student-<store name less
-    "ensemble-"> (student-3-top64, student-3-sampled12); returns the student's folder."""
+    """Memoise the teacher (if not done) and train (or resume) its student, RUN/students/<memoize.student_name>
+    (student-3-top64, student-3-sampled12); returns the student's folder."""
     run = run or open_run(run_dir, splits=("train", "dev"), progress=progress)
     members, truncation = TASK.teacher_settings(run.cfg, members, top_k, epsilon, samples)
     store = memoize(run, members, truncation, progress=progress)
-    student_dir = run.run_dir / "students" / f"student-{store.path.name.removeprefix('ensemble-')}"
+    student_dir = run.run_dir / "students" / student_name(store.path.name)
     with run_lock(student_dir):  # under torchrun: rank 0's; all ranks train the student (train_model)
         if on_main(finished, student_dir):
             return student_dir

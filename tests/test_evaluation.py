@@ -123,3 +123,28 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "train.lr" in err
     assert main(["predict", "--run", str(tmp_path / "nothing"), "--input", "x", "--out", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_a_temperature_scaled_teachers_student_never_takes_a_scaled_systems_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from ensemble_distill.distill.memoize import Truncation, store_name, student_name
+    from ensemble_distill.errors import UserError
+    from ensemble_distill.evaluation import run_systems
+
+    assert [student_name(store_name(3, t, ts)) for t, ts in ((Truncation(), False), (Truncation(), True),
+                                                             (Truncation(64), False), (Truncation(64), True))] == [
+        "student-3", "student-ts-3", "student-3-top64", "student-ts-3-top64"]
+    # A run with student-3 and the old name of the TS teacher's student (student-3-ts, student-3's scaled
+    # evaluation folder) is refused, naming the folder; student-ts-3 beside student-3 is evaluated.
+    ensemble = SimpleNamespace(members=3, subset_sizes=[3], individuals=0, split_seed=None)
+    run = SimpleNamespace(run_dir=tmp_path, cfg=SimpleNamespace(ensemble=ensemble))
+    for name in ("student-3", "student-ts-3"):
+        (tmp_path / "students" / name).mkdir(parents=True)
+        (tmp_path / "students" / name / "result.json").write_text("{}")
+    names = [s.name for s in run_systems(run)[1]]
+    assert names == ["member-0", "member-1", "member-2", "ensemble-3", "student-3", "student-ts-3"]
+    (tmp_path / "students" / "student-ts-3").rename(tmp_path / "students" / "student-3-ts")
+    with pytest.raises(UserError, match=r"students/student-3-ts: its evaluation folder would be the temperature-"
+                                        r"scaled one of student-3"):
+        run_systems(run)

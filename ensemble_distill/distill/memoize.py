@@ -63,6 +63,14 @@ def store_name(members: int, truncation: Truncation = Truncation(), temperature_
     return f"ensemble-{members}{'-ts' if temperature_scaled else ''}{truncation.suffix()}"
 
 
+def student_name(store: str) -> str:
+    """The folder RUN/students/<name> of the student of the store named `store` (store_name): student-<k> plus
+    the truncation suffix (student-3, student-3-top64); a temperature-scaled teacher's is student-ts-<k>..., so
+    that it never is another student's temperature-scaled evaluation folder (student-3-ts, evaluation.py)."""
+    members, scaled, truncation = store.removeprefix("ensemble-").partition("-ts")
+    return f"student-{'ts-' if scaled else ''}{members}{truncation}"
+
+
 def member_checkpoints(run_dir, ids: list[int], task) -> list[str]:
     """The store's names of the given members' weights (Task.weights), relative to the run, with sha256."""
     return [checkpoint_name(run_dir, task.weights(model_dir(run_dir, "member", i))) for i in ids]
