@@ -39,7 +39,12 @@ HEADERS = {"f1_conlleval": "F1", "f1": "F1 strict", "bs_plus": "BS+", "bs_minus"
            "conll_b_ece": "CoNLL test B-ECE"}
 SCALE = {**PAPER_SCALE, "conll_f1": 100, "conll_b_ece": 100, "ece_1_ts": 100, "bytes_per_token": 1}  # in tables
 COMPARED = {"ner": ("f1_conlleval", "b_ece"), "nmt": ("bleu", "ece_1")}
-MARKS = {"single": "*", "teacher": "†"}
+# Table 5: each calibration metric raw and after temperature scaling (TS keeps every argmax, so F1 is the raw one)
+TS_METRICS = ("bs_plus", "bs_minus", "b_bs", "b_ece")
+HEADERS |= {f"{m}_ts": f"{HEADERS[m]} TS" for m in TS_METRICS} | {"temperature": "T"}
+SCALE |= {f"{m}_ts": SCALE[m] for m in TS_METRICS} | {"temperature": 1}
+DECIMALS = {"temperature": 2, "bytes_per_token": 1}  # unscaled values (scale 1) other than BLEU's two decimals
+MARKS = {"single": "*", "teacher": "†", "usual": "‡"}
 MARKS_NOTE = ("* differs significantly from the run's single model (individual-0, or member-0), † from the "
               "student's teacher ensemble: paired sentence bootstrap, p < 0.05.")
 LANGUAGE = {"en": "English", "de": "German"}
@@ -102,6 +107,12 @@ def _group_name(run) -> str:
     return f"{parts[1]}→{parts[2]}, {parts[3].upper()}" + (", no averaging" if "noavg" in parts else "")
 
 
+def _singles(cfg, ev: Path) -> tuple[str, list[Path]]:
+    """The run's single models' role (individual, or member when it has no individuals) and eval folders."""
+    role = "individual" if cfg.ensemble.individuals else "member"
+    return role, [ev / f"{role}-{i}" for i in range(cfg.ensemble.individuals or cfg.ensemble.members)]
+
+
 def _single(cfg) -> str:
     return "individual-0" if getattr(cfg.ensemble, "individuals", 0) else "member-0"
 
@@ -116,9 +127,8 @@ def ner_table(plan, experiment, split: str) -> Table:
     for run in _runs(experiment):
         cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / split
         group = _group_name(run)
-        role = "individual" if cfg.ensemble.individuals else "member"
-        count = cfg.ensemble.individuals or cfg.ensemble.members
-        rows.append(group_row(group, f"{role}s", [ev / f"{role}-{i}" for i in range(count)], NER_METRICS))
+        role, folders = _singles(cfg, ev)
+        rows.append(group_row(group, f"{role}s", folders, NER_METRICS))
         for k in cfg.ensemble.subset_sizes:
             rows.append(system_row(group, f"ensemble of {k}", ev / f"ensemble-{k}", NER_METRICS))
         for step in _students(experiment, run, temperature_scaled=False):
@@ -169,10 +179,56 @@ def nmt_table(plan, experiment) -> Table:
     return Table(experiment.name, experiment.title, metrics, rows, comparisons=_compare(plan, pairs, "nmt"))
 
 
+def ts_stats(folder: Path) -> dict:
+    """A system's F1, its calibration metrics raw and temperature-scaled (folder-ts, <metric>_ts), and its T."""
+    raw, (scaled, t) = metrics_of(folder), _ts_record(folder)
+    return ({"f1_conlleval": raw["f1_conlleval"]} | {m: raw[m] for m in TS_METRICS}
+            | {f"{m}_ts": scaled[m] for m in TS_METRICS} | {"temperature": {"value": t}})
+
+
+def ts_row(group: str, label: str, folder: Path) -> Row:
+    return Row(group, label, ts_stats(folder), folder / "predictions.npz")
+
+
+def ts_table(plan, experiment) -> Table:
+    """Table 5: per IID run, the individuals (mean ± s.e.), each nested ensemble, each ensemble's student and the
+    student of the largest temperature-scaled ensemble, each raw and temperature-scaled side by side (T fitted on
+    dev by evaluation.fit_temperatures), and the usual single model where the plan has it. Each student is
+    compared raw with the run's single model and its teacher (the TS ensemble for the TS student), and scaled
+    with the single model + TS and the ensemble + TS; on English also with the usual single model (raw, + TS)."""
+    metrics = ("f1_conlleval", *(x for m in TS_METRICS for x in (m, f"{m}_ts")), "temperature")
+    bases = [r for r in _runs(experiment) if r.name.endswith("baseline")]
+    usual = [plan.run_dir(r) / "eval" / "test" / "individual-0" for r in bases]
+    rows = [ts_row(_group_name(r), "usual single model", u) for r, u in zip(bases, usual)]
+    pairs = []
+    for run in (r for r in _runs(experiment) if r not in bases):
+        cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / "test"
+        group, single = _group_name(run), ev / _single(cfg)
+        role, folders = _singles(cfg, ev)
+        rows.append(Row(group, f"{role}s ({len(folders)}, mean ± s.e.)",
+                        mean_and_se([ts_stats(f) for f in folders], metrics)))
+        rows += [ts_row(group, f"ensemble of {k}", ev / f"ensemble-{k}") for k in cfg.ensemble.subset_sizes]
+        for step in _students(experiment, run):
+            teacher = ev / f"ensemble-{step.members}"
+            scaled = "TS " if step.temperature_scaled else ""
+            rows.append(ts_row(group, f"student of the {scaled}ensemble of {step.members}", ev / step.student))
+            versus = [(single, "single"), (Path(f"{teacher}{'-ts' if scaled else ''}"), "teacher")]
+            versus += [(u, "usual") for u in usual if run.name.startswith("ner-en-")]
+            pairs += [(rows[-1], other, kind) for other, kind in versus]
+            pairs += [(rows[-1], other if kind != "teacher" else teacher, kind, "-ts") for other, kind in versus]
+    return Table(experiment.name, experiment.title, metrics, rows, comparisons=_compare(plan, pairs, "ner"))
+
+
 def _ts(folder: Path) -> tuple[dict, float]:
     """ECE-1 of the temperature-scaled system (folder-ts), and its T."""
+    metrics, t = _ts_record(folder)
+    return metrics["ece_1"], t
+
+
+def _ts_record(folder: Path) -> tuple[dict, float]:
+    """The temperature-scaled system's (folder-ts) metrics, and its T."""
     record = read_json(Path(f"{folder}-ts") / "metrics.json", "rerun reproduce to evaluate again")
-    return record["metrics"]["ece_1"], record["predictions_meta"]["temperature"]
+    return record["metrics"], record["predictions_meta"]["temperature"]
 
 
 def truncation_table(plan, experiment) -> Table:
@@ -209,14 +265,21 @@ def domain_shift_table(plan, experiment) -> Table:
 
 
 def _compare(plan, pairs, task: str) -> list[dict]:
-    """Paired bootstrap of each (row, other system's folder, kind): the comparison rows, and marks on the row."""
+    """Paired bootstrap of each (row, other system's folder, kind[, "-ts"]): the comparison rows, and marks on
+    the row. With "-ts" both systems are temperature-scaled (folder-ts) and the calibration metrics are compared
+    (F1 is the raw one), marked and listed as <metric>_ts."""
     out = []
-    for row, other, kind in pairs:
-        rows = cached_compare(plan, row.path, other / "predictions.npz", COMPARED[task])
-        for r in rows:
+    for row, other, kind, *ts in pairs:
+        suffix, a, b = "", row.path, other / "predictions.npz"
+        metrics = COMPARED[task]
+        if ts:
+            suffix, a, b = "_ts", Path(f"{a.parent}-ts") / a.name, Path(f"{other}-ts") / b.name
+            metrics = metrics[1:]
+        for r in cached_compare(plan, a, b, metrics):
+            r = r | {"metric": r["metric"] + suffix}
             if r["significant"]:
                 row.marks[r["metric"]] = row.marks.get(r["metric"], "") + MARKS[kind]
-            out.append({"group": row.group, "system": row.system, "versus": f"{kind} ({other.name})", **r})
+            out.append({"group": row.group, "system": row.system, "versus": f"{kind} ({b.parent.name})", **r})
     return out
 
 
@@ -301,7 +364,8 @@ def figure_pr(plan, experiment, path: Path) -> None:
 
 TABLES = {"table1": lambda p, e: ner_table(p, e, "test"), "table8": lambda p, e: ner_table(p, e, "dev"),
           "table7": lambda p, e: ner_table(p, e, "test"), "table2": nmt_table, "table6": nmt_table,
-          "table3": truncation_table, "domain-shift": domain_shift_table, "baseline": baseline_table}
+          "table3": truncation_table, "domain-shift": domain_shift_table, "baseline": baseline_table,
+          "table5": ts_table}
 FIGURES = {"figure1": figure_ensemble_size, "figure2": figure_reliability, "figure3": figure_pr}
 CAPTIONS = {
     "table1": "F1 is conlleval's (the paper's); F1 strict is seqeval's strict IOB2. Members train on the tenths "
@@ -313,6 +377,12 @@ CAPTIONS = {
     "table2": "Weight averaging: the mean of the last train.average_last rounds' weights up to the best one "
               "(checkpoint averaging, standing in for the paper's SWA). Students distil the CE ensembles at V' = "
               "distill.top_k. T is fitted on dev by NLL.",
+    "table5": "Raw and TS columns side by side: TS divides each system's log-probabilities by its T, fitted on "
+              "dev by NLL over every dev word (a group: its models' mean T); F1 is unchanged by TS. The students "
+              "of the ensemble of k distil the raw ensemble, the student of the TS ensemble of k the temperature-"
+              "scaled one. Raw columns compare each student with the raw systems (its teacher: the ensemble it "
+              "distils), TS columns the scaled student with the scaled systems (its teacher: the ensemble of k "
+              "+ TS). ‡ differs significantly from the usual single model (configs/conll-baseline.toml; English).",
     "table6": "The same design without weight averaging (train.average_last = 1: the best round's weights).",
     "table3": "Each student distils the largest CE ensemble through a store truncated at V' entries a token "
               "(adaptive: the fewest entries holding 1 − ε of the mass, at most the largest V').",
@@ -332,7 +402,7 @@ def _cell(stat: dict, metric: str) -> str:
         return "–"
     if "ci_low" in stat or "se" in stat:
         return cell(stat, scale)
-    return f"{scale * stat['value']:.2f}" if scale != 1 or metric == "bleu" else f"{stat['value']:.1f}"
+    return f"{scale * stat['value']:.{DECIMALS.get(metric, 2)}f}"
 
 
 def cells(table: Table, row: Row) -> list[str]:
@@ -341,7 +411,7 @@ def cells(table: Table, row: Row) -> list[str]:
 
 def caption(plan, table: Table) -> str:
     marks = MARKS_NOTE if table.comparisons else ""
-    return " ".join(filter(None, [CAPTIONS.get(table.name, ""), marks, "Values ×100 except BLEU and bytes/token.",
+    return " ".join(filter(None, [CAPTIONS.get(table.name, ""), marks, "Values ×100 except BLEU, bytes/token and T.",
                                   plan.scale.shrunk + "."]))
 
 

@@ -78,11 +78,12 @@ def test_smoke_end_to_end_then_a_rerun_reuses_everything(report, capsys):
     assert code == 0 and not (out / "runs").exists()  # a dry run runs nothing
     lines = text.splitlines()
     assert any(line.startswith("table4:") and "needs: sgdr" in line for line in lines)
+    assert any(line.startswith("table5:") and line.endswith("[to do]") for line in lines)
     assert any(line.startswith("table1:") and line.endswith("[to do]") for line in lines)
     assert "todo  train ner-en-iid" in text and "estimated time left" in text
 
-    code, text, _ = run(capsys, report)
-    assert code == 0
+    code, text, err = run(capsys, report)
+    assert code == 0, err
     steps = int(re.search(r"(\d+) of (\d+) steps run", text).group(2))
     assert f"{steps} of {steps} steps run" in text
     done = [e.name for e in build_plan("smoke", out).experiments if not missing_features(e.needs)]
@@ -137,6 +138,48 @@ def test_tables_hold_the_runs_numbers_and_the_bootstrap_marks(report):
     assert "V' = 4" in table3 and "V' = 8" in table3 and "adaptive 1 - 0.1 (at most 8)" in table3
     shift = (out / "tables" / "domain-shift.md").read_text()
     assert "| English, IID | student-3 |" in shift and "corporation and group → ORG" in shift
+
+
+def test_table5_sets_raw_and_temperature_scaled_side_by_side_with_marks(report):
+    out = report[0]
+    rows = list(csv.reader((out / "tables" / "table5.csv").open()))
+    header, blank = rows[0], rows.index([])
+    values = {(r[0], r[1], r[2]): dict(zip(header, r)) for r in rows[1:blank]}
+    ev = out / "runs" / "ner-en-iid" / "eval" / "test"
+
+    def record(name):
+        return json.loads((ev / name / "metrics.json").read_text())
+
+    # A student of the raw ensemble and one of the temperature-scaled ensemble, each raw and scaled on test.
+    for label, name in (("student of the ensemble of 3", "student-3"),
+                        ("student of the TS ensemble of 3", "student-ts-3")):
+        raw, scaled = record(name), record(f"{name}-ts")
+        got = {m: float(values["English, IID", label, m]["value"]) for m in ("b_ece", "b_ece_ts", "temperature")}
+        assert got["b_ece"] == pytest.approx(raw["metrics"]["b_ece"]["value"])
+        assert got["b_ece_ts"] == pytest.approx(scaled["metrics"]["b_ece"]["value"])
+        assert got["temperature"] == pytest.approx(scaled["predictions_meta"]["temperature"])
+    # The individuals' T is the mean of theirs; the usual single model has its own row.
+    ts = [record(f"individual-{i}-ts")["predictions_meta"]["temperature"] for i in range(2)]
+    assert float(values["English, IID", "individuals (2, mean ± s.e.)", "temperature"]["value"]) == pytest.approx(
+        np.mean(ts))
+    assert ("English, usual single model", "usual single model", "b_ece_ts") in values
+    assert any(key[0] == "German, IID" for key in values)
+
+    # TS columns compare the scaled student with the scaled systems (calibration.compare of the -ts files).
+    comparisons = [dict(zip(rows[blank + 1], r)) for r in rows[blank + 2:]]
+    mine = {(c["versus"], c["metric"]): c for c in comparisons
+            if c["setting"] == "English, IID" and c["system"] == "student of the TS ensemble of 3"}
+    assert set(mine) == {(v, m) for v in ("single (individual-0)", "teacher (ensemble-3-ts)",
+                                          "usual (individual-0)") for m in ("f1_conlleval", "b_ece")} | {
+        (v, "b_ece_ts") for v in ("single (individual-0-ts)", "teacher (ensemble-3-ts)", "usual (individual-0-ts)")}
+    want = compare(ev / "student-ts-3-ts" / "predictions.npz", ev / "ensemble-3-ts" / "predictions.npz", ["b_ece"],
+                   n_boot=20, progress=False)[0]
+    got = mine["teacher (ensemble-3-ts)", "b_ece_ts"]
+    assert float(got["difference"]) == pytest.approx(want["difference"])
+    assert float(got["p_value"]) == pytest.approx(want["p_value"])
+    marks = values["English, IID", "student of the TS ensemble of 3", "b_ece_ts"]["significant_vs"]
+    assert ("†" in marks) == want["significant"]
+    assert "| B-ECE | B-ECE TS |" in (out / "tables" / "table5.md").read_text()
 
 
 def test_the_page_renders_in_chromium_with_every_image(report):
