@@ -44,7 +44,7 @@ TS_METRICS = ("bs_plus", "bs_minus", "b_bs", "b_ece")
 HEADERS |= {f"{m}_ts": f"{HEADERS[m]} TS" for m in TS_METRICS} | {"temperature": "T"}
 SCALE |= {f"{m}_ts": SCALE[m] for m in TS_METRICS} | {"temperature": 1}
 DECIMALS = {"temperature": 2, "bytes_per_token": 1}  # unscaled values (scale 1) other than BLEU's two decimals
-MARKS = {"single": "*", "teacher": "†", "usual": "‡"}
+MARKS = {"single": "*", "teacher": "†", "usual": "‡", "seeds": "§"}
 MARKS_NOTE = ("* differs significantly from the run's single model (individual-0, or member-0), † from the "
               "student's teacher ensemble: paired sentence bootstrap, p < 0.05.")
 LANGUAGE = {"en": "English", "de": "German"}
@@ -104,6 +104,9 @@ def _group_name(run) -> str:
         return f"{LANGUAGE[parts[1]]}, usual single model"
     if run.task == "ner":
         return f"{LANGUAGE[parts[1]]}, {parts[2].upper()}" + (", label smoothing 0.1" if "ls" in parts else "")
+    if parts[3] in ("snapshots", "seeds"):
+        return f"{parts[1]}→{parts[2]}, " + ("snapshot ensemble (SGDR)" if parts[3] == "snapshots" else
+                                             "seed ensemble, same budget per member")
     return f"{parts[1]}→{parts[2]}, {parts[3].upper()}" + (", no averaging" if "noavg" in parts else "")
 
 
@@ -217,6 +220,18 @@ def ts_table(plan, experiment) -> Table:
             pairs += [(rows[-1], other, kind) for other, kind in versus]
             pairs += [(rows[-1], other if kind != "teacher" else teacher, kind, "-ts") for other, kind in versus]
     return Table(experiment.name, experiment.title, metrics, rows, comparisons=_compare(plan, pairs, "ner"))
+
+
+def snapshot_table(plan, experiment) -> Table:
+    """Table 4: each run's members (mean ± s.e.) and ensemble as Table 2 has them, the snapshot ensemble compared
+    with the seed ensemble of the same size by the paired bootstrap (BLEU, ECE-1)."""
+    table = nmt_table(plan, experiment)
+    snapshots, seeds = _runs(experiment)
+    k = plan.config(snapshots).ensemble.subset_sizes[-1]
+    (row,) = [r for r in table.rows if r.group == _group_name(snapshots) and r.system == f"ensemble of {k}"]
+    table.comparisons += _compare(plan, [(row, plan.run_dir(seeds) / "eval" / "test" / f"ensemble-{k}", "seeds")],
+                                  "nmt")
+    return table
 
 
 def _ts(folder: Path) -> tuple[dict, float]:
@@ -365,7 +380,7 @@ def figure_pr(plan, experiment, path: Path) -> None:
 TABLES = {"table1": lambda p, e: ner_table(p, e, "test"), "table8": lambda p, e: ner_table(p, e, "dev"),
           "table7": lambda p, e: ner_table(p, e, "test"), "table2": nmt_table, "table6": nmt_table,
           "table3": truncation_table, "domain-shift": domain_shift_table, "baseline": baseline_table,
-          "table5": ts_table}
+          "table5": ts_table, "table4": snapshot_table}
 FIGURES = {"figure1": figure_ensemble_size, "figure2": figure_reliability, "figure3": figure_pr}
 CAPTIONS = {
     "table1": "F1 is conlleval's (the paper's); F1 strict is seqeval's strict IOB2. Members train on the tenths "
@@ -377,6 +392,11 @@ CAPTIONS = {
     "table2": "Weight averaging: the mean of the last train.average_last rounds' weights up to the best one "
               "(checkpoint averaging, standing in for the paper's SWA). Students distil the CE ensembles at V' = "
               "distill.top_k. T is fitted on dev by NLL.",
+    "table4": "configs/multi30k-snapshots.toml: the snapshot ensemble is one training (a warm start, then one "
+              "cosine cycle with warm restarts per member, torch's CosineAnnealingWarmRestarts, each cycle's last "
+              "weights a member) of one seed member's budget (train.max_rounds rounds); the seed ensemble's members "
+              "each train that budget. Weight averaging: SWA. § marks a snapshot ensemble that differs "
+              "significantly from the seed ensemble (paired sentence bootstrap, p < 0.05).",
     "table5": "Raw and TS columns side by side: TS divides each system's log-probabilities by its T, fitted on "
               "dev by NLL over every dev word (a group: its models' mean T); F1 is unchanged by TS. The students "
               "of the ensemble of k distil the raw ensemble, the student of the TS ensemble of k the temperature-"
@@ -410,7 +430,8 @@ def cells(table: Table, row: Row) -> list[str]:
 
 
 def caption(plan, table: Table) -> str:
-    marks = MARKS_NOTE if table.comparisons else ""
+    kinds = {c["versus"].split(" ")[0] for c in table.comparisons}  # Table 4 has only its own mark (§)
+    marks = MARKS_NOTE if kinds & {"single", "teacher"} else ""
     return " ".join(filter(None, [CAPTIONS.get(table.name, ""), marks, "Values ×100 except BLEU, bytes/token and T.",
                                   plan.scale.shrunk + "."]))
 

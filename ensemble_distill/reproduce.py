@@ -59,8 +59,6 @@ FEATURES = {
     # name: (what it is, whether the code has it)
     "ner-label-smoothing": ("label smoothing of NER members' NLL (train.label_smoothing)",
                             lambda: _has_setting(TASK_CONFIGS["ner"], "train.label_smoothing")),
-    "sgdr": ("SGDR snapshot ensembles (warm restarts, one snapshot a cycle)",
-             lambda: _has_setting(TASK_CONFIGS["nmt"], "train.sgdr_cycles")),
     "baseline": ("the usual single model: all layers tuned, AdamW, linear schedule, full data",
                  lambda: (CONFIGS / "conll-baseline.toml").is_file()),
 }
@@ -90,9 +88,12 @@ class Scale:
     n_boot: int
     shrunk: str  # for the captions
     baseline: tuple[str, ...] = ()  # overrides of configs/conll-baseline.toml, the usual single model
+    snapshots: tuple[str, ...] = ()  # Table 4's runs (configs/multi30k-snapshots.toml), after `nmt`
     gpu: bool = False
 
 
+# Table 4 at the config's (and the paper's) size: 3 snapshots against 3 seeds, whatever the scale's ensembles
+SNAPSHOT_DESIGN = ("ensemble.members=3", "ensemble.subset_sizes=[3]", "distill.teacher_members=3")
 PAPER_NER = ("data.max_train_sentences=0", "data.max_eval_sentences=0", "ensemble.members=9",
              "ensemble.subset_sizes=[3, 6, 9]")  # the full data, nested ensembles 3 ⊂ 6 ⊂ 9
 SCALES = {
@@ -109,6 +110,7 @@ SCALES = {
              "distill.sweep_epsilon=[0.1]", "decode.beam_size=2", "decode.batch_sentences=16",
              "decode.temperature_positions=200"),
         directions=("de-en",), n_boot=20,
+        snapshots=("train.max_rounds=3", "ensemble.subset_sizes=[2]", "train.swa_start=1"),
         baseline=("data.max_train_sentences=60", "data.max_eval_sentences=40", "encoder.finetune_layers=1",
                   "train.max_epochs=1", "train.batch_size=16"),
         shrunk="smoke scale: tiny samples of the data, one epoch, a tiny Transformer, German→English only; checks "
@@ -119,6 +121,7 @@ SCALES = {
              "ensemble.individuals=3"),
         nmt_config="multi30k-small.toml",
         nmt=("ensemble.members=5", "ensemble.subset_sizes=[3, 5]", "distill.teacher_members=5"),
+        snapshots=SNAPSHOT_DESIGN,
         directions=("de-en", "en-de"), n_boot=1000,
         shrunk="CPU scale: MiniLM-L6 (top 3 of 6 layers tuned, at most 5 epochs) for NER, 3 individuals (paper 9); "
                "translation: the small Transformer on Multi30k, 3 rounds of 250 updates, ensembles 3 ⊂ 5 (paper "
@@ -130,7 +133,8 @@ SCALES = {
         nmt_config="multi30k-small-gpu.toml",
         nmt=("ensemble.members=7", "ensemble.subset_sizes=[3, 5, 7]", "distill.teacher_members=7",
              'train.device="cuda"'),
-        directions=("de-en", "en-de"), n_boot=1000, gpu=True, baseline=('train.device="cuda"',),
+        directions=("de-en", "en-de"), n_boot=1000, gpu=True, snapshots=SNAPSHOT_DESIGN,
+        baseline=('train.device="cuda"',),
         shrunk="GPU scale: MiniLM-L6 (top 4 of 6 layers tuned) instead of BERT-base, Multi30k instead of WMT16"),
 }
 
@@ -279,11 +283,23 @@ def _ner_run(plan: Plan, language: str, head: str, suffix: str = "", extra=()) -
                    (*plan.scale.ner, *_ner_data(plan, language), f'model.head="{head}"', *extra))
 
 
-def _nmt_run(plan: Plan, direction: str, smoothing: bool, averaging: bool = True) -> RunSpec:
+def _nmt_data(plan: Plan, direction: str) -> list[str]:
     folder, stems = MULTI30K
     src, tgt = direction.split("-")
-    data = [f'data.{split}_{side}="{plan.data_root / folder / f"{stem}.{lang}.gz"}"'
+    return [f'data.{split}_{side}="{plan.data_root / folder / f"{stem}.{lang}.gz"}"'
             for split, stem in stems.items() for side, lang in (("src", src), ("tgt", tgt))]
+
+
+def _snapshot_run(plan: Plan, kind: str) -> RunSpec:
+    """Table 4: configs/multi30k-snapshots.toml (CE + SWA) as a snapshot ensemble (SGDR) or, with the same
+    budget per member, a seed ensemble, in the first direction."""
+    direction = plan.scale.directions[0]
+    return RunSpec(f"nmt-{direction}-{kind}", "multi30k-snapshots.toml",
+                   (*plan.scale.nmt, *_nmt_data(plan, direction), *plan.scale.snapshots, f'ensemble.kind="{kind}"'))
+
+
+def _nmt_run(plan: Plan, direction: str, smoothing: bool, averaging: bool = True) -> RunSpec:
+    data = _nmt_data(plan, direction)
     own = [f"train.label_smoothing={0.1 if smoothing else 0.0}"] + ([] if averaging else ["train.average_last=1"])
     name = f"nmt-{direction}-{'ls' if smoothing else 'ce'}" + ("" if averaging else "-noavg")
     return RunSpec(name, plan.scale.nmt_config, (*plan.scale.nmt, *data, *own))
@@ -345,7 +361,10 @@ def experiments(plan: Plan) -> list[Experiment]:
         Experiment("table6", f"Table 6: translation without weight averaging (CE, {first})", noavg),
         Experiment("table3", f"Table 3: truncation V' of the teacher store, students of the largest CE ensemble "
                    f"({first})", _nmt_steps(plan, de_en_ce, students=False, sweep=True)),
-        Experiment("table4", "Table 4: SGDR snapshot ensembles against seed ensembles", (), needs=("sgdr",)),
+        Experiment("table4", f"Table 4: a snapshot ensemble (SGDR) against a seed ensemble of the same size, "
+                   f"each member with the trajectory's budget (CE + SWA, {first})",
+                   (*_nmt_steps(plan, _snapshot_run(plan, "snapshots"), False),
+                    *_nmt_steps(plan, _snapshot_run(plan, "seeds"), False))),
         Experiment("table5", "Table 5: temperature scaling (T fitted on dev) of individuals, ensembles, students, "
                    "and a student of the temperature-scaled ensemble, test (IID)",
                    (*usual, *_ner_steps(plan, en_iid, temperature_scaled=True),
@@ -501,8 +520,8 @@ def estimate_seconds(plan: Plan, step: Step) -> float:
         t = cfg.train
         update = COSTS["nmt_update"][cfg.model.preset] * t.batch_tokens / 1024
         member = t.max_rounds * t.updates_per_round * update
-        if step.kind == "train":
-            seconds = cfg.ensemble.members * member
+        if step.kind == "train":  # a snapshot ensemble is one trajectory of one member's budget
+            seconds = (1 if cfg.ensemble.kind == "snapshots" else cfg.ensemble.members) * member
         elif step.kind == "distill":
             seconds = member * (1 + step.members / 4)
         else:
