@@ -25,10 +25,17 @@ import torch
 from ensemble_distill.config import Training
 from ensemble_distill.data.subwords import bucketed_batches
 from ensemble_distill.distill.losses import distillation_loss
-from ensemble_distill.distill.ner import dataset_fingerprint, window_targets
 from ensemble_distill.encoders import compute_frozen_states
 from ensemble_distill.models.tagger import Tagger
-from ensemble_distill.tasks.ner import TaggingSplit, predict_distributions, tagger_emissions, tagger_loss, window_batch
+from ensemble_distill.tasks.ner import (
+    TaggingSplit,
+    dataset_fingerprint,
+    predict_distributions,
+    tagger_emissions,
+    tagger_loss,
+    window_batch,
+    window_targets,
+)
 from ensemble_distill.teacher_store import write_store
 from ensemble_distill.training import make_optimizer
 

@@ -29,9 +29,8 @@ import torch
 from ensemble_distill.config import TranslationConfig
 from ensemble_distill.models.beam_search import beam_search
 from ensemble_distill.models.translation import collate
-from ensemble_distill.tasks.nmt import mean_of_members, new_model, nll_loss, token_batches
+from ensemble_distill.tasks.nmt import mean_of_members, new_model, nll_loss, student_loss, token_batches
 from ensemble_distill.teacher_store import fingerprint_dataset, write_store
-from ensemble_distill.translation_distill import student_loss
 
 
 def synthetic_pairs(n, vocab_size, seed=0):

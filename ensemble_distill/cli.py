@@ -269,12 +269,13 @@ def run_distill(args) -> int:
         if args.run is not None or not (args.store and args.config and args.out):
             raise UserError("distill: give --run RUN, or (older form) all of --store, --config and --out")
         from .config import DistillConfig, load_config
-        from .distill.ner import distill
+        from .distill.student import distill_from_store
         from .tables import format_rows
         from .tasks.ner import TASK
 
         config = load_config(args.config, DistillConfig, args.overrides)
-        print(format_rows(distill(args.store, config, args.out, args.n_boot), TASK.columns, title=f"{args.out} (test)"))
+        print(format_rows(distill_from_store(args.store, config, args.out, args.n_boot), TASK.columns,
+                          title=f"{args.out} (test)"))
         return 0
     if args.run is None:
         raise UserError("distill: give --run RUN")

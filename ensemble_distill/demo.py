@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import Distillation, DistillConfig, StudentTraining, TaggingConfig, load_config
 from .distill.memoize import memoize
-from .distill.ner import distill
+from .distill.student import distill_from_store
 from .ensemble import train_members
 from .evaluation import evaluate_run
 from .tables import format_rows
@@ -34,6 +34,6 @@ def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "cr
         store = memoize(run, store_dir=Path(out_root) / f"{head}-teacher", progress=progress)
         trained_like_members = {f.name: getattr(cfg.train, f.name) for f in dataclasses.fields(StudentTraining)}
         student = DistillConfig(Distillation(ensemble_run=str(run.run_dir)), StudentTraining(**trained_like_members))
-        rows += distill(store.path, student, Path(out_root) / f"{head}-student", n_boot, progress, data)
+        rows += distill_from_store(store.path, student, Path(out_root) / f"{head}-student", n_boot, progress, run)
         tables.append(format_rows(rows, run.task.columns, title=f"demo {head}, test"))
     return "\n".join(tables)

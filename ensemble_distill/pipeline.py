@@ -6,14 +6,13 @@
     distill("runs/conll-iid")                 # RUN/students/student-<k> (student-ts-<k>), memoizing if needed
     predict("runs/conll-iid/students/student-3", "new.txt", "out/")     # a model folder on new text
 
-Each stage calls the task's own module (NER: ensemble.py, experiments.py, distill/ner.py; translation:
-translation.py, translation_distill.py); the run folder is the same for both (runs.py).
+Each stage is written once over the Task (tasks/base.py): ensemble.py trains, evaluation.py evaluates,
+distill/memoize.py memoizes, distill/student.py trains students; the run folder is the same for both (runs.py).
 """
 
-import dataclasses
 from pathlib import Path
 
-from .config import Distillation, DistillConfig, StudentTraining, load_config, validate
+from .config import DistillConfig
 from .errors import UserError
 from .io_utils import run_lock
 
@@ -140,62 +139,51 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
             temperature_scaled: bool = False, top_k: int | None = None, epsilon: float | None = None,
             n_boot: int = 1000, overrides=(), progress: bool = True, samples: int | None = None) -> str:
     """Train (or resume) a student of the run's ensemble of `members` in RUN/students/, memoizing its teacher
-    first if needed (translation: `samples` R > 0 distils from a sampled store). NER: the student's settings are
-    a distillation config (`config`, a DistillConfig TOML file; default: DistillConfig's defaults) with
-    `overrides`, its teacher this run; it is evaluated on test. Returns a summary (NER: the student's table row)."""
-    if run_task(run_dir) == "ner":
-        from .distill.memoize import student_name
-        from .distill.ner import distill as distill_ner
-        from .tables import format_rows
-        from .tasks.ner import TASK
+    first if needed, and evaluate it alone on test (distill/student.py; translation: `samples` R > 0 distils from
+    a sampled store). The student's settings are the task's (Task.student_settings): NER a distillation config
+    (`config`, a DistillConfig TOML file; default: DistillConfig's defaults) with `overrides`; translation the
+    run's config with `overrides` and `device`. Returns the student's table (raw and temperature-scaled rows)."""
+    from .distill.student import distill_run, evaluate_student
+    from .ensemble import open_run, read_run_config
+    from .tables import format_rows
+    from .tasks import get_task
 
-        _only_for("nmt", device=device)
-        store = teacher_store_dir(run_dir, members, temperature_scaled, top_k, epsilon, samples)[0]
-        require_trained(run_dir, individuals=False)
-        memoize(run_dir, members, temperature_scaled=temperature_scaled, out=store, progress=progress)
-        cfg = student_config(run_dir, members, config, overrides)
-        out = Path(run_dir) / "students" / student_name(store.name)
-        rows = distill_ner(store, cfg, out, n_boot, progress)
-        return format_rows(rows, TASK.columns, title=f"{out} (test)")
-    from .ensemble import open_run
-    from .translation_distill import distill_translation
-
-    _only_for("ner", temperature_scaled=temperature_scaled, config=config)
+    task = get_task(run_task(run_dir))
+    settings, run_overrides, device = task.student_settings(run_dir, members, config, overrides, device)
+    task.teacher_settings(read_run_config(run_dir, run_overrides), members, top_k, epsilon, samples)  # refused first
     require_trained(run_dir, individuals=False)
-    run = open_run(run_dir, splits=("train", "dev"), progress=progress, device=device, overrides=overrides)
-    student = distill_translation(run_dir, members, top_k, epsilon, progress, run=run, samples=samples)
-    return f"trained {student}; `evaluate --run {run_dir}` evaluates it beside the ensembles"
+    run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress, device=device,
+                   overrides=run_overrides)
+    store, student, model = distill_run(run, members, top_k, epsilon, samples, temperature_scaled, settings,
+                                        progress)
+    rows = evaluate_student(run, student, store, model, settings, n_boot, progress)
+    return format_rows(rows, task.columns, title=f"{student} (test)")
 
 
 def student_config(run_dir, members: int | None, config, overrides) -> DistillConfig:
     """The NER student's DistillConfig: the file `config` (or the defaults) with `overrides`, its teacher the
-    ensemble of `members` of `run_dir`."""
-    cfg = load_config(config, DistillConfig, overrides) if config else DistillConfig(
-        Distillation(ensemble_run=str(Path(run_dir).absolute())), StudentTraining())
-    if overrides and not config:
-        from .config import apply_overrides, from_dict, to_dict
+    ensemble of `members` of `run_dir` (tasks.ner.student_settings)."""
+    from .tasks.ner import student_settings
 
-        cfg = from_dict(DistillConfig, apply_overrides(DistillConfig, to_dict(cfg), overrides), "--set")
-    distillation = dataclasses.replace(cfg.distill, ensemble_run=str(Path(run_dir).absolute()),
-                                       teacher_members=members or cfg.distill.teacher_members)
-    return validate(dataclasses.replace(cfg, distill=distillation), "distill config")
+    return student_settings(run_dir, members, config, overrides)
 
 
 def sweep(run_dir, members=None, top_ks=None, epsilons=None, n_boot: int = 1000, device=None, overrides=(),
           progress: bool = True, samples=None) -> str:
-    """Translation: one student per truncation (and per sampled store's R in `samples`), then the run's
-    evaluation; returns the truncation table."""
-    if run_task(run_dir) != "nmt":
-        raise UserError(f"{run_dir}: `sweep` trains translation students for each truncation V'; an NER store keeps "
-                        "every label, so there is nothing to sweep")
-    require_trained(run_dir, individuals=False)
-    from .ensemble import open_run
+    """One student per truncation the task sweeps (translation: each V', adaptive epsilon and sampled store's R
+    in `samples`), then the run's evaluation (distill/student.sweep); returns the truncation table. Raises
+    UserError for a task with nothing to sweep (NER keeps every label)."""
+    from .distill.student import sweep as sweep_students
+    from .ensemble import open_run, read_run_config
     from .tables import format_sweep
-    from .translation_distill import truncation_sweep
+    from .tasks import get_task
 
+    cfg = read_run_config(run_dir, overrides)
+    get_task(cfg.task).sweep_truncations(cfg, top_ks, epsilons, samples)  # refused before loading anything
+    require_trained(run_dir, individuals=False)
     run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress, device=device, overrides=overrides)
-    return format_sweep(truncation_sweep(run_dir, members, top_ks, epsilons, n_boot, progress, run=run,
-                                         samples=samples), run.task.columns, str(run_dir))
+    return format_sweep(sweep_students(run, members, top_ks, epsilons, n_boot, progress, samples), run.task.columns,
+                        str(run_dir))
 
 
 def predict(input_path, out_dir, model=None, run=None, members: int | None = None, device: str = "cpu",
@@ -294,11 +282,3 @@ READER_OPTIONS = {"ner": {"fmt", "tag_col", "token_col", "scheme", "encoding", "
 
 def _flag(option: str) -> str:
     return "--format" if option == "fmt" else "--" + option.replace("_", "-")
-
-
-def _only_for(task: str, **given) -> None:
-    """Refuse an option that belongs to the other task's command."""
-    for name, value in given.items():
-        if value not in (None, False):
-            raise UserError(f"{_flag(name)}: only for {task} runs")
-

@@ -12,11 +12,11 @@ import torch
 from ensemble_distill import cli
 from ensemble_distill.cli import main
 from ensemble_distill.config import TaggingConfig, TranslationConfig, to_toml
+from ensemble_distill.distill.student import sweep
 from ensemble_distill.ensemble import ensemble_member_ids
 from ensemble_distill.errors import UserError
 from ensemble_distill.io_utils import atomic_path, atomic_write_text
 from ensemble_distill.tasks.nmt import TASK as NMT_TASK
-from ensemble_distill.translation_distill import truncation_sweep
 
 
 def run_cli(argv, capsys) -> tuple[int, list[str]]:
@@ -82,7 +82,7 @@ def test_arguments_outside_their_range_are_one_line_and_exit_2(argv, argument, p
 
 def test_zero_is_never_replaced_by_a_default_in_the_python_api():
     # The run's [distill] section says top_k = 64 and teacher_members = 3: 0 must be refused, not read as "unset".
-    run = SimpleNamespace(cfg=TranslationConfig())
+    run = SimpleNamespace(cfg=TranslationConfig(), task=NMT_TASK)
     with pytest.raises(UserError, match=r"^'top_k' must be at least 1, got 0$"):
         NMT_TASK.teacher_settings(run.cfg, top_k=0)
     with pytest.raises(UserError, match=r"--members 0: the run has 3 members"):
@@ -90,7 +90,7 @@ def test_zero_is_never_replaced_by_a_default_in_the_python_api():
     with pytest.raises(UserError, match=r"'epsilon' must lie in \[0, 1\), got -0.5"):
         NMT_TASK.teacher_settings(run.cfg, epsilon=-0.5)
     with pytest.raises(UserError, match="'top_ks' must name at least one V'"):
-        truncation_sweep("r", top_ks=[], run=run)
+        sweep(run, top_ks=[])
     with pytest.raises(UserError, match="ensemble of 0: the run has 9 members"):
         ensemble_member_ids(TaggingConfig(), 0)
     assert ensemble_member_ids(TaggingConfig(), None) == ensemble_member_ids(TaggingConfig(), 9)

@@ -1,4 +1,5 @@
-"""NER distillation: memoise → store round trip, a student pulled towards its teacher, refusals."""
+"""The student stage (distill/student.py) and memoizing, on NER: memoise → store round trip, a student pulled towards
+its teacher, refusals, what the stage hands the training loop."""
 
 import copy
 import hashlib
@@ -12,18 +13,21 @@ import torch
 
 from ensemble_distill.calibration.temperature import fit_temperature
 from ensemble_distill.cli import main
-from ensemble_distill.config import DistillConfig, TaggingConfig, to_toml
-from ensemble_distill.distill import ner as distill_module
+from ensemble_distill.config import DistillConfig, TaggingConfig, load_config, to_toml
+from ensemble_distill.distill import student as student_module
 from ensemble_distill.distill.losses import distillation_loss
 from ensemble_distill.distill.memoize import memoize, store_temperature
-from ensemble_distill.distill.ner import dataset_fingerprint
 from ensemble_distill.ensemble import open_run, train_members
 from ensemble_distill.errors import UserError
+from ensemble_distill.tasks import ner as ner_module
 from ensemble_distill.tasks.ner import (
+    TASK,
+    dataset_fingerprint,
     new_tagger,
     predict_distributions,
     tagger_loss,
     window_batch,
+    window_targets,
 )
 from ensemble_distill.teacher_store import TeacherStore, write_store
 
@@ -142,7 +146,7 @@ def test_student_at_beta_one_moves_towards_its_teacher(run, tmp_path, capsys):
     store = memoize(run, store_dir=store_dir, members=1, progress=False)
     config = write_student_config(tmp_path / "student.toml", run.run_dir, beta=1.0, teacher_members=1)
     out = tmp_path / "student"
-    student_cfg = distill_module.student_config(run.cfg, distill_module.load_config(config, DistillConfig))
+    student_cfg = TASK.student_config(run.cfg, load_config(config, DistillConfig))
     before = kl_to_teacher(new_tagger(run.data, student_cfg, seed=0), run, store)  # the student's initial weights
 
     assert main(["distill", "--store", str(store_dir), "--config", str(config), "--out", str(out),
@@ -188,7 +192,7 @@ def test_window_targets_offset_by_each_windows_first_word(tmp_path):
     sentences = [list(range(5)), list(range(5, 8))]  # lengths 5 and 3
     store = write_store(tmp_path / "s", sentences, lambda batch: [rows[s] for s in batch], vocab=labels,
                         fingerprint="sha256:x", teachers=["t"], top_k=3, progress=False)
-    ids, probs, _ = distill_module.window_targets(store, np.array([0, 0, 1]), np.array([0, 2, 0]), n_words=3)
+    ids, probs, _ = window_targets(store, np.array([0, 0, 1]), np.array([0, 2, 0]), n_words=3)
     dense = torch.zeros(3, 3, 3).scatter_(-1, ids, probs).numpy()
     expected = np.stack([rows[[0, 1, 2]], rows[[2, 3, 4]], rows[[5, 6, 7]]])
     np.testing.assert_allclose(dense, expected, rtol=2 ** -11)
@@ -217,9 +221,10 @@ def student_call(run, tmp_path_factory):
         raise _Captured
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(distill_module, "train_tagger", train_tagger)
+        patch.setattr(ner_module, "train_tagger", train_tagger)
         with pytest.raises(_Captured):
-            distill_module.distill(store.path, config, folder / "student", progress=False, data=run.data)
+            student_module.distill_from_store(store.path, load_config(config, DistillConfig), folder / "student",
+                                              progress=False, run=run)
     return {**seen, "store": store}
 
 
@@ -228,7 +233,6 @@ def test_student_trains_on_nine_tenths_and_early_stops_on_the_tenth_no_member_ea
         run, student_call, tmp_path, monkeypatch, member_data):
     """eight_tenths: no member trained on the student's validation tenth either; nine_tenths (the paper's
     reference): every member trained on it."""
-    from ensemble_distill.tasks import ner as ner_module
     from ensemble_distill.training import TrainResult
 
     split = run.data.splits["train"]
@@ -312,7 +316,7 @@ def test_student_loss_is_the_configured_mix_at_the_configured_temperature(run, s
 def test_distill_config_names_the_bad_key(tmp_path, text, message):
     (tmp_path / "d.toml").write_text(text)
     with pytest.raises(UserError, match=re.escape(message)):
-        distill_module.load_config(tmp_path / "d.toml", DistillConfig)
+        load_config(tmp_path / "d.toml", DistillConfig)
     assert DistillConfig().train.lr == 5e-5 and DistillConfig().distill.beta == 5 / 6  # the paper's defaults
 
 
@@ -327,3 +331,27 @@ def test_demo_adds_a_student_of_a_crf_ensemble_to_the_table(run_dir, tmp_path):
                  progress=False)
     assert "| ensemble of 1 |" in table and "| student (ensemble of 1) |" in table
     assert (tmp_path / "demo/crf-student/eval/test/student/metrics.json").is_file()
+
+
+def test_a_student_folder_begun_from_another_teacher_is_refused(tmp_path):
+    """teacher.json binds a student folder to its store's teachers, truncation and data, for both tasks."""
+    labels = ["O", "B-X", "I-X"]
+    rows = lambda batch: [np.full((2, 3), 1 / 3)] * len(batch)  # noqa: E731
+
+    def store(name, teachers, top_k=3, fingerprint="sha256:x"):
+        return write_store(tmp_path / name, [[0, 0]] * 2, rows, vocab=labels, fingerprint=fingerprint,
+                           teachers=teachers, top_k=top_k, progress=False)
+
+    folder = tmp_path / "student"
+    folder.mkdir()
+    first = store("a", ["member-0 sha256:1"])
+    student_module.record_student(folder, first)
+    recorded = json.loads((folder / "teacher.json").read_text())
+    assert recorded["teachers"] == ["member-0 sha256:1"] and recorded["dataset"] == "sha256:x"
+    assert recorded["bytes_per_token"] == first.bytes_per_token()
+    student_module.record_student(folder, first)  # the same teacher: resumed
+    for other, key in ((store("b", ["member-1 sha256:2"]), "teachers"), (store("c", ["member-0 sha256:1"], 2),
+                                                                            "truncation"),
+                       (store("d", ["member-0 sha256:1"], fingerprint="sha256:y"), "dataset")):
+        with pytest.raises(UserError, match=f"was begun from another teacher \\(its teacher.json's {key} differs"):
+            student_module.record_student(folder, other)

@@ -66,7 +66,7 @@ def test_no_import_cycles():
 
 def test_translation_does_not_load_the_ner_stack():
     graph = import_graph(parents=True)
-    for module in ("ensemble_distill.translation", "ensemble_distill.translation_distill",
+    for module in ("ensemble_distill.translation", "ensemble_distill.distill.student",
                    "ensemble_distill.distill.losses", "ensemble_distill.tasks.nmt"):
         if module in graph:
             assert reachable(graph, module) & NER_STACK == set(), module

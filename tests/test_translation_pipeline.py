@@ -15,6 +15,7 @@ from ensemble_distill.cli import main
 from ensemble_distill.config import TranslationConfig, load_config, to_toml
 from ensemble_distill.data.vocab import PAD_ID
 from ensemble_distill.distill.memoize import memoize
+from ensemble_distill.distill.student import distill_run
 from ensemble_distill.ensemble import train_members
 from ensemble_distill.errors import UserError
 from ensemble_distill.evaluation import evaluate_run
@@ -33,7 +34,6 @@ from ensemble_distill.tasks.nmt import (
     validation_nll,
 )
 from ensemble_distill.teacher_store import to_dense
-from ensemble_distill.translation_distill import distill_translation
 
 WORDS = "ant bee cat dog eel fox gnu hen".split()
 
@@ -197,7 +197,7 @@ def test_memoize_then_distill_trains_a_student(toy_run):
     top = ensemble.topk(4, -1)
     torch.testing.assert_close(dense[real].gather(1, top.indices[real]), top.values[real], atol=2e-3, rtol=1e-3)
 
-    student_dir = distill_translation(toy_run.run_dir, progress=False, run=toy_run)
+    student_dir = distill_run(toy_run, progress=False)[1]
     log = [json.loads(line) for line in open(student_dir / "log.jsonl")]
     assert log[-1]["train_loss"] < 0.6 * log[0]["train_loss"]
     assert -log[-1]["held_out_score"] < 0.5 * -log[0]["held_out_score"]
@@ -227,8 +227,8 @@ def test_translation_student_loss_by_hand(tmp_path, config):
     with the teacher's top 3 entries q_k as stored (the remaining mass 1/8 ignored), in float64."""
     from pathlib import Path
 
+    from ensemble_distill.tasks.nmt import student_loss
     from ensemble_distill.teacher_store import write_store
-    from ensemble_distill.translation_distill import student_loss
 
     cfg = TranslationConfig() if config is None else load_config(
         Path(__file__).parents[1] / "configs" / f"{config}.toml", TranslationConfig)
@@ -259,8 +259,8 @@ def test_translation_student_loss_by_hand(tmp_path, config):
 
 
 def test_evaluation_tabulates_each_students_truncation(toy_run):
-    narrow = distill_translation(toy_run.run_dir, top_k=2, progress=False, run=toy_run)
-    wide = distill_translation(toy_run.run_dir, top_k=4, progress=False, run=toy_run)  # trained above: reused
+    narrow = distill_run(toy_run, top_k=2, progress=False)[1]
+    wide = distill_run(toy_run, top_k=4, progress=False)[1]  # trained above: reused
     rows = evaluate_run(toy_run, n_boot=5, progress=False)
     table = json.loads((toy_run.run_dir / "eval" / "test" / "truncation.json").read_text())
     assert [r["student"] for r in table] == [narrow.name, wide.name]

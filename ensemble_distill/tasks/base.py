@@ -1,6 +1,7 @@
 """The Task protocol: what a task (NER, translation) gives the shared stages and the command line
-(ensemble.train_members, pipeline.py, tasks.load_model): data, seeds, models and their folders, member plans and
-fitting one model, distributions, fingerprints, prediction.
+(ensemble.train_members, evaluation.py, distill/memoize.py, distill/student.py, pipeline.py, tasks.load_model):
+data, seeds, models and their folders, member plans and fitting one model, distributions, students' settings and
+losses, fingerprints, prediction.
 
 A task is a plain object in `tasks.TASKS`, chosen by the config's `task = "ner" | "nmt"`. A third task with the
 same shape of data (another tagging corpus and label set, e.g. WNUT-17; another language pair) is a config, not
@@ -87,6 +88,42 @@ class Task(Protocol):
         """The teacher's ensemble size (None: the largest configured) and distill.memoize.Truncation from what the
         command gave and the config's defaults. Raises UserError for a value outside its range, or a setting the
         task has not (NER keeps every label: no top_k, epsilon or samples)."""
+
+    # Students (distill/student.py): the stage calls student_settings, student_config, student_seed, new_model,
+    # student_loss, fit_student in this order; `settings` is a config with [distill] (loss) and [train] sections.
+    def student_settings(self, run_dir: Path, members: int | None = None, config=None, overrides=(),
+                         device: str | None = None) -> tuple:
+        """Split a `distill` command's options between the student and the run: (settings, the run's overrides,
+        the run's device). NER: settings a DistillConfig (the file `config` or the defaults, with `overrides`, its
+        teacher the ensemble of `members` of `run_dir`), the run opened as trained; translation: settings None
+        (the run's own config, opened with `overrides` and `device`). Raises UserError for an option the task has
+        not (NER: device; translation: config) and for a bad config file or override."""
+
+    def student_config(self, cfg, settings):
+        """The config the student's model and data are built from, given the run's `cfg` (NER: the run's with an
+        IID head and the settings' [train]; translation: the run's)."""
+
+    def student_seed(self, cfg, settings) -> int:
+        """The student's seed (initialisation, dropout, data order): NER train.seed of the settings, translation
+        the run's member_seed of index 100 (after any member's)."""
+
+    def student_loss(self, store, settings, data):
+        """loss_fn(model, batch) -> (scalar mean loss, int units it is a mean over): (1 - beta) NLL + beta KD
+        (distill.losses.distillation_loss, settings.distill) against the batch's entries of teacher_store.TeacherStore
+        `store`, per NER word (a window's word j is its sentence's word first_word + j) or per target token."""
+
+    def fit_student(self, model, cfg, data, loss_fn, seed: int, folder: Path, progress: bool = True,
+                    **spec_extra) -> dict:
+        """Train (resuming in `folder`) the student `model` with `loss_fn`, early-stopping as the task's students
+        do (NER: span F1 of the training tenth no member early-stopped on; translation: dev NLL, then checkpoint
+        averaging), then write its model folder (model.json with `spec_extra`, e.g. its teacher) and, last,
+        result.json; returns what result.json holds."""
+
+    def sweep_truncations(self, cfg, top_ks: list[int] | None = None, epsilons: list[float] | None = None,
+                          samples: list[int] | None = None) -> list[tuple]:
+        """(top_k, epsilon, samples) of each teacher store a truncation sweep distils from (Task.teacher_settings'
+        arguments), defaults from the config. Raises UserError for a setting out of range, or a task with nothing
+        to sweep (NER keeps every label)."""
 
     def hypotheses(self, models: list, cfg, data, split: str, progress: bool = False) -> list[str] | None:
         """The ensemble's decoded outputs of each sentence of `split` (translation: beam search with the models'

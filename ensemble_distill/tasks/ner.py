@@ -8,6 +8,7 @@
 """
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import random
@@ -19,9 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..calibration.task_metrics import span_counts, span_scores
-from ..config import N_TENTHS, TaggingConfig, Training
+from ..config import N_TENTHS, DistillConfig, TaggingConfig, Training
 from ..data.conll import TaggedCorpus, label_vocab, read_conll, tag_corpus
 from ..data.subwords import Window, bucketed_batches, encode_sentences, load_tokenizer, merge_windows
+from ..distill.losses import distillation_loss
 from ..distill.memoize import Truncation
 from ..distributed import on_main
 from ..encoders import (
@@ -34,14 +36,14 @@ from ..encoders import (
     split_encoder,
     token_ids_fingerprint,
 )
-from ..ensemble import MemberPlan, member_sentences
+from ..ensemble import MemberPlan, distillation_sentences, member_sentences
 from ..errors import UserError
 from ..io_utils import atomic_torch_save, cache_root, sha256_file
 from ..models.tagger import Tagger
 from ..predictions import Predictions, predicted_labels
 from ..runs import load_state, load_weights, read_model_spec, save_model, write_result
 from ..tables import Column
-from ..teacher_store import fingerprint_dataset
+from ..teacher_store import TeacherStore, fingerprint_dataset
 from ..training import StochasticWeightAveraging, TrainResult, make_optimizer, make_scheduler, train
 from .ner_batches import tagger_emissions, tagging_predictions, window_batch
 
@@ -475,16 +477,95 @@ class NerTask:
         held_windows = np.arange(len(held.windows)) if held_ids is None else held.windows_of(held_ids)
         train_cfg = type(cfg.train)(**{**cfg.train.__dict__, "seed": plan.seed})
         loss_fn = functools.partial(tagger_loss, label_smoothing=cfg.train.label_smoothing)
-        result = train_tagger(model, data, windows, (held_split, held_windows), train_cfg, folder, progress,
-                              loss_fn=loss_fn)
+        return _fit(model, cfg, data, plan.role, plan.seed, windows, (held_split, held_windows), train_cfg, loss_fn,
+                    folder, progress)
 
-        def record():
-            save_model(folder, model, model_spec(cfg, data, plan.role, plan.seed))
-            return write_result(folder, task="ner", role=plan.role, seed=plan.seed, best_epoch=result.best_epoch,
-                                epochs=result.epochs_run, best_score=result.best_score, score="span_f1",
-                                averaging=cfg.train.averaging, weights=member_weights(folder).name)
+    # Students (distill/student.py)
+    def student_settings(self, run_dir, members=None, config=None, overrides=(), device=None) -> tuple:
+        """A DistillConfig (the file `config`, or the defaults, with `overrides`), its teacher the ensemble of
+        `members` of `run_dir`; the run itself is opened as trained: returns (settings, (), None). Raises UserError
+        for `device` (the student's is its config's train.device) and for a bad config or override."""
+        if device is not None:
+            raise UserError("--device: only for nmt runs")
+        return student_settings(run_dir, members, config, overrides), (), None
 
-        return on_main(record)
+    def student_config(self, cfg, settings) -> TaggingConfig:
+        """The run's data and encoder settings with an IID head and the student's training settings."""
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head="iid"), train=settings.train)
+
+    def student_seed(self, cfg, settings) -> int:
+        return settings.train.seed
+
+    def student_loss(self, store: TeacherStore, settings, data):
+        """(1 - beta) NLL + beta tau^2 KD at distill.temperature, per word, against each window's stored entries
+        (`window_targets`)."""
+        split, d = data.splits["train"], settings.distill
+        sentence_of = np.array([w.sentence for w in split.windows])
+        first_word_of = np.array([w.first_word for w in split.windows])
+
+        def loss_fn(m, batch):
+            mask = batch["word_mask"]
+            ids, probs, remainder = window_targets(store, sentence_of[batch["windows"]],
+                                                   first_word_of[batch["windows"]], mask.shape[1])
+            logits = m.emissions(batch["states"], batch["attention_mask"], batch["word_starts"], mask)
+            ids, probs, remainder = ids.to(mask.device), probs.to(mask.device), remainder.to(mask.device)
+            loss = distillation_loss(logits, batch["word_labels"], mask, ids, probs, remainder, beta=d.beta,
+                                     mode=d.remainder, temperature=d.temperature, label_smoothing=d.label_smoothing)
+            return loss, int(mask.sum())
+
+        return loss_fn
+
+    def fit_student(self, model, cfg, data, loss_fn, seed, folder, progress=True, **spec_extra) -> dict:
+        """The training sentences but the last tenth (which no member early-stopped on), early-stopped on span F1
+        of that tenth (ensemble.distillation_sentences)."""
+        split = data.splits["train"]
+        n = len(split.corpus.sentences)
+        held_out = distillation_sentences(n, cfg.ensemble.split_seed)
+        train_windows = split.windows_of(np.setdiff1d(np.arange(n), held_out))
+        return _fit(model, cfg, data, "student", seed, train_windows, ("train", split.windows_of(held_out)),
+                    cfg.train, loss_fn, folder, progress, **spec_extra)
+
+    def sweep_truncations(self, cfg, top_ks=None, epsilons=None, samples=None) -> list:
+        raise UserError(f"{cfg.data.train}: `sweep` trains translation students for each truncation V'; an NER "
+                        "store keeps every label, so there is nothing to sweep")
+
+
+def _fit(model, cfg, data, role, seed, train_windows, held_out, train_cfg, loss_fn, folder, progress,
+         **spec_extra) -> dict:
+    """train_tagger, then (rank 0) the model folder and, last, result.json."""
+    result = train_tagger(model, data, train_windows, held_out, train_cfg, folder, progress, loss_fn=loss_fn)
+
+    def record():
+        save_model(folder, model, model_spec(cfg, data, role, seed, **spec_extra))
+        return write_result(folder, task="ner", role=role, seed=seed, best_epoch=result.best_epoch,
+                            epochs=result.epochs_run, best_score=result.best_score, score="span_f1",
+                            averaging=cfg.train.averaging, weights=member_weights(folder).name)
+
+    return on_main(record)
+
+
+def student_settings(run_dir, members: int | None, config=None, overrides=()) -> DistillConfig:
+    """The NER student's DistillConfig: the file `config` (or the defaults) with `overrides`, its teacher the
+    ensemble of `members` of `run_dir`."""
+    from ..config import Distillation, StudentTraining, apply_overrides, from_dict, load_config, to_dict, validate
+
+    cfg = load_config(config, DistillConfig, overrides) if config else DistillConfig(
+        Distillation(ensemble_run=str(Path(run_dir).absolute())), StudentTraining())
+    if overrides and not config:
+        cfg = from_dict(DistillConfig, apply_overrides(DistillConfig, to_dict(cfg), overrides), "--set")
+    distillation = dataclasses.replace(cfg.distill, ensemble_run=str(Path(run_dir).absolute()),
+                                       teacher_members=members or cfg.distill.teacher_members)
+    return validate(dataclasses.replace(cfg, distill=distillation), "distill config")
+
+
+def window_targets(store: TeacherStore, sentences: np.ndarray, first_words: np.ndarray, n_words: int):
+    """Teacher entries at each window word: word j of a window is word first_word + j of its sentence.
+    Returns ids, probs [B, n_words, K] and remainder [B, n_words]; positions past a window's end are padding."""
+    teacher = store.batch(sentences)
+    word = torch.from_numpy(first_words)[:, None] + torch.arange(n_words)[None, :]
+    word = word.clamp(max=max(teacher.ids.shape[1] - 1, 0))  # past a sentence's end: masked out by word_mask
+    at = word[..., None].expand(-1, -1, teacher.ids.shape[-1])
+    return teacher.ids.gather(1, at), teacher.probs.gather(1, at), teacher.remainder.gather(1, word)
 
 
 def _gold(split: TaggingSplit) -> list[np.ndarray]:

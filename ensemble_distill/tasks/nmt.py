@@ -28,6 +28,7 @@ from ..config import Training, TranslationConfig, TranslationDistillation, setti
 from ..data.parallel import FilterCounts, filter_by_length, read_parallel
 from ..data.text import read_text_lines
 from ..data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
+from ..distill.losses import distillation_loss
 from ..distill.memoize import Truncation
 from ..distributed import on_main
 from ..ensemble import MemberPlan
@@ -46,10 +47,11 @@ from ..models.translation import (
 from ..predictions import Predictions, compact_distributions, save_predictions
 from ..runs import RESULT, finished, load_state, load_weights, model_dir, save_model, write_result
 from ..tables import Column
-from ..teacher_store import fingerprint_dataset
+from ..teacher_store import TeacherStore, fingerprint_dataset
 from ..training import StochasticWeightAveraging, average_snapshots, train, warm_restarts
 
 SPLITS = ("train", "dev", "test")
+STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
 TOP_K_STORED = 5  # predictions keep each position's top 5: enough for ECE-5
 
 
@@ -706,6 +708,59 @@ class NmtTask:
 
     def fit_snapshots(self, cfg, data, run_dir, progress=True) -> list[dict]:
         return train_snapshots(cfg, data, run_dir, progress)
+
+    # Students (distill/student.py): the members' architecture, schedule, batches and early stopping
+    def student_settings(self, run_dir, members=None, config=None, overrides=(), device=None) -> tuple:
+        """The student trains under the run's own config, read with `overrides` and `device`: returns (None,
+        overrides, device). Raises UserError for `config` (a distillation config is NER's)."""
+        if config is not None:
+            raise UserError("--config: only for ner runs")
+        return None, overrides, device
+
+    def student_config(self, cfg, settings) -> TranslationConfig:
+        return cfg
+
+    def student_seed(self, cfg, settings) -> int:
+        return member_seed(cfg, STUDENT_SEED_INDEX)
+
+    def student_loss(self, store: TeacherStore, settings, data):
+        return student_loss(store, settings.distill)
+
+    def fit_student(self, model, cfg, data, loss_fn, seed, folder, progress=True, **spec_extra) -> dict:
+        return train_model(model, data, cfg, folder, loss_fn, seed, progress, role="student", spec_extra=spec_extra)
+
+    def sweep_truncations(self, cfg, top_ks=None, epsilons=None, samples=None) -> list[tuple]:
+        """(top_k, epsilon, samples) of each store: each V' in top_ks, each adaptive epsilon capped at max(top_ks),
+        then each sampled store's R (default [distill.samples] when that is > 0); the defaults from [distill].
+        Raises UserError for no V' or an R below 1."""
+        d = cfg.distill
+        top_ks = d.sweep_top_k if top_ks is None else top_ks
+        epsilons = d.sweep_epsilon if epsilons is None else epsilons
+        samples = ([d.samples] if d.samples > 0 else []) if samples is None else samples
+        if not top_ks:
+            raise UserError("'top_ks' must name at least one V', got []")
+        if any(r < 1 for r in samples):
+            raise UserError(f"--samples {min(samples)}: a sweep's sampled stores need at least 1 draw a position")
+        return ([(k, 0.0, 0) for k in top_ks] + [(max(top_ks), eps, 0) for eps in epsilons]
+                + [(None, None, r) for r in samples])
+
+
+def student_loss(store: TeacherStore, d: TranslationDistillation):
+    """(1 - beta) label-smoothed NLL + beta KD against the batch's stored teacher entries (paper §5.2: temperature
+    1, the smoothing on the NLL term only). Returns loss_fn(model, (indices, batch)) -> (loss, target tokens)."""
+
+    def loss_fn(model, batch):
+        indices, b = batch
+        device = model.embedding.weight.device
+        b = to_device(b, device)
+        teacher = store.batch(indices)
+        mask = b.tgt_out != PAD_ID
+        loss = distillation_loss(model(b.src, b.tgt_in).float(), b.tgt_out, mask, teacher.ids.to(device),
+                                 teacher.probs.to(device), teacher.remainder.to(device), beta=d.beta,
+                                 mode=d.remainder, label_smoothing=d.label_smoothing)
+        return loss, b.n_target_tokens
+
+    return loss_fn
 
 
 TASK = NmtTask()
