@@ -67,9 +67,9 @@ def distill(run, store: TeacherStore, out_dir, settings=None, progress: bool = T
     settings = run.cfg if settings is None else settings
     cfg = task.student_config(run.cfg, settings)
     with run_lock(out_dir):  # under torchrun: rank 0's; all ranks train the student
+        on_main(record_student, out_dir, store, settings if settings is not run.cfg else None, cfg)  # refused first
         if on_main(finished, out_dir):
             return run.load(out_dir)
-        on_main(record_student, out_dir, store, settings if settings is not run.cfg else None, cfg)
         seed = task.student_seed(run.cfg, settings)
         model = task.new_model(cfg, run.data, seed)
         teacher = {"store": str(store.path), "name": teacher_name(store), "teachers": store.manifest["teachers"],
