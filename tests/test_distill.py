@@ -353,5 +353,5 @@ def test_a_student_folder_begun_from_another_teacher_is_refused(tmp_path):
     for other, key in ((store("b", ["member-1 sha256:2"]), "teachers"), (store("c", ["member-0 sha256:1"], 2),
                                                                             "truncation"),
                        (store("d", ["member-0 sha256:1"], fingerprint="sha256:y"), "dataset")):
-        with pytest.raises(UserError, match=f"was begun from another teacher \\(its teacher.json's {key} differs"):
+        with pytest.raises(UserError, match=f"was begun from another teacher \\(its teacher.json's {key} differ"):
             student_module.record_student(folder, other)

@@ -94,7 +94,7 @@ def record_student(out_dir: Path, store: TeacherStore, settings=None, cfg=None) 
         changed = [key for key in ("teachers", "truncation", "dataset") if key in recorded
                    and recorded[key] != record[key]]
         if changed:
-            raise UserError(f"{out_dir}: was begun from another teacher (its teacher.json's {changed[0]} differs "
+            raise UserError(f"{out_dir}: was begun from another teacher (its teacher.json's {changed[0]} differ "
                             f"from {store.path}'s); use a new folder")
     atomic_write_json(previous, record)
     if settings is not None:
@@ -128,9 +128,9 @@ def distill_from_store(store_dir, settings, out_dir, n_boot: int = 1000, progres
     `run`: that run, opened with train, dev and test (default: opened here)."""
     from ..ensemble import open_run
 
-    run = run or open_run(settings.distill.ensemble_run, ("train", "dev", "test"), progress)
-    store = open_store(run, store_dir, settings.distill.teacher_members)
-    with run_lock(out_dir):
+    with run_lock(out_dir):  # a folder another process holds is refused first
+        run = run or open_run(settings.distill.ensemble_run, ("train", "dev", "test"), progress)
+        store = open_store(run, store_dir, settings.distill.teacher_members)
         model = distill(run, store, out_dir, settings, progress)
         return evaluate_student(run, out_dir, store, model, settings, n_boot, progress)
 
