@@ -1,9 +1,11 @@
 """Data parallelism (distributed.py): two CPU processes under torchrun (gloo) train a member of either task to the
 loss curve of one process, and only rank 0 writes; accumulation steps and bf16 autocast (training.py)."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,10 +37,20 @@ def torchrun(watched: Path, commands: list[list[str]], processes: int = 2, kill_
     spec.write_text(json.dumps(commands))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", **({"KILL_AFTER": kill_after} if kill_after else {})}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc-per-node={processes}", str(ROOT / "tests" / "distributed_worker.py"),
-                           str(watched), str(log), str(spec)], env=env, capture_output=True, text=True, timeout=180)
-    assert (done.returncode != 0) == bool(kill_after), done.stderr[-3000:]
+    # Its own process group, killed whole when it overruns: killing torchrun alone (subprocess.run's timeout)
+    # left its two workers waiting at a barrier for hours on a loaded machine.
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 f"--nproc-per-node={processes}", str(ROOT / "tests" / "distributed_worker.py"),
+                                 str(watched), str(log), str(spec)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = launcher.communicate(timeout=600)
+    finally:
+        if launcher.poll() is None or kill_after:  # overran, or a killed rank's peers may outlive torchrun
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    assert (launcher.returncode != 0) == bool(kill_after), stderr[-3000:]
     return [json.loads(Path(f"{log}.{r}.json").read_text()) for r in range(processes)]
 
 
