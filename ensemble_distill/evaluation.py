@@ -138,6 +138,17 @@ def evaluate_systems(task, cfg, data, models: list, systems: list[System], tempe
     return scores
 
 
+def with_layout(teacher: dict) -> dict:
+    """A student's teacher.json with its store's layout ("probs_dtype": float16, uint8, log_uint8): students
+    recorded before teacher.json kept it read it from the store's manifest, or "unrecorded" when that is gone,
+    so that two stores of one V' in two layouts are told apart in the truncation table."""
+    if "probs_dtype" not in teacher:
+        manifest = Path(teacher["store"]) / "manifest.json"
+        layout = read_json(manifest, "memoize it again")["dtypes"].get("probs") if manifest.is_file() else "unrecorded"
+        teacher = {**teacher, "probs_dtype": layout}
+    return teacher
+
+
 def evaluate_run(run, split: str = "test", n_boot: int = 1000, progress: bool = True) -> list[dict]:
     """Evaluate every system of a trained run (ensemble.Run with the dev split and `split` loaded) on `split`,
     raw and temperature-scaled (T fitted on dev): RUN/eval/<split>/ (module doc). Returns the table's rows
@@ -151,7 +162,7 @@ def evaluate_run(run, split: str = "test", n_boot: int = 1000, progress: bool = 
     rows = table_rows(systems, scores, temperatures, task.columns)
     atomic_write_json(out / "results.json", rows)
     atomic_write_text(out / "results.md", format_rows(rows, task.columns, title=f"{run.run_dir.name}, {split}"))
-    students = {folder.name: read_json(folder / "teacher.json", f"delete {folder} and distill it again")
+    students = {folder.name: with_layout(read_json(folder / "teacher.json", f"delete {folder} and distill it again"))
                 for folder in folders if folder.parent.name == "students" and (folder / "teacher.json").is_file()}
     if students:
         table = truncation_rows(students, rows, task.columns)

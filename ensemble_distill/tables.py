@@ -90,15 +90,18 @@ def format_rows(rows: list[dict], columns, title: str = "") -> str:
 
 
 def truncation_rows(students: dict[str, dict], rows: list[dict], columns) -> list[dict]:
-    """Per student (its folder name → its teacher.json: truncation and bytes_per_token), its raw row's metrics
-    beside its teacher store's truncation and size. Rows: fixed V' ascending, then adaptive, then sampled stores by
-    their draws R ("samples"; top_k and epsilon 0 there, samples 0 in the others)."""
+    """Per student (its folder name → its teacher.json: truncation, probs_dtype and bytes_per_token), its raw row's
+    metrics beside its teacher store's truncation, layout (when not float16) and size. Rows: fixed V' ascending,
+    then adaptive, then sampled stores by their draws R ("samples"; top_k and epsilon 0 there, samples 0 in the
+    others)."""
     by_name = {row["name"]: row for row in rows}
     table = []
     for name, teacher in students.items():
         t = teacher["truncation"]
         k, eps, r = t.get("top_k", 0), t.get("epsilon") or 0.0, t.get("samples", 0)
         truncation = f"sampled R = {r}" if r else f"adaptive 1 - {eps:g} (at most {k})" if eps else f"V' = {k}"
+        if not r and teacher.get("probs_dtype") not in (None, "float16"):
+            truncation += f", {teacher['probs_dtype']}"
         table.append({"student": name, "truncation": truncation, "top_k": k, "epsilon": eps, "samples": r,
                       "bytes_per_token": teacher["bytes_per_token"], **{c.key: by_name[name][c.key] for c in columns}})
     table.sort(key=lambda row: (row["samples"] > 0, row["epsilon"] > 0, row["top_k"], row["epsilon"], row["samples"]))

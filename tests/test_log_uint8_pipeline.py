@@ -12,6 +12,7 @@ from ensemble_distill.cli import main
 from ensemble_distill.config import to_toml
 from ensemble_distill.data.vocab import PAD_ID
 from ensemble_distill.ensemble import open_run
+from ensemble_distill.evaluation import with_layout
 from ensemble_distill.models.translation import collate
 from ensemble_distill.teacher_store import TeacherStore
 
@@ -51,3 +52,15 @@ def test_distill_nmt_trains_a_student_from_a_log_uint8_store(tmp_path):
     assert main(["memoize", "--run", str(run_dir), "--set", 'distill.probs_dtype="float16"']) == 0
     for name, dtype in (("ensemble-2-top4", "float16"), ("ensemble-2-top4-log_uint8", "log_uint8")):
         assert TeacherStore.open(run_dir / "teachers" / name, **expect).manifest["dtypes"]["probs"] == dtype
+
+    # Students of the two layouts side by side: the truncation table tells them apart by layout.
+    assert main(["distill", "--run", str(run_dir), "--set", 'distill.probs_dtype="float16"']) == 0
+    assert main(["evaluate", "--run", str(run_dir)]) == 0
+    table = json.loads((run_dir / "eval" / "test" / "truncation.json").read_text())
+    assert {r["student"]: r["truncation"] for r in table} == {"student-2-top4": "V' = 4",
+                                                              "student-2-top4-log_uint8": "V' = 4, log_uint8"}
+    # A student recorded before teacher.json kept the layout takes it from its store's manifest.
+    older = json.loads((student_dir / "teacher.json").read_text())
+    del older["probs_dtype"]
+    assert with_layout(older)["probs_dtype"] == "log_uint8"
+    assert with_layout({**older, "store": str(tmp_path / "gone")})["probs_dtype"] == "unrecorded"

@@ -80,14 +80,15 @@ def distill(run, store: TeacherStore, out_dir, settings=None, progress: bool = T
 
 
 def record_student(out_dir: Path, store: TeacherStore, settings=None, cfg=None) -> None:
-    """teacher.json: the store, its teachers, truncation, dataset and bytes per token; and, for `settings` of its
-    own, config.toml and run.json (the student's config `cfg` and the versions). A folder begun from other teachers,
-    another truncation or data, or (require_same_config) another config is refused."""
+    """teacher.json: the store, its teachers, truncation, dataset, layout (probs_dtype; None for a sampled store)
+    and bytes per token; and, for `settings` of its own, config.toml and run.json (the student's config `cfg` and
+    the versions). A folder begun from other teachers, another truncation or data, or (require_same_config) another
+    config is refused."""
     if settings is not None:
         require_same_config(out_dir, settings)
     record = {"store": str(store.path), "teachers": store.manifest["teachers"],
               "truncation": store.manifest["truncation"], "dataset": store.manifest["dataset_fingerprint"],
-              "bytes_per_token": store.bytes_per_token()}
+              "probs_dtype": store.manifest["dtypes"].get("probs"), "bytes_per_token": store.bytes_per_token()}
     previous = out_dir / "teacher.json"
     if previous.is_file():
         recorded = read_json(previous, f"delete {out_dir} and distill it again")
