@@ -15,7 +15,7 @@ import pytest
 import torch
 from distributed_worker import toy_store
 from test_runs import tiny_tagging_config, tiny_translation_config
-from test_translation_pipeline import write_copy_task
+from test_tasks_nmt import write_copy_task
 
 from ensemble_distill import distributed
 from ensemble_distill.cli import main

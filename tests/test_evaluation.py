@@ -1,6 +1,6 @@
 """evaluation.py on an NER run through the CLI (train-ensemble → evaluate → predict) on a tiny random BERT and
 tiny CoNLL files: members, individuals, nested ensembles, raw and temperature-scaled. The translation side is in
-test_translation_pipeline.py (its toy run), the table's rows in test_temperature.py."""
+test_tasks_nmt.py (its toy run), the table's rows in test_temperature.py."""
 
 import json
 

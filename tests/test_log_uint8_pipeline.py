@@ -6,7 +6,7 @@ import json
 import numpy as np
 import torch
 import torch.nn.functional as F
-from test_translation_pipeline import toy_config, write_copy_task
+from test_tasks_nmt import toy_config, write_copy_task
 
 from ensemble_distill.cli import main
 from ensemble_distill.config import to_toml

@@ -10,7 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from test_translation_pipeline import write_copy_task
+from test_tasks_nmt import write_copy_task
 
 from ensemble_distill.calibration.compare import compare
 from ensemble_distill.cli import main

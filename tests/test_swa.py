@@ -87,7 +87,7 @@ def test_ner_members_trained_with_swa_are_loaded_averaged(tiny_encoder, conll_fi
 
 
 def test_translation_members_trained_with_swa_keep_the_mean_of_their_rounds_from_swa_start(tmp_path):
-    from test_translation_pipeline import toy_config, write_copy_task
+    from test_tasks_nmt import toy_config, write_copy_task
 
     from ensemble_distill.ensemble import train_members
     from ensemble_distill.tasks.nmt import new_model, nll_loss, train_model

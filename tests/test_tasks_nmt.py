@@ -1,5 +1,5 @@
-"""The translation pipeline on a toy copy task: training members, resume, ensembles, evaluation, memoize → distill,
-and the CLI's refusal of bad parallel files. Tiny models on files written in tmp_path."""
+"""The translation task (tasks/nmt.py) on a toy copy task: training members, resume, ensembles, evaluation,
+memoize → distill, and the CLI's refusal of bad parallel files. Tiny models on files written in tmp_path."""
 
 import copy
 import json
