@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from test_tasks_nmt import toy_config
 from test_teacher_store import reseal
 
 from ensemble_distill import runs as runs_module
@@ -345,18 +346,10 @@ def write_copy_task(folder, n_train=60):
 
 
 def tiny_translation_config(folder) -> TranslationConfig:
-    cfg = TranslationConfig()
-    for split in ("train", "dev", "test"):
-        setattr(cfg.data, f"{split}_src", str(folder / f"{split}.src"))
-        setattr(cfg.data, f"{split}_tgt", str(folder / f"{split}.tgt"))
-    cfg.data.vocab_size = 48
-    cfg.model.preset, cfg.model.dropout = "tiny", 0.1
-    t = cfg.train
-    t.lr, t.warmup_steps, t.batch_tokens, t.updates_per_round, t.max_rounds, t.patience, t.average_last = (
-        7e-3, 4, 300, 3, 2, 2, 2)
-    cfg.ensemble.members, cfg.ensemble.subset_sizes = 2, [2]
-    cfg.decode.batch_sentences, cfg.decode.temperature_positions = 16, 50
-    cfg.distill.teacher_members, cfg.distill.top_k = 2, 4
+    """test_tasks_nmt's toy config with a shorter budget, dropout and two rounds averaged (snapshot files)."""
+    cfg = toy_config(folder, warmup_steps=4, batch_tokens=300, updates_per_round=3, max_rounds=2, patience=2,
+                     average_last=2)
+    cfg.model.dropout, cfg.decode.temperature_positions = 0.1, 50
     return cfg
 
 
