@@ -15,6 +15,10 @@ standard input "-" → conll; with `tag_col` always conll):
   (`tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str`; BERT's splits at whitespace and punctuation:
   "New-York," → New - York ,), the words taken from the line at the pre-tokenizer's offsets; blank lines skipped.
 
+Predicted labels: a single CRF model's are its Viterbi path (per encoder window, each word taken from the window
+that owns it), as evaluation scores it; any other model's or ensemble's are the argmax of the (mean) distributions
+(tasks/ner.py predict_scored, paper §3.1). Either way a word's printed probability is its marginal.
+
 Span confidence: the probability that exactly that span carries that type, right boundary included
 (spans.py): IID the per-word product with the closing factor, over the merged per-word distributions (exact
 whatever the windows, since an IID model's words are independent given the text); CRF the exact span marginal
@@ -41,7 +45,7 @@ from .errors import UserError, located
 from .io_utils import atomic_write_json, atomic_write_text, strict_json
 from .predictions import predicted_labels, save_predictions
 from .spans import SpanLabels, Spans, crf_span_probabilities, decode_spans, iid_span_probabilities, span_events
-from .tasks.ner_batches import tagger_emissions, tagging_predictions, window_batch
+from .tasks.ner_batches import is_single_crf, tagger_emissions, tagging_predictions, window_batch
 
 FORMATS = ("conll", "jsonl", "text")
 STDIN = "-"
@@ -182,13 +186,16 @@ def _text(path, lines, tokenizer) -> TextInput:
 
 @dataclass
 class Tagged:
-    """What the models made of the sentences: per sentence the mean [words, labels] float32 distributions, the
-    predicted spans (most probable labels, ties as predictions.predicted_labels; spans as seqeval's get_entities)
-    and each span's confidence float64 [N]."""
+    """What the models made of the sentences: per sentence the mean [words, labels] float32 distributions and the
+    predicted int64 [words] label ids (a single CRF's Viterbi path, else the most probable labels, ties as
+    predictions.predicted_labels), the predicted spans (seqeval's get_entities of those labels), each span's
+    confidence float64 [N], and whether the labels are a Viterbi path."""
     labels: list[str]
     distributions: list[np.ndarray]
+    predicted: list[np.ndarray]
     spans: Spans
     confidence: np.ndarray
+    viterbi: bool = False
 
 
 def tag(models: list, sentences: list[list[str]], batch_size: int = 64) -> Tagged:
@@ -200,38 +207,49 @@ def tag(models: list, sentences: list[list[str]], batch_size: int = 64) -> Tagge
         if model.labels != labels:
             raise UserError(f"{model.folder}: labels {model.labels} differ from {models[0].folder}'s {labels}")
     span_labels = SpanLabels.from_names(labels)
+    viterbi = is_single_crf([model.tagger for model in models])
     splits = {}
-    per_model = []  # (model, split, per-window distributions, per-window emissions)
+    per_model = []  # (model, split, per-window distributions, per-window emissions, per-window Viterbi paths)
     for model in models:
         key = (model.spec["encoder"]["sha256"], model.spec["encoder"]["finetune_layers"])
         split = splits.setdefault(key, model.split(sentences))
-        per_model.append((model, split, *_window_outputs(model, split, batch_size)))
-    merged = [merge_windows(split.windows, probs) for _, split, probs, _ in per_model]
+        per_model.append((model, split, *_window_outputs(model, split, batch_size, viterbi)))
+    merged = [merge_windows(split.windows, probs) for _, split, probs, _, _ in per_model]
     distributions = [np.mean([m[s] for m in merged], axis=0) for s in range(len(sentences))]
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in distributions])])
-    spans = decode_spans(predicted_labels(np.concatenate(distributions), labels), offsets, span_labels)
+    if viterbi:
+        (_, split, _, _, paths), = per_model
+        predicted = merge_windows(split.windows, paths)
+    else:
+        ids = predicted_labels(np.concatenate(distributions), labels)
+        predicted = np.split(ids, offsets[1:-1])
+    spans = decode_spans(np.concatenate(predicted), offsets, span_labels)
     confidence = np.zeros(len(spans))
-    for (model, split, _, emissions), probs in zip(per_model, merged):
+    for (model, split, _, emissions, _), probs in zip(per_model, merged):
         own = iid_span_probabilities(np.concatenate(probs), offsets, spans, span_labels)
         if model.tagger.head == "crf":
             _exact_crf(model.tagger.crf, split.windows, emissions, spans, span_labels, own)
         confidence += own
-    return Tagged(labels, distributions, spans, confidence / len(models))
+    return Tagged(labels, distributions, predicted, spans, confidence / len(models), viterbi)
 
 
-def _window_outputs(model, split, batch_size):
-    """Per window of `split`: the model's [words, labels] float32 distributions and [words, labels] emissions."""
+def _window_outputs(model, split, batch_size, viterbi: bool):
+    """Per window of `split`: the model's [words, labels] float32 distributions, [words, labels] emissions and,
+    with `viterbi` (a CRF model), its int64 [words] Viterbi path, else None."""
     lengths = [len(w.input_ids) for w in split.windows]
-    probs, emissions = [None] * len(lengths), [None] * len(lengths)
+    probs, emissions, paths = [None] * len(lengths), [None] * len(lengths), [None] * len(lengths)
     model.tagger.eval()
     with torch.no_grad():
         for chunk in bucketed_batches(lengths, batch_size):
             batch = window_batch(split, chunk, model.tokenizer.pad_token_id)
             scores = tagger_emissions(model.tagger, batch)
             dist = model.tagger.distributions(scores, batch["word_mask"])
+            best = model.tagger.crf.viterbi(scores, batch["word_mask"]) if viterbi else None
             for row, (window, n) in enumerate(zip(chunk, batch["word_mask"].sum(1).tolist())):
                 probs[window], emissions[window] = dist[row, :n].float().numpy(), scores[row, :n]
-    return probs, emissions
+                if viterbi:
+                    paths[window] = best[row, :n].numpy()
+    return probs, emissions, paths
 
 
 def _exact_crf(crf, windows, emissions, spans: Spans, labels: SpanLabels, confidence) -> None:
@@ -307,11 +325,11 @@ def entities_jsonl(text: TextInput, tagged: Tagged, min_confidence: float = 0.0)
 
 
 def conll_text(text: TextInput, tagged: Tagged) -> str:
-    """One line a word: token, its gold tag (when given), the predicted label (the most probable; ties: O, then the
-    smallest name) and its probability; a blank line after each sentence."""
+    """One line a word: token, its gold tag (when given), the predicted label (Tagged.predicted: a single CRF's
+    Viterbi path, else the most probable; ties: O, then the smallest name) and its probability (marginal); a blank
+    line after each sentence."""
     names, lines = np.asarray(tagged.labels), []
-    for s, (words, probs) in enumerate(zip(text.tokens, tagged.distributions)):
-        predicted = predicted_labels(probs, names)
+    for s, (words, probs, predicted) in enumerate(zip(text.tokens, tagged.distributions, tagged.predicted)):
         for w, word in enumerate(words):
             gold = [text.gold[s][w]] if text.gold is not None else []
             lines.append(" ".join([word, *gold, names[predicted[w]], f"{probs[w, predicted[w]]:.4f}"]))
@@ -351,7 +369,9 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
     written = [out_dir / "entities.jsonl", out_dir / "predictions.conll"]
     if gold is not None:
         meta = {**(meta or {}), "input": str(input_path)}
-        save_predictions(out_dir / "predictions.npz", tagging_predictions(tagged.distributions, gold, labels, meta))
+        save_predictions(out_dir / "predictions.npz", tagging_predictions(tagged.distributions, gold, labels, meta,
+                                                                              tagged.predicted if tagged.viterbi
+                                                                              else None))
         written.append(out_dir / "predictions.npz")
     if report is not None:
         if gold is not None:

@@ -22,8 +22,9 @@ SENTENCES = [["Peter", "Blackburn", "visits", "Paris", "and", "New", "York"],
              ["EU", "rejects", "German", "call"]]
 
 
-def tagger_folder(folder, encoder, head: str, seed: int):
-    """A finished model folder of a random tagger whose classifier is scaled up, so that it predicts spans."""
+def tagger_folder(folder, encoder, head: str, seed: int, transitions_scale: float = 1.0):
+    """A finished model folder of a random tagger whose classifier is scaled up, so that it predicts spans (and,
+    for a CRF, its transition scores by `transitions_scale`)."""
     from ensemble_distill.encoders import load_pretrained, split_encoder
     from ensemble_distill.models.tagger import Tagger
     from ensemble_distill.runs import save_model, write_result
@@ -34,6 +35,9 @@ def tagger_folder(folder, encoder, head: str, seed: int):
     model = Tagger(top, len(LABELS), head, lstm_hidden=8, dropout=0.0)
     with torch.no_grad():
         model.classifier.weight.mul_(20)
+        if head == "crf":
+            for scores in model.crf._scores():
+                scores.mul_(transitions_scale)
     spec = {"task": "ner", "role": "student", "seed": seed, "labels": LABELS,
             "model": {"head": head, "lstm_hidden": 8, "dropout": 0.0},
             "encoder": {"name": str(encoder), "path": str(encoder), "finetune_layers": 1,
@@ -47,8 +51,11 @@ def tagger_folder(folder, encoder, head: str, seed: int):
 @pytest.fixture(scope="module")
 def folders(tiny_encoder, tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {name: tagger_folder(root / name, tiny_encoder, head, seed)
-            for name, head, seed in (("iid", "iid", 1), ("crf", "crf", 2), ("iid2", "iid", 3))}
+    folders = {name: tagger_folder(root / name, tiny_encoder, head, seed)
+               for name, head, seed in (("iid", "iid", 1), ("crf", "crf", 2), ("iid2", "iid", 3))}
+    # transitions strong enough that the best path and the per-word most probable labels disagree
+    folders["crf-strong"] = tagger_folder(root / "crf-strong", tiny_encoder, "crf", 7, transitions_scale=10)
+    return folders
 
 
 def entities(out):
@@ -149,7 +156,12 @@ def test_confidences_are_spans_py_exact_span_probabilities(folders, tmp_path):
             mean = sum(m.tagger.distributions(e, mask[0]) for m, e in zip(models, emissions)) / len(models)
         flat = mean[mask[0]].numpy()
         offsets = np.concatenate([[0], np.cumsum(mask[0].sum(1).numpy())])
-        spans = decode_spans(predicted_labels(flat, LABELS), offsets, span_labels)
+        if names == ["crf"]:  # a single CRF's labels are its best path
+            with torch.no_grad():
+                best = models[0].tagger.crf.viterbi(emissions[0], mask[0])[mask[0]].numpy()
+        else:
+            best = predicted_labels(flat, LABELS)
+        spans = decode_spans(best, offsets, span_labels)
         assert len(spans) > 0
         with torch.no_grad():
             expected = tagger_span_probabilities([m.tagger for m in models], list(emissions), mask[0], spans,
@@ -272,3 +284,52 @@ def test_a_crf_span_inside_a_window_gets_that_windows_exact_marginal(folders):
     assert matched
     np.testing.assert_allclose(*zip(*matched), rtol=1e-6)
     assert ((whole.confidence >= 0) & (whole.confidence <= 1)).all()
+
+
+def best_path_by_enumeration(crf, emissions) -> np.ndarray:
+    """The highest-scoring label sequence of one sentence, every sequence scored by hand: start + emissions +
+    transitions + end (the CRF's definition, models/crf.py), the best of all L^n."""
+    transitions, start, end = (t.detach().double().numpy() for t in crf._scores())
+    e = emissions.double().numpy()
+    n, n_labels = e.shape
+    paths = np.array(np.meshgrid(*[np.arange(n_labels)] * n, indexing="ij")).reshape(n, -1).T  # [L^n, n]
+    score = start[paths[:, 0]] + end[paths[:, -1]] + e[np.arange(n), paths].sum(1)
+    score += transitions[paths[:, :-1], paths[:, 1:]].sum(1)
+    return paths[score.argmax()]
+
+
+def test_a_single_crf_tags_with_its_best_path_and_an_ensemble_with_its_marginals(folders, tmp_path):
+    """A single CRF's predicted labels (predictions.conll, entities, predictions.npz's `pred`) are its best path,
+    found here by scoring every label sequence; its printed probabilities stay its marginals. The same CRF in an
+    ensemble tags with the argmax of the mean marginals (paper §3.1, as evaluation scores them)."""
+    short = [SENTENCES[0], SENTENCES[3]]  # 7 and 4 words: 5^7 sequences enumerated
+    model = load_model(folders["crf-strong"])
+    emissions, mask = batch_of(model, short)
+    best = [best_path_by_enumeration(model.tagger.crf, emissions[i, : len(words)]) for i, words in enumerate(short)]
+    with torch.no_grad():
+        marginals = model.tagger.distributions(emissions, mask)
+    argmax = [predicted_labels(marginals[i, : len(w)].numpy(), LABELS) for i, w in enumerate(short)]
+    assert any((b != a).any() for b, a in zip(best, argmax)), "the fixture must tell the two rules apart"
+
+    gold = [["O"] * len(words) for words in short]
+    (tmp_path / "in.conll").write_text("".join("".join(f"{w} {t}\n" for w, t in zip(words, tags)) + "\n"
+                                               for words, tags in zip(short, gold)))
+    predict([model], tmp_path / "in.conll", tmp_path / "alone", tag_col=1)
+    rows = [line.split() for line in (tmp_path / "alone" / "predictions.conll").read_text().splitlines() if line]
+    assert [r[2] for r in rows] == [LABELS[i] for path in best for i in path]
+    flat_marginals = np.concatenate([m.numpy()[: len(w)] for m, w in zip(marginals, short)])
+    np.testing.assert_allclose([float(r[3]) for r in rows],
+                               flat_marginals[np.arange(len(rows)), np.concatenate(best)], atol=1e-4)
+    span_labels = SpanLabels.from_names(LABELS)
+    offsets = np.array([0, len(short[0]), len(short[0]) + len(short[1])])
+    spans = decode_spans(np.concatenate(best), offsets, span_labels)
+    assert [(e["start"], e["end"], e["type"]) for s in entities(tmp_path / "alone") for e in s["entities"]] == [
+        (int(a), int(b), span_labels.types[t]) for a, b, t in zip(spans.start, spans.end, spans.type)]
+    with np.load(tmp_path / "alone" / "predictions.npz") as saved:
+        np.testing.assert_array_equal(saved["pred"], np.concatenate(best))
+
+    tagged = tag([model, model], short)  # an ensemble, even of one CRF twice, tags with its mean marginals
+    assert not tagged.viterbi
+    for got, expected in zip(tagged.predicted, argmax):
+        np.testing.assert_array_equal(got, expected)
+

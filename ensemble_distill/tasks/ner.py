@@ -45,7 +45,7 @@ from ..runs import load_state, load_weights, read_model_spec, save_model, write_
 from ..tables import Column
 from ..teacher_store import TeacherStore, fingerprint_dataset
 from ..training import StochasticWeightAveraging, TrainResult, make_optimizer, make_scheduler, train
-from .ner_batches import tagger_emissions, tagging_predictions, window_batch
+from .ner_batches import is_single_crf, tagger_emissions, tagging_predictions, window_batch
 
 
 @dataclass
@@ -158,11 +158,6 @@ def predict_scored(models: list[Tagger], split: TaggingSplit, window_ids=None, p
     model with its argmax (None: predictions.predicted_labels of the distributions). A sentence longer than one
     encoder window takes each word's label from the Viterbi path of the window that owns it, as its marginals."""
     return _predict(models, split, window_ids, pad_id, batch_size, progress, viterbi=is_single_crf(models))
-
-
-def is_single_crf(models: list[Tagger]) -> bool:
-    """Whether `models` is one CRF tagger, the one case decoded by Viterbi (predict_scored)."""
-    return len(models) == 1 and models[0].head == "crf"
 
 
 def _predict(models, split, window_ids, pad_id, batch_size, progress, viterbi: bool):

@@ -34,3 +34,9 @@ def tagging_predictions(distributions: list[np.ndarray], gold: list[np.ndarray],
     probs /= probs.sum(1, keepdims=True)
     return Predictions.tagging(probs, np.concatenate(gold), offsets, labels, meta=meta,
                                pred=None if pred is None else np.concatenate(pred))
+
+
+def is_single_crf(models: list) -> bool:
+    """Whether `models` (models.tagger.Tagger) is one CRF tagger, the one case decoded by Viterbi (tasks/ner.py
+    predict_scored, tag_text.tag)."""
+    return len(models) == 1 and models[0].head == "crf"
