@@ -133,7 +133,12 @@ SCALES = {
         nmt_config="multi30k-small-gpu.toml",
         nmt=("ensemble.members=7", "ensemble.subset_sizes=[3, 5, 7]", "distill.teacher_members=7",
              'train.device="cuda"'),
-        directions=("de-en", "en-de"), n_boot=1000, gpu=True, snapshots=SNAPSHOT_DESIGN,
+        directions=("de-en", "en-de"), n_boot=1000, gpu=True,
+        # the GPU members' batches and rounds (multi30k-small-gpu.toml), 24 rounds a member or trajectory: a warm
+        # start of 12, then 3 cycles of 4 rounds (500 updates; the paper: 2000 of smaller batches)
+        snapshots=(*SNAPSHOT_DESIGN, "train.batch_tokens=4096", "train.updates_per_round=125", "train.warmup_steps=400",
+                   "train.max_rounds=24", "train.patience=3", "train.swa_start=8", "train.swa_anneal_updates=125",
+                   "train.cycle_rounds=4", "decode.batch_sentences=128"),
         baseline=('train.device="cuda"',),
         shrunk="GPU scale: MiniLM-L6 (top 4 of 6 layers tuned) instead of BERT-base, Multi30k instead of WMT16"),
 }
