@@ -10,10 +10,8 @@ built in code, and the pipelines' entry points call it.
 import dataclasses
 import math
 import os
-import random
 import re
 import tempfile
-import time
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -232,10 +230,19 @@ class Distillation:
 
 
 @dataclass
+class StudentEncoder:
+    # the top encoder layers the student tunes over the frozen rest; 0: as many as the teacher run's members
+    # (encoder.finetune_layers of its config). More gives the student the usual single model's budget (all 6 of
+    # MiniLM's: configs/conll-baseline.toml) with the ensemble's targets.
+    finetune_layers: int = setting(0, at_least=0)
+
+
+@dataclass
 class DistillConfig:
     """A student run: `ensemble-distill distill --config FILE`."""
     distill: Distillation = field(default_factory=Distillation)
     train: StudentTraining = field(default_factory=StudentTraining)
+    encoder: StudentEncoder = field(default_factory=StudentEncoder)
 
 
 @dataclass
@@ -534,56 +541,34 @@ def folder_problem(path) -> str | None:
     and of a command's output folder (cli.writable_folder).
 
     Tried, not guessed from permission bits: root passes every os.access check, yet nothing can be created under
-    /proc or /sys, nor on a read-only mount. The missing folders are created, a probe file is written in the last
-    and removed, and the created folders are removed again, so the file system is left as it was. Under torchrun
-    only rank 0 tries (distributed.py: the other ranks write nothing); the others take any folder."""
+    /proc or /sys, nor on a read-only mount. A probe of a unique name (tempfile) is created in the folder or, when
+    it is missing, in its nearest existing ancestor (a folder there, then a file in that), and removed again, so
+    the file system is left as it was. Nothing of the path itself is created: jobs started together
+    (train --member I) probe the same new run folder at once, and a probe that created and removed the missing
+    folders would pull them from under another's. Under torchrun only rank 0 tries (distributed.py: the other
+    ranks write nothing); the others take any folder."""
     if not os.fspath(path):
         return "the path is empty"
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 probes; the others write nothing (io_utils)
         return None
-    path = Path(path)
-    for attempt in range(20):  # other processes may create or remove the same missing folders meanwhile:
-        problem, raced = _probe_folder(path)  # try again after a random pause, so that they stop colliding
-        if not raced:
-            break
-        time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-    return problem
-
-
-def _probe_folder(path: Path) -> tuple[str | None, bool]:
-    """folder_problem's one try: (None or the problem, whether it may have raced another process). Jobs started
-    together (train --member I) probe the same new run folder at once, so while missing folders are being created
-    a folder that appears or vanishes under this try says nothing about the path: the caller tries again."""
-    missing = []  # the folders to create, outermost last
-    existing = path.absolute()
+    existing, missing = Path(path).absolute(), False
     while not os.path.lexists(existing):
-        missing.append(existing)
-        existing = existing.parent
+        existing, missing = existing.parent, True
     if not os.path.isdir(existing):
-        if not os.path.lexists(existing):  # removed since it was seen
-            return f"cannot write in {existing} (it was removed meanwhile)", True
-        return ("exists and is not a folder" if not missing else f"cannot be created, {existing} is a file"), False
-    created = []
+        return "exists and is not a folder" if not missing else f"cannot be created, {existing} is a file"
+    # named like io_utils.atomic_path's temporary files, which a killed process's successor cleans up
+    folder = None
     try:
-        for folder in reversed(missing):
-            folder.mkdir()
-            created.append(folder)
-        # named like io_utils.atomic_path's temporary files, which a killed process's successor cleans up
-        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=path)
+        folder = tempfile.mkdtemp(prefix=".probe.", suffix=".tmp", dir=existing) if missing else existing
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=folder)
         os.close(fd)
         os.remove(probe)
     except OSError as err:
-        where = existing if not created else created[-1]
-        raced = isinstance(err, FileExistsError) or (
-            isinstance(err, FileNotFoundError) and (bool(missing) or not os.path.isdir(path)))
-        return f"cannot write in {where} ({err.strerror})", raced
+        return f"cannot write in {existing} ({err.strerror})"
     finally:
-        for folder in reversed(created):
-            try:
-                folder.rmdir()
-            except OSError:  # another process has put something in it meanwhile: it is theirs now
-                pass
-    return None, False
+        if missing and folder is not None:
+            os.rmdir(folder)
+    return None
 
 
 def _checked_value(source, key, kind, value):
