@@ -355,3 +355,32 @@ def test_a_student_folder_begun_from_another_teacher_is_refused(tmp_path):
                        (store("d", ["member-0 sha256:1"], fingerprint="sha256:y"), "dataset")):
         with pytest.raises(UserError, match=f"was begun from another teacher \\(its teacher.json's {key} differ"):
             student_module.record_student(folder, other)
+
+
+def test_a_student_may_tune_more_encoder_layers_than_its_teachers(run, tmp_path, capsys):
+    """The members tune the top layer of the 3-layer encoder; a student with [encoder] finetune_layers = 2 trains
+    and is evaluated over the frozen states of the lower cut (TaggingData.with_layers), records that cut in its
+    model.json, and its test distributions equal those of its folder loaded on its own (load_model runs the
+    encoder's bottom itself). A cut the encoder lacks is one line naming it."""
+    from ensemble_distill.tasks import load_model
+
+    store_dir = tmp_path / "store"
+    memoize(run, store_dir=store_dir, members=2, progress=False)
+    config = write_student_config(tmp_path / "student.toml", run.run_dir, teacher_members=2)
+    assert "finetune_layers = 0" in config.read_text()  # the default: the members' cut
+    config.write_text(config.read_text().replace("finetune_layers = 0", "finetune_layers = 2"))
+    out = tmp_path / "student"
+    assert main(["distill", "--store", str(store_dir), "--config", str(config), "--out", str(out),
+                 "--n-boot", "20"]) == 0
+    capsys.readouterr()
+    assert json.loads((out / "model.json").read_text())["encoder"]["finetune_layers"] == 2
+    alone = load_model(out)
+    assert len(alone.tagger.top.layers) == 2
+    test_sentences = [s.tokens for s in run.data.splits["test"].corpus.sentences]
+    with np.load(out / "eval" / "test" / "student" / "predictions.npz") as saved:
+        np.testing.assert_allclose(saved["probs"], np.concatenate(alone.distributions(test_sentences)), atol=1e-5)
+
+    config.write_text(config.read_text().replace("finetune_layers = 2", "finetune_layers = 4"))
+    assert main(["distill", "--store", str(store_dir), "--config", str(config), "--out", str(tmp_path / "s4"),
+                 "--n-boot", "20"]) == 2
+    assert "encoder.finetune_layers = 4: the encoder has 3 layers" in capsys.readouterr().err

@@ -64,11 +64,39 @@ class TaggingSplit:
 
 @dataclass
 class TaggingData:
+    """The splits of a config's files ready for taggers that tune the encoder's top `cfg.encoder.finetune_layers`
+    layers over the frozen states of the layers below; `with_layers` gives the same data for another cut."""
     labels: list[str]
     splits: dict[str, TaggingSplit]
     top: EncoderTop  # the pretrained top layers; each member fine-tunes its own copy
     pad_id: int
     encoder_path: Path
+    cfg: TaggingConfig
+    _other_cuts: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def with_layers(self, finetune_layers: int) -> "TaggingData":
+        """This data for taggers that tune `finetune_layers` top layers (a student may tune more than its
+        teachers): the same sentences, windows and labels, the frozen states of the other cut (computed once, and
+        cached on disk as any run's). Raises UserError for more layers than the encoder has."""
+        if finetune_layers == self.cfg.encoder.finetune_layers:
+            return self
+        if finetune_layers not in self._other_cuts:
+            cfg = dataclasses.replace(self.cfg, encoder=dataclasses.replace(self.cfg.encoder,
+                                                                            finetune_layers=finetune_layers))
+            other = load_tagging_data(cfg, tuple(self.splits), progress=False)
+            if other.labels != self.labels:  # the same files: only a change on disk since could differ
+                raise UserError(f"{cfg.data.train}: its label set changed while the run was open")
+            self._other_cuts[finetune_layers] = other
+        return self._other_cuts[finetune_layers]
+
+    def for_models(self, models: list[Tagger]) -> "TaggingData":
+        """`with_layers` of the models' cut. Raises ValueError for models of different cuts (their frozen states
+        differ, so they cannot share a batch)."""
+        cuts = {len(m.top.layers) for m in models}
+        if len(cuts) != 1:
+            raise ValueError(f"models tuning different numbers of encoder layers ({sorted(cuts)}) cannot share "
+                             "frozen states; predict them apart")
+        return self.with_layers(cuts.pop())
 
 
 def load_tagging_data(cfg: TaggingConfig, splits=("train", "dev", "test"), progress: bool = True,
@@ -88,7 +116,7 @@ def load_tagging_data(cfg: TaggingConfig, splits=("train", "dev", "test"), progr
         out[name] = encoder.prepare(path, sentences, labels, progress)
     for name, path in (extra_files or {}).items():
         out[name] = encoder.prepare(path, _read(d, path), labels, progress)
-    return TaggingData(labels, out, encoder.top, encoder.tokenizer.pad_token_id, encoder.path)
+    return TaggingData(labels, out, encoder.top, encoder.tokenizer.pad_token_id, encoder.path, cfg)
 
 
 def _read(d, path) -> list:
@@ -127,6 +155,7 @@ def new_tagger(data: TaggingData, cfg: TaggingConfig, seed: int) -> Tagger:
     """A fresh tagger on `train.device`: a copy of the pretrained top layers and a new head, initialised from
     `seed` (the global torch RNG is seeded). Raises UserError for train.device = "cuda" without a GPU."""
     device = _device(cfg)
+    data = data.with_layers(cfg.encoder.finetune_layers)
     torch.manual_seed(seed)
     return Tagger(copy.deepcopy(data.top), len(data.labels), cfg.model.head, cfg.model.lstm_hidden,
                   cfg.model.dropout).to(device)
@@ -368,20 +397,19 @@ class NerTask:
         spec = read_model_spec(folder)
         if spec["labels"] != data.labels:
             raise UserError(f"{folder}: a model of other labels ({spec['labels']}) than the run's ({data.labels})")
-        m = spec["model"]
-        tagger = Tagger(copy.deepcopy(data.top), len(data.labels), m["head"], m["lstm_hidden"], m["dropout"])
+        m, top = spec["model"], data.with_layers(spec["encoder"]["finetune_layers"]).top  # a student's may differ
+        tagger = Tagger(copy.deepcopy(top), len(data.labels), m["head"], m["lstm_hidden"], m["dropout"])
         tagger.load_state_dict(load_state(folder, self.weights(folder).name, _device(cfg)))  # checked: result.json
         return tagger.to(_device(cfg)).eval()
 
     def distributions(self, models, data, split) -> list[np.ndarray]:
-        return predict_distributions(models, data.splits[split], pad_id=data.pad_id)
+        return predict_distributions(models, data.for_models(models).splits[split], pad_id=data.pad_id)
 
     def member_probs(self, models, cfg, data, split):
         """The whole split in one chunk: label sets are small ([M, words, labels] of CoNLL test is a few MB). A
         CRF model's own labels are its Viterbi path (predict_scored)."""
-        split_data = data.splits[split]
-        scored = [predict_scored([m], split_data, pad_id=data.pad_id) for m in models]
-        yield (np.stack([np.concatenate(d) for d, _ in scored]), np.concatenate(_gold(split_data)),
+        scored = [predict_scored([m], data.for_models([m]).splits[split], pad_id=data.pad_id) for m in models]
+        yield (np.stack([np.concatenate(d) for d, _ in scored]), np.concatenate(_gold(data.splits[split])),
                [None if paths is None else np.concatenate(paths) for _, paths in scored])
 
     def n_positions(self, data, split) -> int:
@@ -391,7 +419,7 @@ class NerTask:
         return 0  # every dev word: [words, labels] is small
 
     def teacher_probs(self, models, cfg, data, sentences) -> list[np.ndarray]:
-        split = data.splits["train"]
+        split = data.for_models(models).splits["train"]
         return predict_distributions(models, split, split.windows_of(sentences), data.pad_id)
 
     def n_sentences(self, data, split) -> int:
@@ -485,8 +513,11 @@ class NerTask:
         return student_settings(run_dir, members, config, overrides), (), None
 
     def student_config(self, cfg, settings) -> TaggingConfig:
-        """The run's data and encoder settings with an IID head and the student's training settings."""
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head="iid"), train=settings.train)
+        """The run's data and encoder settings with an IID head and the student's training settings; the student
+        tunes the encoder's top `settings.encoder.finetune_layers` layers (0: as many as the run's members)."""
+        layers = settings.encoder.finetune_layers or cfg.encoder.finetune_layers
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head="iid"), train=settings.train,
+                                   encoder=dataclasses.replace(cfg.encoder, finetune_layers=layers))
 
     def student_seed(self, cfg, settings) -> int:
         return settings.train.seed
@@ -527,7 +558,9 @@ class NerTask:
 
 def _fit(model, cfg, data, role, seed, train_windows, held_out, train_cfg, loss_fn, folder, progress,
          **spec_extra) -> dict:
-    """train_tagger, then (rank 0) the model folder and, last, result.json."""
+    """train_tagger (on the frozen states of the model's cut: TaggingData.with_layers), then (rank 0) the model
+    folder and, last, result.json."""
+    data = data.with_layers(cfg.encoder.finetune_layers)
     result = train_tagger(model, data, train_windows, held_out, train_cfg, folder, progress, loss_fn=loss_fn)
 
     def record():
