@@ -257,6 +257,8 @@ def add_distill(sub) -> None:
     p.add_argument("--config", help="NER: distillation TOML (configs/distill-conll.toml; default: its defaults)")
     p.add_argument("--temperature-scaled", action="store_true", help="NER: a temperature-scaled teacher")
     add_truncation(p)
+    p.add_argument("--name", help="the student's folder in RUN/students/ (default: named after its teacher, "
+                                  "student-3, student-3-top64): a second student of one teacher, other settings")
     p.add_argument("--store", help="older NER form: the teacher store folder (with --config and --out)")
     p.add_argument("--out", type=output_folder, help="older NER form: the student's folder")
     add_n_boot(p)
@@ -266,8 +268,8 @@ def add_distill(sub) -> None:
 
 def run_distill(args) -> int:
     if args.store is not None or args.out is not None:  # the older NER form
-        if args.run is not None or not (args.store and args.config and args.out):
-            raise UserError("distill: give --run RUN, or (older form) all of --store, --config and --out")
+        if args.run is not None or args.name is not None or not (args.store and args.config and args.out):
+            raise UserError("distill: give --run RUN (and --name), or (older form) all of --store, --config and --out")
         from .config import DistillConfig, load_config
         from .distill.student import distill_from_store
         from .tables import format_rows
@@ -282,7 +284,7 @@ def run_distill(args) -> int:
     from .pipeline import distill
 
     print(distill(args.run, args.members, args.device, args.config, args.temperature_scaled, args.top_k,
-                  args.epsilon, args.n_boot, args.overrides, samples=args.samples))
+                  args.epsilon, args.n_boot, args.overrides, samples=args.samples, name=args.name))
     return 0
 
 

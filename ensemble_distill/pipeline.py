@@ -137,17 +137,21 @@ def ner_store_dir(run_dir, members: int | None, temperature_scaled: bool) -> Pat
 
 def distill(run_dir, members: int | None = None, device: str | None = None, config=None,
             temperature_scaled: bool = False, top_k: int | None = None, epsilon: float | None = None,
-            n_boot: int = 1000, overrides=(), progress: bool = True, samples: int | None = None) -> str:
-    """Train (or resume) a student of the run's ensemble of `members` in RUN/students/, memoizing its teacher
-    first if needed, and evaluate it alone on test (distill/student.py; translation: `samples` R > 0 distils from
-    a sampled store). The student's settings are the task's (Task.student_settings): NER a distillation config
-    (`config`, a DistillConfig TOML file; default: DistillConfig's defaults) with `overrides`; translation the
-    run's config with `overrides` and `device`. Returns the student's table (raw and temperature-scaled rows)."""
-    from .distill.student import distill_run, evaluate_student
+            n_boot: int = 1000, overrides=(), progress: bool = True, samples: int | None = None,
+            name: str | None = None) -> str:
+    """Train (or resume) a student of the run's ensemble of `members` in RUN/students/ (its folder `name`, by
+    default named after its teacher: distill/student.py student_dir), memoizing its teacher first if needed, and
+    evaluate it alone on test (translation: `samples` R > 0 distils from a sampled store). The student's settings
+    are the task's (Task.student_settings): NER a distillation config (`config`, a DistillConfig TOML file;
+    default: DistillConfig's defaults) with `overrides`; translation the run's config with `overrides` and
+    `device`. Returns the student's table (raw and temperature-scaled rows)."""
+    from .distill.student import check_student_name, distill_run, evaluate_student
     from .ensemble import open_run, read_run_config
     from .tables import format_rows
     from .tasks import get_task
 
+    if name is not None:
+        check_student_name(name)
     task = get_task(run_task(run_dir))
     settings, run_overrides, device = task.student_settings(run_dir, members, config, overrides, device)
     task.teacher_settings(read_run_config(run_dir, run_overrides), members, top_k, epsilon, samples)  # refused first
@@ -155,7 +159,7 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
     run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress, device=device,
                    overrides=run_overrides)
     store, student, model = distill_run(run, members, top_k, epsilon, samples, temperature_scaled, settings,
-                                        progress)
+                                        progress, name)
     rows = evaluate_student(run, student, store, model, settings, n_boot, progress)
     return format_rows(rows, task.columns, title=f"{student} (test)")
 

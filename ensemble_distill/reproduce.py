@@ -163,8 +163,9 @@ class RunSpec:
 @dataclass(frozen=True)
 class Step:
     """One stage of the pipeline on a run: train its models, distil a student of its ensemble of `members`
-    (NER: `temperature_scaled`; translation: `top_k`, `epsilon`), evaluate it on `split`, or tag a file with
-    one of its systems (`system`: individual-0, ensemble-K, student-K) and score it (`predict`: WNUT-17)."""
+    (NER: `temperature_scaled`, and `recipe`, the run whose training settings and encoder cut the student takes
+    instead of the members'; translation: `top_k`, `epsilon`), evaluate it on `split`, or tag a file with one of
+    its systems (`system`: individual-0, ensemble-K, student-K) and score it (`predict`: WNUT-17)."""
     kind: str
     run: RunSpec
     members: int = 0
@@ -173,6 +174,7 @@ class Step:
     epsilon: float = 0.0
     split: str = "test"
     system: str = ""
+    recipe: RunSpec | None = None
 
     @property
     def key(self) -> str:
@@ -190,7 +192,8 @@ class Step:
         from .distill.memoize import Truncation, store_name, student_name
 
         truncation = Truncation(self.top_k or None, self.epsilon)
-        return student_name(store_name(self.members, truncation, self.temperature_scaled))
+        name = student_name(store_name(self.members, truncation, self.temperature_scaled))
+        return name if self.recipe is None else f"{name}-as-{self.recipe.name.rsplit('-', 1)[-1]}"
 
 
 @dataclass(frozen=True)
@@ -355,6 +358,8 @@ def experiments(plan: Plan) -> list[Experiment]:
     # the usual single model's rows in Table 5 where the code has its config (evaluation scores every system
     # raw and temperature-scaled, so its TS row comes with it)
     usual = () if missing_features(("baseline",)) else (Step("train", baseline), Step("evaluate", baseline))
+    # the lever issue 12 names (student budget): a student of the largest ensemble trained as the usual model is
+    usual_students = tuple(Step("distill", run, members=k, recipe=baseline) for run in (en_iid, en_crf))
     shift = tuple(Step("predict", run, system=system, split="wnut17")
                   for run in (en_iid, en_crf) for system in ("individual-0", f"ensemble-{k}", f"student-{k}"))
     return [
@@ -372,7 +377,7 @@ def experiments(plan: Plan) -> list[Experiment]:
                     *_nmt_steps(plan, _snapshot_run(plan, "seeds"), False))),
         Experiment("table5", "Table 5: temperature scaling (T fitted on dev) of individuals, ensembles, students, "
                    "and a student of the temperature-scaled ensemble, test (IID)",
-                   (*usual, *_ner_steps(plan, en_iid, temperature_scaled=True),
+                   (*usual, *_ner_steps(plan, en_iid, temperature_scaled=True), *usual_students[:1],
                     *_ner_steps(plan, de_iid, temperature_scaled=True))),
         Experiment("table7", "Table 7: NER members trained with label smoothing (α = 0.1), against those without "
                    "(German, IID)", (*_ner_steps(plan, de_iid), *_ner_steps(plan, de_iid_ls)),
@@ -388,7 +393,7 @@ def experiments(plan: Plan) -> list[Experiment]:
         Experiment("baseline", "The usual single model (MiniLM-L6, all layers tuned, AdamW, linear schedule, full "
                    "data) against the English students and ensembles, test",
                    (Step("train", baseline), Step("evaluate", baseline), *_ner_steps(plan, en_iid),
-                    *_ner_steps(plan, en_crf)), needs=("baseline",)),
+                    *_ner_steps(plan, en_crf), *usual_students), needs=("baseline",)),
     ]
 
 
@@ -411,11 +416,15 @@ def do_step(plan: Plan, step: Step, progress: bool = True) -> None:
     if step.kind == "train":
         pipeline.train(plan.config(step.run), run_dir, progress)
     elif step.kind == "distill" and step.run.task == "ner":
-        # the student gets the members' training settings (configs/distill-conll.toml), those a student has
-        train, known = dataclasses.asdict(plan.config(step.run).train), dataclasses.fields(StudentTraining)
+        # the student gets the members' training settings (configs/distill-conll.toml), those a student has, or
+        # with a recipe that run's settings and encoder cut (the usual single model's: all layers, AdamW, linear)
+        recipe = plan.config(step.run if step.recipe is None else step.recipe)
+        train, known = dataclasses.asdict(recipe.train), dataclasses.fields(StudentTraining)
         student = [f"train.{f.name}={json.dumps(train[f.name])}" for f in known if f.name in train]
+        if step.recipe is not None:
+            student.append(f"encoder.finetune_layers={recipe.encoder.finetune_layers}")
         pipeline.distill(run_dir, step.members, temperature_scaled=step.temperature_scaled, n_boot=n_boot,
-                         overrides=student, progress=progress)
+                         overrides=student, progress=progress, name=step.student if step.recipe else None)
     elif step.kind == "distill":
         pipeline.distill(run_dir, step.members, top_k=step.top_k, epsilon=step.epsilon, n_boot=n_boot,
                          progress=progress)
@@ -514,6 +523,10 @@ def estimate_seconds(plan: Plan, step: Step) -> float:
             seconds = epochs * per_epoch * (0.9 * cfg.ensemble.members + cfg.ensemble.individuals)
         elif step.kind == "distill":
             seconds = epochs * per_epoch * 0.9 + step.members * per_epoch / 3
+            if step.recipe is not None:  # the recipe's epochs over its cut
+                recipe = plan.config(step.recipe)
+                seconds += 0.9 * (recipe.train.max_epochs * recipe.encoder.finetune_layers - epochs * layers) * (
+                    n_train * COSTS["ner_sentence_layer"])
         else:
             models = cfg.ensemble.members + cfg.ensemble.individuals + len(cfg.ensemble.subset_sizes)
             systems = models + len(cfg.ensemble.subset_sizes)

@@ -384,3 +384,11 @@ def test_a_student_may_tune_more_encoder_layers_than_its_teachers(run, tmp_path,
     assert main(["distill", "--store", str(store_dir), "--config", str(config), "--out", str(tmp_path / "s4"),
                  "--n-boot", "20"]) == 2
     assert "encoder.finetune_layers = 4: the encoder has 3 layers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["bad", "student-3-ts", "student-3/../x", "student-"])
+def test_a_students_own_folder_name_is_checked_first(run_dir, name, capsys):
+    assert main(["distill", "--run", str(run_dir), "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert f"--name {name!r}: a student's folder name starts with 'student-'" in err and err.count("\n") == 1
+    assert not (run_dir / "students" / name).exists()

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 
 import numpy as np
 import pytest
@@ -124,15 +125,16 @@ def test_tables_hold_the_runs_numbers_and_the_bootstrap_marks(report):
 
     # The student's comparisons are calibration.compare's, and its marks say which are significant.
     comparisons = [dict(zip(rows[rows.index([]) + 1], r)) for r in rows[rows.index([]) + 2:]]
-    mine = [c for c in comparisons if c["setting"] == "English, CRF" and c["system"] == "IID student of ensemble of 3"]
+    student = "IID student of the ensemble of 3"
+    mine = [c for c in comparisons if c["setting"] == "English, CRF" and c["system"] == student]
     assert [c["versus"] for c in mine] == ["single (individual-0)"] * 2 + ["teacher (ensemble-3)"] * 2
     expected = compare(ev / "student-3" / "predictions.npz", ev / "ensemble-3" / "predictions.npz",
                        ["f1_conlleval", "b_ece"], n_boot=20, progress=False)
     for got, want in zip(mine[2:], expected):
         assert float(got["p_value"]) == pytest.approx(want["p_value"])
         assert float(got["difference"]) == pytest.approx(want["difference"])
-        assert ("†" in value("IID student of ensemble of 3", want["metric"])["significant_vs"]) == want["significant"]
-    assert "IID student of ensemble of 3" in (out / "tables" / "table1.md").read_text()
+        assert ("†" in value(student, want["metric"])["significant_vs"]) == want["significant"]
+    assert student in (out / "tables" / "table1.md").read_text()
 
     table3 = (out / "tables" / "table3.csv").read_text()
     assert "V' = 4" in table3 and "V' = 8" in table3 and "adaptive 1 - 0.1 (at most 8)" in table3
@@ -151,8 +153,8 @@ def test_table5_sets_raw_and_temperature_scaled_side_by_side_with_marks(report):
         return json.loads((ev / name / "metrics.json").read_text())
 
     # A student of the raw ensemble and one of the temperature-scaled ensemble, each raw and scaled on test.
-    for label, name in (("student of the ensemble of 3", "student-3"),
-                        ("student of the TS ensemble of 3", "student-ts-3")):
+    for label, name in (("IID student of the ensemble of 3", "student-3"),
+                        ("IID student of the TS ensemble of 3", "student-ts-3")):
         raw, scaled = record(name), record(f"{name}-ts")
         got = {m: float(values["English, IID", label, m]["value"]) for m in ("b_ece", "b_ece_ts", "temperature")}
         assert got["b_ece"] == pytest.approx(raw["metrics"]["b_ece"]["value"])
@@ -168,7 +170,7 @@ def test_table5_sets_raw_and_temperature_scaled_side_by_side_with_marks(report):
     # TS columns compare the scaled student with the scaled systems (calibration.compare of the -ts files).
     comparisons = [dict(zip(rows[blank + 1], r)) for r in rows[blank + 2:]]
     mine = {(c["versus"], c["metric"]): c for c in comparisons
-            if c["setting"] == "English, IID" and c["system"] == "student of the TS ensemble of 3"}
+            if c["setting"] == "English, IID" and c["system"] == "IID student of the TS ensemble of 3"}
     assert set(mine) == {(v, m) for v in ("single (individual-0)", "teacher (ensemble-3-ts)",
                                           "usual (individual-0)") for m in ("f1_conlleval", "b_ece")} | {
         (v, "b_ece_ts") for v in ("single (individual-0-ts)", "teacher (ensemble-3-ts)", "usual (individual-0-ts)")}
@@ -177,7 +179,7 @@ def test_table5_sets_raw_and_temperature_scaled_side_by_side_with_marks(report):
     got = mine["teacher (ensemble-3-ts)", "b_ece_ts"]
     assert float(got["difference"]) == pytest.approx(want["difference"])
     assert float(got["p_value"]) == pytest.approx(want["p_value"])
-    marks = values["English, IID", "student of the TS ensemble of 3", "b_ece_ts"]["significant_vs"]
+    marks = values["English, IID", "IID student of the TS ensemble of 3", "b_ece_ts"]["significant_vs"]
     assert ("†" in marks) == want["significant"]
     assert "| B-ECE | B-ECE TS |" in (out / "tables" / "table5.md").read_text()
 
@@ -254,3 +256,23 @@ def test_features_are_named():
     with pytest.raises(ValueError, match="unknown feature 'warp-drive'"):
         missing_features(["warp-drive"])
     assert all(callable(landed) for _, landed in FEATURES.values())
+
+
+def test_a_student_trained_as_the_usual_single_model(report):
+    """The baseline experiment's lever (issue 12, student budget): a student of each English run's largest
+    ensemble with the usual single model's training settings and encoder cut, recorded in its folder, in the
+    baseline table and, of the IID run, in Table 5 beside the usual single model."""
+    out = report[0]
+    usual = tomllib.loads((out / "runs" / "ner-en-baseline" / "config.toml").read_text())
+    for run in ("ner-en-iid", "ner-en-crf"):
+        folder = out / "runs" / run / "students" / "student-3-as-baseline"
+        settings = tomllib.loads((folder / "config.toml").read_text())
+        assert settings["train"] == {k: v for k, v in usual["train"].items() if k in settings["train"]}
+        assert settings["train"]["schedule"] == "linear" and settings["train"]["optimizer"] == "adamw"
+        spec = json.loads((folder / "model.json").read_text())
+        assert spec["encoder"]["finetune_layers"] == usual["encoder"]["finetune_layers"]
+        assert (out / "runs" / run / "eval" / "test" / "student-3-as-baseline" / "metrics.json").is_file()
+    label = "IID student of the ensemble of 3, trained as the usual single model"
+    assert sum(label in line for line in (out / "tables" / "baseline.md").read_text().splitlines()) == 2
+    assert label in (out / "tables" / "table5.md").read_text()
+

@@ -22,6 +22,7 @@ teachers and truncation, and a student folder begun from another teacher is refu
 be resumed with another teacher).
 """
 
+import re
 from pathlib import Path
 
 from ..config import to_dict, to_toml
@@ -36,23 +37,34 @@ from ..teacher_store import TeacherStore, require_teachers
 from .memoize import TEMPERATURE_PREFIX, member_checkpoints, memoize, student_name, teacher_name
 
 
-def student_dir(run_dir, store: TeacherStore) -> Path:
-    """RUN/students/<memoize.student_name>: student-3-top64 for ensemble-3-top64, student-ts-3 for ensemble-3-ts."""
-    return Path(run_dir) / "students" / student_name(store.path.name)
+def student_dir(run_dir, store: TeacherStore, name: str | None = None) -> Path:
+    """RUN/students/<name>, by default <memoize.student_name>: student-3-top64 for ensemble-3-top64, student-ts-3
+    for ensemble-3-ts."""
+    return Path(run_dir) / "students" / (name or student_name(store.path.name))
+
+
+def check_student_name(name: str) -> str:
+    """A student folder name of one's own (a second student of one teacher, with other settings): it starts with
+    "student-" (evaluation scores RUN/students/*) and does not end with "-ts" (evaluation's temperature-scaled
+    folders). Returns it; raises UserError otherwise."""
+    if not re.fullmatch(r"student-[A-Za-z0-9_.-]+", name) or name.endswith("-ts"):
+        raise UserError(f"--name {name!r}: a student's folder name starts with 'student-', has only letters, "
+                        "digits, '.', '_' and '-', and does not end with '-ts'")
+    return name
 
 
 def distill_run(run, members: int | None = None, top_k: int | None = None, epsilon: float | None = None,
                 samples: int | None = None, temperature_scaled: bool = False, settings=None,
-                progress: bool = True) -> tuple:
+                progress: bool = True, name: str | None = None) -> tuple:
     """Memoize the teacher (the run's nested ensemble of `members`, truncated as Task.teacher_settings says from
     these values and the run's config) if not done, and train (or resume, or reuse when finished) its student in
-    RUN/students/ (`student_dir`); returns the store, the student's folder and its model (`distill`).
+    RUN/students/ (`student_dir`, `name`); returns the store, the student's folder and its model (`distill`).
     `run`: ensemble.Run with train and dev loaded; `settings`: the student's (Task.student_settings; None: the
     run's config).
     Raises UserError as memoize and `distill` do."""
     members, truncation = run.task.teacher_settings(run.cfg, members, top_k, epsilon, samples)
     store = memoize(run, members, truncation, temperature_scaled, progress=progress)
-    out_dir = student_dir(run.run_dir, store)
+    out_dir = student_dir(run.run_dir, store, name)
     return store, out_dir, distill(run, store, out_dir, settings, progress)
 
 

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -574,14 +575,15 @@ def _fit(model, cfg, data, role, seed, train_windows, held_out, train_cfg, loss_
 
 def student_settings(run_dir, members: int | None, config=None, overrides=()) -> DistillConfig:
     """The NER student's DistillConfig: the file `config` (or the defaults) with `overrides`, its teacher the
-    ensemble of `members` of `run_dir`."""
+    ensemble of `members` of `run_dir` (a file need not name the run: distill.ensemble_run is `run_dir`)."""
     from ..config import Distillation, StudentTraining, apply_overrides, from_dict, load_config, to_dict, validate
 
-    cfg = load_config(config, DistillConfig, overrides) if config else DistillConfig(
-        Distillation(ensemble_run=str(Path(run_dir).absolute())), StudentTraining())
+    run = str(Path(run_dir).absolute())
+    cfg = load_config(config, DistillConfig, [f"distill.ensemble_run={json.dumps(run)}", *overrides]) if config \
+        else DistillConfig(Distillation(ensemble_run=run), StudentTraining())
     if overrides and not config:
         cfg = from_dict(DistillConfig, apply_overrides(DistillConfig, to_dict(cfg), overrides), "--set")
-    distillation = dataclasses.replace(cfg.distill, ensemble_run=str(Path(run_dir).absolute()),
+    distillation = dataclasses.replace(cfg.distill, ensemble_run=run,
                                        teacher_members=members or cfg.distill.teacher_members)
     return validate(dataclasses.replace(cfg, distill=distillation), "distill config")
 
