@@ -208,6 +208,9 @@ class TaggingConfig:
 @dataclass
 class StudentTraining(Training):
     lr: float = setting(5e-5, above=0)  # the paper's distillation rate (members: 1e-4)
+    # "tenth": train on the training sentences but the tenth no member early-stopped on, and stop on that tenth
+    # (the paper's); "dev": train on every training sentence and stop on dev, as the usual single model does
+    early_stopping: str = setting("tenth", choices=("tenth", "dev"))
 
 
 @dataclass

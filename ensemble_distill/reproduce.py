@@ -421,8 +421,8 @@ def do_step(plan: Plan, step: Step, progress: bool = True) -> None:
         recipe = plan.config(step.run if step.recipe is None else step.recipe)
         train, known = dataclasses.asdict(recipe.train), dataclasses.fields(StudentTraining)
         student = [f"train.{f.name}={json.dumps(train[f.name])}" for f in known if f.name in train]
-        if step.recipe is not None:
-            student.append(f"encoder.finetune_layers={recipe.encoder.finetune_layers}")
+        if step.recipe is not None:  # and its data: every training sentence, early-stopped on dev
+            student += [f"encoder.finetune_layers={recipe.encoder.finetune_layers}", 'train.early_stopping="dev"']
         pipeline.distill(run_dir, step.members, temperature_scaled=step.temperature_scaled, n_boot=n_boot,
                          overrides=student, progress=progress, name=step.student if step.recipe else None)
     elif step.kind == "distill":

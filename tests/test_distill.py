@@ -392,3 +392,36 @@ def test_a_students_own_folder_name_is_checked_first(run_dir, name, capsys):
     err = capsys.readouterr().err
     assert f"--name {name!r}: a student's folder name starts with 'student-'" in err and err.count("\n") == 1
     assert not (run_dir / "students" / name).exists()
+
+
+def test_a_student_early_stopped_on_dev_trains_on_every_training_sentence(run, tmp_path, capsys):
+    """train.early_stopping = "dev": each epoch sees every training word (counted here from the CoNLL file), and
+    the best held-out score is seqeval's strict span F1 of the kept weights on dev (worked out here from the saved
+    folder); the paper's default sees nine tenths."""
+    from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+
+    from ensemble_distill.tasks import load_model
+
+    store_dir = tmp_path / "store"
+    memoize(run, store_dir=store_dir, members=2, progress=False)
+    config = write_student_config(tmp_path / "student.toml", run.run_dir, teacher_members=2)
+    words = {}
+    for mode in ("dev", "tenth"):
+        config.write_text(re.sub(r'early_stopping = "\w+"', f'early_stopping = "{mode}"', config.read_text()))
+        out = tmp_path / f"student-{mode}"
+        assert main(["distill", "--store", str(store_dir), "--config", str(config), "--out", str(out),
+                     "--n-boot", "20"]) == 0
+        capsys.readouterr()
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        words[mode] = log[0]["tokens"]
+    train_words = sum(len(s.split("|")) for s in CONLL_SENTENCES) * 5  # the run's train file: 5 times over
+    assert words["dev"] == train_words > words["tenth"]
+
+    model, dev = load_model(tmp_path / "student-dev"), run.data.splits["dev"].corpus
+    names = np.asarray(run.data.labels)
+    predicted = [names[d.argmax(1)].tolist() for d in model.distributions([s.tokens for s in dev.sentences])]
+    gold = [names[ids].tolist() for ids in dev.tag_ids]
+    result = json.loads((tmp_path / "student-dev" / "result.json").read_text())
+    assert result["best_score"] == pytest.approx(f1_score(gold, predicted, mode="strict", scheme=IOB2))
+

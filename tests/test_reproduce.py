@@ -267,8 +267,10 @@ def test_a_student_trained_as_the_usual_single_model(report):
     for run in ("ner-en-iid", "ner-en-crf"):
         folder = out / "runs" / run / "students" / "student-3-as-baseline"
         settings = tomllib.loads((folder / "config.toml").read_text())
-        assert settings["train"] == {k: v for k, v in usual["train"].items() if k in settings["train"]}
+        assert {k: v for k, v in settings["train"].items() if k != "early_stopping"} == {
+            k: v for k, v in usual["train"].items() if k in settings["train"]}
         assert settings["train"]["schedule"] == "linear" and settings["train"]["optimizer"] == "adamw"
+        assert settings["train"]["early_stopping"] == "dev"  # and its data: all of train, stopped on dev
         spec = json.loads((folder / "model.json").read_text())
         assert spec["encoder"]["finetune_layers"] == usual["encoder"]["finetune_layers"]
         assert (out / "runs" / run / "eval" / "test" / "student-3-as-baseline" / "metrics.json").is_file()

@@ -544,13 +544,18 @@ class NerTask:
 
     def fit_student(self, model, cfg, data, loss_fn, seed, folder, progress=True, **spec_extra) -> dict:
         """The training sentences but the last tenth (which no member early-stopped on), early-stopped on span F1
-        of that tenth (ensemble.distillation_sentences)."""
+        of that tenth (ensemble.distillation_sentences); with train.early_stopping = "dev", every training sentence,
+        early-stopped on dev (which the run must have loaded)."""
         split = data.splits["train"]
         n = len(split.corpus.sentences)
-        held_out = distillation_sentences(n, cfg.ensemble.split_seed)
-        train_windows = split.windows_of(np.setdiff1d(np.arange(n), held_out))
-        return _fit(model, cfg, data, "student", seed, train_windows, ("train", split.windows_of(held_out)),
-                    cfg.train, loss_fn, folder, progress, **spec_extra)
+        if cfg.train.early_stopping == "dev":
+            train_windows, held_out = np.arange(len(split.windows)), ("dev", np.arange(len(data.splits["dev"].windows)))
+        else:
+            tenth = distillation_sentences(n, cfg.ensemble.split_seed)
+            train_windows = split.windows_of(np.setdiff1d(np.arange(n), tenth))
+            held_out = ("train", split.windows_of(tenth))
+        return _fit(model, cfg, data, "student", seed, train_windows, held_out, cfg.train, loss_fn, folder, progress,
+                    **spec_extra)
 
     def sweep_truncations(self, cfg, top_ks=None, epsilons=None, samples=None) -> list:
         raise UserError(f"{cfg.data.train}: `sweep` trains translation students for each truncation V'; an NER "
