@@ -90,11 +90,15 @@ def two_ranks(tiny_encoder, tmp_path_factory):
     def distill(out):  # memoizes the teacher store (sharded) and trains the student
         return [["distill", "--run", str(watched / out / "nmt")]]
 
+    def ner_run(out):  # every member in turn, each data-parallel; then the NER teacher store and student
+        run = str(watched / out / "ner-all")
+        return [["train", "--config", str(configs["ner"]), "--out", run], ["distill", "--run", run]]
+
     stores = [["toy-store", str(watched / "two-ranks" / "stores")]]
-    written = torchrun(watched, stores + commands("two-ranks") + distill("two-ranks") + commands("killed", ["nmt"]),
-                       kill_after="killed:1")
+    written = torchrun(watched, stores + commands("two-ranks") + distill("two-ranks") + ner_run("two-ranks")
+                       + commands("killed", ["nmt"]), kill_after="killed:1")
     torchrun(watched, commands("killed", ["nmt"]))  # resumed
-    for argv in commands("one-process") + distill("one-process"):
+    for argv in commands("one-process") + distill("one-process") + ner_run("one-process"):
         assert main(argv) == 0
     toy_store(watched / "one-process" / "stores")
     return watched, written
@@ -123,6 +127,27 @@ def test_two_ranks_distil_a_translation_student_like_one_process(two_ranks):
     assert (two / student / "result.json").is_file()
 
 
+def test_two_ranks_train_every_member_then_memoize_and_distil_an_ner_student_like_one_process(two_ranks):
+    """`train` without --member under torchrun trains the members in turn, each data-parallel; `distill` then
+    writes the NER teacher store (every label of every word; one shard here, the shards' split over ranks is the
+    toy stores' test) and trains the IID student data-parallel."""
+    watched, _ = two_ranks
+    one, two = (watched / run / "ner-all" for run in ("one-process", "two-ranks"))
+    for member in ("member-0", "member-1"):
+        a, b = losses(one / "members" / member), losses(two / "members" / member)
+        assert len(a) == len(b) == 2
+        for x, y in zip(a, b):
+            assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5, abs=1e-6)
+    store = "teachers/ensemble-2"
+    shards = sorted(p.name for p in (one / store).glob("shard-*-probs.npy"))
+    assert shards and sorted(p.name for p in (two / store).glob("shard-*-probs.npy")) == shards
+    for name in shards:  # the teachers are equal within float rounding, so are their distributions
+        np.testing.assert_allclose(np.load(two / store / name), np.load(one / store / name), atol=1e-4)
+    for a, b in zip(losses(one / "students" / "student-2"), losses(two / "students" / "student-2"), strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    assert (two / "students" / "student-2" / "result.json").is_file()
+
+
 def test_two_ranks_killed_after_an_epoch_resume_to_the_same_weights(two_ranks):
     watched, _ = two_ranks
     killed, whole = (watched / run / "nmt" / "members" / "member-0" for run in ("killed", "two-ranks"))
@@ -148,8 +173,8 @@ def test_two_ranks_write_a_teacher_store_byte_identical_to_one_process(two_ranks
 
 def test_only_rank_0_writes_files(two_ranks):
     watched, (rank0, rank1) = two_ranks
-    assert [path for path in rank1 if "/stores/" not in path] == []
-    for task in ("nmt", "ner"):
+    assert [path for path in rank1 if "/stores/" not in path and "/teachers/" not in path] == []
+    for task in ("nmt", "ner", "ner-all"):
         run = watched / "two-ranks" / task
         finished = {str(p.relative_to(watched)) for p in run.rglob("*") if p.is_file()}
         assert finished <= set(rank0)
