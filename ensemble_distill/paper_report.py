@@ -150,7 +150,8 @@ def student_label(step) -> str:
 def baseline_table(plan, experiment) -> Table:
     """The usual single model beside each English run's largest ensemble and its IID student, each student
     compared with it and with its teacher."""
-    base, *runs = _runs(experiment)
+    (base,) = [r for r in _runs(experiment) if r.name.endswith("baseline")]
+    runs = [r for r in _runs(experiment) if r != base]
     usual = plan.run_dir(base) / "eval" / "test" / "individual-0"
     rows, pairs = [system_row(_group_name(base), "usual single model", usual, NER_METRICS)], []
     for run in runs:

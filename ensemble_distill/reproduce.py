@@ -392,8 +392,9 @@ def experiments(plan: Plan) -> list[Experiment]:
                    "PER/LOC/ORG/MISC)", _ner_steps(plan, en_iid) + _ner_steps(plan, en_crf) + shift),
         Experiment("baseline", "The usual single model (MiniLM-L6, all layers tuned, AdamW, linear schedule, full "
                    "data) against the English students and ensembles, test",
-                   (Step("train", baseline), Step("evaluate", baseline), *_ner_steps(plan, en_iid),
-                    *_ner_steps(plan, en_crf), *usual_students), needs=("baseline",)),
+                   # the IID run first: its student trained as the usual model is the comparison issue 12 asks
+                   (*_ner_steps(plan, en_iid), usual_students[0], Step("train", baseline),
+                    Step("evaluate", baseline), *_ner_steps(plan, en_crf), usual_students[1]), needs=("baseline",)),
     ]
 
 
