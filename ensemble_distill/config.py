@@ -16,6 +16,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from .data.text import encoding_problem
 from .errors import UserError
@@ -24,7 +25,8 @@ N_TENTHS = 10  # NER: member i early-stops on tenth i of the training data (ense
 MAX_MEMBERS = N_TENTHS - 1  # the last tenth is the student's early-stopping data, no member's
 MEMBER_DATA = ("nine_tenths", "eight_tenths")  # ensemble.member_data: what a member trains on (ensemble.py)
 PRECISIONS = ("fp32", "bf16")  # train.precision: bf16 autocast of the training forward passes
-# ensemble.kind: members that differ by seed, or snapshots of one SGDR trajectory (paper §6.1, Table 4; snapshots.py)
+# ensemble.kind: members that differ by seed, or snapshots of one SGDR trajectory (paper §6.1, Table 4;
+# ensemble.warm_start_config, tasks/ner.py and tasks/nmt.py train_snapshots)
 ENSEMBLE_KINDS = ("seeds", "snapshots")
 
 
@@ -137,6 +139,45 @@ class WeightAveraging:
 
 
 @dataclass
+class WarmRestarts:
+    """A snapshot ensemble's cycles (`ensemble.kind = "snapshots"`, paper §6.1), either task: after a warm start of
+    the budget less the cycles (`warm_start_budget`), one cosine cycle with warm restarts per member
+    (training.warm_restarts, T_mult = 1), its rate from cycle_lr down towards cycle_min_lr. A cycle's length is in
+    the task's unit, a setting of the task's section: NER train.cycle_epochs, translation train.cycle_rounds;
+    SNAPSHOT_KEYS names (the budget, the cycle length) of the section."""
+    SNAPSHOT_KEYS: ClassVar[tuple[str, str]]
+    cycle_lr: float = setting(1e-3, above=0)  # the rate each cycle restarts at
+    cycle_min_lr: float = setting(0.0, at_least=0)  # the rate a cycle's cosine falls to (eta_min)
+
+    def check(self) -> None:
+        if self.cycle_min_lr >= self.cycle_lr:
+            raise Invalid("cycle_min_lr", f"must be below cycle_lr = {self.cycle_lr:g}, got {self.cycle_min_lr:g}")
+
+
+def warm_start_budget(train: WarmRestarts, members: int) -> int:
+    """The warm start's budget of a snapshot ensemble of `members` cycles: the train section's budget (NER
+    max_epochs, translation max_rounds) less members x the cycle length, in the same unit, so that the whole
+    trajectory has one seed member's budget (paper §6.1: the single models' training "stopping 3 epochs earlier")."""
+    budget, cycle = (getattr(train, key) for key in train.SNAPSHOT_KEYS)
+    return budget - members * cycle
+
+
+def _check_snapshot_budget(cfg) -> None:
+    """ensemble.kind = "snapshots": a warm start of at least one unit before the cycles, and at least one cycle."""
+    t, k = cfg.train, cfg.ensemble.members
+    if cfg.ensemble.kind != "snapshots":
+        return
+    if k < 1:
+        raise Invalid("ensemble.members", "must be at least 1 with kind = \"snapshots\" (one cycle a member)")
+    budget, cycle = t.SNAPSHOT_KEYS
+    if warm_start_budget(t, k) < 1:
+        raise Invalid(f"train.{budget}", f"must exceed ensemble.members x train.{cycle} = {k * getattr(t, cycle)} "
+                                         f"with ensemble.kind = \"snapshots\" (the budget is a warm start of at "
+                                         f"least one {budget.removeprefix('max_')[:-1]}, then {k} cycles), got "
+                                         f"{getattr(t, budget)}")
+
+
+@dataclass
 class Training(WeightAveraging):
     optimizer: str = setting("adafactor", choices=("adafactor", "adamw"))  # Adafactor: the paper's
     lr: float = setting(1e-4, above=0)
@@ -168,10 +209,17 @@ class Training(WeightAveraging):
 
 
 @dataclass
-class TaggerTraining(Training):
-    """An NER member's or individual's training (a student's smoothing is distill.label_smoothing)."""
+class TaggerTraining(Training, WarmRestarts):
+    """An NER member's or individual's training (a student's smoothing is distill.label_smoothing), and a snapshot
+    ensemble's cycles (WarmRestarts; tasks/ner.py train_snapshots)."""
+    SNAPSHOT_KEYS = ("max_epochs", "cycle_epochs")
     # α of the gold NLL smoothed towards uniform labels (models/tagger.py Tagger.loss); the paper's Table 7: 0.1
     label_smoothing: float = setting(0.0, at_least=0, below=1)
+    cycle_epochs: int = setting(1, at_least=1)  # ensemble.kind = "snapshots": a cycle's epochs of member 0's data
+
+    def check(self) -> None:
+        Training.check(self)
+        WarmRestarts.check(self)
 
 
 @dataclass
@@ -183,6 +231,9 @@ class Ensemble:
     # the last tenth, the student's early-stopping data ("eight_tenths": no teacher saw the student's validation)
     member_data: str = setting("nine_tenths", choices=MEMBER_DATA)
     split_seed: int = setting(0, at_least=0)  # fixes the tenths of the data and the nested subsets
+    # "seeds": members trained apart on their tenths; "snapshots": the weights at the end of each of the `members`
+    # SGDR cycles of one training, member 0's (paper §6.1, Table 4: the NER attempt), trained by one job
+    kind: str = setting("seeds", choices=ENSEMBLE_KINDS)
 
     def check(self) -> None:
         if self.members == 0:  # a run of individuals only, e.g. configs/conll-baseline.toml
@@ -203,6 +254,9 @@ class TaggingConfig:
     model: TaggerModel = field(default_factory=TaggerModel)
     train: TaggerTraining = field(default_factory=TaggerTraining)
     ensemble: Ensemble = field(default_factory=Ensemble)
+
+    def check(self) -> None:
+        _check_snapshot_budget(self)
 
 
 @dataclass
@@ -277,7 +331,7 @@ class TranslationModelConfig:
 
 
 @dataclass
-class TranslationTraining(WeightAveraging):
+class TranslationTraining(WeightAveraging, WarmRestarts):
     lr: float = setting(1e-3, above=0)  # peak rate, reached after the warm-up
     warmup_steps: int = setting(400, at_least=1)  # inverse-square-root schedule
     batch_tokens: int = setting(1024, at_least=1)  # padded tokens per batch (sentences x longest side, EOS included)
@@ -292,16 +346,8 @@ class TranslationTraining(WeightAveraging):
     device: str = setting("cpu", choices=("cpu", "cuda"))
     precision: str = setting("fp32", choices=PRECISIONS)  # as Training's
     accumulate: int = setting(1, at_least=1)  # as Training's: batch_tokens is the update's batch whatever this is
-    # ensemble.kind = "snapshots" (tasks/nmt.py train_snapshots): after a warm start of max_rounds less
-    # members x cycle_rounds rounds, one cosine cycle with warm restarts per member, each cycle_rounds rounds long,
-    # its rate from cycle_lr down towards cycle_min_lr (CosineAnnealingWarmRestarts, T_mult = 1)
-    cycle_rounds: int = setting(1, at_least=1)
-    cycle_lr: float = setting(1e-3, above=0)  # the rate each cycle restarts at
-    cycle_min_lr: float = setting(0.0, at_least=0)  # the rate a cycle's cosine falls to (eta_min)
-
-    def check(self) -> None:
-        if self.cycle_min_lr >= self.cycle_lr:
-            raise Invalid("cycle_min_lr", f"must be below cycle_lr = {self.cycle_lr:g}, got {self.cycle_min_lr:g}")
+    SNAPSHOT_KEYS = ("max_rounds", "cycle_rounds")
+    cycle_rounds: int = setting(1, at_least=1)  # ensemble.kind = "snapshots": a cycle's rounds (tasks/nmt.py)
 
 
 @dataclass
@@ -361,12 +407,7 @@ class TranslationConfig:
         if self.distill.teacher_members > self.ensemble.members:
             raise Invalid("distill.teacher_members", f"is {self.distill.teacher_members}, more than the "
                                                      f"{self.ensemble.members} members (ensemble.members)")
-        t, k = self.train, self.ensemble.members
-        if self.ensemble.kind == "snapshots" and t.max_rounds <= k * t.cycle_rounds:
-            raise Invalid("train.max_rounds", f"must exceed ensemble.members x train.cycle_rounds = "
-                                              f"{k * t.cycle_rounds} with ensemble.kind = \"snapshots\" (the budget "
-                                              f"is a warm start of at least one round, then {k} cycles), got "
-                                              f"{t.max_rounds}")
+        _check_snapshot_budget(self)
 
 
 def load_config(path, cls=None, overrides: list[str] = (), resolve_paths: bool = True):

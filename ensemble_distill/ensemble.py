@@ -15,18 +15,18 @@ An ensemble of k is the first k members of one order of the members, so 3 ⊂ 6 
     models = run.members(3)                  # the nested ensemble of 3
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import distributed
-from .config import MAX_MEMBERS, MEMBER_DATA, N_TENTHS, load_config, read_toml, validate
+from .config import MAX_MEMBERS, MEMBER_DATA, N_TENTHS, load_config, read_toml, validate, warm_start_budget
 from .errors import UserError
-from .io_utils import require_same_config, run_lock
-from .runs import DATA, finished, model_dir, record_run
+from .io_utils import load_torch, read_json, require_same_config, run_lock
+from .runs import DATA, RESULT, finished, model_dir, record_run
 from .tasks import get_task
 
 
@@ -97,6 +97,47 @@ def ensemble_mean(member_probs: np.ndarray, ids: Sequence[int]) -> np.ndarray:
     """The ensemble of members `ids`: the uniform mean of their probabilities (paper §3.2), member_probs float32
     [M, positions, V] -> [positions, V], summed in the order of `ids` (an ensemble of one is its member, exactly)."""
     return sum(member_probs[i] for i in ids) / len(ids)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Snapshot ensembles (ensemble.kind = "snapshots", SGDR, paper §6.1 and Table 4), either task: one trajectory
+#   RUN/snapshots/warm-start/   member 0's training to the budget less the cycles (warm_start_config)
+#   RUN/snapshots/cycles/       the cycles (training.train_cycles): epoch-<i>.pt is cycle i's snapshot
+#   RUN/members/member-<i>/     snapshot i + 1 as a model folder like a seed member's (record_snapshots)
+
+
+def snapshot_dirs(run_dir) -> tuple[Path, Path]:
+    """(the warm start's folder, the cycles' folder) of a snapshot run."""
+    trajectory = Path(run_dir) / "snapshots"
+    return trajectory / "warm-start", trajectory / "cycles"
+
+
+def warm_start_config(cfg):
+    """The config of a snapshot ensemble's warm start, either task: the members' training with its budget (NER
+    train.max_epochs, translation train.max_rounds) less the cycles' (config.warm_start_budget), so that the whole
+    trajectory has one seed member's budget."""
+    budget_key, _ = cfg.train.SNAPSHOT_KEYS
+    return replace(cfg, train=replace(cfg.train, **{budget_key: warm_start_budget(cfg.train, cfg.ensemble.members)}))
+
+
+def record_snapshots(model, run_dir, members: int, write: Callable[[Path, int], dict]) -> list[dict]:
+    """Write each of the `members` members of a snapshot run whose folder holds no finished model yet, once the
+    cycles are done: the cycles' snapshot i + 1
+    (RUN/snapshots/cycles/epoch-<i + 1>.pt) put in `model`, then write(folder, i) writes members/member-<i> (model
+    folder, result.json last) as the task writes a member. Rank 0 writes; returns every member's result.json on
+    every rank. Raises UserError naming a snapshot or result.json that cannot be read."""
+    _, cycles_dir = snapshot_dirs(run_dir)
+
+    def record(i: int) -> dict:
+        folder = model_dir(run_dir, "member", i)
+        if not finished(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            model.load_state_dict(load_torch(cycles_dir / f"epoch-{i + 1}.pt",
+                                             f"delete {cycles_dir} to train the cycles again"))
+            write(folder, i)
+        return read_json(folder / RESULT, f"delete {folder} and train the run again")
+
+    return distributed.on_main(lambda: [record(i) for i in range(members)])
 
 
 @dataclass
@@ -192,11 +233,11 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
         fingerprints = {split: task.dataset_fingerprint(data, split) for split in ("train", "dev")}
         distributed.on_main(record_run, run_dir, cfg, {**task.run_facts(cfg, data), DATA: fingerprints},
                             must_match=task.must_match)
-        if getattr(cfg.ensemble, "kind", "seeds") == "snapshots":  # one trajectory, in the held run folder
+        snapshots = getattr(cfg.ensemble, "kind", "seeds") == "snapshots"
+        if snapshots:  # the members are one trajectory, trained in the held run folder; NER individuals as usual
             task.fit_snapshots(cfg, data, run_dir, progress)
-            plans = []
-        else:
-            plans = [p for p in task.member_plans(cfg, data) if only in (None, (p.role, p.index))]
+        plans = [p for p in task.member_plans(cfg, data)
+                 if only in (None, (p.role, p.index)) and not (snapshots and p.role == "member")]
         if only is not None:
             run_held.close()  # the run is recorded: the other jobs may go on while this one trains
         for plan in plans:

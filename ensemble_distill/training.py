@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -246,6 +246,22 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
     model.load_state_dict(load_torch(run_dir / "best.pt", remedy))
     model.eval()
     return TrainResult(state["best_score"], state["best_epoch"], state["epoch"], state["history"])
+
+
+def train_cycles(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: Callable, score_fn: Callable,
+                 loop: Training, run_dir, cycles: int, cycle_updates: int, min_lr: float,
+                 optimizer: torch.optim.Optimizer, progress: bool = True,
+                 after_cycle: Callable[[int], None] | None = None,
+                 units: Callable[[object], int] | None = None) -> TrainResult:
+    """A snapshot ensemble's cycles (SGDR, paper §6.1), either task: `train` for `cycles` loop epochs, each one
+    cycle of `cycle_updates` updates (batches(i) yields cycle i's), the rate following warm_restarts from the
+    optimiser's initial rate down towards `min_lr`, scored after each cycle (score_fn) but never stopped early,
+    the weights after every cycle kept as run_dir/epoch-<i>.pt, cycle i's snapshot, written before the checkpoint
+    that marks the cycle done (so a kill loses at most the running cycle). `loop` gives the seed, precision and
+    accumulation; its budget and patience are replaced. Raises as `train` does."""
+    loop = replace(loop, max_epochs=cycles, patience=cycles)
+    return train(model, batches, loss_fn, score_fn, loop, run_dir, progress, after_cycle, optimizer,
+                 warm_restarts(optimizer, cycle_updates, min_lr), snapshots=cycles, units=units)
 
 
 def _backward(step, batch, units, cfg: Training, shared: bool, device: str) -> tuple[float, int]:

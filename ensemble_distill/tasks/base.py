@@ -164,8 +164,9 @@ class Task(Protocol):
         folder (runs.save_model) and, last, result.json (runs.write_result); returns what result.json holds."""
 
     def fit_snapshots(self, cfg, data, run_dir: Path, progress: bool = True) -> list[dict]:
-        """Train a snapshot ensemble (`ensemble.kind = "snapshots"`, translation only): one training whose
-        snapshots are RUN/members/member-<i> (tasks/nmt.py train_snapshots); returns their result.json records."""
+        """Train a snapshot ensemble (`ensemble.kind = "snapshots"`): one training, member 0's warm-started, whose
+        cycles' snapshots are RUN/members/member-<i> (ensemble.py's layout; tasks/nmt.py and tasks/ner.py
+        train_snapshots); returns their result.json records."""
 
     def predict(self, model, input_path: Path, out_dir: Path, **reader) -> list[Path]:
         """Run a loaded model (`load_model`) on a file: tags or translations, with gold (tags, references) when

@@ -37,15 +37,29 @@ from ..encoders import (
     split_encoder,
     token_ids_fingerprint,
 )
-from ..ensemble import MemberPlan, distillation_sentences, member_sentences
+from ..ensemble import (
+    MemberPlan,
+    distillation_sentences,
+    member_sentences,
+    record_snapshots,
+    snapshot_dirs,
+    warm_start_config,
+)
 from ..errors import UserError
-from ..io_utils import atomic_torch_save, cache_root, sha256_file
+from ..io_utils import atomic_torch_save, cache_root, read_json, sha256_file
 from ..models.tagger import Tagger
 from ..predictions import Predictions, predicted_labels
-from ..runs import load_state, load_weights, read_model_spec, save_model, write_result
+from ..runs import RESULT, finished, load_state, load_weights, read_model_spec, save_model, write_result
 from ..tables import Column
 from ..teacher_store import TeacherStore, fingerprint_dataset
-from ..training import StochasticWeightAveraging, TrainResult, make_optimizer, make_scheduler, train
+from ..training import (
+    StochasticWeightAveraging,
+    TrainResult,
+    make_optimizer,
+    make_scheduler,
+    train,
+    train_cycles,
+)
 from .ner_batches import is_single_crf, tagger_emissions, tagging_predictions, window_batch
 
 
@@ -234,35 +248,52 @@ def train_tagger(model: Tagger, data: TaggingData, train_windows, held_out: tupl
     """Train one tagger on `train_windows` of the training split, early-stopping on span F1 of `held_out`
     (a split name and window ids in it). Batches carry their window ids ("windows") for losses that need them,
     such as distillation's."""
-    split = data.splits["train"]
-    train_windows = np.asarray(train_windows)
-    lengths = np.array([len(split.windows[i].input_ids) for i in train_windows])
-    held_split, held_windows = data.splits[held_out[0]], held_out[1]
-    device = next(model.parameters()).device
-
-    def batches(epoch):
-        for chunk in bucketed_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
-            yield {**window_batch(split, train_windows[chunk], data.pad_id, device), "windows": train_windows[chunk]}
-
-    def score(m):
-        return held_out_f1([m], held_split, held_windows, data.pad_id, data.labels)
-
-    per_sentence = model.head == "crf"  # a CRF's Tagger.loss; students (distillation's per-word loss) are IID
-
-    def units(batch):  # what the loss is a mean over
-        return len(batch["windows"]) if per_sentence else int(batch["word_mask"].sum())
-
+    batches, updates_per_epoch = epoch_batches(data, train_windows, cfg.batch_size, cfg.seed,
+                                               next(model.parameters()).device)
     optimizer = make_optimizer(model.parameters(), cfg)
-    updates_per_epoch = len(bucketed_batches(lengths, cfg.batch_size))
     scheduler = make_scheduler(optimizer, cfg, updates_per_epoch)
     if cfg.averaging == "swa":
         scheduler = StochasticWeightAveraging(model, optimizer, updates_per_epoch, cfg.swa_start, cfg.swa_lr,
                                               cfg.swa_anneal_updates, base=scheduler)
-    result = train(model, batches, loss_fn, score, cfg, run_dir, progress, after_epoch, optimizer, scheduler,
-                   units=units)
+    result = train(model, batches, loss_fn, held_out_score(data, held_out), cfg, run_dir, progress, after_epoch,
+                   optimizer, scheduler, units=loss_units(model))
     if cfg.averaging == "swa" and scheduler.apply(model):  # else stopped before swa_start: the best epoch's
         on_main(atomic_torch_save, model.state_dict(), Path(run_dir) / SWA_WEIGHTS)
     return result
+
+
+def epoch_batches(data: TaggingData, train_windows, batch_size: int, seed: int, device, epochs: int = 1,
+                  skip: int = 0):
+    """(batches, updates per data epoch): batches(e) for training.train, its epoch e (from 1) being data epochs
+    skip + (e - 1) x epochs + 1 .. skip + e x epochs over `train_windows` of the training split, data epoch d's
+    batches bucketed by length and shuffled with seed (seed x 1000 + d). So a training continued after `skip`
+    epochs (a snapshot ensemble's cycles, `epochs` data epochs each) sees the order its start would have seen
+    next. Each batch (ner_batches.window_batch on `device`) carries its window ids ("windows")."""
+    split = data.splits["train"]
+    train_windows = np.asarray(train_windows)
+    lengths = np.array([len(split.windows[i].input_ids) for i in train_windows])
+
+    def batches(epoch):
+        for d in range(skip + (epoch - 1) * epochs + 1, skip + epoch * epochs + 1):
+            for chunk in bucketed_batches(lengths, batch_size, shuffle=True, seed=seed * 1000 + d):
+                yield {**window_batch(split, train_windows[chunk], data.pad_id, device),
+                       "windows": train_windows[chunk]}
+
+    return batches, len(bucketed_batches(lengths, batch_size))
+
+
+def held_out_score(data: TaggingData, held_out: tuple[str, np.ndarray]):
+    """score_fn(model) for training.train: span F1 (held_out_f1) of the windows `held_out` = (split, window ids)."""
+    split, windows = data.splits[held_out[0]], held_out[1]
+    return lambda model: held_out_f1([model], split, windows, data.pad_id, data.labels)
+
+
+def loss_units(model: Tagger):
+    """units(batch) for training.train: what a batch's loss is a mean over, its sentences (windows) for a CRF's
+    per-sentence Tagger.loss, else its words (IID; students' per-word distillation loss)."""
+    if model.head == "crf":
+        return lambda batch: len(batch["windows"])
+    return lambda batch: int(batch["word_mask"].sum())
 
 
 def to_predictions(distributions: list[np.ndarray], split: TaggingSplit, labels: list[str], meta: dict,
@@ -484,25 +515,15 @@ class NerTask:
                 "individual_seeds": [member_seed(cfg, i, True) for i in range(cfg.ensemble.individuals)]}
 
     def member_plans(self, cfg, data) -> list[MemberPlan]:
-        """Members: all tenths but their own (and, with ensemble.member_data = "eight_tenths", the last),
-        early-stopping on their own; individuals: everything, early-stopping on dev."""
-        n, e = len(data.splits["train"].corpus.sentences), cfg.ensemble
-        plans = [MemberPlan("member", i, member_seed(cfg, i), *_member_split(n, i, e.split_seed, e.member_data))
-                 for i in range(e.members)]
-        return plans + [MemberPlan("individual", i, member_seed(cfg, i, True), None, ("dev", None))
-                        for i in range(e.individuals)]
+        return member_plans(cfg, data)
 
     def fit(self, model, cfg, data, plan: MemberPlan, folder, progress=True) -> dict:
         """Train one planned model (training.train via train_tagger), then its model folder and result.json."""
-        train_split = data.splits["train"]
-        windows = np.arange(len(train_split.windows)) if plan.train is None else train_split.windows_of(plan.train)
-        held_split, held_ids = plan.held_out
-        held = data.splits[held_split]
-        held_windows = np.arange(len(held.windows)) if held_ids is None else held.windows_of(held_ids)
-        train_cfg = type(cfg.train)(**{**cfg.train.__dict__, "seed": plan.seed})
-        loss_fn = functools.partial(tagger_loss, label_smoothing=cfg.train.label_smoothing)
-        return _fit(model, cfg, data, plan.role, plan.seed, windows, (held_split, held_windows), train_cfg, loss_fn,
-                    folder, progress)
+        return _fit(model, cfg, data, plan.role, plan.seed, *plan_windows(data, plan),
+                    dataclasses.replace(cfg.train, seed=plan.seed), member_loss(cfg), folder, progress)
+
+    def fit_snapshots(self, cfg, data, run_dir, progress=True) -> list[dict]:
+        return train_snapshots(cfg, data, run_dir, progress)
 
     # Students (distill/student.py)
     def student_settings(self, run_dir, members=None, config=None, overrides=(), device=None) -> tuple:
@@ -568,14 +589,93 @@ def _fit(model, cfg, data, role, seed, train_windows, held_out, train_cfg, loss_
     folder and, last, result.json."""
     data = data.with_layers(cfg.encoder.finetune_layers)
     result = train_tagger(model, data, train_windows, held_out, train_cfg, folder, progress, loss_fn=loss_fn)
+    return on_main(write_tagger_folder, folder, model, cfg, data, role, seed, spec_extra,
+                   best_epoch=result.best_epoch, epochs=result.epochs_run, best_score=result.best_score,
+                   averaging=cfg.train.averaging)
 
-    def record():
-        save_model(folder, model, model_spec(cfg, data, role, seed, **spec_extra))
-        return write_result(folder, task="ner", role=role, seed=seed, best_epoch=result.best_epoch,
-                            epochs=result.epochs_run, best_score=result.best_score, score="span_f1",
-                            averaging=cfg.train.averaging, weights=member_weights(folder).name)
 
-    return on_main(record)
+def write_tagger_folder(folder, model: Tagger, cfg: TaggingConfig, data: TaggingData, role: str, seed: int,
+                        spec_extra: dict | None = None, **result) -> dict:
+    """A trained tagger's model folder: model.json (model_spec with `spec_extra`) and model.safetensors, then
+    result.json last (runs.write_result with `result`, span F1 its score, `weights` the file member_weights
+    picks, which the folder already holds). Returns what result.json holds."""
+    save_model(folder, model, model_spec(cfg, data, role, seed, **(spec_extra or {})))
+    return write_result(folder, task="ner", role=role, seed=seed, score="span_f1",
+                        weights=member_weights(folder).name, **result)
+
+
+def plan_windows(data: TaggingData, plan: MemberPlan) -> tuple[np.ndarray, tuple[str, np.ndarray]]:
+    """(training-split window ids, (held-out split, its window ids)) of a planned model's sentences (all of a
+    split's when the plan says None)."""
+    def windows(split: str, sentences) -> np.ndarray:
+        split_data = data.splits[split]
+        return np.arange(len(split_data.windows)) if sentences is None else split_data.windows_of(sentences)
+
+    held_split, held_ids = plan.held_out
+    return windows("train", plan.train), (held_split, windows(held_split, held_ids))
+
+
+def member_loss(cfg: TaggingConfig):
+    """A member's (individual's) loss_fn: tagger_loss smoothed by train.label_smoothing."""
+    return functools.partial(tagger_loss, label_smoothing=cfg.train.label_smoothing)
+
+
+def train_snapshots(cfg: TaggingConfig, data: TaggingData, run_dir, progress: bool = True,
+                    after_cycle=None) -> list[dict]:
+    """A snapshot ensemble of taggers (SGDR, paper §6.1: the NER attempt, which the paper found no better than the
+    individual models of its Table 1): one training trajectory whose K = ensemble.members snapshots are the run's
+    members, members/member-<i>, model folders like a seed ensemble's (best.pt the snapshot's weights), which
+    evaluate, memoize and distill read unchanged. The layout and the shared steps are ensemble.py's (translation's
+    too: tasks/nmt.py train_snapshots). Resumes after a kill; returns what each member's result.json holds.
+
+    1. Warm start (RUN/snapshots/warm-start): member 0's plan (its training tenths by ensemble.member_data,
+       early stopping on span F1 of its own tenth, its seed and weight averaging), fitted as a member is (on the
+       frozen encoder states of the run's data) to train.max_epochs less K x train.cycle_epochs epochs
+       (ensemble.warm_start_config). Its weights (best.pt, or the SWA average) start the cycles.
+    2. Cycles (RUN/snapshots/cycles, training.train_cycles): K cycles of train.cycle_epochs epochs over the same
+       windows, the data order continued from where the warm start stopped (epoch_batches), with a fresh optimiser
+       (train.optimizer) from train.cycle_lr whose rate follows cosine warm restarts down towards
+       train.cycle_min_lr, stepped per update (one cycle = cycle_epochs x the updates of an epoch); scored on
+       member 0's tenth after each cycle, never stopped early. The weights after cycle i are member i - 1
+       (ensemble.record_snapshots), written once all K are done, so a kill loses no finished cycle's snapshot.
+
+    after_cycle(i): called after cycle i is checkpointed (tests kill the training there)."""
+    t, k = cfg.train, cfg.ensemble.members
+    plan = member_plans(cfg, data)[0]
+    warm_dir, cycles_dir = snapshot_dirs(run_dir)
+    if not on_main(finished, warm_dir):
+        TASK.fit(new_tagger(data, cfg, plan.seed), warm_start_config(cfg), data,
+                 dataclasses.replace(plan, role="warm-start"), warm_dir, progress)
+    warm = on_main(read_json, warm_dir / RESULT, f"delete {warm_dir} to train the warm start again")
+    model = TASK.load_run_model(cfg, data, warm_dir)  # the warm start's weights, as recorded (resumed or not)
+    windows, held_out = plan_windows(data, plan)
+    batches, updates_per_epoch = epoch_batches(data, windows, t.batch_size, plan.seed, _device(cfg),
+                                               epochs=t.cycle_epochs, skip=warm["epochs"])
+    cycle_updates = t.cycle_epochs * updates_per_epoch
+    optimizer = make_optimizer(model.parameters(), dataclasses.replace(t, lr=t.cycle_lr))
+    result = train_cycles(model, batches, member_loss(cfg), held_out_score(data, held_out),
+                          dataclasses.replace(t, seed=plan.seed), cycles_dir, k, cycle_updates, t.cycle_min_lr,
+                          optimizer, progress, after_cycle, loss_units(model))
+
+    def write(folder, i: int) -> dict:
+        epochs = warm["epochs"] + (i + 1) * t.cycle_epochs
+        atomic_torch_save(model.state_dict(), Path(folder) / "best.pt")
+        return write_tagger_folder(folder, model, cfg, data, "member", plan.seed, {"snapshot": i + 1},
+                                   best_epoch=epochs, epochs=epochs, best_score=result.history[i]["held_out_score"],
+                                   averaging="snapshot", snapshot=i + 1, warm_start_epochs=warm["epochs"],
+                                   cycle_updates=cycle_updates)
+
+    return record_snapshots(model, run_dir, k, write)
+
+
+def member_plans(cfg: TaggingConfig, data: TaggingData) -> list[MemberPlan]:
+    """Members: all tenths but their own (and, with ensemble.member_data = "eight_tenths", the last),
+    early-stopping on their own; individuals: everything, early-stopping on dev."""
+    n, e = len(data.splits["train"].corpus.sentences), cfg.ensemble
+    plans = [MemberPlan("member", i, member_seed(cfg, i), *_member_split(n, i, e.split_seed, e.member_data))
+             for i in range(e.members)]
+    return plans + [MemberPlan("individual", i, member_seed(cfg, i, True), None, ("dev", None))
+                    for i in range(e.individuals)]
 
 
 def student_settings(run_dir, members: int | None, config=None, overrides=()) -> DistillConfig:

@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +31,9 @@ from ..data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
 from ..distill.losses import distillation_loss
 from ..distill.memoize import Truncation
 from ..distributed import on_main
-from ..ensemble import MemberPlan
+from ..ensemble import MemberPlan, record_snapshots, snapshot_dirs, warm_start_config
 from ..errors import UserError
-from ..io_utils import atomic_path, atomic_torch_save, atomic_write_text, load_torch, read_json, strict_json
+from ..io_utils import atomic_path, atomic_torch_save, atomic_write_text, read_json, strict_json
 from ..models.beam_search import beam_search
 from ..models.translation import (
     TransformerConfig,
@@ -45,10 +45,10 @@ from ..models.translation import (
     label_smoothed_loss,
 )
 from ..predictions import Predictions, compact_distributions, save_predictions
-from ..runs import RESULT, finished, load_state, load_weights, model_dir, save_model, write_result
+from ..runs import RESULT, finished, load_state, load_weights, save_model, write_result
 from ..tables import Column
 from ..teacher_store import TeacherStore, fingerprint_dataset
-from ..training import StochasticWeightAveraging, average_snapshots, train, warm_restarts
+from ..training import StochasticWeightAveraging, average_snapshots, train, train_cycles
 
 SPLITS = ("train", "dev", "test")
 STUDENT_SEED_INDEX = 100  # students' seeds come after any member's
@@ -399,32 +399,24 @@ def write_model_folder(folder, model: TranslationModel, cfg: TranslationConfig, 
     return write_result(folder, task="nmt", role=role, seed=seed, score="neg_dev_nll", **result)
 
 
-def warm_start_config(cfg: TranslationConfig) -> TranslationConfig:
-    """The config of a snapshot ensemble's warm start: the members' training with max_rounds less the cycles'
-    rounds (ensemble.members x train.cycle_rounds), so the whole trajectory has the seed members' budget."""
-    t = cfg.train
-    return replace(cfg, train=replace(t, max_rounds=t.max_rounds - cfg.ensemble.members * t.cycle_rounds))
-
-
 def train_snapshots(cfg: TranslationConfig, data: TranslationData, run_dir, progress: bool = True,
                     after_cycle=None) -> list[dict]:
     """A snapshot ensemble (SGDR, paper §6.1 and Table 4): one training trajectory whose K = ensemble.members
     snapshots are the run's members, members/member-<i>, model folders like a seed ensemble's, which evaluate,
     memoize and distill read unchanged. Resumes after a kill (training.train's checkpoints); returns what each
-    member's result.json holds.
+    member's result.json holds. The layout and the shared steps: ensemble.py's snapshot functions.
 
     1. Warm start (RUN/snapshots/warm-start): member 0's training (seed, schedule, early stopping, weight
-       averaging) to train.max_rounds less K x train.cycle_rounds rounds (warm_start_config), as the paper's
-       single models stopped earlier.
-    2. Cycles (RUN/snapshots/cycles): its weights trained on with a fresh Adam from train.cycle_lr, the rate
-       following cosine warm restarts (training.warm_restarts: one cycle of cycle_rounds x updates_per_round
+       averaging) to train.max_rounds less K x train.cycle_rounds rounds (ensemble.warm_start_config), as the
+       paper's single models stopped earlier.
+    2. Cycles (RUN/snapshots/cycles, training.train_cycles): its weights trained on with a fresh Adam from
+       train.cycle_lr, the rate following cosine warm restarts (one cycle of cycle_rounds x updates_per_round
        updates per member, down towards train.cycle_min_lr), on the data stream from where the warm start
-       stopped (stream_batches); K cycles, no early stopping. The weights after cycle i (its epoch-<i>.pt,
-       written before the checkpoint that marks the cycle done) are member i - 1, written once all K are done,
-       so a kill loses no finished cycle's snapshot."""
+       stopped (stream_batches); K cycles, no early stopping. The weights after cycle i are member i - 1
+       (ensemble.record_snapshots), written once all K are done, so a kill loses no finished cycle's snapshot."""
     t, k, run_dir = cfg.train, cfg.ensemble.members, Path(run_dir)
-    seed, trajectory = member_seed(cfg, 0), run_dir / "snapshots"
-    warm_dir, cycles_dir = trajectory / "warm-start", trajectory / "cycles"
+    seed = member_seed(cfg, 0)
+    warm_dir, cycles_dir = snapshot_dirs(run_dir)
     loss_fn = nll_loss(t.label_smoothing)
     model = new_model(cfg, len(data.vocab), seed)
     if on_main(finished, warm_dir):
@@ -436,24 +428,18 @@ def train_snapshots(cfg: TranslationConfig, data: TranslationData, run_dir, prog
     optimizer = adam(model, t.cycle_lr)
     batches = update_batches(data.splits["train"], t.batch_tokens, seed, cycle_updates,
                              first=warm["epochs"] * t.updates_per_round)
-    loop = Training(max_epochs=k, patience=k, seed=seed, precision=t.precision, accumulate=t.accumulate)
-    result = train(model, batches, loss_fn, dev_score(data, cfg), loop, cycles_dir, progress, after_cycle,
-                   optimizer, warm_restarts(optimizer, cycle_updates, t.cycle_min_lr), snapshots=k,
-                   units=batch_units)
+    loop = Training(seed=seed, precision=t.precision, accumulate=t.accumulate)
+    result = train_cycles(model, batches, loss_fn, dev_score(data, cfg), loop, cycles_dir, k, cycle_updates,
+                          t.cycle_min_lr, optimizer, progress, after_cycle, batch_units)
 
-    def record(i: int) -> dict:
-        folder = model_dir(run_dir, "member", i)
-        if not finished(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-            model.load_state_dict(load_torch(cycles_dir / f"epoch-{i + 1}.pt", f"delete {cycles_dir} to train the "
-                                                                                 "cycles again"))
-            rounds = warm["epochs"] + (i + 1) * t.cycle_rounds
-            write_model_folder(folder, model, cfg, data, "member", seed, {"snapshot": i + 1}, best_epoch=rounds,
-                               epochs=rounds, best_score=result.history[i]["held_out_score"], averaging="snapshot",
-                               snapshot=i + 1, warm_start_rounds=warm["epochs"], cycle_updates=cycle_updates)
-        return read_json(folder / RESULT, f"delete {folder} and train the run again")
+    def write(folder, i: int) -> dict:
+        rounds = warm["epochs"] + (i + 1) * t.cycle_rounds
+        return write_model_folder(folder, model, cfg, data, "member", seed, {"snapshot": i + 1}, best_epoch=rounds,
+                                  epochs=rounds, best_score=result.history[i]["held_out_score"],
+                                  averaging="snapshot", snapshot=i + 1, warm_start_rounds=warm["epochs"],
+                                  cycle_updates=cycle_updates)
 
-    return on_main(lambda: [record(i) for i in range(k)])
+    return record_snapshots(model, run_dir, k, write)
 
 
 def run_facts(cfg: TranslationConfig, data: TranslationData) -> dict:
