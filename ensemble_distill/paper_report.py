@@ -27,7 +27,7 @@ import numpy as np
 from .calibration.compare import compare
 from .calibration.plots import save_figure
 from .calibration.report import DESCRIPTIONS, PAPER_SCALE
-from .config import to_toml
+from .config import to_toml, warm_start_budget
 from .io_utils import atomic_write_json, atomic_write_text, read_json
 from .tables import cell, mean_and_se
 
@@ -48,6 +48,7 @@ MARKS = {"single": "*", "teacher": "†", "usual": "‡", "seeds": "§"}
 MARKS_NOTE = ("* differs significantly from the run's single model (individual-0, or member-0), † from the "
               "student's teacher ensemble: paired sentence bootstrap, p < 0.05.")
 LANGUAGE = {"en": "English", "de": "German"}
+KINDS = {"snapshots": "snapshot ensemble (SGDR)", "seeds": "seed ensemble, same budget per member"}  # Table 4's runs
 
 
 @dataclass
@@ -68,6 +69,13 @@ class Table:
     rows: list[Row]
     caption: str = ""
     comparisons: list[dict] = field(default_factory=list)
+    # further blocks of rows under the same title, each with its own columns (Table 4: translation's, then NER's)
+    more: list[tuple[tuple[str, ...], list[Row]]] = field(default_factory=list)
+
+    @property
+    def blocks(self) -> list[tuple[tuple[str, ...], list[Row]]]:
+        """(metrics, rows) of each block of the table, in order."""
+        return [(self.metrics, self.rows), *self.more]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -103,10 +111,10 @@ def _group_name(run) -> str:
     if run.name.endswith("baseline"):
         return f"{LANGUAGE[parts[1]]}, usual single model"
     if run.task == "ner":
-        return f"{LANGUAGE[parts[1]]}, {parts[2].upper()}" + (", label smoothing 0.1" if "ls" in parts else "")
-    if parts[3] in ("snapshots", "seeds"):
-        return f"{parts[1]}→{parts[2]}, " + ("snapshot ensemble (SGDR)" if parts[3] == "snapshots" else
-                                             "seed ensemble, same budget per member")
+        return f"{LANGUAGE[parts[1]]}, {parts[2].upper()}" + (", label smoothing 0.1" if "ls" in parts else "") + (
+            f", {KINDS[parts[3]]}" if parts[-1] in KINDS else "")
+    if parts[3] in KINDS:
+        return f"{parts[1]}→{parts[2]}, {KINDS[parts[3]]}"
     return f"{parts[1]}→{parts[2]}, {parts[3].upper()}" + (", no averaging" if "noavg" in parts else "")
 
 
@@ -163,12 +171,12 @@ def baseline_table(plan, experiment) -> Table:
     return Table(experiment.name, experiment.title, NER_METRICS, rows, comparisons=_compare(plan, pairs, "ner"))
 
 
-def nmt_table(plan, experiment) -> Table:
-    """Per translation run: individuals (mean ± s.e.), each nested ensemble, students at V' = distill.top_k;
-    each also temperature-scaled on dev (ECE-1 after TS and T)."""
+def nmt_table(plan, experiment, runs=None) -> Table:
+    """Per translation run (`runs`, default the experiment's): individuals (mean ± s.e.), each nested ensemble,
+    students at V' = distill.top_k; each also temperature-scaled on dev (ECE-1 after TS and T)."""
     metrics = (*NMT_METRICS, "ece_1_ts")
     rows, pairs = [], []
-    for run in _runs(experiment):
+    for run in runs or _runs(experiment):
         cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / "test"
         group = _group_name(run)
         members = [ev / f"member-{i}" for i in range(cfg.ensemble.members)]
@@ -231,15 +239,58 @@ def ts_table(plan, experiment) -> Table:
 
 
 def snapshot_table(plan, experiment) -> Table:
-    """Table 4: each run's members (mean ± s.e.) and ensemble as Table 2 has them, the snapshot ensemble compared
-    with the seed ensemble of the same size by the paired bootstrap (BLEU, ECE-1)."""
-    table = nmt_table(plan, experiment)
-    snapshots, seeds = _runs(experiment)
-    k = plan.config(snapshots).ensemble.subset_sizes[-1]
-    (row,) = [r for r in table.rows if r.group == _group_name(snapshots) and r.system == f"ensemble of {k}"]
-    table.comparisons += _compare(plan, [(row, plan.run_dir(seeds) / "eval" / "test" / f"ensemble-{k}", "seeds")],
-                                  "nmt")
+    """Table 4, a block per task, each with its columns: the snapshot run and the seed run of the same size and
+    budget per member, each run's members (mean ± s.e.) and ensemble (translation as Table 2 has them, with ECE-1
+    after TS). Each snapshot ensemble is compared with the seed ensemble (§) by the paired bootstrap, NER's also
+    with the seed run's single model (*), since the paper found its NER snapshots no better than single models.
+    The caption gives each task's budgets and weight averaging."""
+    runs = _runs(experiment)
+    (snapshots, seeds), (ner_snapshots, ner_seeds) = ([r for r in runs if r.task == task] for task in ("nmt", "ner"))
+    table = nmt_table(plan, experiment, [snapshots, seeds])
+    rows = []
+    for run, label in ((ner_snapshots, "snapshots"), (ner_seeds, "members")):
+        cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / "test"
+        k = cfg.ensemble.subset_sizes[-1]
+        rows += [group_row(_group_name(run), label, [ev / f"member-{i}" for i in range(cfg.ensemble.members)],
+                           NER_METRICS),
+                 system_row(_group_name(run), f"ensemble of {k}", ev / f"ensemble-{k}", NER_METRICS)]
+    table.more.append((NER_METRICS, rows))
+    single = plan.run_dir(ner_seeds) / "eval" / "test" / _single(plan.config(ner_seeds))
+    table.comparisons += _compare(plan, [_versus_seeds(plan, table.rows, snapshots, seeds)], "nmt")
+    table.comparisons += _compare(plan, [_versus_seeds(plan, rows, ner_snapshots, ner_seeds),
+                                         (rows[1], single, "single")], "ner")
+    table.caption = " ".join(_snapshot_budgets(plan.config(run), plan.config(other), run.task)
+                             for run, other in ((snapshots, seeds), (ner_snapshots, ner_seeds)))
     return table
+
+
+def _versus_seeds(plan, rows: list[Row], snapshots, seeds) -> tuple:
+    """(the snapshot run's row of its ensemble of K, the seed run's ensemble-K folder, "seeds"): a _compare pair."""
+    k = plan.config(snapshots).ensemble.subset_sizes[-1]
+    (row,) = [r for r in rows if r.group == _group_name(snapshots) and r.system == f"ensemble of {k}"]
+    return row, plan.run_dir(seeds) / "eval" / "test" / f"ensemble-{k}", "seeds"
+
+
+def _snapshot_budgets(cfg, seeds_cfg, task: str) -> str:
+    """A snapshot run's budgets and weight averaging (its config `cfg`; its seed run's `seeds_cfg`), for Table 4's
+    caption."""
+    t, k, seeds = cfg.train, cfg.ensemble.members, seeds_cfg.train
+    budget_key, cycle_key = t.SNAPSHOT_KEYS
+    unit = budget_key.removeprefix("max_")
+
+    def units(n: int) -> str:
+        return f"{n} {unit if n != 1 else unit[:-1]}"
+
+    averaging = {"swa": f"SWA from {unit[:-1]} {t.swa_start}", "none": "none (the best epoch's weights)",
+                 "checkpoints": f"the mean of the last {getattr(t, 'average_last', 0)} rounds' weights"}
+    size = f" of {t.updates_per_round} updates" if task == "nmt" else ""
+    return (f"{'Translation' if task == 'nmt' else 'NER'}: each seed member trains up to "
+            f"{units(getattr(seeds, budget_key))}{size} (early stopping, patience {seeds.patience}); the snapshot "
+            f"trajectory up to {units(getattr(t, budget_key))}: a warm start of up to {units(warm_start_budget(t, k))} "
+            f"(member 0's training, early stopping), then {k} cycles of {units(getattr(t, cycle_key))} from "
+            f"{t.cycle_lr:g} down towards {t.cycle_min_lr:g}. Weight averaging of the seed members: "
+            f"{averaging[seeds.averaging]}, of the warm start: {averaging[t.averaging]}; the snapshots are the "
+            "cycles' last weights, not averaged.")
 
 
 def _ts(folder: Path) -> tuple[dict, float]:
@@ -402,11 +453,13 @@ CAPTIONS = {
     "table2": "Weight averaging: the mean of the last train.average_last rounds' weights up to the best one "
               "(checkpoint averaging, standing in for the paper's SWA). Students distil the CE ensembles at V' = "
               "distill.top_k. T is fitted on dev by NLL.",
-    "table4": "configs/multi30k-snapshots.toml: the snapshot ensemble is one training (a warm start, then one "
-              "cosine cycle with warm restarts per member, torch's CosineAnnealingWarmRestarts, each cycle's last "
-              "weights a member) of one seed member's budget (train.max_rounds rounds); the seed ensemble's members "
-              "each train that budget. Weight averaging: SWA. § marks a snapshot ensemble that differs "
-              "significantly from the seed ensemble (paired sentence bootstrap, p < 0.05).",
+    "table4": "Each task's snapshot and seed runs are one config (translation: configs/multi30k-snapshots.toml; "
+              "NER: configs/conll-snapshots.toml, Table 1's English IID settings) with ensemble.kind = \"snapshots\" "
+              "or \"seeds\". A snapshot ensemble is one training of one seed member's budget: a warm start (member "
+              "0's training, stopped the cycles early), then one cosine cycle with warm restarts per member "
+              "(torch's CosineAnnealingWarmRestarts, T_mult = 1), each cycle's last weights a member. § marks a "
+              "snapshot ensemble that differs significantly from the seed ensemble of its size, * (NER) one that "
+              "differs from the seed run's single model (member-0): paired sentence bootstrap, p < 0.05.",
     "table5": "Raw and TS columns side by side: TS divides each system's log-probabilities by its T, fitted on "
               "dev by NLL over every dev word (a group: its models' mean T); F1 is unchanged by TS. The students "
               "of the ensemble of k distil the raw ensemble, the student of the TS ensemble of k the temperature-"
@@ -435,21 +488,23 @@ def _cell(stat: dict, metric: str) -> str:
     return f"{scale * stat['value']:.{DECIMALS.get(metric, 2)}f}"
 
 
-def cells(table: Table, row: Row) -> list[str]:
-    return [_cell(row.stats[m], m) + row.notes.get(m, "") + row.marks.get(m, "") for m in table.metrics]
+def cells(metrics, row: Row) -> list[str]:
+    return [_cell(row.stats[m], m) + row.notes.get(m, "") + row.marks.get(m, "") for m in metrics]
 
 
 def caption(plan, table: Table) -> str:
-    kinds = {c["versus"].split(" ")[0] for c in table.comparisons}  # Table 4 has only its own mark (§)
-    marks = MARKS_NOTE if kinds & {"single", "teacher"} else ""
-    return " ".join(filter(None, [CAPTIONS.get(table.name, ""), marks, "Values ×100 except BLEU, bytes/token and T.",
-                                  plan.scale.shrunk + "."]))
+    kinds = {c["versus"].split(" ")[0] for c in table.comparisons}  # Table 4 has no students: its marks in its caption
+    marks = MARKS_NOTE if "teacher" in kinds else ""
+    return " ".join(filter(None, [CAPTIONS.get(table.name, ""), table.caption, marks,
+                                  "Values ×100 except BLEU, bytes/token and T.", plan.scale.shrunk + "."]))
 
 
 def markdown(plan, table: Table) -> str:
-    lines = [f"**{table.title}**", "", "| setting | system | " + " | ".join(HEADERS[m] for m in table.metrics) + " |",
-             "|---|---|" + "---|" * len(table.metrics)]
-    lines += [f"| {r.group} | {r.system} | " + " | ".join(cells(table, r)) + " |" for r in table.rows]
+    lines = [f"**{table.title}**"]
+    for metrics, rows in table.blocks:
+        lines += ["", "| setting | system | " + " | ".join(HEADERS[m] for m in metrics) + " |",
+                  "|---|---|" + "---|" * len(metrics)]
+        lines += [f"| {r.group} | {r.system} | " + " | ".join(cells(metrics, r)) + " |" for r in rows]
     return "\n".join(lines + ["", caption(plan, table)]) + "\n"
 
 
@@ -459,8 +514,8 @@ def csv_text(table: Table) -> str:
     buffer = io.StringIO()
     w = csv.writer(buffer, lineterminator="\n")
     w.writerow(["setting", "system", "metric", "value", "ci_low", "ci_high", "se", "significant_vs"])
-    for r in table.rows:
-        for m in table.metrics:
+    for metrics, rows in table.blocks:
+        for r, m in ((r, m) for r in rows for m in metrics):
             s = r.stats[m]
             w.writerow([r.group, r.system, m, s.get("value"), s.get("ci_low", ""), s.get("ci_high", ""),
                         s.get("se", ""), r.marks.get(m, "")])
@@ -475,12 +530,12 @@ def csv_text(table: Table) -> str:
 
 
 def html_table(plan, table: Table) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(HEADERS[m])}</th>" for m in table.metrics)
-    body = "".join(f"<tr><td>{e(r.group)}</td><td>{e(r.system)}</td>" + "".join(f"<td>{e(c)}</td>"
-                                                                                 for c in cells(table, r)) + "</tr>"
-                   for r in table.rows)
-    text = f"<table><thead><tr><th>setting</th><th>system</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+    e, text = html.escape, ""
+    for metrics, rows in table.blocks:
+        head = "".join(f"<th>{e(HEADERS[m])}</th>" for m in metrics)
+        body = "".join(f"<tr><td>{e(r.group)}</td><td>{e(r.system)}</td>"
+                       + "".join(f"<td>{e(c)}</td>" for c in cells(metrics, r)) + "</tr>" for r in rows)
+        text += f"<table><thead><tr><th>setting</th><th>system</th>{head}</tr></thead><tbody>{body}</tbody></table>"
     text += f"<p class='caption'>{e(caption(plan, table))}</p>"
     if table.comparisons:
         rows = "".join(

@@ -89,11 +89,14 @@ class Scale:
     shrunk: str  # for the captions
     baseline: tuple[str, ...] = ()  # overrides of configs/conll-baseline.toml, the usual single model
     snapshots: tuple[str, ...] = ()  # Table 4's runs (configs/multi30k-snapshots.toml), after `nmt`
+    ner_snapshots: tuple[str, ...] = ()  # Table 4's NER runs (configs/conll-snapshots.toml), after `ner`
     gpu: bool = False
 
 
 # Table 4 at the config's (and the paper's) size: 3 snapshots against 3 seeds, whatever the scale's ensembles
 SNAPSHOT_DESIGN = ("ensemble.members=3", "ensemble.subset_sizes=[3]", "distill.teacher_members=3")
+# Table 4's NER attempt: 3 snapshots (the paper's 3 cycles) against 3 seeds, no individuals (Table 1 has them)
+NER_SNAPSHOT_DESIGN = ("ensemble.members=3", "ensemble.subset_sizes=[3]", "ensemble.individuals=0")
 PAPER_NER = ("data.max_train_sentences=0", "data.max_eval_sentences=0", "ensemble.members=9",
              "ensemble.subset_sizes=[3, 6, 9]")  # the full data, nested ensembles 3 ⊂ 6 ⊂ 9
 SCALES = {
@@ -111,6 +114,9 @@ SCALES = {
              "decode.temperature_positions=200"),
         directions=("de-en",), n_boot=20,
         snapshots=("train.max_rounds=3", "ensemble.subset_sizes=[2]", "train.swa_start=1"),
+        # 2 snapshots of one epoch after a warm start of one (the smoke's NER members train one epoch)
+        ner_snapshots=("ensemble.members=2", "ensemble.subset_sizes=[2]", "ensemble.individuals=0",
+                       "train.max_epochs=3"),
         baseline=("data.max_train_sentences=60", "data.max_eval_sentences=40", "encoder.finetune_layers=1",
                   "train.max_epochs=1", "train.batch_size=16"),
         shrunk="smoke scale: tiny samples of the data, one epoch, a tiny Transformer, German→English only; checks "
@@ -121,7 +127,7 @@ SCALES = {
              "ensemble.individuals=3"),
         nmt_config="multi30k-small.toml",
         nmt=("ensemble.members=5", "ensemble.subset_sizes=[3, 5]", "distill.teacher_members=5"),
-        snapshots=SNAPSHOT_DESIGN,
+        snapshots=SNAPSHOT_DESIGN, ner_snapshots=NER_SNAPSHOT_DESIGN,
         directions=("de-en", "en-de"), n_boot=1000,
         shrunk="CPU scale: MiniLM-L6 (top 3 of 6 layers tuned, at most 5 epochs) for NER, 3 individuals (paper 9); "
                "translation: the small Transformer on Multi30k, 3 rounds of 250 updates, ensembles 3 ⊂ 5 (paper "
@@ -133,7 +139,7 @@ SCALES = {
         nmt_config="multi30k-small-gpu.toml",
         nmt=("ensemble.members=7", "ensemble.subset_sizes=[3, 5, 7]", "distill.teacher_members=7",
              'train.device="cuda"'),
-        directions=("de-en", "en-de"), n_boot=1000, gpu=True,
+        directions=("de-en", "en-de"), n_boot=1000, gpu=True, ner_snapshots=NER_SNAPSHOT_DESIGN,
         # the GPU members' batches and rounds (multi30k-small-gpu.toml), 24 rounds a member or trajectory: a warm
         # start of 12, then 3 cycles of 4 rounds (500 updates; the paper: 2000 of smaller batches)
         snapshots=(*SNAPSHOT_DESIGN, "train.batch_tokens=4096", "train.updates_per_round=125", "train.warmup_steps=400",
@@ -306,6 +312,15 @@ def _snapshot_run(plan: Plan, kind: str) -> RunSpec:
                    (*plan.scale.nmt, *_nmt_data(plan, direction), *plan.scale.snapshots, f'ensemble.kind="{kind}"'))
 
 
+def _ner_snapshot_run(plan: Plan, kind: str) -> RunSpec:
+    """Table 4's NER attempt: configs/conll-snapshots.toml (conll-iid.toml's settings) at the scale's NER settings
+    (Table 1's English IID run's) as a snapshot ensemble (SGDR) or, with the same budget per member, a seed
+    ensemble."""
+    return RunSpec(f"ner-en-iid-{kind}", "conll-snapshots.toml", (*plan.scale.ner, *_ner_data(plan, "en"),
+                                                                   'model.head="iid"', *plan.scale.ner_snapshots,
+                                                                   f'ensemble.kind="{kind}"'))
+
+
 def _nmt_run(plan: Plan, direction: str, smoothing: bool, averaging: bool = True) -> RunSpec:
     data = _nmt_data(plan, direction)
     own = [f"train.label_smoothing={0.1 if smoothing else 0.0}"] + ([] if averaging else ["train.average_last=1"])
@@ -372,9 +387,12 @@ def experiments(plan: Plan) -> list[Experiment]:
         Experiment("table3", f"Table 3: truncation V' of the teacher store, students of the largest CE ensemble "
                    f"({first})", _nmt_steps(plan, de_en_ce, students=False, sweep=True)),
         Experiment("table4", f"Table 4: a snapshot ensemble (SGDR) against a seed ensemble of the same size, "
-                   f"each member with the trajectory's budget (CE + SWA, {first})",
+                   f"each member with the trajectory's budget: translation (CE + SWA, {first}) and the NER attempt "
+                   "(English, IID)",
                    (*_nmt_steps(plan, _snapshot_run(plan, "snapshots"), False),
-                    *_nmt_steps(plan, _snapshot_run(plan, "seeds"), False))),
+                    *_nmt_steps(plan, _snapshot_run(plan, "seeds"), False),
+                    *(Step(step, _ner_snapshot_run(plan, kind)) for kind in ("snapshots", "seeds")
+                      for step in ("train", "evaluate")))),
         Experiment("table5", "Table 5: temperature scaling (T fitted on dev) of individuals, ensembles, students, "
                    "and a student of the temperature-scaled ensemble, test (IID)",
                    (*usual, *_ner_steps(plan, en_iid, temperature_scaled=True), *usual_students[:1],
@@ -511,6 +529,11 @@ def _count_sentences(path, limit: int) -> int:
     return min(n, limit) if limit else n
 
 
+def _trajectories(cfg) -> int:
+    """The members' trainings of a run, each of one member's budget: one for a snapshot ensemble."""
+    return 1 if cfg.ensemble.kind == "snapshots" else cfg.ensemble.members
+
+
 def estimate_seconds(plan: Plan, step: Step) -> float:
     """A rough wall time of the step at its config's sizes, from COSTS (the step's own measured time, once done,
     is in OUT/timings.json)."""
@@ -521,7 +544,7 @@ def estimate_seconds(plan: Plan, step: Step) -> float:
         n_eval = _count_sentences(d.test if step.split == "test" else d.dev, d.max_eval_sentences)
         per_epoch = n_train * layers * COSTS["ner_sentence_layer"]
         if step.kind == "train":
-            seconds = epochs * per_epoch * (0.9 * cfg.ensemble.members + cfg.ensemble.individuals)
+            seconds = epochs * per_epoch * (0.9 * _trajectories(cfg) + cfg.ensemble.individuals)
         elif step.kind == "distill":
             seconds = epochs * per_epoch * 0.9 + step.members * per_epoch / 3
             if step.recipe is not None:  # the recipe's epochs over its cut
@@ -539,8 +562,8 @@ def estimate_seconds(plan: Plan, step: Step) -> float:
         t = cfg.train
         update = COSTS["nmt_update"][cfg.model.preset] * t.batch_tokens / 1024
         member = t.max_rounds * t.updates_per_round * update
-        if step.kind == "train":  # a snapshot ensemble is one trajectory of one member's budget
-            seconds = (1 if cfg.ensemble.kind == "snapshots" else cfg.ensemble.members) * member
+        if step.kind == "train":
+            seconds = _trajectories(cfg) * member
         elif step.kind == "distill":
             seconds = member * (1 + step.members / 4)
         else:

@@ -184,11 +184,17 @@ def test_table5_sets_raw_and_temperature_scaled_side_by_side_with_marks(report):
     assert "| B-ECE | B-ECE TS |" in (out / "tables" / "table5.md").read_text()
 
 
-def test_table4_compares_the_snapshot_ensemble_with_the_seed_ensemble(report):
-    out = report[0]
+def table4(out) -> tuple[dict, list[dict]]:
+    """table4.csv's values {(setting, system, metric): its row} and its comparison rows."""
     rows = list(csv.reader((out / "tables" / "table4.csv").open()))
     header, blank = rows[0], rows.index([])
-    values = {(r[0], r[1], r[2]): dict(zip(header, r)) for r in rows[1:blank]}
+    return ({(r[0], r[1], r[2]): dict(zip(header, r)) for r in rows[1:blank]},
+            [dict(zip(rows[blank + 1], r)) for r in rows[blank + 2:]])
+
+
+def test_table4_compares_the_snapshot_ensemble_with_the_seed_ensemble(report):
+    out = report[0]
+    values, comparisons = table4(out)
     snapshots, seeds = (out / "runs" / f"nmt-de-en-{kind}" / "eval" / "test" for kind in ("snapshots", "seeds"))
     for setting, ev in (("de→en, snapshot ensemble (SGDR)", snapshots),
                         ("de→en, seed ensemble, same budget per member", seeds)):
@@ -198,7 +204,6 @@ def test_table4_compares_the_snapshot_ensemble_with_the_seed_ensemble(report):
     members = [json.loads((out / "runs" / "nmt-de-en-snapshots" / "members" / f"member-{i}" / "result.json")
                           .read_text()) for i in range(2)]
     assert [m["snapshot"] for m in members] == [1, 2]
-    comparisons = [dict(zip(rows[blank + 1], r)) for r in rows[blank + 2:]]
     (got,) = [c for c in comparisons if c["versus"] == "seeds (ensemble-2)" and c["metric"] == "ece_1"]
     want = compare(snapshots / "ensemble-2" / "predictions.npz", seeds / "ensemble-2" / "predictions.npz",
                    ["bleu", "ece_1"], n_boot=20, progress=False)[1]
@@ -208,6 +213,38 @@ def test_table4_compares_the_snapshot_ensemble_with_the_seed_ensemble(report):
     assert ("§" in marks) == want["significant"]
     caption = (out / "tables" / "table4.md").read_text().splitlines()[-1]
     assert "§ marks" in caption and "†" not in caption  # only the marks it uses
+
+
+def test_table4_has_the_ner_attempt_under_its_own_columns(report):
+    """configs/conll-snapshots.toml at the smoke scale: 2 snapshots of one epoch after a warm start of one, against
+    2 seed members of 3 epochs; the snapshot ensemble compared with the seed ensemble (§) and member-0 (*)."""
+    out = report[0]
+    values, comparisons = table4(out)
+    snapshots, seeds = (out / "runs" / f"ner-en-iid-{kind}" / "eval" / "test" for kind in ("snapshots", "seeds"))
+    for setting, folder in (("English, IID, snapshot ensemble (SGDR)", snapshots),
+                            ("English, IID, seed ensemble, same budget per member", seeds)):
+        metrics = json.loads((folder / "ensemble-2" / "metrics.json").read_text())["metrics"]
+        for metric in ("f1_conlleval", "b_ece"):
+            assert float(values[setting, "ensemble of 2", metric]["value"]) == pytest.approx(metrics[metric]["value"])
+    assert ("English, IID, snapshot ensemble (SGDR)", "ensemble of 2", "bleu") not in values  # its own columns
+    members = [json.loads((out / "runs" / "ner-en-iid-snapshots" / "members" / f"member-{i}" / "result.json")
+                          .read_text()) for i in range(2)]
+    assert [(m["snapshot"], m["warm_start_epochs"], m["epochs"]) for m in members] == [(1, 1, 2), (2, 1, 3)]
+    for versus, other, mark in (("seeds (ensemble-2)", seeds / "ensemble-2", "§"),
+                                ("single (member-0)", seeds / "member-0", "*")):
+        (got,) = [c for c in comparisons if c["versus"] == versus and c["metric"] == "b_ece"]
+        want = compare(snapshots / "ensemble-2" / "predictions.npz", other / "predictions.npz",
+                       ["f1_conlleval", "b_ece"], n_boot=20, progress=False)[1]
+        assert float(got["difference"]) == pytest.approx(want["difference"])
+        marks = values["English, IID, snapshot ensemble (SGDR)", "ensemble of 2", "b_ece"]["significant_vs"]
+        assert (mark in marks) == want["significant"]
+    text = (out / "tables" / "table4.md").read_text()
+    assert "| setting | system | BLEU |" in text and "| setting | system | F1 | F1 strict |" in text
+    caption = text.splitlines()[-1]
+    assert ("NER: each seed member trains up to 3 epochs (early stopping, patience 1); the snapshot trajectory up to "
+            "3 epochs: a warm start of up to 1 epoch (member 0's training, early stopping), then 2 cycles of 1 epoch"
+            in caption)
+    assert "Weight averaging of the seed members: none (the best epoch's weights)" in caption
 
 
 def test_the_page_renders_in_chromium_with_every_image(report):

@@ -261,3 +261,19 @@ def test_an_ner_snapshot_budget_without_a_warm_start_and_a_member_job_are_refuse
     err = capsys.readouterr().err.strip()
     assert "--member 0" in err and "snapshots" in err and "\n" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_conll_snapshots_toml_is_conll_iid_toml_but_for_the_snapshot_settings():
+    """reproduce compares its snapshot ensemble with Table 1's English IID run (configs/conll-iid.toml at the same
+    scale), so only the budget and the snapshot settings may differ."""
+    from pathlib import Path
+
+    from ensemble_distill.config import load_config, to_dict
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    snapshots, seeds = (to_dict(load_config(configs / name)) for name in ("conll-snapshots.toml", "conll-iid.toml"))
+    differ = {f"{section}.{key}" for section, values in snapshots.items() if isinstance(values, dict)
+              for key, value in values.items() if seeds[section][key] != value}
+    assert differ <= {"train.max_epochs", "train.cycle_epochs", "train.cycle_lr", "train.cycle_min_lr", "ensemble.kind"}
+    assert (snapshots["ensemble"]["kind"], snapshots["train"]["max_epochs"], snapshots["ensemble"]["members"]) == (
+        "snapshots", 5, 3)
