@@ -32,7 +32,8 @@ def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "cr
         data = run.data  # the heads share data and frozen states
         rows = evaluate_run(run, "test", n_boot, progress)
         store = memoize(run, store_dir=Path(out_root) / f"{head}-teacher", progress=progress)
-        trained_like_members = {f.name: getattr(cfg.train, f.name) for f in dataclasses.fields(StudentTraining)}
+        trained_like_members = {f.name: getattr(cfg.train, f.name) for f in dataclasses.fields(StudentTraining)
+                                if hasattr(cfg.train, f.name)}  # a student's own settings keep their defaults
         student = DistillConfig(Distillation(ensemble_run=str(run.run_dir)), StudentTraining(**trained_like_members))
         rows += distill_from_store(store.path, student, Path(out_root) / f"{head}-student", n_boot, progress, run)
         tables.append(format_rows(rows, run.task.columns, title=f"demo {head}, test"))
