@@ -1,4 +1,5 @@
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -100,6 +101,58 @@ def test_ece_matches_brute_force(dtype):
         conf, hit = _random_events(rng, n, dtype)
         for n_bins in (1, 4, 10, 20):
             assert ece(conf, hit, n_bins=n_bins) == pytest.approx(_brute_force_ece(conf, hit, n_bins), abs=1e-9)
+
+
+def _brute_force_uniform_ece(conf, hit, n_bins):
+    """[b/n, (b+1)/n) compared as real numbers (float64 holds both sides exactly), 1.0 in the last bin."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
+    in_bin = np.searchsorted(edges, conf.astype(np.float64), side="right")
+    gap = np.bincount(in_bin, weights=hit, minlength=n_bins) - np.bincount(in_bin, weights=conf, minlength=n_bins)
+    return np.abs(gap).sum() / conf.size
+
+
+def _edge_events(rng, n, dtype):
+    """Confidences piled on 0, 1, the bin edges k/20 (as the dtype rounds them) and a few tied values, with some
+    spread between: runs of ties cross quantile bounds, sit on uniform edges, and small n leaves bins empty."""
+    piles = np.concatenate([[0.0, 1.0, 0.5, 1 / 3], np.arange(1, 20) / 20]).astype(dtype)
+    conf = np.where(rng.random(n) < 0.7, rng.choice(piles, n), rng.random(n).astype(dtype))
+    return conf.astype(dtype), rng.random(n) < conf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_passes_match_brute_force_at_edges_ties_and_empty_bins(dtype):
+    rng = np.random.default_rng(17)
+    for n in (1, 2, 7, 40, 999, 6000):
+        conf, hit = _edge_events(rng, n, dtype)
+        for n_bins in (1, 3, 10, 20):
+            assert ece(conf, hit, n_bins) == pytest.approx(_brute_force_ece(conf, hit, n_bins), abs=1e-12)
+            assert ece(conf, hit, n_bins, "uniform") == pytest.approx(_brute_force_uniform_ece(conf, hit, n_bins),
+                                                                      abs=1e-12)
+            for strategy in metrics.STRATEGIES:
+                fop, mpv = calibration_curve(hit, conf, n_bins=n_bins, strategy=strategy)
+                assert ece(conf, hit, n_bins, strategy, paper_compatible=True) == pytest.approx(
+                    np.mean(np.abs(fop - mpv)), abs=1e-12)
+        # Brier scores and entity types over the same values: 9 labels, gold ids drawn, every fourth position O
+        probs = np.where(rng.random((n, 9)) < 0.5, rng.choice(conf, (n, 9)), 0).astype(dtype)
+        gold = rng.integers(0, 9, n)
+        p = probs.astype(np.float64)
+        expected = np.mean(np.sum((p - np.eye(9)[gold]) ** 2, axis=1))
+        assert brier(probs, gold) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+        type_conf, types = entity_type_confidences(probs, labels)
+        by_type = {name: [labels.index(f"B-{name}"), labels.index(f"I-{name}")] for name in types}
+        np.testing.assert_array_equal(type_conf, np.stack(
+            [np.minimum(probs[:, b] + probs[:, i], 1) for b, i in by_type.values()], axis=1))
+        gold_type = gold_entity_types(np.where(np.arange(n) % 4 == 0, 0, gold), labels, types)
+        is_gold = gold_type[:, None] == np.arange(len(types))
+        t = type_conf.astype(np.float64)
+        bs_plus, bs_minus = stratified_brier(type_conf, gold_type)
+        if is_gold.any():
+            assert bs_plus == pytest.approx(np.mean((1 - t[is_gold]) ** 2), rel=1e-12, abs=1e-15)
+            result = balanced_calibration(type_conf, gold_type, n_bins=3)
+            assert (result.b_ece, result.b_bs) == pytest.approx(_brute_force_balanced(type_conf, gold_type, 3),
+                                                                 abs=1e-12)
+        assert bs_minus == pytest.approx(np.mean(t[~is_gold] ** 2), rel=1e-12, abs=1e-15)
 
 
 @pytest.mark.parametrize("strategy", ["quantile", "uniform"])
@@ -207,7 +260,7 @@ def test_event_keys_in_blocks_are_shifted_bits_and_correct(monkeypatch):
         np.testing.assert_array_equal(values, shares[index])
 
 
-def test_bins_whose_sum_depends_on_order_are_sorted_first():
+def test_bins_whose_sum_depends_on_order_are_summed_exactly():
     rng = np.random.default_rng(12)
     conf = np.concatenate([rng.random(3000), 1e-15 * rng.random(3000)]).astype(np.float32)
     conf = rng.permutation(conf)
@@ -217,22 +270,42 @@ def test_bins_whose_sum_depends_on_order_are_sorted_first():
     assert np.sum(conf, dtype=np.float64) != np.sum(np.sort(conf), dtype=np.float64)
     assert ece(conf, hit, n_bins=1) == _full_sort_ece(conf, hit, 1, False)
     assert ece(conf, hit, n_bins=1, paper_compatible=True) == _full_sort_ece(conf, hit, 1, True)
+    assert ece(conf, hit, n_bins=1) == abs(math.fsum(conf.astype(np.float64)) - hit.sum()) / conf.size
 
 
-def test_bins_that_sum_exactly_are_left_unsorted():
+def _bins_of_every_kind(rng, dtype):
+    """Confidences [N] of dtype and bin bounds [bins + 1] over them: bins whose float64 sum is exact in any order and
+    bins where it is not (tiny values beside large ones, zeros, subnormals), one event, equal values, 0 and 1."""
+    tiny = np.finfo(dtype).smallest_subnormal
+    bins = [
+        rng.uniform(0.5, 1.0, 4000),  # one binade: exact as float32
+        np.concatenate([rng.random(3000), 1e-15 * rng.random(3000), np.zeros(5), [tiny, 3 * tiny]]),
+        [0.3],
+        np.full(777, 0.1),
+        [0.0, 0.0, 1.0],
+        np.round(rng.random(2000), 3),
+        rng.random(5) ** 40,
+    ]
+    conf = np.concatenate([rng.permutation(np.asarray(b, dtype=dtype)) for b in bins])
+    return conf, np.cumsum([0] + [len(b) for b in bins])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bin_sums_are_the_exact_sums_rounded_once(dtype):
+    # math.fsum rounds the exact sum once: every bin's confidence sum must be that float, whatever the order
     rng = np.random.default_rng(13)
-    keys, _ = metrics._event_keys(rng.uniform(0.5, 1.0, 4000).astype(np.float32), rng.random(4000) < 0.5)
-    bounds = np.array([0, 2000, 4000])
-    metrics._partition_at(keys, bounds[1:-1])
-    partitioned = keys.copy()
+    conf, bounds = _bins_of_every_kind(rng, dtype)
+    hit = rng.random(conf.size) < 0.5
+    keys, _ = metrics._event_keys(conf, hit)
     starts, ends = bounds[:-1], bounds[1:]
-    extremes = metrics._partitioned_extremes(keys, starts, ends)
-    np.testing.assert_array_equal(extremes, [[partitioned[:2000].min(), partitioned[2000:].min()],
-                                             [partitioned[:2000].max(), partitioned[2000:].max()]])
-    metrics._sort_bins_not_summed_exactly(keys, np.dtype(np.float32), starts, ends, *extremes)
-    np.testing.assert_array_equal(keys, partitioned)
-    assert partitioned[:2000].max() <= partitioned[2000:].min()
-    assert not np.all(partitioned[1:] >= partitioned[:-1])  # partitioned, not sorted
+    counts, conf_sums, hit_sums, lows, highs = metrics._bin_sums(keys, conf.dtype, starts, ends)
+    for b, (lo, hi) in enumerate(zip(starts, ends)):
+        assert conf_sums[b] == math.fsum(conf[lo:hi].astype(np.float64)), b
+        assert (counts[b], hit_sums[b]) == (hi - lo, hit[lo:hi].sum())
+        assert (lows[b], highs[b]) == (keys[lo:hi].min(), keys[lo:hi].max())
+    exact = metrics._summed_exactly(counts, lows, highs, conf.dtype)
+    assert list(exact[:2]) == ([True, False] if dtype == np.float32 else [False, False])
+    assert metrics._exact_sum(keys, conf.dtype) == math.fsum(conf.astype(np.float64))
 
 
 def test_partition_at_places_the_order_statistics_a_sort_would():
@@ -310,7 +383,7 @@ def test_brier_hand_case():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_brier_and_stratified_brier_over_several_blocks_match_a_direct_computation(monkeypatch, dtype):
-    monkeypatch.setattr(metrics, "_WIDE_BLOCK", 7 * 50)  # blocks of 50 rows (7 classes), the last one shorter
+    monkeypatch.setattr(metrics, "_SQUARES_BLOCK", 7 * 50)  # blocks of 50 rows (7 classes), the last one shorter
     rng = np.random.default_rng(15)
     gold = rng.integers(0, 7, size=1234)
     gold_type = np.where(rng.random(1234) < 0.3, rng.integers(0, 7, 1234), -1)

@@ -62,25 +62,29 @@ values further out (and NaN) raise UserError.
 
 How it is fast: an event becomes one unsigned integer, ``(float bits << 1) | correct``. Non-negative IEEE floats
 order like their bit patterns, so one ``np.sort`` of these keys orders events by confidence (ties broken by the
-correct bit) and carries the correct flag along: no argsort, no gather. Bins are then slices of the sorted keys;
-per-bin sums run in float64 without float64 copies of the data. A run of ties crossing a cut shows in the bins'
-smallest and largest keys; only then are its events counted, in the bins at the run's two ends. Events correct
-at a fraction (class ties) are keyed as incorrect, and their fractions, summed per confidence, are added to the
-bins afterwards: the common case, no such event, costs nothing.
+correct bit) and carries the correct flag along: no argsort, no gather. Bins are then slices of the sorted keys.
+The loops numpy would run as several passes (building the keys, per-bin counts, extremes and sums, the Brier
+scores' squares and gold entries, the type confidences) are compiled single passes (kernels.py, numba). A run of
+ties crossing a cut shows in the bins' smallest and largest keys; only then are its events counted, in the bins at
+the run's two ends. Events correct at a fraction (class ties) are keyed as incorrect, and their fractions, summed
+per confidence, are added to the bins afterwards: the common case, no such event, costs nothing.
 
-Quantile bins of float32 confidences skip the full sort: the keys are only partitioned (np.partition, one rank at a
-time) at the ranks where bins start, or for ``paper_compatible`` at the order statistics ``np.percentile`` reads
-and then at the counts below its edges. Equal keys are identical events, so each bin's slice then holds exactly
-the events sorting would put there, in another order. Where a bin's float64 sum is exact whatever the order (the
-usual case: its partial sums stay below 2**53 times the float32 spacing at its smallest confidence), the result is
-bit for bit the full sort's; the other bins are sorted before summing, so that always holds. About 2.5x faster
-than sorting; float64 confidences, whose sums are rarely exact, are sorted.
+Each bin's confidence sum is the exact sum, rounded once to float64: it cannot depend on the order of the events.
+A vectorised float64 sum is that wherever every addition is exact (the usual case for float32 confidences: its
+partial sums stay below 2**53 times the spacing at its smallest confidence); other bins (tiny confidences beside
+large ones, most float64 bins) are summed exactly by binary exponent. So quantile bins skip the full sort: the keys
+are only partitioned (np.partition, one rank at a time) at the ranks where bins start, or for ``paper_compatible``
+at the order statistics ``np.percentile`` reads and then at the counts below its edges. Equal keys are identical
+events, so each bin's slice then holds exactly the events sorting would put there, in another order, and the
+result is bit for bit the full sort's. About 2.5x faster than sorting.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from ensemble_distill.calibration import kernels
 from ensemble_distill.errors import UserError
 from ensemble_distill.predictions import PROB_TOLERANCE, iob2_label_problem
 
@@ -89,7 +93,7 @@ _UINT_OF_FLOAT = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint
 # elements per block in blocked loops: a block of 32-bit values (1 MB) stays in cache between the operations on
 # it, and numpy's cost per call (microseconds) is small against one
 _BLOCK_ELEMENTS = 1 << 18
-_WIDE_BLOCK = 1 << 19  # float64 elements per block of _squares_and_gold (4 MB): BLAS's cost per call shows below
+_SQUARES_BLOCK = 1 << 13  # values per block of _squares_and_gold: 32 KB of float32 stay in the L1 cache
 
 
 # --------------------------------------------------------------------------------------------- ECE
@@ -110,7 +114,7 @@ def ece(confidence, correct, n_bins=10, strategy="quantile", paper_compatible=Fa
         raise UserError("ece: no events (confidence is empty)")
     keys, fractions = _event_keys(conf, correct)
     partial = _partial_by_confidence(keys, fractions)  # before the keys are reordered in place
-    if strategy == "quantile" and conf.dtype == np.float32:
+    if strategy == "quantile":
         return _quantile_ece_by_selection(keys, conf.dtype, n_bins, paper_compatible, partial=partial)
     keys.sort()
     return _ece_of_sorted_keys(keys, conf.dtype, n_bins, strategy, paper_compatible, partial=partial)
@@ -244,32 +248,10 @@ def brier(probs, gold):
 
 def _squares_and_gold(values, gold):
     """One pass over values [N, C] (float): the sum of all squares, and over the rows with a gold column (gold[n] >=
-    0; -1 for none) the count, sum and sum of squares of values[n, gold[n]]; float64. Row blocks are widened into a
-    float64 scratch buffer, where BLAS sums the squares, and the gold entries are gathered while the block is in
-    cache: no float64 copy of the whole, no [N] index array, a third of the time of einsum(dtype=float64) and a
-    separate gather (each reads all of `values`)."""
-    n, c = values.shape
-    rows = max(1, _WIDE_BLOCK // max(c, 1))
-    scratch = np.empty(min(n, rows) * c)
-    row_starts = np.arange(min(n, rows)) * c
-    sum_sq = gold_sum = gold_sum_sq = 0.0
-    n_gold = 0
-    for start in range(0, n, rows):
-        block_gold = gold[start:start + rows]
-        source = values[start:start + block_gold.size].reshape(-1)
-        block = scratch[: source.size]
-        np.copyto(block, source)
-        sum_sq += np.dot(block, block)
-        if block_gold.min() < 0:  # rows without gold left out
-            with_gold = np.flatnonzero(block_gold >= 0)  # (indexing with the boolean mask is several times slower)
-            at = with_gold * c + block_gold[with_gold]
-        else:
-            at = row_starts[: block_gold.size] + block_gold
-        picked = np.take(block, at)
-        n_gold += picked.size
-        gold_sum += picked.sum()
-        gold_sum_sq += np.dot(picked, picked)
-    return sum_sq, n_gold, gold_sum, gold_sum_sq
+    0; -1 for none) the count, sum and sum of squares of values[n, gold[n]]; float64 (kernels.squares_and_gold, in
+    blocks of rows that stay in cache between the squares and the gold entries)."""
+    values = np.ascontiguousarray(values)
+    return kernels.squares_and_gold(values, gold, max(1, _SQUARES_BLOCK // max(values.shape[1], 1)))
 
 
 # ------------------------------------------------------------------------------------ NER entity types
@@ -280,12 +262,13 @@ def entity_type_confidences(probs, label_names):
     probs = _as_probs(probs, "probs")
     label_types = _label_types(label_names, probs.shape[1])
     type_names = sorted({t for t in label_types if t is not None})
-    # probs @ [C, T] 0/1 matrix: a type has at most two labels (B-, I-) and the other products are exact zeros, so
-    # each entry is the float sum p(B-X) + p(I-X), rounded once as in plain addition, in one BLAS pass
-    members = np.array([[t == name for name in type_names] for t in label_types], dtype=probs.dtype)
-    confidences = np.matmul(probs, members)
-    if not _bits_at_most_one(confidences):  # a check costs a third of clipping
-        np.minimum(confidences, 1, out=confidences)
+    # a type has one or two labels (B-X, I-X; unique names): each entry is the float sum p(B-X) + p(I-X), rounded
+    # once, in one compiled pass
+    labels = [[c for c, t in enumerate(label_types) if t == name] for name in type_names]
+    first = np.array([c[0] for c in labels], dtype=np.intp)
+    second = np.array([c[1] if len(c) > 1 else -1 for c in labels], dtype=np.intp)
+    confidences = np.empty((probs.shape[0], len(type_names)), dtype=probs.dtype)
+    kernels.type_confidences(probs, first, second, confidences)
     return confidences, type_names
 
 
@@ -389,11 +372,8 @@ def _type_calibration(conf, is_gold, type_index, n_bins, paper_compatible):
     if paper_compatible:
         kept.sort()
         type_ece = _paper_fixed_size_ece(kept, conf.dtype, n_bins, below)
-    elif conf.dtype == np.float32:  # as in `ece`: partitioned at the bin bounds, the same float as sorting
+    else:  # as in `ece`: partitioned at the bin bounds, the same float as sorting
         type_ece = _quantile_ece_by_selection(kept, conf.dtype, n_bins, False, below)
-    else:
-        kept.sort()
-        type_ece = _ece_of_sorted_keys(kept, conf.dtype, n_bins, "quantile", False, below)
     sq_err = np.sum(np.square(_key_confidences(kept, conf.dtype) - (kept & 1), dtype=np.float64)) + tie_shift
     return TypeCalibration(type_index=type_index, n_gold=n_gold, n_kept=n_kept, ece=type_ece,
                            brier=float(sq_err / n_kept))
@@ -418,37 +398,22 @@ def _paper_fixed_size_ece(sorted_keys, dtype, n_bins, below=(0, 0)):
 
 
 def _event_keys(conf, correct):
-    """Events as sortable unsigned ints (float bits << 1) | correct; the sign bit of -0.0 is shifted out. Built in
-    blocks, so that the OR (which widens the bools in a buffer) finds the shifted bits in cache.
+    """Events as sortable unsigned ints (float bits << 1) | correct; the sign bit of -0.0 is shifted out. One
+    compiled pass (kernels.event_keys); `conf` may be a strided column.
 
     `correct`: bool, or float (the probability of being correct). Float events correct at 1 get the bit; those
-    strictly between 0 and 1 do not, and are returned as (indices [P], float64 values [P]), else None. The float
-    values are checked in the same blocks (one read of them): anything else than 0, 1 or in between (NaN, < 0,
-    > 1) raises UserError."""
-    bits = conf.view(_UINT_OF_FLOAT[conf.dtype])
-    keys = np.empty_like(bits)
-    is_float = correct.dtype.kind == "f"
-    if is_float:  # buffers for the bools of a block
-        hit, other = (np.empty(min(_BLOCK_ELEMENTS, keys.size), dtype=bool) for _ in range(2))
-    index, values = [], []
-    for start in range(0, keys.size, _BLOCK_ELEMENTS):
-        block, part = keys[start:start + _BLOCK_ELEMENTS], correct[start:start + _BLOCK_ELEMENTS]
-        np.left_shift(bits[start:start + _BLOCK_ELEMENTS], 1, out=block)
-        if not is_float:
-            block |= part
-            continue
-        block_hit = np.equal(part, 1, out=hit[: part.size])
-        block |= block_hit
-        block_other = np.not_equal(part, 0, out=other[: part.size])
-        block_other ^= block_hit  # neither 0 nor 1
-        if block_other.any():
-            at = np.flatnonzero(block_other)
-            shares = part[at].astype(np.float64)
-            if not np.all((shares > 0) & (shares < 1)):
-                raise UserError("correct must be bool, 0/1 or a probability in [0, 1]")
-            index.append(at + start)
-            values.append(shares)
-    return keys, ((np.concatenate(index), np.concatenate(values)) if index else None)
+    strictly between 0 and 1 do not, and are returned as (indices [P], float64 values [P]), else None. The pass
+    counts the float values other than 0 and 1; only when there are some are they found and checked: anything else
+    than a value in between (NaN, < 0, > 1) raises UserError."""
+    keys = np.empty(conf.shape, dtype=_UINT_OF_FLOAT[conf.dtype])
+    flags = correct.view(np.uint8) if correct.dtype == np.bool_ else correct
+    if not kernels.event_keys(conf.view(keys.dtype), flags, keys):
+        return keys, None
+    index = np.flatnonzero((correct != 0) & (correct != 1))
+    shares = correct[index].astype(np.float64)
+    if not np.all((shares > 0) & (shares < 1)):
+        raise UserError("correct must be bool, 0/1 or a probability in [0, 1]")
+    return keys, (index, shares)
 
 
 def _key_confidences(keys, dtype):
@@ -461,13 +426,11 @@ def _ece_of_sorted_keys(keys, dtype, n_bins, strategy, paper_compatible, below=(
     return _ece_of_bins(keys, dtype, bounds, paper_compatible, below, partial=partial)
 
 
-def _ece_of_bins(keys, dtype, bounds, paper_compatible, below=(0, 0), extremes=None, partial=None):
-    """ECE of the bins keys[bounds[b]:bounds[b + 1]]: bins in order, each holding its bin's events (in any order if
-    they sum exactly). `extremes`: each non-empty bin's smallest and largest key, when the keys are not sorted;
+def _ece_of_bins(keys, dtype, bounds, paper_compatible, below=(0, 0), partial=None):
+    """ECE of the bins keys[bounds[b]:bounds[b + 1]]: bins in order, each holding its bin's events in any order.
     `below`, `partial`: see _share_ties."""
     starts, ends = _nonempty_bins(bounds)
-    lows, highs = extremes if extremes is not None else (keys[starts], keys[ends - 1])
-    counts, conf_sums, hit_sums = _bin_sums(keys, dtype, starts, ends)
+    counts, conf_sums, hit_sums, lows, highs = _bin_sums(keys, dtype, starts, ends)
     hit_sums = _share_ties(keys, starts, ends, lows, highs, counts, hit_sums, below, partial)
     if paper_compatible:  # as sklearn's calibration_curve, then the reference's np.mean(np.abs(fop - mpv))
         return float(np.mean(np.abs(hit_sums / counts - conf_sums / counts)))
@@ -603,19 +566,50 @@ def _percentile_ranks(n, n_bins):
 
 
 def _bin_sums(keys, dtype, starts, ends):
-    """Per bin keys[starts[b]:ends[b]]: event count, sum of confidences and correct events (float64 [bins])."""
-    conf_sums = np.zeros(starts.size)
-    hit_sums = np.zeros(starts.size)
-    scratch = np.empty(min(_BLOCK_ELEMENTS, keys.size), dtype=keys.dtype)
-    for i, (lo, hi) in enumerate(zip(starts, ends)):  # bins, then cache-sized blocks: the scratch stays in cache
-        for start in range(lo, hi, _BLOCK_ELEMENTS):
-            part = keys[start:min(start + _BLOCK_ELEMENTS, hi)]
-            tmp = scratch[: part.size]
-            np.right_shift(part, 1, out=tmp)
-            conf_sums[i] += np.sum(tmp.view(dtype), dtype=np.float64)
-            np.bitwise_and(part, 1, out=tmp)
-            hit_sums[i] += np.count_nonzero(tmp)
-    return (ends - starts).astype(np.float64), conf_sums, hit_sums
+    """Per non-empty bin keys[starts[b]:ends[b]], its events in any order: event count, sum of confidences and
+    correct events (float64 [bins]), smallest and largest key ([bins], keys.dtype).
+
+    Each confidence sum is the exact sum rounded once to float64, so it cannot depend on the order of the events.
+    One compiled pass (kernels.bin_stats) gives a vectorised float64 sum, which is that wherever every addition is
+    exact (_summed_exactly: the usual case for float32 confidences); the other bins are summed again, exactly
+    (_exact_sum)."""
+    lows, highs = np.empty(starts.size, dtype=keys.dtype), np.empty(starts.size, dtype=keys.dtype)
+    hit_sums, conf_sums = np.empty(starts.size), np.empty(starts.size)
+    kernels.bin_stats(keys, starts, ends, lows, highs, hit_sums, conf_sums)
+    counts = (ends - starts).astype(np.float64)
+    for b in np.flatnonzero(~_summed_exactly(counts, lows, highs, dtype)):
+        conf_sums[b] = _exact_sum(keys[starts[b]:ends[b]], dtype)
+    return counts, conf_sums, hit_sums, lows, highs
+
+
+def _summed_exactly(counts, lows, highs, dtype):
+    """Whether each bin's float64 confidence sum is exact whatever the order and grouping of the additions [bins].
+
+    A bin's confidences are all multiples of the spacing q of floats at its smallest one. While every partial sum
+    stays below 2**53 q, each float64 addition is exact. count * largest bounds any partial sum; 2**52, not 2**53,
+    leaves room for the rounding of that product. `lows`, `highs`: each bin's smallest and largest key."""
+    info = np.finfo(dtype)
+    exponents = (lows >> 1) >> info.nmant  # biased; 0 for subnormals and zero, whose spacing is that of exponent 1
+    spacing = np.ldexp(1.0, np.maximum(exponents, 1).astype(np.int64) - (info.maxexp - 1) - info.nmant)
+    return counts * _key_confidences(highs, dtype).astype(np.float64) < 2.0**52 * spacing
+
+
+def _exact_sum(keys, dtype):
+    """The sum of the confidences held in `keys`, exact, rounded once to float64.
+
+    kernels.exponent_sums adds the significands (as integers, in two parts) per binary exponent, exactly; the
+    parts times their powers of two, each split into halves that float64 holds exactly, go to math.fsum, which
+    rounds their sum once."""
+    info = np.finfo(dtype)
+    high, low = np.zeros(1 << info.nexp, dtype=np.int64), np.zeros(1 << info.nexp, dtype=np.int64)
+    kernels.exponent_sums(keys, info.nmant, high, low)
+    exponents = np.flatnonzero(high | low)
+    scale = np.ldexp(1.0, np.maximum(exponents, 1) - (info.maxexp - 1) - info.nmant)  # one unit of significand
+    terms = [np.ldexp((part >> 31).astype(np.float64), 31 + shift) * scale for part, shift in
+             ((high[exponents], 26), (low[exponents], 0))]
+    terms += [np.ldexp((part & 0x7FFFFFFF).astype(np.float64), shift) * scale for part, shift in
+              ((high[exponents], 26), (low[exponents], 0))]
+    return math.fsum(np.concatenate(terms))
 
 
 # ------------------------------------------------------------------ quantile bins by selection (no full sort)
@@ -625,8 +619,7 @@ def _quantile_ece_by_selection(keys, dtype, n_bins, paper_compatible, below=(0, 
     """Quantile ECE with the keys partitioned at the bin bounds instead of sorted; the same float as sorting.
 
     Equal keys are identical events, so a bin's slice after partitioning holds exactly the events it holds after a
-    full sort, only in another order. The order cannot change a bin's float64 sums where they are exact; the bins
-    where they might not be are sorted before summing (see _sort_bins_not_summed_exactly)."""
+    full sort, only in another order, which _bin_sums's exact sums do not see."""
     n = keys.size
     if paper_compatible:  # the percentile edges need a few order statistics; bin bounds are counts below edges
         previous, following, _ = _percentile_ranks(n, n_bins)
@@ -638,10 +631,7 @@ def _quantile_ece_by_selection(keys, dtype, n_bins, paper_compatible, below=(0, 
     else:
         bounds = _bin_bounds(keys, dtype, n_bins, "quantile", False)
     _partition_at(keys, bounds[1:-1])
-    starts, ends = _nonempty_bins(bounds)
-    extremes = _partitioned_extremes(keys, starts, ends)
-    _sort_bins_not_summed_exactly(keys, dtype, starts, ends, *extremes)
-    return _ece_of_bins(keys, dtype, bounds, paper_compatible, below, extremes, partial)
+    return _ece_of_bins(keys, dtype, bounds, paper_compatible, below, partial)
 
 
 def _partition_at(keys, ranks):
@@ -667,33 +657,6 @@ def _count_at_most(keys, ranks, limit):
     lo = ranks[i - 1] + 1 if i > 0 else 0
     hi = ranks[i] if i < ranks.size else keys.size  # keys at or after ranks[i] are all > limit
     return lo + int(np.count_nonzero(keys[lo:hi] <= limit))
-
-
-def _partitioned_extremes(keys, starts, ends):
-    """Smallest and largest key of each bin keys[starts[b]:ends[b]], for keys partitioned at the bin starts: a
-    start above 0 already holds its bin's smallest key."""
-    lows = keys[starts]
-    if starts.size and starts[0] == 0:
-        lows[0] = keys[: ends[0]].min()
-    highs = np.array([keys[lo:hi].max() for lo, hi in zip(starts, ends)], dtype=keys.dtype)
-    return lows, highs
-
-
-def _sort_bins_not_summed_exactly(keys, dtype, starts, ends, lows, highs):
-    """Sort, in place, each bin whose float64 confidence sum might depend on the order of its events.
-
-    A bin's confidences are all multiples of the spacing of float32 numbers at its smallest one, q. While every
-    partial sum stays below 2**53 q, each float64 addition is exact, in any order: then the partitioned bin sums to
-    what the sorted one does. The check uses count * largest as the bound of any partial sum. `lows`, `highs`:
-    each bin's smallest and largest key."""
-    for lo, hi, low, high in zip(starts, ends, lows, highs):
-        if hi - lo < 2:
-            continue
-        smallest_bits = int(low) >> 1
-        largest = float(_key_confidences(np.array([high]), dtype)[0])
-        spacing = 2.0 ** (max(smallest_bits >> 23, 1) - 150)  # float32: biased exponent above 23 fraction bits
-        if (hi - lo) * largest >= 2.0 ** 52 * spacing:  # 2**52, not 2**53: room for the rounding of the product
-            keys[lo:hi].sort()
 
 
 # ---------------------------------------------------------------------------------------- input checks
