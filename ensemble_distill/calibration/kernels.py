@@ -1,9 +1,8 @@
 """Compiled single passes (numba) over events: the loops of metrics.py that numpy would run as several passes.
 
 Each kernel reads its arrays once and writes into arrays the caller allocates (numpy allocations stay visible to
-tracemalloc, and the caller decides the sizes). Compiled on first use and cached beside this file (`cache=True`:
-about a second per kernel once; where that folder is read-only, numba uses NUMBA_CACHE_DIR or the user's cache
-folder). `nogil`: they release the GIL, so threads can run them side by side.
+tracemalloc, and the caller decides the sizes). Compiled on first use for each combination of argument types, and
+cached on disk (`_compiled`). `nogil`: they release the GIL, so threads can run them side by side.
 
 Event keys are the unsigned integers metrics.py sorts: (confidence bits << 1) | correct, uint32 for float32
 confidences, uint64 for float64.
@@ -19,8 +18,21 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-_jit = numba.njit(cache=True, nogil=True)
-_jit_reassociated = numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+
+def _compiled(**options):
+    """numba.njit(nogil=True, cache=True, **options). numba caches beside this file, or where that folder is
+    read-only (an installed package) in NUMBA_CACHE_DIR or the user's cache folder (~/.cache/numba); where none is
+    writable it refuses to cache, at import: then the kernels are compiled in each process instead (seconds)."""
+    def decorate(function):
+        try:
+            return numba.njit(cache=True, nogil=True, **options)(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(nogil=True, **options)(function)
+    return decorate
+
+
+_jit = _compiled()
+_jit_reassociated = _compiled(fastmath={"reassoc"})
 
 
 @intrinsic
