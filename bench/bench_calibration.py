@@ -12,7 +12,10 @@ Targets: the whole report within 3x one np.sort of the E confidences (float32, a
 each metric's peak extra memory (numpy allocations, tracemalloc) within 4x its input arrays.
 
 Timings are the best of --repeats runs, taken in turns (each round's report/sort ratio is printed too, median
-and range), on one thread (BLAS limited to one, as np.sort has one).
+and range), on one thread (BLAS limited to one, as np.sort has one). Every case runs once before the timed rounds:
+the metrics' compiled kernels (numba, calibration/kernels.py) load from numba's cache, or compile on a first run,
+then and not inside a timed call. Peak memory is tracemalloc's: it sees numpy's allocations, and the kernels
+allocate nothing themselves (they write into numpy arrays their callers allocate).
 Ratios are of CPU time (this process's): what each call costs, and steadier than wall time on a shared machine,
 where other processes stretch short and long calls unequally (under a load of 5 on 2 cores the wall-clock np.sort
 doubled and the report did not: a wall ratio of 2.8 where CPU time said 3.4); wall times are printed beside them.
@@ -26,6 +29,7 @@ import os
 import time
 import tracemalloc
 
+import numba
 import numpy as np
 from numpy._core._multiarray_umath import __cpu_features__  # what np.show_runtime() reads
 from sklearn.calibration import calibration_curve
@@ -148,6 +152,7 @@ def full_vocab_topk_seconds_per_position(seed):
     probs = rng.random((FULL_VOCAB_POSITIONS, VOCAB), dtype=np.float32) ** 8
     probs /= probs.sum(axis=1, keepdims=True)
     gold = rng.integers(0, VOCAB, FULL_VOCAB_POSITIONS)
+    topk_ece(probs, gold, k=5)  # warm-up, as above
     return best_time(lambda: topk_ece(probs, gold, k=5), 2) / FULL_VOCAB_POSITIONS
 
 
@@ -160,6 +165,7 @@ def main():
 
     n_events = max(20, int(10_000_000 * args.scale))
     print(f"events per metric: {n_events:,}  numpy {np.__version__} (np.sort: {sort_dispatch()})  "
+          f"numba {numba.__version__}  "
           f"cpus {os.cpu_count()}  load average {os.getloadavg()[0]:.2f} (shared machine: wall times are noisy)")
     d = make_data(n_events, args.seed)
     type_conf, types = entity_type_confidences(d["ner_probs"], NER_LABELS)
@@ -167,6 +173,8 @@ def main():
 
     timed = cases(d, type_events)
     with threadpool_limits(1):
+        for _, fn, _ in timed:  # warm-up: compiled kernels load (or compile) outside the timed rounds
+            fn()
         runs = times_round_robin([fn for _, fn, _ in timed], args.repeats)
     seconds = runs.min(axis=0)  # best of the repeats [cases, 2]
     rows = [(name, cpu, wall, peak_extra_bytes(fn), sum(a.nbytes for a in inputs))
