@@ -135,3 +135,13 @@ def type_confidences(probs, first, second, out):
             if second[t] >= 0:
                 v += probs[i, second[t]]
             out[i, t] = v if v < 1 else 1
+
+
+@_jit_reassociated
+def squared_errors(keys):
+    """The *reassociated* float64 sum over the events in `keys` of (confidence - correct)^2."""
+    total = 0.0
+    for i in range(keys.size):
+        error = np.float64(_key_confidence(keys[i])) - np.float64(keys[i] & 1)
+        total += error * error
+    return total

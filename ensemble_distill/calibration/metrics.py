@@ -374,7 +374,7 @@ def _type_calibration(conf, is_gold, type_index, n_bins, paper_compatible):
         type_ece = _paper_fixed_size_ece(kept, conf.dtype, n_bins, below)
     else:  # as in `ece`: partitioned at the bin bounds, the same float as sorting
         type_ece = _quantile_ece_by_selection(kept, conf.dtype, n_bins, False, below)
-    sq_err = np.sum(np.square(_key_confidences(kept, conf.dtype) - (kept & 1), dtype=np.float64)) + tie_shift
+    sq_err = kernels.squared_errors(kept) + tie_shift
     return TypeCalibration(type_index=type_index, n_gold=n_gold, n_kept=n_kept, ece=type_ece,
                            brier=float(sq_err / n_kept))
 
