@@ -33,6 +33,7 @@ def _compiled(**options):
 
 _jit = _compiled()
 _jit_reassociated = _compiled(fastmath={"reassoc"})
+_SUM_BLOCK = 1 << 13  # terms per partial sum of squared_errors
 
 
 @intrinsic
@@ -103,24 +104,30 @@ def exponent_sums(keys, mantissa_bits, high, low):
 def squares_and_gold(values, gold, rows):
     """values [N, C] float (C-contiguous), gold [N] ints (-1: none): the *reassociated* float64 sum of all squares,
     and over the rows with gold >= 0 the count, sum and sum of squares of values[n, gold[n]]. Blocks of `rows` rows:
-    the squares run over a block's contiguous values, then the gold entries are read while it is still in cache."""
+    the squares run over a block's contiguous values, then the gold entries are read while it is still in cache.
+    Summed per block, then over the blocks: about as accurate as numpy's pairwise sums."""
     n, c = values.shape
     flat = values.reshape(-1)
     sum_sq = gold_sum = gold_sum_sq = 0.0
     n_gold = 0
-    for start in range(0, n, rows):
+    for start in range(0, n, rows):  # a block's sums, then the blocks': the rounding error grows with the block size
         block = flat[start * c:min(n, start + rows) * c]
+        block_sq = 0.0
         for e in range(block.size):
             v = np.float64(block[e])
-            sum_sq += v * v
+            block_sq += v * v
         block_gold = gold[start:start + rows]
+        block_gold_sum = block_gold_sq = 0.0
         for i in range(block_gold.size):  # branch-free: vectorised
             g = np.int64(block_gold[i])
             has_gold = g >= 0
             v = np.float64(block[i * c + max(g, 0)]) if has_gold else 0.0
             n_gold += has_gold
-            gold_sum += v
-            gold_sum_sq += v * v
+            block_gold_sum += v
+            block_gold_sq += v * v
+        sum_sq += block_sq
+        gold_sum += block_gold_sum
+        gold_sum_sq += block_gold_sq
     return sum_sq, n_gold, gold_sum, gold_sum_sq
 
 
@@ -139,9 +146,14 @@ def type_confidences(probs, first, second, out):
 
 @_jit_reassociated
 def squared_errors(keys):
-    """The *reassociated* float64 sum over the events in `keys` of (confidence - correct)^2."""
+    """The *reassociated* float64 sum over the events in `keys` of (confidence - correct)^2, per block of events,
+    then over the blocks (as squares_and_gold)."""
     total = 0.0
-    for i in range(keys.size):
-        error = np.float64(_key_confidence(keys[i])) - np.float64(keys[i] & 1)
-        total += error * error
+    for start in range(0, keys.size, _SUM_BLOCK):
+        block = keys[start:start + _SUM_BLOCK]
+        block_total = 0.0
+        for i in range(block.size):
+            error = np.float64(_key_confidence(block[i])) - np.float64(block[i] & 1)
+            block_total += error * error
+        total += block_total
     return total
