@@ -52,12 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo(sub)
     add_reproduce(sub)
     add_aliases(sub)
-    for command in sub.choices.values():  # also accepted after the command; SUPPRESS keeps a --debug given before
+    for name, command in sub.choices.items():  # also accepted after the command; SUPPRESS keeps a --debug before
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the traceback of an error")
+        # taken by every command, so that one reading no config refuses it in one line (no_settings), but only
+        # offered by the help of those that read one
         command.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
-                             help="override a config setting (a TOML literal: 16, 0.1, \"iob2\", [3, 6]); repeatable")
+                             help=argparse.SUPPRESS if name in READS_NO_CONFIG else
+                             "override a config setting (a TOML literal: 16, 0.1, \"iob2\", [3, 6]); repeatable")
     return parser
+
+
+READS_NO_CONFIG = ("compare", "predict", "translate", "export")  # commands whose help does not offer --set
 
 
 def typed(kind, problem):
@@ -566,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ensemble-distill: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of standard output left (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit either
+        return 1
     except OSError as err:  # an output the system refuses mid-run (the folders were checked up front)
         if args.debug or not _refused_write(err):
             raise

@@ -410,15 +410,18 @@ class TranslationConfig:
         _check_snapshot_budget(self)
 
 
-def load_config(path, cls=None, overrides: list[str] = (), resolve_paths: bool = True):
+def load_config(path, cls=None, overrides: list[str] = (), resolve_paths: bool = True, fixed: dict | None = None):
     """Read a TOML file into `cls` (None: the class its `task` key names, TASK_CONFIGS), with defaults for what
     the file leaves out, then `overrides` ("section.key=value", a TOML literal or else a bare string) on top;
     validated (see `validate`). Paths the file gives (settings declared with path=True) are relative to the
     file's folder, paths in overrides to the current folder; both come back absolute (resolve_paths=False: as
-    written, for `make demo`, whose data paths are under a data root). Raises UserError naming the file or the
-    override and the key."""
+    written, for `make demo`, whose data paths are under a data root). `fixed`: {section: {key: value}} the
+    caller sets whatever the file says (a student's teacher run, named by its command line). Raises UserError
+    naming the file or the override and the key."""
     path = Path(path)
     raw = read_toml(path)
+    for section, values in (fixed or {}).items():
+        raw = {**raw, section: {**raw.get(section, {}), **values}}
     if cls is None:
         task = raw.get("task")
         if task not in TASK_CONFIGS:

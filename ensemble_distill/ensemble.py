@@ -173,16 +173,27 @@ class Run:
         return [self.load(self.member_dir(i)) for i in ensemble_member_ids(self.cfg, ensemble_size)]
 
 
+def run_task(run_dir) -> str:
+    """The task of a run folder: its config.toml's `task` (older runs: "nmt" when it holds vocab.model).
+    Raises UserError when the folder is not a run (a student's folder, which holds its distillation config, is
+    named as one)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "teacher.json").is_file():
+        scored = run_dir / "eval" / "test" / "student" / "predictions.npz"
+        raise UserError(f"{run_dir}: a student's folder, not a run: `evaluate --run` its teacher's run (it scores "
+                        f"every student in RUN/students/), or `evaluate {scored}`")
+    if not (run_dir / "config.toml").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no config.toml); train it with `train`")
+    return read_toml(run_dir / "config.toml").get("task") or ("nmt" if (run_dir / "vocab.model").is_file() else "ner")
+
+
 def read_run_config(run_dir, overrides: Sequence[str] = ()):
     """RUN/config.toml of a run of either task (older runs without `task`: "nmt" when the folder holds vocab.model),
     with `overrides` ("section.key=value") of what its members do not fix (Task.run_overridable: decoding,
     distillation, the device). Raises UserError for a folder that is not a run, or an override of a fixed
     setting."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file():
-        raise UserError(f"{run_dir}: not a run directory (no config.toml); train it with `train`")
-    task = get_task(read_toml(run_dir / "config.toml").get("task")
-                    or ("nmt" if (run_dir / "vocab.model").is_file() else "ner"))
+    task = get_task(run_task(run_dir))
     fixed = [o for o in overrides if not o.strip().startswith(task.run_overridable)]
     if fixed:
         allowed = ", ".join(f"{p}*" if p.endswith(".") else p for p in task.run_overridable)

@@ -17,18 +17,6 @@ from .errors import UserError
 from .io_utils import run_lock
 
 
-def run_task(run_dir) -> str:
-    """The task of a run folder: its config.toml's `task` (older runs: "nmt" when it holds vocab.model).
-    Raises UserError when the folder is not a run."""
-    from .config import read_toml
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file():
-        raise UserError(f"{run_dir}: not a run directory (no config.toml); train it with `train`")
-    task = read_toml(run_dir / "config.toml").get("task")
-    return task or ("nmt" if (run_dir / "vocab.model").is_file() else "ner")
-
-
 def train(cfg, run_dir, progress: bool = True, member: int | None = None, individual: int | None = None) -> str:
     """Train (or resume) every member (and NER individual) of the run; returns a one-line summary. `member` or
     `individual` I: that model alone (ensemble.train_members' `only`), so K jobs of a job array train K members
@@ -66,7 +54,7 @@ def evaluate_run(run_dir, split: str = "test", n_boot: int = 1000, device: str |
     RUN/eval/<split>/); returns the Markdown table. Translation: `src` and `ref` (two line-aligned files) evaluate
     on that pair instead, in RUN/eval/<name> (default pair-<the source file's stem>), with the temperatures fitted
     on the run's dev split as always."""
-    from .ensemble import open_run
+    from .ensemble import open_run, run_task
     from .evaluation import evaluate_run as evaluate_systems
     from .tables import format_rows
 
@@ -146,7 +134,7 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
     default: DistillConfig's defaults) with `overrides`; translation the run's config with `overrides` and
     `device`. Returns the student's table (raw and temperature-scaled rows)."""
     from .distill.student import check_student_name, distill_run, evaluate_student
-    from .ensemble import open_run, read_run_config
+    from .ensemble import open_run, read_run_config, run_task
     from .tables import format_rows
     from .tasks import get_task
 
@@ -202,9 +190,10 @@ def predict(input_path, out_dir, model=None, run=None, members: int | None = Non
     if (model is None) == (run is None):
         raise UserError("predict: give --model FOLDER (a member, individual or student) or --run RUN")
     if run is not None:
+        from .ensemble import ensemble_member_ids, read_run_config, run_task
+
         if run_task(run) != "ner":
             raise UserError(f"{run}: predict --run tags with an NER ensemble; for translation use --model FOLDER")
-        from .ensemble import ensemble_member_ids, read_run_config
         from .runs import model_dir
         from .tag_text import predict as tag_file
         from .tasks.ner import load_model
@@ -238,9 +227,10 @@ def translate(input_path="-", output=None, model=None, run=None, members: int | 
     if (model is None) == (run is None):
         raise UserError("translate: give --model FOLDER (a member or student) or --run RUN")
     if run is not None:
+        from .ensemble import ensemble_member_ids, read_run_config, run_task
+
         if run_task(run) != "nmt":
             raise UserError(f"{run}: an NER run; translate takes a translation run (tag text with predict)")
-        from .ensemble import ensemble_member_ids, read_run_config
         from .runs import model_dir
 
         ids = ensemble_member_ids(read_run_config(run), members)

@@ -200,6 +200,10 @@ def load_predictions(path) -> Predictions:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such predictions file")
+    with path.open("rb") as f:  # numpy's own message for other files talks of unpickling them
+        if f.read(4) != b"PK\x03\x04":
+            raise UserError(f"{path}: not a predictions .npz file (not a zip archive of named arrays; `predict`, "
+                            "`evaluate --run` and `reproduce` write them)")
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):

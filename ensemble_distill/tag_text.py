@@ -347,10 +347,15 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
     reader: read_input's layout settings. Returns the files written. Raises UserError for bad input."""
     if (target_precision is None) != (dev is None):
         raise UserError("--target-precision and --dev go together: the threshold is picked on a dev file with gold")
+    if target_precision is not None and min_confidence:
+        raise UserError(f"--min-confidence {min_confidence} and --target-precision {target_precision}: give one "
+                        "(the target picks the confidence threshold on the dev file)")
     if dev is not None and reader.get("tag_col") is None:
         raise UserError("--target-precision: give --tag-col, the gold tag column of the --dev file (same layout as "
                         "the input)")
-    fmt = input_format(input_path, fmt, reader.get("tag_col"))
+    # With a dev file the column settings describe it, so a gold column does not make the input CoNLL: a .txt or
+    # .jsonl input keeps the format its name says.
+    fmt = input_format(input_path, fmt, None if dev is not None else reader.get("tag_col"))
     # An input given as text or jsonl with a dev file: the column settings describe the dev file only.
     columns = ("token_col", "tag_col") if dev is not None and fmt != "conll" else ()
     text = read_input(input_path, models[0].tokenizer, fmt, **{k: v for k, v in reader.items() if k not in columns})

@@ -339,3 +339,11 @@ def test_an_ner_run_that_failed_on_bad_data_takes_the_corrected_config(tiny_enco
     with pytest.warns(UserWarning, match="B-GPE"):
         assert main(argv) == 0
     assert "unknown_tag = \"O\"" in (run / "config.toml").read_text()
+
+
+@pytest.mark.parametrize("command, offered", [("train", True), ("distill", True), ("evaluate", True),
+                                               ("predict", False), ("compare", False), ("export", False)])
+def test_help_offers_set_only_where_a_config_is_read(command, offered, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert ("--set" in capsys.readouterr().out) == offered

@@ -380,6 +380,9 @@ def test_a_student_may_tune_more_encoder_layers_than_its_teachers(run, tmp_path,
     with np.load(out / "eval" / "test" / "student" / "predictions.npz") as saved:
         np.testing.assert_allclose(saved["probs"], np.concatenate(alone.distributions(test_sentences)), atol=1e-5)
 
+    assert main(["evaluate", "--run", str(out)]) == 2  # a student's folder is named as one, not as a bad run
+    assert f"{out}: a student's folder, not a run" in capsys.readouterr().err
+
     config.write_text(config.read_text().replace("finetune_layers = 2", "finetune_layers = 4"))
     assert main(["distill", "--store", str(store_dir), "--config", str(config), "--out", str(tmp_path / "s4"),
                  "--n-boot", "20"]) == 2

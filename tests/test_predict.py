@@ -231,12 +231,21 @@ def test_target_precision_picks_the_dev_threshold_and_reports_both_operating_poi
     kept = [e["confidence"] for s in entities(out) for e in s["entities"]]
     assert len(kept) == (confidence >= threshold).sum() and min(kept) >= threshold
 
-    text = tmp_path / "news.txt"  # plain text tagged with the dev file's threshold: the columns are dev's
+    # Plain text and jsonl tagged with the dev file's threshold: the columns are dev's, and the input keeps the
+    # format its name says (a gold column given for dev does not make it CoNLL).
+    text, lines = tmp_path / "news.txt", tmp_path / "news.jsonl"
     text.write_text("".join(" ".join(s) + "\n" for s in SENTENCES))
-    assert main(["predict", "--model", str(folders["iid"]), "--input", str(text), "--format", "text", *layout,
-                 "--dev", str(dev), "--target-precision", str(q), "--out", str(tmp_path / "t")]) == 0
-    assert entities(tmp_path / "t") == [{**e, "line": i + 1} for i, e in enumerate(entities(out))]
-    assert "input_operating_point" not in json.loads((tmp_path / "t" / "threshold.json").read_text())
+    lines.write_text("".join(json.dumps({"tokens": s}) + "\n" for s in SENTENCES))
+    for given, extra in ((text, ["--format", "text"]), (text, []), (lines, [])):
+        assert main(["predict", "--model", str(folders["iid"]), "--input", str(given), *extra, *layout,
+                     "--dev", str(dev), "--target-precision", str(q), "--out", str(tmp_path / "t")]) == 0
+        assert entities(tmp_path / "t") == [{**e, "line": i + 1} for i, e in enumerate(entities(out))]
+        assert "input_operating_point" not in json.loads((tmp_path / "t" / "threshold.json").read_text())
+    capsys.readouterr()
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(text), *layout, "--dev", str(dev),
+                 "--target-precision", str(q), "--min-confidence", "0.5", "--out", str(tmp_path / "both")]) == 2
+    assert "--min-confidence 0.5 and --target-precision" in capsys.readouterr().err
+    assert not (tmp_path / "both").exists()
     assert main(["predict", "--model", str(folders["iid"]), "--input", str(dev), *layout,
                  "--min-confidence", "0.5", "--out", str(tmp_path / "m")]) == 0
     assert sum(len(s["entities"]) for s in entities(tmp_path / "m")) == (confidence >= 0.5).sum()

@@ -240,8 +240,9 @@ def test_missing_and_non_npz_files(tmp_path):
         load_predictions(tmp_path / "nope.npz")
     text = tmp_path / "text.npz"
     text.write_text("hello\n")
-    with pytest.raises(UserError, match="text.npz: not a predictions .npz file"):
+    with pytest.raises(UserError, match="text.npz: not a predictions .npz file") as err:
         load_predictions(text)
+    assert "pickle" not in str(err.value)  # numpy's own message would tell the user to load it unsafely
     single = tmp_path / "single.npz"
     with open(single, "wb") as f:
         np.save(f, np.zeros(3))

@@ -167,6 +167,20 @@ def test_cli_evaluate_writes_metrics_and_plots(tmp_path, capsys):
     assert (tmp_path / "dev-eval" / "metrics.json").exists()
 
 
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
+    """`evaluate F | head -1`: the closed pipe ends the command with status 1 and no traceback."""
+    import subprocess
+    import sys
+
+    save_predictions(tmp_path / "dev.npz", tagging_preds())
+    command = [sys.executable, "-m", "ensemble_distill.cli", "evaluate", str(tmp_path / "dev.npz"), "--n-boot", "2",
+               "--out", str(tmp_path / "ev")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the table is printed
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and b"Traceback" not in err and b"Exception ignored" not in err, err.decode()
+
+
 def test_cli_evaluate_reports_a_bad_file_in_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_text("not an archive")

@@ -11,7 +11,6 @@ import copy
 import dataclasses
 import functools
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -684,7 +683,7 @@ def student_settings(run_dir, members: int | None, config=None, overrides=()) ->
     from ..config import Distillation, StudentTraining, apply_overrides, from_dict, load_config, to_dict, validate
 
     run = str(Path(run_dir).absolute())
-    cfg = load_config(config, DistillConfig, [f"distill.ensemble_run={json.dumps(run)}", *overrides]) if config \
+    cfg = load_config(config, DistillConfig, overrides, fixed={"distill": {"ensemble_run": run}}) if config \
         else DistillConfig(Distillation(ensemble_run=run), StudentTraining())
     if overrides and not config:
         cfg = from_dict(DistillConfig, apply_overrides(DistillConfig, to_dict(cfg), overrides), "--set")
