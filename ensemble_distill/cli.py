@@ -23,6 +23,7 @@ import errno
 import os
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 from .config import MAX_MEMBERS, Range, TranslationDistillation, TranslationTraining, folder_problem, setting_problem
@@ -561,6 +562,8 @@ def run_distill_nmt(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:  # a warning is a line for the user, not the source line that raised it
+        warnings.formatwarning = lambda message, *_, **__: f"ensemble-distill: warning: {message}\n"
     try:
         if "WORLD_SIZE" in os.environ:  # under torchrun: join its process group (torch imported only then)
             from .distributed import init_from_env

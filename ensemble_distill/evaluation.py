@@ -23,6 +23,7 @@ columns change.
     RUN/eval/<split>/truncation.{md,json}  the students' teacher truncation beside their metrics (tables.py)
 """
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from .ensemble import ensemble_mean, nested_subsets
 from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text, read_json
 from .predictions import save_predictions
-from .runs import model_dir
+from .runs import finished, model_dir
 from .tables import SCALED, format_rows, format_sweep, table_rows, truncation_rows
 
 
@@ -67,7 +68,12 @@ def run_systems(run) -> tuple[list[Path], list[System]]:
     for k, ids in nested_subsets(e.members, e.subset_sizes, getattr(e, "split_seed", None)).items():
         systems.append(System(f"ensemble-{k}", f"ensemble of {k}", tuple(ids),
                               meta={"ensemble": ids, "models": [str(folders[i]) for i in ids]}))
-    for folder in sorted(p.parent for p in (run.run_dir / "students").glob("*/result.json")):
+    students = sorted(p for p in (run.run_dir / "students").glob("*") if p.is_dir())
+    unfinished = [folder.name for folder in students if not finished(folder)]
+    if unfinished:  # a student still training (or killed): said, not silently left out
+        warnings.warn(f"{run.run_dir / 'students'}: not scored, not finished (no result.json): "
+                      f"{', '.join(unfinished)}")
+    for folder in (folder for folder in students if finished(folder)):
         add(folder, System(folder.name, f"student ({folder.name})", (len(folders),),
                            meta={"student": folder.name, "models": [str(folder)]}))
     names = {s.name for s in systems}

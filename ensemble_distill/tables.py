@@ -109,11 +109,13 @@ def truncation_rows(students: dict[str, dict], rows: list[dict], columns) -> lis
 
 
 def format_sweep(table: list[dict], columns, title: str) -> str:
-    """The truncation table in Markdown: each student's truncation, metrics (values only) and bytes per token."""
+    """The truncation table in Markdown: each student (students of one truncation may differ by teacher or
+    settings), its truncation, metrics (values only) and bytes per token."""
     lines = [f"**{title}** ({units(columns)})", "",
-             "| truncation | " + " | ".join(c.header for c in columns) + " | bytes/token |",
-             "|---|" + "---|" * (len(columns) + 1)]
+             "| student | truncation | " + " | ".join(c.header for c in columns) + " | bytes/token |",
+             "|---|---|" + "---|" * (len(columns) + 1)]
     for row in table:
         cells = [f"{c.scale * row[c.key]['value']:.2f}" for c in columns]
-        lines.append(f"| {row['truncation']} | " + " | ".join(cells) + f" | {row['bytes_per_token']:.1f} |")
+        lines.append(f"| {row['student']} | {row['truncation']} | " + " | ".join(cells)
+                     + f" | {row['bytes_per_token']:.1f} |")
     return "\n".join(lines) + "\n"

@@ -428,3 +428,17 @@ def test_a_student_early_stopped_on_dev_trains_on_every_training_sentence(run, t
     result = json.loads((tmp_path / "student-dev" / "result.json").read_text())
     assert result["best_score"] == pytest.approx(f1_score(gold, predicted, mode="strict", scheme=IOB2))
 
+
+
+def test_evaluate_names_a_student_left_unfinished_in_one_warning_line(run_dir):
+    import warnings
+
+    unfinished = run_dir / "students" / "student-killed"
+    unfinished.mkdir(parents=True)
+    try:
+        with pytest.warns(UserWarning, match=r"students: not scored, not finished \(no result.json\): student-killed"):
+            assert main(["evaluate", "--run", str(run_dir), "--n-boot", "5"]) == 0
+    finally:
+        unfinished.rmdir()
+    # the command line prints a warning as one line of its own, not with the source line that raised it
+    assert warnings.formatwarning("a message", UserWarning, "x.py", 1) == "ensemble-distill: warning: a message\n"

@@ -268,7 +268,7 @@ def test_evaluation_tabulates_each_students_truncation(toy_run):
     assert table[0]["bytes_per_token"] < table[1]["bytes_per_token"]
     by_name = {r["name"]: r for r in rows}
     assert table[0]["bleu"] == by_name[narrow.name]["bleu"]
-    assert "| V' = 4 |" in (toy_run.run_dir / "eval" / "test" / "truncation.md").read_text()
+    assert f"| {wide.name} | V' = 4 |" in (toy_run.run_dir / "eval" / "test" / "truncation.md").read_text()
 
 
 def test_distill_samples_writes_a_sampled_store_and_its_student_joins_the_truncation_table(toy_run, capsys):
@@ -304,7 +304,7 @@ def test_distill_samples_writes_a_sampled_store_and_its_student_joins_the_trunca
     table = json.loads((run_dir / "eval" / "test" / "truncation.json").read_text())
     assert table[-1]["student"] == "student-2-sampled3" and table[-1]["truncation"] == "sampled R = 3"
     assert all(row["samples"] == 0 for row in table[:-1])
-    assert "| sampled R = 3 |" in (run_dir / "eval" / "test" / "truncation.md").read_text()
+    assert "| student-2-sampled3 | sampled R = 3 |" in (run_dir / "eval" / "test" / "truncation.md").read_text()
 
 
 def test_samples_refused_with_a_truncation_or_out_of_range(toy_run, capsys):
