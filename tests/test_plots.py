@@ -85,8 +85,22 @@ def test_reliability_bins_match_a_loop_over_bins():
 
 def test_plots_are_written_as_png(tmp_path):
     conf, gold_type = random_events(4)
-    reliability_diagram(conf.max(axis=1), conf.argmax(axis=1) == gold_type, tmp_path / "rel.png", ece=0.05)
+    reliability_diagram(conf.max(axis=1), conf.argmax(axis=1) == gold_type, tmp_path / "rel.png")
     pr_curve_plot({"a": precision_recall_curve(conf, gold_type)}, tmp_path / "pr.png")
     for name in ("rel.png", "pr.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pr.png", "rel.png"]
+
+
+def test_the_reliability_titles_ece_is_that_of_the_bins_drawn():
+    """Ten equal-width bins by hand: an event's bin is floor(10 c), 1.0 in the last; ECE = Σ n_b |acc_b - c_b| / N."""
+    from ensemble_distill.calibration.plots import drawn_ece, reliability_bins
+
+    rng = np.random.default_rng(3)
+    confidence = np.concatenate([rng.uniform(0.3, 1.0, 500), [1.0, 0.5, 0.5]])
+    correct = rng.uniform(size=len(confidence)) < confidence ** 2
+    bins = np.minimum((confidence * 10).astype(int), 9)
+    expected = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).sum()
+                   for b in range(10) if (bins == b).any()) / len(confidence)
+    assert drawn_ece(*reliability_bins(confidence, correct, 10)) == pytest.approx(expected, rel=1e-12)
+

@@ -81,9 +81,19 @@ def reliability_bins(confidence, correct, n_bins=10):
     return counts, accuracy, mean_conf
 
 
-def reliability_diagram(confidence, correct, path, n_bins=10, title="Reliability diagram", ece=None) -> None:
-    """Accuracy against confidence in equal-width bins, with the diagonal, and the events per bin beneath."""
+def drawn_ece(counts, accuracy, mean_conf) -> float:
+    """The ECE of reliability bins as drawn (reliability_bins' int [B] counts, float [B] accuracies and mean
+    confidences, NaN in empty bins): Σ_b n_b |acc_b - conf_b| / N, a fraction (Guo et al. 2017, eq. 3)."""
+    drawn = counts > 0
+    return float(np.sum(counts[drawn] * np.abs(accuracy[drawn] - mean_conf[drawn])) / max(counts.sum(), 1))
+
+
+def reliability_diagram(confidence, correct, path, n_bins=10, title="Reliability diagram") -> None:
+    """Accuracy against confidence in equal-width bins, with the diagonal, and the events per bin beneath; the
+    title gives the ECE of the bins drawn (Σ n_b |acc_b - conf_b| / N), so that it is the picture's own number
+    (the report's ECE-1 is bias-corrected and binned by its own rule)."""
     counts, accuracy, mean_conf = reliability_bins(confidence, correct, n_bins)
+    ece = drawn_ece(counts, accuracy, mean_conf)
     left = np.arange(n_bins) / n_bins
     width = 1 / n_bins
 
@@ -93,7 +103,7 @@ def reliability_diagram(confidence, correct, path, n_bins=10, title="Reliability
     top.plot(mean_conf, accuracy, "o", color="tab:red", markersize=4, label="mean confidence")
     top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-    top.set_title(title if ece is None else f"{title} (ECE {100 * ece:.2f}%)")
+    top.set_title(f"{title}\nECE of these {n_bins} bins {100 * ece:.2f}%", fontsize="medium")
     top.legend(loc="upper left", fontsize="small", framealpha=0.8)
     bottom.bar(left, counts, width=width, align="edge", edgecolor="black", color="tab:gray")
     for x, n in zip(left + width / 2, counts):

@@ -96,7 +96,7 @@ def evaluate(preds: Predictions, out_dir=None, n_boot=1000, seed=0) -> dict[str,
                      "interval": {name: "bias-corrected value, basic interval, clipped at 0" if name in debiased
                                   else "percentile" for name in metrics}}
         write_metrics_json(out_dir / "metrics.json", preds, metrics, settings)
-        write_plots(out_dir, preds, metrics)
+        write_plots(out_dir, preds)
     return metrics
 
 
@@ -237,13 +237,11 @@ def write_metrics_json(path, preds: Predictions, metrics, settings) -> None:
     )
 
 
-def write_plots(out_dir: Path, preds: Predictions, metrics) -> None:
+def write_plots(out_dir: Path, preds: Predictions) -> None:
     """reliability_top1.png for every task; pr_curve.png for tagging."""
     confidence, correct = top1_events(preds)
-    name = str(preds.meta.get("model", preds.task))
-    ece_1 = metrics["ece_1"]["value"]
-    title = f"Top-1 reliability ({name})"
-    reliability_diagram(confidence, correct, out_dir / "reliability_top1.png", title=title, ece=ece_1)
+    name = "/".join(Path(str(preds.meta.get("model", preds.task))).parts[-2:])  # the model's folder and its parent
+    reliability_diagram(confidence, correct, out_dir / "reliability_top1.png", title=f"Top-1 reliability ({name})")
     if preds.task == "tagging":
         pr_curve_plot({name: pr_curve(preds)}, out_dir / "pr_curve.png")
 
