@@ -20,6 +20,7 @@ shows the traceback instead.
 
 import argparse
 import errno
+import math
 import os
 import sys
 import typing
@@ -112,6 +113,7 @@ def output_folder(text: str) -> str:
 
 N_BOOT = in_range(int, 1)
 MEMBERS = typed(int, Range(1, MAX_MEMBERS).problem)  # an ensemble's size: a run may have none (members = 0)
+TEMPERATURE = typed(float, lambda v: None if 0 < v < math.inf else "must be a finite number > 0")
 
 
 def add_n_boot(p) -> None:
@@ -360,8 +362,18 @@ def add_predict(sub) -> None:
     p.add_argument("--dev", help="NER: a CoNLL file with gold tags for --target-precision, read with the same "
                                  "settings (for a --format text or jsonl input, --token-col and --tag-col are the dev "
                                  "file's)")
+    add_temperature(p, "NER: ")
     p.add_argument("--ref", help="translation: reference translations, one a line (adds predictions.npz)")
     p.set_defaults(func=run_predict)
+
+
+def add_temperature(p, which: str = "") -> None:
+    one = p.add_mutually_exclusive_group()
+    one.add_argument("--temperature", type=TEMPERATURE,
+                     help=f"{which}temperature-scale the confidences: softmax(log p / T), as evaluation's + TS rows")
+    one.add_argument("--calibrated", action="store_true",
+                     help=f"{which}temperature-scale at the T that `evaluate --run RUN` fitted on dev for this model "
+                          "(or ensemble)")
 
 
 def run_predict(args) -> int:
@@ -370,9 +382,10 @@ def run_predict(args) -> int:
     no_settings(args, "predict")
     options = {name: getattr(args, name) for name in ("ref", "fmt", "tag_col", "token_col", "scheme", "encoding",
                                                       "comment_prefix", "token_prefix", "min_confidence",
-                                                      "target_precision", "dev")}
+                                                      "target_precision", "dev", "temperature")}
     options = {name: value for name, value in options.items() if value is not None}
-    files = predict(args.input, args.out, model=args.model, run=args.run, members=args.members, **options)
+    files = predict(args.input, args.out, model=args.model, run=args.run, members=args.members,
+                    calibrated=args.calibrated, **options)
     print("wrote " + ", ".join(str(f) for f in files))
     threshold = [f for f in files if f.name == "threshold.json"]
     if threshold:
@@ -423,6 +436,7 @@ def add_export(sub) -> None:
     p.add_argument("--model", required=True, help="a member, individual or student folder")
     p.add_argument("--format", required=True, choices=("hf", "ctranslate2"), dest="fmt")
     p.add_argument("--out", required=True, type=output_folder, help="the exported folder (new or empty)")
+    add_temperature(p, "hf: the classifier folded with 1/T; ")
     p.set_defaults(func=run_export)
 
 
@@ -430,7 +444,7 @@ def run_export(args) -> int:
     from .pipeline import export
 
     no_settings(args, "export")
-    print(f"wrote {export(args.model, args.fmt, args.out)}")
+    print(f"wrote {export(args.model, args.fmt, args.out, args.temperature, args.calibrated)}")
     return 0
 
 

@@ -21,6 +21,8 @@ columns change.
                                        ensemble-<k>, a student folder's name; -ts: temperature-scaled)
     RUN/eval/<split>/results.{md,json} the table (tables.table_rows: one schema for both tasks)
     RUN/eval/<split>/truncation.{md,json}  the students' teacher truncation beside their metrics (tables.py)
+    MODEL/temperature.json, RUN/eval/temperatures/ensemble-<k>.json   each system's T (calibrated.py), read by
+                                       predict --calibrated and export --calibrated
 """
 
 import warnings
@@ -30,8 +32,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .calibrated import record_temperature
 from .calibration.report import evaluate
-from .calibration.temperature import apply_temperature, fit_temperature
+from .calibration.temperature import fit_temperature, log_floor, temperature_scaled
 from .ensemble import ensemble_mean, nested_subsets
 from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text, read_json
@@ -83,16 +86,6 @@ def run_systems(run) -> tuple[list[Path], list[System]]:
                             f"scaled one of {s.name.removesuffix(SCALED[0])}: rename it "
                             f"(a temperature-scaled teacher's student is student-ts-<k>)")
     return folders, systems
-
-
-def log_floor(probs: np.ndarray) -> np.ndarray:
-    """log p, with exact zeros (float32 underflows of a mean of softmaxes) at the smallest normal float32."""
-    return np.log(np.maximum(probs, np.finfo(np.float32).tiny))
-
-
-def temperature_scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T) over the last axis, float32 (computed in float64): a renormalised p^(1/T)."""
-    return apply_temperature(log_floor(probs), temperature).astype(np.float32)
 
 
 def fit_temperatures(task, cfg, data, models: list, systems: list[System], where: str) -> dict[str, float]:
@@ -163,6 +156,8 @@ def evaluate_run(run, split: str = "test", n_boot: int = 1000, progress: bool = 
     folders, systems = run_systems(run)
     models = [run.load(folder) for folder in folders]
     temperatures = fit_temperatures(task, run.cfg, run.data, models, systems, str(run.run_dir))
+    for s in systems:  # for predict and export --calibrated (calibrated.py)
+        record_temperature(temperatures[s.name], [folders[i] for i in s.models], run.run_dir, s.name)
     scores = evaluate_systems(task, run.cfg, run.data, models, systems, temperatures, split, out, n_boot,
                               {"run": str(run.run_dir)}, progress)
     rows = table_rows(systems, scores, temperatures, task.columns)

@@ -179,11 +179,12 @@ def sweep(run_dir, members=None, top_ks=None, epsilons=None, n_boot: int = 1000,
 
 
 def predict(input_path, out_dir, model=None, run=None, members: int | None = None, device: str = "cpu",
-            **options) -> list[Path]:
+            calibrated: bool = False, **options) -> list[Path]:
     """Run a model folder (`model`) or an NER run's ensemble of `members` (`run`: its member folders, default the
     largest configured ensemble) on a file; `options`: the task's reader and output settings (READER_OPTIONS; NER:
-    tag_text.predict's). Reads only the model folders (and RUN/config.toml for the ensemble's members). Returns
-    the files written."""
+    tag_text.predict's, `temperature` among them). `calibrated`: NER, temperature-scaled at the T evaluation fitted
+    on dev for that model or ensemble (calibrated.py). Reads only the model folders (and RUN/config.toml and the
+    ensemble's recorded T for the ensemble's members). Returns the files written."""
     from .runs import read_model_spec
     from .tasks import get_task
 
@@ -201,12 +202,26 @@ def predict(input_path, out_dir, model=None, run=None, members: int | None = Non
         _only_options("ner", options, run)
         ids = ensemble_member_ids(read_run_config(run), members)
         folders = [model_dir(run, "member", i) for i in ids]
+        options = _calibrated(options, calibrated, folders, run, f"ensemble-{len(ids)}")
         models = [load_model(folder, read_model_spec(folder), device) for folder in folders]
         return tag_file(models, input_path, out_dir, meta={"run": str(run), "ensemble": ids}, **options)
     spec = read_model_spec(model)
     task = get_task(spec["task"])
-    _only_options(spec["task"], options, model)
+    _only_options(spec["task"], {**options, **({"calibrated": True} if calibrated else {})}, model)
+    options = _calibrated(options, calibrated, [model])
     return task.predict(task.load_model(model, spec, device), input_path, out_dir, **options)
+
+
+def _calibrated(options: dict, calibrated: bool, folders: list, run=None, system: str | None = None) -> dict:
+    """`options` with `temperature` the T evaluation fitted for the system of `folders` (calibrated.py) when
+    `calibrated`. Raises UserError when a temperature is also given, or none was fitted."""
+    if not calibrated:
+        return options
+    if options.get("temperature") is not None:
+        raise UserError("--temperature and --calibrated: give one (--calibrated takes the T evaluation fitted on dev)")
+    from .calibrated import fitted_temperature
+
+    return {**options, "temperature": fitted_temperature(folders, run, system)}
 
 
 def _only_options(task: str, options: dict, source) -> None:
@@ -249,9 +264,11 @@ def translate(input_path="-", output=None, model=None, run=None, members: int | 
                           beam_size, jsonl)
 
 
-def export(model, fmt: str, out_dir) -> Path:
+def export(model, fmt: str, out_dir, temperature: float | None = None, calibrated: bool = False) -> Path:
     """A model folder in another runtime's format: "hf" (an IID tagger as a Hugging Face token-classification
-    folder) or "ctranslate2" (a translation model). Raises UserError for a format the model's task has not."""
+    folder, its classifier temperature-scaled at `temperature`, or with `calibrated` at the T evaluation fitted on
+    dev: calibrated.py) or "ctranslate2" (a translation model). Raises UserError for a format the model's task has
+    not, or a temperature for a format other than hf."""
     from .export import export_ctranslate2, export_hf_token_classification
     from .tasks import load_model
 
@@ -261,8 +278,12 @@ def export(model, fmt: str, out_dir) -> Path:
         if loaded.spec["model"]["head"] != "iid":
             raise UserError(f"{model}: a CRF tagger has no Hugging Face token-classification form; export an IID "
                             "member or a student")
+        temperature = _calibrated({"temperature": temperature}, calibrated, [model])["temperature"]
         return export_hf_token_classification(loaded.tagger, loaded.encoder_path, loaded.labels, out_dir,
-                                              temperature=loaded.spec.get("temperature"))
+                                              temperature=temperature)
+    if temperature is not None or calibrated:
+        raise UserError(f"--{'calibrated' if calibrated else 'temperature'}: only for --format hf (a tagger's "
+                        "classifier); a CTranslate2 model's scores are the model's own")
     if (task, fmt) == ("nmt", "ctranslate2"):
         return export_ctranslate2(loaded.model, Path(model) / loaded.spec["vocab"], out_dir)
     wanted = {"ner": "hf", "nmt": "ctranslate2"}[task]
@@ -270,7 +291,7 @@ def export(model, fmt: str, out_dir) -> Path:
 
 
 READER_OPTIONS = {"ner": {"fmt", "tag_col", "token_col", "scheme", "encoding", "comment_prefix", "token_prefix",
-                          "min_confidence", "target_precision", "dev"},
+                          "min_confidence", "target_precision", "dev", "temperature", "calibrated"},
                   "nmt": {"ref", "beam_size"}}
 
 

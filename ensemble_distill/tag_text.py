@@ -26,6 +26,14 @@ by forward-backward in the encoder window that owns the span's first word; an en
 A CRF reads a long sentence window by window, so a span whose words, the word before it (when it could open with
 I-) or the word after it are not all in that window has no exact marginal in any window: it gets the product
 formula over the merged CRF marginals instead, with one warning that counts such spans.
+
+Temperature scaling (`temperature` T; the T evaluation fitted on dev: calibrated.py): the system is the one
+evaluation's "+ TS" row scores, the per-word distributions softmax(log q / T) of the model's (an ensemble: of its
+mean) distributions q (a single IID model: softmax(logits / T)). That system is a per-word model, so its labels
+are their most probable labels (those of q) and a span's confidence is the IID product formula over the scaled
+distributions. A single CRF is refused: its labels are a Viterbi path and its confidences exact span marginals,
+and no CRF has the rescaled marginals evaluation's TS gives it (scaling its scores by 1/T changes the marginals
+otherwise), so entities.jsonl would mix two models.
 """
 
 import json
@@ -37,6 +45,7 @@ import numpy as np
 import torch
 
 from .calibration.task_metrics import OperatingPoint, precision_recall_at, threshold_for_precision
+from .calibration.temperature import temperature_scaled
 from .data import conll
 from .data.conll import read_conll, tag_corpus
 from .data.subwords import bucketed_batches, merge_windows
@@ -198,16 +207,21 @@ class Tagged:
     viterbi: bool = False
 
 
-def tag(models: list, sentences: list[list[str]], batch_size: int = 64) -> Tagged:
+def tag(models: list, sentences: list[list[str]], batch_size: int = 64, temperature: float | None = None) -> Tagged:
     """Tag `sentences` with `models` (tasks.ner.TaggerFolder; several: an ensemble, the mean of their
-    distributions and of their span probabilities). Frozen encoder states are computed in memory, once per
-    distinct encoder. Raises UserError when the models have different label sets."""
+    distributions and of their span probabilities), temperature-scaled at `temperature` T > 0 if given (module
+    doc). Frozen encoder states are computed in memory, once per distinct encoder. Raises UserError when the
+    models have different label sets, or for a temperature with a single CRF model."""
     labels = models[0].labels
     for model in models[1:]:
         if model.labels != labels:
             raise UserError(f"{model.folder}: labels {model.labels} differ from {models[0].folder}'s {labels}")
     span_labels = SpanLabels.from_names(labels)
     viterbi = is_single_crf([model.tagger for model in models])
+    if viterbi and temperature is not None:
+        raise UserError(f"{models[0].folder}: a CRF model is not temperature-scaled: evaluation's TS rescales its "
+                        "marginals, which no CRF path distribution has, and its entities' confidences are exact "
+                        "span marginals of that distribution; tag with it unscaled, or scale an ensemble (--run)")
     splits = {}
     per_model = []  # (model, split, per-window distributions, per-window emissions, per-window Viterbi paths)
     for model in models:
@@ -216,6 +230,8 @@ def tag(models: list, sentences: list[list[str]], batch_size: int = 64) -> Tagge
         per_model.append((model, split, *_window_outputs(model, split, batch_size, viterbi)))
     merged = [merge_windows(split.windows, probs) for _, split, probs, _, _ in per_model]
     distributions = [np.mean([m[s] for m in merged], axis=0) for s in range(len(sentences))]
+    if temperature is not None:
+        distributions = [temperature_scaled(d, temperature) for d in distributions]
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in distributions])])
     if viterbi:
         (_, split, _, _, paths), = per_model
@@ -224,6 +240,9 @@ def tag(models: list, sentences: list[list[str]], batch_size: int = 64) -> Tagge
         ids = predicted_labels(np.concatenate(distributions), labels)
         predicted = np.split(ids, offsets[1:-1])
     spans = decode_spans(np.concatenate(predicted), offsets, span_labels)
+    if temperature is not None:  # a per-word model: the product formula over its scaled distributions
+        confidence = iid_span_probabilities(np.concatenate(distributions), offsets, spans, span_labels)
+        return Tagged(labels, distributions, predicted, spans, confidence, viterbi)
     confidence = np.zeros(len(spans))
     for (model, split, _, emissions, _), probs in zip(per_model, merged):
         own = iid_span_probabilities(np.concatenate(probs), offsets, spans, span_labels)
@@ -296,10 +315,12 @@ def span_operating_events(tagged: Tagged, gold: list[np.ndarray]):
     return confidence, correct, len(gold_spans)
 
 
-def dev_threshold(models: list, dev: TextInput, target_precision: float) -> OperatingPoint:
+def dev_threshold(models: list, dev: TextInput, target_precision: float,
+                  temperature: float | None = None) -> OperatingPoint:
     """The smallest span-confidence threshold whose precision on `dev` (with gold) reaches `target_precision`
-    (calibration.task_metrics.threshold_for_precision). Raises UserError when no threshold reaches it."""
-    tagged = tag(models, dev.tokens)
+    (calibration.task_metrics.threshold_for_precision), of the models at `temperature` (tag). Raises UserError
+    when no threshold reaches it."""
+    tagged = tag(models, dev.tokens, temperature=temperature)
     confidence, correct, n_gold = span_operating_events(tagged, gold_ids(dev, tagged.labels))
     point = threshold_for_precision(confidence, correct, n_gold, target_precision)
     if point is None:
@@ -338,10 +359,12 @@ def conll_text(text: TextInput, tagged: Tagged) -> str:
 
 
 def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_confidence: float = 0.0,
-            target_precision: float | None = None, dev=None, meta: dict | None = None, **reader) -> list[Path]:
-    """Tag a file with `models` (one tagger folder, or an ensemble's members) and write into `out_dir`:
-    entities.jsonl (spans of confidence >= the threshold), predictions.conll and, with gold (`reader["tag_col"]`),
-    predictions.npz for `evaluate`. With `target_precision`, the threshold is picked on `dev` (a CoNLL file with
+            target_precision: float | None = None, dev=None, meta: dict | None = None,
+            temperature: float | None = None, **reader) -> list[Path]:
+    """Tag a file with `models` (one tagger folder, or an ensemble's members), temperature-scaled at `temperature`
+    if given (tag), and write into `out_dir`: entities.jsonl (spans of confidence >= the threshold),
+    predictions.conll and, with gold (`reader["tag_col"]`), predictions.npz for `evaluate` (its meta records the
+    temperature). With `target_precision`, the threshold is picked on `dev` (a CoNLL file with
     gold, read with the same settings; for a text or jsonl input, `token_col` and `tag_col` are the dev file's) and
     threshold.json records it, the dev operating point and, with gold, the input's.
     reader: read_input's layout settings. Returns the files written. Raises UserError for bad input."""
@@ -363,17 +386,18 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
     gold = gold_ids(text, labels) if text.gold is not None else None
     report = None
     if target_precision is not None:
-        point = dev_threshold(models, read_input(dev, models[0].tokenizer, "conll", **reader), target_precision)
+        point = dev_threshold(models, read_input(dev, models[0].tokenizer, "conll", **reader), target_precision,
+                              temperature)
         min_confidence = point.threshold
         report = {"target_precision": target_precision, "dev": str(dev), "threshold": point.threshold,
                   "dev_operating_point": point.__dict__}
-    tagged = tag(models, text.tokens)
+    tagged = tag(models, text.tokens, temperature=temperature)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "entities.jsonl", entities_jsonl(text, tagged, min_confidence))
     atomic_write_text(out_dir / "predictions.conll", conll_text(text, tagged))
     written = [out_dir / "entities.jsonl", out_dir / "predictions.conll"]
     if gold is not None:
-        meta = {**(meta or {}), "input": str(input_path)}
+        meta = {**(meta or {}), "input": str(input_path), "temperature": temperature or 1.0}
         save_predictions(out_dir / "predictions.npz", tagging_predictions(tagged.distributions, gold, labels, meta,
                                                                               tagged.predicted if tagged.viterbi
                                                                               else None))

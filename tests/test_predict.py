@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ensemble_distill.cli import main
-from ensemble_distill.predictions import predicted_labels
+from ensemble_distill.predictions import load_predictions, predicted_labels
 from ensemble_distill.spans import SpanLabels, decode_spans, iid_span_probabilities, tagger_span_probabilities
 from ensemble_distill.tag_text import predict, tag
 from ensemble_distill.tasks import load_model
@@ -342,3 +342,57 @@ def test_a_single_crf_tags_with_its_best_path_and_an_ensemble_with_its_marginals
     for got, expected in zip(tagged.predicted, argmax):
         np.testing.assert_array_equal(got, expected)
 
+
+
+def test_a_temperature_scales_the_distributions_and_the_span_confidences_over_them(folders, tmp_path, capsys):
+    """IID: softmax(logits / T) from the model's own emissions; an ensemble: its mean q scaled to q^(1/T)
+    renormalised (evaluation's TS); the confidences: the IID product formula over the scaled distributions; a
+    single CRF is refused, and so is a temperature that is not a finite number > 0."""
+    span_labels, t = SpanLabels.from_names(LABELS), 2.5
+    gold = tmp_path / "gold.conll"  # with gold tags predict writes predictions.npz
+    tags = ["B-PER", "B-LOC"] + ["O"] * 9
+    gold.write_text("".join("".join(f"{w} {g}\n" for w, g in zip(s, tags)) + "\n" for s in SENTENCES))
+    for names in (["iid"], ["iid", "crf"]):
+        models = [load_model(folders[n]) for n in names]
+        emissions, mask = zip(*(batch_of(m, SENTENCES) for m in models))
+        with torch.no_grad():
+            if names == ["iid"]:
+                expected = (emissions[0] / t).softmax(-1)[mask[0]].double().numpy()
+            else:
+                mean = sum(m.tagger.distributions(e, mask[0]) for m, e in zip(models, emissions)) / len(models)
+                expected = mean[mask[0]].double().numpy() ** (1 / t)
+                expected /= expected.sum(1, keepdims=True)
+        tagged = tag(models, SENTENCES, temperature=t)
+        np.testing.assert_allclose(np.concatenate(tagged.distributions), expected, atol=2e-6)
+        raw = tag(models, SENTENCES)
+        assert (np.concatenate(tagged.predicted) == np.concatenate(raw.predicted)).all()  # the argmax is kept
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in SENTENCES])])
+        assert len(tagged.spans) > 0
+        np.testing.assert_allclose(tagged.confidence, iid_span_probabilities(expected, offsets, tagged.spans,
+                                                                             span_labels), rtol=1e-5)
+        assert not np.allclose(tagged.confidence, raw.confidence, rtol=1e-3)
+        out = tmp_path / "-".join(names)
+        predict(models, gold, out, temperature=t, tag_col=-1)
+        preds = load_predictions(out / "predictions.npz")
+        np.testing.assert_allclose(preds.probs, expected, atol=2e-6)
+        assert preds.meta["temperature"] == t
+        confidences = [e["confidence"] for s in entities(out) for e in s["entities"]]
+        np.testing.assert_allclose(confidences, tagged.confidence, rtol=1e-6)
+
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text(json.dumps({"tokens": SENTENCES[0]}) + "\n")
+    base = ["predict", "--input", str(jsonl), "--out", str(tmp_path / "refused")]
+    for argv, problem in (([*base, "--model", str(folders["crf"]), "--temperature", "1.5"], "a CRF model is not "
+                                                                                               "temperature-scaled"),
+                          *(([*base, "--model", str(folders["iid"]), "--temperature", v], "must be a finite number")
+                            for v in ("0", "-1", "nan", "inf")),
+                          ([*base, "--model", str(folders["iid"]), "--temperature", "2", "--calibrated"],
+                           "not allowed with argument")):
+        try:
+            status = main(argv)
+        except SystemExit as usage:  # argparse's refusals
+            status = usage.code
+        assert status == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and problem in err, err
+    assert not (tmp_path / "refused" / "entities.jsonl").exists()

@@ -102,3 +102,14 @@ def apply_temperature(scores, temperature: float, log: bool = False) -> np.ndarr
     scaled = np.asarray(scores, dtype=np.float64) / temperature
     out = log_softmax(scaled, axis=-1)
     return out if log else np.exp(out)
+
+
+def log_floor(probs: np.ndarray) -> np.ndarray:
+    """log p, with exact zeros (float32 underflows of a mean of softmaxes) at the smallest normal float32."""
+    return np.log(np.maximum(probs, np.finfo(np.float32).tiny))
+
+
+def temperature_scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T) over the last axis, float32 (computed in float64): a renormalised p^(1/T), the
+    temperature-scaled distribution of any system, a model or the mean of an ensemble's (evaluation.py)."""
+    return apply_temperature(log_floor(probs), temperature).astype(np.float32)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..calibration.temperature import at_bound
+from ..calibration.temperature import temperature_scaled as scaled
 from ..ensemble import ensemble_member_ids
 from ..evaluation import System, fit_temperatures
-from ..evaluation import temperature_scaled as scaled
 from ..io_utils import checkpoint_name, run_lock
 from ..runs import model_dir
 from ..teacher_store import TeacherStore, write_store

@@ -25,6 +25,7 @@ be resumed with another teacher).
 import re
 from pathlib import Path
 
+from ..calibrated import record_temperature
 from ..config import to_dict, to_toml
 from ..distributed import on_main
 from ..ensemble import ensemble_member_ids
@@ -158,6 +159,7 @@ def evaluate_student(run, out_dir, store: TeacherStore, model, settings=None, n_
     def record() -> list[dict]:  # under torchrun, rank 0 evaluates
         system = System("student", f"student ({teacher_name(store)})", (0,), meta={"models": [str(out_dir)]})
         temperatures = fit_temperatures(task, cfg, run.data, [model], [system], str(out_dir))
+        record_temperature(temperatures["student"], [out_dir], run.run_dir, out_dir.name)
         scores = evaluate_systems(task, cfg, run.data, [model], [system], temperatures, "test",
                                   out_dir / "eval" / "test", n_boot, {"run": str(out_dir)}, progress)
         rows = table_rows([system], scores, temperatures, task.columns)
