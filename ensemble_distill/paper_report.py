@@ -360,7 +360,8 @@ def _compare(plan, pairs, task: str) -> list[dict]:
 def cached_compare(plan, a: Path, b: Path, metrics) -> list[dict]:
     """calibration.compare of two predictions files, cached under OUT/compare/ by their sizes and times."""
     stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (a, b)]
-    key = hashlib.sha256(json.dumps([stamp, list(metrics), plan.scale.n_boot]).encode()).hexdigest()
+    # "reported a, b": rows cached before compare's a and b became each system's reported (bias-corrected) value
+    key = hashlib.sha256(json.dumps([stamp, list(metrics), plan.scale.n_boot, "reported a, b"]).encode()).hexdigest()
     path = plan.out / "compare" / f"{key[:24]}.json"
     if path.is_file():
         return read_json(path, "delete it (a cached comparison)")

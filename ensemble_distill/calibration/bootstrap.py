@@ -39,6 +39,9 @@ p = 1. The +1 terms (Davison & Hinkley 1997, Bootstrap Methods, ch. 4) keep p a 
 d*_b, not clipped (a difference may be negative), because it is the interval this test inverts: p < alpha exactly
 when it excludes 0, up to the +1 terms and percentile interpolation, so a table's mark and its interval never
 disagree. Value: d, or 2d - q(1/2) for the metrics in `debiased` (two systems' ECE biases need not cancel).
+Beside it, each system's own value on the same replicates (`value_a`, `value_b`): what `bootstrap` with the same
+seed reports for it (for a bias-corrected metric its corrected value, not t; their difference is not the paired
+value, since a median of differences is not the difference of the medians).
 """
 
 import warnings
@@ -95,20 +98,26 @@ def bootstrap(metrics_fn: MetricsFn, offsets, n_boot=1000, alpha=0.05, seed=0, p
     for name, low, median, high in zip(values, lows, medians, highs):
         t = float(values[name])
         if name in debiased:
-            value, low, high = np.maximum(0.0, [2 * t - median, 2 * t - high, 2 * t - low])
-        else:
-            value = t
-        intervals[name] = Interval(float(value), float(low), float(high), t)
+            low, high = np.maximum(0.0, [2 * t - high, 2 * t - low])
+        intervals[name] = Interval(_corrected(t, median, name in debiased), float(low), float(high), t)
     return intervals
+
+
+def _corrected(t: float, median: float, debiased: bool) -> float:
+    """A metric's reported value: t, or for a bias-corrected one 2t - q(1/2) clipped at 0 (module docstring)."""
+    return float(np.maximum(0.0, 2 * t - median)) if debiased else float(t)  # NaN stays NaN
 
 
 @dataclass(frozen=True)
 class Difference(Interval):
     """A paired difference metric(A) - metric(B): `value` (bias-corrected for the `debiased` metrics, else equal to
     `estimate`, the difference on the full data), its (1 - alpha) basic interval and the two-sided p-value of
-    "no difference" (module docstring)."""
+    "no difference" (module docstring); `value_a`, `value_b`: each system's own reported value (`bootstrap`'s with
+    the same seed: bias-corrected for the `debiased` metrics)."""
 
     p_value: float
+    value_a: float
+    value_b: float
 
 
 def paired_bootstrap(metrics_a: MetricsFn, metrics_b: MetricsFn, offsets_a, offsets_b=None, n_boot=1000, alpha=0.05,
@@ -130,24 +139,30 @@ def paired_bootstrap(metrics_a: MetricsFn, metrics_b: MetricsFn, offsets_a, offs
     if len(offsets_b) != len(offsets_a):
         raise ValueError(f"the systems must cover the same sentences: {len(offsets_a) - 1} and {len(offsets_b) - 1}")
 
-    def difference(positions, sentences):
+    def both(positions, sentences):  # A's metrics, then B's
         a, b = metrics_a(positions, sentences), metrics_b(sentence_positions(offsets_b, sentences), sentences)
         missing = a.keys() - b.keys()
         if missing:
             raise ValueError(f"metrics_b does not return {sorted(missing)}")
-        return {name: a[name] - b[name] for name in a}
+        return {**{("a", name): a[name] for name in a}, **{("b", name): b[name] for name in a}}
 
-    values, replicates = resample(difference, offsets_a, n_boot, seed, progress)
-    d = np.array(list(values.values()), dtype=np.float64)
+    on_data, per_system = resample(both, offsets_a, n_boot, seed, progress)
+    names = [name for system, name in on_data if system == "a"]
+    on_data = np.array(list(on_data.values()), dtype=np.float64).reshape(2, len(names))  # [system, metric]
+    per_system = per_system.reshape(n_boot, 2, len(names))
+    corrected = np.isin(names, list(debiased))
+    systems = [[_corrected(t, median, c) for t, median, c in
+                zip(on_data[i], _percentiles(per_system[:, i], alpha)[1], corrected)] for i in (0, 1)]
+    d, replicates = on_data[0] - on_data[1], per_system[:, 0] - per_system[:, 1]
     lows, medians, highs = _percentiles(replicates, alpha)
-    value = np.where(np.isin(list(values), list(debiased)), 2 * d - medians, d)
+    value = np.where(corrected, 2 * d - medians, d)
     defined = ~np.isnan(replicates)
     with np.errstate(invalid="ignore"):  # NaN replicates compare False and are not counted
         beyond = (np.sign(d) * (replicates - d) >= np.abs(d)).sum(axis=0)
     p_value = np.minimum(1.0, 2 * (1 + beyond) / (1 + defined.sum(axis=0)))
     p_value[np.isnan(d) | ~defined.any(axis=0)] = np.nan
-    return {name: Difference(float(v), float(2 * t - high), float(2 * t - low), float(t), float(p))
-            for name, v, t, low, high, p in zip(values, value, d, lows, highs, p_value)}
+    return {name: Difference(float(v), float(2 * t - high), float(2 * t - low), float(t), float(p), a, b)
+            for name, v, t, low, high, p, a, b in zip(names, value, d, lows, highs, p_value, *systems)}
 
 
 def resample(metrics_fn: MetricsFn, offsets, n_boot, seed, progress=True) -> tuple[dict[str, float], np.ndarray]:

@@ -26,10 +26,12 @@ def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=
     """One table row per metric: A's and B's values on the data, and the paired difference A - B.
 
     pred_a, pred_b: predictions files (paths) or Predictions of the same sentences; metrics: names (see
-    `metric_key`). Row keys: metric (the report's name), a, b (each system's metric on the data), difference
-    (bias-corrected for the ECE-type metrics, report.DEBIASED, else a - b), ci_low, ci_high (its 1 - alpha basic
-    interval), estimate (a - b), p_value (two-sided), significant (p_value < alpha; False when undefined).
-    Values are the report's raw ones: fractions, BLEU on 0-100. A metric undefined on the data is NaN.
+    `metric_key`). Row keys: metric (the report's name), a, b (each system's value as its own report gives it with
+    the same n_boot and seed, in metrics.json and results.md: bias-corrected for the ECE-type metrics,
+    report.DEBIASED), a_estimate, b_estimate (each system's metric on the data), difference (bias-corrected for the
+    ECE-type metrics, else a - b), ci_low, ci_high (its 1 - alpha basic interval), estimate (a_estimate -
+    b_estimate), p_value (two-sided), significant (p_value < alpha; False when undefined). Values are the report's
+    raw ones: fractions, BLEU on 0-100. A metric undefined on the data is NaN.
 
     Raises:
         UserError: a file that is not a valid predictions file; the two not holding the same sentences; an unknown
@@ -46,7 +48,8 @@ def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=
     values_a, values_b = fn_a(everything_a, sentences), fn_b(everything_b, sentences)
     differences = paired_bootstrap(fn_a, fn_b, a.sentence_offsets, b.sentence_offsets, n_boot=n_boot, alpha=alpha,
                                    seed=seed, progress=progress, debiased=DEBIASED)
-    return [{"metric": name, "a": values_a[name], "b": values_b[name]} | _row(differences[name], alpha)
+    return [{"metric": name, "a": differences[name].value_a, "b": differences[name].value_b,
+             "a_estimate": values_a[name], "b_estimate": values_b[name]} | _row(differences[name], alpha)
             for name in names]
 
 
@@ -130,12 +133,14 @@ def metrics_function(preds: Predictions, names: list[str], where="predictions"):
 
 
 def format_comparison(rows: list[dict], name_a="A", name_b="B", alpha=ALPHA) -> str:
-    """A plain-text table of `compare`'s rows: metric, A, B, A - B, its interval, p-value (* below alpha)."""
+    """A plain-text table of `compare`'s rows: metric, A, B (each system's reported value, as in its metrics.json),
+    A - B, its interval, p-value; * marks the bias-corrected ECE-type values."""
     level = f"{100 * (1 - alpha):g}% CI"
     table = [("metric", name_a, name_b, f"{name_a} - {name_b}", level, "p")]
     for row in rows:
         corrected = "*" if row["metric"] in DEBIASED else ""
-        table.append((row["metric"], f"{row['a']:.4f}", f"{row['b']:.4f}", f"{row['difference']:+.4f}{corrected}",
+        table.append((row["metric"], f"{row['a']:.4f}{corrected}", f"{row['b']:.4f}{corrected}",
+                      f"{row['difference']:+.4f}{corrected}",
                       f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]",
                       f"{row['p_value']:.3f}" + (" (significant)" if row["significant"] else "")))
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
@@ -144,7 +149,9 @@ def format_comparison(rows: list[dict], name_a="A", name_b="B", alpha=ALPHA) -> 
     lines.append(f"Paired sentence bootstrap: basic interval; p two-sided (shift-to-null), significant when "
                  f"< {alpha:g}. Fractions raw (BLEU 0-100).")
     if any(row["metric"] in DEBIASED for row in rows):
-        lines.append("* ECE-type: 2 * (a - b) - median of the replicates' differences (bias-corrected).")
+        lines.append("* ECE-type, bias-corrected: A and B as their reports give them (2t - median of the replicates, "
+                     "t on the data; metrics.json and results.md, x100 there, with the same --n-boot and --seed), "
+                     "A - B as 2(t_A - t_B) - median of the paired differences (not the columns' difference).")
     return "\n".join(lines)
 
 
