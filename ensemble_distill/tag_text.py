@@ -366,7 +366,7 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
     predictions.conll and, with gold (`reader["tag_col"]`), predictions.npz for `evaluate` (its meta records the
     temperature). With `target_precision`, the threshold is picked on `dev` (a CoNLL file with
     gold, read with the same settings; for a text or jsonl input, `token_col` and `tag_col` are the dev file's) and
-    threshold.json records it, the dev operating point and, with gold, the input's.
+    threshold.json records it, the temperature, the dev operating point and, with gold, the input's.
     reader: read_input's layout settings. Returns the files written. Raises UserError for bad input."""
     if (target_precision is None) != (dev is None):
         raise UserError("--target-precision and --dev go together: the threshold is picked on a dev file with gold")
@@ -390,7 +390,7 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
                               temperature)
         min_confidence = point.threshold
         report = {"target_precision": target_precision, "dev": str(dev), "threshold": point.threshold,
-                  "dev_operating_point": point.__dict__}
+                  "temperature": temperature or 1.0, "dev_operating_point": point.__dict__}
     tagged = tag(models, text.tokens, temperature=temperature)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "entities.jsonl", entities_jsonl(text, tagged, min_confidence))

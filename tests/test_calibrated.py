@@ -78,7 +78,10 @@ def test_calibrated_predict_and_export_read_the_temperature_evaluation_fitted(ev
         assert main(["export", "--model", str(folder), "--format", "hf", "--out", str(tmp_path / "refused-hf"),
                      "--calibrated"]) == 2
         assert "ensemble-distill evaluate --run" in capsys.readouterr().err
-    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused-hf").exists()
+    assert main(["export", "--model", str(run / "members/member-1"), "--format", "ctranslate2", "--out",
+                 str(tmp_path / "refused-ct2"), "--temperature", "2"]) == 2
+    assert "--temperature: only for --format hf" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("refused", "refused-hf", "refused-ct2"))
 
     # export --calibrated folds the same T into the classifier: the exported model's softmax at each word's first
     # subword is predict --calibrated's distribution

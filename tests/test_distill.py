@@ -19,6 +19,7 @@ from ensemble_distill.distill.losses import distillation_loss
 from ensemble_distill.distill.memoize import memoize, store_temperature
 from ensemble_distill.ensemble import open_run, train_members
 from ensemble_distill.errors import UserError
+from ensemble_distill.predictions import load_predictions
 from ensemble_distill.tasks import ner as ner_module
 from ensemble_distill.tasks.ner import (
     TASK,
@@ -160,6 +161,9 @@ def test_student_at_beta_one_moves_towards_its_teacher(run, tmp_path, capsys):
                  "eval/test/student/metrics.json", "eval/test/results.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "run.json").read_text())["student"]["model"]["head"] == "iid"
+    # its dev-fitted T, kept in its folder for predict/export --calibrated, is its temperature-scaled evaluation's
+    scaled = load_predictions(out / "eval/test/student-ts/predictions.npz")
+    assert json.loads((out / "temperature.json").read_text())["temperature"] == scaled.meta["temperature"]
 
 
 def test_cli_refuses_a_store_for_other_data_or_labels_or_corrupted(run, tmp_path, capsys):

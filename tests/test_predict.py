@@ -223,7 +223,7 @@ def test_target_precision_picks_the_dev_threshold_and_reports_both_operating_poi
                  "--target-precision", str(q), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "threshold.json").read_text())
-    assert report["threshold"] == pytest.approx(threshold)
+    assert report["threshold"] == pytest.approx(threshold) and report["temperature"] == 1.0  # raw confidences
     for key in ("dev_operating_point", "input_operating_point"):  # the input is the dev file here
         assert report[key]["precision"] == pytest.approx(precision)
         assert report[key]["recall"] == pytest.approx(recall)
