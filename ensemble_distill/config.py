@@ -451,6 +451,21 @@ def _absolute_defaults(section) -> None:
             setattr(section, f.name, os.path.abspath(Path(value).expanduser()))
 
 
+def same_files(config):
+    """A copy of `config` whose path settings (path=True) name their files canonically (os.path.realpath: `..`
+    and symbolic links resolved, "" kept): two configs naming the same files, however written, compare equal.
+    For comparing a recorded config with a new one (io_utils.require_same_config); a run records paths as they
+    were given, e.g. "/x/clone/../data/eng.train"."""
+    changes = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            changes[f.name] = same_files(value)
+        elif f.metadata.get("path") and isinstance(value, str) and value:
+            changes[f.name] = os.path.realpath(Path(value).expanduser())
+    return dataclasses.replace(config, **changes)
+
+
 def read_toml(path: Path) -> dict:
     """A TOML file as a dict; UserError naming the file when it cannot be read or parsed."""
     try:

@@ -7,6 +7,7 @@ Per head (IID, CRF): train a small ensemble, evaluate it on test, memoise it and
 """
 
 import dataclasses
+import os
 from pathlib import Path
 
 from .config import Distillation, DistillConfig, StudentTraining, TaggingConfig, load_config
@@ -22,9 +23,9 @@ def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "cr
     """Train, evaluate and tabulate a small ensemble per head, then memoise it and distil it into an IID student
     (trained like the members) that joins the table; data paths in the config are under `data_root`."""
     cfg = load_config(config_path, TaggingConfig, overrides, resolve_paths=False)  # data paths are under data_root
-    for name in ("train", "dev", "test"):
-        setattr(cfg.data, name, str(Path(data_root).absolute() / getattr(cfg.data, name)))
-    cfg.encoder.cache_dir = str(Path(out_root).absolute() / "cache")
+    for name in ("train", "dev", "test"):  # normalised (abspath), as load_config records paths: no "clone/../"
+        setattr(cfg.data, name, os.path.abspath(Path(data_root) / getattr(cfg.data, name)))
+    cfg.encoder.cache_dir = os.path.abspath(Path(out_root) / "cache")
     tables, data = [], None
     for head in heads:
         cfg.model.head = head

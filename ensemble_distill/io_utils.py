@@ -259,12 +259,13 @@ TRAINED = ("checkpoint.pt", "result.json", "*/*/checkpoint.pt", "*/*/result.json
 
 def require_same_config(folder, cfg, name: str = "config.toml") -> None:
     """Refuse to continue `folder` with `cfg` when FOLDER/name records another config and the folder holds a model
-    or checkpoint trained under it (TRAINED): one line naming the first key that differs.
+    or checkpoint trained under it (TRAINED): one line naming the first key that differs. Paths compare as the
+    files they name (config.same_files), so a run recorded with "/x/clone/../data/f" resumes with "/x/data/f".
 
     A recorded config under which nothing was trained (a first run that failed on its data, or whose training
     diverged and was discarded) binds nothing: it is removed with run.json, and the folder takes `cfg`. A folder
     that holds trained models or checkpoints but no config is refused: no one can tell which config trained them."""
-    from .config import load_config, to_dict
+    from .config import load_config, same_files, to_dict
 
     folder = Path(folder)
     recorded = folder / name
@@ -274,9 +275,11 @@ def require_same_config(folder, cfg, name: str = "config.toml") -> None:
             raise UserError(f"{folder}: holds {trained.relative_to(folder)} but no {name}, so the config it was "
                             f"trained with is unknown; put back the {name} it was started with, or use a new folder")
         return
-    before, now = _flat(to_dict(load_config(recorded, type(cfg), resolve_paths=False))), _flat(to_dict(cfg))
+    old = load_config(recorded, type(cfg), resolve_paths=False)
+    before, now = _flat(to_dict(old)), _flat(to_dict(cfg))
+    files_before, files_now = _flat(to_dict(same_files(old))), _flat(to_dict(same_files(cfg)))
     for key in now:
-        if before.get(key) != now[key]:
+        if files_before.get(key) != files_now[key]:
             if trained is None:
                 recorded.unlink()
                 (folder / "run.json").unlink(missing_ok=True)

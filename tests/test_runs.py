@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,6 +196,32 @@ def test_an_ner_run_resumed_with_another_config_is_refused_naming_the_key(ner_ru
         assert f"{ner_run.run_dir}: was started with another config: {shown}" in err, err
         assert f"{ner_run.run_dir / 'config.toml'}, {value!r} now" in err, err
     assert files() == before  # nothing rewritten: not config.toml, not a log
+
+
+def test_a_run_recorded_with_dotdot_paths_resumes_with_the_same_files_written_otherwise(ner_run, tmp_path, capsys):
+    """The demo recorded data paths with `..` left in ("/x/clone/../data/eng.train") and load_config normalises a
+    file's paths, so `train --config RUN/config.toml --out RUN` refused its own run. Paths compare as the files they
+    name, either way round; another file, even of the same bytes, is still refused naming the key."""
+    train = Path(ner_run.cfg.data.train)
+    dotted = str(train.parent / "clone" / ".." / train.name)
+    for recorded, given in ((dotted, str(train)), (str(train), dotted)):
+        run_dir = tmp_path / f"run-{len(recorded)}"
+        shutil.copytree(ner_run.run_dir, run_dir)
+        cfg = copy.deepcopy(ner_run.cfg)
+        cfg.data.train = recorded
+        tagging_config_file(run_dir / "config.toml", cfg)
+        cfg.data.train = given
+        config = tagging_config_file(tmp_path / "given.toml", cfg)
+        assert "/../" in (run_dir / "config.toml").read_text() + config.read_text()
+        assert main(["train", "--config", str(config), "--out", str(run_dir)]) == 0, capsys.readouterr().err
+        assert f"{run_dir}: 2 members trained" in capsys.readouterr().out
+    other = tmp_path / "other.txt"
+    shutil.copyfile(train, other)
+    cfg.data.train = str(other)
+    config = tagging_config_file(tmp_path / "other.toml", cfg)
+    assert main(["train", "--config", str(config), "--out", str(run_dir)]) == 2
+    err = one_line_error(capsys)
+    assert f"{run_dir}: was started with another config: 'data.train' is '{train}' in" in err, err
 
 
 def test_an_ner_member_without_its_result_is_unfinished_and_resumed(ner_run, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -682,7 +683,7 @@ def student_settings(run_dir, members: int | None, config=None, overrides=()) ->
     ensemble of `members` of `run_dir` (a file need not name the run: distill.ensemble_run is `run_dir`)."""
     from ..config import Distillation, StudentTraining, apply_overrides, from_dict, load_config, to_dict, validate
 
-    run = str(Path(run_dir).absolute())
+    run = os.path.abspath(run_dir)  # normalised, as load_config records paths
     cfg = load_config(config, DistillConfig, overrides, fixed={"distill": {"ensemble_run": run}}) if config \
         else DistillConfig(Distillation(ensemble_run=run), StudentTraining())
     if overrides and not config:
