@@ -27,7 +27,16 @@ import typing
 import warnings
 from pathlib import Path
 
-from .config import MAX_MEMBERS, Range, TranslationDistillation, TranslationTraining, folder_problem, setting_problem
+from .config import (
+    MAX_MEMBERS,
+    Range,
+    TaggingData,
+    TranslationDistillation,
+    TranslationTraining,
+    device_problem,
+    folder_problem,
+    setting_problem,
+)
 from .errors import UserError
 
 
@@ -120,9 +129,13 @@ def add_n_boot(p) -> None:
     p.add_argument("--n-boot", type=N_BOOT, default=1000, help="bootstrap resamples of sentences (default 1000)")
 
 
+DEVICE = typed(str, lambda device: f"{problem}; use --device cpu" if (problem := device_problem(device))
+               else None)  # "cuda" refused at once on a machine without a GPU, before anything is read
+
+
 def add_device(p) -> None:
-    p.add_argument("--device", choices=("cpu", "cuda"), help="where to load the run's models (default: the run's "
-                                                           "train.device)")
+    p.add_argument("--device", type=DEVICE, choices=("cpu", "cuda"), help="where to load the run's models (default: "
+                                                                         "the run's train.device)")
 
 
 def add_train(sub) -> None:
@@ -137,10 +150,9 @@ def add_train(sub) -> None:
 
 
 def run_train(args) -> int:
-    from .config import load_config
     from .pipeline import train
 
-    print(train(load_config(args.config, overrides=args.overrides), args.out, member=args.member,
+    print(train(runnable_config(args.config, args.overrides), args.out, member=args.member,
                 individual=args.individual))
     return 0
 
@@ -363,6 +375,10 @@ def add_predict(sub) -> None:
                                  "settings (for a --format text or jsonl input, --token-col and --tag-col are the dev "
                                  "file's)")
     add_temperature(p, "NER: ")
+    p.add_argument("--unknown-tag", type=like_setting(TaggingData, "unknown_tag"),
+                   help="NER: a gold tag (of --input or --dev) the model never saw in training: 'error' (default) "
+                        "refuses the file naming its line, 'O' maps it to O with one warning that counts them (as "
+                        "the training config's data.unknown_tag)")
     p.add_argument("--ref", help="translation: reference translations, one a line (adds predictions.npz)")
     p.set_defaults(func=run_predict)
 
@@ -382,7 +398,7 @@ def run_predict(args) -> int:
     no_settings(args, "predict")
     options = {name: getattr(args, name) for name in ("ref", "fmt", "tag_col", "token_col", "scheme", "encoding",
                                                       "comment_prefix", "token_prefix", "min_confidence",
-                                                      "target_precision", "dev", "temperature")}
+                                                      "target_precision", "dev", "temperature", "unknown_tag")}
     options = {name: value for name, value in options.items() if value is not None}
     files = predict(args.input, args.out, model=args.model, run=args.run, members=args.members,
                     calibrated=args.calibrated, **options)
@@ -409,7 +425,8 @@ def add_translate(sub) -> None:
     p.add_argument("--jsonl", action="store_true",
                    help="one JSON object a line: source, translation, log_prob (summed log-probability of the output "
                         "subwords and EOS, nats), mean_token_confidence (mean probability of each chosen subword)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to load the models (default cpu)")
+    p.add_argument("--device", type=DEVICE, choices=("cpu", "cuda"), default="cpu",
+                   help="where to load the models (default cpu)")
     p.set_defaults(func=run_translate)
 
 
@@ -484,6 +501,17 @@ def run_reproduce(args) -> int:
     return 0
 
 
+def runnable_config(path, overrides, cls=None):
+    """The config a training command runs (config.load_config), once this machine can run it: a device or an
+    encoder cut it lacks is refused naming the file and the --set (Task.check_runnable), before any work."""
+    from .config import load_config
+    from .tasks import get_task
+
+    cfg = load_config(path, cls, overrides)
+    source = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+    return get_task(cfg.task).check_runnable(cfg, source)
+
+
 def no_settings(args, what: str) -> None:
     """Refuse --set on a command that reads no config."""
     if args.overrides:
@@ -530,23 +558,23 @@ def add_aliases(sub) -> None:
 
 
 def run_train_ensemble(args) -> int:
-    from .config import TaggingConfig, load_config
+    from .config import TaggingConfig
     from .pipeline import evaluate_run, train
 
-    cfg = load_config(args.config, TaggingConfig, args.overrides)
+    cfg = runnable_config(args.config, args.overrides, TaggingConfig)
     train(cfg, args.out)
     print(evaluate_run(args.out, args.split, args.n_boot))
     return 0
 
 
 def run_train_nmt(args) -> int:
-    from .config import TranslationConfig, load_config
+    from .config import TranslationConfig
     from .pipeline import train
 
     overrides = list(args.overrides)
     if args.label_smoothing is not None:
         overrides.append(f"train.label_smoothing={args.label_smoothing!r}")
-    print(train(load_config(args.config, TranslationConfig, overrides), args.out))
+    print(train(runnable_config(args.config, overrides, TranslationConfig), args.out))
     return 0
 
 

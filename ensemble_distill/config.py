@@ -633,6 +633,27 @@ def folder_problem(path) -> str | None:
     return None
 
 
+def device_problem(device: str) -> str | None:
+    """Why this machine cannot compute on `device`, as a phrase ("is 'cuda' but torch sees no CUDA GPU here"), or
+    None: the valid values of train.device and of the commands' --device on this machine, tried when a command
+    starts, before it reads or writes anything (Task.check_runnable; torch is imported only for "cuda")."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return None if torch.cuda.is_available() else "is 'cuda' but torch sees no CUDA GPU here"
+
+
+def require_device(device: str, source: str | None = None) -> str:
+    """`device` (train.device), once this machine has it (device_problem). Raises UserError "SOURCE: 'train.device'
+    is 'cuda' but torch sees no CUDA GPU here: ..." naming the remedy."""
+    if problem := device_problem(device):
+        where = f"{source}: " if source else ""
+        raise UserError(f"{where}'train.device' {problem}: set train.device = \"cpu\" (--set train.device=cpu, or "
+                        "--device cpu where the command has it)")
+    return device
+
+
 def _checked_value(source, key, kind, value):
     """`value` as type `kind` (an int is taken for a float), or UserError."""
     origin = typing.get_origin(kind)

@@ -43,6 +43,18 @@ def resolve_encoder(name_or_path: str) -> Path:
     return path
 
 
+def encoder_layers(name_or_path: str) -> int | None:
+    """The Transformer layers of an encoder (`resolve_encoder`), from its config.json's num_hidden_layers, without
+    loading its weights; None when config.json does not say. Raises UserError for an encoder that cannot be found
+    or a config.json that cannot be read."""
+    from .io_utils import read_json
+
+    path = resolve_encoder(name_or_path)
+    config = read_json(path / "config.json", "the encoder folder is damaged")
+    layers = config.get("num_hidden_layers") if isinstance(config, dict) else None
+    return layers if isinstance(layers, int) else None
+
+
 def load_pretrained(path: Path) -> nn.Module:
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging

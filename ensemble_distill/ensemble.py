@@ -23,7 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from . import distributed
-from .config import MAX_MEMBERS, MEMBER_DATA, N_TENTHS, load_config, read_toml, validate, warm_start_budget
+from .config import (
+    MAX_MEMBERS,
+    MEMBER_DATA,
+    N_TENTHS,
+    load_config,
+    read_toml,
+    require_device,
+    validate,
+    warm_start_budget,
+)
 from .errors import UserError
 from .io_utils import load_torch, read_json, require_same_config, run_lock
 from .runs import DATA, RESULT, finished, model_dir, record_run
@@ -205,10 +214,12 @@ def open_run(run_dir, splits: Sequence[str] = ("dev", "test"), progress: bool = 
              overrides: Sequence[str] = ()) -> Run:
     """A trained run of either task (config: `read_run_config`) with `splits` of its data loaded, its models to be
     loaded on `device` (default: the run's train.device; a run trained on a GPU can be evaluated or distilled on a
-    CPU and the other way round). Raises UserError as read_run_config does, and for unreadable data."""
+    CPU and the other way round). Raises UserError as read_run_config does, for a device this machine lacks
+    (before the data is read: the run's models are loaded there), and for unreadable data."""
     cfg = read_run_config(run_dir, overrides)
     if device is not None:
         cfg.train.device = device
+    require_device(cfg.train.device, f"{Path(run_dir) / 'config.toml'}" if device is None else "--device")
     return Run(Path(run_dir), cfg, get_task(cfg.task).load_data(cfg, Path(run_dir), tuple(splits), progress))
 
 
@@ -230,7 +241,7 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
     bad data leaves a folder that takes the corrected config."""
     task = get_task(cfg.task)
     run_dir = Path(run_dir)
-    validate(cfg)
+    task.check_runnable(validate(cfg))  # a device or an encoder cut this machine lacks: before the folder
     if only is not None:
         _check_addressed(cfg, *only)
     with ExitStack() as run_held:  # under torchrun rank 0 holds the locks and records; all ranks train

@@ -134,7 +134,7 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
     default: DistillConfig's defaults) with `overrides`; translation the run's config with `overrides` and
     `device`. Returns the student's table (raw and temperature-scaled rows)."""
     from .distill.student import check_student_name, distill_run, evaluate_student
-    from .ensemble import open_run, read_run_config, run_task
+    from .ensemble import ensemble_member_ids, open_run, read_run_config, run_task
     from .tables import format_rows
     from .tasks import get_task
 
@@ -142,7 +142,11 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
         check_student_name(name)
     task = get_task(run_task(run_dir))
     settings, run_overrides, device = task.student_settings(run_dir, members, config, overrides, device)
-    task.teacher_settings(read_run_config(run_dir, run_overrides), members, top_k, epsilon, samples)  # refused first
+    run_cfg = read_run_config(run_dir, run_overrides)
+    task.teacher_settings(run_cfg, members, top_k, epsilon, samples)  # refused first
+    ensemble_member_ids(run_cfg, members)  # an ensemble larger than the run's: before its data is read
+    if settings is not None:  # a student's own settings (NER): its device and encoder cut, before anything is written
+        task.check_runnable(task.student_config(run_cfg, settings), "distill config")
     require_trained(run_dir, individuals=False)
     run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress, device=device,
                    overrides=run_overrides)
@@ -166,12 +170,13 @@ def sweep(run_dir, members=None, top_ks=None, epsilons=None, n_boot: int = 1000,
     in `samples`), then the run's evaluation (distill/student.sweep); returns the truncation table. Raises
     UserError for a task with nothing to sweep (NER keeps every label)."""
     from .distill.student import sweep as sweep_students
-    from .ensemble import open_run, read_run_config
+    from .ensemble import ensemble_member_ids, open_run, read_run_config
     from .tables import format_sweep
     from .tasks import get_task
 
     cfg = read_run_config(run_dir, overrides)
     get_task(cfg.task).sweep_truncations(cfg, top_ks, epsilons, samples)  # refused before loading anything
+    ensemble_member_ids(cfg, members)
     require_trained(run_dir, individuals=False)
     run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress, device=device, overrides=overrides)
     return format_sweep(sweep_students(run, members, top_ks, epsilons, n_boot, progress, samples), run.task.columns,
@@ -291,7 +296,7 @@ def export(model, fmt: str, out_dir, temperature: float | None = None, calibrate
 
 
 READER_OPTIONS = {"ner": {"fmt", "tag_col", "token_col", "scheme", "encoding", "comment_prefix", "token_prefix",
-                          "min_confidence", "target_precision", "dev", "temperature", "calibrated"},
+                          "min_confidence", "target_precision", "dev", "temperature", "calibrated", "unknown_tag"},
                   "nmt": {"ref", "beam_size"}}
 
 

@@ -301,10 +301,12 @@ def _exact_crf(crf, windows, emissions, spans: Spans, labels: SpanLabels, confid
         confidence[exact] = crf_span_probabilities(crf, scores, mask, local, labels)
 
 
-def gold_ids(text: TextInput, labels: list[str]) -> list[np.ndarray]:
-    """Per sentence the gold tags' ids in `labels`. Raises UserError naming the line of a tag the model lacks."""
+def gold_ids(text: TextInput, labels: list[str], unknown_tag: str = "error") -> list[np.ndarray]:
+    """Per sentence the gold tags' ids in `labels`; a tag the model lacks is refused (`unknown_tag` "error": UserError
+    naming its line) or mapped to O ("O", with one warning that counts them), as data.unknown_tag does in training
+    (data.conll.tag_corpus)."""
     sentences = [conll.Sentence(tokens, tags, line) for tokens, tags, line in zip(text.tokens, text.gold, text.lines)]
-    return tag_corpus(text.path, sentences, labels).tag_ids
+    return tag_corpus(text.path, sentences, labels, unknown_tag, option="--unknown-tag O").tag_ids
 
 
 def span_operating_events(tagged: Tagged, gold: list[np.ndarray]):
@@ -315,13 +317,14 @@ def span_operating_events(tagged: Tagged, gold: list[np.ndarray]):
     return confidence, correct, len(gold_spans)
 
 
-def dev_threshold(models: list, dev: TextInput, target_precision: float,
-                  temperature: float | None = None) -> OperatingPoint:
-    """The smallest span-confidence threshold whose precision on `dev` (with gold) reaches `target_precision`
-    (calibration.task_metrics.threshold_for_precision), of the models at `temperature` (tag). Raises UserError
-    when no threshold reaches it."""
+def dev_threshold(models: list, dev: TextInput, target_precision: float, temperature: float | None = None,
+                  unknown_tag: str = "error") -> OperatingPoint:
+    """The smallest span-confidence threshold whose precision on `dev` (with gold; tags the model lacks as
+    `gold_ids` takes them) reaches `target_precision` (calibration.task_metrics.threshold_for_precision), of the
+    models at `temperature` (tag). Raises UserError when no threshold reaches it."""
+    gold = gold_ids(dev, models[0].labels, unknown_tag)  # a tag the model lacks: refused before tagging
     tagged = tag(models, dev.tokens, temperature=temperature)
-    confidence, correct, n_gold = span_operating_events(tagged, gold_ids(dev, tagged.labels))
+    confidence, correct, n_gold = span_operating_events(tagged, gold)
     point = threshold_for_precision(confidence, correct, n_gold, target_precision)
     if point is None:
         best = correct.mean() if len(correct) else float("nan")
@@ -360,13 +363,15 @@ def conll_text(text: TextInput, tagged: Tagged) -> str:
 
 def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_confidence: float = 0.0,
             target_precision: float | None = None, dev=None, meta: dict | None = None,
-            temperature: float | None = None, **reader) -> list[Path]:
+            temperature: float | None = None, unknown_tag: str = "error", **reader) -> list[Path]:
     """Tag a file with `models` (one tagger folder, or an ensemble's members), temperature-scaled at `temperature`
     if given (tag), and write into `out_dir`: entities.jsonl (spans of confidence >= the threshold),
     predictions.conll and, with gold (`reader["tag_col"]`), predictions.npz for `evaluate` (its meta records the
     temperature). With `target_precision`, the threshold is picked on `dev` (a CoNLL file with
     gold, read with the same settings; for a text or jsonl input, `token_col` and `tag_col` are the dev file's) and
     threshold.json records it, the temperature, the dev operating point and, with gold, the input's.
+    `unknown_tag`: a gold tag (of the input or dev) the models lack is refused ("error") or mapped to O ("O"), as
+    data.unknown_tag in training.
     reader: read_input's layout settings. Returns the files written. Raises UserError for bad input."""
     if (target_precision is None) != (dev is None):
         raise UserError("--target-precision and --dev go together: the threshold is picked on a dev file with gold")
@@ -383,11 +388,11 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
     columns = ("token_col", "tag_col") if dev is not None and fmt != "conll" else ()
     text = read_input(input_path, models[0].tokenizer, fmt, **{k: v for k, v in reader.items() if k not in columns})
     labels = models[0].labels
-    gold = gold_ids(text, labels) if text.gold is not None else None
+    gold = gold_ids(text, labels, unknown_tag) if text.gold is not None else None
     report = None
     if target_precision is not None:
         point = dev_threshold(models, read_input(dev, models[0].tokenizer, "conll", **reader), target_precision,
-                              temperature)
+                              temperature, unknown_tag)
         min_confidence = point.threshold
         report = {"target_precision": target_precision, "dev": str(dev), "threshold": point.threshold,
                   "temperature": temperature or 1.0, "dev_operating_point": point.__dict__}

@@ -347,3 +347,53 @@ def test_help_offers_set_only_where_a_config_is_read(command, offered, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert ("--set" in capsys.readouterr().out) == offered
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What this machine cannot run: refused when the command starts, before anything is computed or written
+
+
+def tiny_ner_config(tmp_path, tiny_encoder, conll_files) -> TaggingConfig:
+    cfg = TaggingConfig()
+    cfg.data.train, cfg.data.dev, cfg.data.test = map(str, conll_files)
+    cfg.data.scheme = "iob2"
+    cfg.encoder.name, cfg.encoder.finetune_layers, cfg.encoder.cache_dir = str(tiny_encoder), 1, str(tmp_path / "cache")
+    cfg.ensemble.members, cfg.ensemble.subset_sizes = 1, [1]
+    return cfg
+
+
+@pytest.mark.parametrize("task, setting, problem", [
+    ("ner", 'train.device="cuda"', "'train.device' is 'cuda' but torch sees no CUDA GPU here"),
+    ("ner", "encoder.finetune_layers=4", "'encoder.finetune_layers' must be at most 3, the layers of the encoder"),
+    ("nmt", 'train.device="cuda"', "'train.device' is 'cuda' but torch sees no CUDA GPU here"),
+])
+def test_a_config_this_machine_cannot_run_is_refused_before_anything_is_computed(task, setting, problem, tiny_encoder,
+                                                                                conll_files, tmp_path, capsys,
+                                                                                monkeypatch):
+    """train --set 'train.device="cuda"' without a GPU computed every frozen layer and wrote config.toml and
+    members/member-0/ before its refusal; a cut the 3-layer tiny encoder lacks was refused as late. Now the run
+    folder and the frozen-layer cache (NER) are not created; the line names the config, the --set and the key."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if task == "ner":
+        cfg = tiny_ner_config(tmp_path, tiny_encoder, conll_files)
+    else:
+        (tmp_path / "data").mkdir()
+        for seed, (split, n) in enumerate((("train", 30), ("dev", 4), ("test", 4))):
+            write_pairs(tmp_path / "data", split, n, seed)
+        cfg = tiny_translation_config(tmp_path / "data", "train.tgt")
+    config, run = tmp_path / "c.toml", tmp_path / "run"
+    config.write_text(to_toml(cfg))
+    refused(["train", "--config", str(config), "--out", str(run), "--set", setting], capsys,
+            f"{config} with --set {setting}: {problem}")
+    assert not run.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "--run", "r"], ["memoize", "--run", "r"], ["sweep", "--run", "r"],
+                                  ["distill", "--run", "r"], ["evaluate-nmt", "--run", "r"],
+                                  ["translate", "--model", "m"]], ids=lambda argv: argv[0])
+def test_device_cuda_without_a_gpu_is_refused_with_the_arguments(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    refused([*argv, "--device", "cuda"], capsys, "argument --device: is 'cuda' but torch sees no CUDA GPU here; "
+                                                 "use --device cpu")
+    assert not any(tmp_path.iterdir())

@@ -390,7 +390,25 @@ def test_a_student_may_tune_more_encoder_layers_than_its_teachers(run, tmp_path,
     config.write_text(config.read_text().replace("finetune_layers = 2", "finetune_layers = 4"))
     assert main(["distill", "--store", str(store_dir), "--config", str(config), "--out", str(tmp_path / "s4"),
                  "--n-boot", "20"]) == 2
-    assert "encoder.finetune_layers = 4: the encoder has 3 layers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "distill config: 'encoder.finetune_layers' must be at most 3, the layers of the encoder" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "s4").exists()  # refused before the folder is made
+
+
+@pytest.mark.parametrize("setting", ["encoder.finetune_layers=4", 'train.device="cuda"'])
+def test_a_student_setting_this_machine_cannot_run_is_refused_before_its_folder_is_written(run_dir, setting,
+                                                                                            capsys, monkeypatch):
+    """distill --name student-x --set encoder.finetune_layers=9 on a 6-layer encoder wrote the student's
+    config.toml, run.json and teacher.json before the refusal; so did a CUDA student without a GPU. Now neither
+    is created, nor is a teacher store."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    assert main(["distill", "--run", str(run_dir), "--name", "student-x", "--set", setting]) == 2
+    err = capsys.readouterr().err
+    expected = ("'encoder.finetune_layers' must be at most 3, the layers of the encoder" if "layers" in setting
+                else "'train.device' is 'cuda' but torch sees no CUDA GPU here")
+    assert err.startswith(f"ensemble-distill: error: distill config: {expected}") and err.count("\n") == 1, err
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
 
 @pytest.mark.parametrize("name", ["bad", "student-3-ts", "student-3/../x", "student-"])
@@ -446,3 +464,15 @@ def test_evaluate_names_a_student_left_unfinished_in_one_warning_line(run_dir):
         unfinished.rmdir()
     # the command line prints a warning as one line of its own, not with the source line that raised it
     assert warnings.formatwarning("a message", UserWarning, "x.py", 1) == "ensemble-distill: warning: a message\n"
+
+
+def test_a_teacher_larger_than_the_run_is_refused_before_its_data_is_read(run_dir, capsys, monkeypatch):
+    def not_read(*args, **kwargs):
+        raise AssertionError("the run's data was read before the refusal")
+
+    monkeypatch.setattr(ner_module, "load_tagging_data", not_read)
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    assert main(["distill", "--run", str(run_dir), "--members", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err == "ensemble-distill: error: ensemble of 3: the run has 2 members\n", err
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before

@@ -396,3 +396,41 @@ def test_a_temperature_scales_the_distributions_and_the_span_confidences_over_th
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and problem in err, err
     assert not (tmp_path / "refused" / "entities.jsonl").exists()
+
+
+def test_gold_tags_the_model_lacks_are_refused_naming_the_option_or_mapped_to_o(folders, tmp_path, capsys):
+    """WNUT-17's B-location is no tag of a CoNLL model: refused by default naming the file, the line and
+    --unknown-tag; --unknown-tag O maps it (and I-location) to O, as data.unknown_tag = "O" does in training, in
+    predictions.npz's gold and for the --dev threshold, with one warning."""
+
+    gold = [["B-PER", "I-PER", "O", "B-location", "O", "B-location", "I-location"], *[["O"] * len(s)
+                                                                                      for s in SENTENCES[1:]]]
+    wnut = tmp_path / "wnut.conll"
+    wnut.write_text("".join("".join(f"{w}\t{t}\n" for w, t in zip(s, g)) + "\n" for s, g in zip(SENTENCES, gold)))
+    argv = ["predict", "--model", str(folders["iid"]), "--input", str(wnut), "--tag-col", "-1"]
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"ensemble-distill: error: {wnut}:4: tag 'B-location' never occurs in the training data (labels: "
+                   f"{' '.join(LABELS)}); --unknown-tag O maps such tags to O\n"), err
+    assert not (tmp_path / "refused").exists()
+
+    out = tmp_path / "mapped"
+    with pytest.warns(UserWarning, match="3 tags never seen in training were mapped to O: B-location x2, "
+                                         "I-location x1"):
+        assert main([*argv, "--unknown-tag", "O", "--out", str(out)]) == 0
+    expected = [LABELS.index(t) if t in LABELS else 0 for g in gold for t in g]  # O is label 0
+    np.testing.assert_array_equal(load_predictions(out / "predictions.npz").gold, expected)
+    text = tmp_path / "news.txt"  # the --dev file's gold is read the same way, before anything is tagged
+    text.write_text("".join(" ".join(s) + "\n" for s in SENTENCES))
+    with_dev = ["predict", "--model", str(folders["iid"]), "--input", str(text), "--format", "text", "--tag-col",
+                "-1", "--dev", str(wnut), "--target-precision", "0.01"]
+    assert main([*with_dev, "--out", str(tmp_path / "dev-refused")]) == 2
+    assert f"{wnut}:4: tag 'B-location' never occurs" in capsys.readouterr().err
+    assert not (tmp_path / "dev-refused").exists()
+    with pytest.warns(UserWarning, match="mapped to O"):
+        status = main([*with_dev, "--unknown-tag", "O", "--out", str(tmp_path / "dev")])
+    err = capsys.readouterr().err
+    assert status == 0 or "no span-confidence threshold reaches precision 0.01" in err, err
+    with pytest.raises(SystemExit):  # the setting's own names only
+        main([*argv, "--unknown-tag", "o", "--out", str(tmp_path / "x")])
+    assert "argument --unknown-tag: must be one of error, O, got 'o'" in capsys.readouterr().err

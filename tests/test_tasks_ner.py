@@ -188,7 +188,7 @@ def test_a_tagger_on_cuda_without_a_gpu_is_refused_in_one_line(monkeypatch):
     data = SimpleNamespace(top=torch.nn.Linear(2, 2), labels=["O"])
     cfg = TaggingConfig()
     cfg.train.device = "cuda"
-    with pytest.raises(UserError, match="train.device is 'cuda' but torch sees no CUDA GPU"):
+    with pytest.raises(UserError, match="'train.device' is 'cuda' but torch sees no CUDA GPU"):
         new_tagger(data, cfg, seed=0)
 
 

@@ -317,13 +317,19 @@ def test_samples_refused_with_a_truncation_or_out_of_range(toy_run, capsys):
     assert exit_.value.code == 2 and len(err) == 1 and "argument --samples: must be at least 0" in err[0]
 
 
-def test_a_run_opens_on_another_device_and_cuda_without_a_gpu_is_a_user_error(toy_run, monkeypatch):
+def test_a_run_opens_on_another_device_and_cuda_without_a_gpu_is_a_user_error(toy_run, tmp_path, monkeypatch):
     from ensemble_distill.ensemble import open_run
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    run = open_run(toy_run.run_dir, splits=("dev",), progress=False, device="cuda")
-    with pytest.raises(UserError, match="--device cpu"):
-        run.members(1)
+    with pytest.raises(UserError, match="^--device: 'train.device' is 'cuda' but torch sees no CUDA GPU.*--device cpu"):
+        open_run(toy_run.run_dir, splits=("dev",), progress=False, device="cuda")  # before the data is read
+    trained_on_a_gpu = tmp_path / "gpu-run"  # a run's own train.device, where no --device is given
+    trained_on_a_gpu.mkdir()
+    config = (toy_run.run_dir / "config.toml").read_text().replace('device = "cpu"', 'device = "cuda"')
+    (trained_on_a_gpu / "config.toml").write_text(config)
+    with pytest.raises(UserError, match=f"^{trained_on_a_gpu / 'config.toml'}: 'train.device' is 'cuda'"):
+        open_run(trained_on_a_gpu, splits=("dev",), progress=False)
+    assert open_run(trained_on_a_gpu, splits=("dev",), progress=False, device="cpu").cfg.train.device == "cpu"
     run = open_run(toy_run.run_dir, splits=("dev",), progress=False, device="cpu")
     assert run.members(1)[0].embedding.weight.device.type == "cpu"
 

@@ -100,13 +100,15 @@ def label_vocab(train_sentences: list[Sentence]) -> list[str]:
     return iob2_labels(types)
 
 
-def tag_corpus(path, sentences: list[Sentence], labels: list[str], unknown_tag: str = "error") -> TaggedCorpus:
+def tag_corpus(path, sentences: list[Sentence], labels: list[str], unknown_tag: str = "error",
+               option: str = 'data.unknown_tag = "O"') -> TaggedCorpus:
     """Map tags to ids in `labels` (the training vocabulary).
 
-    A tag never seen in training is an error by default, naming the first such line: a model cannot predict it,
-    and silently scoring it as O would understate errors on the test set. unknown_tag="O" maps such tags to O
-    instead. One warning says when the file's entity types differ from the labels' (a type missing here, or
-    tags mapped to O), with the entity count of each type.
+    A tag never seen in training is an error by default, naming the first such line and how to map it (`option`:
+    the config's `data.unknown_tag = "O"`, or predict's `--unknown-tag O`): a model cannot predict it, and
+    silently scoring it as O would understate errors on the test set. unknown_tag="O" maps such tags to O instead.
+    One warning says when the file's entity types differ from the labels' (a type missing here, or tags mapped to
+    O), with the entity count of each type.
     """
     if unknown_tag not in UNKNOWN_TAG_POLICIES:
         raise UserError(f"unknown_tag: {unknown_tag!r} is not one of {', '.join(UNKNOWN_TAG_POLICIES)}")
@@ -118,7 +120,8 @@ def tag_corpus(path, sentences: list[Sentence], labels: list[str], unknown_tag: 
             if tag not in index:
                 if unknown_tag == "error":
                     raise located(path, sentence.line + position,
-                                  f"tag {tag!r} never occurs in the training data (labels: {' '.join(labels)})")
+                                  f"tag {tag!r} never occurs in the training data (labels: {' '.join(labels)}); "
+                                  f"{option} maps such tags to O")
                 unseen[tag] += 1
         tag_ids.append(np.array([index.get(tag, index[OUTSIDE]) for tag in sentence.tags], dtype=np.int64))
     _warn_if_types_differ(path, sentences, labels, unseen)

@@ -139,11 +139,18 @@ def distill_from_store(store_dir, settings, out_dir, n_boot: int = 1000, progres
     """The older form (NER's `distill --store --config --out`, and the demo): train the student of a store written
     elsewhere (`open_store`: the teacher `settings.distill` names, of the run `settings.distill.ensemble_run`) in
     `out_dir`, then evaluate it on test (`evaluate_student`); returns its rows (raw, temperature-scaled).
-    `run`: that run, opened with train, dev and test (default: opened here)."""
-    from ..ensemble import open_run
+    `run`: that run, opened with train, dev and test (default: opened here). Raises UserError as `distill` does,
+    and for a student's device or encoder cut this machine lacks (Task.check_runnable) before anything is
+    written."""
+    from ..ensemble import open_run, read_run_config
+    from ..tasks import get_task
 
+    run_cfg = run.cfg if run is not None else read_run_config(settings.distill.ensemble_run)
+    task = get_task(run_cfg.task)
+    task.check_runnable(task.student_config(run_cfg, settings), "distill config")
     with run_lock(out_dir):  # a folder another process holds is refused first
-        run = run or open_run(settings.distill.ensemble_run, ("train", "dev", "test"), progress)
+        run = run or open_run(settings.distill.ensemble_run, ("train", "dev", "test"), progress,
+                              device=settings.train.device)  # where the student trains: no member is loaded
         store = open_store(run, store_dir, settings.distill.teacher_members)
         model = distill(run, store, out_dir, settings, progress)
         return evaluate_student(run, out_dir, store, model, settings, n_boot, progress)

@@ -30,6 +30,12 @@ class Task(Protocol):
         """Read and prepare `splits` of the config's files (NER: windows and frozen states; NMT: the run's
         vocabulary, trained on first use, and encoded pairs). Raises UserError naming the file and line."""
 
+    def check_runnable(self, cfg, source: str = "config"):
+        """`cfg` (a run's config, or a student's: `student_config`), once this machine can run it: refuses, before
+        a command reads data or writes anything, train.device = "cuda" where torch sees no GPU
+        (config.require_device) and (NER) more encoder.finetune_layers than the encoder has. Raises UserError
+        "SOURCE: 'key' ..." naming the setting."""
+
     def member_seed(self, cfg, index: int, role: str = "member") -> int:
         """The seed of member (or individual) `index`: initialisation, dropout and data order."""
 

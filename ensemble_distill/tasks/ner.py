@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..calibration.task_metrics import span_counts, span_scores
-from ..config import N_TENTHS, DistillConfig, TaggingConfig, Training
+from ..config import N_TENTHS, DistillConfig, TaggingConfig, Training, require_device
 from ..data.conll import TaggedCorpus, label_vocab, read_conll, tag_corpus
 from ..data.subwords import Window, bucketed_batches, encode_sentences, load_tokenizer, merge_windows
 from ..distill.losses import distillation_loss
@@ -32,6 +32,7 @@ from ..encoders import (
     FrozenStates,
     compute_frozen_states,
     encoder_fingerprint,
+    encoder_layers,
     load_pretrained,
     resolve_encoder,
     split_encoder,
@@ -412,6 +413,15 @@ class NerTask:
     def member_seed(self, cfg, index, role="member") -> int:
         return member_seed(cfg, index, role == "individual")
 
+    def check_runnable(self, cfg, source="config") -> TaggingConfig:
+        """train.device, then encoder.finetune_layers against the encoder's config.json (encoder_layers)."""
+        require_device(cfg.train.device, source)
+        layers = encoder_layers(cfg.encoder.name)
+        if layers is not None and cfg.encoder.finetune_layers > layers:
+            raise UserError(f"{source}: 'encoder.finetune_layers' must be at most {layers}, the layers of the "
+                            f"encoder {cfg.encoder.name!r}, got {cfg.encoder.finetune_layers}")
+        return cfg
+
     def new_model(self, cfg, data, seed) -> Tagger:
         return new_tagger(data, cfg, seed)
 
@@ -709,10 +719,7 @@ def _gold(split: TaggingSplit) -> list[np.ndarray]:
 
 
 def _device(cfg) -> str:
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but torch sees no CUDA GPU here: set train.device = \"cpu\" "
-                        "(--set train.device=cpu, or --device cpu where the command has it)")
-    return cfg.train.device
+    return require_device(cfg.train.device)
 
 
 def _member_split(n_sentences: int, member: int, split_seed: int, member_data: str):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Training, TranslationConfig, TranslationDistillation, setting_problem
+from ..config import Training, TranslationConfig, TranslationDistillation, require_device, setting_problem
 from ..data.parallel import FilterCounts, filter_by_length, read_parallel
 from ..data.text import read_text_lines
 from ..data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
@@ -213,9 +213,7 @@ def new_model(cfg: TranslationConfig, vocab_size: int, seed: int | None = None) 
     RNG state, for a model whose weights are loaded next)."""
     if seed is not None:
         torch.manual_seed(seed)
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but torch sees no CUDA GPU here: set train.device = \"cpu\" in the "
-                        "config, or pass --device cpu to the commands that read a trained run")
+    require_device(cfg.train.device)
     model_cfg = TransformerConfig.preset(cfg.model.preset, vocab_size=vocab_size, dropout=cfg.model.dropout)
     return TranslationModel(model_cfg).to(cfg.train.device)
 
@@ -578,6 +576,10 @@ class NmtTask:
 
     def member_seed(self, cfg, index, role="member") -> int:
         return member_seed(cfg, index)
+
+    def check_runnable(self, cfg, source="config") -> TranslationConfig:
+        require_device(cfg.train.device, source)
+        return cfg
 
     def new_model(self, cfg, data, seed) -> TranslationModel:
         return new_model(cfg, len(data.vocab), seed)
