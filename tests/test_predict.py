@@ -402,7 +402,6 @@ def test_gold_tags_the_model_lacks_are_refused_naming_the_option_or_mapped_to_o(
     """WNUT-17's B-location is no tag of a CoNLL model: refused by default naming the file, the line and
     --unknown-tag; --unknown-tag O maps it (and I-location) to O, as data.unknown_tag = "O" does in training, in
     predictions.npz's gold and for the --dev threshold, with one warning."""
-
     gold = [["B-PER", "I-PER", "O", "B-location", "O", "B-location", "I-location"], *[["O"] * len(s)
                                                                                       for s in SENTENCES[1:]]]
     wnut = tmp_path / "wnut.conll"
