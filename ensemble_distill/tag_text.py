@@ -381,10 +381,9 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
     if dev is not None and reader.get("tag_col") is None:
         raise UserError("--target-precision: give --tag-col, the gold tag column of the --dev file (same layout as "
                         "the input)")
-    # With a dev file the column settings describe it, so a gold column does not make the input CoNLL: a .txt or
-    # .jsonl input keeps the format its name says.
+    # With a dev file the column settings describe it: a gold column does not make the input CoNLL (a .txt or
+    # .jsonl input keeps the format its name says), and a text or jsonl input reads none of them.
     fmt = input_format(input_path, fmt, None if dev is not None else reader.get("tag_col"))
-    # An input given as text or jsonl with a dev file: the column settings describe the dev file only.
     columns = ("token_col", "tag_col") if dev is not None and fmt != "conll" else ()
     text = read_input(input_path, models[0].tokenizer, fmt, **{k: v for k, v in reader.items() if k not in columns})
     labels = models[0].labels

@@ -99,7 +99,9 @@ class TaggingData:
         if finetune_layers not in self._other_cuts:
             cfg = dataclasses.replace(self.cfg, encoder=dataclasses.replace(self.cfg.encoder,
                                                                             finetune_layers=finetune_layers))
-            other = load_tagging_data(cfg, tuple(self.splits), progress=False)
+            # the config's splits this data holds (a file added for `predict` is not the config's)
+            other = load_tagging_data(cfg, tuple(n for n in self.splits if n in ("train", "dev", "test")),
+                                      progress=False)
             if other.labels != self.labels:  # the same files: only a change on disk since could differ
                 raise UserError(f"{cfg.data.train}: its label set changed while the run was open")
             self._other_cuts[finetune_layers] = other
