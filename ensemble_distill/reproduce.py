@@ -22,9 +22,12 @@ on this machine (COSTS).
 """
 
 import dataclasses
+import fcntl
 import gzip
 import json
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -620,6 +623,47 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+@contextmanager
+def timed(path: Path, key: str, every: float = 60.0, clock=time.monotonic):
+    """Add the wall time (seconds) of the block to `key` in the JSON file `path`: at the end of the block (also by
+    an exception) and every `every` seconds while it runs, so a step killed with the machine (SIGKILL, no handler
+    runs) keeps all but its last `every` seconds, and a step resumed over several sessions sums them. Each write
+    reads the file again under a lock and changes only `key`, so processes timing other steps in the same folder
+    (a side job beside reproduce) keep each other's times."""
+    start, base = clock(), None
+    stop = threading.Event()
+
+    def write() -> None:
+        nonlocal base
+        with _locked(path):
+            times = read_json(path, "delete it (it only records times)") if path.is_file() else {}
+            if base is None:
+                base = times.get(key, 0.0)
+            atomic_write_json(path, times | {key: base + clock() - start})
+
+    def beat() -> None:
+        while not stop.wait(every):
+            write()
+
+    write()
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
+        write()
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def read_timings(plan: Plan) -> dict:
     """{step key: seconds} of the steps run so far in OUT (OUT/timings.json)."""
     path = plan.out / TIMINGS
@@ -641,10 +685,9 @@ def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../s
     todo = [s for s in steps if not plan.done(s)]
     for number, step in enumerate(todo, 1):
         print(f"[{number}/{len(todo)}] {step.key}", flush=True)
-        start = time.monotonic()
-        do_step(plan, step, progress)
-        timings[step.key] = timings.get(step.key, 0.0) + time.monotonic() - start
-        atomic_write_json(plan.out / TIMINGS, timings)
+        with timed(plan.out / TIMINGS, step.key):
+            do_step(plan, step, progress)
     from .paper_report import write_report
 
-    return f"{len(todo)} of {len(steps)} steps run, the others reused; wrote {write_report(plan, chosen, timings)}"
+    written = write_report(plan, chosen, read_timings(plan))
+    return f"{len(todo)} of {len(steps)} steps run, the others reused; wrote {written}"

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import tomllib
 
 import numpy as np
@@ -16,7 +17,7 @@ from test_tasks_nmt import write_copy_task
 from ensemble_distill.calibration.compare import compare
 from ensemble_distill.cli import main
 from ensemble_distill.errors import UserError
-from ensemble_distill.reproduce import FEATURES, build_plan, missing_features, write_wnut17
+from ensemble_distill.reproduce import FEATURES, build_plan, missing_features, timed, write_wnut17
 
 from conftest import CONLL_SENTENCES, write_conll
 
@@ -275,6 +276,40 @@ def test_only_and_bad_arguments(report, capsys, tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--only table9: not an experiment" in err
     assert main(["reproduce", *args, "--out", str(tmp_path / "x"), "--set", "nope.key=1"]) == 2
     assert "--set nope.key=1: no run of the plan has the setting 'nope.key'" in capsys.readouterr().err
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_steps_time_is_kept_when_it_fails_resumes_or_shares_the_file(tmp_path):
+    path, clock = tmp_path / "timings.json", FakeClock()
+    path.write_text(json.dumps({"train a": 5.0}))
+    with pytest.raises(RuntimeError), timed(path, "train b", every=3600, clock=clock):
+        clock.now += 7.0
+        # another process finishes its step meanwhile: a write of ours must not undo it
+        path.write_text(json.dumps({"train a": 9.0, "train b": 0.0}))
+        raise RuntimeError("killed")
+    assert json.loads(path.read_text()) == {"train a": 9.0, "train b": 7.0}
+    with timed(path, "train b", every=3600, clock=clock):  # the step resumed: its times add up
+        clock.now += 2.5
+    assert json.loads(path.read_text()) == {"train a": 9.0, "train b": 9.5}
+
+
+def test_a_running_step_writes_its_time_before_it_ends(tmp_path):
+    """A step killed by SIGKILL runs no handler: what it spent is on disk already, up to `every` seconds."""
+    path, clock = tmp_path / "timings.json", FakeClock()
+    with timed(path, "distill x", every=0.01, clock=clock):
+        clock.now += 42.0
+        for _ in range(1000):  # the heartbeat thread writes within ~0.01 s; poll, no timing asserted
+            if path.is_file() and json.loads(path.read_text()).get("distill x") == 42.0:
+                break
+            threading.Event().wait(0.01)
+        assert json.loads(path.read_text()) == {"distill x": 42.0}
 
 
 def test_wnut17_types_map_onto_conll_types(tmp_path):
