@@ -133,9 +133,11 @@ DEVICE = typed(str, lambda device: f"{problem}; use --device cpu" if (problem :=
                else None)  # "cuda" refused at once on a machine without a GPU, before anything is read
 
 
-def add_device(p) -> None:
-    p.add_argument("--device", type=DEVICE, choices=("cpu", "cuda"), help="where to load the run's models (default: "
-                                                                         "the run's train.device)")
+def add_device(p, default: str | None = None) -> None:
+    """--device: where the command loads its models (default: `default`, None: the run's train.device)."""
+    where = default or "the run's train.device"
+    p.add_argument("--device", type=DEVICE, choices=("cpu", "cuda"), default=default,
+                   help=f"where to load the models (default: {where})")
 
 
 def add_train(sub) -> None:
@@ -380,6 +382,7 @@ def add_predict(sub) -> None:
                         "refuses the file naming its line, 'O' maps it to O with one warning that counts them (as "
                         "the training config's data.unknown_tag)")
     p.add_argument("--ref", help="translation: reference translations, one a line (adds predictions.npz)")
+    add_device(p, "cpu")
     p.set_defaults(func=run_predict)
 
 
@@ -400,7 +403,7 @@ def run_predict(args) -> int:
                                                       "comment_prefix", "token_prefix", "min_confidence",
                                                       "target_precision", "dev", "temperature", "unknown_tag")}
     options = {name: value for name, value in options.items() if value is not None}
-    files = predict(args.input, args.out, model=args.model, run=args.run, members=args.members,
+    files = predict(args.input, args.out, model=args.model, run=args.run, members=args.members, device=args.device,
                     calibrated=args.calibrated, **options)
     print("wrote " + ", ".join(str(f) for f in files))
     threshold = [f for f in files if f.name == "threshold.json"]
@@ -425,8 +428,7 @@ def add_translate(sub) -> None:
     p.add_argument("--jsonl", action="store_true",
                    help="one JSON object a line: source, translation, log_prob (summed log-probability of the output "
                         "subwords and EOS, nats), mean_token_confidence (mean probability of each chosen subword)")
-    p.add_argument("--device", type=DEVICE, choices=("cpu", "cuda"), default="cpu",
-                   help="where to load the models (default cpu)")
+    add_device(p, "cpu")
     p.set_defaults(func=run_translate)
 
 

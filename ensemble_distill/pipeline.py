@@ -175,7 +175,7 @@ def sweep(run_dir, members=None, top_ks=None, epsilons=None, n_boot: int = 1000,
     from .tasks import get_task
 
     cfg = read_run_config(run_dir, overrides)
-    get_task(cfg.task).sweep_truncations(cfg, top_ks, epsilons, samples)  # refused before loading anything
+    get_task(cfg.task).sweep_truncations(cfg, top_ks, epsilons, samples, run_dir)  # refused before loading anything
     ensemble_member_ids(cfg, members)
     require_trained(run_dir, individuals=False)
     run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress, device=device, overrides=overrides)
@@ -186,10 +186,11 @@ def sweep(run_dir, members=None, top_ks=None, epsilons=None, n_boot: int = 1000,
 def predict(input_path, out_dir, model=None, run=None, members: int | None = None, device: str = "cpu",
             calibrated: bool = False, **options) -> list[Path]:
     """Run a model folder (`model`) or an NER run's ensemble of `members` (`run`: its member folders, default the
-    largest configured ensemble) on a file; `options`: the task's reader and output settings (READER_OPTIONS; NER:
-    tag_text.predict's, `temperature` among them). `calibrated`: NER, temperature-scaled at the T evaluation fitted
-    on dev for that model or ensemble (calibrated.py). Reads only the model folders (and RUN/config.toml and the
-    ensemble's recorded T for the ensemble's members). Returns the files written."""
+    largest configured ensemble), loaded on `device` ("cpu", "cuda"), on a file; `options`: the task's reader and
+    output settings (READER_OPTIONS; NER: tag_text.predict's, `temperature` among them). `calibrated`: NER,
+    temperature-scaled at the T evaluation fitted on dev for that model or ensemble (calibrated.py). Reads only the
+    model folders (and RUN/config.toml and the ensemble's recorded T for the ensemble's members). Returns the files
+    written."""
     from .runs import read_model_spec
     from .tasks import get_task
 

@@ -98,6 +98,34 @@ def decode_spans(tags, offsets, labels: SpanLabels, inside_opens: bool = True) -
     Raises:
         ValueError: offsets not from 0 to W non-decreasing, or a tag outside [0, labels.num_labels).
     """
+    tags, offsets, kind, inside, continues = _reading(tags, offsets, labels)
+    opens = np.flatnonzero((kind >= 0) & ~continues & (inside_opens | ~inside))
+    # A span runs to the next word that does not continue it; sentence starts never continue, W closes the last.
+    breaks = np.append(np.flatnonzero(~continues), len(tags))
+    ends = breaks[np.searchsorted(breaks, opens, side="right")]
+    sentence = np.searchsorted(offsets, opens, side="right") - 1
+    return Spans(sentence, opens - offsets[sentence], ends - offsets[sentence], kind[opens])
+
+
+def iob2_repaired(tags, offsets, labels: SpanLabels) -> np.ndarray:
+    """Label sequences made valid IOB2 the way `decode_spans` reads them (conlleval, seqeval's `get_entities`): each
+    I-X that opens a span (after O, after another type, or first in its sentence) becomes B-X, so the result's
+    strict-IOB2 spans are decode_spans(tags). tags int [W] (flat), offsets int [S+1]; returns int64 [W].
+
+    Raises:
+        ValueError: as decode_spans.
+    """
+    tags, _, kind, inside, continues = _reading(tags, offsets, labels)
+    opening = inside & ~continues
+    repaired = tags.copy()
+    repaired[opening] = labels.begin[kind[opening]]
+    return repaired
+
+
+def _reading(tags, offsets, labels: SpanLabels):
+    """tags int64 [W], offsets int64 [S+1] (both checked) and, per word, its type (int64 [W], -1 for O), whether its
+    label is I-, and whether it continues the span of the word before (an I- of that word's type, not first in its
+    sentence)."""
     tags = _as_int(tags, "tags")
     offsets = _check_offsets(offsets, len(tags))
     if tags.size and (tags.min() < 0 or tags.max() >= labels.num_labels):
@@ -110,13 +138,7 @@ def decode_spans(tags, offsets, labels: SpanLabels, inside_opens: bool = True) -
     kind, inside = type_of[tags], is_inside[tags]
     previous = np.roll(kind, 1)
     previous[offsets[:-1][offsets[:-1] < len(tags)]] = -1  # a sentence's first word follows nothing
-    continues = inside & (previous == kind)
-    opens = np.flatnonzero((kind >= 0) & ~continues & (inside_opens | ~inside))
-    # A span runs to the next word that does not continue it; sentence starts never continue, W closes the last.
-    breaks = np.append(np.flatnonzero(~continues), len(tags))
-    ends = breaks[np.searchsorted(breaks, opens, side="right")]
-    sentence = np.searchsorted(offsets, opens, side="right") - 1
-    return Spans(sentence, opens - offsets[sentence], ends - offsets[sentence], kind[opens])
+    return tags, offsets, kind, inside, inside & (previous == kind)
 
 
 def iid_span_probabilities(probs, offsets, spans: Spans, labels: SpanLabels, inside_opens: bool = True):

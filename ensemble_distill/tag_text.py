@@ -53,7 +53,15 @@ from .data.text import read_text_lines
 from .errors import UserError, located
 from .io_utils import atomic_write_json, atomic_write_text, strict_json
 from .predictions import predicted_labels, save_predictions
-from .spans import SpanLabels, Spans, crf_span_probabilities, decode_spans, iid_span_probabilities, span_events
+from .spans import (
+    SpanLabels,
+    Spans,
+    crf_span_probabilities,
+    decode_spans,
+    iid_span_probabilities,
+    iob2_repaired,
+    span_events,
+)
 from .tasks.ner_batches import is_single_crf, tagger_emissions, tagging_predictions, window_batch
 
 FORMATS = ("conll", "jsonl", "text")
@@ -62,12 +70,17 @@ STDIN = "-"
 
 @dataclass
 class TextInput:
-    """Sentences read from a file: their words, the file line of each sentence's first word, and gold IOB2 tags
-    (None without)."""
+    """Sentences read from a file: their words, the file line of each sentence's first word and, with gold tags,
+    the sentences as read_conll reads them (None without)."""
     path: str
     tokens: list[list[str]]
     lines: list[int]
-    gold: list[list[str]] | None = None
+    gold_sentences: list[conll.Sentence] | None = None
+
+    @property
+    def gold(self) -> list[list[str]] | None:
+        """Per sentence its gold IOB2 tags, or None without gold."""
+        return None if self.gold_sentences is None else [s.tags for s in self.gold_sentences]
 
 
 def input_format(path, fmt: str | None = None, tag_col: int | None = None) -> str:
@@ -95,7 +108,7 @@ def read_input(path, tokenizer=None, fmt: str | None = None, token_col: int | No
         raise UserError(f"--format {fmt}: not one of {', '.join(FORMATS)}")
     if fmt != "conll" and (tag_col is not None or token_col is not None):
         raise UserError(f"{path}: --tag-col and --token-col are for --format conll; this input is read as {fmt}")
-    lines = read_text_lines(path, encoding, setting="--encoding")
+    lines = read_text_lines(path, encoding, setting=conll.FLAGS("encoding"))
     if fmt == "jsonl":
         return _jsonl(path, lines)
     if fmt == "text":
@@ -110,9 +123,8 @@ def read_input(path, tokenizer=None, fmt: str | None = None, token_col: int | No
     if tag_col is None:
         return _tokens_only(path, lines, token_col, n_columns, comment_prefix, token_prefix)
     sentences = read_conll(path, token_col, tag_col, scheme, encoding=encoding, comment_prefix=comment_prefix,
-                           token_prefix=token_prefix, lines=lines)
-    return TextInput(str(path), [s.tokens for s in sentences], [s.line for s in sentences],
-                     [s.tags for s in sentences])
+                           token_prefix=token_prefix, lines=lines, names=conll.FLAGS)
+    return TextInput(str(path), [s.tokens for s in sentences], [s.line for s in sentences], sentences)
 
 
 def _columns(path, lines, comment_prefix) -> int:
@@ -131,13 +143,14 @@ def _tokens_only(path, lines, token_col, n_columns, comment_prefix, token_prefix
     comment when its column count is not the file's (so a lone `#` token is still a token)."""
     if not -n_columns <= token_col < n_columns:
         raise located(path, None, f"--token-col {token_col} is outside the file's {n_columns} columns")
-    prefix = conll._token_prefix_pattern(token_prefix)
+    prefix = conll._token_prefix_pattern(token_prefix, conll.FLAGS)
     sep = _sep(lines[conll._first_token_line(lines, comment_prefix) - 1])
     sentences, starts, current = [], [], []
     for number, line in enumerate(lines + [""], start=1):
         if conll._is_break(line):
             if current:
-                sentences.append(conll._without_prefix(path, current, starts[-1], prefix) if prefix else current)
+                sentences.append(conll._without_prefix(path, current, starts[-1], prefix, conll.FLAGS) if prefix
+                                 else current)
             current = []
             continue
         columns = conll._split(line, sep)
@@ -253,19 +266,20 @@ def tag(models: list, sentences: list[list[str]], batch_size: int = 64, temperat
 
 
 def _window_outputs(model, split, batch_size, viterbi: bool):
-    """Per window of `split`: the model's [words, labels] float32 distributions, [words, labels] emissions and,
-    with `viterbi` (a CRF model), its int64 [words] Viterbi path, else None."""
+    """Per window of `split`: the model's [words, labels] float32 distributions, [words, labels] emissions (on the
+    model's device) and, with `viterbi` (a CRF model), its int64 [words] Viterbi path, else None."""
     lengths = [len(w.input_ids) for w in split.windows]
     probs, emissions, paths = [None] * len(lengths), [None] * len(lengths), [None] * len(lengths)
     model.tagger.eval()
+    device = next(model.tagger.parameters()).device  # the frozen states come from the CPU (window_batch)
     with torch.no_grad():
         for chunk in bucketed_batches(lengths, batch_size):
-            batch = window_batch(split, chunk, model.tokenizer.pad_token_id)
+            batch = window_batch(split, chunk, model.tokenizer.pad_token_id, device)
             scores = tagger_emissions(model.tagger, batch)
-            dist = model.tagger.distributions(scores, batch["word_mask"])
-            best = model.tagger.crf.viterbi(scores, batch["word_mask"]) if viterbi else None
+            dist = model.tagger.distributions(scores, batch["word_mask"]).float().cpu()
+            best = model.tagger.crf.viterbi(scores, batch["word_mask"]).cpu() if viterbi else None
             for row, (window, n) in enumerate(zip(chunk, batch["word_mask"].sum(1).tolist())):
-                probs[window], emissions[window] = dist[row, :n].float().numpy(), scores[row, :n]
+                probs[window], emissions[window] = dist[row, :n].numpy(), scores[row, :n]
                 if viterbi:
                     paths[window] = best[row, :n].numpy()
     return probs, emissions, paths
@@ -293,8 +307,8 @@ def _exact_crf(crf, windows, emissions, spans: Spans, labels: SpanLabels, confid
         return
     used, row = np.unique(owner[exact], return_inverse=True)
     scores = torch.nn.utils.rnn.pad_sequence([emissions[i] for i in used], batch_first=True)
-    mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(emissions[i]), dtype=torch.bool) for i in used],
-                                           batch_first=True)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(emissions[i]), dtype=torch.bool, device=scores.device)
+                                            for i in used], batch_first=True)
     first = np.array([windows[i].first_word for i in used])[row]
     local = Spans(row, spans.start[exact] - first, spans.end[exact] - first, spans.type[exact])
     with torch.no_grad():
@@ -305,8 +319,7 @@ def gold_ids(text: TextInput, labels: list[str], unknown_tag: str = "error") -> 
     """Per sentence the gold tags' ids in `labels`; a tag the model lacks is refused (`unknown_tag` "error": UserError
     naming its line) or mapped to O ("O", with one warning that counts them), as data.unknown_tag does in training
     (data.conll.tag_corpus)."""
-    sentences = [conll.Sentence(tokens, tags, line) for tokens, tags, line in zip(text.tokens, text.gold, text.lines)]
-    return tag_corpus(text.path, sentences, labels, unknown_tag, option="--unknown-tag O").tag_ids
+    return tag_corpus(text.path, text.gold_sentences, labels, unknown_tag, names=conll.FLAGS).tag_ids
 
 
 def span_operating_events(tagged: Tagged, gold: list[np.ndarray]):
@@ -349,14 +362,22 @@ def entities_jsonl(text: TextInput, tagged: Tagged, min_confidence: float = 0.0)
 
 
 def conll_text(text: TextInput, tagged: Tagged) -> str:
-    """One line a word: token, its gold tag (when given), the predicted label (Tagged.predicted: a single CRF's
-    Viterbi path, else the most probable; ties: O, then the smallest name) and its probability (marginal); a blank
-    line after each sentence."""
+    """One line a word: token, its gold tag (when given), the predicted label as valid IOB2 and the probability
+    (marginal) of the label the model chose; a blank line after each sentence.
+
+    The predicted labels are Tagged.predicted (a single CRF's Viterbi path, else the most probable; ties: O, then
+    the smallest name), which can hold an I-X that opens a span (after O): it is written B-X, the reading that
+    gives entities.jsonl its spans (spans.iob2_repaired), so the file's spans are entities.jsonl's (before the
+    confidence threshold) whether read as strict IOB2 or as conlleval reads them. Its probability stays the I-X's."""
     names, lines = np.asarray(tagged.labels), []
-    for s, (words, probs, predicted) in enumerate(zip(text.tokens, tagged.distributions, tagged.predicted)):
+    offsets = np.cumsum([0, *map(len, tagged.predicted)])
+    written = np.split(iob2_repaired(np.concatenate(tagged.predicted), offsets, SpanLabels.from_names(names)),
+                       offsets[1:-1])
+    gold = text.gold or [[]] * len(text.tokens)
+    for words, probs, predicted, labels, tags in zip(text.tokens, tagged.distributions, tagged.predicted, written,
+                                                     gold):
         for w, word in enumerate(words):
-            gold = [text.gold[s][w]] if text.gold is not None else []
-            lines.append(" ".join([word, *gold, names[predicted[w]], f"{probs[w, predicted[w]]:.4f}"]))
+            lines.append(" ".join([word, *tags[w:w + 1], names[labels[w]], f"{probs[w, predicted[w]]:.4f}"]))
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -80,9 +80,20 @@ def test_arguments_outside_their_range_are_one_line_and_exit_2(argv, argument, p
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+def test_sweep_of_an_ner_run_names_the_run_and_says_sweep_is_for_translation(tiny_encoder, conll_files, tmp_path,
+                                                                               capsys):
+    """It was prefixed with the run's data.train path, a file the user never named."""
+    run = tmp_path / "ner-run"
+    run.mkdir()
+    (run / "config.toml").write_text(to_toml(tiny_ner_config(tmp_path, tiny_encoder, conll_files)))
+    line = refused(["sweep", "--run", str(run)], capsys, f"ensemble-distill: error: {run}: an NER run; sweep is for "
+                                                         "translation runs")
+    assert str(conll_files[0]) not in line and sorted(p.name for p in run.iterdir()) == ["config.toml"]
+
+
 def test_zero_is_never_replaced_by_a_default_in_the_python_api():
     # The run's [distill] section says top_k = 64 and teacher_members = 3: 0 must be refused, not read as "unset".
-    run = SimpleNamespace(cfg=TranslationConfig(), task=NMT_TASK)
+    run = SimpleNamespace(run_dir="run", cfg=TranslationConfig(), task=NMT_TASK)
     with pytest.raises(UserError, match=r"^'top_k' must be at least 1, got 0$"):
         NMT_TASK.teacher_settings(run.cfg, top_k=0)
     with pytest.raises(UserError, match=r"--members 0: the run has 3 members"):
@@ -390,7 +401,9 @@ def test_a_config_this_machine_cannot_run_is_refused_before_anything_is_computed
 
 @pytest.mark.parametrize("argv", [["evaluate", "--run", "r"], ["memoize", "--run", "r"], ["sweep", "--run", "r"],
                                   ["distill", "--run", "r"], ["evaluate-nmt", "--run", "r"],
-                                  ["translate", "--model", "m"]], ids=lambda argv: argv[0])
+                                  ["translate", "--model", "m"],
+                                  ["predict", "--model", "m", "--input", "in.txt", "--out", "o"]],
+                         ids=lambda argv: argv[0])
 def test_device_cuda_without_a_gpu_is_refused_with_the_arguments(argv, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ensemble_distill.data.conll import label_vocab, read_conll, tag_corpus
+from ensemble_distill.data.conll import FLAGS, label_vocab, read_conll, tag_corpus
 from ensemble_distill.data.tags import TagError, entity_types, iob1_to_iob2, validate_iob2
 from ensemble_distill.errors import UserError
 
@@ -121,7 +121,8 @@ def test_explicit_separator_and_crlf(tmp_path):
     ("iobes.txt", "a\tS-LOC\n", {"scheme": "iob2"}, 1, "unknown tag scheme"),
     ("iob2.txt", "a\tO\n\nb\tB-PER\nc\tI-LOC\n", {"scheme": "iob2"}, 4, "invalid IOB2: 'I-LOC' after 'B-PER'"),
     ("bytes.txt", b"a O\n\nb O\nc\xff\xfe O\n", {}, 4, "not utf-8 text: byte 0xff at column 2"),
-    ("col.txt", "a O\n", {"tag_col": 3}, 1, "tag_col=3 is outside the line's 2 columns"),
+    ("col.txt", "a O\n", {"tag_col": 3}, 1, "data.tag_col = 3 is outside the line's 2 columns"),
+    ("col.txt", "a O\n", {"tag_col": 3, "names": FLAGS}, 1, ": --tag-col 3 is outside the line's 2 columns"),
 ])
 def test_errors_name_file_and_line(tmp_path, name, content, kwargs, line, problem):
     path = write(tmp_path, name, content)
@@ -162,18 +163,19 @@ def test_tag_ids_and_unseen_tags(tmp_path):
     corpus = tag_corpus("train", train, labels)
     assert [ids.tolist() for ids in corpus.tag_ids] == [[1, 2], [0]]
 
+    # IOB1 (the default): the tags are named as the file writes them, I-LOC (B-LOC once converted to IOB2)
     test_path = write(tmp_path, "test", "x I-PER\n\ny O\nz I-LOC\nw I-LOC\n\nv I-MISC\n")
     test = read_conll(test_path)
-    with pytest.raises(UserError, match=f"^{test_path}:4: tag 'B-LOC' never occurs in the training data"):
+    with pytest.raises(UserError, match=f"^{test_path}:4: tag 'I-LOC' never occurs in the training data"):
         tag_corpus(test_path, test, labels)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mapped = tag_corpus(test_path, test, labels, unknown_tag="O")
     assert [ids.tolist() for ids in mapped.tag_ids] == [[1], [0, 0, 0], [0]]
     assert len(caught) == 1 and "3 tags" in str(caught[0].message)
-    assert "B-LOC x1, B-MISC x1, I-LOC x1" in str(caught[0].message)
+    assert "3 tags never seen in training were mapped to O: I-LOC x2, I-MISC x1" in str(caught[0].message)
     assert all(ids.dtype == np.int64 for ids in mapped.tag_ids)
-    with pytest.raises(UserError, match="unknown_tag: 'drop'"):
+    with pytest.raises(UserError, match="^data.unknown_tag: 'drop'"):
         tag_corpus(test_path, test, labels, unknown_tag="drop")
 
 
@@ -267,7 +269,7 @@ def test_comments_off_name_line_1_and_the_setting(tmp_path):
     with pytest.raises(UserError) as caught:
         read_conll(path, token_col=1, tag_col=2, scheme="iob2", comment_prefix="")
     assert str(caught.value) == (f"{path}:2: 4 columns, but the file's first token line (line 1) has 3; line 1 "
-                                 "starts with '#': if it is a comment line, set data.comment_prefix = \"#\" to skip "
+                                 "starts with '#': if it is a comment line, data.comment_prefix = \"#\" skips "
                                  "comments")
 
 
@@ -310,7 +312,7 @@ def test_language_prefix_is_removed_by_the_setting(tmp_path):
 
 def test_language_prefix_without_the_setting_warns_and_a_wrong_setting_is_refused(tmp_path):
     path = write(tmp_path, "wikiann.tsv", WIKIANN)
-    with pytest.warns(UserWarning, match="every token starts with 'en:' .*set data.token_prefix = 'en:'"):
+    with pytest.warns(UserWarning, match="every token starts with 'en:' .*: data.token_prefix = \"en:\" removes it"):
         assert read_conll(path, scheme="iob2")[0].tokens == ["en:John", "en:Smith", "en:lives"]
     with pytest.raises(UserError, match=rf"^{path}:1: token 'en:John' does not start with data.token_prefix 'de:'"):
         read_conll(path, scheme="iob2", token_prefix="de:")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ensemble_distill.cli import main
+from ensemble_distill.data.tags import iob1_to_iob2, validate_iob2
 from ensemble_distill.predictions import load_predictions, predicted_labels
 from ensemble_distill.spans import SpanLabels, decode_spans, iid_span_probabilities, tagger_span_probabilities
 from ensemble_distill.tag_text import predict, tag
@@ -85,6 +86,21 @@ def test_every_input_format_and_standard_input_give_the_same_entities(folders, t
     for name, result in results.items():
         assert [(s["tokens"], s["entities"]) for s in result] == [(s["tokens"], s["entities"]) for s in reference]
     assert [s["line"] for s in reference] == [2, 10, 20, 30]  # each sentence's first line in the file
+
+
+def test_device_cpu_writes_what_the_default_writes(folders, tmp_path, capsys):
+    """predict had no --device; --device cpu is the default's device, so the same bytes (cuda without a GPU is
+    refused in test_cli)."""
+    (tmp_path / "in.conll").write_text(conll_tokens(SENTENCES))
+    for name, extra in (("default", []), ("cpu", ["--device", "cpu"])):
+        for model in ("iid", "crf"):
+            assert main(["predict", "--model", str(folders[model]), "--input", str(tmp_path / "in.conll"), *extra,
+                         "--out", str(tmp_path / name / model)]) == 0
+    capsys.readouterr()
+    for model in ("iid", "crf"):
+        for file in ("entities.jsonl", "predictions.conll"):
+            default = (tmp_path / "default" / model / file).read_text()
+            assert (tmp_path / "cpu" / model / file).read_text() == default and default.strip()
 
 
 def test_text_is_split_by_the_encoder_tokenizers_pre_tokenizer(folders, tmp_path):
@@ -276,6 +292,121 @@ def test_bad_input_and_options_are_one_line(folders, tmp_path, capsys, argv, mes
     assert "\n" not in err and message in err, err
 
 
+GOLD = ["--tag-col", "-1"]
+
+
+@pytest.mark.parametrize("content, argv, message", [
+    ("Peter B-PER\n", [*GOLD, "--token-prefix", "[("], "--token-prefix: '[(' is not a regular expression"),
+    ("Peter\n", ["--token-prefix", "[("], "--token-prefix: '[(' is not a regular expression"),  # no gold
+    ("en:Peter B-PER\nde:visits O\n", [*GOLD, "--token-prefix", "en:"],
+     ":2: token 'de:visits' does not start with --token-prefix 'en:'"),
+    ("Peter B-PER\n", ["--tag-col", "3"], ":1: --tag-col 3 is outside the line's 2 columns"),
+    ("Peter O B-PER\n", [*GOLD, "--token-col", "-4"], ":1: --token-col -4 is outside the line's 3 columns"),
+    ("Peter O\nvisits I-LOC\n", [*GOLD, "--scheme", "iob2"], "invalid IOB2: 'I-LOC' after 'O' (an IOB2 span starts "
+                                                            "with B-); --scheme iob1 reads it"),
+    ("# a comment\nPeter B-PER\n", [*GOLD, "--token-col", "0", "--comment-prefix", ""],
+     "line 1 starts with '#': if it is a comment line, --comment-prefix '#' skips comments"),
+    ("Peter B-PER\n", [*GOLD, "--encoding", "no-such-codec"], "--encoding: 'no-such-codec'"),
+])
+def test_a_bad_reader_flag_is_named_as_typed_not_as_its_config_key(folders, tmp_path, capsys, content, argv,
+                                                                     message):
+    """--token-prefix '[(' was reported as data.token_prefix, a key of a config predict does not read."""
+    path = tmp_path / "in.conll"
+    path.write_text(content)
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(path), *argv,
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err and "data." not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_iob1_tag_of_an_unknown_type_is_quoted_as_the_file_writes_it(folders, tmp_path, capsys):
+    """The message said 'B-FOO' (the tag converted to IOB2) where the file says I-FOO."""
+    path = tmp_path / "iob1.conll"
+    path.write_text("Peter I-PER\nBlackburn I-PER\nvisits O\nFoo I-FOO\nBar I-FOO\n")
+    argv = ["predict", "--model", str(folders["iid"]), "--input", str(path), "--tag-col", "-1", "--scheme", "iob1"]
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    assert capsys.readouterr().err == (f"ensemble-distill: error: {path}:4: tag 'I-FOO' never occurs in the training "
+                                       f"data (labels: {' '.join(LABELS)}); --unknown-tag O maps such tags to O\n")
+    with pytest.warns(UserWarning, match="2 tags never seen in training were mapped to O: I-FOO x2"):
+        assert main([*argv, "--unknown-tag", "O", "--out", str(tmp_path / "mapped")]) == 0
+    written = [line.split()[1] for line in (tmp_path / "mapped" / "predictions.conll").read_text().splitlines()
+               if line]
+    assert written == ["B-PER", "I-PER", "O", "B-FOO", "I-FOO"]  # the gold column is IOB2, as the file says
+
+
+def conll_spans(out, column=-2):
+    """{(sentence, type, start, end)} of predictions.conll's predicted column, by seqeval's strict IOB2 reading
+    (which refuses nothing here: the column must be valid IOB2) and by its lenient (conlleval) reading."""
+    from seqeval.metrics.sequence_labeling import get_entities
+    from seqeval.scheme import IOB2, Entities
+
+    sentences = [[line.split()[column] for line in block.splitlines()]
+                 for block in (out / "predictions.conll").read_text().strip("\n").split("\n\n")]
+    strict = {(s, kind, a, b) for s, tags in enumerate(sentences)
+              for _, kind, a, b in (e.to_tuple() for e in Entities([tags], IOB2).entities[0])}
+    lenient = {(s, kind, a, b + 1) for s, tags in enumerate(sentences) for kind, a, b in get_entities(tags)}
+    return sentences, strict, lenient
+
+
+def test_predictions_conll_is_valid_iob2_with_the_spans_of_entities_jsonl(tmp_path, monkeypatch):
+    """Per-word argmax O I-PER I-PER O was written as is; the file says IOB2, so it is written O B-PER I-PER O,
+    the spans entities.jsonl gives; the probabilities stay those of the model's labels, the .npz its
+    distributions."""
+    from types import SimpleNamespace
+
+    from ensemble_distill import tag_text
+
+    p = {"O": [0.7, 0.1, 0.05, 0.05, 0.1], "I-PER": [0.2, 0.05, 0.05, 0.1, 0.6], "I-LOC": [0.1, 0.1, 0.7, 0.05, 0.05]}
+    rows = [["O", "I-PER", "I-PER", "O"], ["I-LOC", "I-PER"]]  # the second: I-LOC opens, I-PER after LOC opens
+    distributions = [np.array([p[name] for name in names], dtype=np.float32) for names in rows]
+    labels = SpanLabels.from_names(LABELS)
+    offsets = np.array([0, 4, 6])
+    predicted = np.split(predicted_labels(np.concatenate(distributions), LABELS), offsets[1:-1])
+    spans = decode_spans(np.concatenate(predicted), offsets, labels)
+    confidence = iid_span_probabilities(np.concatenate(distributions), offsets, spans, labels)
+    monkeypatch.setattr(tag_text, "tag", lambda *_, **__: tag_text.Tagged(LABELS, distributions, predicted, spans,
+                                                                          confidence))
+    words = [["w1", "w2", "w3", "w4"], ["w5", "w6"]]
+    gold = [["O", "B-PER", "I-PER", "O"], ["B-LOC", "B-PER"]]
+    path = tmp_path / "in.conll"
+    path.write_text("".join("".join(f"{w} {t}\n" for w, t in zip(ws, ts)) + "\n" for ws, ts in zip(words, gold)))
+    model = SimpleNamespace(tokenizer=None, labels=LABELS)
+    tag_text.predict([model], path, tmp_path / "out", tag_col=-1)
+
+    written, strict, lenient = conll_spans(tmp_path / "out")
+    assert written == [["O", "B-PER", "I-PER", "O"], ["B-LOC", "B-PER"]]
+    for tags in written:
+        validate_iob2(tags)
+    probs = [line.split()[-1] for line in (tmp_path / "out" / "predictions.conll").read_text().splitlines() if line]
+    assert probs == ["0.7000", "0.6000", "0.6000", "0.7000", "0.7000", "0.6000"]  # p(O), p(I-PER), ..., p(I-PER)
+    from_jsonl = {(s["sentence"], e["type"], e["start"], e["end"]) for s in entities(tmp_path / "out")
+                  for e in s["entities"]}
+    assert from_jsonl == strict == lenient == {(0, "PER", 1, 3), (1, "LOC", 0, 1), (1, "PER", 1, 2)}
+    saved = load_predictions(tmp_path / "out" / "predictions.npz")
+    np.testing.assert_allclose(saved.probs, np.concatenate(distributions), atol=1e-6)
+    assert [LABELS[i] for i in saved.predicted()] == [name for names in rows for name in names]  # raw argmax
+
+
+def test_the_models_conll_column_is_iob2_with_entities_jsonls_spans(folders, tmp_path, capsys):
+    """The same with the random fixture models, which emit I- tags that open spans."""
+    (tmp_path / "in.conll").write_text(conll_tokens(SENTENCES))
+    repaired = 0
+    for name in ("iid", "crf-strong"):
+        out = tmp_path / name
+        assert main(["predict", "--model", str(folders[name]), "--input", str(tmp_path / "in.conll"),
+                     "--out", str(out)]) == 0
+        written, strict, lenient = conll_spans(out, column=1)
+        for tags in written:
+            validate_iob2(tags)
+        from_jsonl = {(s["sentence"], e["type"], e["start"], e["end"]) for s in entities(out) for e in s["entities"]}
+        assert from_jsonl == strict == lenient
+        raw = tag([load_model(folders[name])], SENTENCES).predicted
+        repaired += sum(LABELS[i] != w for r, ws in zip(raw, written) for i, w in zip(r, ws))
+    capsys.readouterr()
+    assert repaired > 0, "the fixture models must emit an I- tag that opens a span"
+
+
 def test_a_crf_span_inside_a_window_gets_that_windows_exact_marginal(folders):
     """A CRF reads a long sentence window by window: a span owned by the first window, with the word after it in
     that window too, has the span marginal of the CRF over that window's words alone (the same encoder input)."""
@@ -325,7 +456,8 @@ def test_a_single_crf_tags_with_its_best_path_and_an_ensemble_with_its_marginals
                                                for words, tags in zip(short, gold)))
     predict([model], tmp_path / "in.conll", tmp_path / "alone", tag_col=1)
     rows = [line.split() for line in (tmp_path / "alone" / "predictions.conll").read_text().splitlines() if line]
-    assert [r[2] for r in rows] == [LABELS[i] for path in best for i in path]
+    # the best path as valid IOB2 (an I-X opening a span written B-X: the reader's IOB1 conversion), its marginals
+    assert [r[2] for r in rows] == [tag for path in best for tag in iob1_to_iob2([LABELS[i] for i in path])]
     flat_marginals = np.concatenate([m.numpy()[: len(w)] for m, w in zip(marginals, short)])
     np.testing.assert_allclose([float(r[3]) for r in rows],
                                flat_marginals[np.arange(len(rows)), np.concatenate(best)], atol=1e-4)

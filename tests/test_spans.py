@@ -17,6 +17,7 @@ from ensemble_distill.spans import (
     crf_span_probabilities,
     decode_spans,
     iid_span_probabilities,
+    iob2_repaired,
     span_events,
     tagger_span_probabilities,
 )
@@ -79,6 +80,28 @@ def test_decode_spans_equals_seqeval(inside_opens):
     assert got == expected and len(spans) == len(expected)
     order = np.lexsort([spans.start, spans.sentence])
     assert (order == np.arange(len(spans))).all()
+
+
+def test_iob2_repaired_is_the_iob1_reading_and_keeps_the_spans():
+    """Each I-X opening a span becomes B-X: tags.iob1_to_iob2 on the names (the reader's conversion, written
+    independently) per sentence; the result is valid IOB2 whose strict spans are seqeval's lenient spans of the
+    input (what entities.jsonl reports)."""
+    from ensemble_distill.data.tags import iob1_to_iob2, validate_iob2
+
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(0, 9, size=300)
+    tags = rng.integers(0, L, size=lengths.sum())
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    repaired = iob2_repaired(tags, offsets, LABELS)
+    assert repaired.dtype == np.int64 and (repaired != tags).sum() > 50  # the random tags need much repair
+    for s in range(len(lengths)):
+        names = [NAMES[j] for j in tags[offsets[s]:offsets[s + 1]]]
+        fixed = [NAMES[j] for j in repaired[offsets[s]:offsets[s + 1]]]
+        assert fixed == iob1_to_iob2(names)
+        validate_iob2(fixed)
+        assert seqeval_spans(fixed, inside_opens=False) == seqeval_spans(names, inside_opens=True)
+    # by hand: O I-PER I-PER O | I-LOC I-PER B-PER I-PER (B-PER = 0, I-PER = 3, I-LOC = 2, O = 1)
+    assert iob2_repaired([1, 3, 3, 1, 2, 3, 0, 3], [0, 4, 8], LABELS).tolist() == [1, 0, 3, 1, 4, 0, 0, 3]
 
 
 def test_decode_spans_by_hand():

@@ -13,10 +13,13 @@ Europarl German `token lemma POS chunk NER`, TAB-separated, IOB1.
 Dialects, each with a setting (config `data.*`, `read_conll` keywords): other encodings (`encoding = "latin-1"`),
 comment lines (`comment_prefix`, "#" by default, safe for `#` tokens: see `read_conll`), a language prefix on
 every token (`token_prefix = "[a-z]+:"` for WikiANN's `en:John`), stray I- tags in IOB2 files (`scheme = "iob1"`
-reads them, see `tags.py`). Line breaks and byte-order marks: `text.py`.
+reads them, see `tags.py`). Line breaks and byte-order marks: `text.py`. Messages name each setting as the user
+gave it (`SettingNames`): the config's `data.token_prefix`, or a command's `--token-prefix` (predict).
 """
 
+import json
 import re
+import shlex
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -36,12 +39,38 @@ _LANGUAGE_PREFIX = re.compile(r"[a-z]{2,3}(?:-[a-z]+)?:(?=.)")  # `en:`, `zh-yue
 
 
 @dataclass(frozen=True)
+class SettingNames:
+    """How messages name the reader's settings: as the config's `data.` keys (`flags` False), or as the flags of a
+    command that takes them on its command line (predict's --token-prefix), so that an error names what the user
+    typed."""
+
+    flags: bool = False
+
+    def __call__(self, key: str, value=None) -> str:
+        """Setting `key` ("token_prefix"); with `value`, how to give it that value: `data.token_prefix = "en:"`
+        (a TOML line) or `--token-prefix en:` (shell words)."""
+        if self.flags:
+            flag = "--" + key.replace("_", "-")
+            return flag if value is None else f"{flag} {shlex.quote(str(value))}"
+        return f"data.{key}" if value is None else f"data.{key} = {json.dumps(value)}"
+
+
+CONFIG_KEYS, FLAGS = SettingNames(), SettingNames(flags=True)
+
+
+@dataclass(frozen=True)
 class Sentence:
-    """One sentence: its tokens, their IOB2 tags, and the file line of its first token (for messages)."""
+    """One sentence: its tokens, their IOB2 tags, the file line of its first token, and (for messages) the tags as
+    the file writes them when the scheme converted them (IOB1), else None: the same as `tags`."""
 
     tokens: list[str]
     tags: list[str]
     line: int
+    written: list[str] | None = None
+
+    def written_tag(self, position: int) -> str:
+        """The tag at `position` as the file writes it."""
+        return (self.written or self.tags)[position]
 
 
 @dataclass(frozen=True)
@@ -56,7 +85,7 @@ class TaggedCorpus:
 
 def read_conll(path, token_col: int = 0, tag_col: int = -1, scheme: str = "iob1", sep: str | None = None, *,
                encoding: str = "utf-8", comment_prefix: str = "#", token_prefix: str = "",
-               lines: list[str] | None = None) -> list[Sentence]:
+               lines: list[str] | None = None, names: SettingNames = CONFIG_KEYS) -> list[Sentence]:
     """Read a CoNLL column file into sentences with IOB2 tags.
 
     sep=None splits on TABs when the first token line holds one (tokens may then contain spaces), else on runs
@@ -73,20 +102,21 @@ def read_conll(path, token_col: int = 0, tag_col: int = -1, scheme: str = "iob1"
     `en:John` as "John" (WikiANN/PAN-X). Without it, a file whose every token starts with the same `xx:` gets a
     warning.
     lines: the file's lines when already read (`text.read_text_lines`; standard input can be read only once).
+    names: how messages name these settings (SettingNames: the config's keys, or predict's flags).
     """
     path = Path(path)
     if scheme not in SCHEMES:
-        raise UserError(f"scheme: {scheme!r} is not one of {', '.join(SCHEMES)}")
-    prefix = _token_prefix_pattern(token_prefix)
+        raise UserError(f"{names('scheme')}: {scheme!r} is not one of {', '.join(SCHEMES)}")
+    prefix = _token_prefix_pattern(token_prefix, names)
     if lines is None:
-        lines = read_text_lines(path, encoding, setting="data.encoding")
-    layout = _Layout.of(path, lines, sep, token_col, tag_col, comment_prefix)
-    sentences = [_checked_sentence(path, tokens, tags, first_line, scheme, prefix)
+        lines = read_text_lines(path, encoding, setting=names("encoding"))
+    layout = _Layout.of(path, lines, sep, token_col, tag_col, comment_prefix, names)
+    sentences = [_checked_sentence(path, tokens, tags, first_line, scheme, prefix, names)
                  for first_line, tokens, tags in _raw_sentences(path, lines, layout)]
     if not sentences:
         raise located(path, None, "no sentences (the file is empty or holds only blank, comment and -DOCSTART- lines)")
     if prefix is None:
-        _warn_if_every_token_is_prefixed(path, sentences)
+        _warn_if_every_token_is_prefixed(path, sentences, names)
     return sentences
 
 
@@ -101,28 +131,29 @@ def label_vocab(train_sentences: list[Sentence]) -> list[str]:
 
 
 def tag_corpus(path, sentences: list[Sentence], labels: list[str], unknown_tag: str = "error",
-               option: str = 'data.unknown_tag = "O"') -> TaggedCorpus:
+               names: SettingNames = CONFIG_KEYS) -> TaggedCorpus:
     """Map tags to ids in `labels` (the training vocabulary).
 
-    A tag never seen in training is an error by default, naming the first such line and how to map it (`option`:
-    the config's `data.unknown_tag = "O"`, or predict's `--unknown-tag O`): a model cannot predict it, and
-    silently scoring it as O would understate errors on the test set. unknown_tag="O" maps such tags to O instead.
-    One warning says when the file's entity types differ from the labels' (a type missing here, or tags mapped to
-    O), with the entity count of each type.
+    A tag never seen in training is an error by default, naming the first such line, the tag as the file writes
+    it, and how to map it (the config's `data.unknown_tag = "O"`, or predict's `--unknown-tag O`: `names`): a
+    model cannot predict it, and silently scoring it as O would understate errors on the test set.
+    unknown_tag="O" maps such tags to O instead. One warning says when the file's entity types differ from the
+    labels' (a type missing here, or tags mapped to O), with the entity count of each type.
     """
     if unknown_tag not in UNKNOWN_TAG_POLICIES:
-        raise UserError(f"unknown_tag: {unknown_tag!r} is not one of {', '.join(UNKNOWN_TAG_POLICIES)}")
+        raise UserError(f"{names('unknown_tag')}: {unknown_tag!r} is not one of {', '.join(UNKNOWN_TAG_POLICIES)}")
     index = {label: i for i, label in enumerate(labels)}
     unseen = Counter()
     tag_ids = []
     for sentence in sentences:
         for position, tag in enumerate(sentence.tags):
             if tag not in index:
+                written = sentence.written_tag(position)
                 if unknown_tag == "error":
                     raise located(path, sentence.line + position,
-                                  f"tag {tag!r} never occurs in the training data (labels: {' '.join(labels)}); "
-                                  f"{option} maps such tags to O")
-                unseen[tag] += 1
+                                  f"tag {written!r} never occurs in the training data (labels: {' '.join(labels)}); "
+                                  f"{names('unknown_tag', 'O')} maps such tags to O")
+                unseen[written] += 1
         tag_ids.append(np.array([index.get(tag, index[OUTSIDE]) for tag in sentence.tags], dtype=np.int64))
     _warn_if_types_differ(path, sentences, labels, unseen)
     return TaggedCorpus(Path(path), sentences, list(labels), tag_ids)
@@ -156,9 +187,10 @@ class _Layout:
     token_col: int
     tag_col: int
     comment_prefix: str
+    names: SettingNames
 
     @classmethod
-    def of(cls, path, lines, sep, token_col, tag_col, comment_prefix) -> "_Layout | None":
+    def of(cls, path, lines, sep, token_col, tag_col, comment_prefix, names) -> "_Layout | None":
         """From the first line that is neither blank, -DOCSTART- nor starting with the comment prefix (or, when
         every line starts with it, the first such line); None for a file without such lines."""
         first_line = _first_token_line(lines, comment_prefix)
@@ -170,8 +202,8 @@ class _Layout:
         n_columns = len(_split(first, sep))
         for name, col in (("token_col", token_col), ("tag_col", tag_col)):
             if not -n_columns <= col < n_columns:
-                raise located(path, first_line, f"{name}={col} is outside the line's {n_columns} columns")
-        return cls(sep, n_columns, first_line, token_col, tag_col, comment_prefix)
+                raise located(path, first_line, f"{names(name, col)} is outside the line's {n_columns} columns")
+        return cls(sep, n_columns, first_line, token_col, tag_col, comment_prefix, names)
 
     def split(self, line: str) -> list[str]:
         return _split(line, self.sep)
@@ -243,51 +275,52 @@ def _comment_hint(line, lines, layout) -> str:
     """Why a column count may differ: a comment line taken for the first token line, or a comment-like line
     inside a sentence."""
     if not layout.comment_prefix and lines[layout.first_line - 1].startswith("#"):
-        return (f"; line {layout.first_line} starts with '#': if it is a comment line, set "
-                'data.comment_prefix = "#" to skip comments')
+        return (f"; line {layout.first_line} starts with '#': if it is a comment line, "
+                f"{layout.names('comment_prefix', '#')} skips comments")
     if _starts_comment(line, layout.comment_prefix):
         return (f" (a line starting with {layout.comment_prefix!r} is a comment only before a sentence's first "
                 "token and when it does not read as a token line)")
     return ""
 
 
-def _token_prefix_pattern(token_prefix: str) -> "re.Pattern | None":
+def _token_prefix_pattern(token_prefix: str, names: SettingNames) -> "re.Pattern | None":
     if not token_prefix:
         return None
     try:
         return re.compile(token_prefix)
     except re.error as error:
-        raise UserError(f"data.token_prefix: {token_prefix!r} is not a regular expression: {error}") from None
+        raise UserError(f"{names('token_prefix')}: {token_prefix!r} is not a regular expression: {error}") from None
 
 
-def _warn_if_every_token_is_prefixed(path, sentences) -> None:
+def _warn_if_every_token_is_prefixed(path, sentences, names: SettingNames) -> None:
     """A language prefix such as `en:` on every token (WikiANN) reaches the encoder as part of every word and
     costs most of the F1; warn, naming the setting that removes it."""
     match = _LANGUAGE_PREFIX.match(sentences[0].tokens[0])
     if match and all(token.startswith(match[0]) for sentence in sentences for token in sentence.tokens):
         warnings.warn(f"{path}: every token starts with {match[0]!r} (a language prefix?); the encoder will read it "
-                      f"as part of each word: set data.token_prefix = {match[0]!r} to remove it")
+                      f"as part of each word: {names('token_prefix', match[0])} removes it")
 
 
-def _checked_sentence(path, tokens, tags, first_line, scheme, prefix) -> Sentence:
+def _checked_sentence(path, tokens, tags, first_line, scheme, prefix, names) -> Sentence:
     if prefix is not None:
-        tokens = _without_prefix(path, tokens, first_line, prefix)
+        tokens = _without_prefix(path, tokens, first_line, prefix, names)
+    written = tags
     try:
         if scheme == "iob1":
             tags = iob1_to_iob2(tags)
         else:
-            validate_iob2(tags)
+            validate_iob2(tags, f"{names('scheme', 'iob1')} reads it")
     except TagError as error:
         raise located(path, first_line + error.index, str(error)) from None
-    return Sentence(tokens, tags, first_line)
+    return Sentence(tokens, tags, first_line, written if written != tags else None)
 
 
-def _without_prefix(path, tokens, first_line, prefix) -> list[str]:
+def _without_prefix(path, tokens, first_line, prefix, names: SettingNames) -> list[str]:
     stripped = []
     for index, token in enumerate(tokens):
         match = prefix.match(token)
         if not match:
             raise located(path, first_line + index,
-                          f"token {token!r} does not start with data.token_prefix {prefix.pattern!r}")
+                          f"token {token!r} does not start with {names('token_prefix')} {prefix.pattern!r}")
         stripped.append(token[match.end():])
     return stripped

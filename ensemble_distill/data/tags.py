@@ -44,15 +44,16 @@ def iob1_to_iob2(tags: list[str]) -> list[str]:
     return converted
 
 
-def validate_iob2(tags: list[str]) -> None:
-    """Raise a TagError at the first tag that breaks IOB2: an I-X must continue a B-X or I-X span."""
+def validate_iob2(tags: list[str], iob1_reads: str = 'scheme = "iob1" reads it') -> None:
+    """Raise a TagError at the first tag that breaks IOB2: an I-X must continue a B-X or I-X span. `iob1_reads`:
+    how the message names the setting that reads such tags as IOB1."""
     previous_type = ""
     for index, tag in enumerate(tags):
         prefix, entity_type = split_tag(tag, index)
         if prefix == "I" and entity_type != previous_type:
             after = f"after {tags[index - 1]!r}" if index else "at the start of a sentence"
-            raise TagError(index, f"invalid IOB2: {tag!r} {after} (an IOB2 span starts with B-); "
-                                  'scheme = "iob1" reads it, starting a span at such an I- as conlleval does')
+            raise TagError(index, f"invalid IOB2: {tag!r} {after} (an IOB2 span starts with B-); {iob1_reads}, "
+                                  "starting a span at such an I- as conlleval does")
         previous_type = entity_type
 
 

@@ -184,7 +184,7 @@ def sweep(run, members: int | None = None, top_ks: list[int] | None = None, epsi
     epsilon capped at max(top_ks), each sampled store's R), then the run's evaluation, which tabulates every
     student's truncation (evaluation.evaluate_run); returns the rows of these students. `run`: with train, dev and
     test. Raises UserError for a task with nothing to sweep (NER keeps every label) or a setting out of range."""
-    settings = run.task.sweep_truncations(run.cfg, top_ks, epsilons, samples)
+    settings = run.task.sweep_truncations(run.cfg, top_ks, epsilons, samples, run.run_dir)
     students = [distill_run(run, members, k, eps, r, progress=progress)[1] for k, eps, r in settings]
     evaluate_run(run, "test", n_boot, progress)
     table = read_json(run.run_dir / "eval" / "test" / "truncation.json", "evaluate the run again")

@@ -126,10 +126,10 @@ class Task(Protocol):
         result.json; returns what result.json holds."""
 
     def sweep_truncations(self, cfg, top_ks: list[int] | None = None, epsilons: list[float] | None = None,
-                          samples: list[int] | None = None) -> list[tuple]:
+                          samples: list[int] | None = None, source: str = "config") -> list[tuple]:
         """(top_k, epsilon, samples) of each teacher store a truncation sweep distils from (Task.teacher_settings'
         arguments), defaults from the config. Raises UserError for a setting out of range, or a task with nothing
-        to sweep (NER keeps every label)."""
+        to sweep (NER keeps every label), naming `source` (the run folder)."""
 
     def hypotheses(self, models: list, cfg, data, split: str, progress: bool = False) -> list[str] | None:
         """The ensemble's decoded outputs of each sentence of `split` (translation: beam search with the models'

@@ -590,9 +590,10 @@ class NerTask:
         return _fit(model, cfg, data, "student", seed, train_windows, held_out, cfg.train, loss_fn, folder, progress,
                     **spec_extra)
 
-    def sweep_truncations(self, cfg, top_ks=None, epsilons=None, samples=None) -> list:
-        raise UserError(f"{cfg.data.train}: `sweep` trains translation students for each truncation V'; an NER "
-                        "store keeps every label, so there is nothing to sweep")
+    def sweep_truncations(self, cfg, top_ks=None, epsilons=None, samples=None, source="config") -> list:
+        raise UserError(f"{source}: an NER run; sweep is for translation runs (a student for each truncation V' of "
+                        "the teacher's distributions), and an NER teacher store keeps every label: distill --run "
+                        "trains its student")
 
 
 def _fit(model, cfg, data, role, seed, train_windows, held_out, train_cfg, loss_fn, folder, progress,

@@ -717,7 +717,7 @@ class NmtTask:
     def fit_student(self, model, cfg, data, loss_fn, seed, folder, progress=True, **spec_extra) -> dict:
         return train_model(model, data, cfg, folder, loss_fn, seed, progress, role="student", spec_extra=spec_extra)
 
-    def sweep_truncations(self, cfg, top_ks=None, epsilons=None, samples=None) -> list[tuple]:
+    def sweep_truncations(self, cfg, top_ks=None, epsilons=None, samples=None, source="config") -> list[tuple]:
         """(top_k, epsilon, samples) of each store: each V' in top_ks, each adaptive epsilon capped at max(top_ks),
         then each sampled store's R (default [distill.samples] when that is > 0); the defaults from [distill].
         Raises UserError for no V' or an R below 1."""
