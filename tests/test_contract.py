@@ -12,6 +12,7 @@ import pytest
 
 from ensemble_distill import load_model
 from ensemble_distill.cli import main
+from ensemble_distill.data.tags import iob1_to_iob2
 from ensemble_distill.predictions import load_predictions
 
 from conftest import CONLL_SENTENCES, write_conll
@@ -136,7 +137,9 @@ def test_train_evaluate_memoize_distill_then_the_student_alone(setting, tiny_enc
                                                     for s in CONLL_SENTENCES[4:]]
         unlabelled_tags = [line.split()[1] for line in (tmp_path / "p1" / "predictions.conll").read_text()
                            .splitlines() if line]
-        assert unlabelled_tags == preds.label_names[preds.predicted()].tolist()  # gold or not, the same tags
+        # gold or not, the same tags, written as valid IOB2 (an I-X opening a span as B-X: the IOB1 reading)
+        names, offsets = preds.label_names[preds.predicted()].tolist(), preds.sentence_offsets
+        assert unlabelled_tags == [tag for a, b in zip(offsets[:-1], offsets[1:]) for tag in iob1_to_iob2(names[a:b])]
     else:
         np.testing.assert_allclose(preds.gold_prob, recorded_preds.gold_prob, atol=1e-5)
         np.testing.assert_array_equal(preds.top_ids, recorded_preds.top_ids)
