@@ -6,6 +6,7 @@
     RUN/members/member-<i>/      one model folder each (below)
     RUN/individuals/individual-<i>/   NER: models trained on all the data (the table's mean ± s.e. rows)
     RUN/teachers/<name>/         teacher stores (teacher_store.py)
+    RUN/teachers/members/        NER: each member's training-split distributions, a cache (distill/member_cache.py)
     RUN/students/<name>/         student model folders
     RUN/eval/<split>/            predictions, metrics and plots per system; results.{md,json}
 

@@ -29,6 +29,24 @@ def write_conll(path, sentences, repeat=1):
     return path
 
 
+def toy_tagging_config(folder, encoder):
+    """The toy NER run's config: small CoNLL files written into `folder` (train: the sentences five times, 40),
+    the tiny encoder (`tiny_encoder`) tuning its top layer, frozen states cached in FOLDER/cache, two members
+    (nested 1 ⊂ 2) trained briefly with AdamW."""
+    from ensemble_distill.config import TaggingConfig
+
+    cfg = TaggingConfig()
+    cfg.data.train = str(write_conll(folder / "train.txt", CONLL_SENTENCES, repeat=5))
+    cfg.data.dev = str(write_conll(folder / "dev.txt", CONLL_SENTENCES[:4]))
+    cfg.data.test = str(write_conll(folder / "test.txt", CONLL_SENTENCES[4:]))
+    cfg.data.scheme = "iob2"
+    cfg.encoder.name, cfg.encoder.finetune_layers = str(encoder), 1
+    cfg.encoder.cache_dir = str(folder / "cache")
+    cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size, cfg.train.max_epochs = "adamw", 1e-2, 8, 2
+    cfg.ensemble.members, cfg.ensemble.subset_sizes = 2, [1, 2]
+    return cfg
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Every test on one torch thread: tiny models on a shared 2-core machine, where a second thread only adds

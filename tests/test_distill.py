@@ -32,7 +32,7 @@ from ensemble_distill.tasks.ner import (
 )
 from ensemble_distill.teacher_store import TeacherStore, write_store
 
-from conftest import CONLL_SENTENCES, write_conll
+from conftest import CONLL_SENTENCES, toy_tagging_config
 
 # ----------------------------------------------------------------------------------------------------------------
 # A tiny ensemble run, shared by the tests below
@@ -41,16 +41,7 @@ from conftest import CONLL_SENTENCES, write_conll
 @pytest.fixture(scope="module")
 def run_dir(tiny_encoder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("distill")
-    cfg = TaggingConfig()
-    cfg.data.train = str(write_conll(folder / "train.txt", CONLL_SENTENCES, repeat=5))
-    cfg.data.dev = str(write_conll(folder / "dev.txt", CONLL_SENTENCES[:4]))
-    cfg.data.test = str(write_conll(folder / "test.txt", CONLL_SENTENCES[4:]))
-    cfg.data.scheme = "iob2"
-    cfg.encoder.name, cfg.encoder.finetune_layers = str(tiny_encoder), 1
-    cfg.encoder.cache_dir = str(folder / "cache")
-    cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size, cfg.train.max_epochs = "adamw", 1e-2, 8, 2
-    cfg.ensemble.members, cfg.ensemble.subset_sizes = 2, [1, 2]
-    train_members(cfg, folder / "run", progress=False)
+    train_members(toy_tagging_config(folder, tiny_encoder), folder / "run", progress=False)
     return folder / "run"
 
 

@@ -178,8 +178,10 @@ def test_only_rank_0_writes_files(two_ranks):
         run = watched / "two-ranks" / task
         finished = {str(p.relative_to(watched)) for p in run.rglob("*") if p.is_file()}
         assert finished <= set(rank0)
+        one = watched / "one-process" / task
+        # one process also keeps its NER members' distributions (distill/member_cache.py), which ranks never write
         assert {p.relative_to(run) for p in run.rglob("*")} == {
-            p.relative_to(watched / "one-process" / task) for p in (watched / "one-process" / task).rglob("*")}
+            p.relative_to(one) for p in one.rglob("*") if not p.is_relative_to(one / "teachers" / "members")}
     assert any(path.startswith("cache/frozen-") for path in rank0)  # the frozen-layer cache too
 
 

@@ -15,18 +15,26 @@ by the run's seed (an unbiased estimate of full KD).
 
 A store's teachers are the sha256-named weights of its members (and "temperature T"), checked whenever it is
 reopened: a finished store is reused, a half-written one resumed, one of other teachers refused.
+
+Where a task's distributions are small (Task.caches_member_probs: NER), the teacher is the mean of its members'
+cached distributions (member_cache.py, RUN/teachers/members/), so each member runs over the training split once for
+all of a run's stores; the store's bytes are those of the ensemble pass. Under torchrun (more than one process),
+whose ranks share the store's shards, every store runs its ensemble.
 """
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..calibration.temperature import at_bound
 from ..calibration.temperature import temperature_scaled as scaled
+from ..distributed import world_size
 from ..ensemble import ensemble_member_ids
 from ..evaluation import System, fit_temperatures
 from ..io_utils import checkpoint_name, run_lock
 from ..runs import model_dir
 from ..teacher_store import TeacherStore, write_store
+from .member_cache import cached_teacher_probs
 
 TEMPERATURE_PREFIX = "temperature "  # the teacher-name entry that records a temperature-scaled teacher's T
 
@@ -90,6 +98,10 @@ def memoize(run, members: int | None = None, truncation: Truncation = Truncation
     with run_lock(path):
         models = [run.load(run.member_dir(i)) for i in ids]
         teachers = member_checkpoints(run.run_dir, ids, task)
+        if task.caches_member_probs and world_size() == 1:
+            ensemble_probs = cached_teacher_probs(run, ids, models, list(teachers), progress)
+        else:
+            ensemble_probs = functools.partial(task.teacher_probs, models, cfg, data)
         temperature = None
         if temperature_scaled:
             system = System("teacher", f"ensemble of {len(ids)}", tuple(range(len(models))))
@@ -97,7 +109,7 @@ def memoize(run, members: int | None = None, truncation: Truncation = Truncation
             teachers.append(f"{TEMPERATURE_PREFIX}{temperature!r}")
 
         def teacher(sentences):
-            probs = task.teacher_probs(models, cfg, data, sentences)
+            probs = ensemble_probs(sentences)
             return probs if temperature is None else [scaled(p, temperature) for p in probs]
 
         vocab = task.output_names(data)

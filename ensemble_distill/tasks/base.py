@@ -80,6 +80,11 @@ class Task(Protocol):
         """Per training sentence of `sentences` (ids), the models' mean distribution, float32 [positions, V] (numpy
         or torch, on the models' device): what distill/memoize.py stores."""
 
+    # Whether memoize keeps each member's teacher_probs over the training split (distill/member_cache.py), so that
+    # a run's nested ensembles run each member once: NER's [words, labels] are small, translation's next-token
+    # distributions over its vocabulary are not.
+    caches_member_probs: bool
+
     def n_sentences(self, data, split: str) -> int:
         """The number of sentences of `split` (a teacher store holds one entry per training sentence)."""
 
