@@ -496,10 +496,14 @@ def add_reproduce(sub) -> None:
 
 
 def run_reproduce(args) -> int:
-    from .reproduce import reproduce
+    from .reproduce import StepsLeft, reproduce
 
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only is not None else None
-    print(reproduce(args.scale, args.out, only, args.dry_run, args.data, args.overrides))
+    try:
+        print(reproduce(args.scale, args.out, only, args.dry_run, args.data, args.overrides))
+    except StepsLeft as err:  # not bad input (2): the work is unfinished, the page says what is missing
+        print(f"ensemble-distill: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -257,14 +257,16 @@ def _holder(fd: int) -> str:
 TRAINED = ("checkpoint.pt", "result.json", "*/*/checkpoint.pt", "*/*/result.json")
 
 
-def require_same_config(folder, cfg, name: str = "config.toml") -> None:
+def require_same_config(folder, cfg, name: str = "config.toml", dry: bool = False) -> None:
     """Refuse to continue `folder` with `cfg` when FOLDER/name records another config and the folder holds a model
     or checkpoint trained under it (TRAINED): one line naming the first key that differs. Paths compare as the
     files they name (config.same_files), so a run recorded with "/x/clone/../data/f" resumes with "/x/data/f".
 
     A recorded config under which nothing was trained (a first run that failed on its data, or whose training
     diverged and was discarded) binds nothing: it is removed with run.json, and the folder takes `cfg`. A folder
-    that holds trained models or checkpoints but no config is refused: no one can tell which config trained them."""
+    that holds trained models or checkpoints but no config is refused: no one can tell which config trained them.
+    `dry`: only refuse, changing no file (reproduce checks every folder of its plan before it runs, and in
+    --dry-run)."""
     from .config import load_config, same_files, to_dict
 
     folder = Path(folder)
@@ -281,6 +283,8 @@ def require_same_config(folder, cfg, name: str = "config.toml") -> None:
     for key in now:
         if files_before.get(key) != files_now[key]:
             if trained is None:
+                if dry:
+                    return
                 recorded.unlink()
                 (folder / "run.json").unlink(missing_ok=True)
                 return

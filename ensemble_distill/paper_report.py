@@ -1,14 +1,15 @@
 """The tables and figures of `reproduce` (reproduce.py), from what its steps wrote, and one static HTML page.
 
-    page = write_report(plan, experiments, timings)     # OUT/tables/<name>.{md,csv}, OUT/figures/<name>.png,
-                                                         # OUT/index.html
+    page = write_report(plan, selected, timings)        # OUT/tables/<name>.{md,csv}, OUT/figures/<name>.png,
+                                                         # OUT/index.html: every experiment of the plan
 
 Numbers come from each system's metrics.json under RUN/eval/<split>/<system>/ (pipeline.evaluate_run): a group of
 models (individuals, or members when a run has none) is the mean ± s.e. of its models' values, every other row the
 value [95% sentence-bootstrap interval]. Significance marks come from the paired sentence bootstrap
 (calibration.compare): in each table a student is compared with the single model of its run (individual-0, the
 first seed trained on all the data, or member-0) and with its teacher ensemble, on the same sentences; a mark
-means p < 0.05. Comparisons are cached in OUT/compare/ by the predictions files' sizes and times.
+means p < 0.05, which needs at least 40 resamples (the smallest p is 2/(B + 1): the smoke scale's 20 cannot
+reach it, and its captions say so). Comparisons are cached in OUT/compare/ by the predictions files' sizes and times.
 """
 
 import csv
@@ -26,10 +27,10 @@ import numpy as np
 
 from .calibration.compare import compare
 from .calibration.plots import save_figure
-from .calibration.report import DESCRIPTIONS, PAPER_SCALE
+from .calibration.report import ALPHA, DESCRIPTIONS, PAPER_SCALE
 from .config import to_toml, warm_start_budget
 from .io_utils import atomic_write_json, atomic_write_text, read_json
-from .tables import cell, mean_and_se
+from .tables import cell, duration, mean_and_se
 
 NER_METRICS = ("f1_conlleval", "f1", "bs_plus", "bs_minus", "b_bs", "b_ece")
 NMT_METRICS = ("bleu", "ece_1", "ece_5", "conf_gap")
@@ -497,7 +498,18 @@ def caption(plan, table: Table) -> str:
     kinds = {c["versus"].split(" ")[0] for c in table.comparisons}  # Table 4 has no students: its marks in its caption
     marks = MARKS_NOTE if "teacher" in kinds else ""
     return " ".join(filter(None, [CAPTIONS.get(table.name, ""), table.caption, marks,
+                                  significance_floor(plan.scale.n_boot) if table.comparisons else "",
                                   "Values ×100 except BLEU, bytes/token and T.", plan.scale.shrunk + "."]))
+
+
+def significance_floor(n_boot: int) -> str:
+    """A caption's warning when B = `n_boot` resamples cannot give p < ALPHA: the bootstrap's smallest p-value is
+    2/(B + 1) (calibration.bootstrap, the +1 terms of Davison & Hinkley 1997); "" when they can."""
+    floor = 2 / (n_boot + 1)
+    if floor < ALPHA:
+        return ""
+    return (f"With {n_boot} bootstrap resamples the smallest p is 2/{n_boot + 1} = {floor:.3f}: no difference can "
+            f"reach p < {ALPHA:g}, so nothing is marked; this scale checks the pipeline.")
 
 
 def markdown(plan, table: Table) -> str:
@@ -570,30 +582,37 @@ img{max-width:100%}img.broken{border:2px solid red}.status{color:#a60}pre{backgr
 overflow-x:auto;font-size:80%}"""
 
 
-def write_report(plan, experiments, timings: dict) -> Path:
-    """Every finished experiment's table (Markdown, CSV) or figure (PNG), and OUT/index.html with all of them,
-    the experiments not run and why, the settings and versions. Returns the page's path."""
+def write_report(plan, selected, timings: dict) -> Path:
+    """OUT/index.html over every experiment of the plan (not only the `selected` ones this call ran, so that
+    processes with different --only share one OUT): a done experiment's table (Markdown, CSV) or figure (PNG),
+    written from what is on disk, the others said not run yet (selected or not) or why not; then the settings
+    and versions. The table or figure file of an experiment that is not done (stale: a model it reads was
+    trained again or removed) is deleted, so none stays looking current. Returns the page's path."""
     from .runs import versions
 
     e, sections = html.escape, []
-    for experiment in experiments:
+    for experiment in plan.experiments:
         missing = experiment.missing
-        done = all(plan.done(s) for s in experiment.steps)
+        done = not missing and all(plan.done(s) for s in experiment.steps)
         section = f"<section id='{e(experiment.name)}'><h2>{e(experiment.title)}</h2>"
+        if not done:
+            for path in _outputs(plan, experiment):
+                path.unlink(missing_ok=True)
         if missing:
             section += "<p class='status'>not run: needs " + e(", ".join(missing)) + "</p>"
         elif not done:
-            section += "<p class='status'>not run yet (steps left: rerun reproduce)</p>"
+            section += "<p class='status'>not run yet (steps left: rerun reproduce" + (
+                ")" if experiment in selected else f" --only {e(experiment.name)}; not selected this time)") + "</p>"
         elif experiment.name in FIGURES:
-            path = plan.out / "figures" / f"{experiment.name}.png"
+            (path,) = _outputs(plan, experiment)
             path.parent.mkdir(parents=True, exist_ok=True)
             FIGURES[experiment.name](plan, experiment, path)
             section += f"<img src='figures/{e(path.name)}' alt='{e(experiment.title)}'>"
             section += f"<p class='caption'>{e(plan.scale.shrunk)}.</p>"
         else:
             table = TABLES[experiment.name](plan, experiment)
-            atomic_write_text(plan.out / "tables" / f"{experiment.name}.md", markdown(plan, table))
-            atomic_write_text(plan.out / "tables" / f"{experiment.name}.csv", csv_text(table))
+            for path, text in zip(_outputs(plan, experiment), (markdown(plan, table), csv_text(table))):
+                atomic_write_text(path, text)
             section += html_table(plan, table) + (f"<p><a href='tables/{e(experiment.name)}.md'>Markdown</a> · "
                                                   f"<a href='tables/{e(experiment.name)}.csv'>CSV</a></p>")
         sections.append(section + "</section>")
@@ -602,19 +621,26 @@ def write_report(plan, experiments, timings: dict) -> Path:
                       f"<title>ensemble-distill: {e(plan.scale.name)} scale</title><style>{STYLE}</style>"
                       f"<script>{CHECK_IMAGES}</script></head><body>"
                       f"<h1>Ensemble distillation for structured prediction: {e(plan.scale.name)} scale</h1>"
-                      + "".join(sections) + settings_html(plan, experiments, timings, versions()) + "</body></html>")
+                      + "".join(sections) + settings_html(plan, timings, versions()) + "</body></html>")
     return page
 
 
-def settings_html(plan, experiments, timings: dict, versions: dict) -> str:
+def _outputs(plan, experiment) -> list[Path]:
+    """The files an experiment writes: OUT/figures/<name>.png, or OUT/tables/<name>.md and .csv."""
+    if experiment.name in FIGURES:
+        return [plan.out / "figures" / f"{experiment.name}.png"]
+    return [plan.out / "tables" / f"{experiment.name}.{suffix}" for suffix in ("md", "csv")]
+
+
+def settings_html(plan, timings: dict, versions: dict) -> str:
     """The command, the data, each run's resolved config, the versions and the steps' wall times."""
     e = html.escape
     command = shlex.join(["ensemble-distill", "reproduce", "--scale", plan.scale.name, "--out", str(plan.out),
                           "--data", str(plan.data_root), *(x for o in plan.overrides for x in ("--set", o))])
-    runs = list(dict.fromkeys(s.run for s in plan.steps(experiments)))
+    runs = list(dict.fromkeys(s.run for s in plan.steps(plan.experiments)))
     configs = "".join(f"<details><summary>{e(r.name)} (configs/{e(r.config)})</summary><pre>"
                       f"{e(to_toml(plan.config(r)))}</pre></details>" for r in runs)
-    times = "".join(f"<tr><td>{e(k)}</td><td>{v / 60:.1f} min</td></tr>" for k, v in timings.items())
+    times = "".join(f"<tr><td>{e(k)}</td><td>{duration(v)}</td></tr>" for k, v in timings.items())
     return (f"<section id='settings'><h2>Settings and versions</h2><pre>{e(command)}</pre>"
             f"<p>Python {e(sys.version.split()[0])}; " + ", ".join(f"{e(k)} {e(str(v))}" for k, v in versions.items())
             + f"; {plan.scale.n_boot} bootstrap resamples.</p><h3>Runs</h3>{configs}"

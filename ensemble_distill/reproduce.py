@@ -7,8 +7,10 @@ An experiment (Table 1, Figure 2, the WNUT-17 domain shift, ...) is a list of st
 OUT/runs/<run>/ of the existing pipeline (pipeline.py: train, distill, evaluate_run, predict) and a builder
 (paper_report.py) that reads what the steps wrote into Markdown and CSV tables, PNG figures and OUT/index.html.
 Steps shared by experiments run once. A step is done when its outputs exist: every model's result.json (train,
-distill), an evaluation newer than every model it scores (evaluate), a scored predictions file (predict). So a
-rerun retrains nothing, and a killed one resumes: the pipeline resumes a model from its last finished epoch.
+distill), an evaluation newer than every model it scores (evaluate), a scored predictions file (predict), decided
+when its turn comes (an evaluation goes stale when the same call distils a student of its run). So a rerun
+retrains nothing, and a killed one resumes: the pipeline resumes a model from its last finished epoch. Run and
+student folders started with another config than the plan's are refused before anything runs (check_folders).
 
 Each run is a config of configs/ with the scale's overrides (`Scale`), its data under the data root (`--data`,
 default ../shared/data), and the command's `--set` overrides, each applied to every run whose config has that
@@ -25,6 +27,7 @@ import dataclasses
 import fcntl
 import gzip
 import json
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -33,8 +36,9 @@ from pathlib import Path
 
 from .config import TASK_CONFIGS, StudentTraining, apply_overrides, load_config
 from .errors import UserError
-from .io_utils import atomic_write_json, read_json
+from .io_utils import atomic_write_json, read_json, require_same_config
 from .runs import RESULT, finished
+from .tables import duration
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS, TIMINGS = "runs", "timings.json"
@@ -283,7 +287,7 @@ def build_plan(scale: str, out, data_root="../shared/data", overrides=()) -> Pla
         key = o.partition("=")[0].strip()
         if not any(_has_setting(cls, key) for cls in TASK_CONFIGS.values()):
             raise UserError(f"--set {o}: no run of the plan has the setting '{key}'")
-    plan = Plan(SCALES[scale], Path(out), Path(data_root).absolute(), tuple(overrides))
+    plan = Plan(SCALES[scale], Path(out), Path(os.path.abspath(data_root)), tuple(overrides))
     plan.experiments = experiments(plan)
     return plan
 
@@ -438,15 +442,9 @@ def do_step(plan: Plan, step: Step, progress: bool = True) -> None:
     if step.kind == "train":
         pipeline.train(plan.config(step.run), run_dir, progress)
     elif step.kind == "distill" and step.run.task == "ner":
-        # the student gets the members' training settings (configs/distill-conll.toml), those a student has, or
-        # with a recipe that run's settings and encoder cut (the usual single model's: all layers, AdamW, linear)
-        recipe = plan.config(step.run if step.recipe is None else step.recipe)
-        train, known = dataclasses.asdict(recipe.train), dataclasses.fields(StudentTraining)
-        student = [f"train.{f.name}={json.dumps(train[f.name])}" for f in known if f.name in train]
-        if step.recipe is not None:  # and its data: every training sentence, early-stopped on dev
-            student += [f"encoder.finetune_layers={recipe.encoder.finetune_layers}", 'train.early_stopping="dev"']
         pipeline.distill(run_dir, step.members, temperature_scaled=step.temperature_scaled, n_boot=n_boot,
-                         overrides=student, progress=progress, name=step.student if step.recipe else None)
+                         overrides=student_overrides(plan, step), progress=progress,
+                         name=step.student if step.recipe else None)
     elif step.kind == "distill":
         pipeline.distill(run_dir, step.members, top_k=step.top_k, epsilon=step.epsilon, n_boot=n_boot,
                          progress=progress)
@@ -454,6 +452,35 @@ def do_step(plan: Plan, step: Step, progress: bool = True) -> None:
         pipeline.evaluate_run(run_dir, step.split, n_boot, progress=progress)
     else:
         _predict(plan, step, progress)
+
+
+def student_overrides(plan: Plan, step: Step) -> list[str]:
+    """The --set overrides of an NER distill step's student: the members' training settings, those a student has
+    (configs/distill-conll.toml), or with a recipe that run's settings and encoder cut (the usual single model's:
+    all layers, AdamW, linear schedule) and its data (every training sentence, early-stopped on dev)."""
+    recipe = plan.config(step.run if step.recipe is None else step.recipe)
+    train, known = dataclasses.asdict(recipe.train), dataclasses.fields(StudentTraining)
+    student = [f"train.{f.name}={json.dumps(train[f.name])}" for f in known if f.name in train]
+    if step.recipe is not None:
+        student += [f"encoder.finetune_layers={recipe.encoder.finetune_layers}", 'train.early_stopping="dev"']
+    return student
+
+
+def check_folders(plan: Plan, steps: list[Step]) -> None:
+    """Refuse (UserError, one line naming the folder and the first key that differs: io_utils.require_same_config,
+    the check `train` and `distill` make) a run folder of the steps started with another config than the plan
+    gives it (another --set or --data), or an NER student folder with other settings than its step would use, so
+    that no step counts as done with models trained under another config. Changes no file."""
+    from .tasks.ner import student_settings
+
+    for run in dict.fromkeys(s.run for s in steps):
+        if plan.run_dir(run).is_dir():
+            require_same_config(plan.run_dir(run), plan.config(run), dry=True)
+    for step in steps:
+        folder = plan.run_dir(step.run) / "students" / step.student
+        if step.kind == "distill" and step.run.task == "ner" and (folder / "config.toml").is_file():
+            settings = student_settings(plan.run_dir(step.run), step.members, None, student_overrides(plan, step))
+            require_same_config(folder, settings, dry=True)
 
 
 def _predict(plan: Plan, step: Step, progress: bool) -> None:
@@ -585,6 +612,8 @@ def selected(plan: Plan, only=None) -> list[Experiment]:
     names = [e.name for e in plan.experiments]
     if only is None:
         return plan.experiments
+    if not only:
+        raise UserError(f"--only: names no experiment (known: {', '.join(names)})")
     unknown = [n for n in only if n not in names]
     if unknown:
         raise UserError(f"--only {unknown[0]}: not an experiment (known: {', '.join(names)})")
@@ -592,35 +621,28 @@ def selected(plan: Plan, only=None) -> list[Experiment]:
 
 
 def describe(plan: Plan, experiments: list[Experiment], timings: dict) -> str:
-    """The dry run's text: each experiment with its status and steps (done, or the estimated time), each run's
-    config, and the total time left."""
+    """The dry run's text: each experiment with its status and steps (done, or to do with the estimated time: an
+    evaluation that a step before it makes stale is to do, expected_to_run), each run's config, and the total
+    time left."""
+    steps = plan.steps(experiments)
+    todo = {s for s, runs in zip(steps, expected_to_run(plan, steps)) if runs}
     lines = [f"reproduce --scale {plan.scale.name} --out {plan.out} (data {plan.data_root})", ""]
-    left = 0.0
     for e in experiments:
         missing = e.missing
         status = ("needs: " + ", ".join(f"{n} ({FEATURES[n][0]})" for n in missing) if missing else
-                  "done" if all(plan.done(s) for s in e.steps) else "to do")
+                  "to do" if todo.intersection(e.steps) else "done")
         lines.append(f"{e.name}: {e.title} [{status}]")
         for s in ([] if missing else list(dict.fromkeys(e.steps))):
-            done = plan.done(s)
-            took = f"took {_duration(timings[s.key])}" if s.key in timings else ""
-            lines.append(f"    {'done' if done else 'todo'}  {s.key}  "
-                         f"{took if done else '~' + _duration(estimate_seconds(plan, s))}")
-    runs = list(dict.fromkeys(s.run for s in plan.steps(experiments)))
+            took = f"took {duration(timings[s.key])}" if s.key in timings else ""
+            lines.append(f"    {'todo' if s in todo else 'done'}  {s.key}  "
+                         f"{'~' + duration(estimate_seconds(plan, s)) if s in todo else took}")
     lines += ["", "runs (config file, then overrides):"]
-    for run in runs:
+    for run in dict.fromkeys(s.run for s in steps):
         lines.append(f"  {run.name}: configs/{run.config} " + " ".join(f"--set {o}" for o in plan.overrides_of(run)))
-    for s in plan.steps(experiments):
-        left += 0 if plan.done(s) else estimate_seconds(plan, s)
-    lines.append(f"\nestimated time left: {_duration(left)} (rough: COSTS in reproduce.py; one process, one step "
+    left = sum(estimate_seconds(plan, s) for s in todo)
+    lines.append(f"\nestimated time left: {duration(left)} (rough: COSTS in reproduce.py; one process, one step "
                  "at a time)")
     return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 @contextmanager
@@ -658,10 +680,15 @@ def timed(path: Path, key: str, every: float = 60.0, clock=time.monotonic):
 
 @contextmanager
 def _locked(path: Path):
+    """An exclusive lock on the folder of `path` itself (flock on a directory's descriptor), so no lock file is
+    left beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def read_timings(plan: Plan) -> dict:
@@ -670,24 +697,55 @@ def read_timings(plan: Plan) -> dict:
     return read_json(path, "delete it (it only records times)") if path.is_file() else {}
 
 
+class StepsLeft(Exception):
+    """Steps of the selection still not done after `reproduce` took its turn at each (the CLI: exit status 1)."""
+
+
+def expected_to_run(plan: Plan, steps: list[Step]) -> list[bool]:
+    """Which of `steps` (in plan.steps' order) will run: those not done now, and an evaluation of a run whose
+    models an earlier step trains or distils (its results.json then becomes older than them, so stale)."""
+    expected, changed = [], set()
+    for step in steps:
+        runs = not plan.done(step) or (step.kind == "evaluate" and step.run in changed)
+        if runs and step.kind in ("train", "distill"):
+            changed.add(step.run)
+        expected.append(runs)
+    return expected
+
+
 def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../shared/data", overrides=(),
               progress: bool = True) -> str:
     """Run (or resume) every step of the selected experiments (`only`: their names; None: all), recording each
-    step's wall time in OUT/timings.json, then write their tables, figures and OUT/index.html
-    (paper_report.write_report); `dry_run`: only describe the plan. Returns the plan's description (dry run) or a
-    summary of what was run and written."""
+    step's wall time in OUT/timings.json, then write the tables, figures and OUT/index.html of every experiment
+    of the plan that is done (paper_report.write_report); `dry_run`: only describe the plan. Whether a step is
+    done is decided when its turn comes, so an evaluation made stale by a student trained earlier in the same
+    call is redone. Returns the plan's description (dry run) or a summary of what was run and written.
+
+    Raises:
+        UserError: an unknown scale or experiment, an empty `only`, a bad --set, or a run or student folder of the
+            plan started with another config (check_folders), before anything runs.
+        StepsLeft: a selected step still not done at the end (the report is written first).
+    """
     plan = build_plan(scale, out, data_root, overrides)
     chosen = selected(plan, only)
-    timings = read_timings(plan)
-    if dry_run:
-        return describe(plan, chosen, timings)
     steps = plan.steps(chosen)
-    todo = [s for s in steps if not plan.done(s)]
-    for number, step in enumerate(todo, 1):
-        print(f"[{number}/{len(todo)}] {step.key}", flush=True)
+    check_folders(plan, steps)
+    if dry_run:
+        return describe(plan, chosen, read_timings(plan))
+    expected, ran = expected_to_run(plan, steps), 0
+    for index, step in enumerate(steps):
+        if plan.done(step):
+            continue
+        ran += 1
+        print(f"[{ran}/{ran + sum(expected[index + 1:])}] {step.key}", flush=True)
         with timed(plan.out / TIMINGS, step.key):
             do_step(plan, step, progress)
     from .paper_report import write_report
 
     written = write_report(plan, chosen, read_timings(plan))
-    return f"{len(todo)} of {len(steps)} steps run, the others reused; wrote {written}"
+    summary = f"{ran} of {len(steps)} steps run, the others reused; wrote {written}"
+    left = [s.key for s in steps if not plan.done(s)]
+    if left:
+        raise StepsLeft(f"{summary}; still not done: {', '.join(left[:3])}"
+                        f"{f' and {len(left) - 3} more' if len(left) > 3 else ''} (rerun reproduce)")
+    return summary

@@ -119,3 +119,10 @@ def format_sweep(table: list[dict], columns, title: str) -> str:
         lines.append(f"| {row['student']} | {row['truncation']} | " + " | ".join(cells)
                      + f" | {row['bytes_per_token']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def duration(seconds: float) -> str:
+    """A wall time for people: "42 s" under 90 s, then minutes, then hours from 90 minutes."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

@@ -17,7 +17,9 @@ from test_tasks_nmt import write_copy_task
 from ensemble_distill.calibration.compare import compare
 from ensemble_distill.cli import main
 from ensemble_distill.errors import UserError
+from ensemble_distill.paper_report import significance_floor
 from ensemble_distill.reproduce import FEATURES, build_plan, missing_features, timed, write_wnut17
+from ensemble_distill.tables import duration
 
 from conftest import CONLL_SENTENCES, write_conll
 
@@ -95,6 +97,8 @@ def test_smoke_end_to_end_then_a_rerun_reuses_everything(report, capsys):
         assert all((out / kind / f"{name}{s}").is_file() for s in suffixes), name
     page = (out / "index.html").read_text()
     assert page.count("<img ") == 3 and "not run" not in page and "usual single model" in page
+    assert re.search(r"<td>\d+ s</td>", page) and " min</td>" not in page  # smoke steps take seconds
+    assert not (out / "timings.json.lock").exists()  # the lock is on OUT itself
 
     before = model_times(out)
     code, text, _ = run(capsys, report)
@@ -274,6 +278,9 @@ def test_only_and_bad_arguments(report, capsys, tmp_path):
     assert "ner-en-iid" not in text  # only the runs those experiments need
     code, _, err = run(capsys, report, "--only", "table9")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--only table9: not an experiment" in err
+    for empty in ("", " , "):
+        code, _, err = run(capsys, report, "--only", empty)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "--only: names no experiment" in err
     assert main(["reproduce", *args, "--out", str(tmp_path / "x"), "--set", "nope.key=1"]) == 2
     assert "--set nope.key=1: no run of the plan has the setting 'nope.key'" in capsys.readouterr().err
 
@@ -298,6 +305,7 @@ def test_a_steps_time_is_kept_when_it_fails_resumes_or_shares_the_file(tmp_path)
     with timed(path, "train b", every=3600, clock=clock):  # the step resumed: its times add up
         clock.now += 2.5
     assert json.loads(path.read_text()) == {"train a": 9.0, "train b": 9.5}
+    assert list(tmp_path.iterdir()) == [path]  # no lock file left beside it
 
 
 def test_a_running_step_writes_its_time_before_it_ends(tmp_path):
@@ -350,3 +358,71 @@ def test_a_student_trained_as_the_usual_single_model(report):
     assert sum(label in line for line in (out / "tables" / "baseline.md").read_text().splitlines()) == 2
     assert label in (out / "tables" / "table5.md").read_text()
 
+
+
+def test_smoke_captions_say_that_20_resamples_cannot_reach_p_below_005(report):
+    """The smallest bootstrap p is 2/(B + 1) (calibration.bootstrap): 2/21 = 0.095 at the smoke scale's B = 20;
+    B = 39 gives 2/40 = 0.05, not below it; B = 40 gives 2/41 = 0.0488."""
+    caption = (report[0] / "tables" / "table1.md").read_text().splitlines()[-1]
+    assert "With 20 bootstrap resamples the smallest p is 2/21 = 0.095: no difference can reach p < 0.05" in caption
+    assert significance_floor(39) and significance_floor(40) == "" and significance_floor(1000) == ""
+    assert "smallest p" not in (report[0] / "tables" / "table3.md").read_text()  # no comparisons there
+    assert (duration(42), duration(600), duration(7200)) == ("42 s", "10 min", "2.0 h")
+
+
+def test_a_changed_set_or_data_or_student_config_is_refused_before_anything_runs(report, capsys, data_root):
+    out, args = report
+    runs = out / "runs"
+    for dry in ((), ("--dry-run",)):
+        code, _, err = run(capsys, report, "--only", "table6", "--set", "train.lr=0.002", *dry)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert (f"{runs / 'nmt-de-en-ce-noavg'}: was started with another config: 'train.lr' is 0.005 in "
+                f"{runs / 'nmt-de-en-ce-noavg' / 'config.toml'}, 0.002 now") in err
+    code, _, err = run(capsys, report, "--only", "table6", "--data", str(data_root / "elsewhere"))
+    assert code == 2 and "nmt-de-en-ce-noavg: was started with another config: 'data." in err
+    # the same files written another way are the same config, and the page prints the path normalised
+    code, text, err = run(capsys, report, "--only", "table6", "--data", f"{data_root}/../{data_root.name}")
+    assert code == 0 and "0 of 2 steps run" in text, err
+    page = (out / "index.html").read_text()
+    assert f"--data {data_root} " in page and "/../" not in page
+
+    # a student folder with other settings than its step would give it
+    config = runs / "ner-en-iid" / "students" / "student-2" / "config.toml"
+    recorded = config.read_text()
+    config.write_text(re.sub(r"(?m)^lr = .*$", "lr = 0.123", recorded, count=1))
+    try:
+        code, _, err = run(capsys, report, "--only", "table1", "--dry-run")
+    finally:
+        config.write_text(recorded)
+    assert code == 2 and f"{config.parent}: was started with another config: 'train.lr' is 0.123" in err
+
+
+def test_a_stale_evaluation_is_redone_and_the_page_keeps_every_experiment(report, capsys, monkeypatch):
+    """A student removed from the CE run makes Figure 1 and Table 2 not done: --only table6 keeps every other
+    section on the page and deletes their stale files; --only figure1 distils the student again and then redoes
+    the run's evaluation (done when planned, stale once the student exists) in the same call."""
+    out = report[0]
+    shutil.rmtree(out / "runs" / "nmt-de-en-ce" / "students" / "student-1-top8")
+    code, text, err = run(capsys, report, "--only", "table6")
+    assert code == 0 and "0 of 2 steps run" in text, err
+    page = (out / "index.html").read_text()
+    experiments = build_plan("smoke", out).experiments
+    assert page.count("<section id=") == len(experiments) + 1  # every experiment, and the settings
+    assert page.count("not run yet") == 2 and "rerun reproduce --only figure1; not selected this time" in page
+    assert not (out / "figures" / "figure1.png").exists() and "figures/figure1.png" not in page
+    assert not (out / "tables" / "table2.md").exists() and "tables/table2.md" not in page
+    assert (out / "tables" / "table1.md").is_file() and "tables/table1.md" in page and page.count("<img ") == 2
+
+    code, text, _ = run(capsys, report, "--only", "figure1", "--dry-run")  # the dry run foresees the stale one
+    assert "todo  distill nmt-de-en-ce student-1-top8" in text and "todo  evaluate nmt-de-en-ce test" in text
+    with monkeypatch.context() as patch:  # a step that leaves its work undone: said, and exit status 1
+        patch.setattr("ensemble_distill.reproduce.do_step", lambda *a, **k: None)
+        code, text, err = run(capsys, report, "--only", "figure1")
+    assert code == 1 and "still not done: distill nmt-de-en-ce student-1-top8 (rerun reproduce)" in err
+
+    code, text, err = run(capsys, report, "--only", "figure1")
+    assert code == 0, err
+    assert "[1/2] distill nmt-de-en-ce student-1-top8\n" in text and "[2/2] evaluate nmt-de-en-ce test\n" in text
+    assert "2 of 4 steps run" in text
+    page = (out / "index.html").read_text()
+    assert "not run yet" not in page and page.count("<img ") == 3 and (out / "tables" / "table2.md").is_file()

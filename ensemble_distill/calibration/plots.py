@@ -133,13 +133,12 @@ def reliability_curves(panels: dict[str, dict[str, tuple]], path, n_bins=10) -> 
 
 def pr_curve_plot(curves: dict[str, PRCurve], path, title="Precision-recall of entity-type confidences") -> None:
     """One or more PR curves (e.g. several models, as the paper's figure 3), each labelled with its area."""
-    fig = Figure(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5 + 0.25 * len(curves)), layout="constrained")
     ax = fig.subplots()
     for name, curve in curves.items():
         ax.step(curve.recall, curve.precision, where="pre", label=f"{name} (AP {100 * curve.average_precision:.2f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-    ax.legend(loc="lower left")
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", fontsize="small")  # below the axes: inside, it covered the curves
     save_figure(fig, path)
 
 
