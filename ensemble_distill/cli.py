@@ -27,8 +27,10 @@ import typing
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .config import (
     MAX_MEMBERS,
+    Decoding,
     Range,
     TaggingData,
     TranslationDistillation,
@@ -50,6 +52,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ensemble-distill", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train(sub)
     add_evaluate(sub)
@@ -425,9 +428,14 @@ def add_translate(sub) -> None:
     p.add_argument("--output", default="-", help="translations, one a line (default '-': standard output)")
     p.add_argument("--out", type=output_folder, help="older form: a folder for translations.txt (instead of --output)")
     p.add_argument("--beam", type=in_range(int, 1), help="beam size (default: the model's decode.beam_size)")
+    p.add_argument("--length-penalty", type=like_setting(Decoding, "alpha"), metavar="ALPHA",
+                   help="GNMT length penalty α of the beam search (default: the model's decode.alpha); 0 ranks "
+                        "hypotheses by summed log-probability, as CTranslate2's length_penalty=0")
     p.add_argument("--jsonl", action="store_true",
                    help="one JSON object a line: source, translation, log_prob (summed log-probability of the output "
-                        "subwords and EOS, nats), mean_token_confidence (mean probability of each chosen subword)")
+                        "subwords and EOS, nats), mean_token_confidence (mean probability of each chosen subword), "
+                        "tokens; an empty or blank line gives translation \"\" with log_prob and "
+                        "mean_token_confidence null and tokens 0")
     add_device(p, "cpu")
     p.set_defaults(func=run_translate)
 
@@ -443,9 +451,12 @@ def run_translate(args) -> int:
     if args.output != "-":
         writable_folder(str(Path(args.output).parent))
     n = translate(args.input, None if args.output == "-" else args.output, model=args.model, run=args.run,
-                  members=args.members, beam_size=args.beam, jsonl=args.jsonl, device=args.device)
+                  members=args.members, beam_size=args.beam, jsonl=args.jsonl, device=args.device,
+                  length_penalty=args.length_penalty)
     if args.output != "-":
-        print(f"wrote {n} translations to {args.output}")
+        from .tables import counted
+
+        print(f"wrote {counted(n, 'translation')} to {args.output}")
     return 0
 
 

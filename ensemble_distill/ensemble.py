@@ -35,7 +35,7 @@ from .config import (
 )
 from .errors import UserError
 from .io_utils import load_torch, read_json, require_same_config, run_lock
-from .runs import DATA, RESULT, finished, model_dir, record_run
+from .runs import DATA, RESULT, finished, model_dir, record_run, require_finished_models
 from .tasks import get_task
 
 
@@ -297,10 +297,4 @@ def unfinished_models(cfg, run_dir, individuals: bool = True) -> list[Path]:
 def require_finished(cfg, run_dir, individuals: bool = True) -> None:
     """Refuse a run whose members (and, `individuals`, NER individuals) are not all trained yet: one line naming
     the missing ones and the command that trains them (a job array's jobs may still be running)."""
-    missing = unfinished_models(cfg, run_dir, individuals)
-    if missing:
-        names = ", ".join(folder.name for folder in missing)
-        role, index = missing[0].name.rsplit("-", 1)
-        raise UserError(f"{run_dir}: not trained yet: {names} (no result.json); train each with `ensemble-distill "
-                        f"train --config {Path(run_dir) / 'config.toml'} --out {run_dir} --{role} {index}` "
-                        "(or all at once without --member), then rerun")
+    require_finished_models(run_dir, unfinished_models(cfg, run_dir, individuals))

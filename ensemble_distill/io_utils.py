@@ -9,6 +9,7 @@
 
 import errno
 import fcntl
+import gzip
 import hashlib
 import io
 import json
@@ -76,8 +77,13 @@ def atomic_torch_save(obj, path) -> None:
 
 
 def atomic_write_text(path, text: str) -> None:
+    """Write UTF-8 text atomically; a name ending in .gz is written through gzip (as data/text.py reads it back),
+    with no timestamp in its header so that the same text gives the same bytes."""
+    if Path(path).suffix == ".gz":
+        atomic_write_bytes(path, gzip.compress(text.encode(), mtime=0))
+        return
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+        Path(tmp).write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path, obj) -> None:

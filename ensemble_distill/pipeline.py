@@ -32,11 +32,13 @@ def train(cfg, run_dir, progress: bool = True, member: int | None = None, indivi
         return (f"{run_dir}: {role}-{index} trained; " + (f"not yet: {', '.join(left)}" if left else
                 f"all trained; next: ensemble-distill evaluate --run {run_dir}"))
     from .ensemble import train_members
+    from .tables import counted
 
     train_members(cfg, run_dir, progress)
     individuals = getattr(cfg.ensemble, "individuals", 0)
-    also = f" and {individuals} individuals" if individuals else ""
-    return f"{run_dir}: {cfg.ensemble.members} members{also} trained; next: ensemble-distill evaluate --run {run_dir}"
+    also = f" and {counted(individuals, 'individual')}" if individuals else ""
+    return (f"{run_dir}: {counted(cfg.ensemble.members, 'member')}{also} trained; next: ensemble-distill evaluate "
+            f"--run {run_dir}")
 
 
 def require_trained(run_dir, individuals: bool = True) -> None:
@@ -233,29 +235,36 @@ def _calibrated(options: dict, calibrated: bool, folders: list, run=None, system
 def _only_options(task: str, options: dict, source) -> None:
     other = sorted(set(options) - READER_OPTIONS[task])
     if other:
-        raise UserError(f"{_flag(other[0])}: not for a {task} model ({source})")
+        raise UserError(f"{_flag(other[0])}: not for {_a(task)} model ({source})")
 
 
 def translate(input_path="-", output=None, model=None, run=None, members: int | None = None,
-              beam_size: int | None = None, jsonl: bool = False, device: str = "cpu") -> int:
+              beam_size: int | None = None, jsonl: bool = False, device: str = "cpu",
+              length_penalty: float | None = None) -> int:
     """Translate text (one sentence a line; "-": standard input) with a model folder (`model`) or the ensemble of
     a translation run's first `members` members (`run`; default the largest configured), to `output` (None:
-    standard output): tasks.nmt.translate_text. Reads only the model folders (and RUN/config.toml). Returns the
-    number of sentences. Raises UserError for a tagging model or run, and for members of another vocabulary."""
+    standard output; a name ending in .gz is written through gzip): tasks.nmt.translate_text, at `beam_size` and
+    GNMT `length_penalty` α (default: the model's decode.beam_size and decode.alpha; α = 0 scores hypotheses by
+    their summed log-probability, as CTranslate2's length_penalty=0). Reads only the model folders (and
+    RUN/config.toml). Returns the number of sentences. Raises UserError for a tagging model or run, members of
+    another vocabulary or not trained yet, and an output that is the input file."""
     from .tasks import load_model
     from .tasks.nmt import translate_text
 
     if (model is None) == (run is None):
         raise UserError("translate: give --model FOLDER (a member or student) or --run RUN")
+    if output is not None and str(output) != "-" and str(input_path) != "-" and _same_file(input_path, output):
+        raise UserError(f"--output {output}: is the input file {input_path}; write the translations to another file")
     if run is not None:
         from .ensemble import ensemble_member_ids, read_run_config, run_task
 
         if run_task(run) != "nmt":
             raise UserError(f"{run}: an NER run; translate takes a translation run (tag text with predict)")
-        from .runs import model_dir
+        from .runs import model_dir, require_finished_models
 
-        ids = ensemble_member_ids(read_run_config(run), members)
-        loaded = [load_model(model_dir(run, "member", i), device) for i in ids]
+        folders = [model_dir(run, "member", i) for i in ensemble_member_ids(read_run_config(run), members)]
+        require_finished_models(run, folders)
+        loaded = [load_model(folder, device) for folder in folders]
         vocab = loaded[0].vocab
         other = next((m for m in loaded if m.vocab.path.read_bytes() != vocab.path.read_bytes()), None)
         if other is not None:
@@ -264,10 +273,23 @@ def translate(input_path="-", output=None, model=None, run=None, members: int | 
     else:
         loaded = [load_model(model, device)]
         if loaded[0].spec["task"] != "nmt":
-            raise UserError(f"{model}: an {loaded[0].spec['task']} model; translate takes a translation model (tag "
+            raise UserError(f"{model}: {_a(loaded[0].spec['task'])} model; translate takes a translation model (tag "
                             "text with predict)")
     return translate_text([m.model for m in loaded], loaded[0].vocab, loaded[0].spec["decode"], input_path, output,
-                          beam_size, jsonl)
+                          beam_size, jsonl, length_penalty)
+
+
+def _same_file(a, b) -> bool:
+    """Whether paths `a` and `b` name one file (through symbolic links and relative paths)."""
+    try:
+        return Path(a).resolve() == Path(b).resolve() or Path(a).samefile(b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def _a(task: str) -> str:
+    """The task's name with its article, as said aloud: "an NER", "an NMT"."""
+    return f"an {task.upper()}"
 
 
 def export(model, fmt: str, out_dir, temperature: float | None = None, calibrated: bool = False) -> Path:
@@ -293,7 +315,7 @@ def export(model, fmt: str, out_dir, temperature: float | None = None, calibrate
     if (task, fmt) == ("nmt", "ctranslate2"):
         return export_ctranslate2(loaded.model, Path(model) / loaded.spec["vocab"], out_dir)
     wanted = {"ner": "hf", "nmt": "ctranslate2"}[task]
-    raise UserError(f"{model}: a {task} model exports to --format {wanted}, not {fmt}")
+    raise UserError(f"{model}: {_a(task)} model exports to --format {wanted}, not {fmt}")
 
 
 READER_OPTIONS = {"ner": {"fmt", "tag_col", "token_col", "scheme", "encoding", "comment_prefix", "token_prefix",

@@ -161,10 +161,28 @@ def _aliases(state_dict: dict) -> set[str]:
     return aliases
 
 
+def require_finished_models(run_dir, folders) -> None:
+    """Refuse those of a run's member or individual `folders` (model_dir) that hold no finished model yet: one
+    line naming them and the command that trains them (a job array's jobs may still be running, or were killed).
+    Raises UserError."""
+    missing = [Path(folder) for folder in folders if not finished(folder)]
+    if missing:
+        names = ", ".join(folder.name for folder in missing)
+        role, index = missing[0].name.rsplit("-", 1)
+        raise UserError(f"{run_dir}: not trained yet: {names} (no {RESULT}); train each with `ensemble-distill "
+                        f"train --config {Path(run_dir) / 'config.toml'} --out {run_dir} --{role} {index}` "
+                        "(or all at once without --member), then rerun")
+
+
 def read_model_spec(folder) -> dict:
-    """model.json of a model folder. Raises UserError naming the folder when it is not a finished model folder."""
+    """model.json of a model folder. Raises UserError naming the folder when it is not a finished model folder
+    (a run's member or individual not trained yet: require_finished_models' message)."""
     folder = Path(folder)
     path = folder / MODEL_JSON
+    role = folder.name.rsplit("-", 1)[0]
+    if (not finished(folder) and role in ("member", "individual") and folder.parent.name == role + "s"
+            and (folder.parent.parent / "config.toml").is_file()):
+        require_finished_models(folder.parent.parent, [folder])
     if not path.is_file() or not (folder / WEIGHTS).is_file():
         raise UserError(f"{folder}: not a model folder (no {MODEL_JSON} and {WEIGHTS}); give a member, individual "
                         "or student folder of a run")

@@ -19,6 +19,7 @@ from ensemble_distill.distill.student import distill_run
 from ensemble_distill.ensemble import train_members
 from ensemble_distill.errors import UserError
 from ensemble_distill.evaluation import evaluate_run
+from ensemble_distill.models.beam_search import beam_search
 from ensemble_distill.models.translation import collate
 from ensemble_distill.predictions import load_predictions
 from ensemble_distill.tasks.nmt import TASK as NMT
@@ -467,3 +468,111 @@ def test_evaluate_any_parallel_pair_like_the_configs_test_split(toy_run, tmp_pat
         assert main(["evaluate", "--run", run_dir, *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
+
+
+def test_translate_gives_a_blank_line_an_empty_translation_without_a_search(toy_run, tmp_path, capsys, monkeypatch):
+    """An empty or blank source line is not translated (the model would invent a sentence): an empty output line
+    in its place, in --jsonl translation "" with null scores and 0 tokens, one warning counting such lines; the
+    other lines translate as they do alone. predict's translations.txt alike."""
+    import ensemble_distill.tasks.nmt as nmt
+
+    member_dir, vocab = toy_run.member_dir(0), toy_run.data.vocab
+    (tmp_path / "in.txt").write_text("ant bee cat\n\n   \t\ndog eel\n")
+    (tmp_path / "full.txt").write_text("ant bee cat\ndog eel\n")
+    assert main(["translate", "--model", str(member_dir), "--input", str(tmp_path / "full.txt"),
+                 "--output", str(tmp_path / "full.out")]) == 0
+    alone = (tmp_path / "full.out").read_text().splitlines()
+    searched = []
+    monkeypatch.setattr(nmt, "beam_search", lambda models, src, **kw: searched.append(len(src)) or
+                        beam_search(models, src, **kw))
+    with pytest.warns(UserWarning, match=r"in.txt: 2 of 4 lines are empty or blank; each gets an empty translation"):
+        assert main(["translate", "--model", str(member_dir), "--input", str(tmp_path / "in.txt"),
+                     "--output", str(tmp_path / "out.txt")]) == 0
+    assert (tmp_path / "out.txt").read_text().splitlines() == [alone[0], "", "", alone[1]]
+    assert sum(searched) == 2  # only the two sentences reach the beam search
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="2 of 4 lines"):
+        assert main(["translate", "--model", str(member_dir), "--input", str(tmp_path / "in.txt"), "--jsonl"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["translation"] for r in records] == [alone[0], "", "", alone[1]]
+    assert [r["source"] for r in records] == ["ant bee cat", "", "   \t", "dog eel"]
+    for blank in records[1:3]:
+        assert blank["log_prob"] is None and blank["mean_token_confidence"] is None and blank["tokens"] == 0
+    for record, text in ((records[0], alone[0]), (records[3], alone[1])):
+        assert record["tokens"] == len(vocab.encode([text])[0]) + 1 and record["log_prob"] < 0
+    with pytest.warns(UserWarning, match="2 of 4 lines"):
+        assert main(["predict", "--model", str(member_dir), "--input", str(tmp_path / "in.txt"),
+                     "--out", str(tmp_path / "predicted")]) == 0
+    assert (tmp_path / "predicted" / "translations.txt").read_text().splitlines() == [alone[0], "", "", alone[1]]
+
+
+def test_translate_refuses_to_write_over_its_input_and_writes_gzip_by_the_name(toy_run, tmp_path, capsys,
+                                                                              monkeypatch):
+    import gzip
+
+    member_dir = str(toy_run.member_dir(0))
+    source = tmp_path / "src.txt"
+    source.write_text("ant bee cat\ndog eel\n")
+    (tmp_path / "link.txt").symlink_to(source)
+    monkeypatch.chdir(tmp_path)
+    for output in (str(source), "src.txt", "./sub/../src.txt", str(tmp_path / "link.txt")):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        assert main(["translate", "--model", member_dir, "--input", str(source), "--output", output]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--output {output}: is the input file" in err[0]
+        assert source.read_text() == "ant bee cat\ndog eel\n"
+    assert main(["translate", "--model", member_dir, "--input", "src.txt", "--output", "out.txt"]) == 0
+    assert main(["translate", "--model", member_dir, "--input", "src.txt", "--output", "out.txt.gz"]) == 0
+    assert "wrote 2 translations to out.txt.gz" in capsys.readouterr().out
+    assert gzip.decompress((tmp_path / "out.txt.gz").read_bytes()).decode() == (tmp_path / "out.txt").read_text()
+    # the gzip output reads back as an input: the member copies the copy task's words
+    assert main(["translate", "--model", member_dir, "--input", "out.txt.gz", "--output", "again.txt"]) == 0
+    assert len((tmp_path / "again.txt").read_text().splitlines()) == 2
+    (tmp_path / "one.txt").write_text("ant\n")
+    assert main(["translate", "--model", member_dir, "--input", "one.txt", "--output", "one.out"]) == 0
+    assert "wrote 1 translation to one.out" in capsys.readouterr().out
+
+
+def test_translate_names_members_not_trained_yet_as_evaluate_does(toy_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(toy_run.run_dir, run)
+    (run / "members" / "member-1" / "result.json").unlink()
+    (run / "members" / "member-1" / "model.safetensors").unlink()  # killed mid-training
+    for args in (["--run", str(run)], ["--model", str(run / "members" / "member-1")]):
+        assert main(["translate", *args, "--input", toy_run.cfg.data.test_src]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not trained yet: member-1 (no result.json); train each with `ensemble-distill " \
+            f"train --config {run / 'config.toml'} --out {run} --member 1`" in err[0]
+    assert main(["translate", "--run", str(run), "--members", "1", "--input", toy_run.cfg.data.test_src,
+                 "--output", str(tmp_path / "one.txt")]) == 0  # the ensemble of member-0 alone is trained
+
+
+def test_translate_length_penalty_reaches_the_beam_search(toy_run, tmp_path, capsys, monkeypatch):
+    """--length-penalty A: the output of beam search at α = A (default the model's decode.alpha = 0.6)."""
+    import ensemble_distill.tasks.nmt as nmt
+
+    member_dir, test = str(toy_run.member_dir(0)), toy_run.data.splits["test"]
+    alphas = []
+    monkeypatch.setattr(nmt, "beam_search", lambda models, src, **kw: alphas.append(kw["alpha"]) or
+                        beam_search(models, src, **kw))
+    for given, alpha in ((None, 0.6), ("0", 0.0), ("1.5", 1.5)):
+        alphas.clear()
+        penalty = ["--length-penalty", given] if given is not None else []
+        assert main(["translate", "--model", member_dir, "--beam", "3", *penalty, "--input", toy_run.cfg.data.test_src,
+                     "--output", str(tmp_path / "out.txt")]) == 0
+        assert set(alphas) == {alpha}
+        assert (tmp_path / "out.txt").read_text().splitlines() == translate(toy_run.members(1), test,
+                                                                            toy_run.data.vocab, 3, alpha, 16)
+    with pytest.raises(SystemExit) as exit_:
+        main(["translate", "--model", member_dir, "--length-penalty", "-1"])
+    assert exit_.value.code == 2 and "--length-penalty: must be at least 0" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from ensemble_distill import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"ensemble-distill {__version__}"

@@ -269,10 +269,12 @@ def translate(models: Sequence[TranslationModel], split: ParallelSplit, vocab: S
 @torch.no_grad()
 def translate_ids(models: Sequence[TranslationModel], split: ParallelSplit, beam_size: int, alpha: float,
                   batch_sentences: int, progress: bool = False) -> list[list[int]]:
-    """Beam-search translations of the split's sources as subword ids (no BOS, no EOS), in order."""
+    """Beam-search translations of the split's sources as subword ids (no BOS, no EOS), in order. An empty source
+    (a blank line of translated text) gets an empty translation without a search: the models would invent one."""
     device = models[0].embedding.weight.device
-    order = np.argsort([len(src) for src, _ in split.pairs], kind="stable")
-    tokens: list = [None] * len(order)
+    order = np.array([i for i in np.argsort([len(src) for src, _ in split.pairs], kind="stable") if split.pairs[i][0]],
+                     dtype=np.int64)
+    tokens: list = [[] for _ in split.pairs]
     for start in tqdm(range(0, len(order), batch_sentences), desc="beam search", unit="batch", leave=False,
                       disable=not progress):
         chunk = order[start:start + batch_sentences]
@@ -297,30 +299,34 @@ def hypothesis_scores(models: Sequence[TranslationModel], sources: list[list[int
 
 
 def translate_text(models: Sequence[TranslationModel], vocab: SubwordVocab, decode: dict, input_path="-",
-                   output=None, beam_size: int | None = None, jsonl: bool = False) -> int:
-    """Translate text, one sentence a line (`input_path` "-": standard input), with the mean of `models` (one
-    model or an ensemble sharing `vocab`), and write the detokenised translations one a line to `output` (None:
-    standard output; a file is written atomically). jsonl: one JSON object a line instead, {"source",
-    "translation", "log_prob", "mean_token_confidence", "tokens"} (hypothesis_scores; tokens: output subwords
-    with EOS). `decode`: beam_size, alpha, batch_sentences. Sources longer than the models' positions are cut to
-    fit with a warning; outputs are capped at them (beam_search). Returns the number of sentences.
+                   output=None, beam_size: int | None = None, jsonl: bool = False, alpha: float | None = None) -> int:
+    """Translate text, one sentence a line (`input_path` "-": standard input; .gz read through gzip), with the mean
+    of `models` (one model or an ensemble sharing `vocab`), and write the detokenised translations one a line to
+    `output` (None: standard output; a file is written atomically, through gzip when its name ends in .gz). jsonl:
+    one JSON object a line instead, {"source", "translation", "log_prob", "mean_token_confidence", "tokens"}
+    (hypothesis_scores; tokens: output subwords with EOS). `decode`: beam_size, alpha (the GNMT length penalty,
+    beam_search), batch_sentences; `beam_size` and `alpha` override it. An empty or blank line gets an empty
+    translation, without a search (jsonl: translation "", log_prob and mean_token_confidence null, tokens 0), and
+    one warning counts them; sources longer than the models' positions are cut to fit with a warning; outputs are
+    capped at them (beam_search). Returns the number of sentences.
 
     Raises UserError naming an input that cannot be read."""
     sources = read_text_lines(input_path)
-    positions = models[0].config.max_positions
-    pairs, n_cut = fit_to_positions([(src, []) for src in vocab.encode(sources)], positions)
-    if n_cut:
-        warnings.warn(f"{input_path}: {n_cut} of {len(pairs)} sentences are longer than the model's {positions} "
-                      f"positions take; each was cut to its first {positions - 1} subwords")
+    pairs = source_pairs(vocab, models[0].config.max_positions, input_path, sources)
     split = ParallelSplit(pairs, [])
-    ids = translate_ids(models, split, beam_size or decode["beam_size"], decode["alpha"], decode["batch_sentences"])
+    ids = translate_ids(models, split, beam_size or decode["beam_size"], decode["alpha"] if alpha is None else alpha,
+                        decode["batch_sentences"])
     translations = vocab.decode(ids)
     if jsonl:
-        log_probs, confidences = hypothesis_scores(models, [src for src, _ in pairs], ids, decode["batch_sentences"])
-        lines = [strict_json({"source": source, "translation": translation, "log_prob": round(float(lp), 4),
-                              "mean_token_confidence": round(float(conf), 4), "tokens": len(hyp) + 1},
-                             ensure_ascii=False)
-                 for source, translation, lp, conf, hyp in zip(sources, translations, log_probs, confidences, ids)]
+        scored = [i for i, (src, _) in enumerate(pairs) if src]
+        log_probs, confidences = hypothesis_scores(models, [pairs[i][0] for i in scored], [ids[i] for i in scored],
+                                                   decode["batch_sentences"])
+        scores = dict(zip(scored, zip(log_probs, confidences)))
+        lines = [strict_json({"source": source, "translation": translation,
+                              "log_prob": round(float(scores[i][0]), 4) if i in scores else None,
+                              "mean_token_confidence": round(float(scores[i][1]), 4) if i in scores else None,
+                              "tokens": len(hyp) + 1 if i in scores else 0}, ensure_ascii=False)
+                 for i, (source, translation, hyp) in enumerate(zip(sources, translations, ids))]
     else:
         lines = translations
     text = "".join(line + "\n" for line in lines)
@@ -524,19 +530,31 @@ def load_model(folder, spec: dict, device: str = "cpu") -> TranslationModelFolde
 
 def read_sources(model: TranslationModelFolder, src_path, ref_path=None) -> ParallelSplit:
     """A source file (one sentence a line; .gz read through gzip), with references if given, encoded with the
-    model's vocabulary and cut to its positions (with a warning). Without references the targets are empty.
+    model's vocabulary (source_pairs). Without references the targets are empty.
     Raises UserError naming a file that cannot be read, or references of another length."""
     sources = read_text_lines(src_path)
     references = read_text_lines(ref_path) if ref_path is not None else [""] * len(sources)
     if len(references) != len(sources):
         raise UserError(f"{ref_path}: {len(references)} lines, the source {src_path} has {len(sources)}")
-    targets = model.vocab.encode(references) if ref_path is not None else [[] for _ in sources]
-    positions = model.model.config.max_positions
-    pairs, n_cut = fit_to_positions(list(zip(model.vocab.encode(sources), targets)), positions)
+    targets = model.vocab.encode(references) if ref_path is not None else None
+    return ParallelSplit(source_pairs(model.vocab, model.model.config.max_positions, src_path, sources, targets),
+                         references)
+
+
+def source_pairs(vocab: SubwordVocab, positions: int, where, sources: list[str], targets=None) -> list[tuple]:
+    """(source, target) subword ids of text to translate (targets: their references' ids, default none): an empty
+    or blank source line has no ids, so that translate_ids gives it an empty translation, and one warning counts
+    such lines; a side longer than `positions` takes is cut to fit, with a warning. `where` names the input."""
+    blank = sum(not source.strip() for source in sources)
+    if blank:
+        warnings.warn(f"{where}: {blank} of {len(sources)} lines are empty or blank; each gets an empty translation")
+    encoded = vocab.encode([source if source.strip() else "" for source in sources])
+    pairs, n_cut = fit_to_positions(list(zip(encoded, targets if targets is not None else [[] for _ in sources])),
+                                    positions)
     if n_cut:
-        warnings.warn(f"{src_path}: {n_cut} of {len(pairs)} sentences are longer than the model's {positions} "
-                      f"positions take; each side was cut to its first {positions - 1} subwords")
-    return ParallelSplit(pairs, references)
+        warnings.warn(f"{where}: {n_cut} of {len(pairs)} sentences are longer than the model's {positions} "
+                      f"positions take; each was cut to its first {positions - 1} subwords")
+    return pairs
 
 
 def predict(model: TranslationModelFolder, input_path, out_dir, ref=None, beam_size: int | None = None,
