@@ -86,6 +86,11 @@ def _check_subset_sizes(sizes: list[int], members: int) -> None:
         raise Invalid("subset_sizes", f"holds {sizes[-1]}, more than the {members} members")
 
 
+def _check_encoding(encoding: str) -> None:
+    if problem := encoding_problem(encoding):
+        raise Invalid("encoding", f"{problem}, got {encoding!r}")
+
+
 @dataclass
 class TaggingData:
     train: str = setting("../shared/data/conll2003-en/eng.train", path=True)
@@ -102,8 +107,7 @@ class TaggingData:
     token_prefix: str = ""  # a regex removed from the start of every token: "[a-z]+:" reads WikiANN's `en:John`
 
     def check(self) -> None:
-        if problem := encoding_problem(self.encoding):
-            raise Invalid("encoding", f"{problem}, got {self.encoding!r}")
+        _check_encoding(self.encoding)
         try:
             re.compile(self.token_prefix)
         except re.error as err:
@@ -318,10 +322,12 @@ class ParallelData:
     max_train_pairs: int = setting(0, at_least=0)  # 0: all; a seeded sample otherwise (smoke runs)
     max_eval_pairs: int = setting(0, at_least=0)
     sample_seed: int = setting(0, at_least=0)
+    encoding: str = "utf-8"  # of every split's files (and evaluate's --src/--ref), any Python codec name
 
     def check(self) -> None:
         if self.max_len < self.min_len:
             raise Invalid("max_len", f"must be at least min_len = {self.min_len}, got {self.max_len}")
+        _check_encoding(self.encoding)
 
 
 @dataclass

@@ -92,6 +92,7 @@ def memoize(run_dir, members: int | None = None, device: str | None = None, temp
     settings from the task (Task.teacher_settings). Returns a one-line summary."""
     from .distill.memoize import memoize as memoize_teacher
     from .distill.memoize import teacher_name
+    from .teacher_store import MANIFEST
 
     store_dir, members, truncation = teacher_store_dir(run_dir, members, temperature_scaled, top_k, epsilon, samples,
                                                        out, overrides)
@@ -99,11 +100,13 @@ def memoize(run_dir, members: int | None = None, device: str | None = None, temp
         require_trained(run_dir, individuals=False)
         from .ensemble import open_run
 
+        finished_before = (store_dir / MANIFEST).is_file()  # written last: the store is reused as it is
         run = open_run(run_dir, splits=("train", "dev") if temperature_scaled else ("train",), progress=progress,
                        device=device, overrides=overrides)
         store = memoize_teacher(run, members, truncation, temperature_scaled, store_dir, progress)
-    return (f"wrote {store.path}: {teacher_name(store)} over {len(store)} sentences, {store.num_positions} positions, "
-            f"{store.bytes_per_token():.1f} bytes/token")
+    done = "reused the finished store" if finished_before else "wrote"
+    return (f"{done} {store.path}: {teacher_name(store)} over {len(store)} sentences, {store.num_positions} "
+            f"positions, {store.bytes_per_token():.1f} bytes/token")
 
 
 def teacher_store_dir(run_dir, members: int | None = None, temperature_scaled: bool = False, top_k=None, epsilon=None,

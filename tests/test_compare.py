@@ -163,9 +163,9 @@ def _dense(preds, seed):
     return probs, preds.gold, preds.sentence_offsets, preds.label_names
 
 
-@pytest.mark.parametrize(("name", "key"), [("F1", "f1"), ("B-ECE", "b_ece"), ("ECE-1", "ece_1"), ("BS+", "bs_plus"),
-                                           ("BS-", "bs_minus"), ("B-BS", "b_bs"), (" bleu ", "bleu"),
-                                           ("f1_conlleval", "f1_conlleval")])
+@pytest.mark.parametrize(("name", "key"), [("F1", "f1"), ("F1 strict", "f1"), ("B-ECE", "b_ece"), ("ECE-1", "ece_1"),
+                                           ("BS+", "bs_plus"), ("BS-", "bs_minus"), ("B-BS", "b_bs"),
+                                           (" bleu ", "bleu"), ("f1_conlleval", "f1_conlleval")])
 def test_metric_names_as_the_tables_spell_them(name, key):
     assert metric_key(name) == key
 

@@ -576,3 +576,58 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"ensemble-distill {__version__}"
+
+
+def test_a_top_k_above_the_vocabulary_is_refused_and_a_finished_store_is_said_reused(toy_run, capsys):
+    """The toy run's vocabulary has 48 pieces (data.vocab_size): V' = 49 would be the whole distribution under
+    another name; V' = 48 is the whole distribution. A second memoize of a finished store says it reused it."""
+    run_dir = str(toy_run.run_dir)
+    assert len(toy_run.data.vocab) == 48
+    for args, message in ((["memoize", "--top-k", "49"], "--top-k 49: V' above the run's vocabulary of 48 pieces"),
+                          (["distill", "--top-k", "5000"], "--top-k 5000: V' above"),
+                          (["memoize", "--set", "distill.top_k=100"], "distill.top_k 100: V' above"),
+                          (["sweep", "--top-k", "8", "64"], "--top-k 64: V' above"),
+                          (["sweep", "--set", "distill.sweep_top_k=[4, 50]"], "distill.sweep_top_k 50: V' above")):
+        assert main([args[0], "--run", run_dir, *args[1:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "give at most 48" in err[0]
+    assert not (toy_run.run_dir / "teachers" / "ensemble-2-top49").exists()
+    assert main(["memoize", "--run", run_dir, "--top-k", "48"]) == 0
+    store = toy_run.run_dir / "teachers" / "ensemble-2-top48"
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"wrote {store}: ")
+    manifest = store / "manifest.json"
+    written = manifest.stat().st_mtime_ns
+    assert main(["memoize", "--run", run_dir, "--top-k", "48"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        f"reused the finished store {store}: ensemble of 2 over 400")
+    assert manifest.stat().st_mtime_ns == written
+
+
+def test_parallel_data_in_another_encoding_and_too_large_a_vocabulary_name_the_key(tmp_path, capsys):
+    """A Latin-1 file: the error names data.encoding, which reads it; too large a data.vocab_size: the error names
+    the key and the largest size the text allows, which then trains."""
+    import re
+
+    from ensemble_distill.tasks.nmt import load_translation_data
+
+    folder = write_copy_task(tmp_path / "copy", (("train", 20), ("dev", 4), ("test", 4)))
+    (folder / "train.src").write_bytes("ant bée\n".encode("latin-1") * 20)
+    config = tmp_path / "c.toml"
+    config.write_text(to_toml(toy_config(folder)))
+    assert main(["train-nmt", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.src:1: not utf-8 text" in err[0] and 'set data.encoding to the file' in err[0]
+    cfg = toy_config(folder)
+    cfg.data.encoding = "latin-1"
+    data = load_translation_data(cfg, tmp_path / "latin", splits=("train",), progress=False)
+    assert data.vocab.decode([data.splits["train"].pairs[0][0]]) == ["ant bée"]
+    with pytest.raises(UserError, match="'data.encoding' is not a text encoding"):
+        load_config(config, TranslationConfig, overrides=['data.encoding="no-such"'])
+
+    cfg.data.vocab_size = 5000
+    with pytest.raises(UserError, match=r"^data.vocab_size = 5000: more pieces than the training text allows; set "
+                                        r"data.vocab_size to at most (\d+)$") as refused:
+        load_translation_data(cfg, tmp_path / "big", splits=("train",), progress=False)
+    cfg.data.vocab_size = int(re.search(r"at most (\d+)", str(refused.value)).group(1))
+    largest = load_translation_data(cfg, tmp_path / "largest", splits=("train",), progress=False)
+    assert len(largest.vocab) == cfg.data.vocab_size

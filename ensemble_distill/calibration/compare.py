@@ -55,12 +55,12 @@ def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=
 
 def metric_key(name: str) -> str:
     """The report's name of a metric: `b_ece` as is, or as a table spells it: B-ECE -> b_ece, ECE-1 -> ece_1,
-    BS+ -> bs_plus, BS- -> bs_minus, F1 -> f1 (case-insensitive).
+    BS+ -> bs_plus, BS- -> bs_minus, F1 and F1 strict -> f1 (case-insensitive).
 
     Raises:
         UserError: not one of the report's metrics (the message lists them).
     """
-    key = name.strip().lower()
+    key = name.strip().lower().removesuffix(" strict")  # results.md's "F1 strict"
     key = key[:-1] + "_plus" if key.endswith("+") else key[:-1] + "_minus" if key.endswith("-") else key
     key = key.replace("-", "_")
     if key not in DESCRIPTIONS:

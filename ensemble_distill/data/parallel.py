@@ -5,7 +5,8 @@
     print(counts)                                                   # kept 28990 of 29000 (...)
 
 Every defect in the files is a UserError naming the file and line: the two sides must have the same number of
-lines, no line may be empty on either side, and the text must be UTF-8. Line breaks may be LF, CRLF or CR (one
+lines, no line may be empty on either side, and the text must decode (UTF-8 unless the config's data.encoding
+says otherwise). Line breaks may be LF, CRLF or CR (one
 convention per file; a CR inside a line is refused, as it could shift the alignment); byte-order marks are
 dropped (`text.py`).
 """
@@ -18,10 +19,11 @@ from ensemble_distill.errors import UserError, located
 from .text import read_text_lines
 
 
-def read_parallel(src_path, tgt_path) -> list[tuple[str, str]]:
-    """The (source, target) sentence pairs of two line-aligned files, whitespace stripped at both ends."""
-    src_lines = read_lines(src_path)
-    tgt_lines = read_lines(tgt_path)
+def read_parallel(src_path, tgt_path, encoding: str = "utf-8", setting: str | None = None) -> list[tuple[str, str]]:
+    """The (source, target) sentence pairs of two line-aligned files, whitespace stripped at both ends.
+    encoding: any Python codec name; setting: the config key that chose it (named in error messages)."""
+    src_lines = read_lines(src_path, encoding, setting)
+    tgt_lines = read_lines(tgt_path, encoding, setting)
     if not src_lines:
         raise located(src_path, None, "empty: no sentences")
     if len(src_lines) != len(tgt_lines):
@@ -37,10 +39,10 @@ def read_parallel(src_path, tgt_path) -> list[tuple[str, str]]:
     return list(zip(src_lines, tgt_lines))
 
 
-def read_lines(path) -> list[str]:
-    """The stripped lines of a UTF-8 text file (plain or .gz), under `text.read_text_lines`' rules: LF, CRLF or CR
+def read_lines(path, encoding: str = "utf-8", setting: str | None = None) -> list[str]:
+    """The stripped lines of a text file (plain or .gz), under `text.read_text_lines`' rules: LF, CRLF or CR
     line breaks, a CR inside a line refused, byte-order marks dropped."""
-    return [line.strip() for line in read_text_lines(path)]
+    return [line.strip() for line in read_text_lines(path, encoding, setting)]
 
 
 @dataclass(frozen=True)

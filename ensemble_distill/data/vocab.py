@@ -20,6 +20,7 @@ decode(encode(text)) is the normalised text; references for BLEU are read from t
 """
 
 import io
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -39,8 +40,11 @@ def joint_sentences(pairs: Iterable[tuple[str, str]]) -> Iterator[str]:
         yield tgt
 
 
-def train_vocab(sentences: Iterable[str], model_path, vocab_size: int = DEFAULT_VOCAB_SIZE) -> "SubwordVocab":
-    """Train a BPE model on sentences (read from memory, all of them, in order) and write it atomically."""
+def train_vocab(sentences: Iterable[str], model_path, vocab_size: int = DEFAULT_VOCAB_SIZE,
+                setting: str = "vocab_size") -> "SubwordVocab":
+    """Train a BPE model on sentences (read from memory, all of them, in order) and write it atomically.
+    Raises UserError naming `setting` (the config key of vocab_size) and, when sentencepiece says it, the largest
+    size the text allows."""
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -59,7 +63,11 @@ def train_vocab(sentences: Iterable[str], model_path, vocab_size: int = DEFAULT_
             minloglevel=2,
         )
     except RuntimeError as error:  # e.g. a vocab_size larger than the text supports
-        raise UserError(f"sentencepiece could not train a {vocab_size}-piece vocabulary: {error}") from None
+        largest = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", str(error))
+        if largest:
+            raise UserError(f"{setting} = {vocab_size}: more pieces than the training text allows; set {setting} "
+                            f"to at most {largest.group(1)}") from None
+        raise UserError(f"{setting} = {vocab_size}: sentencepiece could not train the vocabulary: {error}") from None
     with atomic_path(model_path) as temporary:
         temporary.write_bytes(model.getvalue())
     return SubwordVocab(model_path)

@@ -92,7 +92,7 @@ def load_translation_data(cfg: TranslationConfig, run_dir, splits: Sequence[str]
         train_pairs = raw["train"] if "train" in raw else _read_split(cfg, "train")
         if progress:
             tqdm.write(f"training a {d.vocab_size}-piece joint BPE vocabulary on {len(train_pairs)} pairs")
-        train_vocab(joint_sentences(train_pairs), vocab_path, d.vocab_size)
+        train_vocab(joint_sentences(train_pairs), vocab_path, d.vocab_size, setting="data.vocab_size")
     vocab = SubwordVocab(vocab_path)
     data = TranslationData(vocab, {})
     for name, pairs in raw.items():
@@ -115,7 +115,7 @@ def read_pair(cfg: TranslationConfig, vocab: SubwordVocab, src_path, ref_path) -
     `vocab`): every pair, each side cut to the model's positions with a warning, as load_translation_data does
     for the config's dev and test. Raises UserError naming the file and line (read_parallel)."""
     positions = TransformerConfig.preset(cfg.model.preset, vocab_size=1).max_positions
-    pairs = read_parallel(src_path, ref_path)
+    pairs = read_parallel(src_path, ref_path, cfg.data.encoding, "data.encoding")
     encoded = list(zip(vocab.encode([s for s, _ in pairs]), vocab.encode([t for _, t in pairs])))
     return ParallelSplit(_fit_eval_pairs(encoded, positions, str(src_path), "pairs"), [t for _, t in pairs])
 
@@ -131,7 +131,7 @@ def _fit_eval_pairs(encoded, positions: int, where: str, what: str):
 
 def _read_split(cfg: TranslationConfig, name: str) -> list[tuple[str, str]]:
     d = cfg.data
-    pairs = read_parallel(getattr(d, f"{name}_src"), getattr(d, f"{name}_tgt"))
+    pairs = read_parallel(getattr(d, f"{name}_src"), getattr(d, f"{name}_tgt"), d.encoding, "data.encoding")
     limit = d.max_train_pairs if name == "train" else d.max_eval_pairs
     if 0 < limit < len(pairs):  # a seeded sample, in file order
         keep = np.sort(np.random.default_rng(d.sample_seed).choice(len(pairs), limit, replace=False))
@@ -664,6 +664,7 @@ class NmtTask:
             raise UserError(f"{given}: a sampled store (samples = {samples}) keeps draws, not the top entries; give "
                             "--samples 0 for a top-V' store")
         members = d.teacher_members if members is None else members
+        top_k_flag = "--top-k" if top_k is not None else "distill.top_k"
         top_k = d.top_k if top_k is None else top_k
         epsilon = d.epsilon if epsilon is None else epsilon
         if not 1 <= members <= cfg.ensemble.members:
@@ -671,6 +672,8 @@ class NmtTask:
         for name, value in (("top_k", top_k), ("epsilon", epsilon), ("samples", samples)):
             if problem := setting_problem(TranslationDistillation, name, value):
                 raise UserError(f"'{name}' {problem}")
+        if samples == 0:
+            _refuse_above_vocabulary(cfg, [top_k], top_k_flag)
         return members, Truncation(top_k, epsilon, samples, d.probs_dtype)
 
     def hypotheses(self, models, cfg, data, split, progress=False) -> list[str]:
@@ -742,15 +745,26 @@ class NmtTask:
         then each sampled store's R (default [distill.samples] when that is > 0); the defaults from [distill].
         Raises UserError for no V' or an R below 1."""
         d = cfg.distill
+        top_k_flag = "--top-k" if top_ks is not None else "distill.sweep_top_k"
         top_ks = d.sweep_top_k if top_ks is None else top_ks
         epsilons = d.sweep_epsilon if epsilons is None else epsilons
         samples = ([d.samples] if d.samples > 0 else []) if samples is None else samples
         if not top_ks:
             raise UserError("'top_ks' must name at least one V', got []")
+        _refuse_above_vocabulary(cfg, top_ks, top_k_flag)
         if any(r < 1 for r in samples):
             raise UserError(f"--samples {min(samples)}: a sweep's sampled stores need at least 1 draw a position")
         return ([(k, 0.0, 0) for k in top_ks] + [(max(top_ks), eps, 0) for eps in epsilons]
                 + [(None, None, r) for r in samples])
+
+
+def _refuse_above_vocabulary(cfg: TranslationConfig, top_ks: Sequence[int], source: str) -> None:
+    """Refuse a V' above the run's vocabulary size (data.vocab_size: its sentencepiece model has exactly that many
+    pieces), which would store the whole distribution under another name. `source`: the flag or key it came from."""
+    vocab_size = cfg.data.vocab_size
+    if too_many := [k for k in top_ks if k > vocab_size]:
+        raise UserError(f"{source} {too_many[0]}: V' above the run's vocabulary of {vocab_size} pieces "
+                        f"(data.vocab_size); give at most {vocab_size} (V' = {vocab_size} keeps every entry)")
 
 
 def student_loss(store: TeacherStore, d: TranslationDistillation):
