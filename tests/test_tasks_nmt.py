@@ -631,3 +631,26 @@ def test_parallel_data_in_another_encoding_and_too_large_a_vocabulary_name_the_k
     cfg.data.vocab_size = int(re.search(r"at most (\d+)", str(refused.value)).group(1))
     largest = load_translation_data(cfg, tmp_path / "largest", splits=("train",), progress=False)
     assert len(largest.vocab) == cfg.data.vocab_size
+
+
+def test_a_rerun_of_a_finished_distill_reuses_the_students_evaluation(toy_run, capsys, monkeypatch):
+    import ensemble_distill.distill.student as student
+
+    run_dir = str(toy_run.run_dir)
+    assert main(["distill", "--run", run_dir, "--samples", "3", "--n-boot", "5"]) == 0
+    def table():
+        return [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+
+    first = table()
+    assert len(first) == 4  # header, rule, raw and + TS
+    evaluated = toy_run.run_dir / "students" / "student-2-sampled3" / "eval" / "test" / "evaluated.json"
+    assert json.loads(evaluated.read_text())["n_boot"] == 5
+    real = student.evaluate_systems
+    calls = []
+    monkeypatch.setattr(student, "evaluate_systems", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(["distill", "--run", run_dir, "--samples", "3", "--n-boot", "5"]) == 0
+    assert table() == first and calls == []  # the same table, no second test search
+    assert main(["distill", "--run", run_dir, "--samples", "3", "--n-boot", "6"]) == 0  # another n_boot: evaluated
+    assert calls == [1] and json.loads(evaluated.read_text())["n_boot"] == 6
+    assert main(["distill", "--run", run_dir, "--samples", "3", "--n-boot", "6", "--set", "decode.beam_size=1"]) == 0
+    assert calls == [1, 1]  # another decoding: evaluated again

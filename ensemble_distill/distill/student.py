@@ -159,11 +159,19 @@ def distill_from_store(store_dir, settings, out_dir, n_boot: int = 1000, progres
 def evaluate_student(run, out_dir, store: TeacherStore, model, settings=None, n_boot: int = 1000,
                      progress: bool = True) -> list[dict]:
     """The student alone on test, raw and temperature-scaled (T fitted on dev; evaluation.py) into
-    OUT/eval/test/student[-ts]/ with results.json and results.md; returns its rows. `run`: with dev and test."""
+    OUT/eval/test/student[-ts]/ with results.json and results.md; returns its rows. `run`: with dev and test.
+    An evaluation of the same weights, config, dev and test data and n_boot (OUT/eval/test/evaluated.json) is
+    reused: a rerun of a finished `distill` does not search the test set again."""
     task, out_dir = run.task, Path(out_dir)
     cfg = task.student_config(run.cfg, run.cfg if settings is None else settings)
+    results = out_dir / "eval" / "test" / "results.json"
+    inputs = {"weights": read_json(out_dir / "result.json", "rerun distill").get("sha256"), "config": to_toml(cfg),
+              "n_boot": n_boot, **{split: task.dataset_fingerprint(run.data, split) for split in ("dev", "test")}}
 
     def record() -> list[dict]:  # under torchrun, rank 0 evaluates
+        evaluated = results.with_name("evaluated.json")
+        if results.is_file() and evaluated.is_file() and read_json(evaluated, "delete it") == inputs:
+            return read_json(results, "delete it and rerun distill")
         system = System("student", f"student ({teacher_name(store)})", (0,), meta={"models": [str(out_dir)]})
         temperatures = fit_temperatures(task, cfg, run.data, [model], [system], str(out_dir))
         record_temperature(temperatures["student"], [out_dir], run.run_dir, out_dir.name)
@@ -173,6 +181,7 @@ def evaluate_student(run, out_dir, store: TeacherStore, model, settings=None, n_
         atomic_write_json(out_dir / "eval" / "test" / "results.json", rows)
         atomic_write_text(out_dir / "eval" / "test" / "results.md",
                           format_rows(rows, task.columns, title=f"{out_dir.name}, test"))
+        atomic_write_json(evaluated, inputs)  # last: what the results above were computed from
         return rows
 
     return on_main(record)
