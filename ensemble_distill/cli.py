@@ -39,7 +39,7 @@ from .config import (
     folder_problem,
     setting_problem,
 )
-from .errors import UserError
+from .errors import UserError, counted
 
 
 class Parser(argparse.ArgumentParser):
@@ -454,8 +454,6 @@ def run_translate(args) -> int:
                   members=args.members, beam_size=args.beam, jsonl=args.jsonl, device=args.device,
                   length_penalty=args.length_penalty)
     if args.output != "-":
-        from .tables import counted
-
         print(f"wrote {counted(n, 'translation')} to {args.output}")
     return 0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .data.text import encoding_problem
-from .errors import UserError
+from .errors import UserError, counted
 
 N_TENTHS = 10  # NER: member i early-stops on tenth i of the training data (ensemble.py)
 MAX_MEMBERS = N_TENTHS - 1  # the last tenth is the student's early-stopping data, no member's
@@ -83,7 +83,7 @@ def _check_subset_sizes(sizes: list[int], members: int) -> None:
     if any(b <= a for a, b in zip(sizes, sizes[1:])):
         raise Invalid("subset_sizes", f"must increase (smallest ensemble first), got {sizes}")
     if sizes[-1] > members:
-        raise Invalid("subset_sizes", f"holds {sizes[-1]}, more than the {members} members")
+        raise Invalid("subset_sizes", f"holds {sizes[-1]}, more than the {counted(members, 'member')}")
 
 
 def _check_encoding(encoding: str) -> None:
@@ -412,7 +412,7 @@ class TranslationConfig:
     def check(self) -> None:
         if self.distill.teacher_members > self.ensemble.members:
             raise Invalid("distill.teacher_members", f"is {self.distill.teacher_members}, more than the "
-                                                     f"{self.ensemble.members} members (ensemble.members)")
+                                                     f"{counted(self.ensemble.members, 'member')} (ensemble.members)")
         _check_snapshot_budget(self)
 
 

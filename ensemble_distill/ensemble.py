@@ -33,7 +33,7 @@ from .config import (
     validate,
     warm_start_budget,
 )
-from .errors import UserError
+from .errors import UserError, counted
 from .io_utils import load_torch, read_json, require_same_config, run_lock
 from .runs import DATA, RESULT, finished, model_dir, record_run, require_finished_models
 from .tasks import get_task
@@ -86,7 +86,7 @@ def ensemble_member_ids(cfg, ensemble_size: int | None = None) -> list[int]:
         raise UserError("the run has no members (ensemble.members = 0: individuals only), so no ensemble")
     order_seed = getattr(e, "split_seed", None)  # translation configs have none: members in order
     if ensemble_size is not None and not 1 <= ensemble_size <= e.members:
-        raise UserError(f"ensemble of {ensemble_size}: the run has {e.members} members")
+        raise UserError(f"ensemble of {ensemble_size}: the run has {counted(e.members, 'member')}")
     subsets = nested_subsets(e.members, e.subset_sizes, order_seed)
     k = max(subsets) if ensemble_size is None else ensemble_size
     return subsets.get(k) or nested_subsets(e.members, [k], order_seed)[k]

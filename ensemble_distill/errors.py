@@ -9,3 +9,8 @@ def located(path, line: int | None, problem: str) -> UserError:
     """A UserError that names the file (and line, when known) and the problem, as `file:line: problem`."""
     where = f"{path}:{line}" if line is not None else f"{path}"
     return UserError(f"{where}: {problem}")
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 member", "2 members": a count and its noun (a regular plural) for messages."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -13,7 +13,7 @@ distill/memoize.py memoizes, distill/student.py trains students; the run folder 
 from pathlib import Path
 
 from .config import DistillConfig
-from .errors import UserError
+from .errors import UserError, counted
 from .io_utils import run_lock
 
 
@@ -32,8 +32,6 @@ def train(cfg, run_dir, progress: bool = True, member: int | None = None, indivi
         return (f"{run_dir}: {role}-{index} trained; " + (f"not yet: {', '.join(left)}" if left else
                 f"all trained; next: ensemble-distill evaluate --run {run_dir}"))
     from .ensemble import train_members
-    from .tables import counted
-
     train_members(cfg, run_dir, progress)
     individuals = getattr(cfg.ensemble, "individuals", 0)
     also = f" and {counted(individuals, 'individual')}" if individuals else ""

@@ -24,11 +24,6 @@ class Column:
     scale: float = 100
 
 
-def counted(n: int, noun: str) -> str:
-    """"1 member", "2 members": a count and its noun (a regular plural) for messages."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def mean_and_se(scores: list[dict], metrics) -> dict:
     """{metric: {value, se}} over several models' metric dicts (each {metric: {value, ...}}). One model has no
     spread to take a standard error of: its own stats (value and 95% interval) are returned as they are."""

@@ -328,3 +328,13 @@ def test_folders_probed_by_several_processes_at_once_are_writable(tmp_path):
     with concurrent.futures.ProcessPoolExecutor(4) as pool:
         problems = list(pool.map(folder_problem, targets))
     assert problems == [None] * len(targets)
+
+
+def test_counts_in_messages_agree_with_their_noun(tmp_path):
+    from ensemble_distill.errors import counted
+
+    assert [counted(n, "member") for n in (0, 1, 2)] == ["0 members", "1 member", "2 members"]
+    config = tmp_path / "c.toml"
+    config.write_text('task = "nmt"\n[ensemble]\nmembers = 1\nsubset_sizes = [2]\n')
+    with pytest.raises(UserError, match=r"'ensemble.subset_sizes' holds 2, more than the 1 member$"):
+        load_config(config)

@@ -29,7 +29,7 @@ from ..calibrated import record_temperature
 from ..config import to_dict, to_toml
 from ..distributed import on_main
 from ..ensemble import ensemble_member_ids
-from ..errors import UserError
+from ..errors import UserError, counted
 from ..evaluation import System, evaluate_run, evaluate_systems, fit_temperatures
 from ..io_utils import atomic_write_json, atomic_write_text, read_json, require_same_config, run_lock
 from ..runs import finished, versions
@@ -124,7 +124,7 @@ def open_store(run, store_dir, members: int | None = None) -> TeacherStore:
     task, cfg = run.task, run.cfg
     if members is not None and members > cfg.ensemble.members:
         raise UserError(f"distill config: 'distill.teacher_members' is {members}, but {run.run_dir} has "
-                        f"{cfg.ensemble.members} members")
+                        f"{counted(cfg.ensemble.members, 'member')}")
     store = TeacherStore.open(store_dir, expect_fingerprint=task.dataset_fingerprint(run.data),
                               expect_vocab=task.output_names(run.data))
     ids = ensemble_member_ids(cfg, members or None)

@@ -32,7 +32,7 @@ from ..distill.losses import distillation_loss
 from ..distill.memoize import Truncation
 from ..distributed import on_main
 from ..ensemble import MemberPlan, record_snapshots, snapshot_dirs, warm_start_config
-from ..errors import UserError
+from ..errors import UserError, counted
 from ..io_utils import atomic_path, atomic_torch_save, atomic_write_text, read_json, strict_json
 from ..models.beam_search import beam_search
 from ..models.translation import (
@@ -668,7 +668,7 @@ class NmtTask:
         top_k = d.top_k if top_k is None else top_k
         epsilon = d.epsilon if epsilon is None else epsilon
         if not 1 <= members <= cfg.ensemble.members:
-            raise UserError(f"--members {members}: the run has {cfg.ensemble.members} members")
+            raise UserError(f"--members {members}: the run has {counted(cfg.ensemble.members, 'member')}")
         for name, value in (("top_k", top_k), ("epsilon", epsilon), ("samples", samples)):
             if problem := setting_problem(TranslationDistillation, name, value):
                 raise UserError(f"'{name}' {problem}")
