@@ -616,9 +616,18 @@ def run_distill_nmt(args) -> int:
     return 0
 
 
+def quiet_progress_in_logs(seconds: int = 30) -> None:
+    """Progress bars redraw at most every `seconds` when standard error is not a terminal (a log file of a run in
+    the background), instead of tqdm's 0.1 s, which grows such a log by hundreds of KB a minute. tqdm reads its
+    TQDM_* defaults when it is first imported, which this module does not do; a TQDM_MININTERVAL the user set wins."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_MININTERVAL", str(seconds))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_progress_in_logs()
     if not args.debug:  # a warning is a line for the user, not the source line that raised it
         warnings.formatwarning = lambda message, *_, **__: f"ensemble-distill: warning: {message}\n"
     try:

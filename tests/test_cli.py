@@ -4,6 +4,8 @@ run that fails on bad data leaving a folder that takes the corrected config. Eac
 import errno
 import os
 import random
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -410,3 +412,20 @@ def test_device_cuda_without_a_gpu_is_refused_with_the_arguments(argv, tmp_path,
     refused([*argv, "--device", "cuda"], capsys, "argument --device: is 'cuda' but torch sees no CUDA GPU here; "
                                                  "use --device cpu")
     assert not any(tmp_path.iterdir())
+
+
+def test_progress_bars_redraw_rarely_when_standard_error_is_a_log_file(tmp_path):
+    """A background run logs to a file: tqdm then redraws every 30 s, not every 0.1 s. Run in a fresh process, as
+    a user's command is, with standard error a file; the bar's interval is what tqdm took from the environment."""
+    script = ("import sys; from ensemble_distill import cli; cli.quiet_progress_in_logs(); import tqdm; "
+              "print(tqdm.tqdm(total=1, file=sys.stderr).mininterval)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    with open(tmp_path / "log", "w") as log:
+        logged = subprocess.run([sys.executable, "-c", script], stderr=log, text=True,
+                                stdout=subprocess.PIPE, env=env, check=True)
+    assert float(logged.stdout) == 30
+    env["TQDM_MININTERVAL"] = "5"  # the user's own setting wins
+    with open(tmp_path / "log", "w") as log:
+        chosen = subprocess.run([sys.executable, "-c", script], stderr=log, stdout=subprocess.PIPE, text=True,
+                                env=env, check=True)
+    assert float(chosen.stdout) == 5
