@@ -126,8 +126,8 @@ SCALES = {
                        "train.max_epochs=3"),
         baseline=("data.max_train_sentences=60", "data.max_eval_sentences=40", "encoder.finetune_layers=1",
                   "train.max_epochs=1", "train.batch_size=16"),
-        shrunk="smoke scale: tiny samples of the data, one epoch, a tiny Transformer, German→English only; checks "
-               "the plumbing, not the method"),
+        shrunk="smoke scale: tiny samples of the data, NER models of one epoch, a tiny Transformer of 2 rounds of 8 "
+               "updates, German→English only; checks the plumbing, not the method"),
     "cpu": Scale(
         "cpu",
         ner=(*PAPER_NER, "encoder.finetune_layers=3", "train.max_epochs=5", "train.patience=1",
@@ -136,7 +136,8 @@ SCALES = {
         nmt=("ensemble.members=5", "ensemble.subset_sizes=[3, 5]", "distill.teacher_members=5"),
         snapshots=SNAPSHOT_DESIGN, ner_snapshots=NER_SNAPSHOT_DESIGN,
         directions=("de-en", "en-de"), n_boot=1000,
-        shrunk="CPU scale: MiniLM-L6 (top 3 of 6 layers tuned, at most 5 epochs) for NER, 3 individuals (paper 9); "
+        shrunk="CPU scale: MiniLM-L6 (top 3 of 6 layers tuned, at most 5 epochs, patience 1) for NER on the full "
+               "training data, 3 individuals (paper 9); "
                "translation: the small Transformer on Multi30k, 3 rounds of 250 updates, ensembles 3 ⊂ 5 (paper "
                "3 ⊂ 5 ⊂ 7), no-averaging runs in the first direction only"),
     "gpu": Scale(
