@@ -500,6 +500,10 @@ def test_translate_gives_a_blank_line_an_empty_translation_without_a_search(toy_
         assert blank["log_prob"] is None and blank["mean_token_confidence"] is None and blank["tokens"] == 0
     for record, text in ((records[0], alone[0]), (records[3], alone[1])):
         assert record["tokens"] == len(vocab.encode([text])[0]) + 1 and record["log_prob"] < 0
+    (tmp_path / "blank.txt").write_text("\n  \n")  # nothing to translate at all: two empty lines, no traceback
+    with pytest.warns(UserWarning, match="2 of 2 lines"):
+        assert main(["translate", "--model", str(member_dir), "--input", str(tmp_path / "blank.txt"), "--jsonl"]) == 0
+    assert [json.loads(line)["translation"] for line in capsys.readouterr().out.splitlines()] == ["", ""]
     with pytest.warns(UserWarning, match="2 of 4 lines"):
         assert main(["predict", "--model", str(member_dir), "--input", str(tmp_path / "in.txt"),
                      "--out", str(tmp_path / "predicted")]) == 0

@@ -289,7 +289,9 @@ def hypothesis_scores(models: Sequence[TranslationModel], sources: list[list[int
     """Per sentence, how sure the models' mean distribution is of its translation, scored under teacher forcing
     on (source, hypothesis + EOS): the summed log-probability (nats, float64 [N]; no length penalty) and the mean
     token confidence, the mean over the output tokens, EOS included, of the probability the model gave each
-    chosen token (float64 [N], in (0, 1])."""
+    chosen token (float64 [N], in (0, 1]). No sentences (a text of blank lines only) give two empty arrays."""
+    if not hypotheses:
+        return np.zeros(0), np.zeros(0)
     split = ParallelSplit(list(zip(sources, hypotheses)), [])
     chosen = torch.cat([mean_of_members(log_probs).gather(1, gold[:, None])[:, 0].double().cpu()
                         for log_probs, gold in teacher_forced(models, split, batch_sentences)])
