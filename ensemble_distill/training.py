@@ -218,7 +218,8 @@ def train(model: torch.nn.Module, batches: Callable[[int], Iterable], loss_fn: C
                 scheduler.step()
             total_loss += value * n_tokens
             total_tokens += n_tokens
-            bar.set_postfix(loss=f"{total_loss / max(total_tokens, 1):.4f}")
+            # refresh=False: the loss shows at the bar's own redraws, so TQDM_MININTERVAL holds in log files
+            bar.set_postfix(loss=f"{total_loss / max(total_tokens, 1):.4f}", refresh=False)
         if not all(p.isfinite().all() for p in model.parameters()):  # the last update overflowed: no loss shows it
             _diverged(run_dir, f"the weights are not finite after epoch {epoch}")
         model.eval()

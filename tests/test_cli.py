@@ -429,3 +429,23 @@ def test_progress_bars_redraw_rarely_when_standard_error_is_a_log_file(tmp_path)
         chosen = subprocess.run([sys.executable, "-c", script], stderr=log, stdout=subprocess.PIPE, text=True,
                                 env=env, check=True)
     assert float(chosen.stdout) == 5
+
+
+def test_the_training_bar_redraws_at_its_interval_not_at_every_batch(tmp_path, capsys, monkeypatch):
+    """The loss shown beside the training bar must not force a redraw per batch: with a 30 s interval, 40 batches
+    draw the bar at its start and its end only (tqdm's own rule), not 40 times (set_postfix refreshes by default)."""
+    import tqdm
+
+    from ensemble_distill import training
+    from ensemble_distill.config import Training
+
+    class LogFileBar(tqdm.tqdm):  # what TQDM_MININTERVAL=30 gives a fresh process
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, mininterval=30, **kwargs)
+
+    monkeypatch.setattr(training, "tqdm", LogFileBar)
+    model = torch.nn.Linear(1, 1)
+    loss_fn = lambda m, batch: (m(torch.ones(1, 1)).pow(2).mean(), 1)  # noqa: E731
+    training.train(model, lambda epoch: [[0]] * 40, loss_fn, lambda m: 0.0, Training(max_epochs=1), tmp_path / "r")
+    bar = capsys.readouterr().err.split("epoch 1 ")[0]  # the bar's draws, before the epoch's summary line
+    assert 1 <= bar.count("/40 [") <= 3, bar
