@@ -500,6 +500,8 @@ def add_reproduce(sub) -> None:
     p.add_argument("--only", help="comma-separated experiments (table1, figure2, domain-shift, ...; default all)")
     p.add_argument("--dry-run", action="store_true", help="print the plan: each experiment, its steps, whether "
                                                           "each is done, the estimated time; run nothing")
+    p.add_argument("--report-only", action="store_true", help="write the tables, figures and page of what is "
+                                                              "done now; run nothing (beside a running reproduce)")
     p.add_argument("--data", default="../shared/data", help="the data root (default ../shared/data)")
     p.set_defaults(func=run_reproduce)
 
@@ -509,7 +511,11 @@ def run_reproduce(args) -> int:
 
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only is not None else None
     try:
-        print(reproduce(args.scale, args.out, only, args.dry_run, args.data, args.overrides))
+        if args.dry_run and args.report_only:
+            raise UserError("--dry-run and --report-only: choose one (the first prints the plan, the second "
+                            "writes the report of what is done)")
+        print(reproduce(args.scale, args.out, only, args.dry_run, args.data, args.overrides,
+                        report_only=args.report_only))
     except StepsLeft as err:  # not bad input (2): the work is unfinished, the page says what is missing
         print(f"ensemble-distill: {err}", file=sys.stderr)
         return 1

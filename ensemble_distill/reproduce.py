@@ -715,12 +715,14 @@ def expected_to_run(plan: Plan, steps: list[Step]) -> list[bool]:
 
 
 def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../shared/data", overrides=(),
-              progress: bool = True) -> str:
+              progress: bool = True, report_only: bool = False) -> str:
     """Run (or resume) every step of the selected experiments (`only`: their names; None: all), recording each
     step's wall time in OUT/timings.json, then write the tables, figures and OUT/index.html of every experiment
     of the plan that is done (paper_report.write_report); `dry_run`: only describe the plan. Whether a step is
     done is decided when its turn comes, so an evaluation made stale by a student trained earlier in the same
-    call is redone. Returns the plan's description (dry run) or a summary of what was run and written.
+    call is redone. `report_only`: run nothing, only write the report of what is done now (while other
+    processes go on running the plan). Returns the plan's description (dry run) or a summary of what was run
+    and written.
 
     Raises:
         UserError: an unknown scale or experiment, an empty `only`, a bad --set, or a run or student folder of the
@@ -735,7 +737,7 @@ def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../s
         return describe(plan, chosen, read_timings(plan))
     expected, ran = expected_to_run(plan, steps), 0
     for index, step in enumerate(steps):
-        if plan.done(step):
+        if report_only or plan.done(step):
             continue
         ran += 1
         print(f"[{ran}/{ran + sum(expected[index + 1:])}] {step.key}", flush=True)
@@ -746,6 +748,9 @@ def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../s
     written = write_report(plan, chosen, read_timings(plan))
     summary = f"{ran} of {len(steps)} steps run, the others reused; wrote {written}"
     left = [s.key for s in steps if not plan.done(s)]
+    if report_only:
+        finished = sum(not e.missing and all(plan.done(s) for s in e.steps) for e in chosen)
+        return f"ran nothing (--report-only); {finished} of {len(chosen)} experiments done; wrote {written}"
     if left:
         raise StepsLeft(f"{summary}; still not done: {', '.join(left[:3])}"
                         f"{f' and {len(left) - 3} more' if len(left) > 3 else ''} (rerun reproduce)")

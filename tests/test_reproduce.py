@@ -403,6 +403,15 @@ def test_a_stale_evaluation_is_redone_and_the_page_keeps_every_experiment(report
     the run's evaluation (done when planned, stale once the student exists) in the same call."""
     out = report[0]
     shutil.rmtree(out / "runs" / "nmt-de-en-ce" / "students" / "student-1-top8")
+    with monkeypatch.context() as patch:  # --report-only: the page of what is done now, nothing run
+        patch.setattr("ensemble_distill.reproduce.do_step", lambda *a, **k: pytest.fail("--report-only ran a step"))
+        code, text, err = run(capsys, report, "--report-only")
+    n = len(build_plan("smoke", out).experiments)
+    assert code == 0 and f"ran nothing (--report-only); {n - 2} of {n} experiments done" in text, err
+    page = (out / "index.html").read_text()
+    assert page.count("not run yet (steps left: rerun reproduce)") == 2 and "figures/figure1.png" not in page
+    code, _, err = run(capsys, report, "--report-only", "--dry-run")
+    assert code == 2 and "--dry-run and --report-only: choose one" in err
     code, text, err = run(capsys, report, "--only", "table6")
     assert code == 0 and "0 of 2 steps run" in text, err
     page = (out / "index.html").read_text()
