@@ -587,11 +587,11 @@ def test_a_top_k_above_the_vocabulary_is_refused_and_a_finished_store_is_said_re
     another name; V' = 48 is the whole distribution. A second memoize of a finished store says it reused it."""
     run_dir = str(toy_run.run_dir)
     assert len(toy_run.data.vocab) == 48
-    for args, message in ((["memoize", "--top-k", "49"], "--top-k 49: V' above the run's vocabulary of 48 pieces"),
-                          (["distill", "--top-k", "5000"], "--top-k 5000: V' above"),
-                          (["memoize", "--set", "distill.top_k=100"], "distill.top_k 100: V' above"),
-                          (["sweep", "--top-k", "8", "64"], "--top-k 64: V' above"),
-                          (["sweep", "--set", "distill.sweep_top_k=[4, 50]"], "distill.sweep_top_k 50: V' above")):
+    for args, message in ((["memoize", "--top-k", "49"], "--top-k: V' = 49 is above the run's vocabulary of 48 pieces"),
+                          (["distill", "--top-k", "5000"], "--top-k: V' = 5000 is above"),
+                          (["memoize", "--set", "distill.top_k=100"], "distill.top_k: V' = 100 is above"),
+                          (["sweep", "--top-k", "8", "64"], "--top-k: V' = 64 is above"),
+                          (["sweep", "--set", "distill.sweep_top_k=[4, 50]"], "distill.sweep_top_k: V' = 50 is above")):
         assert main([args[0], "--run", run_dir, *args[1:]]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and "give at most 48" in err[0]

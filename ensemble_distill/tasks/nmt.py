@@ -765,7 +765,7 @@ def _refuse_above_vocabulary(cfg: TranslationConfig, top_ks: Sequence[int], sour
     pieces), which would store the whole distribution under another name. `source`: the flag or key it came from."""
     vocab_size = cfg.data.vocab_size
     if too_many := [k for k in top_ks if k > vocab_size]:
-        raise UserError(f"{source} {too_many[0]}: V' above the run's vocabulary of {vocab_size} pieces "
+        raise UserError(f"{source}: V' = {too_many[0]} is above the run's vocabulary of {vocab_size} pieces "
                         f"(data.vocab_size); give at most {vocab_size} (V' = {vocab_size} keeps every entry)")
 
 
