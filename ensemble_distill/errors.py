@@ -1,8 +1,11 @@
 """User-facing errors: the CLI prints them as one line and exits non-zero, without a traceback."""
 
 
-class UserError(Exception):
-    """Bad input from the user: a file, a config key or an argument. The message names where and what."""
+class UserError(ValueError):
+    """Bad input from the user: a file, a config key or an argument. The message names where and what.
+
+    A ValueError, so that a library caller's `except ValueError` catches bad input whichever function refused it
+    (the numerical functions raise plain ValueError); the CLI prints a UserError as one line, exit status 2."""
 
 
 def located(path, line: int | None, problem: str) -> UserError:

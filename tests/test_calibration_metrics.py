@@ -814,5 +814,6 @@ def test_compact_topk_events_count_the_ties_past_the_stored_k():
     (lambda: balanced_calibration(np.full((2, 2), 0.5), [-1, -1]), "no position"),
 ])
 def test_bad_input_raises_user_error(call, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as refused:
         call()
+    assert isinstance(refused.value, ValueError)  # a library caller's `except ValueError` catches it too
