@@ -338,14 +338,17 @@ def write_store(
     sampling: str = "multinomial",
     shard_sentences: int = 4096,
     batch_sentences: int = 32,
+    positions: Sequence[int] | None = None,
     progress: bool = True,
 ) -> TeacherStore:
     """Memoise `teacher` over `sentences` (the training set, in dataset order) into a store at `path`.
 
     teacher(batch) is given a list of up to `batch_sentences` sentences and returns their distributions over
     `vocab`: a list of [positions, V] arrays (numpy or torch), one a sentence, or one [total positions, V] array
-    that is split by len(sentence). `fingerprint` is `fingerprint_dataset(...)` of the tokenised data;
-    `teachers` names the checkpoints (paths or hashes).
+    that is split by `positions` (default len(sentence)). `positions` [sentences]: how many positions each
+    sentence has (memoize gives the task's); with it, the teacher's output for a sentence must have that many
+    rows, so that a teacher dropping positions is refused rather than stored. `fingerprint` is
+    `fingerprint_dataset(...)` of the tokenised data; `teachers` names the checkpoints (paths or hashes).
 
     What is kept at each position: the top `top_k` entries (default 64; with `epsilon`, adaptive) with
     probabilities stored as `probs_dtype` (default "float16"); or, with `samples` = R, R draws from the
@@ -386,7 +389,7 @@ def write_store(
             firsts = done + np.cumsum([0] + [len(c) for c in chunks[:-1]])
             mine = None
             if rank < len(chunks):
-                arrays = _compute_shard(chunks[rank], int(firsts[rank]), teacher, settings, bar)
+                arrays = _compute_shard(chunks[rank], int(firsts[rank]), teacher, settings, bar, positions)
                 mine = _save_shard(path, len(shards) + rank, int(firsts[rank]), arrays)
             shards += [info for info in distributed.gather(mine) if info is not None]
             bar.update(sum(len(c) for c in chunks) - len(chunks[0]))  # the other ranks' sentences (rank 0's counted)
@@ -494,14 +497,15 @@ def _first_difference(key: str, stored, wanted) -> str:
     return f"{key}: {stored!r} in the store, {wanted!r} now"
 
 
-def _compute_shard(chunk: list, first: int, teacher, settings: dict, bar) -> dict[str, np.ndarray]:
+def _compute_shard(chunk: list, first: int, teacher, settings: dict, bar, positions=None) -> dict[str, np.ndarray]:
     """Run the teacher over a shard's sentences, batch by batch, and truncate (or sample) and encode its
-    distributions."""
+    distributions. `positions`: write_store's, for the whole dataset."""
     truncation, dtypes, batch_size = settings["truncation"], settings["dtypes"], settings["batch_sentences"]
     parts = {name: [] for name in dtypes}
     for start in range(0, len(chunk), batch_size):
         batch = chunk[start:start + batch_size]
-        dists, lengths = _teacher_distributions(teacher, batch, first + start, settings["vocab"]["size"])
+        expected = None if positions is None else list(positions[first + start:first + start + len(batch)])
+        dists, lengths = _teacher_distributions(teacher, batch, first + start, settings["vocab"]["size"], expected)
         parts["lengths"].append(np.array(lengths))
         bar.update(len(batch))
         if "samples" in truncation:
@@ -529,9 +533,10 @@ def _compute_shard(chunk: list, first: int, teacher, settings: dict, bar) -> dic
     return {name: array.astype(_disk_dtype(dtypes[name])) for name, array in arrays.items()}
 
 
-def _teacher_distributions(teacher, batch: list, first: int, vocab_size: int) -> tuple[torch.Tensor, list[int]]:
+def _teacher_distributions(teacher, batch: list, first: int, vocab_size: int,
+                           expected: list[int] | None) -> tuple[torch.Tensor, list[int]]:
     """The teacher's output for a batch as one [positions, V] tensor and the sentence lengths, checked to be
-    distributions over the vocabulary."""
+    distributions over the vocabulary, `expected` [len(batch)] positions a sentence (None: unknown)."""
     where = f"teacher store: sentences {first}..{first + len(batch) - 1}"
     output = teacher(batch)
     if isinstance(output, (list, tuple)):
@@ -539,8 +544,11 @@ def _teacher_distributions(teacher, batch: list, first: int, vocab_size: int) ->
         if len(dists) != len(batch) or any(d.ndim != 2 for d in dists):
             raise UserError(f"{where}: the teacher must return one [positions, V] array a sentence")
         lengths, stacked = [len(d) for d in dists], torch.cat(dists)
+        if expected is not None and (wrong := [i for i, (n, e) in enumerate(zip(lengths, expected)) if n != e]):
+            raise UserError(f"teacher store: sentence {first + wrong[0]}: the teacher returned {lengths[wrong[0]]} "
+                            f"positions, the sentence has {expected[wrong[0]]}")
     else:
-        lengths, stacked = [len(sentence) for sentence in batch], torch.as_tensor(output)
+        lengths, stacked = expected or [len(sentence) for sentence in batch], torch.as_tensor(output)
     if stacked.ndim != 2 or stacked.shape != (sum(lengths), vocab_size):
         raise UserError(f"{where}: the teacher returned shape {tuple(stacked.shape)}, expected "
                         f"({sum(lengths)}, {vocab_size})")

@@ -191,6 +191,22 @@ def test_confidences_are_spans_py_exact_span_probabilities(folders, tmp_path):
         np.testing.assert_allclose([g[4] for g in got], expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("sentences, error, message", [
+    (["Peter visited Britain"], TypeError, "sentence 0 is a string, not a list of words"),
+    ("Peter", TypeError, "must be a list of sentences"),
+    ([["Peter", 3]], TypeError, "sentence 0, word 1 is 3, not a string"),
+    ([["Peter"], ["visited", " "]], ValueError, "sentence 1, word 1 is blank"),
+])
+def test_distributions_from_python_refuse_what_is_not_lists_of_words(folders, sentences, error, message):
+    """A sentence given as one string was tagged character by character (11 'words' for "Hello world")."""
+    model = load_model(folders["iid"])
+    with pytest.raises(error, match=message):
+        model.distributions(sentences)
+    assert model.distributions([]) == []
+    (probs,) = model.distributions((("Peter", "visited"),))  # tuples are lists of words too
+    assert probs.shape == (2, len(model.labels))
+
+
 def test_long_sentences_iid_confidences_are_exact_on_the_merged_distributions(folders):
     model = load_model(folders["iid"])
     long = [w for s in SENTENCES for w in s] * 3  # 87 words: several windows of the 64-position encoder

@@ -392,6 +392,29 @@ def test_teacher_output_that_is_not_a_distribution_is_refused(tmp_path):
         write(tmp_path / "b", [np.array([1, 2, 3])], lambda batch: torch.full((3, 7), 1 / 7))
 
 
+def test_a_teacher_that_drops_positions_is_refused(tmp_path):
+    """One row a sentence for sentences of 4, 6 and 3 positions (`positions`: the pipeline's sentences are ids)
+    is refused at the first short sentence; so is a sentence one row short, and a stacked output of other size."""
+    sentences = [np.arange(4), np.arange(6), np.arange(3)]
+    one_row = lambda batch: [torch.full((1, V), 1 / V) for _ in batch]  # noqa: E731
+    with pytest.raises(UserError, match="sentence 0: the teacher returned 1 positions, the sentence has 4"):
+        write(tmp_path / "a", sentences, one_row, positions=[4, 6, 3])
+    ids, positions = list(range(3)), [4, 6, 3]
+
+    def write_ids(path, teacher, **options):
+        return write_store(path, ids, teacher, vocab=VOCAB, fingerprint=fingerprint_dataset(sentences),
+                           teachers=["member-1.pt"], batch_sentences=2, progress=False, **options)
+
+    rows = lambda batch: [torch.full((positions[i] - (i == 2), V), 1 / V) for i in batch]  # noqa: E731
+    with pytest.raises(UserError, match="sentence 2: the teacher returned 2 positions, the sentence has 3"):
+        write_ids(tmp_path / "b", rows, positions=positions)
+    with pytest.raises(UserError, match=r"shape \(9, 40\), expected \(10, 40\)"):  # sentences 0 and 1: 4 + 6
+        write_ids(tmp_path / "c", lambda batch: torch.full((9, V), 1 / V), positions=positions)
+    store = write_ids(tmp_path / "d", lambda batch: [torch.full((positions[i], V), 1 / V) for i in batch],
+                      positions=positions)
+    assert store.num_positions == 13
+
+
 
 
 # ----------------------------------------------------------------------------------------------------------------

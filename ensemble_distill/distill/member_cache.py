@@ -86,7 +86,7 @@ def member_probs(run, member: int, model, key: dict, progress: bool = True) -> t
 def member_pass(task, model, cfg, data, batch_sentences: int, desc: str, progress: bool = True):
     """One model's distributions over the training split, in batches of `batch_sentences` consecutive sentences
     (Task.teacher_probs of an ensemble of one): probs float32 [words, V] and offsets int64 [sentences + 1]."""
-    n = task.n_sentences(data, "train")
+    n = len(task.sentence_positions(data, "train"))
     per_sentence = []
     with tqdm(total=n, desc=desc, unit="sent", disable=not progress, leave=False) as bar:
         for start in range(0, n, batch_sentences):

@@ -112,11 +112,11 @@ def memoize(run, members: int | None = None, truncation: Truncation = Truncation
             probs = ensemble_probs(sentences)
             return probs if temperature is None else [scaled(p, temperature) for p in probs]
 
-        vocab = task.output_names(data)
-        return write_store(path, range(task.n_sentences(data, "train")), teacher, vocab=vocab,
+        vocab, positions = task.output_names(data), task.sentence_positions(data, "train")
+        return write_store(path, range(len(positions)), teacher, vocab=vocab,
                            fingerprint=task.dataset_fingerprint(data), teachers=teachers,
                            **truncation.store_settings(len(vocab), cfg.train.seed),
-                           batch_sentences=task.batch_sentences(cfg), progress=progress)
+                           batch_sentences=task.batch_sentences(cfg), positions=positions, progress=progress)
 
 
 def store_temperature(store: TeacherStore) -> float | None:

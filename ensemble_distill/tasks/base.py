@@ -85,8 +85,9 @@ class Task(Protocol):
     # distributions over its vocabulary are not.
     caches_member_probs: bool
 
-    def n_sentences(self, data, split: str) -> int:
-        """The number of sentences of `split` (a teacher store holds one entry per training sentence)."""
+    def sentence_positions(self, data, split: str) -> np.ndarray:
+        """int64 [sentences of `split`]: each sentence's positions (NER: words; translation: target subwords + EOS),
+        the rows of its teacher_probs and of its entry in a teacher store."""
 
     def output_names(self, data) -> list[str]:
         """The names of the V outputs: label names (NER) or subword pieces (translation), a store's vocabulary."""

@@ -345,14 +345,34 @@ class TaggerFolder:
     encoder_path: Path
 
     def split(self, sentences: list[list[str]], tag_ids: list[np.ndarray] | None = None) -> TaggingSplit:
-        """Windows and frozen states of `sentences` (nothing cached on disk); gold ids if given."""
+        """Windows and frozen states of `sentences` (nothing cached on disk); gold ids if given. Raises TypeError
+        when `sentences` is not a list of lists of words (a sentence given as one string would be tagged
+        character by character), ValueError for a blank word or a sentence without words."""
+        _check_words(sentences)
         windows = encode_sentences(self.tokenizer, sentences, self.max_length, tag_ids)
         frozen = compute_frozen_states(self.bottom, [w.input_ids for w in windows], progress=False)
         return TaggingSplit(None, windows, frozen)
 
     def distributions(self, sentences: list[list[str]]) -> list[np.ndarray]:
-        """Per sentence, [words, labels] float32 probabilities (CRF: marginals)."""
-        return predict_distributions([self.tagger], self.split(sentences))
+        """Per sentence, [words, labels] float32 probabilities (CRF: marginals); [] for no sentences. Raises as
+        `split`."""
+        return predict_distributions([self.tagger], self.split(sentences)) if len(sentences) else []
+
+
+def _check_words(sentences) -> None:
+    if isinstance(sentences, str) or not isinstance(sentences, (list, tuple)):
+        raise TypeError(f"sentences must be a list of sentences, each a list of words; got {type(sentences).__name__}")
+    for i, words in enumerate(sentences):
+        if isinstance(words, str):
+            raise TypeError(f"sentence {i} is a string, not a list of words: split it into words first (the "
+                            "tagger labels words)")
+        if not isinstance(words, (list, tuple)):
+            raise TypeError(f"sentence {i} is of type {type(words).__name__}, not a list of words")
+        for j, word in enumerate(words):
+            if not isinstance(word, str):
+                raise TypeError(f"sentence {i}, word {j} is {word!r}, not a string")
+            if not word.strip():
+                raise ValueError(f"sentence {i}, word {j} is blank: a word needs a character to be tagged")
 
 
 def load_model(folder, spec: dict, device: str = "cpu") -> TaggerFolder:
@@ -469,8 +489,8 @@ class NerTask:
 
     caches_member_probs = True  # [words, labels] float32: ~7 MB a member on CoNLL-2003's training split
 
-    def n_sentences(self, data, split) -> int:
-        return len(data.splits[split].corpus.sentences)
+    def sentence_positions(self, data, split) -> np.ndarray:
+        return np.array([len(s.tokens) for s in data.splits[split].corpus.sentences], dtype=np.int64)
 
     def output_names(self, data) -> list[str]:
         return list(data.labels)

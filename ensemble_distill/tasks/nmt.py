@@ -646,8 +646,8 @@ class NmtTask:
 
     caches_member_probs = False  # float32 [target tokens, 8K vocabulary] a sentence: tens of GB a member over 29K pairs
 
-    def n_sentences(self, data, split) -> int:
-        return len(data.splits[split].pairs)
+    def sentence_positions(self, data, split) -> np.ndarray:
+        return np.array([len(tgt) + 1 for _, tgt in data.splits[split].pairs], dtype=np.int64)
 
     def output_names(self, data) -> list[str]:
         return data.vocab.piece_names()
