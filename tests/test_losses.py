@@ -128,6 +128,19 @@ def test_distillation_loss_equals_the_dense_formula(mode, temperature, label_smo
     assert (logits.grad[~mask] == 0).all()
 
 
+@pytest.mark.parametrize("setting, message", [({"beta": 1.5}, "beta must lie in"), ({"beta": -0.1}, "beta must lie in"),
+                                              ({"temperature": -1.0}, "temperature must be"),
+                                              ({"temperature": 0.0}, "temperature must be"),
+                                              ({"temperature": math.nan}, "temperature must be"),
+                                              ({"label_smoothing": 1.0}, "label_smoothing must lie")])
+def test_distillation_loss_refuses_settings_that_make_it_no_distillation_loss(setting, message):
+    """beta 1.5 weighs the NLL by -0.5 and tau -1 inverts the student: numbers, but no loss to minimise."""
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=message):
+        distillation_loss(STUDENT, torch.zeros(1, 3, dtype=torch.long), mask, IDS, PROBS, REMAINDER,
+                          **{"beta": 0.5, **setting})
+
+
 def test_distillation_loss_without_real_positions_is_zero():
     mask = torch.zeros(1, 3, dtype=torch.bool)
     loss = distillation_loss(STUDENT, torch.full((1, 3), -100), mask, IDS, PROBS, REMAINDER, beta=0.5,

@@ -57,6 +57,13 @@ def test_apply_temperature_renormalises_powered_probabilities():
     np.testing.assert_allclose(apply_temperature(np.log(p), 0.5, log=True), np.log(scaled))
 
 
+@pytest.mark.parametrize("temperature", [0.0, -1.0, np.inf, np.nan])
+def test_apply_temperature_refuses_a_temperature_that_is_not_positive(temperature):
+    """T = -1 would return the inverted distribution and T = 0 NaN, silently."""
+    with pytest.raises(ValueError, match="must be a finite number > 0"):
+        apply_temperature(np.log([[0.7, 0.2, 0.1]]), temperature)
+
+
 def test_recovers_a_planted_temperature_far_from_one():
     # A search on T instead of log T (bounds log 0.01..log 100 read as T) cannot reach 8: it returned 4.6.
     z, gold = sample(8.0, scale=10.0)

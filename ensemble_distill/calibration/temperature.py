@@ -98,7 +98,13 @@ def _checked(scores, gold) -> tuple[np.ndarray, np.ndarray]:
 
 
 def apply_temperature(scores, temperature: float, log: bool = False) -> np.ndarray:
-    """softmax(scores / T) (or its log, with `log=True`) over the last axis."""
+    """softmax(scores / T) (or its log, with `log=True`) over the last axis, float64.
+
+    Raises:
+        ValueError: T is not a finite number > 0 (T = 0 divides by zero, T < 0 inverts the distribution).
+    """
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"apply_temperature: the temperature must be a finite number > 0, got {temperature!r}")
     scaled = np.asarray(scores, dtype=np.float64) / temperature
     out = log_softmax(scaled, axis=-1)
     return out if log else np.exp(out)

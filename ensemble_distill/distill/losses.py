@@ -7,6 +7,8 @@ q: the teacher entries a store kept (teacher_store.TeacherBatch: ids, probs [B, 
 remainder, the teacher mass the truncation dropped, is treated by `distill_targets` in one of three ways.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -97,8 +99,15 @@ def distillation_loss(logits, gold, mask, teacher_ids, teacher_probs, remainder,
     finite; their gradient is 0.
 
     Raises:
-        ValueError: `mode` is not one of REMAINDER_MODES.
+        ValueError: `mode` is not one of REMAINDER_MODES; beta outside [0, 1], temperature not > 0 or
+            label_smoothing outside [0, 1) (any of them would give a number that is no distillation loss).
     """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"distillation_loss: beta must lie in [0, 1], got {beta!r}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"distillation_loss: temperature must be a finite number > 0, got {temperature!r}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"distillation_loss: label_smoothing must lie in [0, 1), got {label_smoothing!r}")
     log_probs = F.log_softmax(logits, -1)
     nll = -log_probs.gather(-1, gold.masked_fill(~mask, 0)[..., None]).squeeze(-1)
     if label_smoothing:
