@@ -643,11 +643,11 @@ def device_problem(device: str) -> str | None:
     """Why this machine cannot compute on `device`, as a phrase ("is 'cuda' but torch sees no CUDA GPU here"), or
     None: the valid values of train.device and of the commands' --device on this machine, tried when a command
     starts, before it reads or writes anything (Task.check_runnable; torch is imported only for "cuda")."""
-    if device != "cuda":
+    if not str(device).startswith("cuda"):
         return None
     import torch
 
-    return None if torch.cuda.is_available() else "is 'cuda' but torch sees no CUDA GPU here"
+    return None if torch.cuda.is_available() else f"is {device!r} but torch sees no CUDA GPU here"
 
 
 def require_device(device: str, source: str | None = None) -> str:

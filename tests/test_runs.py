@@ -508,3 +508,13 @@ def test_a_folder_that_is_not_a_finished_model_is_refused_in_one_line(tmp_path):
     (tmp_path / "model.json").write_text('{"format": 1, "task": "pos"}')
     with pytest.raises(UserError, match="unknown task 'pos'"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_load_model_on_a_gpu_torch_does_not_see_is_refused_in_one_line(tmp_path, monkeypatch, device):
+    """Before, torch's own AssertionError ("Torch not compiled with CUDA enabled") came from deep inside loading."""
+    from ensemble_distill import load_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=f"load_model: device is '{device}' but torch sees no CUDA GPU here"):
+        load_model(tmp_path, device=device)

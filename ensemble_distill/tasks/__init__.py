@@ -25,6 +25,11 @@ def get_task(name: str):
 def load_model(folder, device: str = "cpu"):
     """The model of a member, individual or student folder, rebuilt from the folder alone (runs.py: model.json,
     model.safetensors and, for translation, vocab.model): tasks.ner.TaggerFolder or tasks.nmt.TranslationModelFolder.
-    Raises UserError when the folder is not a finished model folder or its files do not fit together."""
+    Raises UserError when the folder is not a finished model folder or its files do not fit together, or when
+    `device` is a GPU that torch does not see here."""
+    from ..config import device_problem
+
+    if problem := device_problem(device):
+        raise UserError(f"load_model: device {problem}")
     spec = read_model_spec(folder)
     return get_task(spec["task"]).load_model(folder, spec, device)
