@@ -43,17 +43,21 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def export_hf_token_classification(tagger: Tagger, encoder_path, labels: list[str], out_dir,
-                                   temperature: float | None = None) -> Path:
+                                   temperature: float | None = None, source: dict | None = None) -> Path:
     """Write a Hugging Face token-classification folder (config.json with id2label/label2id, model.safetensors
     with the whole encoder and the classifier, tokenizer files) equivalent to `tagger` at its first subwords.
 
     tagger: an IID Tagger whose top layers were cut from the encoder at `encoder_path` (a local HF folder, as
     `encoders.resolve_encoder` returns it); labels: its label names, in classifier order; temperature: a fitted
-    T > 0 folded into the classifier, or None. The folder is built beside `out_dir` and renamed into place.
+    T > 0 folded into the classifier, or None; source: where the weights come from (pipeline.export: the model
+    folder and its weights' sha256). config.json records both under "ensemble_distill" (with T null when none
+    is folded), so a calibrated export can be told from a raw one. The folder is built beside `out_dir` and
+    renamed into place.
 
     Raises:
         ValueError: a CRF tagger, labels that do not match the classifier, a temperature that is not finite and
-            positive, or an encoder with fewer layers than the tagger's top.
+            positive or so small that W/T overflows float32, or an encoder with fewer layers than the tagger's
+            top.
         UserError: `out_dir` exists and is not an empty folder.
     """
     from transformers import AutoModelForTokenClassification, AutoTokenizer
@@ -80,6 +84,10 @@ def export_hf_token_classification(tagger: Tagger, encoder_path, labels: list[st
             layers[cut + index].load_state_dict(layer.state_dict())
         model.classifier.weight.copy_(tagger.classifier.weight * scale)
         model.classifier.bias.copy_(tagger.classifier.bias * scale)
+    if not all(p.isfinite().all() for p in model.classifier.parameters()):  # a tiny T: inf weights, NaN scores
+        raise UserError(f"temperature {temperature!r}: the classifier's weights divided by it overflow float32; "
+                        "a temperature that small leaves no distribution to export")
+    model.config.ensemble_distill = {**(source or {}), "temperature": temperature}
     # The encoder's own tokenizer files, copied as they are: the tokenizer our tagger read. (save_pretrained would
     # write this transformers version's class names and the settings of the last call, e.g. MiniLM's max_length.)
     tokenizer = AutoTokenizer.from_pretrained(str(encoder_path), local_files_only=True)

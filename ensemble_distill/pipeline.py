@@ -298,6 +298,7 @@ def export(model, fmt: str, out_dir, temperature: float | None = None, calibrate
     folder, its classifier temperature-scaled at `temperature`, or with `calibrated` at the T evaluation fitted on
     dev: calibrated.py) or "ctranslate2" (a translation model). Raises UserError for a format the model's task has
     not, or a temperature for a format other than hf."""
+    from .calibrated import weights_digest
     from .export import export_ctranslate2, export_hf_token_classification
     from .tasks import load_model
 
@@ -308,8 +309,9 @@ def export(model, fmt: str, out_dir, temperature: float | None = None, calibrate
             raise UserError(f"{model}: a CRF tagger has no Hugging Face token-classification form; export an IID "
                             "member or a student")
         temperature = _calibrated({"temperature": temperature}, calibrated, [model])["temperature"]
+        source = {"model": str(Path(model).resolve()), "weights_sha256": weights_digest(model)}
         return export_hf_token_classification(loaded.tagger, loaded.encoder_path, loaded.labels, out_dir,
-                                              temperature=temperature)
+                                              temperature=temperature, source=source)
     if temperature is not None or calibrated:
         raise UserError(f"--{'calibrated' if calibrated else 'temperature'}: only for --format hf (a tagger's "
                         "classifier); a CTranslate2 model's scores are the model's own")

@@ -10,6 +10,7 @@ import torch
 from test_evaluation import write_config
 
 from ensemble_distill.cli import main
+from ensemble_distill.io_utils import sha256_file
 from ensemble_distill.predictions import load_predictions
 
 
@@ -94,6 +95,11 @@ def test_calibrated_predict_and_export_read_the_temperature_evaluation_fitted(ev
                  "--calibrated"]) == 0
     hf = AutoModelForTokenClassification.from_pretrained(tmp_path / "hf").eval()
     model = load_model(run / "members/member-1")
+    # config.json says which weights and which T, so a calibrated export is told from a raw one
+    assert hf.config.ensemble_distill == {"model": str((run / "members/member-1").resolve()),
+                                          "weights_sha256": sha256_file(run / "members/member-1/model.safetensors"),
+                                          "temperature": json.loads(
+                                              (run / "members/member-1/temperature.json").read_text())["temperature"]}
     sentences = [[line.split()[0] for line in block.splitlines()] for block in
                  test.read_text().split("\n\n")[1:] if block.strip()]
     windows = encode_sentences(model.tokenizer, sentences, model.max_length)

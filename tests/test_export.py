@@ -74,8 +74,9 @@ def test_hf_pipeline_labels_and_scores_equal_ours_at_first_subwords(encoder, fin
     bottom, tagger = random_tagger(path, finetune_layers)
     out = export_hf_token_classification(tagger, path, LABELS, tmp_path / "hf", temperature=temperature)
 
-    _, info = AutoModelForTokenClassification.from_pretrained(out, output_loading_info=True)
+    hf, info = AutoModelForTokenClassification.from_pretrained(out, output_loading_info=True)
     assert not any(info.values())  # every weight read from the folder, none newly initialised or left over
+    assert hf.config.ensemble_distill == {"temperature": temperature}  # what is folded in, null when nothing
     tag = pipeline("token-classification", model=str(out), aggregation_strategy="none", ignore_labels=[])
     results = tag(SENTENCES, is_split_into_words=True)
     ours = our_first_subword_probs(bottom, tagger, path, SENTENCES, temperature)
@@ -93,6 +94,8 @@ def test_hf_export_refuses_what_is_not_a_plain_classifier(tiny_encoder, tmp_path
     for temperature in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="temperature"):
             export_hf_token_classification(tagger, tiny_encoder, LABELS, tmp_path / "a", temperature=temperature)
+    with pytest.raises(ValueError, match="temperature 1e-300: the classifier's weights divided by it overflow"):
+        export_hf_token_classification(tagger, tiny_encoder, LABELS, tmp_path / "a", temperature=1e-300)
     _, top = split_encoder(load_pretrained(tiny_encoder), 1)
     with pytest.raises(ValueError, match="'crf' head"):
         export_hf_token_classification(Tagger(top, len(LABELS), head="crf", lstm_hidden=4), tiny_encoder, LABELS,
