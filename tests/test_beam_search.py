@@ -10,7 +10,7 @@ import torch
 
 from ensemble_distill.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from ensemble_distill.errors import UserError
-from ensemble_distill.models.beam_search import beam_search, greedy_decode, length_penalty
+from ensemble_distill.models.beam_search import beam_search, greedy_decode, length_penalty, output_length_caps
 from ensemble_distill.models.translation import (
     TransformerConfig,
     TranslationModel,
@@ -83,6 +83,48 @@ def test_a_padded_batch_decodes_like_each_sentence_alone(toy_model, held_out):
         alone = beam_search([toy_model], collate([example]).src, beam_size=3, max_len=8)
         assert alone.tokens[0] == batched.tokens[i]
         assert alone.scores[0].item() == pytest.approx(batched.scores[i].item(), abs=1e-5)
+
+
+def test_output_length_caps_by_hand():
+    src = collate([([4, 5], []), ([4, 5, 6, 7, 8, 9], []), ([4] * 40, [])]).src  # 3, 7 and 41 tokens with EOS
+    assert output_length_caps(src, positions=64).tolist() == [14, 20, 64]  # 1.5 x 3 + 10 = 14.5, 1.5 x 7 + 10 = 20.5
+    assert output_length_caps(src, positions=16).tolist() == [14, 16, 16]
+    assert output_length_caps(src, positions=16, max_len=5).tolist() == [5, 5, 5]
+    assert output_length_caps(src, positions=4, max_len=5).tolist() == [4, 4, 4]
+
+
+def test_a_sentence_at_its_length_cap_decodes_alike_alone_and_beside_longer_sources():
+    # Once the cap was the padded batch's (1.5 x its longest source + 10), so a sentence that never chose EOS came
+    # back 13 tokens long alone and 28 beside a 12-token source. Never-stopping Markov tables: exact scores.
+    models = [MarkovModel(seed=2, n_sentences=4, max_len=30, eos_bias=-8.0),
+              MarkovModel(seed=3, n_sentences=4, max_len=30, eos_bias=-8.0)]
+    # Sentences 1..3 (0 is the padding id, which the cap does not count): caps 13, 28 and 20 tokens.
+    sources = {1: [1, EOS_ID], 2: [2, *[4] * 10, EOS_ID], 3: [3, *[4] * 5, EOS_ID]}
+    batch = torch.tensor([row + [PAD_ID] * (12 - len(row)) for row in sources.values()])
+    for beam_size in (1, 3):
+        batched = beam_search(models, batch, beam_size=beam_size, alpha=0.6)
+        for i, ((sentence, row), cap) in enumerate(zip(sources.items(), (13, 28, 20))):
+            alone = beam_search(models, torch.tensor([row]), beam_size=beam_size, alpha=0.6)
+            tokens, score = reference_beam_search(models, sentence, beam_size, 0.6, max_len=cap)
+            assert batched.tokens[i] == alone.tokens[0] == tokens and len(tokens) == cap - 1
+            assert batched.scores[i].item() == alone.scores[0].item() == pytest.approx(score, abs=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_an_untrained_transformer_at_its_cap_decodes_alike_alone_and_in_a_batch(beam_size):
+    # Padding, attention masks and the ensemble's mean: untrained models (seeds 5 and 7) that never pick EOS here,
+    # so every output runs to its cap.
+    def untrained(seed):
+        torch.manual_seed(seed)
+        return TranslationModel(TransformerConfig.preset("tiny", vocab_size=12, max_positions=64)).eval()
+
+    short, long = [COPY, 4, 5], long_source(31)
+    for models in ([untrained(5)], [untrained(5), untrained(7)]):
+        batched = beam_search(models, collate([(short, []), (long, [])]).src, beam_size=beam_size)
+        alone = beam_search(models, collate([(short, [])]).src, beam_size=beam_size)
+        assert [len(t) for t in batched.tokens] == [15, 57]  # caps 1.5 x 4 + 10 = 16 and 1.5 x 32 + 10 = 58
+        assert batched.tokens[0] == alone.tokens[0]
+        torch.testing.assert_close(batched.scores[0], alone.scores[0], atol=1e-5, rtol=0)
 
 
 class MarkovModel(torch.nn.Module):
@@ -235,7 +277,7 @@ def test_cached_search_finds_the_full_recompute_hypotheses(systems, held_out, sy
     models = systems[system]
     batch = collate(held_out[:12]).src  # 3 to 7 tokens: all but the longest rows padded
     for src in (batch, batch[:1, : int((batch[0] != PAD_ID).sum())]):  # ...and one sentence alone, unpadded
-        for max_len in (1, 4, None):  # None: 1.5 x 7 + 10 tokens, capped at 12 positions with the random model
+        for max_len in (1, 4, None):  # None: 1.5 x each source + 10, capped at 12 positions with the random model
             cached = quiet(beam_search, models, src, beam_size=beam_size, max_len=max_len)
             full = quiet(beam_search, models, src, beam_size=beam_size, max_len=max_len, cache=False)
             assert cached.tokens == full.tokens

@@ -10,9 +10,12 @@ combined inside the search, not by merging their finished outputs.
 
 The search follows fairseq: each step ranks the 2K best extensions of the K live hypotheses by their summed
 log-probability; an EOS extension among the top K is set aside as finished, and the K best other extensions
-become the new beam. A sentence is done once K hypotheses have finished, or when max_len forces EOS. The answer
-is the finished hypothesis with the best score / lp(length), with GNMT's length penalty lp(n) = ((5 + n) / 6)^alpha
-(Wu et al. 2016), n counting EOS. With K = 1 this is greedy decoding. All sentences x beams move as one batch.
+become the new beam. A sentence is done once K hypotheses have finished, or when its length cap forces EOS. The
+cap is the sentence's own (1.5 x its source length + 10: output_length_caps), not the padded batch's, so a
+sentence's translation does not depend on the sentences batched with it; the batch decodes until each is done.
+The answer is the finished hypothesis with the best score / lp(length), with GNMT's length penalty
+lp(n) = ((5 + n) / 6)^alpha (Wu et al. 2016), n counting EOS. With K = 1 this is greedy decoding. All
+sentences x beams move as one batch.
 
 Each member decodes incrementally (CachedDecoder: its keys and values cached, reordered with the surviving
 beams), so a step costs the same at every length; cache=False reruns each member's decoder over whole prefixes,
@@ -49,24 +52,24 @@ def length_penalty(length, alpha: float):
 def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: int = 4, alpha: float = 0.6,
                 max_len: int | None = None, cache: bool = True) -> Decoded:
     """Best translation of each source row of src [B, S] (ids then EOS, right-padded) under the mean of the models,
-    which are put in eval mode. max_len bounds the generated tokens, EOS included; by default 1.5 x the padded
-    source length + 10, and never more than the models' max_positions (the longest decoder input, BOS included,
-    then holds max_positions tokens). Sources longer than max_positions are cut to fit, with a warning. The
-    defaults beam 4 and alpha 0.6 are Vaswani et al.'s. cache=False decodes by full recompute (the reference).
+    which are put in eval mode. Each sentence's output has at most output_length_caps(src, positions, max_len)
+    tokens, EOS included: max_len for every sentence if given, else 1.5 x its own source length + 10; never more
+    than the models' max_positions. Sources longer than max_positions are cut to fit, with a warning. The defaults
+    beam 4 and alpha 0.6 are Vaswani et al.'s. cache=False decodes by full recompute (the reference).
 
     Raises:
         UserError: beam_size or max_len below 1.
     """
     batch_size, k, device = src.shape[0], beam_size, src.device
-    max_len = max_len if max_len is not None else int(1.5 * src.shape[1]) + 10
-    if k < 1 or max_len < 1:
+    if k < 1 or (max_len is not None and max_len < 1):
         raise UserError(f"beam search needs beam_size >= 1 and max_len >= 1, got {beam_size} and {max_len}")
     positions = min(model.config.max_positions for model in models)
-    max_len = min(max_len, positions)
     src, n_cut = fit_sources(src, positions)
     if n_cut:
         warnings.warn(f"beam search: {n_cut} of {batch_size} sources are longer than the model's {positions} "
                       f"positions; each was cut to its first {positions - 1} tokens and EOS", stacklevel=2)
+    caps = output_length_caps(src, positions, max_len)
+    steps = max(caps.tolist(), default=0)
     for model in models:
         model.eval()
     decoders = [model.start_decoding(src, k, cache=cache) for model in models]
@@ -76,18 +79,17 @@ def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: i
     scores = torch.full((batch_size, k), -math.inf, device=device)
     scores[:, 0] = 0.0  # all beams start identical: let only one of them extend at the first step
     best_score = torch.full((batch_size,), -math.inf, device=device)
-    best_tokens = torch.full((batch_size, max_len + 1), PAD_ID, device=device)
+    best_tokens = torch.full((batch_size, steps + 1), PAD_ID, device=device)
     n_finished = torch.zeros(batch_size, dtype=torch.long, device=device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
 
-    for step in range(max_len):
+    for step in range(steps):
         log_probs = ensemble_log_probs(decoders, prefixes[:, -1]).view(batch_size, k, -1)
         log_probs[..., [PAD_ID, BOS_ID]] = -math.inf
-        if step == max_len - 1:  # out of room: EOS is the only extension
-            eos = log_probs[..., EOS_ID].clone()
-            log_probs.fill_(-math.inf)
-            log_probs[..., EOS_ID] = eos
         vocab_size = log_probs.shape[-1]
+        out_of_room = caps == step + 1  # [B] sentences at their cap: EOS is their only extension
+        log_probs.masked_fill_(out_of_room[:, None, None] & (torch.arange(vocab_size, device=device) != EOS_ID),
+                               -math.inf)
         top_scores, top_ids = (scores[:, :, None] + log_probs).view(batch_size, -1).topk(2 * k, dim=1)
         top_beams, top_tokens = top_ids // vocab_size, top_ids % vocab_size
 
@@ -102,7 +104,7 @@ def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: i
         best_tokens[improves, : step + 1] = candidate_prefix[improves]
         best_tokens[improves, step + 1] = EOS_ID
         n_finished += finishing.sum(dim=1)
-        done |= n_finished >= k
+        done |= (n_finished >= k) | out_of_room
         if done.all():
             break
 
@@ -115,6 +117,18 @@ def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: i
 
     tokens = [row[1 : row.index(EOS_ID)] for row in best_tokens.tolist()]
     return Decoded(tokens, best_score)
+
+
+def output_length_caps(src: Tensor, positions: int, max_len: int | None = None) -> Tensor:
+    """The most tokens (EOS included) each translation of src [B, S] (ids then EOS, right-padded) may have, long [B]:
+    max_len if given, else floor(1.5 x n) + 10 with n the row's own tokens (EOS included, padding not); never
+    more than positions, so the longest decoder input (BOS and all but the last token) fits. fairseq's
+    max_len_a x n + max_len_b takes n of the batch's longest source; a row's own n keeps a translation
+    independent of the sentences batched with it."""
+    if max_len is not None:
+        return torch.full((src.shape[0],), min(max_len, positions), dtype=torch.long, device=src.device)
+    lengths = (src != PAD_ID).sum(dim=1)
+    return (lengths * 3 // 2 + 10).clamp(max=positions)
 
 
 def ensemble_log_probs(decoders, tokens: Tensor) -> Tensor:
