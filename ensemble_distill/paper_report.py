@@ -153,7 +153,8 @@ def student_label(step) -> str:
     """A student's row label: its teacher and, for a student trained with another run's recipe, which."""
     teacher = f"{'TS ' if step.temperature_scaled else ''}ensemble of {step.members}"
     recipe = ", trained as the usual single model" if step.recipe is not None else ""
-    return f"IID student of the {teacher}{recipe}"
+    beta = f", β = {step.beta:g}" if step.beta is not None else ""
+    return f"IID student of the {teacher}{recipe}{beta}"
 
 
 def baseline_table(plan, experiment) -> Table:
@@ -451,7 +452,9 @@ CAPTIONS = {
     "baseline": "configs/conll-baseline.toml: what a user trains instead of an ensemble. Here * marks a student "
                 "that differs significantly from the usual single model. A student \"trained as the usual single "
                 "model\" has its training settings and encoder cut (all layers tuned, AdamW, linear schedule) "
-                "and the ensemble's distillation targets; the other students have the members'.",
+                "and the ensemble's distillation targets; the other students have the members'. The student with "
+                "β = 1 learns from the ensemble's distributions alone (the paper's NER β is 5/6): the lever β, to "
+                "be chosen on dev (each student's dev F1, its early-stopping score, is in its result.json).",
     "table2": "Weight averaging: the mean of the last train.average_last rounds' weights up to the best one "
               "(checkpoint averaging, standing in for the paper's SWA). Students distil the CE ensembles at V' = "
               "distill.top_k. T is fitted on dev by NLL.",

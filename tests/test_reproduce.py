@@ -355,8 +355,16 @@ def test_a_student_trained_as_the_usual_single_model(report):
         assert spec["encoder"]["finetune_layers"] == usual["encoder"]["finetune_layers"]
         assert (out / "runs" / run / "eval" / "test" / "student-3-as-baseline" / "metrics.json").is_file()
     label = "IID student of the ensemble of 3, trained as the usual single model"
-    assert sum(label in line for line in (out / "tables" / "baseline.md").read_text().splitlines()) == 2
+    baseline = (out / "tables" / "baseline.md").read_text().splitlines()
+    assert sum(line.count(f"{label} |") for line in baseline) == 2  # the IID and CRF runs' (a row label ends there)
     assert label in (out / "tables" / "table5.md").read_text()
+    # the lever beta: the IID one again on KD alone, its settings as the first's but distill.beta = 1
+    beta = out / "runs" / "ner-en-iid" / "students" / "student-3-as-baseline-beta1"
+    first = tomllib.loads((beta.parent / "student-3-as-baseline" / "config.toml").read_text())
+    settings = tomllib.loads((beta / "config.toml").read_text())
+    assert settings["distill"]["beta"] == 1.0 and first["distill"]["beta"] == 5 / 6
+    assert {**settings, "distill": {**settings["distill"], "beta": 5 / 6}} == first
+    assert sum(f"{label}, β = 1 |" in line for line in baseline) == 1
 
 
 
