@@ -106,11 +106,13 @@ def export_ctranslate2(model: TranslationModel, vocab_model_path, out_dir) -> Pa
     """Write a CTranslate2 model folder (model.bin float32, config.json, shared_vocabulary.json) for `model`, with
     its sentencepiece model copied beside it as `sentencepiece.model`.
 
-    Load it with `ctranslate2.Translator(out_dir, compute_type="int8")` (or "float32", ...); weights are quantised
-    at load time. Translate sentencepiece pieces (no BOS/EOS: the folder's config adds them). For our search's
-    outputs use `beam_size=K, length_penalty=0, min_decoding_length=0, max_decoding_length=L` with L our max_len:
+    Load it with `ctranslate2.Translator(out_dir, compute_type="float32")` ("int8" quantises the weights at load
+    time: faster, but another model's outputs). Translate sentencepiece pieces (no BOS/EOS: the folder's config adds
+    them). For our search's outputs use `beam_size=K, length_penalty=0, min_decoding_length=0` and, per sentence,
+    `max_decoding_length=cap - 1` with cap our beam_search.output_length_caps (one call per distinct cap):
     CTranslate2's length penalty is length**alpha over the tokens without EOS, ours is GNMT's ((5 + n) / 6)**alpha
-    with n counting EOS, so they agree only at alpha = 0; its default min_decoding_length=1 forbids an empty output.
+    with n counting EOS, so they agree only at alpha = 0; its default min_decoding_length=1 forbids an empty output;
+    at its max_decoding_length it stops without EOS where we force EOS, so outputs that reach the cap may differ.
 
     Raises:
         ValueError: the vocabulary's size is not the model's.
@@ -135,6 +137,20 @@ def export_ctranslate2(model: TranslationModel, vocab_model_path, out_dir) -> Pa
         shutil.copyfile(vocab.path, folder / SENTENCEPIECE_FILE)
 
     return _build_into(out_dir, write)
+
+
+def ctranslate2_translate_capped(translator, pieces: list[list[str]], caps: list[int], **options) -> list:
+    """`translator.translate_batch(pieces, **options)` (a ctranslate2.Translator, sentencepiece pieces) with
+    sentence i's output limited as our beam search limits it: caps[i] tokens with EOS (caps from
+    beam_search.output_length_caps), so max_decoding_length = caps[i] - 1, where CTranslate2 stops without EOS.
+    It takes one max_decoding_length a call: one call per distinct cap. Results in the order of `pieces`."""
+    results = [None] * len(pieces)
+    for cap in sorted(set(caps)):
+        rows = [i for i, c in enumerate(caps) if c == cap]
+        for i, result in zip(rows, translator.translate_batch([pieces[i] for i in rows], max_decoding_length=cap - 1,
+                                                              **options)):
+            results[i] = result
+    return results
 
 
 def ctranslate2_spec(model: TranslationModel, pieces: list[str]):

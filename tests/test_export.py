@@ -13,8 +13,13 @@ from ensemble_distill.data.subwords import encode_sentences, load_tokenizer
 from ensemble_distill.data.vocab import SubwordVocab, train_vocab
 from ensemble_distill.encoders import load_pretrained, resolve_encoder, split_encoder
 from ensemble_distill.errors import UserError
-from ensemble_distill.export import SENTENCEPIECE_FILE, export_ctranslate2, export_hf_token_classification
-from ensemble_distill.models.beam_search import beam_search
+from ensemble_distill.export import (
+    SENTENCEPIECE_FILE,
+    ctranslate2_translate_capped,
+    export_ctranslate2,
+    export_hf_token_classification,
+)
+from ensemble_distill.models.beam_search import beam_search, greedy_decode, output_length_caps
 from ensemble_distill.models.tagger import Tagger
 from ensemble_distill.models.translation import TransformerConfig, TranslationModel, collate, label_smoothed_loss
 
@@ -178,25 +183,48 @@ def briefly_trained(toy_vocab):
     return model.eval()
 
 
+# Our search's settings in CTranslate2's terms: no length penalty (theirs is length**alpha, ours GNMT's, equal only
+# at 0), an empty output allowed.
+AS_OURS = dict(length_penalty=0.0, min_decoding_length=0, return_scores=True)
+
+
 def test_ctranslate2_greedy_and_beam_outputs_equal_ours(toy_vocab, briefly_trained, tmp_path):
     out = export_ctranslate2(briefly_trained, toy_vocab.path, tmp_path / "ct2")
     translator = ctranslate2.Translator(str(out), intra_threads=1)
     held_out = toy_examples(torch.Generator().manual_seed(99), 200)
     src = collate(held_out).src
-    max_len = int(1.5 * src.shape[1]) + 10  # beam_search's default
+    caps = output_length_caps(src, briefly_trained.config.max_positions).tolist()
+    assert len(set(caps)) == 4  # sources of 5 to 8 tokens: caps 17 to 22, four calls
     outputs = {}
     for beam in (1, 4):
         ours = beam_search([briefly_trained], src, beam_size=beam, alpha=0.0)
-        # Our search's settings in CTranslate2's terms: no length penalty (theirs is length**alpha, ours GNMT's,
-        # equal only at 0), an empty output allowed, the same length limit.
-        theirs = translator.translate_batch([pieces_of(toy_vocab, s) for s, _ in held_out], beam_size=beam,
-                                            length_penalty=0.0, min_decoding_length=0, max_decoding_length=max_len,
-                                            return_scores=True)
-        assert all(len(tokens) < max_len - 1 for tokens in ours.tokens)  # every output ended by choice
+        theirs = ctranslate2_translate_capped(translator, [pieces_of(toy_vocab, s) for s, _ in held_out], caps,
+                                              beam_size=beam, **AS_OURS)
+        assert all(len(tokens) < cap - 1 for tokens, cap in zip(ours.tokens, caps))  # every output ended by choice
         assert [ids_of(toy_vocab, r.hypotheses[0]) for r in theirs] == ours.tokens
         np.testing.assert_allclose([r.scores[0] for r in theirs], ours.scores.numpy(), atol=1e-4)
         outputs[beam] = ours.tokens
     assert outputs[1] != outputs[4]  # the beam did change some outputs: the search itself was compared
+
+
+def test_ctranslate2_stops_at_our_cap_without_eos(toy_vocab, briefly_trained, tmp_path):
+    # A cap of 4 tokens, EOS included: the toy outputs (3 to 6 symbols) mostly reach it. Greedy, both stop after the
+    # same 3 pieces, but we force EOS there and count its log-probability, CTranslate2 does not: where the cap
+    # binds the scores differ by exactly log p(EOS | those 3 pieces), so a beam can rank its hypotheses otherwise.
+    out = export_ctranslate2(briefly_trained, toy_vocab.path, tmp_path / "ct2")
+    held_out = toy_examples(torch.Generator().manual_seed(99), 40)
+    src = collate(held_out).src
+    ours = greedy_decode([briefly_trained], src, max_len=4)
+    caps = output_length_caps(src, briefly_trained.config.max_positions, max_len=4).tolist()
+    theirs = ctranslate2_translate_capped(ctranslate2.Translator(str(out), intra_threads=1),
+                                          [pieces_of(toy_vocab, s) for s, _ in held_out], caps, beam_size=1, **AS_OURS)
+    assert [ids_of(toy_vocab, r.hypotheses[0]) for r in theirs] == ours.tokens
+    at_cap = [i for i, tokens in enumerate(ours.tokens) if len(tokens) == 3]
+    assert len(at_cap) >= 30
+    hypotheses = collate([(held_out[i][0], ours.tokens[i]) for i in at_cap])
+    with torch.no_grad():
+        eos = briefly_trained.log_probs_teacher_forced(hypotheses.src, hypotheses.tgt_in)[:, -1, 3]  # after piece 3
+    np.testing.assert_allclose([theirs[i].scores[0] for i in at_cap], (ours.scores[at_cap] - eos).numpy(), atol=1e-4)
 
 
 def test_ctranslate2_folder_holds_the_sentencepiece_model_and_is_refused_a_wrong_vocabulary(toy_vocab, tmp_path):

@@ -310,7 +310,7 @@ def translate_text(models: Sequence[TranslationModel], vocab: SubwordVocab, deco
     beam_search), batch_sentences; `beam_size` and `alpha` override it. An empty or blank line gets an empty
     translation, without a search (jsonl: translation "", log_prob and mean_token_confidence null, tokens 0), and
     one warning counts them; sources longer than the models' positions are cut to fit with a warning; outputs are
-    capped at them (beam_search). Returns the number of sentences.
+    capped per sentence (beam_search.output_length_caps). Returns the number of sentences.
 
     Raises UserError naming an input that cannot be read."""
     sources = read_text_lines(input_path)
