@@ -24,7 +24,7 @@ from seqeval.scheme import IOB2, Entities
 from sklearn.metrics import average_precision_score
 
 from ensemble_distill.calibration.bootstrap import paired_bootstrap, sentence_positions
-from ensemble_distill.calibration.compare import compare as compare_systems
+from ensemble_distill.calibration.comparison import compare as compare_systems
 from ensemble_distill.calibration.metrics import entity_type_confidences, gold_entity_types
 from ensemble_distill.calibration.plots import EventRanking, precision_recall_curve
 from ensemble_distill.calibration.report import tagging_metrics

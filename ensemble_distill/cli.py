@@ -225,7 +225,7 @@ def add_compare(sub) -> None:
 
 
 def run_compare(args) -> int:
-    from .calibration.compare import compare, format_comparison
+    from .calibration.comparison import compare, format_comparison
     from .io_utils import atomic_write_json
     from .predictions import load_predictions
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration.compare import compare
+from .calibration.comparison import compare
 from .calibration.plots import save_figure
 from .calibration.report import ALPHA, DESCRIPTIONS, PAPER_SCALE
 from .config import to_toml, warm_start_budget

@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import sacrebleu
@@ -5,12 +10,13 @@ from seqeval.metrics import f1_score
 from seqeval.scheme import IOB2
 
 from ensemble_distill.calibration.bootstrap import paired_bootstrap
-from ensemble_distill.calibration.compare import compare, format_comparison, metric_key
+from ensemble_distill.calibration.comparison import compare, format_comparison, metric_key
 from ensemble_distill.calibration.report import DEBIASED, evaluate, tagging_metrics
 from ensemble_distill.errors import UserError
 from ensemble_distill.predictions import Predictions, save_predictions
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def gold_tags(n_sentences, seed):
@@ -223,3 +229,22 @@ def test_the_compare_command_prints_the_table_and_writes_the_rows(tmp_path, caps
     assert main(["compare", a, b, "--metrics", "F2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown metric 'F2'" in err[0]
+
+
+def test_the_package_name_compare_is_always_the_function():
+    """`calibration.compare` is loaded lazily; when its module had the same name, Python bound the submodule on the
+    package at import, so the second access (and `from ... import compare`) gave the module. In a fresh interpreter,
+    so that the lazy path runs: every lazy name, both ways, twice."""
+    code = """
+import importlib, types
+import ensemble_distill.calibration as C
+first = C.compare
+from ensemble_distill.calibration import compare as imported
+from ensemble_distill.calibration import compare as again
+from ensemble_distill.calibration import comparison
+assert first is C.compare is imported is again is comparison.compare, (first, imported)
+for name in C._LAZY:
+    a, b = getattr(C, name), getattr(importlib.import_module("ensemble_distill.calibration"), name)
+    assert a is b and not isinstance(a, types.ModuleType), name
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_tasks_nmt import write_copy_task
 
-from ensemble_distill.calibration.compare import compare
+from ensemble_distill.calibration.comparison import compare
 from ensemble_distill.cli import main
 from ensemble_distill.errors import UserError
 from ensemble_distill.paper_report import significance_floor

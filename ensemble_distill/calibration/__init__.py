@@ -32,7 +32,7 @@ from ensemble_distill.calibration.task_metrics import (
 from ensemble_distill.calibration.temperature import apply_temperature, fit_temperature
 
 _LAZY = {
-    "evaluate": "report", "format_table": "report", "compare": "compare", "format_comparison": "compare",
+    "evaluate": "report", "format_table": "report", "compare": "comparison", "format_comparison": "comparison",
     "precision_recall_curve": "plots", "EventRanking": "plots", "PRCurve": "plots",
     "reliability_diagram": "plots", "pr_curve_plot": "plots",
 }
