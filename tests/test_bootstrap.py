@@ -159,6 +159,23 @@ def test_bad_arguments():
         bootstrap_ci(lambda pos, sent: 0.0, [0, 1], alpha=1.5)
 
 
+# decreasing offsets gave numpy's 'repeats may not contain negative values' (trial 3)
+@pytest.mark.parametrize("offsets, message", [
+    ([0, 3, 2, 5], r"offsets must be non-decreasing: sentence 1 ends at 2 before its start 3"),
+    ([0, 2, 4, 1], r"offsets must be non-decreasing: sentence 2 ends"),
+    ([1, 2, 4], "offsets must start at 0; got 1"),
+    ([0, 1.5, 3], "offsets must hold integers"),
+    ([0], "at least one sentence"),
+    ([[0, 1], [1, 2]], "at least one sentence"),
+])
+def test_offsets_that_are_not_sentence_offsets_are_refused(offsets, message):
+    metric = lambda pos, sent: float(pos.size)  # noqa: E731
+    with pytest.raises(UserError, match=message):
+        bootstrap_ci(metric, offsets, n_boot=5)
+    with pytest.raises(UserError, match=message.replace("offsets", "offsets_b", 1)):
+        paired_bootstrap(lambda pos, sent: {"m": 0.0}, lambda pos, sent: {"m": 0.0}, [0, 1, 2, 3], offsets, n_boot=5)
+
+
 def calibration_sample(seed, n=20000, power=1.0):
     """Confidences U(0.5, 1) and outcomes that are correct with probability confidence**power."""
     rng = np.random.default_rng(seed)

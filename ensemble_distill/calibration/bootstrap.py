@@ -89,7 +89,7 @@ def bootstrap(metrics_fn: MetricsFn, offsets, n_boot=1000, alpha=0.05, seed=0, p
     undefined on every replicate gets NaN bounds.
 
     Raises:
-        UserError: n_boot < 1, or alpha outside (0, 1).
+        UserError: n_boot < 1, alpha outside (0, 1), offsets that are not sentence offsets (`as_offsets`).
     """
     _check_alpha(alpha)
     values, replicates = resample(metrics_fn, offsets, n_boot, seed, progress)
@@ -131,19 +131,20 @@ def paired_bootstrap(metrics_a: MetricsFn, metrics_b: MetricsFn, offsets_a, offs
     are left out.
 
     Raises:
-        ValueError: offsets of different numbers of sentences; metrics_b lacking a metric metrics_a returns.
-        UserError: n_boot < 1, or alpha outside (0, 1).
+        UserError (a ValueError): offsets of different numbers of sentences, or that are not sentence offsets
+            (`as_offsets`); metrics_b lacking a metric metrics_a returns; n_boot < 1, alpha outside (0, 1).
     """
     _check_alpha(alpha)
-    offsets_b = np.asarray(offsets_a if offsets_b is None else offsets_b, dtype=np.int64)
+    offsets_a = as_offsets(offsets_a, "offsets_a")
+    offsets_b = offsets_a if offsets_b is None else as_offsets(offsets_b, "offsets_b")
     if len(offsets_b) != len(offsets_a):
-        raise ValueError(f"the systems must cover the same sentences: {len(offsets_a) - 1} and {len(offsets_b) - 1}")
+        raise UserError(f"the systems must cover the same sentences: {len(offsets_a) - 1} and {len(offsets_b) - 1}")
 
     def both(positions, sentences):  # A's metrics, then B's
         a, b = metrics_a(positions, sentences), metrics_b(sentence_positions(offsets_b, sentences), sentences)
         missing = a.keys() - b.keys()
         if missing:
-            raise ValueError(f"metrics_b does not return {sorted(missing)}")
+            raise UserError(f"metrics_b does not return {sorted(missing)}")
         return {**{("a", name): a[name] for name in a}, **{("b", name): b[name] for name in a}}
 
     on_data, per_system = resample(both, offsets_a, n_boot, seed, progress)
@@ -170,11 +171,11 @@ def resample(metrics_fn: MetricsFn, offsets, n_boot, seed, progress=True) -> tup
     order); replicate b is the sentences np.random.default_rng(seed).integers(0, S, size=(n_boot, S))[b].
 
     Raises:
-        UserError: n_boot < 1.
+        UserError: n_boot < 1; offsets that are not sentence offsets (`as_offsets`).
     """
     if n_boot < 1:
         raise UserError(f"n_boot must be at least 1, got {n_boot}")
-    offsets = np.asarray(offsets, dtype=np.int64)
+    offsets = as_offsets(offsets, "offsets")
     n_sentences = len(offsets) - 1
     values = metrics_fn(np.arange(offsets[-1]), np.arange(n_sentences))
 
@@ -184,6 +185,29 @@ def resample(metrics_fn: MetricsFn, offsets, n_boot, seed, progress=True) -> tup
         metrics = metrics_fn(sentence_positions(offsets, draws[b]), draws[b])
         replicates[b] = [metrics[name] for name in values]
     return values, replicates
+
+
+def as_offsets(offsets, name: str) -> np.ndarray:
+    """Sentence offsets as int64 [S+1]: integers from 0, non-decreasing, at least one sentence. The estimate on the
+    data reads positions 0..offsets[-1] - 1, so a first offset above 0 would score positions no replicate can draw.
+
+    Raises:
+        UserError: naming `name` and, for a decrease, the first sentence whose end lies before its start.
+    """
+    array = np.asarray(offsets)
+    if array.ndim != 1 or array.size < 2:
+        raise UserError(f"{name} must be [sentences + 1] with at least one sentence; got shape {array.shape}")
+    if array.dtype.kind not in "iu":
+        raise UserError(f"{name} must hold integers; got dtype {array.dtype}")
+    array = array.astype(np.int64, copy=False)
+    if array[0] != 0:
+        raise UserError(f"{name} must start at 0; got {array[0]}")
+    decreasing = np.flatnonzero(np.diff(array) < 0)
+    if decreasing.size:
+        s = decreasing[0]
+        raise UserError(f"{name} must be non-decreasing: sentence {s} ends at {array[s + 1]} before its start "
+                        f"{array[s]}")
+    return array
 
 
 def _check_alpha(alpha: float) -> None:
