@@ -780,6 +780,25 @@ def test_compact_topk_events_count_the_ties_past_the_stored_k():
     assert correct.dtype == bool and correct.tolist() == [True, False, False]
 
 
+def test_topk_events_match_the_gold_probability_across_float_types():
+    """float32 top_probs beside a float64 gold_prob found no correct event (exact == across dtypes; trial 3): the
+    events must be those of the full float32 distributions, and likewise the other way round."""
+    rng = np.random.default_rng(5)
+    probs64 = rng.dirichlet(np.full(20, 0.3), size=2000)
+    probs32 = probs64.astype(np.float32)
+    gold = (rng.random((2000, 1)) > np.cumsum(probs64, axis=1)).sum(axis=1).clip(max=19)
+    rows = np.arange(2000)
+    for top, gold_prob, dense in ((-np.sort(-probs32, axis=1)[:, :5], probs64[rows, gold], probs32),
+                                  (-np.sort(-probs64, axis=1)[:, :5], probs32[rows, gold], probs64)):
+        for k in (1, 5):
+            conf, correct = topk_events(top, gold_prob, k)
+            dense_conf, dense_correct = dense_topk_events(dense, gold, k)
+            np.testing.assert_array_equal(conf, dense_conf)
+            np.testing.assert_array_equal(correct, dense_correct)
+            assert ece(conf, correct) == ece(dense_conf, dense_correct)
+        assert 0.1 < np.mean(topk_events(top, gold_prob, 1)[1]) < 0.5  # the gold is the top class at times
+
+
 # -------------------------------------------------------------------------------------- bad input
 
 
