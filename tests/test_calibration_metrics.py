@@ -113,6 +113,18 @@ def _edge_events(rng, n, dtype):
 EVENTS = [_random_events, _edge_events]
 
 
+def _distributions_of(values, dtype):
+    """Distributions [N, C + 1] that hold the given values [N, C] (non-negative, each row's sum at most 1) and, in
+    a first column, the rest: the values keep their ties and edges, and the rows sum to 1 as the metrics demand."""
+    rest = np.maximum(1 - values.sum(axis=1, dtype=np.float64), 0)
+    return np.concatenate([rest[:, None], values], axis=1).astype(dtype)
+
+
+def _capped(values):
+    """values [N, C] with the entries from the first whose running row sum passes 1 on set to 0."""
+    return np.where(np.cumsum(values.astype(np.float64), axis=1) <= 1, values, 0)
+
+
 @pytest.mark.parametrize("events", EVENTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_ece_matches_brute_force(dtype, events):
@@ -130,8 +142,8 @@ def test_brier_types_and_balanced_match_brute_force_at_edges_and_ties(dtype):
     rng = np.random.default_rng(17)
     for n in (1, 2, 7, 40, 999, 6000):
         conf, _ = _edge_events(rng, n, dtype)
-        # 9 labels, probabilities from the piled values, gold ids drawn, every fourth position O
-        probs = np.where(rng.random((n, 9)) < 0.5, rng.choice(conf, (n, 9)), 0).astype(dtype)
+        # 9 labels, the 8 entity labels' probabilities from the piled values, gold ids drawn, every fourth position O
+        probs = _distributions_of(_capped(np.where(rng.random((n, 8)) < 0.5, rng.choice(conf, (n, 8)), 0)), dtype)
         gold = rng.integers(0, 9, n)
         p = probs.astype(np.float64)
         expected = np.mean(np.sum((p - np.eye(9)[gold]) ** 2, axis=1))
@@ -387,7 +399,7 @@ def test_brier_and_stratified_brier_over_several_blocks_match_a_direct_computati
     gold = rng.integers(0, 7, size=1234)
     gold_type = np.where(rng.random(1234) < 0.3, rng.integers(0, 7, 1234), -1)
     probs = rng.dirichlet(np.full(7, 0.3), size=1234).astype(dtype)
-    for probs in (probs, np.round(probs, 1)):  # rounded: many equal values
+    for probs in (probs, _distributions_of(np.floor(probs[:, 1:] * 10) / 10, dtype)):  # many equal values
         p = probs.astype(np.float64)
         expected = np.mean(np.sum((p - np.eye(7)[gold]) ** 2, axis=1))
         assert brier(probs, gold) == pytest.approx(expected, rel=1e-12)
@@ -414,7 +426,7 @@ LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 def test_entity_type_confidences_adds_b_and_i_and_clips_at_one():
     probs = np.array([
         [0.1, 0.3, 0.2, 0.25, 0.15],
-        [0.0, 0.6, 0.45, 0.0, 0.0],  # unnormalised: PER would be 1.05
+        [0.0, 0.6, 0.4005, 0.0, 0.0],  # a row sum within PROB_TOLERANCE of 1: PER would be 1.0005
     ], dtype=np.float32)
     conf, types = entity_type_confidences(probs, LABELS)
     assert types == ["LOC", "PER"]
@@ -429,9 +441,10 @@ def test_entity_type_confidences_are_the_float_sum_of_b_and_i_exactly(dtype):
     rng = np.random.default_rng(10)
     labels = ["I-LOC", "O", "B-PER", "B-MISC", "B-LOC", "I-PER"]
     probs = rng.dirichlet(np.full(6, 0.3), size=3000).astype(dtype)
-    probs[:500] = np.round(probs[:500], 1)
+    probs[:500] = np.floor(probs[:500] * 10) / 10
     probs[500:600, 0] = 0
     probs[600:700, 4] = np.finfo(dtype).smallest_subnormal * rng.integers(0, 5, 100)
+    probs[:700, 1] += 1 - probs[:700].sum(axis=1, dtype=np.float64)  # the rest to O: rows sum to 1
     conf, types = entity_type_confidences(probs, labels)
     assert types == ["LOC", "MISC", "PER"] and conf.dtype == dtype
     expected = np.stack([probs[:, 4] + probs[:, 0], probs[:, 3], probs[:, 2] + probs[:, 5]], axis=1)
@@ -655,8 +668,19 @@ def test_probabilities_a_rounding_step_outside_0_1_are_clipped():
     assert ece(conf, [1, 0, 0], n_bins=2) == ece(np.clip(conf, 0, 1), [1, 0, 0], n_bins=2)
     probs = np.array([[above, 0.0], [-1e-7, 1.0]], dtype=np.float32)
     assert brier(probs, [0, 1]) == brier(np.clip(probs, 0, 1), [0, 1])
-    type_conf, _ = entity_type_confidences(probs[:, [1, 0, 0]], ["O", "B-PER", "I-PER"])
-    assert type_conf.max() == 1
+    type_conf, _ = entity_type_confidences(np.array([[0.0, above, 0.0], [1.0, 0.0, -1e-7]], dtype=np.float32),
+                                           ["O", "B-PER", "I-PER"])
+    np.testing.assert_array_equal(type_conf, [[1], [0]])
+
+
+def test_rows_within_the_tolerance_of_one_are_scored_as_given():
+    """README "Bad input": rows may stray from summing to 1 by at most 1e-3 (predictions.PROB_TOLERANCE)."""
+    for rest in (0.4991, 0.5009):  # rows summing to 0.9991 and 1.0009
+        probs = np.array([[0.5, rest], [rest, 0.5]])
+        expected = ((0.5 - 1) ** 2 + rest**2 + rest**2 + (0.5 - 1) ** 2) / 2  # gold 0, then 1
+        assert brier(probs, [0, 1]) == pytest.approx(expected, abs=1e-15)
+        np.testing.assert_array_equal(dense_topk_events(probs, [0, 1], 1)[0], [max(0.5, rest)] * 2)
+        assert entity_type_confidences(probs, ["O", "B-PER"])[0][:, 0].tolist() == [rest, 0.5]
 
 
 # ------------------------------------------------------------- class ties: tied classes share the gold's correctness
@@ -831,6 +855,18 @@ def test_topk_events_match_the_gold_probability_across_float_types():
     (lambda: gold_entity_types([1], LABELS, ["PER"]), "LOC"),
     (lambda: stratified_brier(np.full((2, 2), 0.5), [0, 2]), "gold_type must lie"),
     (lambda: balanced_calibration(np.full((2, 2), 0.5), [-1, -1]), "no position"),
+    # rows of full distributions must sum to 1 within 1e-3 (README "Bad input"; they were scored: trial 3)
+    (lambda: brier([[0.5, 0.5], [0.3, 0.3]], [0, 1]), r"probs row 1 sums to 0\.600000; each row must sum to 1"),
+    (lambda: brier(np.full((2, 3), 0.5), [0, 1]), r"probs row 0 sums to 1\.500000"),
+    (lambda: brier([[1.0, 0.0], [0.4995, 0.4995]], [0, 1]), r"probs row 1 sums to 0\.999000"),
+    (lambda: topk_ece([[0.5, 0.5], [0.1, 0.2]], [0, 1], k=1), "probs row 1 sums to 0.3"),
+    (lambda: dense_topk_events([[0.2, 0.1]], [0], k=1), "probs row 0 sums to 0.3"),
+    (lambda: entity_type_confidences(np.full((2, 3), 0.2), ["O", "B-PER", "I-PER"]), "probs row 0 sums to 0.6"),
+    (lambda: brier([[0.5, 0.5], [np.nan, 1.0]], [0, 1]), r"probs contains NaN \(first in row 1\)"),
+    (lambda: brier([[0.5, 0.5], [0.5, 0.5], [1.5, -0.5]], [0, 1, 0]), r"\[0, 1\].*first outside in row 2"),
+    (lambda: ece([0.1, 0.2, np.nan], [1, 0, 1]), r"NaN \(first in index 2\)"),
+    (lambda: brier(np.full((3, 2), 0.5), [0, 2, 5]), r"ids must lie in 0..1; found 0..5 \(first outside in row 1\)"),
+    (lambda: stratified_brier(np.full((3, 2), 0.5), [0, -1, 2]), r"gold_type must lie.*first outside in row 2"),
 ])
 def test_bad_input_raises_user_error(call, message):
     with pytest.raises(UserError, match=message) as refused:

@@ -58,7 +58,10 @@ N' < n_bins then has no bin: its ECE is NaN and it is left out of B-ECE (weights
 
 All metrics are fractions (the paper prints them x100). Probabilities may stray from [0, 1] by float rounding up
 to predictions.PROB_TOLERANCE, as the predictions file check allows; such values are clipped onto [0, 1], and
-values further out (and NaN) raise UserError.
+values further out (and NaN) raise UserError naming the first row holding one. Functions of full distributions
+[positions, classes] (brier, dense_topk_events and topk_ece, entity_type_confidences) also refuse a row whose sum
+strays from 1 by more than PROB_TOLERANCE, as the file check does; top-k probabilities and confidences need not sum
+to 1.
 
 How it is fast: an event becomes one unsigned integer, ``(float bits << 1) | correct``. Non-negative IEEE floats
 order like their bit patterns, so one ``np.sort`` of these keys orders events by confidence (ties broken by the
@@ -191,15 +194,17 @@ def _neighbours_in_rows(x, op):
 
 
 def dense_topk_events(probs, gold, k):
-    """`topk_events` of full distributions: probs [N, C] in [0, 1], gold [N] class ids, k in 1..C.
+    """`topk_events` of full distributions: probs [N, C] in [0, 1], each row summing to 1 (within PROB_TOLERANCE),
+    gold [N] class ids, k in 1..C.
 
     Returns confidence [N*k] (each row's k largest probabilities, descending) and correct [N*k] (bool, or float64
     where a class tie holding the gold class shares its correctness).
 
     Raises:
-        UserError: probs not [N, C] probabilities, gold ids outside 0..C-1, k outside 1..C.
+        UserError: probs not [N, C] distributions (naming the first bad row), gold ids outside 0..C-1, k outside
+            1..C.
     """
-    probs = _as_probs(probs, "probs")
+    probs = _as_distributions(probs, "probs")
     gold = _as_labels(gold, probs.shape, "gold")
     k = _check_k(k, probs.shape[1], "topk_ece", "the number of classes")
     top_probs, gold_prob, tied_beyond = _top_k_values(probs, gold, k)
@@ -208,7 +213,7 @@ def dense_topk_events(probs, gold, k):
 
 def topk_ece(probs, gold, k, n_bins=10, paper_compatible=False):
     """ECE-k: each position's k most probable classes become k events (is it gold?), pooled; quantile bins. Class
-    ties share the gold's correctness (`dense_topk_events`)."""
+    ties share the gold's correctness (`dense_topk_events`, whose Raises apply)."""
     confidence, correct = dense_topk_events(probs, gold, k)
     return ece(confidence, correct, n_bins=n_bins, strategy="quantile", paper_compatible=paper_compatible)
 
@@ -244,8 +249,13 @@ def _check_k(k, limit, caller, what):
 
 
 def brier(probs, gold):
-    """Multiclass Brier score: mean over positions of sum_c (p_c - 1[c = gold])^2. probs [N, C], gold [N] ints."""
-    probs = _as_probs(probs, "probs")
+    """Multiclass Brier score: mean over positions of sum_c (p_c - 1[c = gold])^2. probs [N, C] float, each row a
+    distribution (summing to 1 within PROB_TOLERANCE), gold [N] ints.
+
+    Raises:
+        UserError: probs not [N, C] distributions (naming the first bad row), gold not [N] ids in 0..C-1, N = 0.
+    """
+    probs = _as_distributions(probs, "probs")
     gold = _as_labels(gold, probs.shape, "gold")
     n, c = probs.shape
     if n == 0:
@@ -267,8 +277,14 @@ def _squares_and_gold(values, gold):
 
 
 def entity_type_confidences(probs, label_names):
-    """Per-type confidences [N, T] = min(1, p(B-X) + p(I-X)) and the sorted type names; "O" is not a type."""
-    probs = _as_probs(probs, "probs")
+    """Per-type confidences [N, T] = min(1, p(B-X) + p(I-X)) and the sorted type names; "O" is not a type. probs
+    [N, C] float, each row a distribution over the C labels (summing to 1 within PROB_TOLERANCE); label_names [C].
+
+    Raises:
+        UserError: probs not [N, C] distributions (naming the first bad row); label names that are not IOB2,
+            named twice, or not C of them.
+    """
+    probs = _as_distributions(probs, "probs")
     label_types = _label_types(label_names, probs.shape[1])
     type_names = sorted({t for t in label_types if t is not None})
     # a type has one or two labels (B-X, I-X; unique names): each entry is the float sum p(B-X) + p(I-X), rounded
@@ -698,16 +714,25 @@ def _as_float(x, name):
 
 def _in_unit_interval(x, name):
     """`x`, or a copy clipped onto [0, 1] when values stray from it by at most PROB_TOLERANCE (float rounding, as the
-    predictions file check accepts); NaN and values further out are refused. The common case costs one pass over
-    the bits and no temporaries."""
+    predictions file check accepts); NaN and values further out are refused, naming the first row (or index)
+    holding one. The common case costs one pass over the bits and no temporaries."""
     if _bits_at_most_one(x):
         return x
     lo, hi = x.min(), x.max()
     if np.isnan(lo) or np.isnan(hi):
-        raise UserError(f"{name} contains NaN")
+        raise UserError(f"{name} contains NaN (first in {_first_row(np.isnan(x))})")
     if lo < -PROB_TOLERANCE or hi > 1 + PROB_TOLERANCE:
-        raise UserError(f"{name} must lie in [0, 1] (within {PROB_TOLERANCE}); found values from {lo} to {hi}")
+        where = _first_row((x < -PROB_TOLERANCE) | (x > 1 + PROB_TOLERANCE))
+        raise UserError(f"{name} must lie in [0, 1] (within {PROB_TOLERANCE}); found values from {lo} to {hi} "
+                        f"(first outside in {where})")
     return np.clip(x, 0, 1) if lo < 0 or hi > 1 else x  # else only -0.0 strayed: a zero like any other
+
+
+def _first_row(bad, unit=None):
+    """'row r' ('index i' for a 1-D array, unless `unit` names it): the first row of the bool array `bad` holding a
+    True."""
+    rows = bad.reshape(bad.shape[0], -1).any(axis=1)
+    return f"{unit or ('row' if bad.ndim > 1 else 'index')} {int(np.argmax(rows))}"
 
 
 def _bits_at_most_one(x):
@@ -742,10 +767,28 @@ def _partial_by_confidence(keys, fractions):
 
 def _as_probs(x, name):
     """A 2-D [N, C] float array of values in [0, 1]."""
+    return _in_unit_interval(_as_2d_float(x, name), name)
+
+
+def _as_2d_float(x, name):
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] == 0:
         raise UserError(f"{name} must be [positions, classes] with at least one class; got shape {x.shape}")
-    return _in_unit_interval(_as_float(x, name), name)
+    return _as_float(x, name)
+
+
+def _as_distributions(x, name):
+    """A 2-D [N, C] float array of distributions: values in [0, 1] and each row summing to 1 within PROB_TOLERANCE,
+    as the predictions file check demands (the sums of the values as given, before clipping, as there). Only full
+    distributions: top-k probabilities sum to less. One compiled pass over the rows (kernels.first_row_off_sum),
+    after the range check, so that NaN and values outside [0, 1] are named as such."""
+    raw = _as_2d_float(x, name)
+    probs = _in_unit_interval(raw, name)
+    row = kernels.first_row_off_sum(raw, PROB_TOLERANCE)
+    if row >= 0:
+        raise UserError(f"{name} row {row} sums to {raw[row].sum(dtype=np.float64):.6f}; each row must sum to 1 "
+                        f"(within {PROB_TOLERANCE})")
+    return probs
 
 
 def _as_labels(gold, probs_shape, name):
@@ -756,7 +799,8 @@ def _as_labels(gold, probs_shape, name):
         raise UserError(f"{name} must be [positions] = [{n}]; got shape {gold.shape}")
     _check_integer(gold, name)
     if gold.size and (gold.min() < 0 or gold.max() >= c):
-        raise UserError(f"{name} ids must lie in 0..{c - 1}; found {gold.min()}..{gold.max()}")
+        raise UserError(f"{name} ids must lie in 0..{c - 1}; found {gold.min()}..{gold.max()} "
+                        f"(first outside in {_first_row((gold < 0) | (gold >= c), 'row')})")
     return gold
 
 
@@ -776,6 +820,7 @@ def _as_type_events(type_conf, gold_type):
         raise UserError(f"gold_type must be [positions] = [{type_conf.shape[0]}]; got shape {gold_type.shape}")
     _check_integer(gold_type, "gold_type")
     if gold_type.size and (gold_type.min() < -1 or gold_type.max() >= type_conf.shape[1]):
-        raise UserError(f"gold_type must lie in -1..{type_conf.shape[1] - 1} (-1 for O); "
-                        f"found {gold_type.min()}..{gold_type.max()}")
+        raise UserError(f"gold_type must lie in -1..{type_conf.shape[1] - 1} (-1 for O); found "
+                        f"{gold_type.min()}..{gold_type.max()} (first outside in "
+                        f"{_first_row((gold_type < -1) | (gold_type >= type_conf.shape[1]), 'row')})")
     return type_conf, gold_type
