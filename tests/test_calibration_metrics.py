@@ -14,6 +14,8 @@ from ensemble_distill.calibration import (
     ece,
     entity_type_confidences,
     gold_entity_types,
+    precision_recall_curve,
+    reliability_diagram,
     stratified_brier,
     topk_ece,
     topk_events,
@@ -867,6 +869,23 @@ def test_topk_events_match_the_gold_probability_across_float_types():
     (lambda: ece([0.1, 0.2, np.nan], [1, 0, 1]), r"NaN \(first in index 2\)"),
     (lambda: brier(np.full((3, 2), 0.5), [0, 2, 5]), r"ids must lie in 0..1; found 0..5 \(first outside in row 1\)"),
     (lambda: stratified_brier(np.full((3, 2), 0.5), [0, -1, 2]), r"gold_type must lie.*first outside in row 2"),
+    # the PR curve had no checks: a wrong AP for gold types out of range, NaN or > 1 scored, numpy's IndexError
+    (lambda: precision_recall_curve(np.full((3, 2), 0.5), [0, 7, -1]), r"gold_type must lie in -1..1.*row 1"),
+    (lambda: precision_recall_curve(np.full((3, 2), 0.5), [0, -1, -5]), r"gold_type must lie in -1..1.*row 2"),
+    (lambda: precision_recall_curve([[0.5, np.nan]], [0]), r"type_conf contains NaN \(first in row 0\)"),
+    (lambda: precision_recall_curve([[0.5, 0.2], [5.0, 0.1]], [0, 1]), r"type_conf must lie in \[0, 1\].*row 1"),
+    (lambda: precision_recall_curve(np.full((3, 2), 0.5), [0, 1]), r"gold_type must be \[positions\] = \[3\]"),
+    (lambda: precision_recall_curve([0.5, 0.2], [0, 1]), r"type_conf must be \[positions, types\]"),
+    (lambda: precision_recall_curve(np.zeros((0, 2)), np.zeros(0, dtype=int)), "precision_recall_curve: no events"),
+    # the diagram drew NaN as numpy's error, confidences above 1 silently, and [] as an empty figure
+    (lambda: reliability_diagram([0.5, np.nan], [1, 0], "/nonexistent/r.png"), r"confidence contains NaN"),
+    (lambda: reliability_diagram([0.5, 3.0], [1, 0], "/nonexistent/r.png"), r"confidence must lie in \[0, 1\]"),
+    (lambda: reliability_diagram([0.5, -0.2], [1, 0], "/nonexistent/r.png"), r"confidence must lie in \[0, 1\]"),
+    (lambda: reliability_diagram([0.5], [1], "/nonexistent/r.png", n_bins=0), "n_bins must be a positive integer"),
+    (lambda: reliability_diagram([], [], "/nonexistent/r.png"), "reliability_bins: no events"),
+    (lambda: reliability_diagram([0.5, 0.2], [1, 2], "/nonexistent/r.png"), "0/1"),
+    (lambda: reliability_diagram([0.5, 0.2], [1, 1.5], "/nonexistent/r.png"), r"probability in \[0, 1\]"),
+    (lambda: reliability_diagram([0.5, 0.2], [1], "/nonexistent/r.png"), "same length"),
 ])
 def test_bad_input_raises_user_error(call, message):
     with pytest.raises(UserError, match=message) as refused:

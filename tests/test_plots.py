@@ -1,8 +1,12 @@
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 from sklearn.metrics import precision_recall_curve as sklearn_pr_curve
 
+from ensemble_distill.calibration import ece, plots
 from ensemble_distill.calibration.plots import (
     EventRanking,
     pr_curve_plot,
@@ -92,15 +96,30 @@ def test_plots_are_written_as_png(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pr.png", "rel.png"]
 
 
-def test_the_reliability_titles_ece_is_that_of_the_bins_drawn():
-    """Ten equal-width bins by hand: an event's bin is floor(10 c), 1.0 in the last; ECE = Σ n_b |acc_b - c_b| / N."""
-    from ensemble_distill.calibration.plots import drawn_ece, reliability_bins
+def _brute_force_bins(confidence, n_bins):
+    """Each confidence's bin [b/n, (b+1)/n) compared as exact rationals (1.0 in the last): float64 0.3 is
+    0.2999999999999999889, below 3/10, so bin 2 of 10; float32 0.3 is 0.30000001192..., so bin 3."""
+    return np.array([min(math.floor(Fraction(float(c)) * n_bins), n_bins - 1) for c in confidence])
 
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_diagrams_bins_and_title_are_eces_uniform_ones_on_1_decimal_confidences(monkeypatch, dtype):
+    """The diagram binned by int(10 c), which puts float64 0.3, 0.6 and 0.7 one bin up, while ece(uniform) did not:
+    its title said 0.00918 where ece said 0.00870 (trial 3). Now both bin by metrics.uniform_bin_starts."""
     rng = np.random.default_rng(3)
-    confidence = np.concatenate([rng.uniform(0.3, 1.0, 500), [1.0, 0.5, 0.5]])
-    correct = rng.uniform(size=len(confidence)) < confidence ** 2
-    bins = np.minimum((confidence * 10).astype(int), 9)
-    expected = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).sum()
-                   for b in range(10) if (bins == b).any()) / len(confidence)
-    assert drawn_ece(*reliability_bins(confidence, correct, 10)) == pytest.approx(expected, rel=1e-12)
+    confidence = rng.integers(0, 11, 2000).astype(dtype) / dtype(10)  # 0.0, 0.1, ..., 1.0 as the dtype rounds them
+    correct = rng.uniform(size=confidence.size) < confidence ** 1.5
+    bins = _brute_force_bins(confidence, 10)
+    counts, accuracy, mean_conf = reliability_bins(confidence, correct, 10)
+    np.testing.assert_array_equal(counts, np.bincount(bins, minlength=10))
+    expected = sum(abs(correct[bins == b].sum() - confidence[bins == b].astype(np.float64).sum())
+                   for b in range(10)) / confidence.size
+    drawn = np.nansum(counts * np.abs(accuracy - mean_conf)) / counts.sum()
+    assert drawn == pytest.approx(expected, rel=1e-12)
+    assert ece(confidence, correct, 10, strategy="uniform") == pytest.approx(expected, rel=1e-12)
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    reliability_diagram(confidence, correct, "unused.png")
+    assert f"ECE of these 10 bins {100 * expected:.2f}%" in figures[0].axes[0].get_title()
 

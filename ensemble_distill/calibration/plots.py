@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..errors import UserError
 from ..io_utils import atomic_path
+from .metrics import checked_events, checked_type_events, ece, uniform_bin_starts
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,11 @@ class PRCurve:
 
 
 def precision_recall_curve(type_conf, gold_type) -> PRCurve:
-    """PR curve of entity-type events: type_conf float [N, T], gold_type int [N] (-1 for O)."""
+    """PR curve of entity-type events: type_conf float [N, T] in [0, 1], gold_type int [N] in -1..T-1 (-1 for O).
+
+    Raises:
+        UserError: as EventRanking.
+    """
     return EventRanking(type_conf, gold_type).curve()
 
 
@@ -39,7 +45,16 @@ class EventRanking:
     """
 
     def __init__(self, type_conf, gold_type):
-        type_conf, gold_type = np.asarray(type_conf), np.asarray(gold_type)
+        """type_conf float [N, T] in [0, 1], gold_type int [N] in -1..T-1 (-1 for O).
+
+        Raises:
+            UserError: no events; shapes that do not match; NaN or confidences outside [0, 1] (beyond
+                PROB_TOLERANCE); gold types out of range (a type index past T moved events out of the ranking's
+                gold count and gave a wrong AP), naming the first bad row.
+        """
+        type_conf, gold_type = checked_type_events(type_conf, gold_type)
+        if type_conf.size == 0:
+            raise UserError(f"precision_recall_curve: no events (type_conf has shape {type_conf.shape})")
         scores = type_conf.ravel()
         order = np.argsort(-scores)
         self.n_positions = type_conf.shape[0]
@@ -69,11 +84,15 @@ class EventRanking:
 
 
 def reliability_bins(confidence, correct, n_bins=10):
-    """Per equal-width confidence bin [b/n, (b+1)/n) (1.0 in the last): event count, accuracy and mean
-    confidence (NaN for empty bins)."""
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    bins = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
+    """Per equal-width confidence bin [b/n, (b+1)/n) (1.0 in the last; the bins of ece(strategy="uniform"),
+    metrics.uniform_bin_starts): event count int [n_bins], accuracy and mean confidence float [n_bins] (NaN for
+    empty bins). confidence [N] in [0, 1]; correct [N] bool, 0/1 or the probability of being correct.
+
+    Raises:
+        UserError: as `ece` (no events, NaN or confidences outside [0, 1], a bad n_bins, ...).
+    """
+    confidence, correct = checked_events(confidence, correct, n_bins, "reliability_bins")
+    bins = np.searchsorted(uniform_bin_starts(n_bins, confidence.dtype), confidence, side="right")
     counts = np.bincount(bins, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         accuracy = np.bincount(bins, weights=correct, minlength=n_bins) / counts
@@ -81,19 +100,17 @@ def reliability_bins(confidence, correct, n_bins=10):
     return counts, accuracy, mean_conf
 
 
-def drawn_ece(counts, accuracy, mean_conf) -> float:
-    """The ECE of reliability bins as drawn (reliability_bins' int [B] counts, float [B] accuracies and mean
-    confidences, NaN in empty bins): Σ_b n_b |acc_b - conf_b| / N, a fraction (Guo et al. 2017, eq. 3)."""
-    drawn = counts > 0
-    return float(np.sum(counts[drawn] * np.abs(accuracy[drawn] - mean_conf[drawn])) / max(counts.sum(), 1))
-
-
 def reliability_diagram(confidence, correct, path, n_bins=10, title="Reliability diagram") -> None:
     """Accuracy against confidence in equal-width bins, with the diagonal, and the events per bin beneath; the
-    title gives the ECE of the bins drawn (Σ n_b |acc_b - conf_b| / N), so that it is the picture's own number
-    (the report's ECE-1 is bias-corrected and binned by its own rule)."""
+    title gives the ECE of the bins drawn, ece(strategy="uniform") (Σ n_b |acc_b - conf_b| / N over the same
+    bins), so that it is the picture's own number (the report's ECE-1 is bias-corrected and binned by its own
+    rule).
+
+    Raises:
+        UserError: as `ece` (no events, NaN or confidences outside [0, 1], a bad n_bins, ...); nothing is written.
+    """
     counts, accuracy, mean_conf = reliability_bins(confidence, correct, n_bins)
-    ece = drawn_ece(counts, accuracy, mean_conf)
+    drawn_ece = ece(confidence, correct, n_bins, strategy="uniform")
     left = np.arange(n_bins) / n_bins
     width = 1 / n_bins
 
@@ -103,7 +120,7 @@ def reliability_diagram(confidence, correct, path, n_bins=10, title="Reliability
     top.plot(mean_conf, accuracy, "o", color="tab:red", markersize=4, label="mean confidence")
     top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-    top.set_title(f"{title}\nECE of these {n_bins} bins {100 * ece:.2f}%", fontsize="medium")
+    top.set_title(f"{title}\nECE of these {n_bins} bins {100 * drawn_ece:.2f}%", fontsize="medium")
     top.legend(loc="upper left", fontsize="small", framealpha=0.8)
     bottom.bar(left, counts, width=width, align="edge", edgecolor="black", color="tab:gray")
     for x, n in zip(left + width / 2, counts):
@@ -116,7 +133,11 @@ def reliability_diagram(confidence, correct, path, n_bins=10, title="Reliability
 def reliability_curves(panels: dict[str, dict[str, tuple]], path, n_bins=10) -> None:
     """Side-by-side panels (paper Figure 2), each comparing systems' reliability: per system, accuracy against
     mean confidence in equal-width bins (empty bins left out), with the diagonal. panels: {panel title: {system:
-    (confidence [N], correct [N])}}."""
+    (confidence [N], correct [N])}}.
+
+    Raises:
+        UserError: a system's events refused as by reliability_bins.
+    """
     fig = Figure(figsize=(4.5 * len(panels), 4.5))
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
     for ax, (title, systems) in zip(axes, panels.items()):
