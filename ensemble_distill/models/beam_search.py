@@ -88,8 +88,9 @@ def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: i
         log_probs[..., [PAD_ID, BOS_ID]] = -math.inf
         vocab_size = log_probs.shape[-1]
         out_of_room = caps == step + 1  # [B] sentences at their cap: EOS is their only extension
-        log_probs.masked_fill_(out_of_room[:, None, None] & (torch.arange(vocab_size, device=device) != EOS_ID),
-                               -math.inf)
+        if out_of_room.any():  # the [B, K, V] pass only at steps where some sentence reaches its cap
+            log_probs.masked_fill_(out_of_room[:, None, None] & (torch.arange(vocab_size, device=device) != EOS_ID),
+                                   -math.inf)
         top_scores, top_ids = (scores[:, :, None] + log_probs).view(batch_size, -1).topk(2 * k, dim=1)
         top_beams, top_tokens = top_ids // vocab_size, top_ids % vocab_size
 
