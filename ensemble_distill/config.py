@@ -271,6 +271,14 @@ class StudentTraining(Training):
     early_stopping: str = setting("tenth", choices=("tenth", "dev"))
 
 
+def trained_like(train: Training) -> StudentTraining:
+    """A student's training settings taken from its members' `train`: every field a student has (its own,
+    early_stopping, keeps its default). The paper's students train as its single models do; StudentTraining's own
+    defaults (the paper's BERT rate, 5e-5) would starve a student of this package's Adafactor members."""
+    known = {f.name for f in dataclasses.fields(StudentTraining)}
+    return StudentTraining(**{k: v for k, v in dataclasses.asdict(train).items() if k in known})
+
+
 @dataclass
 class Distillation:
     # the teacher's run directory: data and encoder settings come from its config.toml

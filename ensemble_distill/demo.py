@@ -6,11 +6,10 @@ Per head (IID, CRF): train a small ensemble, evaluate it on test, memoise it and
 (trained like the members), which joins the table.
 """
 
-import dataclasses
 import os
 from pathlib import Path
 
-from .config import Distillation, DistillConfig, StudentTraining, TaggingConfig, load_config
+from .config import Distillation, DistillConfig, TaggingConfig, load_config, trained_like
 from .distill.memoize import memoize
 from .distill.student import distill_from_store
 from .ensemble import train_members
@@ -33,9 +32,7 @@ def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "cr
         data = run.data  # the heads share data and frozen states
         rows = evaluate_run(run, "test", n_boot, progress)
         store = memoize(run, store_dir=Path(out_root) / f"{head}-teacher", progress=progress)
-        trained_like_members = {f.name: getattr(cfg.train, f.name) for f in dataclasses.fields(StudentTraining)
-                                if hasattr(cfg.train, f.name)}  # a student's own settings keep their defaults
-        student = DistillConfig(Distillation(ensemble_run=str(run.run_dir)), StudentTraining(**trained_like_members))
+        student = DistillConfig(Distillation(ensemble_run=str(run.run_dir)), trained_like(cfg.train))
         rows += distill_from_store(store.path, student, Path(out_root) / f"{head}-student", n_boot, progress, run)
         tables.append(format_rows(rows, run.task.columns, title=f"demo {head}, test"))
     return "\n".join(tables)

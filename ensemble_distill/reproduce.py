@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TASK_CONFIGS, StudentTraining, apply_overrides, load_config
+from .config import TASK_CONFIGS, apply_overrides, load_config, trained_like
 from .errors import UserError
 from .io_utils import atomic_write_json, read_json, require_same_config
 from .runs import RESULT, finished
@@ -466,8 +466,8 @@ def student_overrides(plan: Plan, step: Step) -> list[str]:
     (configs/distill-conll.toml), or with a recipe that run's settings and encoder cut (the usual single model's:
     all layers, AdamW, linear schedule) and its data (every training sentence, early-stopped on dev)."""
     recipe = plan.config(step.run if step.recipe is None else step.recipe)
-    train, known = dataclasses.asdict(recipe.train), dataclasses.fields(StudentTraining)
-    student = [f"train.{f.name}={json.dumps(train[f.name])}" for f in known if f.name in train]
+    train = dataclasses.asdict(trained_like(recipe.train))
+    student = [f"train.{key}={json.dumps(value)}" for key, value in train.items() if key != "early_stopping"]
     if step.recipe is not None:
         student += [f"encoder.finetune_layers={recipe.encoder.finetune_layers}", 'train.early_stopping="dev"']
     if step.beta is not None:

@@ -715,13 +715,16 @@ def member_plans(cfg: TaggingConfig, data: TaggingData) -> list[MemberPlan]:
 
 
 def student_settings(run_dir, members: int | None, config=None, overrides=()) -> DistillConfig:
-    """The NER student's DistillConfig: the file `config` (or the defaults) with `overrides`, its teacher the
-    ensemble of `members` of `run_dir` (a file need not name the run: distill.ensemble_run is `run_dir`)."""
-    from ..config import Distillation, StudentTraining, apply_overrides, from_dict, load_config, to_dict, validate
+    """The NER student's DistillConfig: the file `config` with `overrides`, or without a file the run's members'
+    training settings (those a student has; the paper's students train as its single models do) with
+    `overrides`; its teacher the ensemble of `members` of `run_dir` (a file need not name the run:
+    distill.ensemble_run is `run_dir`)."""
+    from ..config import Distillation, apply_overrides, from_dict, load_config, to_dict, trained_like, validate
+    from ..ensemble import read_run_config
 
     run = os.path.abspath(run_dir)  # normalised, as load_config records paths
     cfg = load_config(config, DistillConfig, overrides, fixed={"distill": {"ensemble_run": run}}) if config \
-        else DistillConfig(Distillation(ensemble_run=run), StudentTraining())
+        else DistillConfig(Distillation(ensemble_run=run), trained_like(read_run_config(run_dir).train))
     if overrides and not config:
         cfg = from_dict(DistillConfig, apply_overrides(DistillConfig, to_dict(cfg), overrides), "--set")
     distillation = dataclasses.replace(cfg.distill, ensemble_run=run,
