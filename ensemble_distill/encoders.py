@@ -155,9 +155,10 @@ def compute_frozen_states(bottom: FrozenBottom, windows_input_ids: list[np.ndarr
                           cache_file: Path | None = None, progress: bool = True) -> FrozenStates:
     """Runs the frozen bottom once over all windows (longest first, for little padding), optionally cached on disk.
 
-    The cache file is keyed by the caller (encoder fingerprint + token ids); it is written atomically. A cache file
-    that cannot be read, or does not hold one row per subword of these windows, is computed again, with a warning
-    naming it: it is only a cache.
+    The cache file is keyed by the caller (encoder fingerprint + token ids); it is written atomically, with the
+    sha256 of its states and offsets. A cache file that cannot be read, does not hold one row per subword of these
+    windows, or whose arrays no longer match their sha256 (damaged bytes of the same size), is computed again,
+    with a warning naming it: it is only a cache.
     """
     if cache_file is not None and Path(cache_file).is_file():
         cached = _read_cache(Path(cache_file), sum(len(ids) for ids in windows_input_ids), len(windows_input_ids))
@@ -185,7 +186,8 @@ def compute_frozen_states(bottom: FrozenBottom, windows_input_ids: list[np.ndarr
     from .io_utils import atomic_torch_save, writes_files
 
     if cache_file is not None and writes_files():  # under torchrun, rank 0's copy
-        atomic_torch_save({"states": states, "offsets": torch.as_tensor(offsets)}, cache_file)
+        atomic_torch_save({"states": states, "offsets": torch.as_tensor(offsets),
+                           "sha256": _states_digest(states, offsets)}, cache_file)
     return frozen
 
 
@@ -198,15 +200,27 @@ def _read_cache(path: Path, n_subwords: int, n_windows: int) -> FrozenStates | N
         data = load_torch(path, "computing it again (it is only a cache)")
         states, offsets = data["states"], data["offsets"].numpy()
         fits = states.ndim == 2 and len(offsets) == n_windows + 1 and len(states) == offsets[-1] == n_subwords
-        if fits:
+        if not fits:
+            problem = f"{path}: does not fit its {n_windows} windows of {n_subwords} subwords; computing it again"
+        elif data.get("sha256") != _states_digest(states, offsets):
+            problem = (f"{path}: damaged (its states do not match their sha256, or it has none: an older cache); "
+                       "computing it again (it is only a cache)")
+        else:
             return FrozenStates(states, offsets)
-        problem = f"{path}: does not fit its {n_windows} windows of {n_subwords} subwords; computing it again"
     except UserError as error:
         problem = str(error)
     except (KeyError, TypeError, AttributeError):
         problem = f"{path}: not a frozen-layer cache file; computing it again (it is only a cache)"
     warnings.warn(problem)
     return None
+
+
+def _states_digest(states: torch.Tensor, offsets: np.ndarray) -> str:
+    """sha256 of a cache's float32 states and int64 offsets: a flipped byte changes the frozen features, and so the
+    trained model, without changing any shape."""
+    h = hashlib.sha256(states.contiguous().numpy().tobytes())
+    h.update(np.asarray(offsets, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def token_ids_fingerprint(windows_input_ids: list[np.ndarray]) -> str:

@@ -184,9 +184,22 @@ def test_a_damaged_frozen_layer_cache_entry_is_computed_again_with_a_warning(tin
     first = load_tagging_data(cfg, splits=("train",), progress=False).splits["train"].frozen
     (entry,) = (tmp_path / "cache").glob("frozen-*.pt")
     original = entry.read_bytes()
+    def edited(change):  # the entry's dict with one value changed, saved whole: loads and fits, but wrong
+        data = torch.load(entry)
+        change(data)
+        torch.save(data, entry)
+
+    def flipped_bytes():  # same size, loads, fits: only the sha256 tells (trial 4 trained on such a cache)
+        data = bytearray(entry.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + 64] = bytes(b ^ 0x55 for b in data[middle:middle + 64])
+        entry.write_bytes(bytes(data))
+
     for damage in (lambda: cut(entry), lambda: cut(entry, 0),
                    lambda: torch.save({"states": torch.zeros(3, 32), "offsets": torch.tensor([0, 3])}, entry),
-                   lambda: torch.save([1, 2], entry)):
+                   lambda: torch.save([1, 2], entry), flipped_bytes,
+                   lambda: edited(lambda d: d["states"].__setitem__((0, 0), 7.0)),
+                   lambda: edited(lambda d: d.pop("sha256"))):  # an older cache, written without its sha256
         damage()
         with pytest.warns(UserWarning, match=f"{entry}: .*computing it again"):
             again = load_tagging_data(cfg, splits=("train",), progress=False).splits["train"].frozen
