@@ -263,7 +263,7 @@ def _holder(fd: int) -> str:
 TRAINED = ("checkpoint.pt", "result.json", "*/*/checkpoint.pt", "*/*/result.json")
 
 
-def require_same_config(folder, cfg, name: str = "config.toml", dry: bool = False) -> None:
+def require_same_config(folder, cfg, name: str = "config.toml", dry: bool = False, moves_with=()) -> None:
     """Refuse to continue `folder` with `cfg` when FOLDER/name records another config and the folder holds a model
     or checkpoint trained under it (TRAINED): one line naming the first key that differs. Paths compare as the
     files they name (config.same_files), so a run recorded with "/x/clone/../data/f" resumes with "/x/data/f".
@@ -272,7 +272,8 @@ def require_same_config(folder, cfg, name: str = "config.toml", dry: bool = Fals
     diverged and was discarded) binds nothing: it is removed with run.json, and the folder takes `cfg`. A folder
     that holds trained models or checkpoints but no config is refused: no one can tell which config trained them.
     `dry`: only refuse, changing no file (reproduce checks every folder of its plan before it runs, and in
-    --dry-run)."""
+    --dry-run). `moves_with`: keys that name where the folder itself lives (a student's distill.ensemble_run, the
+    run holding it), not compared, so that a run moved or copied whole resumes."""
     from .config import load_config, same_files, to_dict
 
     folder = Path(folder)
@@ -287,7 +288,7 @@ def require_same_config(folder, cfg, name: str = "config.toml", dry: bool = Fals
     before, now = _flat(to_dict(old)), _flat(to_dict(cfg))
     files_before, files_now = _flat(to_dict(same_files(old))), _flat(to_dict(same_files(cfg)))
     for key in now:
-        if files_before.get(key) != files_now[key]:
+        if key not in moves_with and files_before.get(key) != files_now[key]:
             if trained is None:
                 if dry:
                     return

@@ -480,6 +480,7 @@ def check_folders(plan: Plan, steps: list[Step]) -> None:
     the check `train` and `distill` make) a run folder of the steps started with another config than the plan
     gives it (another --set or --data), or an NER student folder with other settings than its step would use, so
     that no step counts as done with models trained under another config. Changes no file."""
+    from .distill.student import STUDENT_LOCATION
     from .tasks.ner import student_settings
 
     for run in dict.fromkeys(s.run for s in steps):
@@ -489,7 +490,7 @@ def check_folders(plan: Plan, steps: list[Step]) -> None:
         folder = plan.run_dir(step.run) / "students" / step.student
         if step.kind == "distill" and step.run.task == "ner" and (folder / "config.toml").is_file():
             settings = student_settings(plan.run_dir(step.run), step.members, None, student_overrides(plan, step))
-            require_same_config(folder, settings, dry=True)
+            require_same_config(folder, settings, dry=True, moves_with=STUDENT_LOCATION)
 
 
 def _predict(plan: Plan, step: Step, progress: bool) -> None:

@@ -403,6 +403,20 @@ def test_a_student_setting_this_machine_cannot_run_is_refused_before_its_folder_
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
 
+def test_a_run_moved_whole_goes_on_distilling_its_students(run_dir, tmp_path, capsys):
+    """A student's config records its run's path (distill.ensemble_run): after `mv RUN elsewhere`, distill refused
+    the student's own folder over that key, which the user never set (trial 4)."""
+    shutil.copytree(run_dir, tmp_path / "here")
+    assert main(["distill", "--run", str(tmp_path / "here"), "--name", "student-m", "--n-boot", "20"]) == 0
+    shutil.move(tmp_path / "here", tmp_path / "there")
+    (tmp_path / "there" / "students" / "student-m" / "result.json").unlink()  # unfinished: it trains on
+    capsys.readouterr()
+    assert main(["distill", "--run", str(tmp_path / "there"), "--name", "student-m", "--n-boot", "20"]) == 0, \
+        capsys.readouterr().err
+    recorded = load_config(tmp_path / "there" / "students" / "student-m" / "config.toml", DistillConfig)
+    assert recorded.distill.ensemble_run == str(tmp_path / "there")
+
+
 def test_a_student_without_a_config_file_trains_as_its_members(run_dir):
     """distill --run RUN without --config took StudentTraining's defaults (the paper's BERT rate 5e-5) under the
     members' Adafactor: on WNUT-17 its held-out F1 stayed 0.0 for 3 epochs (trial 4). Now the members' settings,

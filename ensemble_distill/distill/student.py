@@ -37,6 +37,9 @@ from ..tables import format_rows, table_rows
 from ..teacher_store import TeacherStore, require_teachers
 from .memoize import TEMPERATURE_PREFIX, member_checkpoints, memoize, student_name, teacher_name
 
+# A student's config key that names the run holding it: it follows a moved or copied run (require_same_config)
+STUDENT_LOCATION = ("distill.ensemble_run",)
+
 
 def student_dir(run_dir, store: TeacherStore, name: str | None = None) -> Path:
     """RUN/students/<name>, by default <memoize.student_name>: student-3-top64 for ensemble-3-top64, student-ts-3
@@ -98,7 +101,7 @@ def record_student(out_dir: Path, store: TeacherStore, settings=None, cfg=None) 
     the versions). A folder begun from other teachers, another truncation or data, or (require_same_config) another
     config is refused."""
     if settings is not None:
-        require_same_config(out_dir, settings)
+        require_same_config(out_dir, settings, moves_with=STUDENT_LOCATION)
     record = {"store": str(store.path), "teachers": store.manifest["teachers"],
               "truncation": store.manifest["truncation"], "dataset": store.manifest["dataset_fingerprint"],
               "probs_dtype": store.manifest["dtypes"].get("probs"), "bytes_per_token": store.bytes_per_token()}
