@@ -362,8 +362,8 @@ def entities_jsonl(text: TextInput, tagged: Tagged, min_confidence: float = 0.0)
 
 
 def conll_text(text: TextInput, tagged: Tagged) -> str:
-    """One line a word: token, its gold tag (when given), the predicted label as valid IOB2 and the probability
-    (marginal) of the label the model chose; a blank line after each sentence.
+    """One line a word, TAB-separated: token, its gold tag (when given), the predicted label as valid IOB2 and the
+    probability (marginal) of the label the model chose; a blank line after each sentence.
 
     The predicted labels are Tagged.predicted (a single CRF's Viterbi path, else the most probable; ties: O, then
     the smallest name), which can hold an I-X that opens a span (after O): it is written B-X, the reading that
@@ -377,7 +377,8 @@ def conll_text(text: TextInput, tagged: Tagged) -> str:
     for words, probs, predicted, labels, tags in zip(text.tokens, tagged.distributions, tagged.predicted, written,
                                                      gold):
         for w, word in enumerate(words):
-            lines.append(" ".join([word, *tags[w:w + 1], names[labels[w]], f"{probs[w, predicted[w]]:.4f}"]))
+            # TAB-separated: a word read from a TAB-separated file or from JSON may hold a space
+            lines.append("\t".join([word, *tags[w:w + 1], names[labels[w]], f"{probs[w, predicted[w]]:.4f}"]))
         lines.append("")
     return "\n".join(lines) + "\n"
 

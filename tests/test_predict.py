@@ -147,6 +147,15 @@ def test_prediction_writes_no_cache(folders, tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["entities.jsonl", "predictions.conll"]
 
 
+def test_predictions_conll_keeps_a_word_that_holds_a_space_in_one_column(folders, tmp_path, capsys):
+    """A JSON (or TAB-separated) word may hold a space: "New York" made a space-separated line of 5 fields."""
+    (tmp_path / "in.jsonl").write_text(json.dumps({"tokens": ["Peter", "visited", "New York"]}) + "\n")
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(tmp_path / "in.jsonl"),
+                 "--out", str(tmp_path / "out")]) == 0
+    rows = [line.split("\t") for line in (tmp_path / "out" / "predictions.conll").read_text().splitlines() if line]
+    assert [row[0] for row in rows] == ["Peter", "visited", "New York"] and {len(row) for row in rows} == {3}
+
+
 def batch_of(model, sentences):
     """Emissions of one-window sentences, computed here through the tagger's own layers."""
     from ensemble_distill.tasks.ner import tagger_emissions, window_batch
