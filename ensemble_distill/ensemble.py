@@ -35,7 +35,7 @@ from .config import (
 )
 from .errors import UserError, counted
 from .io_utils import load_torch, read_json, require_same_config, run_lock
-from .runs import DATA, RESULT, finished, model_dir, record_run, require_finished_models
+from .runs import DATA, RESULT, finished, model_dir, record_run, require_finished_models, verify_finished
 from .tasks import get_task
 
 
@@ -269,6 +269,8 @@ def train_members(cfg, run_dir, progress: bool = True, data=None, only: tuple[st
             with run_lock(folder):
                 if not distributed.on_main(finished, folder):
                     task.fit(task.new_model(cfg, data, plan.seed), cfg, data, plan, folder, progress)
+                else:  # "trained" only when whole: a damaged file is named now, not when some command loads it
+                    distributed.on_main(verify_finished, folder)
     return Run(run_dir, cfg, data)
 
 

@@ -129,6 +129,15 @@ def checked_file(folder, name: str) -> Path:
     return path
 
 
+def verify_finished(folder) -> None:
+    """Check a finished model folder whole: its result.json readable and every file it records a digest of
+    unchanged (`checked_file`), whichever of them a later command loads. Raises UserError naming the first that is
+    not."""
+    recorded = read_json(Path(folder) / RESULT, f"delete {folder} and rerun the command that trains it")
+    for name in recorded.get("sha256", {}) if isinstance(recorded, dict) else ():
+        checked_file(folder, name)
+
+
 def load_state(folder, name: str, device="cpu") -> dict:
     """The state dict in a finished model's FOLDER/name (best.pt, model.pt), checked against result.json
     (`checked_file`), on `device`. Raises UserError naming the file when it differs or cannot be read."""

@@ -80,6 +80,20 @@ def copy_run(run, tmp_path, data_files=()):
 # Weights: cut short, emptied or replaced by another member's
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "best.pt", "result.json"])
+def test_train_on_a_finished_run_names_a_damaged_model_file(ner_run, tmp_path, capsys, name):
+    """`train` on a finished run said "trained" over a member whose model.safetensors, best.pt or result.json was
+    cut short; evaluate (best.pt) and predict (model.safetensors) each noticed only their own file (trial 4)."""
+    run = copy_run(ner_run, tmp_path)
+    damaged = run / "members" / "member-1" / name
+    cut(damaged)
+    before = files(run)
+    assert main(["train", "--config", str(run / "config.toml"), "--out", str(run)]) == 2
+    err = one_line_error(capsys)
+    assert str(damaged) in err and f"delete {damaged.parent}" in err, err
+    assert files(run) == before  # nothing trained over it, nothing rewritten
+
+
 @pytest.mark.parametrize("damage", ["cut", "empty", "swapped"])
 def test_ner_member_weights_damaged_or_swapped_are_one_line_naming_the_file(ner_run, tmp_path, capsys, damage):
     run = copy_run(ner_run, tmp_path)
