@@ -373,3 +373,15 @@ def test_clip_norm_clips_the_gradient_before_each_step():
         (w * torch.tensor([30.0, 40.0])).sum().backward()
         optimizer.step()
         np.testing.assert_allclose(w.grad.numpy(), expected, rtol=1e-6)
+
+
+def test_a_dev_tag_missing_from_a_training_sample_names_the_sample(tiny_encoder, tmp_path):
+    """With data.max_train_sentences the labels come from the sample: "never occurs in the training data" sent the
+    user to a training file that does hold the tag (trial 4)."""
+    from conftest import toy_tagging_config
+
+    cfg = toy_tagging_config(tmp_path, tiny_encoder)
+    cfg.data.max_train_sentences = 1  # no fixture sentence holds all of dev's PER, LOC, ORG and MISC
+    with pytest.raises(UserError, match="never occurs in the 1 training sentence that data.max_train_sentences "
+                                        "samples"):
+        load_tagging_data(cfg, splits=("train", "dev"), progress=False)

@@ -131,12 +131,13 @@ def label_vocab(train_sentences: list[Sentence]) -> list[str]:
 
 
 def tag_corpus(path, sentences: list[Sentence], labels: list[str], unknown_tag: str = "error",
-               names: SettingNames = CONFIG_KEYS) -> TaggedCorpus:
+               names: SettingNames = CONFIG_KEYS, training: str = "the training data") -> TaggedCorpus:
     """Map tags to ids in `labels` (the training vocabulary).
 
-    A tag never seen in training is an error by default, naming the first such line, the tag as the file writes
-    it, and how to map it (the config's `data.unknown_tag = "O"`, or predict's `--unknown-tag O`: `names`): a
-    model cannot predict it, and silently scoring it as O would understate errors on the test set.
+    A tag never seen in training (`training` says what the labels were read from) is an error by default, naming
+    the first such line, the tag as the file writes it, and how to map it (the config's `data.unknown_tag = "O"`,
+    or predict's `--unknown-tag O`: `names`): a model cannot predict it, and silently scoring it as O would
+    understate errors on the test set.
     unknown_tag="O" maps such tags to O instead. One warning says when the file's entity types differ from the
     labels' (a type missing here, or tags mapped to O), with the entity count of each type.
     """
@@ -151,7 +152,7 @@ def tag_corpus(path, sentences: list[Sentence], labels: list[str], unknown_tag: 
                 written = sentence.written_tag(position)
                 if unknown_tag == "error":
                     raise located(path, sentence.line + position,
-                                  f"tag {written!r} never occurs in the training data (labels: {' '.join(labels)}); "
+                                  f"tag {written!r} never occurs in {training} (labels: {' '.join(labels)}); "
                                   f"{names('unknown_tag', 'O')} maps such tags to O")
                 unseen[written] += 1
         tag_ids.append(np.array([index.get(tag, index[OUTSIDE]) for tag in sentence.tags], dtype=np.int64))

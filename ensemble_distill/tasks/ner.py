@@ -46,7 +46,7 @@ from ..ensemble import (
     snapshot_dirs,
     warm_start_config,
 )
-from ..errors import UserError
+from ..errors import UserError, counted
 from ..io_utils import atomic_torch_save, cache_root, read_json, sha256_file
 from ..models.tagger import Tagger
 from ..predictions import Predictions, predicted_labels
@@ -152,7 +152,10 @@ class _EncoderParts:
         self.fingerprint = encoder_fingerprint(self.path, cfg.encoder.finetune_layers)
 
     def prepare(self, path, sentences, labels, progress) -> TaggingSplit:
-        corpus = tag_corpus(path, sentences, labels, self.cfg.data.unknown_tag)
+        limit = self.cfg.data.max_train_sentences  # a sample's labels can lack a tag the whole file has
+        training = (f"the {counted(limit, 'training sentence')} that data.max_train_sentences samples" if limit
+                    else "the training data")
+        corpus = tag_corpus(path, sentences, labels, self.cfg.data.unknown_tag, training=training)
         windows = encode_sentences(self.tokenizer, [s.tokens for s in sentences], self.max_length, corpus.tag_ids)
         ids = [w.input_ids for w in windows]
         folder = Path(self.cfg.encoder.cache_dir) if self.cfg.encoder.cache_dir else cache_root() / "frozen"
