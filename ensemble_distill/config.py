@@ -442,6 +442,10 @@ def load_config(path, cls=None, overrides: list[str] = (), resolve_paths: bool =
             raise UserError(f"{path}: 'task' must be one of {', '.join(TASK_CONFIGS)} (a line task = \"ner\" at the "
                             f"top of the file), got {task!r}")
         cls = TASK_CONFIGS[task]
+    elif cls in TASK_CONFIGS.values() and raw.get("task") in TASK_CONFIGS and TASK_CONFIGS[raw["task"]] is not cls:
+        # a config of the other task: say so, rather than "unknown key" of its first section
+        wanted = next(name for name, c in TASK_CONFIGS.items() if c is cls)
+        raise UserError(f"{path}: task = {raw['task']!r}: this command reads a {wanted!r} config")
     if resolve_paths:
         raw = _absolute_paths(cls, raw, path.parent)
     source = str(path)

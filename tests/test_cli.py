@@ -257,6 +257,10 @@ def test_a_config_outside_its_range_is_one_line_naming_file_and_key(tmp_path, ca
     config.write_text("[train]\nbatch_tokens = 0\n")
     refused(["train-nmt", "--config", str(config), "--out", str(tmp_path / "run")], capsys,
             f"{config}: 'train.batch_tokens' must be at least 1, got 0")
+    for task, command, wanted in (("ner", "train-nmt", "nmt"), ("nmt", "train-ensemble", "ner")):
+        config.write_text(f'task = "{task}"\n[encoder]\nfinetune_layers = 1\n')  # it said "unknown key 'encoder'"
+        refused([command, "--config", str(config), "--out", str(tmp_path / "run")], capsys,
+                f"{config}: task = '{task}': this command reads a '{wanted}' config")
     config.write_text(f'task = "ner"\n[encoder]\ncache_dir = "{config}"\n')
     refused(["train", "--config", str(config), "--out", str(tmp_path / "run")], capsys,
             f"{config}: 'encoder.cache_dir' exists and is not a folder, got '{config}'")
