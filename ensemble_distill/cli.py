@@ -22,7 +22,9 @@ import argparse
 import errno
 import math
 import os
+import signal
 import sys
+import threading
 import typing
 import warnings
 from pathlib import Path
@@ -630,10 +632,29 @@ def quiet_progress_in_logs(seconds: int = 30) -> None:
         os.environ.setdefault("TQDM_MININTERVAL", str(seconds))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's or `kill`'s), raised where the command is, so that it ends as an interrupt does."""
+
+
+def _terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_progress_in_logs()
+    on_term = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run(args)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_term)
+
+
+def _run(args) -> int:
     if not args.debug:  # a warning is a line for the user, not the source line that raised it
         warnings.formatwarning = lambda message, *_, **__: f"ensemble-distill: warning: {message}\n"
     try:
@@ -655,9 +676,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ensemble-distill: error: {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ensemble-distill: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        what, status = ("terminated (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        print(f"ensemble-distill: {what}; rerun the same command to go on: finished models, epochs and teacher store "
+              "shards are kept", file=sys.stderr)
+        return status
 
 
 def _refused_write(err: OSError) -> bool:

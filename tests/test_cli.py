@@ -4,8 +4,10 @@ run that fails on bad data leaving a folder that takes the corrected config. Eac
 import errno
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -453,3 +455,24 @@ def test_the_training_bar_redraws_at_its_interval_not_at_every_batch(tmp_path, c
     training.train(model, lambda epoch: [[0]] * 40, loss_fn, lambda m: 0.0, Training(max_epochs=1), tmp_path / "r")
     bar = capsys.readouterr().err.split("epoch 1 ")[0]  # the bar's draws, before the epoch's summary line
     assert 1 <= bar.count("/40 [") <= 3, bar
+
+
+@pytest.mark.parametrize("stop, status, said", [(lambda: os.kill(os.getpid(), signal.SIGTERM), 143,
+                                                  "terminated (SIGTERM)"),
+                                                 (lambda: (_ for _ in ()).throw(KeyboardInterrupt), 130,
+                                                  "interrupted")])
+def test_a_stopped_command_says_how_to_go_on(monkeypatch, capsys, tmp_path, stop, status, said):
+    """SIGTERM (a scheduler's, `kill`'s) ended a run without a word; now it ends as Ctrl-C does, saying that a rerun
+    goes on from what is finished (every stage resumes), and the caller's own SIGTERM handler is put back."""
+    before = signal.getsignal(signal.SIGTERM)
+
+    def long_command(args):
+        stop()
+        time.sleep(5)  # the signal arrives here, while the command works
+
+    monkeypatch.setattr(cli, "run_reproduce", long_command)
+    assert main(["reproduce", "--scale", "smoke", "--out", str(tmp_path / "r")]) == status
+    err = capsys.readouterr().err
+    assert err == (f"ensemble-distill: {said}; rerun the same command to go on: finished models, epochs and teacher "
+                   "store shards are kept\n")
+    assert signal.getsignal(signal.SIGTERM) == before
