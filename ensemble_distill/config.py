@@ -651,6 +651,16 @@ def folder_problem(path) -> str | None:
     return None
 
 
+def require_data_files(data, keys) -> None:
+    """Refuse a data file the config names under `keys` (of its [data] section) that is not a file, naming the key
+    (a reader would name the path alone, and the user may not know which setting gave it). Raises UserError."""
+    for key in keys:
+        path = Path(getattr(data, key))
+        if not path.is_file():
+            problem = "is a folder, not a file" if path.is_dir() else "no such file"
+            raise UserError(f"data.{key}: {path}: {problem} (set data.{key} in the config, or --set data.{key}=PATH)")
+
+
 def device_problem(device: str) -> str | None:
     """Why this machine cannot compute on `device`, as a phrase ("is 'cuda' but torch sees no CUDA GPU here"), or
     None: the valid values of train.device and of the commands' --device on this machine, tried when a command

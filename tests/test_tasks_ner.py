@@ -385,3 +385,13 @@ def test_a_dev_tag_missing_from_a_training_sample_names_the_sample(tiny_encoder,
     with pytest.raises(UserError, match="never occurs in the 1 training sentence that data.max_train_sentences "
                                         "samples"):
         load_tagging_data(cfg, splits=("train", "dev"), progress=False)
+
+
+def test_a_missing_ner_data_file_names_its_key(tiny_encoder, tmp_path):
+    from conftest import toy_tagging_config
+
+    cfg = toy_tagging_config(tmp_path, tiny_encoder)
+    cfg.data.test = str(tmp_path / "nowhere.txt")
+    with pytest.raises(UserError, match=rf"^data.test: {tmp_path / 'nowhere.txt'}: no such file"):
+        load_tagging_data(cfg, progress=False)
+    load_tagging_data(cfg, splits=("train", "dev"), progress=False)  # a split not read is not required

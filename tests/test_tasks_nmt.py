@@ -658,3 +658,17 @@ def test_a_rerun_of_a_finished_distill_reuses_the_students_evaluation(toy_run, c
     assert calls == [1] and json.loads(evaluated.read_text())["n_boot"] == 6
     assert main(["distill", "--run", run_dir, "--samples", "3", "--n-boot", "6", "--set", "decode.beam_size=1"]) == 0
     assert calls == [1, 1]  # another decoding: evaluated again
+
+
+def test_a_missing_data_file_names_its_key(tmp_path):
+    """A reader names the path alone; the user set a key (trial 4: "…/[1,: no such file")."""
+    from ensemble_distill.tasks.nmt import load_translation_data
+
+    folder = write_copy_task(tmp_path / "copy", (("train", 20), ("dev", 4), ("test", 4)))
+    cfg = toy_config(folder)
+    cfg.data.dev_tgt = str(tmp_path / "nowhere.en")
+    with pytest.raises(UserError, match=rf"^data.dev_tgt: {tmp_path / 'nowhere.en'}: no such file \(set data.dev_tgt"):
+        load_translation_data(cfg, tmp_path / "run", splits=("train", "dev"), progress=False)
+    cfg.data.dev_tgt = str(tmp_path)
+    with pytest.raises(UserError, match=r"^data.dev_tgt: .*: is a folder, not a file"):
+        load_translation_data(cfg, tmp_path / "run", splits=("train", "dev"), progress=False)

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..calibration.task_metrics import span_counts, span_scores
-from ..config import N_TENTHS, DistillConfig, TaggingConfig, Training, require_device
+from ..config import N_TENTHS, DistillConfig, TaggingConfig, Training, require_data_files, require_device
 from ..data.conll import TaggedCorpus, label_vocab, read_conll, tag_corpus
 from ..data.subwords import Window, bucketed_batches, encode_sentences, load_tokenizer, merge_windows
 from ..distill.losses import distillation_loss
@@ -124,6 +124,7 @@ def load_tagging_data(cfg: TaggingConfig, splits=("train", "dev", "test"), progr
     extra_files: {name: path} of further files (same column layout) to prepare as splits, e.g. for `predict`.
     """
     d = cfg.data
+    require_data_files(d, dict.fromkeys(("train", *splits)))
     encoder = _EncoderParts(cfg)
     train_sentences = _sample(_read(d, d.train), d.max_train_sentences)
     labels = label_vocab(train_sentences)

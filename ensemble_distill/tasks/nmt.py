@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Training, TranslationConfig, TranslationDistillation, require_device, setting_problem
+from ..config import (
+    Training,
+    TranslationConfig,
+    TranslationDistillation,
+    require_data_files,
+    require_device,
+    setting_problem,
+)
 from ..data.parallel import FilterCounts, filter_by_length, read_parallel
 from ..data.text import read_text_lines
 from ..data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
@@ -131,6 +138,7 @@ def _fit_eval_pairs(encoded, positions: int, where: str, what: str):
 
 def _read_split(cfg: TranslationConfig, name: str) -> list[tuple[str, str]]:
     d = cfg.data
+    require_data_files(d, (f"{name}_src", f"{name}_tgt"))
     pairs = read_parallel(getattr(d, f"{name}_src"), getattr(d, f"{name}_tgt"), d.encoding, "data.encoding")
     limit = d.max_train_pairs if name == "train" else d.max_eval_pairs
     if 0 < limit < len(pairs):  # a seeded sample, in file order
