@@ -119,6 +119,9 @@ def test_explicit_separator_and_crlf(tmp_path):
      "3 columns, but the file's first token line (line 1) has 4"),
     ("scheme.txt", "a O\nb O\n\nc U-PER\n", {}, 4, "unknown tag scheme: tag 'U-PER'"),
     ("iobes.txt", "a\tS-LOC\n", {"scheme": "iob2"}, 1, "unknown tag scheme"),
+    ("words.txt", "EU\tB-ORG\tNNP\n", {"tag_col": 2}, 1,  # a word where the tag is: the column, most likely
+     "tag 'NNP' is not O, B-TYPE or I-TYPE (IOB1/IOB2); if the tags are in another column, set data.tag_col"),
+    ("words.txt", "EU\tB-ORG\tNNP\n", {"tag_col": 2, "names": FLAGS}, 1, "set --tag-col"),
     ("iob2.txt", "a\tO\n\nb\tB-PER\nc\tI-LOC\n", {"scheme": "iob2"}, 4, "invalid IOB2: 'I-LOC' after 'B-PER'"),
     ("bytes.txt", b"a O\n\nb O\nc\xff\xfe O\n", {}, 4, "not utf-8 text: byte 0xff at column 2"),
     ("col.txt", "a O\n", {"tag_col": 3}, 1, "data.tag_col = 3 is outside the line's 2 columns"),

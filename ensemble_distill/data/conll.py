@@ -312,7 +312,9 @@ def _checked_sentence(path, tokens, tags, first_line, scheme, prefix, names) -> 
         else:
             validate_iob2(tags, f"{names('scheme', 'iob1')} reads it")
     except TagError as error:
-        raise located(path, first_line + error.index, str(error)) from None
+        # a word where a tag should be is most often the wrong column, not another tag scheme
+        hint = f"; if the tags are in another column, set {names('tag_col')}" if "unknown tag" in str(error) else ""
+        raise located(path, first_line + error.index, f"{error}{hint}") from None
     return Sentence(tokens, tags, first_line, written if written != tags else None)
 
 
