@@ -218,9 +218,9 @@ def _read_cache(path: Path, n_subwords: int, n_windows: int) -> FrozenStates | N
 def _states_digest(states: torch.Tensor, offsets: np.ndarray) -> str:
     """sha256 of a cache's float32 states and int64 offsets: a flipped byte changes the frozen features, and so the
     trained model, without changing any shape."""
-    h = hashlib.sha256(states.contiguous().numpy().tobytes())
-    h.update(np.asarray(offsets, dtype=np.int64).tobytes())
-    return h.hexdigest()
+    from .io_utils import arrays_sha256
+
+    return arrays_sha256(states.numpy(), np.asarray(offsets, dtype=np.int64))
 
 
 def token_ids_fingerprint(windows_input_ids: list[np.ndarray]) -> str:

@@ -118,6 +118,17 @@ def sha256_file(path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def arrays_sha256(*arrays) -> str:
+    """The hex sha256 of numpy arrays' bytes, one after another in C order, read in place (a cache's arrays are
+    hundreds of MB; tobytes would copy them): what a cache records to tell damaged bytes of the same shape."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array))
+    return digest.hexdigest()
+
+
 def checkpoint_name(run_dir, checkpoint) -> str:
     """How a teacher store names a teacher's weights file: its path in the run and its sha256.
 

@@ -24,7 +24,6 @@ cut differently), so a store written from the cache is byte-identical to one wri
 """
 
 import functools
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..io_utils import atomic_write_bytes
+from ..io_utils import arrays_sha256, atomic_write_bytes
 
 FORMAT = "ensemble-distill member distributions 1"
 
@@ -129,6 +128,4 @@ def read_member_probs(path, key: dict) -> tuple[tuple[np.ndarray, np.ndarray] | 
 
 
 def _digest(probs: np.ndarray, offsets: np.ndarray) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(offsets, "<i8").tobytes())
-    digest.update(np.ascontiguousarray(probs, "<f4").tobytes())
-    return "sha256:" + digest.hexdigest()
+    return "sha256:" + arrays_sha256(np.asarray(offsets, "<i8"), np.asarray(probs, "<f4"))
