@@ -498,7 +498,8 @@ def add_reproduce(sub) -> None:
                                          "tables (Markdown, CSV), figures (PNG) and OUT/index.html")
     p.add_argument("--scale", required=True, choices=("smoke", "cpu", "gpu"),
                    help="smoke: tiny, minutes; cpu: this 2-core machine, about a day; gpu: the paper's sizes")
-    p.add_argument("--out", required=True, type=output_folder, help="report folder (its runs/ resume)")
+    p.add_argument("--out", required=True, type=output_folder,
+                   help="report folder (its runs/ resume; processes given the same one share the work)")
     p.add_argument("--only", help="comma-separated experiments (table1, figure2, domain-shift, ...; default all)")
     p.add_argument("--dry-run", action="store_true", help="print the plan: each experiment, its steps, whether "
                                                           "each is done, the estimated time; run nothing")

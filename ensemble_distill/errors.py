@@ -8,6 +8,11 @@ class UserError(ValueError):
     (the numerical functions raise plain ValueError); the CLI prints a UserError as one line, exit status 2."""
 
 
+class FolderInUse(UserError):
+    """A folder that another live process holds for writing (io_utils.run_lock): a caller with other work to do
+    (several `reproduce` processes sharing one output folder) can put this work off and come back to it."""
+
+
 def located(path, line: int | None, problem: str) -> UserError:
     """A UserError that names the file (and line, when known) and the problem, as `file:line: problem`."""
     where = f"{path}:{line}" if line is not None else f"{path}"

@@ -21,7 +21,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from .errors import FolderInUse, UserError
 
 LOCK = ".lock"
 
@@ -195,8 +195,9 @@ def run_lock(folder, wait: bool = False):
 
     The OS lock, not the file, decides: a lock file left by a killed process is simply taken over, because a
     dead process holds no lock. Re-entrant within a process (a sweep distils students that memoise teachers).
-    Raises UserError naming the folder and the holder's process id when another process holds it, or when the
-    folder cannot be created or written. A folder this call created and left empty is removed on release.
+    Raises FolderInUse (a UserError) naming the folder and the holder's process id when another process holds
+    it, UserError when the folder cannot be created or written. A folder this call created and left empty is
+    removed on release.
     Under torchrun only rank 0, which writes, holds the lock; the other ranks hold nothing (writes_files)."""
     folder = Path(folder)
     if not writes_files():
@@ -242,7 +243,7 @@ def _acquire(path: Path, wait: bool = False) -> int:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise UserError(f"{path.parent}: in use by process {holder} (lock file {path}); wait until it "
+            raise FolderInUse(f"{path.parent}: in use by process {holder} (lock file {path}); wait until it "
                             "ends, or stop it") from None
         except BaseException:
             os.close(fd)

@@ -11,6 +11,8 @@ distill), an evaluation newer than every model it scores (evaluate), a scored pr
 when its turn comes (an evaluation goes stale when the same call distils a student of its run). So a rerun
 retrains nothing, and a killed one resumes: the pipeline resumes a model from its last finished epoch. Run and
 student folders started with another config than the plan's are refused before anything runs (check_folders).
+Several processes may run the same plan into one OUT, one per core: each step holds its run folder, and a
+process skips to the runs that no other process holds (run_steps).
 
 Each run is a config of configs/ with the scale's overrides (`Scale`), its data under the data root (`--data`,
 default ../shared/data), and the command's `--set` overrides, each applied to every run whose config has that
@@ -35,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TASK_CONFIGS, apply_overrides, load_config, trained_like
-from .errors import UserError
-from .io_utils import atomic_write_json, read_json, require_same_config
+from .errors import FolderInUse, UserError
+from .io_utils import atomic_write_json, read_json, require_same_config, run_lock
 from .runs import RESULT, finished
 from .tables import duration
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS, TIMINGS = "runs", "timings.json"
+POLL_SECONDS = 60.0  # how often a process with nothing else to do tries the runs another process holds (run_steps)
 
 # Data files under the data root (the layout of ../shared/data, README there).
 NER_DATA = {"en": ("conll2003-en", "eng.train", "eng.testa", "eng.testb"),
@@ -651,7 +654,7 @@ def describe(plan: Plan, experiments: list[Experiment], timings: dict) -> str:
         lines.append(f"  {run.name}: configs/{run.config} " + " ".join(f"--set {o}" for o in plan.overrides_of(run)))
     left = sum(estimate_seconds(plan, s) for s in todo)
     lines.append(f"\nestimated time left: {duration(left)} (rough: COSTS in reproduce.py; one process, one step "
-                 "at a time)")
+                 "at a time; processes sharing OUT split it)")
     return "\n".join(lines)
 
 
@@ -723,6 +726,41 @@ def expected_to_run(plan: Plan, steps: list[Step]) -> list[bool]:
     return expected
 
 
+def run_steps(plan: Plan, steps: list[Step], progress: bool = True) -> int:
+    """Run the steps not done, in order, each holding its run folder (io_utils.run_lock); returns how many ran.
+
+    Several processes may share one OUT (one per core, or per machine on a shared disk): a step whose run folder
+    another process holds is put off with the later steps of its run, the steps of other runs go on, and what
+    was put off is tried again after each pass, every POLL_SECONDS once nothing else is left. Whether a step
+    is done is decided when its turn comes, so the steps another process finished meanwhile are skipped."""
+    expected, ran, pending, said = sum(expected_to_run(plan, steps)), 0, list(steps), ""
+    while pending:
+        put_off, busy = [], {}
+        for step in pending:
+            if step.run in busy:
+                put_off.append(step)
+                continue
+            try:
+                with run_lock(plan.run_dir(step.run)):
+                    if plan.done(step):
+                        continue
+                    ran += 1
+                    print(f"[{ran}/{max(expected, ran)}] {step.key}", flush=True)
+                    with timed(plan.out / TIMINGS, step.key):
+                        do_step(plan, step, progress)
+            except FolderInUse as held:
+                busy[step.run] = str(held)
+                put_off.append(step)
+        if len(put_off) == len(pending):  # nothing else to do: wait for the others, saying so once per change
+            waiting = f"waiting for run folders another process holds: {'; '.join(busy.values())}"
+            if waiting != said:
+                print(waiting, flush=True)
+                said = waiting
+            time.sleep(POLL_SECONDS)
+        pending = put_off
+    return ran
+
+
 def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../shared/data", overrides=(),
               progress: bool = True, report_only: bool = False) -> str:
     """Run (or resume) every step of the selected experiments (`only`: their names; None: all), recording each
@@ -730,8 +768,9 @@ def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../s
     of the plan that is done (paper_report.write_report); `dry_run`: only describe the plan. Whether a step is
     done is decided when its turn comes, so an evaluation made stale by a student trained earlier in the same
     call is redone. `report_only`: run nothing, only write the report of what is done now (while other
-    processes go on running the plan). Returns the plan's description (dry run) or a summary of what was run
-    and written.
+    processes go on running the plan). Processes given the same OUT share the work (run_steps: one writer per
+    run folder; each skips to the runs nobody holds). Returns the plan's description (dry run) or a summary of
+    what was run and written.
 
     Raises:
         UserError: an unknown scale or experiment, an empty `only`, a bad --set, or a run or student folder of the
@@ -744,14 +783,7 @@ def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../s
     check_folders(plan, steps)
     if dry_run:
         return describe(plan, chosen, read_timings(plan))
-    expected, ran = expected_to_run(plan, steps), 0
-    for index, step in enumerate(steps):
-        if report_only or plan.done(step):
-            continue
-        ran += 1
-        print(f"[{ran}/{ran + sum(expected[index + 1:])}] {step.key}", flush=True)
-        with timed(plan.out / TIMINGS, step.key):
-            do_step(plan, step, progress)
+    ran = 0 if report_only else run_steps(plan, steps, progress)
     from .paper_report import write_report
 
     written = write_report(plan, chosen, read_timings(plan))

@@ -6,19 +6,23 @@ import gzip
 import json
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import tomllib
+from contextlib import ExitStack
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_runs import held_by_another_process
 from test_tasks_nmt import write_copy_task
 
 from ensemble_distill.calibration.comparison import compare
 from ensemble_distill.cli import main
 from ensemble_distill.errors import UserError
 from ensemble_distill.paper_report import significance_floor
-from ensemble_distill.reproduce import FEATURES, build_plan, missing_features, timed, write_wnut17
+from ensemble_distill.reproduce import FEATURES, POLL_SECONDS, build_plan, missing_features, timed, write_wnut17
 from ensemble_distill.tables import duration
 
 from conftest import CONLL_SENTENCES, write_conll
@@ -443,3 +447,32 @@ def test_a_stale_evaluation_is_redone_and_the_page_keeps_every_experiment(report
     assert "2 of 4 steps run" in text
     page = (out / "index.html").read_text()
     assert "not run yet" not in page and page.count("<img ") == 3 and (out / "tables" / "table2.md").is_file()
+
+
+def test_processes_sharing_out_split_the_runs(report, capsys, monkeypatch):
+    """A run folder another process holds is put off: the other runs' steps go first, then this process waits
+    (saying so once, naming the folder and the holder) and does the put-off steps once the folder is free."""
+    out = report[0]
+    ner_student = sorted((out / "runs" / "ner-en-iid" / "students").glob("student-*"))[0]
+    shutil.rmtree(ner_student)
+    shutil.rmtree(out / "runs" / "nmt-de-en-ce" / "students" / "student-1-top8")
+    with ExitStack() as other:
+        pid = other.enter_context(held_by_another_process(out / "runs" / "ner-en-iid"))
+        waits = []
+
+        def sleep(seconds):  # the other process ends its step while this one waits
+            waits.append(seconds)
+            other.close()
+
+        monkeypatch.setattr("ensemble_distill.reproduce.time", SimpleNamespace(sleep=sleep))
+        code, text, err = run(capsys, report, "--only", "table1,figure1")
+    assert code == 0, err
+    assert waits == [POLL_SECONDS]
+    keys = [line.split("] ", 1)[1] for line in text.splitlines() if line.startswith("[")]
+    assert keys[:2] == ["distill nmt-de-en-ce student-1-top8", "evaluate nmt-de-en-ce test"], keys
+    assert keys[2] == f"distill ner-en-iid {ner_student.name}" and "evaluate ner-en-iid test" in keys[3:], keys
+    waiting = [line for line in text.splitlines() if line.startswith("waiting")]
+    assert waiting == [f"waiting for run folders another process holds: {out / 'runs' / 'ner-en-iid'}: in use by "
+                       f"process {pid} on {socket.gethostname()} (lock file {out / 'runs' / 'ner-en-iid' / '.lock'});"
+                       " wait until it ends, or stop it"]
+    assert (ner_student / "result.json").is_file()
