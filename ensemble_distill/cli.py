@@ -218,7 +218,8 @@ def add_compare(sub) -> None:
                                        "difference A - B, its bootstrap interval and p-value")
     p.add_argument("a", metavar="A.npz", help="predictions file of system A (docs/predictions-format.md)")
     p.add_argument("b", metavar="B.npz", help="predictions file of system B, of the same sentences")
-    p.add_argument("--metrics", help="comma-separated, as in metrics.json or the tables (F1, B-ECE, ECE-1, BLEU); "
+    p.add_argument("--metrics", help="comma-separated, as in metrics.json or the tables (F1, B-ECE, ECE-1, BLEU; "
+                                     "f1_conlleval:PER: one entity type's); "
                                      f"default tagging {COMPARED['tagging']}, translation {COMPARED['translation']}")
     add_n_boot(p)
     p.add_argument("--seed", type=in_range(int, 0), default=0, help="bootstrap seed (default 0)")

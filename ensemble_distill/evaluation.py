@@ -19,7 +19,8 @@ columns change.
 
     RUN/eval/<split>/<system>[-ts]/    predictions.npz, metrics.json, plots (system: member-<i>, individual-<i>,
                                        ensemble-<k>, a student folder's name; -ts: temperature-scaled)
-    RUN/eval/<split>/results.{md,json} the table (tables.table_rows: one schema for both tasks)
+    RUN/eval/<split>/results.{md,json} the table (tables.table_rows: one schema for both tasks); NER's
+                                       results.md adds each system's F1 per entity type (entity_type_table)
     RUN/eval/<split>/truncation.{md,json}  the students' teacher truncation beside their metrics (tables.py)
     MODEL/temperature.json, RUN/eval/temperatures/ensemble-<k>.json   each system's T (calibrated.py), read by
                                        predict --calibrated and export --calibrated
@@ -34,13 +35,14 @@ from tqdm.auto import tqdm
 
 from .calibrated import record_temperature
 from .calibration.report import evaluate
+from .calibration.task_metrics import TYPE_SEPARATOR
 from .calibration.temperature import fit_temperature, log_floor, temperature_scaled
 from .ensemble import ensemble_mean, nested_subsets
 from .errors import UserError
 from .io_utils import atomic_write_json, atomic_write_text, read_json
 from .predictions import save_predictions
 from .runs import finished, model_dir
-from .tables import SCALED, format_rows, format_sweep, table_rows, truncation_rows
+from .tables import SCALED, Column, format_rows, format_sweep, table_rows, truncation_rows
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,19 @@ def evaluate_systems(task, cfg, data, models: list, systems: list[System], tempe
     return scores
 
 
+def entity_type_table(systems: list[System], scores: dict[str, dict], temperatures: dict[str, float],
+                      title: str) -> str:
+    """results.md's second table for NER: each raw system's conlleval F1 per entity type (f1_conlleval:TYPE, the
+    columns of seqeval's classification_report); temperature scaling keeps every label, so no " + TS" rows.
+    Empty for translation, which has no entity types."""
+    prefix = f"f1_conlleval{TYPE_SEPARATOR}"
+    columns = [Column(key, key.removeprefix(prefix)) for key in scores[systems[0].name] if key.startswith(prefix)]
+    if not columns:
+        return ""
+    rows = [row for row in table_rows(systems, scores, temperatures, columns) if not row["name"].endswith(SCALED[0])]
+    return "\n" + format_rows(rows, columns, title=f"{title}: F1 per entity type (conlleval)", temperature=False)
+
+
 def with_layout(teacher: dict) -> dict:
     """A student's teacher.json with its store's layout ("probs_dtype": float16, uint8, log_uint8): students
     recorded before teacher.json kept it read it from the store's manifest, or "unrecorded" when that is gone,
@@ -162,7 +177,8 @@ def evaluate_run(run, split: str = "test", n_boot: int = 1000, progress: bool = 
                               {"run": str(run.run_dir)}, progress)
     rows = table_rows(systems, scores, temperatures, task.columns)
     atomic_write_json(out / "results.json", rows)
-    atomic_write_text(out / "results.md", format_rows(rows, task.columns, title=f"{run.run_dir.name}, {split}"))
+    atomic_write_text(out / "results.md", format_rows(rows, task.columns, title=f"{run.run_dir.name}, {split}")
+                      + entity_type_table(systems, scores, temperatures, f"{run.run_dir.name}, {split}"))
     students = {folder.name: with_layout(read_json(folder / "teacher.json", f"delete {folder} and distill it again"))
                 for folder in folders if folder.parent.name == "students" and (folder / "teacher.json").is_file()}
     if students:

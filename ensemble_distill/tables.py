@@ -76,16 +76,18 @@ def units(columns) -> str:
     return "values ×100" if all(c.scale == 100 for c in columns) else "calibration ×100"
 
 
-def format_rows(rows: list[dict], columns, title: str = "") -> str:
+def format_rows(rows: list[dict], columns, title: str = "", temperature: bool = True) -> str:
     """A Markdown table in the paper's units: mean ± s.e. for groups, value [95% CI] for single systems; T is the
-    fitted temperature of a " + TS" row (1.00 for a raw one)."""
+    fitted temperature of a " + TS" row (1.00 for a raw one); `temperature=False` leaves the T column out."""
     lines = [f"**{title}** ({units(columns)})", ""] if title else []
-    lines += ["| system | T | " + " | ".join(c.header for c in columns) + " |",
-              "|---|---|" + "---|" * len(columns)]
+    lines += ["| system | " + ("T | " if temperature else "") + " | ".join(c.header for c in columns) + " |",
+              "|---|" + ("---|" if temperature else "") + "---|" * len(columns)]
     for row in rows:
         cells = [cell(row[c.key], c.scale) for c in columns]
-        note = f" ({row['temperature_note']})" if "temperature_note" in row else ""
-        lines.append(f"| {row['system']} | {temperature_label(row['temperature'])}{note} | " + " | ".join(cells) + " |")
+        if temperature:
+            note = f" ({row['temperature_note']})" if "temperature_note" in row else ""
+            cells.insert(0, f"{temperature_label(row['temperature'])}{note}")
+        lines.append(f"| {row['system']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sacrebleu
-from seqeval.metrics import f1_score
+from seqeval.metrics import classification_report, f1_score
 from seqeval.scheme import IOB2
 
 from ensemble_distill.calibration.bootstrap import paired_bootstrap
@@ -171,7 +171,9 @@ def _dense(preds, seed):
 
 @pytest.mark.parametrize(("name", "key"), [("F1", "f1"), ("F1 strict", "f1"), ("B-ECE", "b_ece"), ("ECE-1", "ece_1"),
                                            ("BS+", "bs_plus"), ("BS-", "bs_minus"), ("B-BS", "b_bs"),
-                                           (" bleu ", "bleu"), ("f1_conlleval", "f1_conlleval")])
+                                           (" bleu ", "bleu"), ("f1_conlleval", "f1_conlleval"),
+                                           ("F1_conlleval:PER", "f1_conlleval:PER"),
+                                           ("recall_conlleval: B-X ", "recall_conlleval:B-X")])
 def test_metric_names_as_the_tables_spell_them(name, key):
     assert metric_key(name) == key
 
@@ -186,6 +188,11 @@ def test_unknown_or_unreported_metrics_are_refused():
         compare(a, a, ["f1", "bleu"])
     with pytest.raises(UserError, match="at least one metric"):
         compare(a, a, [])
+    with pytest.raises(UserError, match="^'b_ece:PER': of one entity type there are precision_conlleval, "):
+        compare(a, a, ["b_ece:PER"])
+    with pytest.raises(UserError, match=r"^A \(toy\): the report of these tagging predictions has no "
+                                        r"f1_conlleval:ORG \(it has .*f1_conlleval:LOC"):
+        compare(a, a, ["f1_conlleval:ORG"])
     with pytest.raises(UserError, match="n_boot"):
         compare(a, a, ["f1"], n_boot=0)
 
@@ -248,3 +255,19 @@ for name in C._LAZY:
     assert a is b and not isinstance(a, types.ModuleType), name
 """
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_entity_type_metrics_are_seqevals_per_type_scores_in_the_report_and_in_compare():
+    offsets, gold = gold_tags(80, 7)
+    a, b = tagger(offsets, gold, 1.5, 1, "a"), tagger(offsets, gold, 1.0, 2, "b")
+    report = classification_report(a.sentence_labels(a.gold), a.sentence_labels(a.predicted()), output_dict=True)
+    metrics = evaluate(a, n_boot=30, seed=1)
+    for entity_type in ("LOC", "PER"):
+        assert metrics[f"f1_conlleval:{entity_type}"]["estimate"] == pytest.approx(report[entity_type]["f1-score"])
+        assert metrics[f"recall_conlleval:{entity_type}"]["estimate"] == pytest.approx(report[entity_type]["recall"])
+    rows = compare(a, b, ["f1_conlleval:PER", "F1_conlleval:LOC"], n_boot=30, seed=1, progress=False)
+    assert [r["metric"] for r in rows] == ["f1_conlleval:PER", "f1_conlleval:LOC"]
+    assert rows[0]["a"] == metrics["f1_conlleval:PER"]["value"]  # the same replicates as the report's
+    # alone (span statistics only) or beside a calibration metric (the report's function): the same rows
+    assert rows == compare(a, b, ["f1_conlleval:PER", "F1_conlleval:LOC", "b_ece"], n_boot=30, seed=1,
+                           progress=False)[:2]

@@ -54,6 +54,15 @@ def test_train_evaluate_predict(tiny_encoder, conll_files, tmp_path, capsys):
     assert [r["name"] for r in rows] == ["members", "members-ts", "individuals", "individuals-ts", "ensemble-2",
                                          "ensemble-2-ts", "ensemble-3", "ensemble-3-ts"]
 
+    # results.md's second table: each raw system's conlleval F1 per entity type, as its metrics.json gives it
+    per_type = (run / "eval/test/results.md").read_text().split("F1 per entity type (conlleval)")[1]
+    record = json.loads((run / "eval/test/ensemble-3/metrics.json").read_text())
+    types = list(record["settings"]["entity_support"])
+    assert "| system | " + " | ".join(types) + " |" in per_type and " + TS" not in per_type
+    f1 = [record["metrics"][f"f1_conlleval:{t}"] for t in types]
+    assert ("| ensemble of 3 | " + " | ".join(f"{100 * m['value']:.2f} [{100 * m['ci_low']:.2f}, "
+                                                f"{100 * m['ci_high']:.2f}]" for m in f1) + " |") in per_type
+
     # the ensemble-of-3 predictions are the mean of the three members' predictions; the ensemble of 2 is the mean
     # of the two members its nested subset names (0 and 2 at split seed 1), and says so
     members = [load_predictions(run / f"eval/test/member-{i}/predictions.npz").probs for i in range(3)]

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 import sacrebleu
-from seqeval.metrics import f1_score
+from seqeval.metrics import classification_report, f1_score
 from seqeval.scheme import IOB2
 from sklearn.metrics import average_precision_score
 
@@ -48,7 +48,8 @@ def tagging_preds(n_sentences=40, seed=0):
 def test_tagging_values_equal_independent_computations(tmp_path):
     preds = tagging_preds()
     metrics = evaluate(preds, out_dir=tmp_path, n_boot=20, seed=0)
-    assert list(metrics) == TAGGING_METRICS
+    per_type = [f"{m}_conlleval:{t}" for t in ("LOC", "PER") for m in ("precision", "recall", "f1")]
+    assert list(metrics) == TAGGING_METRICS + per_type
     probs, gold = preds.probs, preds.gold
     value = {name: m["estimate"] for name, m in metrics.items()}  # the metric on the data itself
     for name, m in metrics.items():  # bias-corrected only where DEBIASED says: ECE-type metrics
@@ -58,6 +59,10 @@ def test_tagging_values_equal_independent_computations(tmp_path):
     gold_seqs, pred_seqs = preds.sentence_labels(gold), preds.sentence_labels(probs.argmax(axis=1))
     assert value["f1"] == pytest.approx(f1_score(gold_seqs, pred_seqs, mode="strict", scheme=IOB2))
     assert value["f1_conlleval"] == pytest.approx(f1_score(gold_seqs, pred_seqs))  # seqeval's default: conlleval
+    by_type = classification_report(gold_seqs, pred_seqs, output_dict=True)
+    for t in ("LOC", "PER"):
+        assert [value[f"{m}_conlleval:{t}"] for m in ("precision", "recall", "f1")] == pytest.approx(
+            [by_type[t][m] for m in ("precision", "recall", "f1-score")])
     assert value["token_accuracy"] == pytest.approx(np.mean(probs.argmax(axis=1) == gold))
     assert value["ece_1"] == pytest.approx(topk_ece(probs, gold, 1))
     assert value["conf_gap"] == pytest.approx(probs.max(axis=1).mean() - np.mean(probs.argmax(axis=1) == gold))
@@ -78,6 +83,7 @@ def test_tagging_values_equal_independent_computations(tmp_path):
     assert saved["metrics"] == metrics
     assert saved["settings"]["n_boot"] == 20 and saved["settings"]["seed"] == 0
     assert saved["settings"]["interval"]["b_ece"].startswith("bias-corrected")
+    assert saved["settings"]["entity_support"] == {t: by_type[t]["support"] for t in ("LOC", "PER")}
     assert saved["settings"]["interval"]["f1"] == "percentile"
     assert saved["settings"]["n_positions"] == preds.n_positions
     assert set(saved["versions"]) >= {"seqeval", "sacrebleu", "numpy", "ensemble_distill"}

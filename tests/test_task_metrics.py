@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import sacrebleu
-from seqeval.metrics import f1_score, precision_score, recall_score
+from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
 from ensemble_distill.calibration.task_metrics import (
@@ -9,11 +9,13 @@ from ensemble_distill.calibration.task_metrics import (
     bleu_from_stats,
     bleu_stats,
     label_span_counts,
+    label_span_type_counts,
     precision_recall_at,
     span_counts,
     span_metrics,
     span_scores,
     threshold_for_precision,
+    type_span_metrics,
 )
 
 
@@ -205,3 +207,37 @@ def test_threshold_misuse_is_refused():
         precision_recall_at(0.5, [0.5], [2], 1)
     with pytest.raises(ValueError, match="NaN"):
         precision_recall_at(np.nan, [0.5], [True], 1)
+
+
+@pytest.mark.parametrize("mode", ["strict", "conlleval"])
+def test_counts_per_entity_type_give_seqevals_classification_report(mode):
+    rng = np.random.default_rng(1)
+    names = ["I-MISC", "O", "B-PER", "I-PER", "B-LOC", "B-MISC", "I-LOC", "B-ORG"]  # any order; ORG has no I-
+    lengths = rng.integers(0, 10, size=80)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    gold = rng.integers(0, len(names), offsets[-1])
+    pred = np.where(rng.random(offsets[-1]) < 0.6, gold, rng.integers(0, len(names), offsets[-1]))
+    counts, types = label_span_type_counts(gold, pred, offsets, names, mode)
+    assert types == ["LOC", "MISC", "ORG", "PER"] and counts.shape == (80, 4, 3)
+    np.testing.assert_array_equal(counts.sum(axis=1), label_span_counts(gold, pred, offsets, names, mode))
+    seqs = [[[names[i] for i in tags[a:b]] for a, b in zip(offsets[:-1], offsets[1:])] for tags in (gold, pred)]
+    kw = dict(mode="strict", scheme=IOB2) if mode == "strict" else {}
+    report = classification_report(*seqs, output_dict=True, zero_division=0, **kw)
+    for t, entity_type in enumerate(types):
+        ours = span_scores(counts[:, t])
+        assert counts[:, t, 0].sum() == report[entity_type]["support"]
+        for key in ("precision", "recall", "f1-score"):
+            assert ours[key.removesuffix("-score")] == pytest.approx(report[entity_type][key]), (entity_type, key)
+
+
+def test_type_span_metrics_on_a_hand_example():
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    # gold: B-PER I-PER O B-LOC | B-LOC ; pred: I-PER I-PER O O | B-PER
+    gold, pred, offsets = np.array([1, 2, 0, 3, 3]), np.array([2, 2, 0, 0, 1]), [0, 4, 5]
+    counts, types = label_span_type_counts(gold, pred, offsets, names, "conlleval")
+    np.testing.assert_array_equal(counts, [[[1, 0, 0], [1, 1, 1]], [[1, 0, 0], [0, 1, 0]]])
+    metrics = type_span_metrics(counts, types)
+    assert metrics["f1_conlleval:PER"] == pytest.approx(2 / 3)  # 1 correct of 1 gold and 2 predicted
+    assert (metrics["precision_conlleval:PER"], metrics["recall_conlleval:PER"]) == (0.5, 1.0)
+    assert metrics["f1_conlleval:LOC"] == 0.0 and np.isnan(metrics["precision_conlleval:LOC"])  # none predicted
+    assert list(metrics) == [f"{m}_conlleval:{t}" for t in ("LOC", "PER") for m in ("precision", "recall", "f1")]

@@ -23,11 +23,13 @@ from ensemble_distill.calibration.task_metrics import (
     bleu_from_stats,
     bleu_stats,
     label_span_counts,
+    label_span_type_counts,
     precision_recall_at,
     span_counts,
     span_metrics,
     span_scores,
     threshold_for_precision,
+    type_span_metrics,
 )
 from ensemble_distill.calibration.temperature import apply_temperature, fit_temperature
 
@@ -50,7 +52,7 @@ __all__ = [
     "BalancedCalibration", "TypeCalibration", "balanced_calibration", "brier", "ece", "entity_type_confidences",
     "gold_entity_types", "stratified_brier", "topk_ece", "topk_events", "dense_topk_events",
     "Interval", "bootstrap", "bootstrap_ci", "Difference", "paired_bootstrap", "bleu_from_stats", "bleu_stats",
-    "span_counts", "label_span_counts", "span_scores", "span_metrics",
+    "span_counts", "label_span_counts", "label_span_type_counts", "span_scores", "span_metrics", "type_span_metrics",
     "OperatingPoint", "threshold_for_precision", "precision_recall_at",
     "apply_temperature", "fit_temperature", *_LAZY,
 ]

@@ -18,8 +18,10 @@ import numpy as np
 from ..errors import UserError
 from ..predictions import Predictions, load_predictions, validate_predictions
 from .bootstrap import Difference, paired_bootstrap
-from .report import ALPHA, DEBIASED, DESCRIPTIONS, tagging_metrics, translation_metrics
-from .task_metrics import SPAN_METRICS, SPAN_MODES, bleu_from_stats, bleu_stats, label_span_counts, span_metrics
+from .report import ALPHA, DEBIASED, DESCRIPTIONS, span_scorer, tagging_metrics, translation_metrics
+from .task_metrics import SPAN_METRICS, TYPE_SEPARATOR, bleu_from_stats, bleu_stats
+
+TYPED = ("precision_conlleval", "recall_conlleval", "f1_conlleval")  # the metrics reported per entity type
 
 
 def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=True) -> list[dict]:
@@ -60,12 +62,17 @@ def metric_key(name: str) -> str:
     Raises:
         UserError: not one of the report's metrics (the message lists them).
     """
-    key = name.strip().lower().removesuffix(" strict")  # results.md's "F1 strict"
+    metric, separator, entity_type = name.partition(TYPE_SEPARATOR)
+    key = metric.strip().lower().removesuffix(" strict")  # results.md's "F1 strict"
     key = key[:-1] + "_plus" if key.endswith("+") else key[:-1] + "_minus" if key.endswith("-") else key
     key = key.replace("-", "_")
     if key not in DESCRIPTIONS:
-        raise UserError(f"unknown metric {name!r}; the report's metrics: {', '.join(DESCRIPTIONS)}")
-    return key
+        raise UserError(f"unknown metric {name!r}; the report's metrics: {', '.join(DESCRIPTIONS)}, and "
+                        f"{', '.join(TYPED)} of one entity type ({TYPED[-1]}{TYPE_SEPARATOR}PER)")
+    if separator and (key not in TYPED or not entity_type.strip()):
+        raise UserError(f"{name!r}: of one entity type there are {', '.join(TYPED)} (as {TYPED[-1]}"
+                        f"{TYPE_SEPARATOR}PER)")
+    return key + (f"{TYPE_SEPARATOR}{entity_type.strip()}" if separator else "")
 
 
 def check_same_sentences(a: Predictions, b: Predictions, name_a="A", name_b="B") -> None:
@@ -111,25 +118,28 @@ def metrics_function(preds: Predictions, names: list[str], where="predictions"):
         UserError: a name the report does not give for this file (a translation metric of a tagging file, ECE-5 of
             a file that stores fewer than 5 entries a position); `where` names the file.
     """
-    if preds.task == "tagging" and set(names) <= set(SPAN_METRICS):
-        strict, conlleval = (label_span_counts(preds.gold, preds.predicted(), preds.sentence_offsets,
-                                               preds.label_names, mode) for mode in SPAN_MODES)
-        return lambda pos, sent: span_metrics(strict[sent], conlleval[sent])
+    if preds.task == "tagging" and all(name.partition(TYPE_SEPARATOR)[0] in SPAN_METRICS for name in names):
+        scores, _ = span_scorer(preds)
+        _require_reported(names, scores(np.arange(preds.n_sentences)), preds, where)
+        return lambda pos, sent: {name: value for name, value in scores(sent).items() if name in names}
     if preds.task == "translation" and set(names) == {"bleu"}:
         stats, _ = bleu_stats(preds.hypotheses, preds.references)
         return lambda pos, sent: {"bleu": bleu_from_stats(stats[sent])}
     report_fn, _ = tagging_metrics(preds) if preds.task == "tagging" else translation_metrics(preds)
-    reported = report_fn(np.arange(preds.n_positions), np.arange(preds.n_sentences))
-    missing = [name for name in names if name not in reported]
-    if missing:
-        raise UserError(f"{where}: the report of these {preds.task} predictions has no {', '.join(missing)} "
-                        f"(it has {', '.join(reported)})")
+    _require_reported(names, report_fn(np.arange(preds.n_positions), np.arange(preds.n_sentences)), preds, where)
 
     def selected(pos, sent):
         metrics = report_fn(pos, sent)
         return {name: metrics[name] for name in names}
 
     return selected
+
+
+def _require_reported(names: list[str], reported: dict, preds: Predictions, where: str) -> None:
+    missing = [name for name in names if name not in reported]
+    if missing:
+        raise UserError(f"{where}: the report of these {preds.task} predictions has no {', '.join(missing)} "
+                        f"(it has {', '.join(reported)})")
 
 
 def format_comparison(rows: list[dict], name_a="A", name_b="B", alpha=ALPHA) -> str:

@@ -9,6 +9,8 @@ percentages (x100, see its Table 1 and Table 2); `PAPER_SCALE` gives the factor 
 Intervals: the percentile interval, except for the ECE-type metrics (`DEBIASED`), which are biased upward on
 resamples: their value is bias-corrected and their interval is the basic one, so that the value always lies in
 its interval (calibration/bootstrap.py says how); `estimate` keeps each metric as computed on the data.
+Tagging files also get each entity type's conlleval precision, recall and F1 (`f1_conlleval:PER`, ...: seqeval's
+classification_report, with intervals), and the number of gold spans of each type (settings.entity_support).
 A metric undefined on the data is NaN here and null in metrics.json: BS+, B-ECE, B-BS and PR-AUC without a gold
 entity; span precision without a predicted entity, recall without a gold one, F1 without either (F1 is
 2 * correct / (gold + predicted), 0 when there are entities but none is found). A bootstrap replicate where a
@@ -45,7 +47,15 @@ from .metrics import (
     topk_events,
 )
 from .plots import EventRanking, PRCurve, pr_curve_plot, precision_recall_curve, reliability_diagram
-from .task_metrics import SPAN_MODES, bleu_from_stats, bleu_stats, label_span_counts, span_metrics
+from .task_metrics import (
+    TYPE_SEPARATOR,
+    bleu_from_stats,
+    bleu_stats,
+    label_span_counts,
+    label_span_type_counts,
+    span_metrics,
+    type_span_metrics,
+)
 
 ALPHA = 0.05
 ECE_BINS = 10  # ECE-1 / ECE-k: quantile bins
@@ -88,7 +98,7 @@ def evaluate(preds: Predictions, out_dir=None, n_boot=1000, seed=0) -> dict[str,
         metrics_fn, settings = translation_metrics(preds)
     intervals = bootstrap(metrics_fn, preds.sentence_offsets, n_boot=n_boot, alpha=ALPHA, seed=seed,
                           debiased=DEBIASED)
-    metrics = {name: intervals[name].as_dict() for name in DESCRIPTIONS if name in intervals}
+    metrics = {name: intervals[name].as_dict() for name in reported(intervals)}
     if out_dir is not None:
         out_dir = Path(out_dir)
         debiased = [name for name in metrics if name in DEBIASED]
@@ -100,12 +110,42 @@ def evaluate(preds: Predictions, out_dir=None, n_boot=1000, seed=0) -> dict[str,
     return metrics
 
 
+def reported(names) -> list[str]:
+    """The report's metrics among `names`, in DESCRIPTIONS' order, then the per-entity-type ones as they come."""
+    names = list(names)
+    return [n for n in DESCRIPTIONS if n in names] + [n for n in names if TYPE_SEPARATOR in n]
+
+
+def describe(name: str) -> str:
+    """What a metric of the report is: DESCRIPTIONS', and the entity type of a per-type one (f1_conlleval:PER)."""
+    base, _, entity_type = name.partition(TYPE_SEPARATOR)
+    return DESCRIPTIONS[base] + (f", entity type {entity_type}" if entity_type else "")
+
+
+def paper_scale(name: str) -> float:
+    """The factor to the paper's units of a report metric (per-type ones as their metric)."""
+    return PAPER_SCALE[name.partition(TYPE_SEPARATOR)[0]]
+
+
+def span_scorer(preds: Predictions):
+    """The span metrics of a tagging file's sentences, from per-sentence span counts taken once: a function
+    (sentence indices int [s]) -> {SPAN_METRICS and the per-type ones (type_span_metrics): value}, and each entity
+    type's gold spans on the whole file {type: count}."""
+    gold, pred, offsets, names = preds.gold, preds.predicted(), preds.sentence_offsets, preds.label_names
+    strict = label_span_counts(gold, pred, offsets, names, "strict")
+    by_type, types = label_span_type_counts(gold, pred, offsets, names, "conlleval")
+
+    def scores(sent):
+        return span_metrics(strict[sent], by_type[sent].sum(axis=1)) | type_span_metrics(by_type[sent], types)
+
+    return scores, dict(zip(types, by_type[:, :, 0].sum(axis=0).tolist()))
+
+
 def tagging_metrics(preds: Predictions):
     """The metrics function of a tagging file (positions, sentences) -> {name: value}, and its settings."""
     probs, gold, pred = preds.probs, preds.gold, preds.predicted()
     top1_conf, top1_correct = top1_events(preds)
-    strict, conlleval = (label_span_counts(gold, pred, preds.sentence_offsets, preds.label_names, mode)
-                         for mode in SPAN_MODES)
+    span_scores_of, support = span_scorer(preds)
     type_conf, type_names = entity_type_confidences(probs, preds.label_names)
     gold_type = gold_entity_types(gold, preds.label_names, type_names)
     ranking = EventRanking(type_conf, gold_type)
@@ -113,7 +153,7 @@ def tagging_metrics(preds: Predictions):
     balanced_names = ("b_bs", "b_ece", "b_ece_paper", "pr_auc")
 
     def metrics(pos, sent):
-        out = span_metrics(strict[sent], conlleval[sent])
+        out = span_scores_of(sent)
         if not pos.size:  # only empty sentences drawn: no event
             return out | dict.fromkeys(per_position + balanced_names, float("nan"))
         conf, gold_t = type_conf[pos], gold_type[pos]
@@ -137,6 +177,8 @@ def tagging_metrics(preds: Predictions):
         "task": "tagging",
         "entity_types": type_names,
         "span_f1": "f1: seqeval mode=strict, scheme=IOB2; f1_conlleval: seqeval default mode (conlleval); micro",
+        "per_type": f"<metric>_conlleval{TYPE_SEPARATOR}<type>: conlleval precision, recall, F1 of one entity type",
+        "entity_support": support,
         "ece_bins": ECE_BINS,
         "balanced_bins": BALANCED_BINS,
         "pred": "stored pred" if preds.pred is not None else "most probable label; ties: O, then the smallest name",
@@ -203,9 +245,9 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
     """A plain-text table: metric, value, 95% CI, unit and what the metric is."""
     rows = [("metric", "value", f"{100 * (1 - ALPHA):.0f}% CI", "unit", "")]
     for name, m in metrics.items():
-        unit = "0-100" if PAPER_SCALE[name] == 1 else "fraction"
+        unit = "0-100" if paper_scale(name) == 1 else "fraction"
         ci = f"[{_number(m['ci_low'])}, {_number(m['ci_high'])}]"
-        about = DESCRIPTIONS[name]
+        about = describe(name)
         if name in DEBIASED and "estimate" in m:
             about += f" (bias-corrected*; on the data {m['estimate']:.4f})"
         rows.append((name, _number(m["value"]), ci, unit, about))
@@ -229,7 +271,7 @@ def write_metrics_json(path, preds: Predictions, metrics, settings) -> None:
         path,
         {
             "metrics": metrics,
-            "paper_scale": {name: PAPER_SCALE[name] for name in metrics},
+            "paper_scale": {name: paper_scale(name) for name in metrics},
             "settings": settings | {"n_sentences": preds.n_sentences, "n_positions": preds.n_positions},
             "versions": versions | {"ensemble_distill": __version__},
             "predictions_meta": preds.meta,

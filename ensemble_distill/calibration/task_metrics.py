@@ -27,6 +27,7 @@ SPAN_MODES = ("strict", "conlleval")
 # The report's span metrics: the strict ones keep their historical names (metrics.json files written before the
 # conlleval reading was added hold strict values under "f1"), the conlleval ones carry a suffix.
 SPAN_METRICS = ("precision", "recall", "f1", "precision_conlleval", "recall_conlleval", "f1_conlleval")
+TYPE_SEPARATOR = ":"  # a metric of one entity type: f1_conlleval:PER (type_span_metrics)
 
 
 def span_counts(gold_seqs: list[list[str]], pred_seqs: list[list[str]], mode: str = "strict") -> np.ndarray:
@@ -57,6 +58,18 @@ def label_span_counts(gold, pred, offsets, label_names, mode: str = "strict") ->
     offsets[s]:offsets[s+1] (the predictions-file layout). Returns int64 [S, 3]; no Python loop over words.
 
     Raises:
+        ValueError: as `label_span_type_counts`.
+    """
+    return label_span_type_counts(gold, pred, offsets, label_names, mode)[0].sum(axis=1)
+
+
+def label_span_type_counts(gold, pred, offsets, label_names, mode: str = "strict") -> tuple[np.ndarray, list[str]]:
+    """Per-sentence entity counts of each entity type: int64 [S, T, 3] (gold, predicted, correct spans of type t
+    in sentence s, read in `mode`) and the T type names (sorted; those the labels name). Arguments as
+    `label_span_counts`, whose counts are these summed over types; scored per type (span_scores of [:, t]) they
+    give seqeval's classification_report.
+
+    Raises:
         ValueError: `mode` not in SPAN_MODES, a label that is not O, B-TYPE or I-TYPE (a TagError), ids outside
             the labels, or offsets that do not rise from 0 to W.
     """
@@ -79,9 +92,14 @@ def label_span_counts(gold, pred, offsets, label_names, mode: str = "strict") ->
     gold_spans = decode_spans(remap[gold], offsets, labels, inside_opens)
     pred_spans = decode_spans(remap[pred], offsets, labels, inside_opens)
     _, correct = span_events(pred_spans, np.zeros(len(pred_spans)), gold_spans)  # exact (start, end, type) match
-    n = len(offsets) - 1
-    return np.stack([np.bincount(gold_spans.sentence, minlength=n), np.bincount(pred_spans.sentence, minlength=n),
-                     np.bincount(pred_spans.sentence[correct], minlength=n)], axis=1).astype(np.int64)
+    n, n_types = len(offsets) - 1, len(labels.types)
+
+    def count(spans, keep=slice(None)):  # spans per (sentence, type) cell
+        cells = spans.sentence[keep] * n_types + spans.type[keep]
+        return np.bincount(cells, minlength=n * n_types).reshape(n, n_types)
+
+    counts = np.stack([count(gold_spans), count(pred_spans), count(pred_spans, correct)], axis=2).astype(np.int64)
+    return counts, list(labels.types)
 
 
 def span_scores(counts: np.ndarray) -> dict[str, float]:
@@ -101,6 +119,14 @@ def span_scores(counts: np.ndarray) -> dict[str, float]:
 def span_metrics(strict: np.ndarray, conlleval: np.ndarray) -> dict[str, float]:
     """The report's SPAN_METRICS from the span counts [..., 3] of the same sentences read strictly and as conlleval."""
     return span_scores(strict) | {f"{name}_conlleval": value for name, value in span_scores(conlleval).items()}
+
+
+def type_span_metrics(counts: np.ndarray, types: list[str]) -> dict[str, float]:
+    """Each entity type's conlleval precision, recall and F1 from its span counts [S, T, 3]
+    (label_span_type_counts), named `<metric>_conlleval:<type>` (f1_conlleval:PER): seqeval's
+    classification_report in its default mode, the paper's reading. NaN where undefined, as span_scores."""
+    return {f"{name}_conlleval{TYPE_SEPARATOR}{t}": value for i, t in enumerate(types)
+            for name, value in span_scores(counts[:, i]).items()}
 
 
 # --- confidence thresholds ------------------------------------------------------------------------------
