@@ -219,6 +219,7 @@ def add_compare(sub) -> None:
     p.add_argument("a", metavar="A.npz", help="predictions file of system A (docs/predictions-format.md)")
     p.add_argument("b", metavar="B.npz", help="predictions file of system B, of the same sentences")
     p.add_argument("--metrics", help="comma-separated, as in metrics.json or the tables (F1, B-ECE, ECE-1, BLEU; "
+                                     "F1 is metrics.json's f1, seqeval's strict F1; the paper's is f1_conlleval; "
                                      "f1_conlleval:PER: one entity type's); "
                                      f"default tagging {COMPARED['tagging']}, translation {COMPARED['translation']}")
     add_n_boot(p)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .calibration.comparison import compare
 from .calibration.plots import save_figure
-from .calibration.report import ALPHA, DESCRIPTIONS, PAPER_SCALE
+from .calibration.report import ALPHA, DEBIASED, DEBIASED_NOTE, DESCRIPTIONS, PAPER_SCALE
 from .config import to_toml, warm_start_budget
 from .io_utils import atomic_write_json, atomic_write_text, read_json
 from .tables import cell, duration, mean_and_se
@@ -497,12 +497,23 @@ def cells(metrics, row: Row) -> list[str]:
     return [_cell(row.stats[m], m) + row.notes.get(m, "") + row.marks.get(m, "") for m in metrics]
 
 
+def header(metric: str) -> str:
+    """A column's header: HEADERS', marked * for an ECE-type metric (bias-corrected; DEBIASED_NOTE)."""
+    return HEADERS[metric] + ("*" if debiased(metric) else "")
+
+
+def debiased(metric: str) -> bool:
+    """Whether a table metric is an ECE-type one (its raw, TS or CoNLL-test column), reported bias-corrected."""
+    return metric.removeprefix("conll_").removesuffix("_ts") in DEBIASED
+
+
 def caption(plan, table: Table) -> str:
     kinds = {c["versus"].split(" ")[0] for c in table.comparisons}  # Table 4 has no students: its marks in its caption
     marks = MARKS_NOTE if "teacher" in kinds else ""
+    corrected = DEBIASED_NOTE if any(debiased(m) for metrics, _ in table.blocks for m in metrics) else ""
     return " ".join(filter(None, [CAPTIONS.get(table.name, ""), table.caption, marks,
                                   significance_floor(plan.scale.n_boot) if table.comparisons else "",
-                                  "Values ×100 except BLEU, bytes/token and T.", plan.scale.shrunk + "."]))
+                                  "Values ×100 except BLEU, bytes/token and T.", corrected, plan.scale.shrunk + "."]))
 
 
 def significance_floor(n_boot: int) -> str:
@@ -518,7 +529,7 @@ def significance_floor(n_boot: int) -> str:
 def markdown(plan, table: Table) -> str:
     lines = [f"**{table.title}**"]
     for metrics, rows in table.blocks:
-        lines += ["", "| setting | system | " + " | ".join(HEADERS[m] for m in metrics) + " |",
+        lines += ["", "| setting | system | " + " | ".join(header(m) for m in metrics) + " |",
                   "|---|---|" + "---|" * len(metrics)]
         lines += [f"| {r.group} | {r.system} | " + " | ".join(cells(metrics, r)) + " |" for r in rows]
     return "\n".join(lines + ["", caption(plan, table)]) + "\n"
@@ -548,7 +559,7 @@ def csv_text(table: Table) -> str:
 def html_table(plan, table: Table) -> str:
     e, text = html.escape, ""
     for metrics, rows in table.blocks:
-        head = "".join(f"<th>{e(HEADERS[m])}</th>" for m in metrics)
+        head = "".join(f"<th>{e(header(m))}</th>" for m in metrics)
         body = "".join(f"<tr><td>{e(r.group)}</td><td>{e(r.system)}</td>"
                        + "".join(f"<td>{e(c)}</td>" for c in cells(metrics, r)) + "</tr>" for r in rows)
         text += f"<table><thead><tr><th>setting</th><th>system</th>{head}</tr></thead><tbody>{body}</tbody></table>"

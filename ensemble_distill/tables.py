@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration.report import DEBIASED, DEBIASED_NOTE
 from .calibration.temperature import at_bound, temperature_label
 
 SCALED = ("-ts", " + TS")  # a temperature-scaled system: its name's and its label's suffix
@@ -78,9 +79,11 @@ def units(columns) -> str:
 
 def format_rows(rows: list[dict], columns, title: str = "", temperature: bool = True) -> str:
     """A Markdown table in the paper's units: mean ± s.e. for groups, value [95% CI] for single systems; T is the
-    fitted temperature of a " + TS" row (1.00 for a raw one); `temperature=False` leaves the T column out."""
+    fitted temperature of a " + TS" row (1.00 for a raw one); `temperature=False` leaves the T column out. ECE-type
+    columns are marked * and explained below the table (DEBIASED_NOTE: bias-corrected values)."""
     lines = [f"**{title}** ({units(columns)})", ""] if title else []
-    lines += ["| system | " + ("T | " if temperature else "") + " | ".join(c.header for c in columns) + " |",
+    headers = [c.header + ("*" if c.key in DEBIASED else "") for c in columns]
+    lines += ["| system | " + ("T | " if temperature else "") + " | ".join(headers) + " |",
               "|---|" + ("---|" if temperature else "") + "---|" * len(columns)]
     for row in rows:
         cells = [cell(row[c.key], c.scale) for c in columns]
@@ -88,6 +91,8 @@ def format_rows(rows: list[dict], columns, title: str = "", temperature: bool = 
             note = f" ({row['temperature_note']})" if "temperature_note" in row else ""
             cells.insert(0, f"{temperature_label(row['temperature'])}{note}")
         lines.append(f"| {row['system']} | " + " | ".join(cells) + " |")
+    if any(c.key in DEBIASED for c in columns):
+        lines += ["", DEBIASED_NOTE]
     return "\n".join(lines) + "\n"
 
 

@@ -204,9 +204,13 @@ def test_format_comparison():
     text = format_comparison(rows, "student", "baseline")
     header, rule, f1_line, b_ece_line = text.splitlines()[:4]
     assert header.split() == ["metric", "student", "baseline", "student", "-", "baseline", "95%", "CI", "p"]
-    assert f1_line.split()[:4] == ["f1", f"{rows[0]['a']:.4f}", f"{rows[0]['b']:.4f}", f"{rows[0]['difference']:+.4f}"]
+    assert f1_line.split()[:5] == ["f1", "(strict)", f"{rows[0]['a']:.4f}", f"{rows[0]['b']:.4f}",
+                                   f"{rows[0]['difference']:+.4f}"]
     assert f1_line.endswith("(significant)") and b_ece_line.split()[3].endswith("*")
-    assert "bias-corrected" in text.splitlines()[-1]
+    assert "bias-corrected" in text.splitlines()[-1] and "strict is seqeval's strict IOB2" in text
+    conlleval = format_comparison(compare(tagger(offsets, gold, 3.0, 1), tagger(offsets, gold, 1.0, 2),
+                                          ["F1_conlleval:PER"], n_boot=10, progress=False))
+    assert conlleval.splitlines()[2].startswith("f1_conlleval:PER (conlleval)  ")
 
 
 def test_the_compare_command_prints_the_table_and_writes_the_rows(tmp_path, capsys):

@@ -22,6 +22,8 @@ from .report import ALPHA, DEBIASED, DESCRIPTIONS, span_scorer, tagging_metrics,
 from .task_metrics import SPAN_METRICS, TYPE_SEPARATOR, bleu_from_stats, bleu_stats
 
 TYPED = ("precision_conlleval", "recall_conlleval", "f1_conlleval")  # the metrics reported per entity type
+# How a span metric reads an I-X that opens a span (task_metrics): said beside its name, since "F1" names both
+SPAN_READINGS = {name: " (conlleval)" if name.endswith("_conlleval") else " (strict)" for name in SPAN_METRICS}
 
 
 def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=True) -> list[dict]:
@@ -57,7 +59,8 @@ def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=
 
 def metric_key(name: str) -> str:
     """The report's name of a metric: `b_ece` as is, or as a table spells it: B-ECE -> b_ece, ECE-1 -> ece_1,
-    BS+ -> bs_plus, BS- -> bs_minus, F1 and F1 strict -> f1 (case-insensitive).
+    BS+ -> bs_plus, BS- -> bs_minus, F1 and F1 strict -> f1 (case-insensitive; seqeval's strict F1, metrics.json's
+    `f1`: the paper's and reproduce's F1 is f1_conlleval); one entity type's: f1_conlleval:PER.
 
     Raises:
         UserError: not one of the report's metrics (the message lists them).
@@ -149,7 +152,8 @@ def format_comparison(rows: list[dict], name_a="A", name_b="B", alpha=ALPHA) -> 
     table = [("metric", name_a, name_b, f"{name_a} - {name_b}", level, "p")]
     for row in rows:
         corrected = "*" if row["metric"] in DEBIASED else ""
-        table.append((row["metric"], f"{row['a']:.4f}{corrected}", f"{row['b']:.4f}{corrected}",
+        table.append((row["metric"] + SPAN_READINGS.get(row["metric"].partition(TYPE_SEPARATOR)[0], ""),
+                      f"{row['a']:.4f}{corrected}", f"{row['b']:.4f}{corrected}",
                       f"{row['difference']:+.4f}{corrected}",
                       f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]",
                       f"{row['p_value']:.3f}" + (" (significant)" if row["significant"] else "")))
@@ -158,6 +162,9 @@ def format_comparison(rows: list[dict], name_a="A", name_b="B", alpha=ALPHA) -> 
     lines.insert(1, "-" * len(lines[0]))
     lines.append(f"Paired sentence bootstrap: basic interval; p two-sided (shift-to-null), significant when "
                  f"< {alpha:g}. Fractions raw (BLEU 0-100).")
+    if any(row["metric"].partition(TYPE_SEPARATOR)[0] in SPAN_READINGS for row in rows):
+        lines.append("Span F1 (precision, recall): strict is seqeval's strict IOB2 (results.md's 'F1 strict'), "
+                     "conlleval is the paper's and reproduce's 'F1'.")
     if any(row["metric"] in DEBIASED for row in rows):
         lines.append("* ECE-type, bias-corrected: A and B as their reports give them (2t - median of the replicates, "
                      "t on the data; metrics.json and results.md, x100 there, with the same --n-boot and --seed), "

@@ -48,14 +48,18 @@ class, and `ece` takes `correct` as the probability that each event is correct (
 [0, 1]; a fractional event adds its fraction to its bin's correct count, and shares it with its run as above).
 The events depend only on the probabilities, never on the order of the classes.
 
-Balanced metrics for NER (paper section 4.2), per entity type with N gold positions (types with N = 0 are
-skipped): keep the 2N most confident events of that type (all of them when fewer exist; equal confidences at the
-cut share their correctness, see Ties). B-ECE is the sum over types of that type's ECE weighted by its share of
-kept events, with quantile bins (``n_bins`` = 20); B-BS likewise of each type's Brier score mean (c - 1[gold])^2.
-With ``paper_compatible=True`` a type's ECE uses ``n_bins`` bins of exactly floor(N'/n_bins) events, N' = kept
-events, counted from the most confident end; the N' mod n_bins least confident events are dropped (our reading of
-"bins of floor(N'/20), remainder dropped": the top-2N selection sorts by descending confidence). A type with
-N' < n_bins then has no bin: its ECE is NaN and it is left out of B-ECE (weights renormalised over the others).
+Balanced metrics for NER (paper section 4.2; its footnote 8 collapses B and I into entity types, so a type's
+confidence is p(B-X) + p(I-X), clipped at 1 against rounding), per entity type with N gold positions (types with
+N = 0 are skipped): keep the 2N most confident events of that type (all of them when fewer exist; equal confidences
+at the cut share their correctness, see Ties). B-ECE is the sum over types of that type's ECE weighted by its share
+of kept events, with quantile bins (``n_bins`` = 20); B-BS likewise of each type's Brier score mean
+(c - 1[gold])^2. With ``paper_compatible=True`` a type's ECE uses ``n_bins`` bins of exactly floor(N'/n_bins)
+events, N' = kept events, counted from the most confident end; the N' mod n_bins least confident events are
+dropped (our reading of the authors' released code, "bins of floor(N'/20), remainder dropped": the top-2N selection
+sorts by descending confidence). A type with N' < n_bins then has no bin: its ECE is NaN and it is left out of
+B-ECE (weights renormalised over the others). The paper's text says only "adaptively binned": the bin count 20 and
+the remainder rule are the released code's, and the text does not say whether bins are weighted by their events
+(the default) or averaged alike (paper mode's ECE above).
 
 All metrics are fractions (the paper prints them x100). Probabilities may stray from [0, 1] by float rounding up
 to predictions.PROB_TOLERANCE, as the predictions file check allows; such values are clipped onto [0, 1], and

@@ -59,7 +59,7 @@ from .task_metrics import (
 
 ALPHA = 0.05
 ECE_BINS = 10  # ECE-1 / ECE-k: quantile bins
-BALANCED_BINS = 20  # B-ECE: quantile bins per entity type (paper section 4.2)
+BALANCED_BINS = 20  # B-ECE: quantile bins per entity type (the authors' released code; §4.2 says "adaptively binned")
 TOP_K = (1, 5)  # ECE-k of translation, as the paper's ECE-1 and ECE-5
 
 DESCRIPTIONS = {
@@ -86,6 +86,11 @@ DESCRIPTIONS = {
 }
 PAPER_SCALE = {name: 1 if name == "bleu" else 100 for name in DESCRIPTIONS}
 DEBIASED = ("ece_1", "ece_1_paper", "ece_5", "ece_5_paper", "b_ece", "b_ece_paper")
+DEBIASED_NOTE = ("* bias-corrected: an ECE measured on a sample reads high, by about as much as its bootstrap "
+                 "replicates read above it, so the value is 2 × the ECE of these sentences − the median of the "
+                 "replicates, and the interval is the basic bootstrap one (2 × ECE − their 97.5th and 2.5th "
+                 "percentiles), clipped at 0. The paper prints the ECE of the sentences: `estimate` in each "
+                 "system's metrics.json.")
 
 
 def evaluate(preds: Predictions, out_dir=None, n_boot=1000, seed=0) -> dict[str, dict[str, float]]:
@@ -256,8 +261,7 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines.append("Fractions are raw; the paper prints them x100 (percent). BLEU is on sacrebleu's 0-100 scale.")
     if any(name in DEBIASED for name in metrics):
-        lines.append("* ECE is biased upward on resamples: value 2*estimate - median of the bootstrap replicates, "
-                     "interval 2*estimate - their 97.5th and 2.5th percentiles (basic bootstrap), clipped at 0.")
+        lines.append(DEBIASED_NOTE)
     return "\n".join(line.rstrip() for line in lines)
 
 
