@@ -484,14 +484,14 @@ def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the pipeline end to end on a small CoNLL-2003 setting (minutes on a CPU)")
     p.add_argument("--data", default="../shared/data", help="folder holding conll2003-en/ (default ../shared/data)")
     p.add_argument("--out", default="runs/demo", type=output_folder, help="run directory root (default runs/demo)")
-    p.add_argument("--config", default="configs/demo.toml", help="demo config (default configs/demo.toml)")
+    p.add_argument("--config", help="demo config (default: configs/demo.toml, shipped with the package)")
     p.set_defaults(func=run_demo)
 
 
 def run_demo(args) -> int:
-    from .demo import demo
+    from .demo import DEMO_CONFIG, demo
 
-    print(demo(args.data, args.out, args.config, overrides=args.overrides))
+    print(demo(args.data, args.out, args.config or DEMO_CONFIG, overrides=args.overrides))
     return 0
 
 

@@ -16,8 +16,10 @@ from .ensemble import train_members
 from .evaluation import evaluate_run
 from .tables import format_rows
 
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"  # shipped with the package
 
-def demo(data_root, out_root, config_path="configs/demo.toml", heads=("iid", "crf"), n_boot: int = 200,
+
+def demo(data_root, out_root, config_path=DEMO_CONFIG, heads=("iid", "crf"), n_boot: int = 200,
          progress: bool = True, overrides=()) -> str:
     """Train, evaluate and tabulate a small ensemble per head, then memoise it and distil it into an IID student
     (trained like the members) that joins the table; data paths in the config are under `data_root`."""

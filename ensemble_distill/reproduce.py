@@ -42,7 +42,7 @@ from .io_utils import atomic_write_json, read_json, require_same_config, run_loc
 from .runs import RESULT, finished
 from .tables import duration
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parent / "configs"  # shipped with the package (the repository's configs/ links here)
 RUNS, TIMINGS = "runs", "timings.json"
 POLL_SECONDS = 60.0  # how often a process with nothing else to do tries the runs another process holds (run_steps)
 
@@ -496,6 +496,22 @@ def check_folders(plan: Plan, steps: list[Step]) -> None:
             require_same_config(folder, settings, dry=True, moves_with=STUDENT_LOCATION)
 
 
+def check_data(plan: Plan, steps: list[Step]) -> None:
+    """Refuse (UserError, one line naming --data and the first missing file) a data file that a step still to do
+    reads: each such run's data files (its config's [data] paths) and WNUT-17 test for a prediction on it, before
+    anything runs, in --dry-run too (whose estimates count sentences). Changes no file."""
+    todo = [s for s in steps if not plan.done(s)]
+    configs = [plan.config(run) for run in dict.fromkeys(s.run for s in todo)]
+    needed = [Path(getattr(cfg.data, f.name)) for cfg in configs for f in dataclasses.fields(cfg.data)
+              if f.metadata.get("path")]
+    needed += [plan.data_root / WNUT17_TEST] * any(s.kind == "predict" for s in todo)
+    missing = next((path for path in needed if not path.is_file()), None)
+    if missing is not None:
+        folders = sorted({NER_DATA["en"][0], NER_DATA["de"][0], MULTI30K[0], Path(WNUT17_TEST).parent.name})
+        raise UserError(f"--data {plan.data_root}: {missing}: no such file (the data root holds "
+                        f"{', '.join(f + '/' for f in folders)} as ../shared/data does)")
+
+
 def _predict(plan: Plan, step: Step, progress: bool) -> None:
     """Tag the mapped WNUT-17 test file with one system of an NER run and score its predictions."""
     from . import pipeline
@@ -781,6 +797,7 @@ def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../s
     chosen = selected(plan, only)
     steps = plan.steps(chosen)
     check_folders(plan, steps)
+    check_data(plan, steps)
     if dry_run:
         return describe(plan, chosen, read_timings(plan))
     ran = 0 if report_only else run_steps(plan, steps, progress)

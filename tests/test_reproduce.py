@@ -478,3 +478,11 @@ def test_processes_sharing_out_split_the_runs(report, capsys, monkeypatch):
                        f"process {pid} on {socket.gethostname()} (lock file {out / 'runs' / 'ner-en-iid' / '.lock'});"
                        " wait until it ends, or stop it"]
     assert (ner_student / "result.json").is_file()
+
+
+def test_a_data_root_without_the_data_is_refused_in_one_line(tmp_path, capsys):
+    code = main(["reproduce", "--scale", "smoke", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--dry-run"])
+    assert code == 2 and not (tmp_path / "r").exists()
+    assert capsys.readouterr().err.strip() == (
+        f"ensemble-distill: error: --data {tmp_path}: {tmp_path}/conll2003-en/eng.train: no such file (the data root "
+        "holds conll2003-en/, europarl-ner-de/, multi30k-de-en/, wnut17/ as ../shared/data does)")
