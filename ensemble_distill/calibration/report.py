@@ -81,7 +81,7 @@ DESCRIPTIONS = {
     "bs_minus": "BS- (non-gold entity-type events)",
     "b_bs": "balanced Brier score",
     "b_ece": "balanced ECE",
-    "b_ece_paper": "B-ECE, paper's reference binning",
+    "b_ece_paper": "B-ECE, paper's reference binning (a type with under 20 kept events is left out; null if all are)",
     "pr_auc": "area under entity-type PR curve (AP)",
 }
 PAPER_SCALE = {name: 1 if name == "bleu" else 100 for name in DESCRIPTIONS}
