@@ -57,7 +57,7 @@ def fitted_temperature(folders: list, run_dir=None, system: str | None = None) -
     if not path.is_file():
         what = f"{folders[0]}: a model" if len(folders) == 1 else f"{run_dir}: its {system}"
         raise UserError(f"--calibrated: {what} never evaluated (no {path.name}, the temperature evaluation fits on "
-                        f"dev); {evaluate}")
+                        f"dev); {evaluate}, or give the temperature yourself: --temperature T")
     record = read_json(path, evaluate)
     try:
         temperature, models = float(record["temperature"]), record["models"]

