@@ -112,6 +112,8 @@ def writable_folder(text: str) -> str:
     """A folder a command writes into: an existing folder, or a path to create under one, that this process can
     write (tried with a probe file, config.folder_problem). Checked before anything is read or written, so a
     refused folder is left as it was; raises UserError."""
+    if text == "-":  # a folder named "-" would be created without a word: the user meant standard output
+        raise UserError("-: a folder is needed here, not standard output (the command writes several files)")
     if problem := folder_problem(text):
         raise UserError(f"{text}: {problem}" if text else problem)
     return text

@@ -13,6 +13,7 @@ from .config import Distillation, DistillConfig, TaggingConfig, load_config, tra
 from .distill.memoize import memoize
 from .distill.student import distill_from_store
 from .ensemble import train_members
+from .errors import UserError
 from .evaluation import evaluate_run
 from .tables import format_rows
 
@@ -22,10 +23,15 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"  # shipp
 def demo(data_root, out_root, config_path=DEMO_CONFIG, heads=("iid", "crf"), n_boot: int = 200,
          progress: bool = True, overrides=()) -> str:
     """Train, evaluate and tabulate a small ensemble per head, then memoise it and distil it into an IID student
-    (trained like the members) that joins the table; data paths in the config are under `data_root`."""
+    (trained like the members) that joins the table; data paths in the config are under `data_root`. Raises
+    UserError naming --data when a data file is not there, before anything is written."""
     cfg = load_config(config_path, TaggingConfig, overrides, resolve_paths=False)  # data paths are under data_root
     for name in ("train", "dev", "test"):  # normalised (abspath), as load_config records paths: no "clone/../"
-        setattr(cfg.data, name, os.path.abspath(Path(data_root) / getattr(cfg.data, name)))
+        path = os.path.abspath(Path(data_root) / getattr(cfg.data, name))
+        if not os.path.isfile(path):  # before any folder is made; the user gave --data, not data.<name>
+            raise UserError(f"--data {data_root}: {path}: no such file (the demo reads CoNLL-2003 from "
+                            f"{Path(getattr(cfg.data, name)).parent}/ there, as ../shared/data holds it)")
+        setattr(cfg.data, name, path)
     cfg.encoder.cache_dir = os.path.abspath(Path(out_root) / "cache")
     tables, data = [], None
     for head in heads:

