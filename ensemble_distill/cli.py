@@ -432,6 +432,8 @@ def add_translate(sub) -> None:
     p.add_argument("--input", default="-", help="source text, one sentence a line (.gz read through gzip; default "
                                                 "'-': standard input)")
     p.add_argument("--output", default="-", help="translations, one a line (default '-': standard output)")
+    p.add_argument("--encoding", default="utf-8",
+                   help="the input's text encoding (default utf-8; output is UTF-8)")
     p.add_argument("--out", type=output_folder, help="older form: a folder for translations.txt (instead of --output)")
     p.add_argument("--beam", type=in_range(int, 1), help="beam size (default: the model's decode.beam_size)")
     p.add_argument("--length-penalty", type=like_setting(Decoding, "alpha"), metavar="ALPHA",
@@ -458,7 +460,7 @@ def run_translate(args) -> int:
         writable_folder(str(Path(args.output).parent))
     n = translate(args.input, None if args.output == "-" else args.output, model=args.model, run=args.run,
                   members=args.members, beam_size=args.beam, jsonl=args.jsonl, device=args.device,
-                  length_penalty=args.length_penalty)
+                  length_penalty=args.length_penalty, encoding=args.encoding)
     if args.output != "-":
         print(f"wrote {counted(n, 'translation')} to {args.output}")
     return 0

@@ -241,12 +241,13 @@ def _only_options(task: str, options: dict, source) -> None:
 
 def translate(input_path="-", output=None, model=None, run=None, members: int | None = None,
               beam_size: int | None = None, jsonl: bool = False, device: str = "cpu",
-              length_penalty: float | None = None) -> int:
+              length_penalty: float | None = None, encoding: str = "utf-8") -> int:
     """Translate text (one sentence a line; "-": standard input) with a model folder (`model`) or the ensemble of
     a translation run's first `members` members (`run`; default the largest configured), to `output` (None:
     standard output; a name ending in .gz is written through gzip): tasks.nmt.translate_text, at `beam_size` and
     GNMT `length_penalty` α (default: the model's decode.beam_size and decode.alpha; α = 0 scores hypotheses by
-    their summed log-probability, as CTranslate2's length_penalty=0). Reads only the model folders (and
+    their summed log-probability, as CTranslate2's length_penalty=0); the input is read as `encoding`. Reads only
+    the model folders (and
     RUN/config.toml). Returns the number of sentences. Raises UserError for a tagging model or run, members of
     another vocabulary or not trained yet, and an output that is the input file."""
     from .tasks import load_model
@@ -277,7 +278,7 @@ def translate(input_path="-", output=None, model=None, run=None, members: int | 
             raise UserError(f"{model}: {_a(loaded[0].spec['task'])} model; translate takes a translation model (tag "
                             "text with predict)")
     return translate_text([m.model for m in loaded], loaded[0].vocab, loaded[0].spec["decode"], input_path, output,
-                          beam_size, jsonl, length_penalty)
+                          beam_size, jsonl, length_penalty, encoding)
 
 
 def _same_file(a, b) -> bool:

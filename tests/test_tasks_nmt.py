@@ -430,6 +430,24 @@ def test_translate_reads_standard_input_and_writes_text_or_scored_json_lines(toy
         assert record["mean_token_confidence"] == pytest.approx(p.mean().item(), abs=1e-4)
 
 
+def test_translate_reads_another_encoding_when_told_and_warns_of_an_empty_input(toy_run, tmp_path, capsys):
+    member_dir = toy_run.member_dir(0)
+    sources = open(toy_run.cfg.data.test_src).read().splitlines()[:3]
+    assert main(["translate", "--model", str(member_dir), "--input", toy_run.cfg.data.test_src, "--beam", "2"]) == 0
+    expected = capsys.readouterr().out.splitlines()[:3]
+    utf16 = tmp_path / "src.utf16"
+    utf16.write_text("\n".join(sources) + "\n", encoding="utf-16")
+    assert main(["translate", "--model", str(member_dir), "--input", str(utf16), "--beam", "2"]) == 2
+    assert "set --encoding to the file's encoding" in capsys.readouterr().err
+    assert main(["translate", "--model", str(member_dir), "--input", str(utf16), "--beam", "2", "--encoding",
+                 "utf-16"]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+    (tmp_path / "empty").write_text("")
+    with pytest.warns(UserWarning, match="empty: no sentences .* nothing to translate"):
+        assert main(["translate", "--model", str(member_dir), "--input", str(tmp_path / "empty")]) == 0
+    assert capsys.readouterr().out == ""
+
+
 def test_translate_with_a_runs_ensemble_and_a_source_beyond_the_positions(toy_run, tmp_path, capsys):
     test = toy_run.data.splits["test"]
     expected = translate(toy_run.members(2), test, toy_run.data.vocab, 2, 0.6, 16)

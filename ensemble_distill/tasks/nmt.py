@@ -309,7 +309,8 @@ def hypothesis_scores(models: Sequence[TranslationModel], sources: list[list[int
 
 
 def translate_text(models: Sequence[TranslationModel], vocab: SubwordVocab, decode: dict, input_path="-",
-                   output=None, beam_size: int | None = None, jsonl: bool = False, alpha: float | None = None) -> int:
+                   output=None, beam_size: int | None = None, jsonl: bool = False, alpha: float | None = None,
+                   encoding: str = "utf-8") -> int:
     """Translate text, one sentence a line (`input_path` "-": standard input; .gz read through gzip), with the mean
     of `models` (one model or an ensemble sharing `vocab`), and write the detokenised translations one a line to
     `output` (None: standard output; a file is written atomically, through gzip when its name ends in .gz). jsonl:
@@ -320,8 +321,11 @@ def translate_text(models: Sequence[TranslationModel], vocab: SubwordVocab, deco
     one warning counts them; sources longer than the models' positions are cut to fit with a warning; outputs are
     capped per sentence (beam_search.output_length_caps). Returns the number of sentences.
 
-    Raises UserError naming an input that cannot be read."""
-    sources = read_text_lines(input_path)
+    Raises UserError naming an input that cannot be read (as `encoding`, default UTF-8). An input without a line
+    is translated to nothing, with a warning (a file emptied by mistake)."""
+    sources = read_text_lines(input_path, encoding, setting="--encoding")
+    if not sources:
+        warnings.warn(f"{input_path}: no sentences (one sentence a line): nothing to translate")
     pairs = source_pairs(vocab, models[0].config.max_positions, input_path, sources)
     split = ParallelSplit(pairs, [])
     ids = translate_ids(models, split, beam_size or decode["beam_size"], decode["alpha"] if alpha is None else alpha,
