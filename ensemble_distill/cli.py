@@ -359,8 +359,8 @@ def add_predict(sub) -> None:
     p.add_argument("--members", type=MEMBERS, help="with --run: ensemble size (default: the largest configured)")
     p.add_argument("--input", required=True,
                    help="the text ('-': standard input). NER: --format conll (one token a line, blank lines between "
-                        "sentences), jsonl ({\"tokens\": [...]} a line) or text (one sentence a line, split by the "
-                        "encoder tokenizer's pre-tokenizer); translation: source text")
+                        "sentences), jsonl ({\"tokens\": [...]} a line) or text (one sentence a line, split into "
+                        "words Penn-Treebank style, as CoNLL-2003 is, by NLTK); translation: source text")
     p.add_argument("--out", required=True, type=output_folder,
                    help="folder for entities.jsonl, predictions.conll (translation: translations.txt) and, with gold, "
                         "predictions.npz")

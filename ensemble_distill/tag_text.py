@@ -1,7 +1,7 @@
 """Tagging new text with a tagger folder or an ensemble of them: read the input, tag it, span confidences, write.
 
     models = [load_model("runs/conll-iid/students/student-3")]        # tasks.ner.TaggerFolder (or K members)
-    text = read_input("news.txt", models[0].tokenizer)                 # .txt: one sentence a line
+    text = read_input("news.txt")                                      # .txt: one sentence a line
     tagged = tag(models, text.tokens)
     write_tagged("out/", text, tagged)                                  # entities.jsonl, predictions.conll
 
@@ -11,9 +11,21 @@ standard input "-" → conll; with `tag_col` always conll):
   `tag_col`), blank lines between sentences, `-DOCSTART-` lines skipped. A file of more than one column besides
   the tags must say which column is the token: nothing is guessed (an index in the first column is not a token).
 - jsonl: one JSON object a line, {"tokens": ["Peter", "Blackburn", ...]}; blank lines skipped.
-- text: one sentence a line, split into words by the encoder tokenizer's own pre-tokenizer
-  (`tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str`; BERT's splits at whitespace and punctuation:
-  "New-York," → New - York ,), the words taken from the line at the pre-tokenizer's offsets; blank lines skipped.
+- text: one sentence a line, split into words as the training data (CoNLL-2003, Europarl) is: Penn-Treebank style,
+  by NLTK's NLTKWordTokenizer (nltk.tokenize.word_tokenize without its sentence splitter, as the line is one
+  sentence). Abbreviations, hyphenated words, inner apostrophes and German ordinals stay one word ("U.S.", "D.C.",
+  "Jean-Luc", "O'Brien", "EU-Kommission", "3."); the sentence-final period, commas, brackets, quotes and clitics
+  ("'s", "n't") are split off, the typographic apostrophe ’ read as ' ("O’Brien"; "Paulo’s" → Paulo ’s):
+  "O'Brien sued the U.S. in Washington, D.C. on Monday." → O'Brien sued the U.S. in Washington , D.C. on Monday .
+  A line-final abbreviation loses its period to the sentence ("... and Co." → and Co .). The words are the line's
+  own characters at the tokenizer's spans (not its `` and '' for a double quote); blank lines skipped.
+
+entities.jsonl: per sentence {"sentence", "line", "tokens", "entities"}, "line" the file line of its first word.
+Each entity: "type", word offsets "start", "end" (exclusive) into "tokens", "text" and "confidence". For text input
+also "char_start", "char_end": character offsets (Python string indices, end exclusive) into the source line
+(without its line break), and "text" is that exact source text, line[char_start:char_end] (what lies between its
+words kept as typed). conll and jsonl inputs have no source line: no character offsets, and "text" is the words
+joined by single spaces (as for a text line whose words are separated by single spaces).
 
 Predicted labels: a single CRF model's are its Viterbi path (per encoder window, each word taken from the window
 that owns it), as evaluation scores it; any other model's or ensemble's are the argmax of the (mean) distributions
@@ -70,12 +82,15 @@ STDIN = "-"
 
 @dataclass
 class TextInput:
-    """Sentences read from a file: their words, the file line of each sentence's first word and, with gold tags,
-    the sentences as read_conll reads them (None without)."""
+    """Sentences read from a file: their words, the file line of each sentence's first word, with gold tags the
+    sentences as read_conll reads them (None without) and, for text input, each sentence's source line and its
+    words' character spans (start, end) into it (None for other inputs)."""
     path: str
     tokens: list[list[str]]
     lines: list[int]
     gold_sentences: list[conll.Sentence] | None = None
+    sources: list[str] | None = None
+    char_spans: list[list[tuple[int, int]]] | None = None
 
     @property
     def gold(self) -> list[list[str]] | None:
@@ -95,12 +110,11 @@ def input_format(path, fmt: str | None = None, tag_col: int | None = None) -> st
     return "text" if name.endswith(".txt") else "conll"
 
 
-def read_input(path, tokenizer=None, fmt: str | None = None, token_col: int | None = None,
+def read_input(path, fmt: str | None = None, token_col: int | None = None,
                tag_col: int | None = None, scheme: str = "iob2", encoding: str = "utf-8", comment_prefix: str = "#",
                token_prefix: str = "") -> TextInput:
     """Read sentences (and gold tags when `tag_col` is given) from `path` ("-": standard input) in format `fmt`.
 
-    tokenizer: the encoder's fast tokenizer, whose pre-tokenizer splits "text" lines into words.
     Raises UserError naming the file (and line) for anything that cannot be read as stated.
     """
     fmt = input_format(path, fmt, tag_col)
@@ -112,7 +126,7 @@ def read_input(path, tokenizer=None, fmt: str | None = None, token_col: int | No
     if fmt == "jsonl":
         return _jsonl(path, lines)
     if fmt == "text":
-        return _text(path, lines, tokenizer)
+        return _text(path, lines)
     n_columns = _columns(path, lines, comment_prefix)
     if token_col is None:
         others = n_columns - (tag_col is not None)
@@ -182,24 +196,26 @@ def _jsonl(path, lines) -> TextInput:
     return TextInput(str(path), tokens, starts)
 
 
-def _text(path, lines, tokenizer) -> TextInput:
-    pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
-    tokens, starts = [], []
+def _text(path, lines) -> TextInput:
+    from nltk.tokenize import NLTKWordTokenizer  # imported here: NLTK takes a second to import, only text needs it
+
+    tokenizer = NLTKWordTokenizer()
+    tokens, starts, sources, char_spans = [], [], [], []
     for number, line in enumerate(lines, start=1):
-        # Words at the pre-tokenizer's offsets into the line: SentencePiece-style pre-tokenizers mark a word's
-        # leading space (▁) in the pieces they return, which is not part of the word.
-        words = [line[a:b].strip() for _, (a, b) in pre_tokenizer.pre_tokenize_str(line)] if pre_tokenizer \
-            else line.split()
-        words = [w for w in words if w]
-        if words:
-            tokens.append(words)
+        # Its apostrophe rules are written for ' (as CoNLL-2003's text has it): the typographic apostrophe ’ would
+        # be split off as a closing quote (O ’ Brien). One character for one, so the spans hold for the line.
+        spans = list(tokenizer.span_tokenize(line.replace("’", "'")))
+        if spans:
+            tokens.append([line[a:b] for a, b in spans])
             starts.append(number)
+            sources.append(line)
+            char_spans.append(spans)
     if not tokens:
         raise located(path, None, "no sentences (one sentence a line)")
     if all(len(words) == 1 for words in tokens) and any(not line.strip() for line in lines):
         warnings.warn(f"{path}: read as one sentence a line (--format text), but it looks like one token a line "
                       "with blank lines between sentences: give --format conll for that")
-    return TextInput(str(path), tokens, starts)
+    return TextInput(str(path), tokens, starts, sources=sources, char_spans=char_spans)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -348,15 +364,19 @@ def dev_threshold(models: list, dev: TextInput, target_precision: float, tempera
 
 def entities_jsonl(text: TextInput, tagged: Tagged, min_confidence: float = 0.0) -> str:
     """Per sentence a JSON line {"sentence", "line", "tokens", "entities"}: each predicted span whose confidence is
-    at least `min_confidence`, with its type, word offsets [start, end), text (the words joined by spaces) and
-    confidence (module doc)."""
+    at least `min_confidence`, with its type, word offsets [start, end), for text input its character offsets
+    [char_start, char_end) into the source line, its text (text input: the source line's characters there, else
+    the words joined by spaces) and confidence (module doc)."""
     spans, keep = tagged.spans, tagged.confidence >= min_confidence
+    types = SpanLabels.from_names(tagged.labels).types
     per_sentence = [[] for _ in text.tokens]
     for s, a, b, t, c in zip(spans.sentence[keep], spans.start[keep], spans.end[keep], spans.type[keep],
                              tagged.confidence[keep]):
-        words = text.tokens[s]
-        per_sentence[s].append({"type": SpanLabels.from_names(tagged.labels).types[t], "start": int(a),
-                                "end": int(b), "text": " ".join(words[a:b]), "confidence": float(c)})
+        entity = {"type": types[t], "start": int(a), "end": int(b), "text": " ".join(text.tokens[s][a:b])}
+        if text.char_spans is not None:
+            first, last = text.char_spans[s][a][0], text.char_spans[s][b - 1][1]
+            entity.update(char_start=first, char_end=last, text=text.sources[s][first:last])
+        per_sentence[s].append({**entity, "confidence": float(c)})
     return "".join(strict_json({"sentence": s, "line": line, "tokens": words, "entities": entities}) + "\n"
                    for s, (words, line, entities) in enumerate(zip(text.tokens, text.lines, per_sentence)))
 
@@ -407,12 +427,12 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
     # .jsonl input keeps the format its name says), and a text or jsonl input reads none of them.
     fmt = input_format(input_path, fmt, None if dev is not None else reader.get("tag_col"))
     columns = ("token_col", "tag_col") if dev is not None and fmt != "conll" else ()
-    text = read_input(input_path, models[0].tokenizer, fmt, **{k: v for k, v in reader.items() if k not in columns})
+    text = read_input(input_path, fmt, **{k: v for k, v in reader.items() if k not in columns})
     labels = models[0].labels
     gold = gold_ids(text, labels, unknown_tag) if text.gold is not None else None
     report = None
     if target_precision is not None:
-        point = dev_threshold(models, read_input(dev, models[0].tokenizer, "conll", **reader), target_precision,
+        point = dev_threshold(models, read_input(dev, "conll", **reader), target_precision,
                               temperature, unknown_tag)
         min_confidence = point.threshold
         report = {"target_precision": target_precision, "dev": str(dev), "threshold": point.threshold,

@@ -83,6 +83,10 @@ def test_every_input_format_and_standard_input_give_the_same_entities(folders, t
     reference = results.pop("in.conll")
     assert [s["tokens"] for s in reference] == SENTENCES
     assert sum(len(s["entities"]) for s in reference) > 0
+    for sentence in results["in.txt"]:  # only text input has a source line: the offsets into it, the rest as all
+        line = " ".join(sentence["tokens"])
+        for e in sentence["entities"]:
+            assert line[e.pop("char_start"):e.pop("char_end")] == e["text"]
     for name, result in results.items():
         assert [(s["tokens"], s["entities"]) for s in result] == [(s["tokens"], s["entities"]) for s in reference]
     assert [s["line"] for s in reference] == [2, 10, 20, 30]  # each sentence's first line in the file
@@ -103,14 +107,86 @@ def test_device_cpu_writes_what_the_default_writes(folders, tmp_path, capsys):
             assert (tmp_path / "cpu" / model / file).read_text() == default and default.strip()
 
 
-def test_text_is_split_by_the_encoder_tokenizers_pre_tokenizer(folders, tmp_path):
+HARD = ["The U.S. Department of Justice sued Google in Washington, D.C. on Monday.",
+        "Jean-Luc Picard and O’Brien met at São Paulo’s airport."]  # trial 6; a typographic apostrophe ’ in both
+
+
+def test_text_is_split_penn_treebank_style_as_conll_2003_is(tmp_path):
+    """The encoder's BERT pre-tokenizer split at every punctuation mark (U . S ., Jean - Luc, O ' Brien), and the
+    models, trained on CoNLL-2003's words, tagged the pieces as separate entities. The words here are the Penn
+    Treebank rules applied by hand: abbreviations, hyphens and inner apostrophes stay, the final period, commas,
+    quotes, brackets and the clitic 's are split off (also after a typographic ’); German ordinals stay "3."."""
     from ensemble_distill.tag_text import read_input
 
     path = tmp_path / "news.txt"
-    path.write_text("Peter visits New-York, today.\n\n  \nEU rejects it\n")
-    text = read_input(path, load_model(folders["iid"]).tokenizer)
-    assert text.tokens == [["Peter", "visits", "New", "-", "York", ",", "today", "."], ["EU", "rejects", "it"]]
-    assert text.lines == [1, 4] and text.gold is None
+    path.write_text("\n".join([*HARD, "", "  ", "Die EU-Kommission in Brüssel hat am 3. Mai 2024 entschieden.",
+                               'He said "Peter (not I) can\'t come."']) + "\n")
+    text = read_input(path)
+    assert text.tokens == [
+        ["The", "U.S.", "Department", "of", "Justice", "sued", "Google", "in", "Washington", ",", "D.C.", "on",
+         "Monday", "."],
+        ["Jean-Luc", "Picard", "and", "O’Brien", "met", "at", "São", "Paulo", "’s", "airport", "."],
+        ["Die", "EU-Kommission", "in", "Brüssel", "hat", "am", "3.", "Mai", "2024", "entschieden", "."],
+        ["He", "said", '"', "Peter", "(", "not", "I", ")", "ca", "n't", "come", ".", '"']]
+    assert text.lines == [1, 2, 5, 6] and text.gold is None
+    assert text.sources == [*HARD, "Die EU-Kommission in Brüssel hat am 3. Mai 2024 entschieden.",
+                            'He said "Peter (not I) can\'t come."']
+    assert [[source[a:b] for a, b in spans] for source, spans in zip(text.sources, text.char_spans)] == text.tokens
+
+
+def test_text_entities_carry_their_exact_source_text_and_character_offsets(tmp_path, monkeypatch):
+    """Spans over words the tokenizer splits without a space between them ("Paulo’s") or that hold punctuation:
+    line[char_start:char_end] is the entity as typed (the words joined by spaces would be "São Paulo ’s");
+    conll and jsonl inputs, which have no source line, give no character offsets and the words joined."""
+    from types import SimpleNamespace
+
+    from ensemble_distill import tag_text
+
+    tags = [["O", "B-LOC", "I-LOC", "I-LOC", "I-LOC", "O", "B-PER", "O", "B-LOC", "O", "B-LOC", "O", "O", "O"],
+            ["B-PER", "I-PER", "O", "B-PER", "O", "O", "B-LOC", "I-LOC", "I-LOC", "O", "O"]]
+    distributions = [np.eye(len(LABELS), dtype=np.float32)[[LABELS.index(t) for t in row]] for row in tags]
+    offsets = np.cumsum([0, *map(len, tags)])
+    predicted = np.split(predicted_labels(np.concatenate(distributions), LABELS), offsets[1:-1])
+    spans = decode_spans(np.concatenate(predicted), offsets, SpanLabels.from_names(LABELS))
+    monkeypatch.setattr(tag_text, "tag", lambda *_, **__: tag_text.Tagged(LABELS, distributions, predicted, spans,
+                                                                          np.ones(len(spans))))
+    model = SimpleNamespace(tokenizer=None, labels=LABELS)
+    (tmp_path / "hard.txt").write_text("\n".join(HARD) + "\n")
+    tag_text.predict([model], tmp_path / "hard.txt", tmp_path / "text")
+    found = [[(e["type"], e["start"], e["end"], e["char_start"], e["char_end"], e["text"]) for e in s["entities"]]
+             for s in entities(tmp_path / "text")]
+    assert found == [[("LOC", 1, 5, 4, 30, "U.S. Department of Justice"), ("PER", 6, 7, 36, 42, "Google"),
+                      ("LOC", 8, 9, 46, 56, "Washington"), ("LOC", 10, 11, 58, 62, "D.C.")],
+                     [("PER", 0, 2, 0, 15, "Jean-Luc Picard"), ("PER", 3, 4, 20, 27, "O’Brien"),
+                      ("LOC", 6, 9, 35, 46, "São Paulo’s")]]
+    for line, sentence in zip(HARD, entities(tmp_path / "text")):
+        for e in sentence["entities"]:
+            assert line[e["char_start"]:e["char_end"]] == e["text"]
+
+    words = tag_text.read_input(tmp_path / "hard.txt").tokens
+    (tmp_path / "hard.jsonl").write_text("".join(json.dumps({"tokens": w}) + "\n" for w in words))
+    (tmp_path / "hard.conll").write_text(conll_tokens(words))
+    for name in ("hard.jsonl", "hard.conll"):
+        tag_text.predict([model], tmp_path / name, tmp_path / name.replace(".", "-"))
+        found = [e for s in entities(tmp_path / name.replace(".", "-")) for e in s["entities"]]
+        assert [e["text"] for e in found] == ["U.S. Department of Justice", "Google", "Washington", "D.C.",
+                                             "Jean-Luc Picard", "O’Brien", "São Paulo ’s"]
+        assert not any("char_start" in e or "char_end" in e for e in found)
+
+
+def test_trained_taggers_give_every_text_entity_its_source_characters(folders, tmp_path, capsys):
+    """The same through the CLI with real (tiny) taggers, a single CRF and an IID ensemble: whatever spans they
+    predict, each one's character offsets give its text."""
+    (tmp_path / "hard.txt").write_text("\n".join(HARD + [" ".join(s) for s in SENTENCES]) + "\n")
+    for name, models in (("crf", ["--model", str(folders["crf"])]), ("iid", ["--model", str(folders["iid"])])):
+        assert main(["predict", *models, "--input", str(tmp_path / "hard.txt"), "--out", str(tmp_path / name)]) == 0
+        result = entities(tmp_path / name)
+        assert sum(len(s["entities"]) for s in result) > 0
+        lines = (tmp_path / "hard.txt").read_text().splitlines()
+        for sentence in result:
+            for e in sentence["entities"]:
+                assert lines[sentence["line"] - 1][e["char_start"]:e["char_end"]] == e["text"]
+    capsys.readouterr()
 
 
 def test_the_layout_is_stated_never_guessed(folders, tmp_path, capsys):
@@ -280,7 +356,9 @@ def test_target_precision_picks_the_dev_threshold_and_reports_both_operating_poi
     for given, extra in ((text, ["--format", "text"]), (text, []), (lines, [])):
         assert main(["predict", "--model", str(folders["iid"]), "--input", str(given), *extra, *layout,
                      "--dev", str(dev), "--target-precision", str(q), "--out", str(tmp_path / "t")]) == 0
-        assert entities(tmp_path / "t") == [{**e, "line": i + 1} for i, e in enumerate(entities(out))]
+        got = [{**s, "entities": [{k: v for k, v in e.items() if k not in ("char_start", "char_end")}
+                                  for e in s["entities"]]} for s in entities(tmp_path / "t")]  # text input's
+        assert got == [{**e, "line": i + 1} for i, e in enumerate(entities(out))]
         assert "input_operating_point" not in json.loads((tmp_path / "t" / "threshold.json").read_text())
     capsys.readouterr()
     assert main(["predict", "--model", str(folders["iid"]), "--input", str(text), *layout, "--dev", str(dev),
