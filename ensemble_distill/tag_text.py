@@ -10,7 +10,8 @@ standard input "-" → conll; with `tag_col` always conll):
 - conll: one token a line (whitespace- or TAB-separated columns, the token in `token_col`, gold tags, if any, in
   `tag_col`), blank lines between sentences, `-DOCSTART-` lines skipped. A file of more than one column besides
   the tags must say which column is the token: nothing is guessed (an index in the first column is not a token).
-- jsonl: one JSON object a line, {"tokens": ["Peter", "Blackburn", ...]}; blank lines skipped.
+- jsonl: one JSON object a line, {"tokens": ["Peter", "Blackburn", ...]}; blank lines skipped; its other fields
+  (an "id") are copied to its line of entities.jsonl.
 - text: one sentence a line, split into words as the training data (CoNLL-2003, Europarl) is: Penn-Treebank style,
   by NLTK's NLTKWordTokenizer (nltk.tokenize.word_tokenize without its sentence splitter, as the line is one
   sentence). Abbreviations, hyphenated words, inner apostrophes and German ordinals stay one word ("U.S.", "D.C.",
@@ -91,6 +92,7 @@ class TextInput:
     gold_sentences: list[conll.Sentence] | None = None
     sources: list[str] | None = None
     char_spans: list[list[tuple[int, int]]] | None = None
+    fields: list[dict] | None = None  # jsonl input: each line's other fields (an "id"), copied to its output line
 
     @property
     def gold(self) -> list[list[str]] | None:
@@ -179,21 +181,23 @@ def _tokens_only(path, lines, token_col, n_columns, comment_prefix, token_prefix
 
 
 def _jsonl(path, lines) -> TextInput:
-    tokens, starts = [], []
+    tokens, starts, fields = [], [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            words = json.loads(line)["tokens"]
+            record = json.loads(line)
+            words = record["tokens"]
         except (ValueError, TypeError, KeyError):
             raise located(path, number, 'not a JSON object with "tokens" (a list of words)') from None
         if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
             raise located(path, number, '"tokens" must be a non-empty list of non-blank strings')
         tokens.append(words)
         starts.append(number)
+        fields.append({key: value for key, value in record.items() if key not in OUTPUT_KEYS})
     if not tokens:
         raise located(path, None, 'no sentences (one JSON object {"tokens": [...]} a line)')
-    return TextInput(str(path), tokens, starts)
+    return TextInput(str(path), tokens, starts, fields=fields)
 
 
 def _text(path, lines) -> TextInput:
@@ -362,8 +366,13 @@ def dev_threshold(models: list, dev: TextInput, target_precision: float, tempera
     return point
 
 
+OUTPUT_KEYS = ("sentence", "line", "tokens", "entities")  # entities.jsonl's own fields: no input field replaces one
+
+
 def entities_jsonl(text: TextInput, tagged: Tagged, min_confidence: float = 0.0) -> str:
-    """Per sentence a JSON line {"sentence", "line", "tokens", "entities"}: each predicted span whose confidence is
+    """Per sentence a JSON line {"sentence", "line", "tokens", "entities"}, after the other fields of its jsonl
+    input line (an "id": the caller's keys come through; one named as ours is dropped): each predicted span whose
+    confidence is
     at least `min_confidence`, with its type, word offsets [start, end), for text input its character offsets
     [char_start, char_end) into the source line, its text (text input: the source line's characters there, else
     the words joined by spaces) and confidence (module doc)."""
@@ -377,8 +386,10 @@ def entities_jsonl(text: TextInput, tagged: Tagged, min_confidence: float = 0.0)
             first, last = text.char_spans[s][a][0], text.char_spans[s][b - 1][1]
             entity.update(char_start=first, char_end=last, text=text.sources[s][first:last])
         per_sentence[s].append({**entity, "confidence": float(c)})
-    return "".join(strict_json({"sentence": s, "line": line, "tokens": words, "entities": entities}) + "\n"
-                   for s, (words, line, entities) in enumerate(zip(text.tokens, text.lines, per_sentence)))
+    fields = text.fields or [{}] * len(text.tokens)
+    return "".join(strict_json({**extra, "sentence": s, "line": line, "tokens": words, "entities": entities}) + "\n"
+                   for s, (words, line, entities, extra) in enumerate(zip(text.tokens, text.lines, per_sentence,
+                                                                          fields)))
 
 
 def conll_text(text: TextInput, tagged: Tagged) -> str:

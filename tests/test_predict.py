@@ -211,6 +211,19 @@ def test_the_layout_is_stated_never_guessed(folders, tmp_path, capsys):
     assert entities(tmp_path / "d")[0]["tokens"] == ["Peter", "Blackburn"]
 
 
+def test_a_jsonl_lines_own_fields_come_through_to_its_output_line(folders, tmp_path, capsys):
+    records = [{"id": "doc-7#3", "tokens": SENTENCES[0], "meta": {"source": "feed"}},
+               {"tokens": SENTENCES[1], "sentence": "mine", "id": 4}]  # a field named as ours is ours
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(tmp_path / "in.jsonl"),
+                 "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    first, second = entities(tmp_path / "out")
+    assert list(first) == ["id", "meta", "sentence", "line", "tokens", "entities"]
+    assert (first["id"], first["meta"], first["tokens"]) == ("doc-7#3", {"source": "feed"}, SENTENCES[0])
+    assert (second["id"], second["sentence"], second["line"]) == (4, 1, 2)
+
+
 def test_prediction_writes_no_cache(folders, tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache"
     monkeypatch.setenv("ENSEMBLE_DISTILL_CACHE", str(cache))
