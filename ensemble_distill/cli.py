@@ -415,6 +415,11 @@ def run_predict(args) -> int:
     files = predict(args.input, args.out, model=args.model, run=args.run, members=args.members, device=args.device,
                     calibrated=args.calibrated, **options)
     print("wrote " + ", ".join(str(f) for f in files))
+    scored = [f for f in files if f.name == "predictions.npz"]
+    if scored:  # gold tags were given: the span F1 at once, every metric with intervals from evaluate
+        from .calibration.report import span_summary
+
+        print(span_summary(scored[0]))
     threshold = [f for f in files if f.name == "threshold.json"]
     if threshold:
         from .io_utils import read_json

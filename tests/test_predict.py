@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from seqeval.metrics import f1_score
+from seqeval.scheme import IOB2
 
 from ensemble_distill.cli import main
 from ensemble_distill.data.tags import iob1_to_iob2, validate_iob2
@@ -201,7 +203,17 @@ def test_the_layout_is_stated_never_guessed(folders, tmp_path, capsys):
     assert [s["tokens"] for s in entities(tmp_path / "b")] == [["Peter", "Blackburn", "visits"], ["Paris"]]
     gold = [line.split()[1] for line in (tmp_path / "b" / "predictions.conll").read_text().splitlines() if line]
     assert gold == ["B-PER", "I-PER", "O", "B-LOC"] and (tmp_path / "b" / "predictions.npz").is_file()
+    # with gold, predict prints the span F1 at once (seqeval's, both readings, of the labels evaluate scores: the
+    # most probable ones, before predictions.conll's IOB2 repair) and how to get every metric
+    saved = load_predictions(tmp_path / "b" / "predictions.npz")
+    gold_seqs, pred_seqs = saved.sentence_labels(saved.gold), saved.sentence_labels(saved.predicted())
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == (f"against the gold tags: F1 {100 * f1_score(gold_seqs, pred_seqs):.2f} (conlleval), "
+                       f"{100 * f1_score(gold_seqs, pred_seqs, mode='strict', scheme=IOB2):.2f} (strict) over 2 "
+                       f"sentences and 2 gold entities; every metric with intervals: ensemble-distill evaluate "
+                       f"{tmp_path / 'b' / 'predictions.npz'}")
     assert main([*model, "--token-col", "1", "--out", str(tmp_path / "c")]) == 0  # tokens only: no gold, no npz
+    assert "against the gold tags" not in capsys.readouterr().out
     assert [s["tokens"] for s in entities(tmp_path / "c")] == [["Peter", "Blackburn", "visits"], ["Paris"]]
     assert not (tmp_path / "c" / "predictions.npz").exists()
     two = tmp_path / "two.conll"  # token and tag: the token column is the other one

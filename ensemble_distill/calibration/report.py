@@ -146,6 +146,19 @@ def span_scorer(preds: Predictions):
     return scores, dict(zip(types, by_type[:, :, 0].sum(axis=0).tolist()))
 
 
+def span_summary(path) -> str:
+    """One line on a tagging predictions file with gold: its span F1 (conlleval, the paper's; strict) over its
+    sentences, and the command that gives every metric with intervals. Raises UserError for a bad file."""
+    from ..predictions import load_predictions
+
+    preds = load_predictions(path)
+    scores, support = span_scorer(preds)
+    f1 = scores(np.arange(preds.n_sentences))
+    return (f"against the gold tags: F1 {100 * f1['f1_conlleval']:.2f} (conlleval), {100 * f1['f1']:.2f} (strict) "
+            f"over {preds.n_sentences} sentences and {sum(support.values())} gold entities; every metric with "
+            f"intervals: ensemble-distill evaluate {path}")
+
+
 def tagging_metrics(preds: Predictions):
     """The metrics function of a tagging file (positions, sentences) -> {name: value}, and its settings."""
     probs, gold, pred = preds.probs, preds.gold, preds.predicted()
