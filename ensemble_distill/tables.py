@@ -82,7 +82,7 @@ def format_rows(rows: list[dict], columns, title: str = "", temperature: bool = 
     fitted temperature of a " + TS" row (1.00 for a raw one); `temperature=False` leaves the T column out. ECE-type
     columns are marked * and explained below the table (DEBIASED_NOTE: bias-corrected values)."""
     lines = [f"**{title}** ({units(columns)})", ""] if title else []
-    headers = [c.header + ("*" if c.key in DEBIASED else "") for c in columns]
+    headers = [_header(c) for c in columns]
     lines += ["| system | " + ("T | " if temperature else "") + " | ".join(headers) + " |",
               "|---|" + ("---|" if temperature else "") + "---|" * len(columns)]
     for row in rows:
@@ -91,9 +91,7 @@ def format_rows(rows: list[dict], columns, title: str = "", temperature: bool = 
             note = f" ({row['temperature_note']})" if "temperature_note" in row else ""
             cells.insert(0, f"{temperature_label(row['temperature'])}{note}")
         lines.append(f"| {row['system']} | " + " | ".join(cells) + " |")
-    if any(c.key in DEBIASED for c in columns):
-        lines += ["", DEBIASED_NOTE]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _debiased_note(columns)) + "\n"
 
 
 def truncation_rows(students: dict[str, dict], rows: list[dict], columns) -> list[dict]:
@@ -119,13 +117,23 @@ def format_sweep(table: list[dict], columns, title: str) -> str:
     """The truncation table in Markdown: each student (students of one truncation may differ by teacher or
     settings), its truncation, metrics (values only) and bytes per token."""
     lines = [f"**{title}** ({units(columns)})", "",
-             "| student | truncation | " + " | ".join(c.header for c in columns) + " | bytes/token |",
+             "| student | truncation | " + " | ".join(_header(c) for c in columns) + " | bytes/token |",
              "|---|---|" + "---|" * (len(columns) + 1)]
     for row in table:
         cells = [f"{c.scale * row[c.key]['value']:.2f}" for c in columns]
         lines.append(f"| {row['student']} | {row['truncation']} | " + " | ".join(cells)
                      + f" | {row['bytes_per_token']:.1f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _debiased_note(columns)) + "\n"
+
+
+def _header(column: Column) -> str:
+    """A column's header, marked * for an ECE-type metric (reported bias-corrected: DEBIASED_NOTE)."""
+    return column.header + ("*" if column.key in DEBIASED else "")
+
+
+def _debiased_note(columns) -> list[str]:
+    """The lines that explain the * of ECE-type columns below a table (none without such a column)."""
+    return ["", DEBIASED_NOTE] if any(c.key in DEBIASED for c in columns) else []
 
 
 def duration(seconds: float) -> str:

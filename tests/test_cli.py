@@ -500,3 +500,13 @@ def test_the_demo_names_its_data_root_when_the_data_is_not_there(tmp_path, capsy
             f"--data {tmp_path / 'none'}: {tmp_path / 'none'}/conll2003-en/eng.train: no such file (the demo reads "
             "CoNLL-2003 from conll2003-en/ there, as ../shared/data holds it)")
     assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.parametrize("name", ["xlm-roberta-base", ""])
+def test_an_unknown_encoder_name_is_refused_naming_the_setting_and_the_names(name):
+    from ensemble_distill.encoders import resolve_encoder
+
+    with pytest.raises(UserError, match=rf"^encoder\.name = '{name}': neither a named encoder \(minilm, "
+                                        r"all-minilm-l6-v2, default, multilingual-e5-small\) nor a local Hugging Face "
+                                        r"model folder \(a folder holding config\.json; no model hub is reached\)$"):
+        resolve_encoder(name)

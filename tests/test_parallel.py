@@ -55,6 +55,20 @@ def test_nul_characters_are_refused_as_binary_naming_file_and_line(tmp_path):
         read_parallel(wide, tgt)
 
 
+def test_windows_text_read_as_latin1_is_refused_naming_cp1252(tmp_path):
+    from ensemble_distill.data.text import read_text_lines
+
+    path = write(tmp_path / "de.txt", "Ja.\nDer Zug fährt nach „Paris“.\n".encode("cp1252"))
+    # latin-1 decodes every byte: „ (0x84) would be the control character U+0084 glued to the word
+    with pytest.raises(UserError, match=rf"^{path}:2: column 20 reads as the control character U\+0084 in latin-1; "
+                                        r"the file is probably Windows text \(cp1252\), where that byte is '„'; set "
+                                        r'--encoding to "cp1252"$'):
+        read_text_lines(path, "latin-1", setting="--encoding")
+    assert read_text_lines(path, "cp1252")[1] == "Der Zug fährt nach „Paris“."
+    with pytest.raises(UserError, match=r'not utf-8 text: .* \(e\.g\. "cp1252" for Windows files, "latin-1"\)$'):
+        read_text_lines(path, "utf-8", setting="--encoding")
+
+
 def test_missing_and_damaged_files_are_user_errors(tmp_path):
     tgt = write(tmp_path / "d.en", b"x\n")
     with pytest.raises(UserError, match=rf"^{tmp_path / 'none.de'}: no such file"):

@@ -455,7 +455,8 @@ def test_an_iob1_tag_of_an_unknown_type_is_quoted_as_the_file_writes_it(folders,
     argv = ["predict", "--model", str(folders["iid"]), "--input", str(path), "--tag-col", "-1", "--scheme", "iob1"]
     assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
     assert capsys.readouterr().err == (f"ensemble-distill: error: {path}:4: tag 'I-FOO' never occurs in the training "
-                                       f"data (labels: {' '.join(LABELS)}); --unknown-tag O maps such tags to O\n")
+                                       f"data (labels: {' '.join(LABELS)}); --unknown-tag O maps such tags to O, "
+                                       "or, if this column is not the gold tags, --tag-col picks the column that is\n")
     with pytest.warns(UserWarning, match="2 tags never seen in training were mapped to O: I-FOO x2"):
         assert main([*argv, "--unknown-tag", "O", "--out", str(tmp_path / "mapped")]) == 0
     written = [line.split()[1] for line in (tmp_path / "mapped" / "predictions.conll").read_text().splitlines()
@@ -670,7 +671,8 @@ def test_gold_tags_the_model_lacks_are_refused_naming_the_option_or_mapped_to_o(
     assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err
     assert err == (f"ensemble-distill: error: {wnut}:4: tag 'B-location' never occurs in the training data (labels: "
-                   f"{' '.join(LABELS)}); --unknown-tag O maps such tags to O\n"), err
+                   f"{' '.join(LABELS)}); --unknown-tag O maps such tags to O, or, if this column is not the gold "
+                   "tags, --tag-col picks the column that is\n"), err
     assert not (tmp_path / "refused").exists()
 
     out = tmp_path / "mapped"

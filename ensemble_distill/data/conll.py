@@ -153,7 +153,8 @@ def tag_corpus(path, sentences: list[Sentence], labels: list[str], unknown_tag: 
                 if unknown_tag == "error":
                     raise located(path, sentence.line + position,
                                   f"tag {written!r} never occurs in {training} (labels: {' '.join(labels)}); "
-                                  f"{names('unknown_tag', 'O')} maps such tags to O")
+                                  f"{names('unknown_tag', 'O')} maps such tags to O, or, if this column is not "
+                                  f"the gold tags, {names('tag_col')} picks the column that is")
                 unseen[written] += 1
         tag_ids.append(np.array([index.get(tag, index[OUTSIDE]) for tag in sentence.tags], dtype=np.int64))
     _warn_if_types_differ(path, sentences, labels, unseen)

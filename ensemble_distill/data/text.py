@@ -11,6 +11,9 @@
   these files; only str.splitlines treats them as breaks.
 - A NUL character (U+0000), which every encoding decodes and no text holds, is refused naming file:line: the
   file is binary (or UTF-16/32 text read as another encoding).
+- A C1 control character (U+0080-U+009F) in a file read as latin-1 or another 8-bit encoding is refused naming
+  file:line: it is Windows text (cp1252: „ “ – € are those bytes) read as latin-1, and the words around it would be
+  tagged wrong.
 - A byte-order mark (U+FEFF) is dropped at the start of the file and at the start of any line (files joined
   with `cat`); a UTF-8 mark in a file declared as another encoding, or an undecodable byte, is an error naming
   file:line and the setting that picks the encoding.
@@ -28,6 +31,7 @@ from ..errors import UserError, located
 BOM = "\ufeff"
 _UNICODE_CODECS = ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be")
 _LONE_CR = re.compile(r"\r(?!\n)")
+_C1 = re.compile("[\x80-\x9f]")  # C1 control characters: text in another encoding, never text itself
 
 
 def read_text_lines(path, encoding: str = "utf-8", setting: str | None = None) -> list[str]:
@@ -57,7 +61,7 @@ def read_text_lines(path, encoding: str = "utf-8", setting: str | None = None) -
 
 def _decode(path, data: bytes, encoding: str, codec: str, setting: str | None) -> str:
     """`data` decoded with `codec` (the normalised name of `encoding`), a leading byte-order mark removed."""
-    hint = f"; set {setting} to the file's encoding (e.g. \"latin-1\")" if setting else ""
+    hint = f"; set {setting} to the file's encoding (e.g. \"cp1252\" for Windows files, \"latin-1\")" if setting else ""
     if data.startswith(codecs.BOM_UTF8) and codec not in _UNICODE_CODECS:
         raise located(path, 1, f"starts with a UTF-8 byte-order mark, but is read as {encoding}"
                                + (f'; set {setting} = "utf-8"' if setting else ""))
@@ -74,6 +78,14 @@ def _decode(path, data: bytes, encoding: str, codec: str, setting: str | None) -
         wide = f" (or UTF-16/32 text read as {encoding}" + (f": set {setting})" if setting else ")")
         raise located(path, text.count("\n", 0, nul) + 1, "holds a NUL character (U+0000): a binary file, not "
                       "text" + (wide if codec not in _UNICODE_CODECS[2:] else ""))
+    control = _C1.search(text) if codec not in _UNICODE_CODECS else None
+    if control:  # latin-1 decodes every byte; Windows' „ “ – € are C1 controls there, which no text holds
+        at = control.start()
+        line, column = text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+        windows = bytes([ord(control[0])]).decode("cp1252", errors="replace")
+        raise located(path, line, f"column {column} reads as the control character U+{ord(control[0]):04X} in "
+                                  f"{encoding}; the file is probably Windows text (cp1252), where that byte is "
+                                  f"{windows!r}" + (f'; set {setting} to "cp1252"' if setting else ""))
     if codec not in _UNICODE_CODECS and not data.isascii() and _is_utf8(data):
         warnings.warn(f"{path}: read as {encoding}, but it is valid UTF-8 with non-ASCII characters, which {encoding} "
                       f"reads as other characters (e.g. 'Ã¤' for 'ä')" + (f"; check {setting}" if setting else ""))
