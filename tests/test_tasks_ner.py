@@ -1,6 +1,7 @@
 """The NER pipeline on a tiny random BERT: encoder split, frozen-state cache, training, resume, ensembles."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -82,6 +83,23 @@ def test_training_lowers_the_loss(tiny_encoder, conll_files, tmp_path):
         model.eval()
         after = tagger_loss(model, batch)[0].item()
         assert after < 0.7 * before, (head, before, after)
+
+
+def test_a_tagger_that_finds_no_entity_in_any_epoch_says_so(tiny_encoder, conll_files, tmp_path, monkeypatch):
+    cfg = make_config(tiny_encoder, conll_files, tmp_path, "iid", max_epochs=2, lr=1e-2)
+    data = load_tagging_data(cfg, progress=False)
+    windows = np.arange(len(data.splits["train"].windows))
+    scores = iter([0.0, 0.0, 0.5])  # the held-out F1 of each epoch: 0, 0 (then a run that finds something)
+    monkeypatch.setattr("ensemble_distill.tasks.ner.held_out_score", lambda data, held_out: lambda model: next(scores))
+    with pytest.warns(UserWarning, match=r"run-0: held-out span F1 0 in every epoch \(2 of them\): the model finds "
+                                         r"no entity; give it more epochs \(train.max_epochs\)"):
+        train_tagger(new_tagger(data, cfg, seed=0), data, windows, ("dev", np.arange(4)), cfg.train,
+                     tmp_path / "run-0", progress=False)
+    cfg.train.max_epochs = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one epoch that finds an entity: no warning
+        train_tagger(new_tagger(data, cfg, seed=0), data, windows, ("dev", np.arange(4)), cfg.train,
+                     tmp_path / "run-1", progress=False)
 
 
 def test_resume_after_kill_gives_the_same_weights(tiny_encoder, conll_files, tmp_path):

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,6 +265,10 @@ def train_tagger(model: Tagger, data: TaggingData, train_windows, held_out: tupl
                                               cfg.swa_anneal_updates, base=scheduler)
     result = train(model, batches, loss_fn, held_out_score(data, held_out), cfg, run_dir, progress, after_epoch,
                    optimizer, scheduler, units=loss_units(model))
+    if result.best_score == 0:  # its tables would read F1 0.00 beside calibration numbers that look like any other
+        warnings.warn(f"{run_dir}: held-out span F1 0 in every epoch ({result.epochs_run} of them): the model finds no "
+                      "entity; give it more epochs (train.max_epochs), data (data.max_train_sentences) or tuned "
+                      "layers (encoder.finetune_layers)")
     if cfg.averaging == "swa" and scheduler.apply(model):  # else stopped before swa_start: the best epoch's
         on_main(atomic_torch_save, model.state_dict(), Path(run_dir) / SWA_WEIGHTS)
     return result
