@@ -416,10 +416,10 @@ def run_predict(args) -> int:
                     calibrated=args.calibrated, **options)
     print("wrote " + ", ".join(str(f) for f in files))
     scored = [f for f in files if f.name == "predictions.npz"]
-    if scored:  # gold tags were given: the span F1 at once, every metric with intervals from evaluate
-        from .calibration.report import span_summary
+    if scored:  # gold was given: span F1 or BLEU at once, every metric with intervals from evaluate
+        from .calibration.report import gold_summary
 
-        print(span_summary(scored[0]))
+        print(gold_summary(scored[0]))
     threshold = [f for f in files if f.name == "threshold.json"]
     if threshold:
         from .io_utils import read_json

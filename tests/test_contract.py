@@ -123,8 +123,12 @@ def test_train_evaluate_memoize_distill_then_the_student_alone(setting, tiny_enc
     assert model.spec["role"] == "student" and "teacher" in model.spec
 
     assert main(["predict", "--model", str(alone), *unlabelled, "--out", str(tmp_path / "p1")]) == 0
+    capsys.readouterr()
     assert main(["predict", "--model", str(alone), *labelled, "--out", str(tmp_path / "p2")]) == 0
     preds = load_predictions(tmp_path / "p2" / "predictions.npz")
+    summary = capsys.readouterr().out.splitlines()[-1]  # gold given: the task's score at once, for either task
+    expected = "against the references: BLEU " if preds.task == "translation" else "against the gold tags: F1 "
+    assert summary.startswith(expected) and summary.endswith(f"evaluate {tmp_path / 'p2' / 'predictions.npz'}")
     assert main(["evaluate", str(tmp_path / "p2" / "predictions.npz"), "--n-boot", "20"]) == 0
     assert (tmp_path / "p2" / "predictions-eval" / "metrics.json").is_file()
     capsys.readouterr()

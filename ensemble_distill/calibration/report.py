@@ -146,17 +146,21 @@ def span_scorer(preds: Predictions):
     return scores, dict(zip(types, by_type[:, :, 0].sum(axis=0).tolist()))
 
 
-def span_summary(path) -> str:
-    """One line on a tagging predictions file with gold: its span F1 (conlleval, the paper's; strict) over its
-    sentences, and the command that gives every metric with intervals. Raises UserError for a bad file."""
+def gold_summary(path) -> str:
+    """One line on a predictions file with gold: a tagging file's span F1 (conlleval, the paper's; strict), a
+    translation file's corpus BLEU, over its sentences, and the command that gives every metric with intervals.
+    Raises UserError for a bad file."""
     from ..predictions import load_predictions
 
     preds = load_predictions(path)
+    every = f"every metric with intervals: ensemble-distill evaluate {path}"
+    if preds.task == "translation":
+        stats, _ = bleu_stats(preds.hypotheses, preds.references)
+        return f"against the references: BLEU {bleu_from_stats(stats):.2f} over {preds.n_sentences} sentences; {every}"
     scores, support = span_scorer(preds)
     f1 = scores(np.arange(preds.n_sentences))
     return (f"against the gold tags: F1 {100 * f1['f1_conlleval']:.2f} (conlleval), {100 * f1['f1']:.2f} (strict) "
-            f"over {preds.n_sentences} sentences and {sum(support.values())} gold entities; every metric with "
-            f"intervals: ensemble-distill evaluate {path}")
+            f"over {preds.n_sentences} sentences and {sum(support.values())} gold entities; {every}")
 
 
 def tagging_metrics(preds: Predictions):
