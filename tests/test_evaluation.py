@@ -56,7 +56,7 @@ def test_train_evaluate_predict(tiny_encoder, conll_files, tmp_path, capsys):
 
     # results.md's second table: each raw system's conlleval F1 per entity type, as its metrics.json gives it
     results, per_type = (run / "eval/test/results.md").read_text().split("F1 per entity type (conlleval)")
-    assert "| F1 strict | BS+ | BS- | B-BS | B-ECE* |" in results and "\n* bias-corrected: " in results
+    assert "| F1 | F1 strict | BS+ | BS- | B-BS | B-ECE* |" in results and "\n* bias-corrected: " in results
     record = json.loads((run / "eval/test/ensemble-3/metrics.json").read_text())
     types = list(record["settings"]["entity_support"])
     assert "| system | " + " | ".join(types) + " |" in per_type and " + TS" not in per_type
