@@ -11,7 +11,6 @@ scikit-learn), which unlike the trapezoid rule does not reward interpolating bet
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..errors import UserError
 from ..io_utils import atomic_path
@@ -114,7 +113,7 @@ def reliability_diagram(confidence, correct, path, n_bins=10, title="Reliability
     left = np.arange(n_bins) / n_bins
     width = 1 / n_bins
 
-    fig = Figure(figsize=(5, 6.5))
+    fig = _figure(figsize=(5, 6.5))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(left, np.nan_to_num(accuracy), width=width, align="edge", edgecolor="black", alpha=0.8, label="accuracy")
     top.plot(mean_conf, accuracy, "o", color="tab:red", markersize=4, label="mean confidence")
@@ -138,7 +137,7 @@ def reliability_curves(panels: dict[str, dict[str, tuple]], path, n_bins=10) -> 
     Raises:
         UserError: a system's events refused as by reliability_bins.
     """
-    fig = Figure(figsize=(4.5 * len(panels), 4.5))
+    fig = _figure(figsize=(4.5 * len(panels), 4.5))
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
     for ax, (title, systems) in zip(axes, panels.items()):
         ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
@@ -154,7 +153,7 @@ def reliability_curves(panels: dict[str, dict[str, tuple]], path, n_bins=10) -> 
 
 def pr_curve_plot(curves: dict[str, PRCurve], path, title="Precision-recall of entity-type confidences") -> None:
     """One or more PR curves (e.g. several models, as the paper's figure 3), each labelled with its area."""
-    fig = Figure(figsize=(5.5, 5 + 0.25 * len(curves)), layout="constrained")
+    fig = _figure(figsize=(5.5, 5 + 0.25 * len(curves)), layout="constrained")
     ax = fig.subplots()
     for name, curve in curves.items():
         ax.step(curve.recall, curve.precision, where="pre", label=f"{name} (AP {100 * curve.average_precision:.2f})")
@@ -163,6 +162,15 @@ def pr_curve_plot(curves: dict[str, PRCurve], path, title="Precision-recall of e
     save_figure(fig, path)
 
 
-def save_figure(fig: Figure, path) -> None:
+def _figure(**settings):
+    """A matplotlib Figure on the Agg canvas. matplotlib is imported here, on first drawing: the report's metrics
+    (EventRanking, reliability_bins) and the tables that mark its bias-corrected columns import this module
+    without drawing, and matplotlib takes about half a second to load."""
+    from matplotlib.figure import Figure
+
+    return Figure(**settings)
+
+
+def save_figure(fig, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
