@@ -372,10 +372,9 @@ OUTPUT_KEYS = ("sentence", "line", "tokens", "entities")  # entities.jsonl's own
 def entities_jsonl(text: TextInput, tagged: Tagged, min_confidence: float = 0.0) -> str:
     """Per sentence a JSON line {"sentence", "line", "tokens", "entities"}, after the other fields of its jsonl
     input line (an "id": the caller's keys come through; one named as ours is dropped): each predicted span whose
-    confidence is
-    at least `min_confidence`, with its type, word offsets [start, end), for text input its character offsets
-    [char_start, char_end) into the source line, its text (text input: the source line's characters there, else
-    the words joined by spaces) and confidence (module doc)."""
+    confidence is at least `min_confidence`, with its type, word offsets [start, end), for text input its
+    character offsets [char_start, char_end) into the source line, its text (text input: the source line's
+    characters there, else the words joined by spaces) and confidence (module doc)."""
     spans, keep = tagged.spans, tagged.confidence >= min_confidence
     types = SpanLabels.from_names(tagged.labels).types
     per_sentence = [[] for _ in text.tokens]
