@@ -371,6 +371,14 @@ def test_a_student_trained_as_the_usual_single_model(report):
     assert settings["distill"]["beta"] == 1.0 and first["distill"]["beta"] == 5 / 6
     assert {**settings, "distill": {**settings["distill"], "beta": 5 / 6}} == first
     assert sum(f"{label}, β = 1 |" in line for line in baseline) == 1
+    # the budget further: the usual model and the CRF ensemble's student both at twice the epochs, patience 2
+    long = tomllib.loads((out / "runs" / "ner-en-baseline-long" / "config.toml").read_text())
+    assert (long["train"]["max_epochs"], long["train"]["patience"]) == (2 * usual["train"]["max_epochs"], 2)
+    student = out / "runs" / "ner-en-crf" / "students" / "student-3-as-baseline-long"
+    settings = tomllib.loads((student / "config.toml").read_text())
+    assert (settings["train"]["max_epochs"], settings["train"]["patience"]) == (2 * usual["train"]["max_epochs"], 2)
+    assert sum(f"{label}, twice the epochs |" in line for line in baseline) == 1
+    assert sum(line.startswith("| English, usual single model") for line in baseline) == 2
 
 
 
