@@ -132,6 +132,15 @@ MEMBERS = typed(int, Range(1, MAX_MEMBERS).problem)  # an ensemble's size: a run
 TEMPERATURE = typed(float, lambda v: None if 0 < v < math.inf else "must be a finite number > 0")
 
 
+def add_decode(p, which: str) -> None:
+    from .decoding import DECODES
+
+    p.add_argument("--decode", choices=DECODES, default="argmax",
+                   help=f"NER: the labels {which}: each word's most probable label (argmax, default: the paper's) or "
+                        "the most probable valid IOB2 path of the distributions (iob2: never an I-X opening a "
+                        "span; a single CRF keeps its Viterbi path)")
+
+
 def add_n_boot(p) -> None:
     p.add_argument("--n-boot", type=N_BOOT, default=1000, help="bootstrap resamples of sentences (default 1000)")
 
@@ -181,6 +190,7 @@ def add_evaluate(sub) -> None:
                    help="folder for metrics.json and PNGs (default: PREDICTIONS without .npz, plus -eval)")
     add_n_boot(p)
     p.add_argument("--seed", type=in_range(int, 0), default=0, help="bootstrap seed (default 0)")
+    add_decode(p, "F1 scores, decoded from the file's distributions (a predictions file only)")
     add_device(p)
     p.set_defaults(func=run_evaluate)
 
@@ -189,6 +199,8 @@ def run_evaluate(args) -> int:
     if (args.predictions is None) == (args.run is None):
         raise UserError("evaluate: give a predictions file or --run RUN")
     pair = {"--src": args.src, "--ref": args.ref, "--name": args.name}
+    if args.run is not None and args.decode != "argmax":
+        raise UserError("--decode: rescores a predictions file; a run's evaluation keeps the paper's argmax")
     if args.run is None and any(value is not None for value in pair.values()):
         raise UserError(f"{next(flag for flag, value in pair.items() if value is not None)}: only with --run RUN")
     if args.run is not None:
@@ -202,11 +214,13 @@ def run_evaluate(args) -> int:
                            ref=args.ref, name=args.name))
         return 0
     from .calibration.report import evaluate, format_table
+    from .decoding import decode
     from .predictions import load_predictions
 
     no_settings(args, "evaluating a predictions file")
     out = writable_folder(Path(args.predictions).with_suffix("").as_posix() + "-eval") if args.out is None else args.out
-    metrics = evaluate(load_predictions(args.predictions), out_dir=out, n_boot=args.n_boot, seed=args.seed)
+    predictions = decode(load_predictions(args.predictions), args.decode, args.predictions)
+    metrics = evaluate(predictions, out_dir=out, n_boot=args.n_boot, seed=args.seed)
     print(format_table(metrics))
     print(f"wrote {out}/metrics.json and plots")
     return 0
@@ -227,6 +241,7 @@ def add_compare(sub) -> None:
     add_n_boot(p)
     p.add_argument("--seed", type=in_range(int, 0), default=0, help="bootstrap seed (default 0)")
     p.add_argument("--out", help="also write the rows as JSON to this file (undefined values null)")
+    add_decode(p, "F1 scores of both systems, decoded from their distributions")
     p.set_defaults(func=run_compare)
 
 
@@ -239,8 +254,12 @@ def run_compare(args) -> int:
     if args.out is not None:
         writable_folder(str(Path(args.out).parent))
     metrics = args.metrics if args.metrics is not None else COMPARED[load_predictions(args.a).task]
-    rows = compare(args.a, args.b, [m for m in metrics.split(",") if m.strip()], args.n_boot, args.seed)
+    rows = compare(args.a, args.b, [m for m in metrics.split(",") if m.strip()], args.n_boot, args.seed,
+                   decode=args.decode)
     print(format_comparison(rows, "A", "B"))
+    if args.decode != "argmax":
+        print("Labels scored by F1: each system's most probable valid IOB2 path (--decode iob2; a stored CRF "
+              "Viterbi path kept).")
     print(f"A = {args.a}, B = {args.b}")
     if args.out is not None:
         atomic_write_json(args.out, rows)
@@ -386,6 +405,7 @@ def add_predict(sub) -> None:
                                  "settings (for a --format text or jsonl input, --token-col and --tag-col are the dev "
                                  "file's)")
     add_temperature(p, "NER: ")
+    add_decode(p, "predicted")
     p.add_argument("--unknown-tag", type=like_setting(TaggingData, "unknown_tag"),
                    help="NER: a gold tag (of --input or --dev) the model never saw in training: 'error' (default) "
                         "refuses the file naming its line, 'O' maps it to O with one warning that counts them (as "
@@ -411,6 +431,7 @@ def run_predict(args) -> int:
     options = {name: getattr(args, name) for name in ("ref", "fmt", "tag_col", "token_col", "scheme", "encoding",
                                                       "comment_prefix", "token_prefix", "min_confidence",
                                                       "target_precision", "dev", "temperature", "unknown_tag")}
+    options |= {"decode": args.decode} if args.decode != "argmax" else {}
     options = {name: value for name, value in options.items() if value is not None}
     files = predict(args.input, args.out, model=args.model, run=args.run, members=args.members, device=args.device,
                     calibrated=args.calibrated, **options)

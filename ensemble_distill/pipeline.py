@@ -323,7 +323,8 @@ def export(model, fmt: str, out_dir, temperature: float | None = None, calibrate
 
 
 READER_OPTIONS = {"ner": {"fmt", "tag_col", "token_col", "scheme", "encoding", "comment_prefix", "token_prefix",
-                          "min_confidence", "target_precision", "dev", "temperature", "calibrated", "unknown_tag"},
+                          "min_confidence", "target_precision", "dev", "temperature", "calibrated", "unknown_tag",
+                          "decode"},
                   "nmt": {"ref", "beam_size"}}
 
 

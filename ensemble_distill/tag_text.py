@@ -30,7 +30,8 @@ joined by single spaces (as for a text line whose words are separated by single 
 
 Predicted labels: a single CRF model's are its Viterbi path (per encoder window, each word taken from the window
 that owns it), as evaluation scores it; any other model's or ensemble's are the argmax of the (mean) distributions
-(tasks/ner.py predict_scored, paper §3.1). Either way a word's printed probability is its marginal.
+(tasks/ner.py predict_scored, paper §3.1), or with `decode="iob2"` (predict --decode iob2) their most probable valid
+IOB2 path, which never opens a span with I-X (decoding.py). Either way a word's printed probability is its marginal.
 
 Span confidence: the probability that exactly that span carries that type, right boundary included
 (spans.py): IID the per-word product with the closing factor, over the merged per-word distributions (exact
@@ -63,9 +64,10 @@ from .data import conll
 from .data.conll import read_conll, tag_corpus
 from .data.subwords import bucketed_batches, merge_windows
 from .data.text import read_text_lines
+from .decoding import decoded_labels
 from .errors import UserError, located
 from .io_utils import atomic_write_json, atomic_write_text, strict_json
-from .predictions import predicted_labels, save_predictions
+from .predictions import save_predictions
 from .spans import (
     SpanLabels,
     Spans,
@@ -229,9 +231,10 @@ def _text(path, lines) -> TextInput:
 @dataclass
 class Tagged:
     """What the models made of the sentences: per sentence the mean [words, labels] float32 distributions and the
-    predicted int64 [words] label ids (a single CRF's Viterbi path, else the most probable labels, ties as
-    predictions.predicted_labels), the predicted spans (seqeval's get_entities of those labels), each span's
-    confidence float64 [N], and whether the labels are a Viterbi path."""
+    predicted int64 [words] label ids (a single CRF's Viterbi path, else by the decoding rule: the most probable
+    labels, ties as predictions.predicted_labels, or the most probable valid IOB2 path), the predicted spans
+    (seqeval's get_entities of those labels), each span's confidence float64 [N], and whether the labels are a
+    Viterbi path."""
     labels: list[str]
     distributions: list[np.ndarray]
     predicted: list[np.ndarray]
@@ -240,11 +243,14 @@ class Tagged:
     viterbi: bool = False
 
 
-def tag(models: list, sentences: list[list[str]], batch_size: int = 64, temperature: float | None = None) -> Tagged:
+def tag(models: list, sentences: list[list[str]], batch_size: int = 64, temperature: float | None = None,
+        decode: str = "argmax") -> Tagged:
     """Tag `sentences` with `models` (tasks.ner.TaggerFolder; several: an ensemble, the mean of their
     distributions and of their span probabilities), temperature-scaled at `temperature` T > 0 if given (module
-    doc). Frozen encoder states are computed in memory, once per distinct encoder. Raises UserError when the
-    models have different label sets, or for a temperature with a single CRF model."""
+    doc), labelled by the decoding rule `decode` (decoding.DECODES: "iob2", the most probable valid IOB2 path of
+    the distributions; a single CRF keeps its Viterbi path). Frozen encoder states are computed in memory, once
+    per distinct encoder. Raises UserError when the models have different label sets, or for a temperature with a
+    single CRF model."""
     labels = models[0].labels
     for model in models[1:]:
         if model.labels != labels:
@@ -270,7 +276,7 @@ def tag(models: list, sentences: list[list[str]], batch_size: int = 64, temperat
         (_, split, _, _, paths), = per_model
         predicted = merge_windows(split.windows, paths)
     else:
-        ids = predicted_labels(np.concatenate(distributions), labels)
+        ids = decoded_labels(np.concatenate(distributions), offsets, labels, decode)
         predicted = np.split(ids, offsets[1:-1])
     spans = decode_spans(np.concatenate(predicted), offsets, span_labels)
     if temperature is not None:  # a per-word model: the product formula over its scaled distributions
@@ -351,12 +357,12 @@ def span_operating_events(tagged: Tagged, gold: list[np.ndarray]):
 
 
 def dev_threshold(models: list, dev: TextInput, target_precision: float, temperature: float | None = None,
-                  unknown_tag: str = "error") -> OperatingPoint:
+                  unknown_tag: str = "error", decode: str = "argmax") -> OperatingPoint:
     """The smallest span-confidence threshold whose precision on `dev` (with gold; tags the model lacks as
     `gold_ids` takes them) reaches `target_precision` (calibration.task_metrics.threshold_for_precision), of the
-    models at `temperature` (tag). Raises UserError when no threshold reaches it."""
+    models at `temperature`, decoded by `decode` (tag). Raises UserError when no threshold reaches it."""
     gold = gold_ids(dev, models[0].labels, unknown_tag)  # a tag the model lacks: refused before tagging
-    tagged = tag(models, dev.tokens, temperature=temperature)
+    tagged = tag(models, dev.tokens, temperature=temperature, decode=decode)
     confidence, correct, n_gold = span_operating_events(tagged, gold)
     point = threshold_for_precision(confidence, correct, n_gold, target_precision)
     if point is None:
@@ -415,13 +421,15 @@ def conll_text(text: TextInput, tagged: Tagged) -> str:
 
 def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_confidence: float = 0.0,
             target_precision: float | None = None, dev=None, meta: dict | None = None,
-            temperature: float | None = None, unknown_tag: str = "error", **reader) -> list[Path]:
+            temperature: float | None = None, unknown_tag: str = "error", decode: str = "argmax",
+            **reader) -> list[Path]:
     """Tag a file with `models` (one tagger folder, or an ensemble's members), temperature-scaled at `temperature`
-    if given (tag), and write into `out_dir`: entities.jsonl (spans of confidence >= the threshold),
-    predictions.conll and, with gold (`reader["tag_col"]`), predictions.npz for `evaluate` (its meta records the
-    temperature). With `target_precision`, the threshold is picked on `dev` (a CoNLL file with
-    gold, read with the same settings; for a text or jsonl input, `token_col` and `tag_col` are the dev file's) and
-    threshold.json records it, the temperature, the dev operating point and, with gold, the input's.
+    if given and labelled by the decoding rule `decode` (tag), and write into `out_dir`: entities.jsonl (spans of
+    confidence >= the threshold), predictions.conll and, with gold (`reader["tag_col"]`), predictions.npz for
+    `evaluate` (its meta records the temperature and the rule; it stores the labels unless they are the argmax).
+    With `target_precision`, the threshold is picked on `dev` (a CoNLL file with gold, read with the same settings;
+    for a text or jsonl input, `token_col` and `tag_col` are the dev file's) and threshold.json records it, the
+    temperature, the dev operating point and, with gold, the input's.
     `unknown_tag`: a gold tag (of the input or dev) the models lack is refused ("error") or mapped to O ("O"), as
     data.unknown_tag in training.
     reader: read_input's layout settings. Returns the files written. Raises UserError for bad input."""
@@ -443,20 +451,21 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
     report = None
     if target_precision is not None:
         point = dev_threshold(models, read_input(dev, "conll", **reader), target_precision,
-                              temperature, unknown_tag)
+                              temperature, unknown_tag, decode)
         min_confidence = point.threshold
         report = {"target_precision": target_precision, "dev": str(dev), "threshold": point.threshold,
                   "temperature": temperature or 1.0, "dev_operating_point": point.__dict__}
-    tagged = tag(models, text.tokens, temperature=temperature)
+    tagged = tag(models, text.tokens, temperature=temperature, decode=decode)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "entities.jsonl", entities_jsonl(text, tagged, min_confidence))
     atomic_write_text(out_dir / "predictions.conll", conll_text(text, tagged))
     written = [out_dir / "entities.jsonl", out_dir / "predictions.conll"]
     if gold is not None:
         meta = {**(meta or {}), "input": str(input_path), "temperature": temperature or 1.0}
+        meta |= {"decode": decode} if decode != "argmax" and not tagged.viterbi else {}
+        stored = tagged.predicted if tagged.viterbi or "decode" in meta else None
         save_predictions(out_dir / "predictions.npz", tagging_predictions(tagged.distributions, gold, labels, meta,
-                                                                              tagged.predicted if tagged.viterbi
-                                                                              else None))
+                                                                              stored))
         written.append(out_dir / "predictions.npz")
     if report is not None:
         if gold is not None:

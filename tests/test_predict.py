@@ -536,6 +536,34 @@ def test_the_models_conll_column_is_iob2_with_entities_jsonls_spans(folders, tmp
     assert repaired > 0, "the fixture models must emit an I- tag that opens a span"
 
 
+def test_decode_iob2_tags_with_the_best_valid_path_of_the_distributions(folders, tmp_path, capsys):
+    """predict --decode iob2: the labels are decoding.iob2_labels of the model's distributions (not the argmax,
+    which puts I- tags after O here), stored in predictions.npz for evaluate, written as they are to
+    predictions.conll, and entities.jsonl has their spans; a single CRF keeps its Viterbi path."""
+    from ensemble_distill.decoding import iob2_labels
+
+    (tmp_path / "in.conll").write_text("".join("".join(f"{w} O\n" for w in s) + "\n" for s in SENTENCES))
+    out = tmp_path / "iid"
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(tmp_path / "in.conll"), "--tag-col", "-1",
+                 "--out", str(out), "--decode", "iob2"]) == 0
+    distributions = np.concatenate(tag([load_model(folders["iid"])], SENTENCES).distributions)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in SENTENCES])])
+    expected = iob2_labels(distributions, offsets, LABELS)
+    assert (expected != predicted_labels(distributions, LABELS)).any()
+    saved = load_predictions(out / "predictions.npz")
+    assert saved.pred.tolist() == expected.tolist() and saved.meta["decode"] == "iob2"
+    written, strict, lenient = conll_spans(out, column=2)
+    assert [w for ws in written for w in ws] == [LABELS[i] for i in expected]
+    from_jsonl = {(s["sentence"], e["type"], e["start"], e["end"]) for s in entities(out) for e in s["entities"]}
+    assert from_jsonl == strict == lenient
+    for flags, name in (([], "crf"), (["--decode", "iob2"], "crf-iob2")):
+        assert main(["predict", "--model", str(folders["crf-strong"]), "--input", str(tmp_path / "in.conll"),
+                     "--tag-col", "-1", "--out", str(tmp_path / name), *flags]) == 0
+    viterbi, decoded = ((tmp_path / name / "predictions.conll").read_text() for name in ("crf", "crf-iob2"))
+    assert viterbi == decoded
+    capsys.readouterr()
+
+
 def test_a_crf_span_inside_a_window_gets_that_windows_exact_marginal(folders):
     """A CRF reads a long sentence window by window: a span owned by the first window, with the word after it in
     that window too, has the span marginal of the CRF over that window's words alone (the same encoder input)."""

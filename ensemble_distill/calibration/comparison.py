@@ -26,7 +26,8 @@ TYPED = ("precision_conlleval", "recall_conlleval", "f1_conlleval")  # the metri
 SPAN_READINGS = {name: " (conlleval)" if name.endswith("_conlleval") else " (strict)" for name in SPAN_METRICS}
 
 
-def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=True) -> list[dict]:
+def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=True,
+            decode: str = "argmax") -> list[dict]:
     """One table row per metric: A's and B's values on the data, and the paired difference A - B.
 
     pred_a, pred_b: predictions files (paths) or Predictions of the same sentences; metrics: names (see
@@ -35,13 +36,19 @@ def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=
     report.DEBIASED), a_estimate, b_estimate (each system's metric on the data), difference (bias-corrected for the
     ECE-type metrics, else a - b), ci_low, ci_high (its 1 - alpha basic interval), estimate (a_estimate -
     b_estimate), p_value (two-sided), significant (p_value < alpha; False when undefined). Values are the report's
-    raw ones: fractions, BLEU on 0-100. A metric undefined on the data is NaN.
+    raw ones: fractions, BLEU on 0-100. A metric undefined on the data is NaN. `decode`: the labels F1 scores, for
+    both systems (decoding.decode: "iob2" decodes each argmax system's most probable valid IOB2 path).
 
     Raises:
-        UserError: a file that is not a valid predictions file; the two not holding the same sentences; an unknown
+        UserError: a file that is not a valid predictions file; the two not holding the same sentences; "iob2" for
+            translation; an unknown
             metric or one the task does not report; no metric; n_boot < 1, alpha outside (0, 1).
     """
     (a, name_a), (b, name_b) = _load(pred_a, "A"), _load(pred_b, "B")
+    if decode != "argmax":
+        from ..decoding import decode as decoded  # torch (its Viterbi) only when asked
+
+        a, b = decoded(a, decode, name_a), decoded(b, decode, name_b)
     check_same_sentences(a, b, name_a, name_b)
     names = list(dict.fromkeys(metric_key(name) for name in metrics))
     if not names:

@@ -163,6 +163,13 @@ def gold_summary(path) -> str:
             f"over {preds.n_sentences} sentences and {sum(support.values())} gold entities; {every}")
 
 
+def _pred_rule(preds) -> str:
+    """How the labels F1 scores were made (settings.pred)."""
+    if preds.meta.get("decode") == "iob2":
+        return "most probable valid IOB2 path of the distributions (--decode iob2, decoding.iob2_labels)"
+    return "stored pred" if preds.pred is not None else "most probable label; ties: O, then the smallest name"
+
+
 def tagging_metrics(preds: Predictions):
     """The metrics function of a tagging file (positions, sentences) -> {name: value}, and its settings."""
     probs, gold, pred = preds.probs, preds.gold, preds.predicted()
@@ -203,7 +210,7 @@ def tagging_metrics(preds: Predictions):
         "entity_support": support,
         "ece_bins": ECE_BINS,
         "balanced_bins": BALANCED_BINS,
-        "pred": "stored pred" if preds.pred is not None else "most probable label; ties: O, then the smallest name",
+        "pred": _pred_rule(preds),
         "class_ties": "top-1 events of m tied classes each correct at 1/m",
     }
     return metrics, settings
