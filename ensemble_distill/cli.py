@@ -132,13 +132,14 @@ MEMBERS = typed(int, Range(1, MAX_MEMBERS).problem)  # an ensemble's size: a run
 TEMPERATURE = typed(float, lambda v: None if 0 < v < math.inf else "must be a finite number > 0")
 
 
-def add_decode(p, which: str) -> None:
+def add_decode(p, which: str, default: str | None) -> None:
     from .decoding import DECODES
 
-    p.add_argument("--decode", choices=DECODES, default="argmax",
-                   help=f"NER: the labels {which}: each word's most probable label (argmax, default: the paper's) or "
-                        "the most probable valid IOB2 path of the distributions (iob2: never an I-X opening a "
-                        "span; a single CRF keeps its Viterbi path)")
+    said = "argmax, the paper's" if default else "each file's own: its stored labels, else argmax"
+    p.add_argument("--decode", choices=DECODES, default=default,
+                   help=f"NER: the labels {which}: each word's most probable label (argmax) or the most probable "
+                        f"valid IOB2 path of the distributions (iob2: no I-X opens a span; a single CRF's best "
+                        f"valid path under its scores, a file's stored CRF path kept); default {said}")
 
 
 def add_n_boot(p) -> None:
@@ -190,7 +191,7 @@ def add_evaluate(sub) -> None:
                    help="folder for metrics.json and PNGs (default: PREDICTIONS without .npz, plus -eval)")
     add_n_boot(p)
     p.add_argument("--seed", type=in_range(int, 0), default=0, help="bootstrap seed (default 0)")
-    add_decode(p, "F1 scores, decoded from the file's distributions (a predictions file only)")
+    add_decode(p, "F1 scores, decoded from the file's distributions (a predictions file only)", None)
     add_device(p)
     p.set_defaults(func=run_evaluate)
 
@@ -199,7 +200,7 @@ def run_evaluate(args) -> int:
     if (args.predictions is None) == (args.run is None):
         raise UserError("evaluate: give a predictions file or --run RUN")
     pair = {"--src": args.src, "--ref": args.ref, "--name": args.name}
-    if args.run is not None and args.decode != "argmax":
+    if args.run is not None and args.decode is not None:
         raise UserError("--decode: rescores a predictions file; a run's evaluation keeps the paper's argmax")
     if args.run is None and any(value is not None for value in pair.values()):
         raise UserError(f"{next(flag for flag, value in pair.items() if value is not None)}: only with --run RUN")
@@ -219,7 +220,8 @@ def run_evaluate(args) -> int:
 
     no_settings(args, "evaluating a predictions file")
     out = writable_folder(Path(args.predictions).with_suffix("").as_posix() + "-eval") if args.out is None else args.out
-    predictions = decode(load_predictions(args.predictions), args.decode, args.predictions)
+    predictions = load_predictions(args.predictions)
+    predictions = predictions if args.decode is None else decode(predictions, args.decode, args.predictions)
     metrics = evaluate(predictions, out_dir=out, n_boot=args.n_boot, seed=args.seed)
     print(format_table(metrics))
     print(f"wrote {out}/metrics.json and plots")
@@ -241,7 +243,7 @@ def add_compare(sub) -> None:
     add_n_boot(p)
     p.add_argument("--seed", type=in_range(int, 0), default=0, help="bootstrap seed (default 0)")
     p.add_argument("--out", help="also write the rows as JSON to this file (undefined values null)")
-    add_decode(p, "F1 scores of both systems, decoded from their distributions")
+    add_decode(p, "F1 scores of both systems, decoded from their distributions", None)
     p.set_defaults(func=run_compare)
 
 
@@ -257,9 +259,10 @@ def run_compare(args) -> int:
     rows = compare(args.a, args.b, [m for m in metrics.split(",") if m.strip()], args.n_boot, args.seed,
                    decode=args.decode)
     print(format_comparison(rows, "A", "B"))
-    if args.decode != "argmax":
-        print("Labels scored by F1: each system's most probable valid IOB2 path (--decode iob2; a stored CRF "
-              "Viterbi path kept).")
+    rules = (rows[0].get("labels_a", "argmax"), rows[0].get("labels_b", "argmax"))
+    if rules != ("argmax", "argmax"):
+        print(f"Labels scored by F1: A {rules[0]}, B {rules[1]} (argmax: each word's most probable label; iob2: the "
+              "most probable valid IOB2 path; stored path: a CRF's Viterbi path; --decode sets both)")
     print(f"A = {args.a}, B = {args.b}")
     if args.out is not None:
         atomic_write_json(args.out, rows)
@@ -405,7 +408,7 @@ def add_predict(sub) -> None:
                                  "settings (for a --format text or jsonl input, --token-col and --tag-col are the dev "
                                  "file's)")
     add_temperature(p, "NER: ")
-    add_decode(p, "predicted")
+    add_decode(p, "predicted", "argmax")
     p.add_argument("--unknown-tag", type=like_setting(TaggingData, "unknown_tag"),
                    help="NER: a gold tag (of --input or --dev) the model never saw in training: 'error' (default) "
                         "refuses the file naming its line, 'O' maps it to O with one warning that counts them (as "

@@ -142,6 +142,14 @@ def predicted_labels(probs, label_names) -> np.ndarray:
     return preference[np.argmax(probs[:, preference], axis=1)]  # argmax takes the first of tied maxima
 
 
+def label_rule(preds: Predictions) -> str:
+    """How a tagging system's labels (those F1 scores) were made: "iob2" (its most probable valid IOB2 path,
+    decoding.py), "stored path" (a single CRF's Viterbi path), or "argmax"."""
+    if preds.meta.get("decode") == "iob2":
+        return "iob2"
+    return "stored path" if preds.pred is not None else "argmax"
+
+
 def clip_near_unit_interval(x: np.ndarray) -> np.ndarray:
     """`x` with values at most PROB_TOLERANCE outside [0, 1] moved onto it (a new array when any are); values
     further out, and NaN, are left for validation to refuse."""

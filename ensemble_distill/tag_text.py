@@ -30,8 +30,10 @@ joined by single spaces (as for a text line whose words are separated by single 
 
 Predicted labels: a single CRF model's are its Viterbi path (per encoder window, each word taken from the window
 that owns it), as evaluation scores it; any other model's or ensemble's are the argmax of the (mean) distributions
-(tasks/ner.py predict_scored, paper §3.1), or with `decode="iob2"` (predict --decode iob2) their most probable valid
-IOB2 path, which never opens a span with I-X (decoding.py). Either way a word's printed probability is its marginal.
+(tasks/ner.py predict_scored, paper §3.1). With `decode="iob2"` (predict --decode iob2) every label sequence is a
+valid IOB2 one, never opening a span with I-X: a per-word model's most probable valid path (decoding.py), a single
+CRF's best path under its own scores with the invalid transitions forbidden (its learned scores make invalid
+steps unlikely, not impossible). Either way a word's printed probability is its marginal.
 
 Span confidence: the probability that exactly that span carries that type, right boundary included
 (spans.py): IID the per-word product with the closing factor, over the merged per-word distributions (exact
@@ -64,7 +66,7 @@ from .data import conll
 from .data.conll import read_conll, tag_corpus
 from .data.subwords import bucketed_batches, merge_windows
 from .data.text import read_text_lines
-from .decoding import decoded_labels
+from .decoding import decoded_labels, iob2_scores
 from .errors import UserError, located
 from .io_utils import atomic_write_json, atomic_write_text, strict_json
 from .predictions import save_predictions
@@ -247,8 +249,8 @@ def tag(models: list, sentences: list[list[str]], batch_size: int = 64, temperat
         decode: str = "argmax") -> Tagged:
     """Tag `sentences` with `models` (tasks.ner.TaggerFolder; several: an ensemble, the mean of their
     distributions and of their span probabilities), temperature-scaled at `temperature` T > 0 if given (module
-    doc), labelled by the decoding rule `decode` (decoding.DECODES: "iob2", the most probable valid IOB2 path of
-    the distributions; a single CRF keeps its Viterbi path). Frozen encoder states are computed in memory, once
+    doc), labelled by the decoding rule `decode` (decoding.DECODES; "iob2": the most probable valid IOB2 path of
+    the distributions, of a single CRF's scores). Frozen encoder states are computed in memory, once
     per distinct encoder. Raises UserError when the models have different label sets, or for a temperature with a
     single CRF model."""
     labels = models[0].labels
@@ -266,7 +268,7 @@ def tag(models: list, sentences: list[list[str]], batch_size: int = 64, temperat
     for model in models:
         key = (model.spec["encoder"]["sha256"], model.spec["encoder"]["finetune_layers"])
         split = splits.setdefault(key, model.split(sentences))
-        per_model.append((model, split, *_window_outputs(model, split, batch_size, viterbi)))
+        per_model.append((model, split, *_window_outputs(model, split, batch_size, viterbi, decode)))
     merged = [merge_windows(split.windows, probs) for _, split, probs, _, _ in per_model]
     distributions = [np.mean([m[s] for m in merged], axis=0) for s in range(len(sentences))]
     if temperature is not None:
@@ -291,9 +293,11 @@ def tag(models: list, sentences: list[list[str]], batch_size: int = 64, temperat
     return Tagged(labels, distributions, predicted, spans, confidence / len(models), viterbi)
 
 
-def _window_outputs(model, split, batch_size, viterbi: bool):
+def _window_outputs(model, split, batch_size, viterbi: bool, decode: str = "argmax"):
     """Per window of `split`: the model's [words, labels] float32 distributions, [words, labels] emissions (on the
-    model's device) and, with `viterbi` (a CRF model), its int64 [words] Viterbi path, else None."""
+    model's device) and, with `viterbi` (a CRF model), its int64 [words] Viterbi path (`decode` "iob2": the best
+    valid IOB2 path under its scores), else None."""
+    constraints = iob2_scores(model.labels) if viterbi and decode == "iob2" else None
     lengths = [len(w.input_ids) for w in split.windows]
     probs, emissions, paths = [None] * len(lengths), [None] * len(lengths), [None] * len(lengths)
     model.tagger.eval()
@@ -303,7 +307,7 @@ def _window_outputs(model, split, batch_size, viterbi: bool):
             batch = window_batch(split, chunk, model.tokenizer.pad_token_id, device)
             scores = tagger_emissions(model.tagger, batch)
             dist = model.tagger.distributions(scores, batch["word_mask"]).float().cpu()
-            best = model.tagger.crf.viterbi(scores, batch["word_mask"]).cpu() if viterbi else None
+            best = model.tagger.crf.viterbi(scores, batch["word_mask"], constraints).cpu() if viterbi else None
             for row, (window, n) in enumerate(zip(chunk, batch["word_mask"].sum(1).tolist())):
                 probs[window], emissions[window] = dist[row, :n].numpy(), scores[row, :n]
                 if viterbi:

@@ -62,6 +62,26 @@ def test_zero_probabilities_still_give_a_valid_path():
     assert valid(labels) and labels == ["B-LOC", "I-LOC", "O"]
 
 
+def test_a_zero_probability_loses_to_any_positive_product():
+    # word 0: O 1e-40 or B-PER 0 (I-PER cannot open); after it I-PER ~1 but only after B-PER. The valid paths are
+    # O O ... O (12 x 1e-40 = 1e-480 > 0) and B-PER I-PER ... (a zero): the first, though 1e-480 is below float64
+    probs = np.tile([1e-40, 0.0, 1 - 1e-40], (12, 1))
+    labels = iob2_labels(probs, [0, 12], ["O", "B-PER", "I-PER"])
+    assert labels.tolist() == [0] * 12
+
+
+def test_ties_go_as_the_argmax_breaks_them_whatever_the_column_order():
+    names = ["B-PER", "I-PER", "O"]
+    probs = np.array([[0.5, 0.0, 0.5], [0.2, 0.4, 0.4]])  # O or B-PER, then O or I-PER (after B-PER: .2 vs .2)
+    assert iob2_labels(probs, [0, 2], names).tolist() == predicted_labels(probs, names).tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("offsets", [[1, 3], [0, 2, 1, 3], [0, 2]])
+def test_offsets_that_do_not_cover_the_positions_are_refused(offsets):
+    with pytest.raises(ValueError, match="offsets must rise from 0 to N = 3"):
+        iob2_labels(np.full((3, len(LABELS)), 0.2), offsets, LABELS)
+
+
 def test_decoded_labels_read_the_same_under_conlleval_and_strict_iob2():
     rng = np.random.default_rng(1)
     lengths = rng.integers(1, 30, size=700)  # more sentences than one decoding batch
@@ -113,6 +133,19 @@ def test_evaluate_and_compare_score_the_decoded_labels(tmp_path, capsys):
     assert f1_row(capsys) == ["1.0000", "1.0000"]
     assert main(["compare", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--metrics", "f1", "--n-boot",
                  "5"]) == 0  # argmax: O I-PER B-LOC, strict IOB2 finds B-LOC only: P 1, R 1/2
+    assert f1_row(capsys) == ["0.6667", "0.6667"]
+
+
+def test_a_file_decoded_by_predict_says_so_and_argmax_brings_back_the_argmax(tmp_path, capsys):
+    decoded = decode(tagging_file(tmp_path / "a.npz"), "iob2")
+    save_predictions(tmp_path / "d.npz", decoded)
+    assert decode(load_predictions(tmp_path / "d.npz"), "argmax").pred is None
+    assert main(["compare", str(tmp_path / "d.npz"), str(tmp_path / "a.npz"), "--metrics", "f1", "--n-boot",
+                 "5"]) == 0
+    out = capsys.readouterr().out
+    assert "Labels scored by F1: A iob2, B argmax" in out
+    assert main(["compare", str(tmp_path / "d.npz"), str(tmp_path / "a.npz"), "--metrics", "f1", "--n-boot", "5",
+                 "--decode", "argmax"]) == 0
     assert f1_row(capsys) == ["0.6667", "0.6667"]
 
 

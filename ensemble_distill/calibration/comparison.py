@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..predictions import Predictions, load_predictions, validate_predictions
+from ..predictions import Predictions, label_rule, load_predictions, validate_predictions
 from .bootstrap import Difference, paired_bootstrap
 from .report import ALPHA, DEBIASED, DESCRIPTIONS, span_scorer, tagging_metrics, translation_metrics
 from .task_metrics import SPAN_METRICS, TYPE_SEPARATOR, bleu_from_stats, bleu_stats
@@ -27,7 +27,7 @@ SPAN_READINGS = {name: " (conlleval)" if name.endswith("_conlleval") else " (str
 
 
 def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=True,
-            decode: str = "argmax") -> list[dict]:
+            decode: str | None = None) -> list[dict]:
     """One table row per metric: A's and B's values on the data, and the paired difference A - B.
 
     pred_a, pred_b: predictions files (paths) or Predictions of the same sentences; metrics: names (see
@@ -36,8 +36,9 @@ def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=
     report.DEBIASED), a_estimate, b_estimate (each system's metric on the data), difference (bias-corrected for the
     ECE-type metrics, else a - b), ci_low, ci_high (its 1 - alpha basic interval), estimate (a_estimate -
     b_estimate), p_value (two-sided), significant (p_value < alpha; False when undefined). Values are the report's
-    raw ones: fractions, BLEU on 0-100. A metric undefined on the data is NaN. `decode`: the labels F1 scores, for
-    both systems (decoding.decode: "iob2" decodes each argmax system's most probable valid IOB2 path).
+    raw ones: fractions, BLEU on 0-100. A metric undefined on the data is NaN. `decode`: the rule that labels both
+    systems for F1 (decoding.decode; None: each as its file has it); tagging rows also say how each system's
+    labels were made (labels_a, labels_b: decoding.label_rule).
 
     Raises:
         UserError: a file that is not a valid predictions file; the two not holding the same sentences; "iob2" for
@@ -45,7 +46,7 @@ def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=
             metric or one the task does not report; no metric; n_boot < 1, alpha outside (0, 1).
     """
     (a, name_a), (b, name_b) = _load(pred_a, "A"), _load(pred_b, "B")
-    if decode != "argmax":
+    if decode is not None:
         from ..decoding import decode as decoded  # torch (its Viterbi) only when asked
 
         a, b = decoded(a, decode, name_a), decoded(b, decode, name_b)
@@ -59,8 +60,9 @@ def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=
     values_a, values_b = fn_a(everything_a, sentences), fn_b(everything_b, sentences)
     differences = paired_bootstrap(fn_a, fn_b, a.sentence_offsets, b.sentence_offsets, n_boot=n_boot, alpha=alpha,
                                    seed=seed, progress=progress, debiased=DEBIASED)
+    rules = {"labels_a": label_rule(a), "labels_b": label_rule(b)} if a.task == "tagging" else {}
     return [{"metric": name, "a": differences[name].value_a, "b": differences[name].value_b,
-             "a_estimate": values_a[name], "b_estimate": values_b[name]} | _row(differences[name], alpha)
+             "a_estimate": values_a[name], "b_estimate": values_b[name]} | _row(differences[name], alpha) | rules
             for name in names]
 
 

@@ -65,9 +65,13 @@ class LinearChainCRF(nn.Module):
         """Per-token posterior marginals [B, T, L]: rows sum to 1 at real positions, are 0 at padding."""
         return crf_marginals(emissions, mask, *self._scores())
 
-    def viterbi(self, emissions, mask):
-        """Best tag path per sequence as a [B, T] LongTensor, -1 at padding."""
-        return crf_viterbi(emissions, mask, *self._scores())
+    def viterbi(self, emissions, mask, constraints=None):
+        """Best tag path per sequence as a [B, T] LongTensor, -1 at padding; with `constraints` (transitions [L, L],
+        start [L], added to the learned scores: -inf forbids, e.g. decoding.iob2_scores) the best allowed path."""
+        transitions, start, end = self._scores()
+        if constraints is not None:
+            transitions, start = (s + c.to(s.device) for s, c in zip((transitions, start), constraints))
+        return crf_viterbi(emissions, mask, transitions, start, end)
 
 
 def crf_sequence_score(emissions, tags, mask, transitions, start, end):
