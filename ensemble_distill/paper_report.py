@@ -45,8 +45,9 @@ TS_METRICS = ("bs_plus", "bs_minus", "b_bs", "b_ece")
 HEADERS |= {f"{m}_ts": f"{HEADERS[m]} TS" for m in TS_METRICS} | {"temperature": "T"}
 SCALE |= {f"{m}_ts": SCALE[m] for m in TS_METRICS} | {"temperature": 1}
 DECIMALS = {"temperature": 2, "bytes_per_token": 1}  # unscaled values (scale 1) other than BLEU's two decimals
-MARKS = {"single": "*", "teacher": "†", "usual": "‡", "seeds": "§"}
-MARKS_NOTE = ("* differs significantly from the run's single model (individual-0, or member-0), † from the "
+# "*" marks the bias-corrected ECE-type columns' headers (report.DEBIASED_NOTE), so a cell's marks are others
+MARKS = {"single": "¶", "teacher": "†", "usual": "‡", "seeds": "§"}
+MARKS_NOTE = ("¶ differs significantly from the run's single model (individual-0, or member-0), † from the "
               "student's teacher ensemble: paired sentence bootstrap, p < 0.05.")
 LANGUAGE = {"en": "English", "de": "German"}
 KINDS = {"snapshots": "snapshot ensemble (SGDR)", "seeds": "seed ensemble, same budget per member"}  # Table 4's runs
@@ -254,7 +255,7 @@ def snapshot_table(plan, experiment) -> Table:
     """Table 4, a block per task, each with its columns: the snapshot run and the seed run of the same size and
     budget per member, each run's members (mean ± s.e.) and ensemble (translation as Table 2 has them, with ECE-1
     after TS). Each snapshot ensemble is compared with the seed ensemble (§) by the paired bootstrap, NER's also
-    with the seed run's single model (*), since the paper found its NER snapshots no better than single models.
+    with the seed run's single model (¶), since the paper found its NER snapshots no better than single models.
     The caption gives each task's budgets and weight averaging."""
     runs = _runs(experiment)
     (snapshots, seeds), (ner_snapshots, ner_seeds) = ([r for r in runs if r.task == task] for task in ("nmt", "ner"))
@@ -459,7 +460,7 @@ CAPTIONS = {
               "of the training data given by ensemble.member_data, individuals on all of it, students on 9/10. "
               "Single CRF models are scored by their Viterbi path, ensembles by the argmax of the mean marginals.",
     "table8": "The systems of Table 1 on dev.",
-    "baseline": "configs/conll-baseline.toml: what a user trains instead of an ensemble. Here * marks a student "
+    "baseline": "configs/conll-baseline.toml: what a user trains instead of an ensemble. Here ¶ marks a student "
                 "that differs significantly from the usual single model it was trained as (the first, for the "
                 "members' recipe). The second usual model trains twice the epochs with patience 2, and so does "
                 "the CRF ensemble's student trained as it: the lever student budget, with the same budget on both "
@@ -476,7 +477,7 @@ CAPTIONS = {
               "or \"seeds\". A snapshot ensemble is one training of one seed member's budget: a warm start (member "
               "0's training, stopped the cycles early), then one cosine cycle with warm restarts per member "
               "(torch's CosineAnnealingWarmRestarts, T_mult = 1), each cycle's last weights a member. § marks a "
-              "snapshot ensemble that differs significantly from the seed ensemble of its size, * (NER) one that "
+              "snapshot ensemble that differs significantly from the seed ensemble of its size, ¶ (NER) one that "
               "differs from the seed run's single model (member-0): paired sentence bootstrap, p < 0.05.",
     "table5": "Raw and TS columns side by side: TS divides each system's log-probabilities by its T, fitted on "
               "dev by NLL over every dev word (a group: its models' mean T); F1 is unchanged by TS. The students "

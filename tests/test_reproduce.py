@@ -242,7 +242,7 @@ def test_table4_has_the_ner_attempt_under_its_own_columns(report):
                           .read_text()) for i in range(2)]
     assert [(m["snapshot"], m["warm_start_epochs"], m["epochs"]) for m in members] == [(1, 1, 2), (2, 1, 3)]
     for versus, other, mark in (("seeds (ensemble-2)", seeds / "ensemble-2", "§"),
-                                ("single (member-0)", seeds / "member-0", "*")):
+                                ("single (member-0)", seeds / "member-0", "¶")):
         (got,) = [c for c in comparisons if c["versus"] == versus and c["metric"] == "b_ece"]
         want = compare(snapshots / "ensemble-2" / "predictions.npz", other / "predictions.npz",
                        ["f1_conlleval", "b_ece"], n_boot=20, progress=False)[1]
