@@ -4,8 +4,8 @@
 
 - "argmax" (the paper's, §3.1): each word's most probable label (predictions.predicted_labels). A per-word model
   can put I-X after O or after another type, and conlleval then reads that I-X as opening a span, seqeval's strict
-  IOB2 as opening none: the two F1s differ by the spans those stray tags open (1.1 to 1.5 F1 for the IID systems of
-  `reproduce --scale cpu`).
+  IOB2 as opening none: the two F1s differ by the spans those stray tags open (1.0 to 2.1 F1 for the IID systems
+  of `reproduce --scale cpu`).
 - "iob2": the most probable label sequence among the valid IOB2 ones (I-X only after B-X or I-X; a sentence never
   opens with I-X), i.e. argmax over valid paths y of prod_t p_t(y_t), found by Viterbi over log p with transition
   scores 0 (allowed) or -inf (forbidden): models.crf.crf_viterbi with those fixed scores. For an IID model this is
