@@ -38,12 +38,12 @@ def compare(pred_a, pred_b, metrics, n_boot=1000, seed=0, alpha=ALPHA, progress=
     b_estimate), p_value (two-sided), significant (p_value < alpha; False when undefined). Values are the report's
     raw ones: fractions, BLEU on 0-100. A metric undefined on the data is NaN. `decode`: the rule that labels both
     systems for F1 (decoding.decode; None: each as its file has it); tagging rows also say how each system's
-    labels were made (labels_a, labels_b: decoding.label_rule).
+    labels were made (labels_a, labels_b: predictions.label_rule).
 
     Raises:
         UserError: a file that is not a valid predictions file; the two not holding the same sentences; "iob2" for
-            translation; an unknown
-            metric or one the task does not report; no metric; n_boot < 1, alpha outside (0, 1).
+            translation; an unknown metric or one the task does not report; no metric; n_boot < 1, alpha outside
+            (0, 1).
     """
     (a, name_a), (b, name_b) = _load(pred_a, "A"), _load(pred_b, "B")
     if decode is not None:

@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import __version__
 from ..io_utils import atomic_write_json
-from ..predictions import Predictions, validate_predictions
+from ..predictions import Predictions, label_rule, validate_predictions
 from .bootstrap import bootstrap
 from .metrics import (
     balanced_calibration,
@@ -163,11 +163,8 @@ def gold_summary(path) -> str:
             f"over {preds.n_sentences} sentences and {sum(support.values())} gold entities; {every}")
 
 
-def _pred_rule(preds) -> str:
-    """How the labels F1 scores were made (settings.pred)."""
-    if preds.meta.get("decode") == "iob2":
-        return "most probable valid IOB2 path of the distributions (--decode iob2, decoding.iob2_labels)"
-    return "stored pred" if preds.pred is not None else "most probable label; ties: O, then the smallest name"
+PRED_RULES = {"iob2": "most probable valid IOB2 path of the distributions (--decode iob2, decoding.iob2_labels)",
+              "stored path": "stored pred", "argmax": "most probable label; ties: O, then the smallest name"}
 
 
 def tagging_metrics(preds: Predictions):
@@ -210,7 +207,7 @@ def tagging_metrics(preds: Predictions):
         "entity_support": support,
         "ece_bins": ECE_BINS,
         "balanced_bins": BALANCED_BINS,
-        "pred": _pred_rule(preds),
+        "pred": PRED_RULES[label_rule(preds)],  # how the labels F1 scores were made
         "class_ties": "top-1 events of m tied classes each correct at 1/m",
     }
     return metrics, settings
