@@ -259,6 +259,10 @@ def run_compare(args) -> int:
     rows = compare(args.a, args.b, [m for m in metrics.split(",") if m.strip()], args.n_boot, args.seed,
                    decode=args.decode)
     print(format_comparison(rows, "A", "B"))
+    floor = 2 / (args.n_boot + 1)  # calibration.bootstrap's smallest two-sided p
+    if any(row["p_value"] <= floor * (1 + 1e-9) for row in rows):
+        print(f"p = {floor:.3f} is the smallest p that --n-boot {args.n_boot} allows: such a p says only 'at most "
+              f"{floor:.3f}'; more resamples give a sharper one")
     rules = (rows[0].get("labels_a", "argmax"), rows[0].get("labels_b", "argmax"))
     if rules != ("argmax", "argmax"):
         print(f"Labels scored by F1: A {rules[0]}, B {rules[1]} (argmax: each word's most probable label; iob2: the "

@@ -10,6 +10,7 @@ Each stage is written once over the Task (tasks/base.py): ensemble.py trains, ev
 distill/memoize.py memoizes, distill/student.py trains students; the run folder is the same for both (runs.py).
 """
 
+import warnings
 from pathlib import Path
 
 from .config import DistillConfig
@@ -213,12 +214,35 @@ def predict(input_path, out_dir, model=None, run=None, members: int | None = Non
         folders = [model_dir(run, "member", i) for i in ids]
         options = _calibrated(options, calibrated, folders, run, f"ensemble-{len(ids)}")
         models = [load_model(folder, read_model_spec(folder), device) for folder in folders]
-        return tag_file(models, input_path, out_dir, meta={"run": str(run), "ensemble": ids}, **options)
+        return _without_stale(out_dir, tag_file(models, input_path, out_dir, meta={"run": str(run), "ensemble": ids},
+                                                **options))
     spec = read_model_spec(model)
     task = get_task(spec["task"])
     _only_options(spec["task"], {**options, **({"calibrated": True} if calibrated else {})}, model)
     options = _calibrated(options, calibrated, [model])
-    return task.predict(task.load_model(model, spec, device), input_path, out_dir, **options)
+    return _without_stale(out_dir, task.predict(task.load_model(model, spec, device), input_path, out_dir, **options))
+
+
+PREDICT_OUTPUTS = ("entities.jsonl", "predictions.conll", "predictions.npz", "threshold.json", "translations.txt")
+
+
+def _without_stale(out_dir, written: list[Path]) -> list[Path]:
+    """`written`, after removing from `out_dir` what an earlier predict left there and this one did not write (a
+    predictions.npz of another input beside this input's entities, an old threshold.json), so that the folder
+    holds one prediction. The folder `evaluate` made of its predictions.npz is another command's output: it is
+    kept, with a warning that it scores the earlier file."""
+    out_dir, names = Path(out_dir), {p.name for p in written}
+    stale = [out_dir / name for name in PREDICT_OUTPUTS if name not in names and (out_dir / name).is_file()]
+    for path in stale:
+        path.unlink()
+    if stale:
+        warnings.warn(f"{out_dir}: removed {', '.join(p.name for p in stale)} of an earlier predict (not written "
+                      "this time)")
+    scored = out_dir / "predictions-eval"
+    if scored.is_dir():
+        warnings.warn(f"{scored} scores an earlier predictions.npz; run `ensemble-distill evaluate "
+                      f"{out_dir / 'predictions.npz'}` again")
+    return written
 
 
 def _calibrated(options: dict, calibrated: bool, folders: list, run=None, system: str | None = None) -> dict:

@@ -396,7 +396,8 @@ def entities_jsonl(text: TextInput, tagged: Tagged, min_confidence: float = 0.0)
             entity.update(char_start=first, char_end=last, text=text.sources[s][first:last])
         per_sentence[s].append({**entity, "confidence": float(c)})
     fields = text.fields or [{}] * len(text.tokens)
-    return "".join(strict_json({**extra, "sentence": s, "line": line, "tokens": words, "entities": entities}) + "\n"
+    return "".join(strict_json({**extra, "sentence": s, "line": line, "tokens": words, "entities": entities},
+                               ensure_ascii=False) + "\n"
                    for s, (words, line, entities, extra) in enumerate(zip(text.tokens, text.lines, per_sentence,
                                                                           fields)))
 
@@ -458,7 +459,7 @@ def predict(models: list, input_path, out_dir, *, fmt: str | None = None, min_co
                               temperature, unknown_tag, decode)
         min_confidence = point.threshold
         report = {"target_precision": target_precision, "dev": str(dev), "threshold": point.threshold,
-                  "temperature": temperature or 1.0, "dev_operating_point": point.__dict__}
+                  "temperature": temperature or 1.0, "decode": decode, "dev_operating_point": point.__dict__}
     tagged = tag(models, text.tokens, temperature=temperature, decode=decode)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "entities.jsonl", entities_jsonl(text, tagged, min_confidence))

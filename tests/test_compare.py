@@ -275,3 +275,19 @@ def test_entity_type_metrics_are_seqevals_per_type_scores_in_the_report_and_in_c
     # alone (span statistics only) or beside a calibration metric (the report's function): the same rows
     assert rows == compare(a, b, ["f1_conlleval:PER", "F1_conlleval:LOC", "b_ece"], n_boot=30, seed=1,
                            progress=False)[:2]
+
+
+def test_a_p_at_the_floor_of_the_resamples_is_said_to_be_one(tmp_path, capsys):
+    """With B resamples the smallest two-sided p is 2/(B + 1): a strong system against a weak one reaches it, and
+    compare says that such a p only bounds the true one (--n-boot 5: 0.333)."""
+    from ensemble_distill.cli import main
+
+    offsets, gold = gold_tags(80, 4)
+    save_predictions(tmp_path / "a.npz", tagger(offsets, gold, 6.0, 1, "a"))
+    save_predictions(tmp_path / "b.npz", tagger(offsets, gold, 0.5, 2, "b"))
+    assert main(["compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--metrics", "f1", "--n-boot", "5"]) == 0
+    out = capsys.readouterr().out
+    assert " 0.333" in out.splitlines()[2]
+    assert "p = 0.333 is the smallest p that --n-boot 5 allows" in out
+    assert main(["compare", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--metrics", "f1", "--n-boot", "5"]) == 0
+    assert "smallest p" not in capsys.readouterr().out  # p 1: nothing to say

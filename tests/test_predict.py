@@ -366,6 +366,7 @@ def test_target_precision_picks_the_dev_threshold_and_reports_both_operating_poi
     printed = capsys.readouterr().out
     report = json.loads((out / "threshold.json").read_text())
     assert report["threshold"] == pytest.approx(threshold) and report["temperature"] == 1.0  # raw confidences
+    assert report["decode"] == "argmax"  # the labels whose spans the threshold was picked on
     for key in ("dev_operating_point", "input_operating_point"):  # the input is the dev file here
         assert report[key]["precision"] == pytest.approx(precision)
         assert report[key]["recall"] == pytest.approx(recall)
@@ -557,6 +558,24 @@ def test_decode_iob2_tags_with_the_best_valid_path_of_the_distributions(folders,
     from_jsonl = {(s["sentence"], e["type"], e["start"], e["end"]) for s in entities(out) for e in s["entities"]}
     assert from_jsonl == strict == lenient
     capsys.readouterr()
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_output_of_the_earlier_one(folders, tmp_path, recwarn):
+    """A predict without gold into a folder where one with gold wrote predictions.npz (and evaluate its -eval
+    folder) removes that file, which scored another input, and says so; non-ASCII words are written as such."""
+    out = tmp_path / "out"
+    (tmp_path / "gold.conll").write_text("".join("".join(f"{w} O\n" for w in s) + "\n" for s in SENTENCES))
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(tmp_path / "gold.conll"), "--tag-col", "-1",
+                 "--out", str(out)]) == 0
+    (out / "predictions-eval").mkdir()
+    (tmp_path / "new.txt").write_text("Zoë Müller-Lüdenscheidt visits Paris .\n")
+    assert main(["predict", "--model", str(folders["iid"]), "--input", str(tmp_path / "new.txt"),
+                 "--out", str(out)]) == 0
+    said = " | ".join(str(w.message) for w in recwarn)
+    assert not (out / "predictions.npz").exists() and f"{out}: removed predictions.npz of an earlier predict" in said
+    assert "predictions-eval scores an earlier predictions.npz" in said
+    assert sorted(p.name for p in out.iterdir()) == ["entities.jsonl", "predictions-eval", "predictions.conll"]
+    assert '"tokens": ["Zoë", "Müller-Lüdenscheidt"' in (out / "entities.jsonl").read_text(encoding="utf-8")
 
 
 def test_a_crf_span_inside_a_window_gets_that_windows_exact_marginal(folders):
