@@ -11,7 +11,8 @@ standard input "-" → conll; with `tag_col` always conll):
   `tag_col`), blank lines between sentences, `-DOCSTART-` lines skipped. A file of more than one column besides
   the tags must say which column is the token: nothing is guessed (an index in the first column is not a token).
 - jsonl: one JSON object a line, {"tokens": ["Peter", "Blackburn", ...]}; blank lines skipped; its other fields
-  (an "id") are copied to its line of entities.jsonl.
+  (an "id") are copied to its line of entities.jsonl. A line of no tokens ("tokens": [], an empty document) keeps
+  its line of entities.jsonl, with no entities, and has no block in predictions.conll.
 - text: one sentence a line, split into words as the training data (CoNLL-2003, Europarl) is: Penn-Treebank style,
   by NLTK's NLTKWordTokenizer (nltk.tokenize.word_tokenize without its sentence splitter, as the line is one
   sentence). Abbreviations, hyphenated words, inner apostrophes and German ordinals stay one word ("U.S.", "D.C.",
@@ -194,8 +195,8 @@ def _jsonl(path, lines) -> TextInput:
             words = record["tokens"]
         except (ValueError, TypeError, KeyError):
             raise located(path, number, 'not a JSON object with "tokens" (a list of words)') from None
-        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
-            raise located(path, number, '"tokens" must be a non-empty list of non-blank strings')
+        if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+            raise located(path, number, '"tokens" must be a list of non-blank strings')
         tokens.append(words)
         starts.append(number)
         fields.append({key: value for key, value in record.items() if key not in OUTPUT_KEYS})
@@ -257,6 +258,10 @@ def tag(models: list, sentences: list[list[str]], batch_size: int = 64, temperat
     for model in models[1:]:
         if model.labels != labels:
             raise UserError(f"{model.folder}: labels {model.labels} differ from {models[0].folder}'s {labels}")
+    worded = [i for i, words in enumerate(sentences) if words]
+    if len(worded) < len(sentences):  # a sentence of no words (a jsonl line's empty list) gets no label, no span
+        tagged = tag(models, [sentences[i] for i in worded], batch_size, temperature, decode) if worded else None
+        return _with_empty_sentences(tagged, worded, len(sentences), labels)
     span_labels = SpanLabels.from_names(labels)
     viterbi = is_single_crf([model.tagger for model in models])
     if viterbi and temperature is not None:
@@ -291,6 +296,21 @@ def tag(models: list, sentences: list[list[str]], batch_size: int = 64, temperat
             _exact_crf(model.tagger.crf, split.windows, emissions, spans, span_labels, own)
         confidence += own
     return Tagged(labels, distributions, predicted, spans, confidence / len(models), viterbi)
+
+
+def _with_empty_sentences(tagged: Tagged | None, worded: list[int], n_sentences: int, labels) -> Tagged:
+    """The Tagged of all `n_sentences` from that of the sentences `worded` (their indices; None: none has a word),
+    each other sentence with no words: [0, labels] distributions, no labels, no spans."""
+    empty_probs, empty_ids = np.zeros((0, len(labels)), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    distributions, predicted = [empty_probs] * n_sentences, [empty_ids] * n_sentences
+    if tagged is None:
+        no_spans = Spans(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
+        return Tagged(labels, distributions, predicted, no_spans, np.zeros(0))
+    for i, d, p in zip(worded, tagged.distributions, tagged.predicted):
+        distributions[i], predicted[i] = d, p
+    spans = tagged.spans
+    spans = Spans(np.asarray(worded, dtype=np.int64)[spans.sentence], spans.start, spans.end, spans.type)
+    return Tagged(labels, distributions, predicted, spans, tagged.confidence, tagged.viterbi)
 
 
 def _window_outputs(model, split, batch_size, viterbi: bool, decode: str = "argmax"):
@@ -404,7 +424,8 @@ def entities_jsonl(text: TextInput, tagged: Tagged, min_confidence: float = 0.0)
 
 def conll_text(text: TextInput, tagged: Tagged) -> str:
     """One line a word, TAB-separated: token, its gold tag (when given), the predicted label as valid IOB2 and the
-    probability (marginal) of the label the model chose; a blank line after each sentence.
+    probability (marginal) of the label the model chose; a blank line after each sentence (a sentence of no
+    words, from jsonl, has none).
 
     The predicted labels are Tagged.predicted (a single CRF's Viterbi path, else the most probable; ties: O, then
     the smallest name), which can hold an I-X that opens a span (after O): it is written B-X, the reading that
@@ -417,6 +438,8 @@ def conll_text(text: TextInput, tagged: Tagged) -> str:
     gold = text.gold or [[]] * len(text.tokens)
     for words, probs, predicted, labels, tags in zip(text.tokens, tagged.distributions, tagged.predicted, written,
                                                      gold):
+        if not words:  # a sentence of no words has no block (CoNLL cannot write one); entities.jsonl keeps its line
+            continue
         for w, word in enumerate(words):
             # TAB-separated: a word read from a TAB-separated file or from JSON may hold a space
             lines.append("\t".join([word, *tags[w:w + 1], names[labels[w]], f"{probs[w, predicted[w]]:.4f}"]))

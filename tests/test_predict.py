@@ -236,6 +236,30 @@ def test_a_jsonl_lines_own_fields_come_through_to_its_output_line(folders, tmp_p
     assert (second["id"], second["sentence"], second["line"]) == (4, 1, 2)
 
 
+@pytest.mark.parametrize("name", ["iid", "crf"])
+def test_a_jsonl_line_of_no_tokens_keeps_its_output_line_with_no_entities(folders, tmp_path, capsys, name):
+    """An empty document ("tokens": []) between two others: its line of entities.jsonl is there, id and all, with
+    no entities, no block in predictions.conll, and the other lines are what they are without it."""
+    records = [{"id": 1, "tokens": SENTENCES[0]}, {"id": 2, "tokens": []}, {"id": 3, "tokens": SENTENCES[3]}]
+    (tmp_path / "with.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "without.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[::2]))
+    (tmp_path / "none.jsonl").write_text(json.dumps({"id": 9, "tokens": []}) + "\n")
+    for stem in ("with", "without", "none"):
+        assert main(["predict", "--model", str(folders[name]), "--input", str(tmp_path / f"{stem}.jsonl"),
+                     "--out", str(tmp_path / stem)]) == 0
+    capsys.readouterr()
+    lines, alone = entities(tmp_path / "with"), entities(tmp_path / "without")
+    assert [line["id"] for line in lines] == [1, 2, 3]
+    assert (lines[1]["tokens"], lines[1]["entities"], lines[1]["sentence"], lines[1]["line"]) == ([], [], 1, 2)
+    for got, want in zip(lines[::2], alone):
+        assert {k: v for k, v in got.items() if k not in ("sentence", "line")} == {
+            k: v for k, v in want.items() if k not in ("sentence", "line")}
+    assert (tmp_path / "with" / "predictions.conll").read_text() == (
+        tmp_path / "without" / "predictions.conll").read_text()
+    (only,) = entities(tmp_path / "none")
+    assert (only["id"], only["entities"]) == (9, [])
+
+
 def test_prediction_writes_no_cache(folders, tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache"
     monkeypatch.setenv("ENSEMBLE_DISTILL_CACHE", str(cache))
