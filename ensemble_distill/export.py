@@ -40,6 +40,7 @@ from .models.translation import TranslationModel, sinusoidal_positions
 
 SENTENCEPIECE_FILE = "sentencepiece.model"  # the subword model, copied beside the CTranslate2 model
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+HIDDEN_BOUND = 1e3  # above any entry of a final hidden state (LayerNorm output): bounds the classifier's scores
 
 
 def export_hf_token_classification(tagger: Tagger, encoder_path, labels: list[str], out_dir,
@@ -56,8 +57,8 @@ def export_hf_token_classification(tagger: Tagger, encoder_path, labels: list[st
 
     Raises:
         ValueError: a CRF tagger, labels that do not match the classifier, a temperature that is not finite and
-            positive or so small that W/T overflows float32, or an encoder with fewer layers than the tagger's
-            top.
+            positive or so small that the scores (W h + b)/T can overflow float32, or an encoder with fewer layers
+            than the tagger's top.
         UserError: `out_dir` exists and is not an empty folder.
     """
     from transformers import AutoModelForTokenClassification, AutoTokenizer
@@ -84,9 +85,14 @@ def export_hf_token_classification(tagger: Tagger, encoder_path, labels: list[st
             layers[cut + index].load_state_dict(layer.state_dict())
         model.classifier.weight.copy_(tagger.classifier.weight * scale)
         model.classifier.bias.copy_(tagger.classifier.bias * scale)
-    if not all(p.isfinite().all() for p in model.classifier.parameters()):  # a tiny T: inf weights, NaN scores
-        raise UserError(f"temperature {temperature!r}: the classifier's weights divided by it overflow float32; "
-                        "a temperature that small leaves no distribution to export")
+    # A tiny T makes the weights, or the scores W h + b, overflow float32: inf scores give the pipeline NaN. The
+    # scores are bounded by |W|_1 max|h| + |b| per label, and h leaves the encoder's last LayerNorm with entries
+    # far below HIDDEN_BOUND.
+    weight, bias = model.classifier.weight.double(), model.classifier.bias.double()
+    bound = weight.abs().sum(1).max() * HIDDEN_BOUND + bias.abs().max()
+    if not (torch.isfinite(bound) and bound < torch.finfo(torch.float32).max):
+        raise UserError(f"temperature {temperature!r}: the classifier's weights divided by it overflow float32 "
+                        "scores; a temperature that small leaves no distribution to export")
     model.config.ensemble_distill = {**(source or {}), "temperature": temperature}
     # The encoder's own tokenizer files, copied as they are: the tokenizer our tagger read. (save_pretrained would
     # write this transformers version's class names and the settings of the last call, e.g. MiniLM's max_length.)

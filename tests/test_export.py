@@ -99,8 +99,9 @@ def test_hf_export_refuses_what_is_not_a_plain_classifier(tiny_encoder, tmp_path
     for temperature in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="temperature"):
             export_hf_token_classification(tagger, tiny_encoder, LABELS, tmp_path / "a", temperature=temperature)
-    with pytest.raises(ValueError, match="temperature 1e-300: the classifier's weights divided by it overflow"):
-        export_hf_token_classification(tagger, tiny_encoder, LABELS, tmp_path / "a", temperature=1e-300)
+    for tiny in (1e-300, 1e-38):  # 1e-38: finite float32 weights whose scores overflow (the pipeline gave NaN)
+        with pytest.raises(ValueError, match=f"temperature {tiny!r}: the classifier's weights divided by it overflow"):
+            export_hf_token_classification(tagger, tiny_encoder, LABELS, tmp_path / "a", temperature=tiny)
     _, top = split_encoder(load_pretrained(tiny_encoder), 1)
     with pytest.raises(ValueError, match="'crf' head"):
         export_hf_token_classification(Tagger(top, len(LABELS), head="crf", lstm_hidden=4), tiny_encoder, LABELS,
