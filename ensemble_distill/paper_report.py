@@ -334,18 +334,19 @@ def truncation_table(plan, experiment) -> Table:
 
 
 def domain_shift_table(plan, experiment) -> Table:
-    """Each English system on WNUT-17 test (mapped types) beside its CoNLL-2003 test F1 and B-ECE."""
-    rows, pairs, by_run = [], [], {}
-    for step in (s for s in experiment.steps if s.kind == "predict"):
-        folder = plan.predict_dir(step)
+    """Each English system on WNUT-17 test (mapped types) beside its CoNLL-2003 test F1 and B-ECE; each student
+    compared with its run's individual and its teacher ensemble there."""
+    rows, pairs, folders = [], [], {}
+    predicted = [s for s in experiment.steps if s.kind == "predict"]
+    for step in predicted:
+        folder = folders[step.run, step.system] = plan.predict_dir(step)
         row = system_row(_group_name(step.run), step.system, folder, ("f1_conlleval", "f1", "b_ece", "bs_plus"))
         in_domain = metrics_of(plan.run_dir(step.run) / "eval" / "test" / step.system)
         row.stats |= {"conll_f1": in_domain["f1_conlleval"], "conll_b_ece": in_domain["b_ece"]}
         rows.append(row)
-        by_run.setdefault(step.run.name, {})[step.system.split("-")[0]] = row
-    for systems in by_run.values():
-        pairs += [(systems["student"], systems["individual"].path.parent, "single"),
-                  (systems["student"], systems["ensemble"].path.parent, "teacher")]
+        if step.system.startswith("student-"):
+            teacher = f"ensemble-{step.system.split('-')[1]}"
+            pairs += [(row, folders[step.run, "individual-0"], "single"), (row, folders[step.run, teacher], "teacher")]
     table = Table(experiment.name, experiment.title, ("f1_conlleval", "f1", "b_ece", "bs_plus", "conll_f1",
                                                       "conll_b_ece"), rows, comparisons=_compare(plan, pairs, "ner"))
     return table

@@ -398,6 +398,11 @@ def experiments(plan: Plan) -> list[Experiment]:
     long_steps = (Step("distill", en_crf, members=k, recipe=long), Step("train", long), Step("evaluate", long))
     shift = tuple(Step("predict", run, system=system, split="wnut17")
                   for run in (en_iid, en_crf) for system in ("individual-0", f"ensemble-{k}", f"student-{k}"))
+    # out of domain too, what a user would pick instead (the usual models) and the students trained as them
+    usual_shift = () if missing_features(("baseline",)) else (*usual, *usual_students, *long_steps, *(
+        Step("predict", run, system=system, split="wnut17") for run, system in (
+            (en_iid, f"student-{k}-as-baseline"), (en_crf, f"student-{k}-as-baseline"),
+            (en_crf, f"student-{k}-as-baseline-long"), (baseline, "individual-0"), (long, "individual-0"))))
     return [
         Experiment("table1", "Table 1: NER ensembles and students, test (CoNLL-2003 English, Europarl German; "
                    "IID and CRF)", ner),
@@ -428,7 +433,7 @@ def experiments(plan: Plan) -> list[Experiment]:
         Experiment("figure3", "Figure 3: precision-recall of entity-type confidences (CoNLL-2003 English test)",
                    _ner_steps(plan, en_iid) + _ner_steps(plan, en_crf)),
         Experiment("domain-shift", "Domain shift: English NER systems on WNUT-17 test (types mapped onto "
-                   "PER/LOC/ORG/MISC)", _ner_steps(plan, en_iid) + _ner_steps(plan, en_crf) + shift),
+                   "PER/LOC/ORG/MISC)", _ner_steps(plan, en_iid) + _ner_steps(plan, en_crf) + shift + usual_shift),
         Experiment("baseline", "The usual single model (MiniLM-L6, all layers tuned, AdamW, linear schedule, full "
                    "data) against the English students and ensembles, test",
                    # the IID run first: its student trained as the usual model is the comparison issue 12 asks
@@ -525,8 +530,8 @@ def _predict(plan: Plan, step: Step, progress: bool) -> None:
     from .predictions import load_predictions
 
     run_dir, out = plan.run_dir(step.run), plan.predict_dir(step)
-    role, _, index = step.system.rpartition("-")
-    source = ({"run": run_dir, "members": int(index)} if role == "ensemble" else
+    role, size = step.system.split("-")[:2]  # ensemble-9, individual-0, student-9[-as-baseline...]
+    source = ({"run": run_dir, "members": int(size)} if role == "ensemble" else
               {"model": run_dir / ("students" if role == "student" else f"{role}s") / step.system})
     wnut = write_wnut17(plan.data_root / WNUT17_TEST, plan.wnut_file())
     pipeline.predict(wnut, out, fmt="conll", token_col=0, tag_col=1, scheme="iob2", **source)

@@ -151,6 +151,11 @@ def test_tables_hold_the_runs_numbers_and_the_bootstrap_marks(report):
     assert "V' = 4" in table3 and "V' = 8" in table3 and "adaptive 1 - 0.1 (at most 8)" in table3
     shift = (out / "tables" / "domain-shift.md").read_text()
     assert "| English, IID | student-3 |" in shift and "corporation and group → ORG" in shift
+    # and out of domain what a user would pick instead: the usual models, and the students trained as them
+    for row in ("| English, IID | student-3-as-baseline |", "| English, CRF | student-3-as-baseline-long |",
+                "| English, usual single model | individual-0 |",
+                "| English, usual single model, twice the epochs | individual-0 |"):
+        assert row in shift, row
 
 
 def test_table5_sets_raw_and_temperature_scaled_side_by_side_with_marks(report):
