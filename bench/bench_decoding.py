@@ -8,15 +8,16 @@ The distributions are synthetic, sized like CoNLL-2003 test (3,453 sentences of 
 """
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ensemble_distill.data.conll import read_conll
 from ensemble_distill.decoding import iob2_labels, iob2_scores
 from ensemble_distill.predictions import predicted_labels
+
+from common import best_time
 
 LABELS = ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER"]
 TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003-en" / "eng.testb"
@@ -24,14 +25,7 @@ TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003-en" 
 
 def sentence_lengths(rng) -> np.ndarray:
     if TEST.is_file():
-        lengths, n = [], 0
-        for line in TEST.read_text().splitlines():
-            if line.strip() and not line.startswith("-DOCSTART-"):
-                n += 1
-            elif n:
-                lengths.append(n)
-                n = 0
-        return np.array(lengths + ([n] if n else []))
+        return np.array([len(sentence.tokens) for sentence in read_conll(TEST)])
     return rng.geometric(1 / 13.4, size=3453)
 
 
@@ -53,15 +47,6 @@ def per_sentence_viterbi(probs, offsets, names) -> np.ndarray:
     return out
 
 
-def seconds(fn, args, repeats):
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -76,12 +61,12 @@ def main():
     batched = iob2_labels(probs, offsets, LABELS)
     looped = per_sentence_viterbi(probs, offsets, LABELS)
     assert (batched == looped).all(), "the two Viterbis disagree"
-    timings = {"argmax (predicted_labels)": seconds(predicted_labels, (probs, LABELS), args.repeats),
-               "iob2_labels (batched Viterbi)": seconds(iob2_labels, (probs, offsets, LABELS), args.repeats),
-               "per-sentence numpy Viterbi [baseline]": seconds(per_sentence_viterbi, (probs, offsets, LABELS),
-                                                                args.repeats)}
+    timings = {"argmax (predicted_labels)": best_time(lambda: predicted_labels(probs, LABELS), args.repeats),
+               "iob2_labels (batched Viterbi)": best_time(lambda: iob2_labels(probs, offsets, LABELS), args.repeats),
+               "per-sentence numpy Viterbi [baseline]": best_time(
+                   lambda: per_sentence_viterbi(probs, offsets, LABELS), args.repeats)}
     print(f"decoding {len(lengths)} sentences, {offsets[-1]} words, {len(LABELS)} labels "
-          f"({'CoNLL-2003 test lengths' if TEST.is_file() else 'synthetic lengths'}), 1 thread, median of "
+          f"({'CoNLL-2003 test lengths' if TEST.is_file() else 'synthetic lengths'}), 1 thread, best of "
           f"{args.repeats}")
     baseline = timings["per-sentence numpy Viterbi [baseline]"]
     print(f"  {'method':40s} {'ms':>9s}   speed-up over the baseline")
