@@ -47,8 +47,12 @@ SCALE |= {f"{m}_ts": SCALE[m] for m in TS_METRICS} | {"temperature": 1}
 DECIMALS = {"temperature": 2, "bytes_per_token": 1}  # unscaled values (scale 1) other than BLEU's two decimals
 # "*" marks the bias-corrected ECE-type columns' headers (report.DEBIASED_NOTE), so a cell's marks are others
 MARKS = {"single": "¶", "teacher": "†", "usual": "‡", "seeds": "§"}
-MARKS_NOTE = ("¶ differs significantly from the run's single model (individual-0, or member-0), † from the "
-              "student's teacher ensemble: paired sentence bootstrap, p < 0.05.")
+# what a mark says a row differs from; a table may say it more precisely (Table.mark_meanings)
+MARK_MEANINGS = {"single": "the run's single model (individual-0, or member-0)",
+                 "teacher": "the student's teacher ensemble",
+                 "usual": "the usual single model (configs/conll-baseline.toml)",
+                 "seeds": "the seed ensemble of its size"}
+F1_NOTE = "F1 is conlleval's (the paper's: an I-X that opens a span counts); F1 strict is seqeval's strict IOB2."
 LANGUAGE = {"en": "English", "de": "German"}
 KINDS = {"snapshots": "snapshot ensemble (SGDR)", "seeds": "seed ensemble, same budget per member"}  # Table 4's runs
 
@@ -71,6 +75,8 @@ class Table:
     rows: list[Row]
     caption: str = ""
     comparisons: list[dict] = field(default_factory=list)
+    split: str = "test"  # the split every row is scored on
+    mark_meanings: dict = field(default_factory=dict)  # kind -> what its mark means here, over MARK_MEANINGS
     # further blocks of rows under the same title, each with its own columns (Table 4: translation's, then NER's)
     more: list[tuple[tuple[str, ...], list[Row]]] = field(default_factory=list)
 
@@ -156,7 +162,8 @@ def ner_table(plan, experiment, split: str) -> Table:
         for step in _students(experiment, run, temperature_scaled=False):
             rows.append(system_row(group, student_label(step), ev / step.student, NER_METRICS))
             pairs += [(rows[-1], ev / _single(cfg), "single"), (rows[-1], ev / f"ensemble-{step.members}", "teacher")]
-    return Table(experiment.name, experiment.title, NER_METRICS, rows, comparisons=_compare(plan, pairs, "ner"))
+    return Table(experiment.name, experiment.title, NER_METRICS, rows, comparisons=_compare(plan, pairs, "ner"),
+                 split=split)
 
 
 def student_label(step) -> str:
@@ -179,9 +186,11 @@ def baseline_table(plan, experiment) -> Table:
         rows.append(system_row(_group_name(run), f"ensemble of {k}", ev / f"ensemble-{k}", NER_METRICS))
         for step in _students(experiment, run, members=k, temperature_scaled=False):
             rows.append(system_row(_group_name(run), student_label(step), ev / step.student, NER_METRICS))
-            pairs += [(rows[-1], usual.get(step.recipe, usual[bases[0]]), "single"),
+            pairs += [(rows[-1], usual.get(step.recipe, usual[bases[0]]), "usual"),
                       (rows[-1], ev / f"ensemble-{k}", "teacher")]
-    return Table(experiment.name, experiment.title, NER_METRICS, rows, comparisons=_compare(plan, pairs, "ner"))
+    return Table(experiment.name, experiment.title, NER_METRICS, rows, comparisons=_compare(plan, pairs, "ner"),
+                 mark_meanings={"usual": "the usual single model it was trained as (the first, for the members' "
+                                         "recipe)"})
 
 
 def nmt_table(plan, experiment, runs=None) -> Table:
@@ -193,7 +202,7 @@ def nmt_table(plan, experiment, runs=None) -> Table:
         cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / "test"
         group = _group_name(run)
         members = [ev / f"member-{i}" for i in range(cfg.ensemble.members)]
-        row = group_row(group, "individuals", members, NMT_METRICS)
+        row = group_row(group, _members_label(run), members, NMT_METRICS)
         ts = [_ts(f) for f in members]
         row.stats["ece_1_ts"] = mean_and_se([{"v": s} for s, _ in ts], ["v"])["v"]
         row.notes["ece_1_ts"] = f" (T {np.mean([t for _, t in ts]):.2f})"
@@ -208,7 +217,26 @@ def nmt_table(plan, experiment, runs=None) -> Table:
             rows.append(row)
             if teacher:
                 pairs += [(row, ev / "member-0", "single"), (row, ev / f"ensemble-{teacher}", "teacher")]
-    return Table(experiment.name, experiment.title, metrics, rows, comparisons=_compare(plan, pairs, "nmt"))
+    averaging = dict.fromkeys(_averaging(plan.config(run).train, "rounds") for run in runs or _runs(experiment))
+    return Table(experiment.name, experiment.title, metrics, rows, comparisons=_compare(plan, pairs, "nmt"),
+                 caption=f"Weight averaging: {'; '.join(averaging)}.")
+
+
+def _members_label(run) -> str:
+    """A run's group of single models: the SGDR snapshots, the seed members of Table 4, or individuals."""
+    kind = run.name.split("-")[-1]
+    return {"snapshots": "snapshots", "seeds": "members"}.get(kind, "individuals")
+
+
+def _averaging(t, unit: str) -> str:
+    """How a training config `t` (TranslationTraining or NER Training) combines its checkpoints, said for a
+    caption; `unit` is its validation interval, plural ("rounds", "epochs")."""
+    if getattr(t, "averaging", "none") == "swa":
+        return f"SWA (torch.optim.swa_utils) from {unit[:-1]} {t.swa_start}"
+    if getattr(t, "average_last", 1) > 1:
+        return (f"the mean of the last {t.average_last} {unit}' weights up to the best one (train.average_last; "
+                "checkpoint averaging, standing in for the paper's SWA)")
+    return f"none (the best {unit[:-1]}'s weights)"
 
 
 def ts_stats(folder: Path) -> dict:
@@ -261,11 +289,11 @@ def snapshot_table(plan, experiment) -> Table:
     (snapshots, seeds), (ner_snapshots, ner_seeds) = ([r for r in runs if r.task == task] for task in ("nmt", "ner"))
     table = nmt_table(plan, experiment, [snapshots, seeds])
     rows = []
-    for run, label in ((ner_snapshots, "snapshots"), (ner_seeds, "members")):
+    for run in (ner_snapshots, ner_seeds):
         cfg, ev = plan.config(run), plan.run_dir(run) / "eval" / "test"
         k = cfg.ensemble.subset_sizes[-1]
-        rows += [group_row(_group_name(run), label, [ev / f"member-{i}" for i in range(cfg.ensemble.members)],
-                           NER_METRICS),
+        members = [ev / f"member-{i}" for i in range(cfg.ensemble.members)]
+        rows += [group_row(_group_name(run), _members_label(run), members, NER_METRICS),
                  system_row(_group_name(run), f"ensemble of {k}", ev / f"ensemble-{k}", NER_METRICS)]
     table.more.append((NER_METRICS, rows))
     single = plan.run_dir(ner_seeds) / "eval" / "test" / _single(plan.config(ner_seeds))
@@ -274,6 +302,7 @@ def snapshot_table(plan, experiment) -> Table:
                                          (rows[1], single, "single")], "ner")
     table.caption = " ".join(_snapshot_budgets(plan.config(run), plan.config(other), run.task)
                              for run, other in ((snapshots, seeds), (ner_snapshots, ner_seeds)))
+    table.mark_meanings = {"single": "the seed run's single model (member-0; NER)"}
     return table
 
 
@@ -294,15 +323,13 @@ def _snapshot_budgets(cfg, seeds_cfg, task: str) -> str:
     def units(n: int) -> str:
         return f"{n} {unit if n != 1 else unit[:-1]}"
 
-    averaging = {"swa": f"SWA from {unit[:-1]} {t.swa_start}", "none": "none (the best epoch's weights)",
-                 "checkpoints": f"the mean of the last {getattr(t, 'average_last', 0)} rounds' weights"}
     size = f" of {t.updates_per_round} updates" if task == "nmt" else ""
     return (f"{'Translation' if task == 'nmt' else 'NER'}: each seed member trains up to "
             f"{units(getattr(seeds, budget_key))}{size} (early stopping, patience {seeds.patience}); the snapshot "
             f"trajectory up to {units(getattr(t, budget_key))}: a warm start of up to {units(warm_start_budget(t, k))} "
             f"(member 0's training, early stopping), then {k} cycles of {units(getattr(t, cycle_key))} from "
             f"{t.cycle_lr:g} down towards {t.cycle_min_lr:g}. Weight averaging of the seed members: "
-            f"{averaging[seeds.averaging]}, of the warm start: {averaging[t.averaging]}; the snapshots are the "
+            f"{_averaging(seeds, unit)}, of the warm start: {_averaging(t, unit)}; the snapshots are the "
             "cycles' last weights, not averaged.")
 
 
@@ -367,8 +394,16 @@ def _compare(plan, pairs, task: str) -> list[dict]:
             r = r | {"metric": r["metric"] + suffix}
             if r["significant"]:
                 row.marks[r["metric"]] = row.marks.get(r["metric"], "") + MARKS[kind]
-            out.append({"group": row.group, "system": row.system, "versus": f"{kind} ({b.parent.name})", **r})
+            out.append({"group": row.group, "system": row.system, "kind": kind,
+                        "versus": f"{kind} ({_system_name(b)})", **r})
     return out
+
+
+def _system_name(predictions: Path) -> str:
+    """A predictions file's system, for the comparisons' "versus": "<run> <system>" for RUN/eval/<split>/<system>/
+    (the run says which usual model, or whose single model), else its folder's name (wnut17's name the run)."""
+    folder = predictions.parent
+    return f"{folder.parents[2].name} {folder.name}" if folder.parents[1].name == "eval" else folder.name
 
 
 def cached_compare(plan, a: Path, b: Path, metrics) -> list[dict]:
@@ -457,36 +492,37 @@ TABLES = {"table1": lambda p, e: ner_table(p, e, "test"), "table8": lambda p, e:
           "table5": ts_table, "table4": snapshot_table}
 FIGURES = {"figure1": figure_ensemble_size, "figure2": figure_reliability, "figure3": figure_pr}
 CAPTIONS = {
-    "table1": "F1 is conlleval's (the paper's); F1 strict is seqeval's strict IOB2. Members train on the tenths "
+    "table1": "Members train on the tenths "
               "of the training data given by ensemble.member_data, individuals on all of it, students on 9/10. "
               "Single CRF models are scored by their Viterbi path, ensembles by the argmax of the mean marginals.",
     "table8": "The systems of Table 1 on dev.",
-    "baseline": "configs/conll-baseline.toml: what a user trains instead of an ensemble. Here ¶ marks a student "
-                "that differs significantly from the usual single model it was trained as (the first, for the "
-                "members' recipe). The second usual model trains twice the epochs with patience 2, and so does "
+    "table7": "German is Europarl NER (the paper's Table 7 is CoNLL-2003 German, which could not be obtained here).",
+    "baseline": "configs/conll-baseline.toml: what a user trains instead of an ensemble. The second usual model "
+                "trains twice the epochs with patience 2, and so does "
                 "the CRF ensemble's student trained as it: the lever student budget, with the same budget on both "
                 "sides. A student \"trained as the usual single model\" has its training settings and encoder cut "
-                "(all layers tuned, AdamW, linear schedule) and the ensemble's distillation targets; the other "
+                "(the layers it tunes, AdamW, linear schedule) and the ensemble's distillation targets; the other "
                 "students have the members'. The student with β = 1 learns from the ensemble's distributions "
                 "alone (the paper's NER β is 5/6): the lever β, to be chosen on dev (each student's dev F1, its "
                 "early-stopping score, is in its result.json).",
-    "table2": "Weight averaging: the mean of the last train.average_last rounds' weights up to the best one "
-              "(checkpoint averaging, standing in for the paper's SWA). Students distil the CE ensembles at V' = "
+    "table2": "Students distil the CE ensembles at V' = "
               "distill.top_k. T is fitted on dev by NLL.",
     "table4": "Each task's snapshot and seed runs are one config (translation: configs/multi30k-snapshots.toml; "
               "NER: configs/conll-snapshots.toml, Table 1's English IID settings) with ensemble.kind = \"snapshots\" "
               "or \"seeds\". A snapshot ensemble is one training of one seed member's budget: a warm start (member "
               "0's training, stopped the cycles early), then one cosine cycle with warm restarts per member "
-              "(torch's CosineAnnealingWarmRestarts, T_mult = 1), each cycle's last weights a member. § marks a "
-              "snapshot ensemble that differs significantly from the seed ensemble of its size, ¶ (NER) one that "
-              "differs from the seed run's single model (member-0): paired sentence bootstrap, p < 0.05.",
+              "(torch's CosineAnnealingWarmRestarts, T_mult = 1), each cycle's last weights a member.",
     "table5": "Raw and TS columns side by side: TS divides each system's log-probabilities by its T, fitted on "
-              "dev by NLL over every dev word (a group: its models' mean T); F1 is unchanged by TS. The students "
+              "dev by NLL over every dev word (a group: its models' mean T); F1 is unchanged by TS, since an "
+              "ensemble is scaled after averaging (the paper's ensemble F1 moves under TS, 83.51 to 83.32, so it "
+              "must have scaled the members before averaging; it is silent on how). German is Europarl NER (the "
+              "paper's Table 5 is CoNLL-2003 German, which could not be obtained here). The students "
               "of the ensemble of k distil the raw ensemble, the student of the TS ensemble of k the temperature-"
               "scaled one. Raw columns compare each student with the raw systems (its teacher: the ensemble it "
               "distils), TS columns the scaled student with the scaled systems (its teacher: the ensemble of k "
-              "+ TS). ‡ differs significantly from the usual single model (configs/conll-baseline.toml; English).",
-    "table6": "The same design without weight averaging (train.average_last = 1: the best round's weights).",
+              "+ TS). The usual single model is English only.",
+    "table6": "Table 2's design without weight averaging. The paper's Table 6 is WMT14 English→German; here it is "
+              "the plan's first direction on Multi30k.",
     "table3": "Each student distils the largest CE ensemble through a store truncated at V' entries a token "
               "(adaptive: the fewest entries holding 1 − ε of the mass, at most the largest V').",
     "domain-shift": "WNUT-17 types mapped onto CoNLL-2003's: person → PER, location → LOC, corporation and group → "
@@ -523,12 +559,22 @@ def debiased(metric: str) -> bool:
 
 
 def caption(plan, table: Table) -> str:
-    kinds = {c["versus"].split(" ")[0] for c in table.comparisons}  # Table 4 has no students: its marks in its caption
-    marks = MARKS_NOTE if "teacher" in kinds else ""
-    corrected = DEBIASED_NOTE if any(debiased(m) for metrics, _ in table.blocks for m in metrics) else ""
-    return " ".join(filter(None, [CAPTIONS.get(table.name, ""), table.caption, marks,
+    metrics = {m for block, _ in table.blocks for m in block}
+    corrected = DEBIASED_NOTE if any(debiased(m) for m in metrics) else ""
+    return " ".join(filter(None, [CAPTIONS.get(table.name, ""), table.caption,
+                                  F1_NOTE if "f1_conlleval" in metrics else "",
+                                  f"Every row is scored on its dataset's {table.split} split.", marks_note(table),
                                   significance_floor(plan.scale.n_boot) if table.comparisons else "",
                                   "Values ×100 except BLEU, bytes/token and T.", corrected, plan.scale.shrunk + "."]))
+
+
+def marks_note(table: Table) -> str:
+    """What each mark of the table says, for the kinds of comparison it has ("" when none)."""
+    kinds = {c["kind"] for c in table.comparisons}
+    meanings = MARK_MEANINGS | table.mark_meanings
+    said = [f"{MARKS[k]} {'marks a value that differs significantly from ' if not i else 'from '}{meanings[k]}"
+            for i, k in enumerate(k for k in MARKS if k in kinds)]
+    return "; ".join(said) + f": paired sentence bootstrap, p < {ALPHA:g}." if said else ""
 
 
 def significance_floor(n_boot: int) -> str:

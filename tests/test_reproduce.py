@@ -136,7 +136,8 @@ def test_tables_hold_the_runs_numbers_and_the_bootstrap_marks(report):
     comparisons = [dict(zip(rows[rows.index([]) + 1], r)) for r in rows[rows.index([]) + 2:]]
     student = "IID student of the ensemble of 3"
     mine = [c for c in comparisons if c["setting"] == "English, CRF" and c["system"] == student]
-    assert [c["versus"] for c in mine] == ["single (individual-0)"] * 2 + ["teacher (ensemble-3)"] * 2
+    assert [c["versus"] for c in mine] == (["single (ner-en-crf individual-0)"] * 2
+                                           + ["teacher (ner-en-crf ensemble-3)"] * 2)
     expected = compare(ev / "student-3" / "predictions.npz", ev / "ensemble-3" / "predictions.npz",
                        ["f1_conlleval", "b_ece"], n_boot=20, progress=False)
     for got, want in zip(mine[2:], expected):
@@ -145,7 +146,12 @@ def test_tables_hold_the_runs_numbers_and_the_bootstrap_marks(report):
         assert ("†" in value(student, want["metric"])["significant_vs"]) == want["significant"]
     table1 = (out / "tables" / "table1.md").read_text()
     assert student in table1 and "| B-ECE* |" in table1 and "| F1 |" in table1  # only ECE-type columns marked
-    assert "* bias-corrected: an ECE measured on a sample reads high" in table1.splitlines()[-1]
+    caption = table1.splitlines()[-1]
+    assert "* bias-corrected: an ECE measured on a sample reads high" in caption
+    assert "F1 is conlleval's" in caption and "scored on its dataset's test split" in caption
+    assert ("¶ marks a value that differs significantly from the run's single model (individual-0, or member-0); "
+            "† from the student's teacher ensemble: paired sentence bootstrap") in caption
+    assert "scored on its dataset's dev split" in (out / "tables" / "table8.md").read_text().splitlines()[-1]
 
     table3 = (out / "tables" / "table3.csv").read_text()
     assert "V' = 4" in table3 and "V' = 8" in table3 and "adaptive 1 - 0.1 (at most 8)" in table3
@@ -187,17 +193,21 @@ def test_table5_sets_raw_and_temperature_scaled_side_by_side_with_marks(report):
     comparisons = [dict(zip(rows[blank + 1], r)) for r in rows[blank + 2:]]
     mine = {(c["versus"], c["metric"]): c for c in comparisons
             if c["setting"] == "English, IID" and c["system"] == "IID student of the TS ensemble of 3"}
-    assert set(mine) == {(v, m) for v in ("single (individual-0)", "teacher (ensemble-3-ts)",
-                                          "usual (individual-0)") for m in ("f1_conlleval", "b_ece")} | {
-        (v, "b_ece_ts") for v in ("single (individual-0-ts)", "teacher (ensemble-3-ts)", "usual (individual-0-ts)")}
+    versus = ("single (ner-en-iid individual-0)", "teacher (ner-en-iid ensemble-3-ts)",
+              "usual (ner-en-baseline individual-0)")
+    assert set(mine) == {(v, m) for v in versus for m in ("f1_conlleval", "b_ece")} | {
+        (v, "b_ece_ts") for v in ("single (ner-en-iid individual-0-ts)", "teacher (ner-en-iid ensemble-3-ts)",
+                                  "usual (ner-en-baseline individual-0-ts)")}
     want = compare(ev / "student-ts-3-ts" / "predictions.npz", ev / "ensemble-3-ts" / "predictions.npz", ["b_ece"],
                    n_boot=20, progress=False)[0]
-    got = mine["teacher (ensemble-3-ts)", "b_ece_ts"]
+    got = mine["teacher (ner-en-iid ensemble-3-ts)", "b_ece_ts"]
     assert float(got["difference"]) == pytest.approx(want["difference"])
     assert float(got["p_value"]) == pytest.approx(want["p_value"])
     marks = values["English, IID", "IID student of the TS ensemble of 3", "b_ece_ts"]["significant_vs"]
     assert ("†" in marks) == want["significant"]
-    assert "| B-ECE* | B-ECE TS* |" in (out / "tables" / "table5.md").read_text()
+    text = (out / "tables" / "table5.md").read_text()
+    assert "| B-ECE* | B-ECE TS* |" in text and "Europarl German" in text.splitlines()[0]
+    assert "‡ from the usual single model (configs/conll-baseline.toml)" in text.splitlines()[-1]
 
 
 def table4(out) -> tuple[dict, list[dict]]:
@@ -220,15 +230,19 @@ def test_table4_compares_the_snapshot_ensemble_with_the_seed_ensemble(report):
     members = [json.loads((out / "runs" / "nmt-de-en-snapshots" / "members" / f"member-{i}" / "result.json")
                           .read_text()) for i in range(2)]
     assert [m["snapshot"] for m in members] == [1, 2]
-    (got,) = [c for c in comparisons if c["versus"] == "seeds (ensemble-2)" and c["metric"] == "ece_1"]
+    (got,) = [c for c in comparisons if c["versus"] == "seeds (nmt-de-en-seeds ensemble-2)" and c["metric"] == "ece_1"]
     want = compare(snapshots / "ensemble-2" / "predictions.npz", seeds / "ensemble-2" / "predictions.npz",
                    ["bleu", "ece_1"], n_boot=20, progress=False)[1]
     assert float(got["difference"]) == pytest.approx(want["difference"])
     assert float(got["p_value"]) == pytest.approx(want["p_value"])
     marks = values["de→en, snapshot ensemble (SGDR)", "ensemble of 2", "ece_1"]["significant_vs"]
     assert ("§" in marks) == want["significant"]
+    # the snapshots are labelled as such, not as individuals
+    assert ("de→en, snapshot ensemble (SGDR)", "snapshots (2, mean ± s.e.)", "bleu") in values
+    assert ("de→en, seed ensemble, same budget per member", "members (2, mean ± s.e.)", "bleu") in values
     caption = (out / "tables" / "table4.md").read_text().splitlines()[-1]
-    assert "§ marks" in caption and "†" not in caption  # only the marks it uses
+    assert ("¶ marks a value that differs significantly from the seed run's single model (member-0; NER); § from "
+            "the seed ensemble of its size") in caption and "†" not in caption  # only the marks it uses
 
 
 def test_table4_has_the_ner_attempt_under_its_own_columns(report):
@@ -246,8 +260,8 @@ def test_table4_has_the_ner_attempt_under_its_own_columns(report):
     members = [json.loads((out / "runs" / "ner-en-iid-snapshots" / "members" / f"member-{i}" / "result.json")
                           .read_text()) for i in range(2)]
     assert [(m["snapshot"], m["warm_start_epochs"], m["epochs"]) for m in members] == [(1, 1, 2), (2, 1, 3)]
-    for versus, other, mark in (("seeds (ensemble-2)", seeds / "ensemble-2", "§"),
-                                ("single (member-0)", seeds / "member-0", "¶")):
+    for versus, other, mark in (("seeds (ner-en-iid-seeds ensemble-2)", seeds / "ensemble-2", "§"),
+                                ("single (ner-en-iid-seeds member-0)", seeds / "member-0", "¶")):
         (got,) = [c for c in comparisons if c["versus"] == versus and c["metric"] == "b_ece"]
         want = compare(snapshots / "ensemble-2" / "predictions.npz", other / "predictions.npz",
                        ["f1_conlleval", "b_ece"], n_boot=20, progress=False)[1]
@@ -384,7 +398,16 @@ def test_a_student_trained_as_the_usual_single_model(report):
     assert (settings["train"]["max_epochs"], settings["train"]["patience"]) == (2 * usual["train"]["max_epochs"], 2)
     assert sum(f"{label}, twice the epochs |" in line for line in baseline) == 1
     assert sum(line.startswith("| English, usual single model") for line in baseline) == 2
-
+    # the title says the recipe the usual model ran with (smoke: 1 layer tuned, a sample of the data), and ‡ which
+    # usual model a student is compared with
+    assert baseline[0].startswith("**The usual single model (tiny-bert") and baseline[0].endswith(
+        ", 1 layer tuned, adamw, linear schedule, 60 training sentences) against the English students and "
+        "ensembles, test**")
+    assert "‡ from the usual single model it was trained as (the first, for the members' recipe)" in baseline[-1]
+    rows = list(csv.reader((out / "tables" / "baseline.csv").open()))
+    versus = {r[2] for r in rows[rows.index([]) + 2:]}
+    assert versus == {"usual (ner-en-baseline individual-0)", "usual (ner-en-baseline-long individual-0)",
+                      "teacher (ner-en-iid ensemble-3)", "teacher (ner-en-crf ensemble-3)"}
 
 
 def test_smoke_captions_say_that_20_resamples_cannot_reach_p_below_005(report):
