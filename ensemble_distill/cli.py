@@ -667,7 +667,8 @@ def run_distill_nmt(args) -> int:
 def quiet_progress_in_logs(seconds: int = 30) -> None:
     """Progress bars redraw at most every `seconds` when standard error is not a terminal (a log file of a run in
     the background), instead of tqdm's 0.1 s, which grows such a log by hundreds of KB a minute. tqdm reads its
-    TQDM_* defaults when it is first imported, which this module does not do; a TQDM_MININTERVAL the user set wins."""
+    TQDM_* defaults when it is first imported, so this runs before anything imports it (main's first line); a
+    TQDM_MININTERVAL the user set wins."""
     if not sys.stderr.isatty():
         os.environ.setdefault("TQDM_MININTERVAL", str(seconds))
 
@@ -681,9 +682,9 @@ def _terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_progress_in_logs()  # first: building the parser imports tqdm, which reads TQDM_* once, at its import
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet_progress_in_logs()
     on_term = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
         signal.signal(signal.SIGTERM, _terminated)
