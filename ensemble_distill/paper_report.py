@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration.comparison import compare
+from .calibration.comparison import compare, format_p
 from .calibration.plots import save_figure
 from .calibration.report import ALPHA, DEBIASED, DEBIASED_NOTE, DESCRIPTIONS, PAPER_SCALE
 from .config import to_toml, warm_start_budget
@@ -629,7 +629,7 @@ def html_table(plan, table: Table) -> str:
         rows = "".join(
             f"<tr><td>{e(c['group'])}</td><td>{e(c['system'])}</td><td>{e(c['versus'])}</td>"
             f"<td>{e(HEADERS.get(c['metric'], c['metric']))}</td><td>{_signed(c, 'difference')}</td>"
-            f"<td>[{_signed(c, 'ci_low')}, {_signed(c, 'ci_high')}]</td><td>{c['p_value']:.3f}</td></tr>"
+            f"<td>[{_signed(c, 'ci_low')}, {_signed(c, 'ci_high')}]</td><td>{format_p(c['p_value'])}</td></tr>"
             for c in table.comparisons)
         text += ("<details><summary>paired bootstrap comparisons</summary><table><thead><tr><th>setting</th>"
                  "<th>system</th><th>versus</th><th>metric</th><th>difference</th><th>95% CI</th><th>p</th></tr>"

@@ -10,7 +10,7 @@ from seqeval.metrics import classification_report, f1_score
 from seqeval.scheme import IOB2
 
 from ensemble_distill.calibration.bootstrap import paired_bootstrap
-from ensemble_distill.calibration.comparison import compare, format_comparison, metric_key
+from ensemble_distill.calibration.comparison import compare, format_comparison, format_p, metric_key
 from ensemble_distill.calibration.report import DEBIASED, evaluate, tagging_metrics
 from ensemble_distill.errors import UserError
 from ensemble_distill.predictions import Predictions, save_predictions
@@ -211,6 +211,14 @@ def test_format_comparison():
     conlleval = format_comparison(compare(tagger(offsets, gold, 3.0, 1), tagger(offsets, gold, 1.0, 2),
                                           ["F1_conlleval:PER"], n_boot=10, progress=False))
     assert conlleval.splitlines()[2].startswith("f1_conlleval:PER (conlleval)  ")
+
+
+@pytest.mark.parametrize("p, text", [(0.0496, "0.0496"), (0.0504, "0.050"), (0.049996, "0.049996"),
+                                     (0.0499999999, "0.050000"), (0.05, "0.050"), (0.1234, "0.123"), (0.002, "0.002")])
+def test_a_printed_p_stays_on_its_side_of_alpha(p, text):
+    """3 decimals unless they would round a p across 0.05 (0.0496 printed "0.050" beside "(significant)");
+    beyond 6 decimals the difference is not worth printing."""
+    assert format_p(p) == text
 
 
 def test_the_compare_command_prints_the_table_and_writes_the_rows(tmp_path, capsys):

@@ -154,6 +154,16 @@ def _require_reported(names: list[str], reported: dict, preds: Predictions, wher
                         f"(it has {', '.join(reported)})")
 
 
+def format_p(p: float, alpha: float = ALPHA) -> str:
+    """`p` to 3 decimals, or as many more (up to 6) as keep it on its own side of `alpha` once printed: a p of
+    0.0496 is significant at 0.05 and must not read "0.050"."""
+    for decimals in range(3, 7):
+        text = f"{p:.{decimals}f}"
+        if (float(text) < alpha) == (p < alpha):
+            return text
+    return text
+
+
 def format_comparison(rows: list[dict], name_a="A", name_b="B", alpha=ALPHA) -> str:
     """A plain-text table of `compare`'s rows: metric, A, B (each system's reported value, as in its metrics.json),
     A - B, its interval, p-value; * marks the bias-corrected ECE-type values."""
@@ -165,7 +175,7 @@ def format_comparison(rows: list[dict], name_a="A", name_b="B", alpha=ALPHA) -> 
                       f"{row['a']:.4f}{corrected}", f"{row['b']:.4f}{corrected}",
                       f"{row['difference']:+.4f}{corrected}",
                       f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]",
-                      f"{row['p_value']:.3f}" + (" (significant)" if row["significant"] else "")))
+                      format_p(row["p_value"], alpha) + (" (significant)" if row["significant"] else "")))
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
     lines.insert(1, "-" * len(lines[0]))
