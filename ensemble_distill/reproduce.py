@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TASK_CONFIGS, apply_overrides, load_config, trained_like
+from .config import TASK_CONFIGS, apply_overrides, device_problem, load_config, trained_like
 from .errors import FolderInUse, UserError
 from .io_utils import atomic_write_json, read_json, require_same_config, run_lock
 from .runs import RESULT, finished
@@ -531,6 +531,17 @@ def check_data(plan: Plan, steps: list[Step]) -> None:
                         f"{', '.join(f + '/' for f in folders)} as ../shared/data does)")
 
 
+def check_devices(plan: Plan, steps: list[Step]) -> None:
+    """Refuse (UserError naming the scale and the run) a step still to do whose run computes on a device this
+    machine lacks (config.device_problem: the gpu scale's "cuda" without a CUDA GPU), before anything runs, so
+    that no run folder is started; not in --dry-run, whose plan a CPU machine may read."""
+    todo = dict.fromkeys(s.run for s in steps if not plan.done(s))
+    for run in todo:
+        if problem := device_problem(plan.config(run).train.device):
+            raise UserError(f"--scale {plan.scale.name}: run {run.name}: 'train.device' {problem}: run this scale "
+                            "on a machine with one, or --set train.device=cpu")
+
+
 def _predict(plan: Plan, step: Step, progress: bool) -> None:
     """Tag the mapped WNUT-17 test file with one system of an NER run and score its predictions."""
     from . import pipeline
@@ -808,8 +819,9 @@ def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../s
     what was run and written.
 
     Raises:
-        UserError: an unknown scale or experiment, an empty `only`, a bad --set, or a run or student folder of the
-            plan started with another config (check_folders), before anything runs.
+        UserError: an unknown scale or experiment, an empty `only`, a bad --set, a run or student folder of the
+            plan started with another config (check_folders), missing data (check_data) or, unless `dry_run` or
+            `report_only`, a device this machine lacks (check_devices), before anything runs.
         StepsLeft: a selected step still not done at the end (the report is written first).
     """
     plan = build_plan(scale, out, data_root, overrides)
@@ -819,6 +831,8 @@ def reproduce(scale: str, out, only=None, dry_run: bool = False, data_root="../s
     check_data(plan, steps)
     if dry_run:
         return describe(plan, chosen, read_timings(plan))
+    if not report_only:
+        check_devices(plan, steps)
     ran = 0 if report_only else run_steps(plan, steps, progress)
     from .paper_report import write_report
 

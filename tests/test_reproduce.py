@@ -522,3 +522,20 @@ def test_a_data_root_without_the_data_is_refused_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"ensemble-distill: error: --data {tmp_path}: {tmp_path}/conll2003-en/eng.train: no such file (the data root "
         "holds conll2003-en/, europarl-ner-de/, multi30k-de-en/, wnut17/ as ../shared/data does)")
+
+
+def test_the_gpu_scale_without_a_gpu_is_refused_before_any_run_folder_is_made(data_root, tmp_path, capsys,
+                                                                               monkeypatch):
+    """The gpu scale's runs train on "cuda": on a machine without one the first step used to fail after making its
+    run folder. Now nothing is written; --dry-run still shows the plan (a CPU machine may read it)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "gpu"
+    code = main(["reproduce", "--scale", "gpu", "--data", str(data_root), "--out", str(out), "--only", "table6"])
+    assert code == 2 and not (out / "runs").exists()
+    assert capsys.readouterr().err.strip() == (
+        "ensemble-distill: error: --scale gpu: run nmt-de-en-ce-noavg: 'train.device' is 'cuda' but torch sees no "
+        "CUDA GPU here: run this scale on a machine with one, or --set train.device=cpu")
+    assert main(["reproduce", "--scale", "gpu", "--data", str(data_root), "--out", str(out), "--only", "table6",
+                 "--dry-run"]) == 0
