@@ -401,7 +401,7 @@ def test_a_student_trained_as_the_usual_single_model(report):
     # the title says the recipe the usual model ran with (smoke: 1 layer tuned, a sample of the data), and ‡ which
     # usual model a student is compared with
     assert baseline[0].startswith("**The usual single model (tiny-bert") and baseline[0].endswith(
-        ", 1 layer tuned, adamw, linear schedule, 60 training sentences) against the English students and "
+        ", 1 layer tuned, AdamW, linear schedule, 60 training sentences) against the English students and "
         "ensembles, test**")
     assert "‡ from the usual single model it was trained as (the first, for the members' recipe)" in baseline[-1]
     rows = list(csv.reader((out / "tables" / "baseline.csv").open()))
