@@ -690,3 +690,23 @@ def test_a_missing_data_file_names_its_key(tmp_path):
     cfg.data.dev_tgt = str(tmp_path)
     with pytest.raises(UserError, match=r"^data.dev_tgt: .*: is a folder, not a file"):
         load_translation_data(cfg, tmp_path / "run", splits=("train", "dev"), progress=False)
+
+
+def test_predict_against_references_reads_them_as_evaluate_does(toy_run, tmp_path, capsys):
+    """Scored against references, a blank source line is refused with its file and line, as `evaluate --src/--ref`
+    refuses it (it was translated as empty and scored, so the two commands gave different answers for one file);
+    without references it stays an empty translation (the test above). Lengths that differ name the short file."""
+    member_dir = str(toy_run.member_dir(0))
+    (tmp_path / "src.txt").write_text("ant bee cat\n\ndog eel\n")
+    (tmp_path / "ref.txt").write_text("ant bee\ncat\ndog\n")
+    (tmp_path / "short.txt").write_text("ant bee\n")
+    for ref, message in (("ref.txt", f"{tmp_path / 'src.txt'}:2: empty line; each line must hold the sentence "
+                                     f"aligned with the same line of {tmp_path / 'ref.txt'}"),
+                         ("short.txt", f"{tmp_path / 'short.txt'}:2: ends after 1 lines but {tmp_path / 'src.txt'} "
+                                       "has 3")):
+        for command in (["predict", "--model", member_dir, "--input", str(tmp_path / "src.txt"), "--ref",
+                         str(tmp_path / ref), "--out", str(tmp_path / "out")],
+                        ["evaluate", "--run", str(toy_run.run_dir), "--src", str(tmp_path / "src.txt"), "--ref",
+                         str(tmp_path / ref)]):
+            assert main(command) == 2, command
+            assert message in capsys.readouterr().err, command

@@ -544,12 +544,16 @@ def load_model(folder, spec: dict, device: str = "cpu") -> TranslationModelFolde
 
 def read_sources(model: TranslationModelFolder, src_path, ref_path=None) -> ParallelSplit:
     """A source file (one sentence a line; .gz read through gzip), with references if given, encoded with the
-    model's vocabulary (source_pairs). Without references the targets are empty.
-    Raises UserError naming a file that cannot be read, or references of another length."""
-    sources = read_text_lines(src_path)
-    references = read_text_lines(ref_path) if ref_path is not None else [""] * len(sources)
-    if len(references) != len(sources):
-        raise UserError(f"{ref_path}: {len(references)} lines, the source {src_path} has {len(sources)}")
+    model's vocabulary (source_pairs). Without references the targets are empty and a blank line is kept (an
+    empty translation); with them the pair is read as evaluate --src/--ref and training read one (read_parallel):
+    a score needs every line to hold a sentence on both sides.
+    Raises UserError naming a file (and line) that cannot be read, a blank line beside references, or references
+    of another length."""
+    if ref_path is None:
+        sources = read_text_lines(src_path)
+        references = [""] * len(sources)
+    else:
+        sources, references = (list(side) for side in zip(*read_parallel(src_path, ref_path)))
     targets = model.vocab.encode(references) if ref_path is not None else None
     return ParallelSplit(source_pairs(model.vocab, model.model.config.max_positions, src_path, sources, targets),
                          references)
