@@ -184,6 +184,25 @@ def test_evaluation_writes_predictions_that_evaluate_reads(toy_run):
     assert (out / "results.md").read_text().count("|") > 20
 
 
+def test_evaluation_writes_each_systems_hypotheses_as_text_as_translate_gives_them(toy_run, tmp_path, capsys):
+    """Beside each system's predictions.npz, hypotheses.txt: its hypotheses, one a line (UTF-8), as the npz holds
+    them and as `translate` gives them for the same sources and search settings (raw and -ts alike)."""
+    evaluate_run(toy_run, n_boot=5, progress=False)
+    out, d = toy_run.run_dir / "eval" / "test", toy_run.cfg.decode
+    search = ["--beam", str(d.beam_size), "--length-penalty", str(d.alpha), "--input", toy_run.cfg.data.test_src]
+    systems = {"member-0": ["--model", str(toy_run.member_dir(0))], "member-1": ["--model", str(toy_run.member_dir(1))],
+               "ensemble-2": ["--run", str(toy_run.run_dir), "--members", "2"]}
+    for name, chosen in systems.items():
+        capsys.readouterr()
+        assert main(["translate", *chosen, *search]) == 0
+        translated = capsys.readouterr().out.split("\n")[:-1]
+        for folder in (name, name + "-ts"):
+            text = (out / folder / "hypotheses.txt").read_bytes().decode("utf-8")
+            assert text.endswith("\n") and text.split("\n")[:-1] == translated, folder
+            assert load_predictions(out / folder / "predictions.npz").hypotheses.tolist() == translated, folder
+    assert len(translated) == len(toy_run.data.splits["test"].pairs)
+
+
 def test_memoize_then_distill_trains_a_student(toy_run):
     store = memoize(toy_run, *NMT.teacher_settings(toy_run.cfg), progress=False)
     train = toy_run.data.splits["train"]
