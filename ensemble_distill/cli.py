@@ -473,10 +473,12 @@ def add_translate(sub) -> None:
                    help="GNMT length penalty α of the beam search (default: the model's decode.alpha); 0 ranks "
                         "hypotheses by summed log-probability, as CTranslate2's length_penalty=0")
     p.add_argument("--jsonl", action="store_true",
-                   help="one JSON object a line: source, translation, log_prob (summed log-probability of the output "
-                        "subwords and EOS, nats), mean_token_confidence (mean probability of each chosen subword), "
-                        "tokens; an empty or blank line gives translation \"\" with log_prob and "
-                        "mean_token_confidence null and tokens 0")
+                   help="one JSON object a line: source, translation, and over the same positions, the output "
+                        "subwords and EOS: log_prob (their summed log-probability, nats), mean_token_confidence (the "
+                        "mean probability of each chosen subword), tokens (their number), pieces (the subwords, "
+                        "\"</s>\" last) and token_confidences (the probability the model or ensemble gave each piece "
+                        "when the search chose it); an empty or blank line gives translation \"\" with log_prob and "
+                        "mean_token_confidence null, tokens 0 and pieces and token_confidences []")
     add_device(p, "cpu")
     p.set_defaults(func=run_translate)
 

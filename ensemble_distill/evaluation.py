@@ -18,7 +18,8 @@ label and the translation hypotheses (and with them F1 and BLEU) are those of th
 columns change.
 
     RUN/eval/<split>/<system>[-ts]/    predictions.npz, metrics.json, plots (system: member-<i>, individual-<i>,
-                                       ensemble-<k>, a student folder's name; -ts: temperature-scaled)
+                                       ensemble-<k>, a student folder's name; -ts: temperature-scaled);
+                                       translation: hypotheses.txt, the npz's hypotheses one a line (UTF-8)
     RUN/eval/<split>/results.{md,json} the table (tables.table_rows: one schema for both tasks); NER's
                                        results.md adds each system's F1 per entity type (entity_type_table)
     RUN/eval/<split>/truncation.{md,json}  the students' teacher truncation beside their metrics (tables.py)
@@ -116,9 +117,10 @@ def fit_temperatures(task, cfg, data, models: list, systems: list[System], where
 def evaluate_systems(task, cfg, data, models: list, systems: list[System], temperatures: dict[str, float],
                      split: str, out_dir: Path, n_boot: int, meta: dict, progress: bool = True) -> dict[str, dict]:
     """Each system raw and temperature-scaled on `split`: OUT/<name>[-ts]/ predictions.npz (with `meta`, the
-    system's own and its temperature), metrics.json and plots. Distributions are computed chunk by chunk and kept
-    as the task's compact pieces, so no [positions, V] array of a whole translation split is held. Returns
-    {name[-ts]: metrics}."""
+    system's own and its temperature), metrics.json and plots, and for translation hypotheses.txt (the npz's
+    detokenised hypotheses, one a line, UTF-8; temperature scaling keeps them, so -ts has the same).
+    Distributions are computed chunk by chunk and kept as the task's compact pieces, so no [positions, V] array
+    of a whole translation split is held. Returns {name[-ts]: metrics}."""
     pieces = {s.name + suffix: [] for s in systems for suffix in ("", SCALED[0])}
     for probs, gold, labels in task.member_probs(models, cfg, data, split):
         for s in systems:
@@ -135,6 +137,8 @@ def evaluate_systems(task, cfg, data, models: list, systems: list[System], tempe
                                      {**meta, **s.meta, "model": name, "split": split, "temperature": temperature})
             (out_dir / name).mkdir(parents=True, exist_ok=True)
             save_predictions(out_dir / name / "predictions.npz", preds)
+            if preds.hypotheses is not None:  # translation: the npz's hypotheses as text, for sacrebleu or COMET
+                atomic_write_text(out_dir / name / "hypotheses.txt", "".join(h + "\n" for h in preds.hypotheses))
             scores[name] = evaluate(preds, out_dir=out_dir / name, n_boot=n_boot)
     return scores
 

@@ -70,6 +70,7 @@ def test_train_evaluate_predict(tiny_encoder, conll_files, tmp_path, capsys):
     ensemble = load_predictions(run / "eval/test/ensemble-3/predictions.npz")
     np.testing.assert_allclose(ensemble.probs, sum(members) / 3, atol=1e-5)
     assert (run / "eval/test/ensemble-3/metrics.json").is_file()
+    assert not list((run / "eval").rglob("hypotheses.txt"))  # a tagger's output is its labels: no hypotheses
     pair = nested_subsets(3, [2, 3], split_seed=1)[2]
     assert pair == [0, 2]
     ensemble_2 = load_predictions(run / "eval/test/ensemble-2/predictions.npz")

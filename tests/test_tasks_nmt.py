@@ -184,6 +184,25 @@ def test_evaluation_writes_predictions_that_evaluate_reads(toy_run):
     assert (out / "results.md").read_text().count("|") > 20
 
 
+def test_evaluation_writes_each_systems_hypotheses_as_text_as_translate_gives_them(toy_run, tmp_path, capsys):
+    """Beside each system's predictions.npz, hypotheses.txt: its hypotheses, one a line (UTF-8), as the npz holds
+    them and as `translate` gives them for the same sources and search settings (raw and -ts alike)."""
+    evaluate_run(toy_run, n_boot=5, progress=False)
+    out, d = toy_run.run_dir / "eval" / "test", toy_run.cfg.decode
+    search = ["--beam", str(d.beam_size), "--length-penalty", str(d.alpha), "--input", toy_run.cfg.data.test_src]
+    systems = {"member-0": ["--model", str(toy_run.member_dir(0))], "member-1": ["--model", str(toy_run.member_dir(1))],
+               "ensemble-2": ["--run", str(toy_run.run_dir), "--members", "2"]}
+    for name, chosen in systems.items():
+        capsys.readouterr()
+        assert main(["translate", *chosen, *search]) == 0
+        translated = capsys.readouterr().out.split("\n")[:-1]
+        for folder in (name, name + "-ts"):
+            text = (out / folder / "hypotheses.txt").read_bytes().decode("utf-8")
+            assert text.endswith("\n") and text.split("\n")[:-1] == translated, folder
+            assert load_predictions(out / folder / "predictions.npz").hypotheses.tolist() == translated, folder
+    assert len(translated) == len(toy_run.data.splits["test"].pairs)
+
+
 def test_memoize_then_distill_trains_a_student(toy_run):
     store = memoize(toy_run, *NMT.teacher_settings(toy_run.cfg), progress=False)
     train = toy_run.data.splits["train"]
@@ -428,6 +447,58 @@ def test_translate_reads_standard_input_and_writes_text_or_scored_json_lines(toy
         assert record["tokens"] == len(hyp) + 1
         assert record["log_prob"] == pytest.approx(p.log().sum().item(), abs=1e-4)
         assert record["mean_token_confidence"] == pytest.approx(p.mean().item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("system", ["member", "ensemble"])
+def test_translate_jsonl_gives_each_output_pieces_probability_when_the_search_chose_it(toy_run, tmp_path, capsys,
+                                                                                       system):
+    """--jsonl's pieces are the output subwords and EOS ("</s>" last), token_confidences the probability the model
+    (or the members' mean) gave each after the source and the pieces before it: checked against a teacher-forced
+    forward pass of the models on the pieces, and against the search's own score (log_prob over the GNMT length
+    penalty). log_prob, mean_token_confidence and tokens are over the same positions; a blank line has []."""
+    from ensemble_distill.models.beam_search import length_penalty
+
+    vocab, alpha, beam = toy_run.data.vocab, 0.6, 3
+    models = toy_run.members(1 if system == "member" else 2)
+    chosen = ["--model", str(toy_run.member_dir(0))] if system == "member" else ["--run", str(toy_run.run_dir),
+                                                                                 "--members", "2"]
+    # Test sentences and some off the copy task's distribution (longer, repeated, one word), for confidences < 1.
+    lines = open(toy_run.cfg.data.test_src).read().splitlines()[:6] + [
+        "ant ant ant ant ant ant ant ant bee", "gnu", "", "hen fox hen fox hen fox eel", "cat dog cat dog"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="1 of 11 lines"):
+        assert main(["translate", *chosen, "--beam", str(beam), "--length-penalty", str(alpha), "--input",
+                     str(tmp_path / "in.txt"), "--jsonl"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["source"] for r in records] == lines
+    blank = records[lines.index("")]
+    assert blank["pieces"] == [] and blank["token_confidences"] == [] and blank["tokens"] == 0
+    assert blank["log_prob"] is None and blank["mean_token_confidence"] is None
+    lowest = 1.0
+    for record in records:
+        if not record["source"]:
+            continue
+        pieces, confidences = record["pieces"], np.array(record["token_confidences"])
+        assert len(pieces) == len(confidences) == record["tokens"] and pieces[-1] == "</s>"
+        assert ((confidences > 0) & (confidences <= 1)).all()
+        ids = [vocab.processor.piece_to_id(piece) for piece in pieces[:-1]]
+        assert vocab.decode([ids]) == [record["translation"]]
+        # Independently: the models' softmax at each piece, teacher-forced on (source, pieces), averaged.
+        batch = collate([(vocab.encode([record["source"]])[0], ids)])
+        with torch.no_grad():
+            p = torch.stack([F.softmax(m(batch.src, batch.tgt_in)[0].double(), -1) for m in models]).mean(0)
+        expected = p[torch.arange(len(pieces)), batch.tgt_out[0]].numpy()
+        np.testing.assert_allclose(confidences, expected, rtol=2e-5, atol=1e-6)
+        # The same positions throughout: mean and log_prob (4 decimals) of the 6-digit confidences.
+        assert record["mean_token_confidence"] == pytest.approx(confidences.mean(), abs=6e-5)
+        assert record["log_prob"] == pytest.approx(np.log(confidences).sum(), abs=6e-5 + 1e-6 * len(pieces))
+        # ... and they are the search's: its hypothesis, and its score is their log-probability / lp(tokens).
+        decoded = beam_search(models, batch.src, beam_size=beam, alpha=alpha)
+        assert decoded.tokens == [ids]
+        assert decoded.scores[0].item() * length_penalty(len(pieces), alpha) == pytest.approx(record["log_prob"],
+                                                                                             abs=2e-4)
+        lowest = min(lowest, confidences.min())
+    assert lowest < 0.9  # the check has teeth: not every piece was certain
 
 
 def test_translate_reads_another_encoding_when_told_and_warns_of_an_empty_input(toy_run, tmp_path, capsys):

@@ -34,7 +34,7 @@ from ..config import (
 )
 from ..data.parallel import FilterCounts, filter_by_length, read_parallel
 from ..data.text import read_text_lines
-from ..data.vocab import PAD_ID, SubwordVocab, joint_sentences, train_vocab
+from ..data.vocab import EOS_ID, PAD_ID, SubwordVocab, joint_sentences, train_vocab
 from ..distill.losses import distillation_loss
 from ..distill.memoize import Truncation
 from ..distributed import on_main
@@ -292,20 +292,53 @@ def translate_ids(models: Sequence[TranslationModel], split: ParallelSplit, beam
     return tokens
 
 
-def hypothesis_scores(models: Sequence[TranslationModel], sources: list[list[int]], hypotheses: list[list[int]],
-                      batch_sentences: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per sentence, how sure the models' mean distribution is of its translation, scored under teacher forcing
-    on (source, hypothesis + EOS): the summed log-probability (nats, float64 [N]; no length penalty) and the mean
-    token confidence, the mean over the output tokens, EOS included, of the probability the model gave each
-    chosen token (float64 [N], in (0, 1]). No sentences (a text of blank lines only) give two empty arrays."""
+def hypothesis_token_log_probs(models: Sequence[TranslationModel], sources: list[list[int]],
+                               hypotheses: list[list[int]], batch_sentences: int) -> list[np.ndarray]:
+    """Per sentence, the log-probability (nats, float64 [len(hypothesis) + 1], EOS last, each <= 0) that the
+    models' mean distribution gives each token of hypothesis + EOS after the source and the tokens before it,
+    scored by teacher forcing (one batched forward pass a model). That mean is the distribution beam_search ranks
+    extensions by (ensemble_log_probs, no temperature), so each value is the log-probability the token had when
+    the search chose it, within float rounding (the search decodes incrementally); where the search forced EOS
+    at a length cap, it is EOS's own log-probability, as in the search's score. No sentences: an empty list."""
     if not hypotheses:
-        return np.zeros(0), np.zeros(0)
+        return []
     split = ParallelSplit(list(zip(sources, hypotheses)), [])
     chosen = torch.cat([mean_of_members(log_probs).gather(1, gold[:, None])[:, 0].double().cpu()
                         for log_probs, gold in teacher_forced(models, split, batch_sentences)])
-    per_sentence = chosen.split([len(h) + 1 for h in hypotheses])
-    return (np.array([lp.sum().item() for lp in per_sentence]),
-            np.array([lp.exp().mean().item() for lp in per_sentence]))
+    # logsumexp - log M of members all near certainty can round a hair above 0: keep every exp a probability.
+    chosen = chosen.clamp(max=0.0).numpy()
+    return np.split(chosen, np.cumsum([len(h) + 1 for h in hypotheses])[:-1])
+
+
+def hypothesis_scores(models: Sequence[TranslationModel], sources: list[list[int]], hypotheses: list[list[int]],
+                      batch_sentences: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sentence, how sure the models' mean distribution is of its translation, scored under teacher forcing
+    on (source, hypothesis + EOS) (hypothesis_token_log_probs): the summed log-probability (nats, float64 [N]; no
+    length penalty) and the mean token confidence, the mean over the output tokens, EOS included, of the
+    probability the model gave each chosen token (float64 [N], in (0, 1]). No sentences (a text of blank lines
+    only) give two empty arrays."""
+    per_sentence = hypothesis_token_log_probs(models, sources, hypotheses, batch_sentences)
+    return (np.array([lp.sum() for lp in per_sentence], dtype=np.float64),
+            np.array([np.exp(lp).mean() for lp in per_sentence], dtype=np.float64))
+
+
+def scored_translation(source: str, translation: str, hypothesis: list[int], log_probs: np.ndarray | None,
+                       piece_names: list[str]) -> dict:
+    """One line of translate --jsonl: the source, its translation, and how sure the models were of it, all over
+    the same positions, the output subwords and EOS: `pieces` (str, the subwords' sentencepiece names, EOS's
+    "</s>" last), `token_confidences` (the probability of each, exp of `log_probs`, float64 [len(pieces)], rounded
+    to 6 significant digits: the models compute in float32), `tokens` (their number), `log_prob` (their summed
+    log-probability, nats) and `mean_token_confidence` (the mean of their probabilities), both from the unrounded
+    values and rounded to 4 decimals. A blank source (`log_probs` None: no search) gives log_prob and
+    mean_token_confidence null, tokens 0 and pieces and token_confidences [] (so len(pieces) == tokens always)."""
+    if log_probs is None:
+        return {"source": source, "translation": translation, "log_prob": None, "mean_token_confidence": None,
+                "tokens": 0, "pieces": [], "token_confidences": []}
+    confidences = np.exp(log_probs)
+    return {"source": source, "translation": translation, "log_prob": round(float(log_probs.sum()), 4),
+            "mean_token_confidence": round(float(confidences.mean()), 4), "tokens": len(log_probs),
+            "pieces": [piece_names[t] for t in hypothesis] + [piece_names[EOS_ID]],
+            "token_confidences": [float(f"{p:.6g}") for p in confidences.tolist()]}
 
 
 def translate_text(models: Sequence[TranslationModel], vocab: SubwordVocab, decode: dict, input_path="-",
@@ -314,12 +347,13 @@ def translate_text(models: Sequence[TranslationModel], vocab: SubwordVocab, deco
     """Translate text, one sentence a line (`input_path` "-": standard input; .gz read through gzip), with the mean
     of `models` (one model or an ensemble sharing `vocab`), and write the detokenised translations one a line to
     `output` (None: standard output; a file is written atomically, through gzip when its name ends in .gz). jsonl:
-    one JSON object a line instead, {"source", "translation", "log_prob", "mean_token_confidence", "tokens"}
-    (hypothesis_scores; tokens: output subwords with EOS). `decode`: beam_size, alpha (the GNMT length penalty,
-    beam_search), batch_sentences; `beam_size` and `alpha` override it. An empty or blank line gets an empty
-    translation, without a search (jsonl: translation "", log_prob and mean_token_confidence null, tokens 0), and
-    one warning counts them; sources longer than the models' positions are cut to fit with a warning; outputs are
-    capped per sentence (beam_search.output_length_caps). Returns the number of sentences.
+    one JSON object a line instead, {"source", "translation", "log_prob", "mean_token_confidence", "tokens",
+    "pieces", "token_confidences"} (scored_translation: every score is over the output subwords and EOS).
+    `decode`: beam_size, alpha (the GNMT length penalty, beam_search), batch_sentences; `beam_size` and `alpha`
+    override it. An empty or blank line gets an empty translation, without a search (jsonl: translation "",
+    log_prob and mean_token_confidence null, tokens 0, pieces and token_confidences []), and one warning counts
+    them; sources longer than the models' positions are cut to fit with a warning; outputs are capped per sentence
+    (beam_search.output_length_caps). Returns the number of sentences.
 
     Raises UserError naming an input that cannot be read (as `encoding`, default UTF-8). An input without a line
     is translated to nothing, with a warning (a file emptied by mistake)."""
@@ -333,13 +367,10 @@ def translate_text(models: Sequence[TranslationModel], vocab: SubwordVocab, deco
     translations = vocab.decode(ids)
     if jsonl:
         scored = [i for i, (src, _) in enumerate(pairs) if src]
-        log_probs, confidences = hypothesis_scores(models, [pairs[i][0] for i in scored], [ids[i] for i in scored],
-                                                   decode["batch_sentences"])
-        scores = dict(zip(scored, zip(log_probs, confidences)))
-        lines = [strict_json({"source": source, "translation": translation,
-                              "log_prob": round(float(scores[i][0]), 4) if i in scores else None,
-                              "mean_token_confidence": round(float(scores[i][1]), 4) if i in scores else None,
-                              "tokens": len(hyp) + 1 if i in scores else 0}, ensure_ascii=False)
+        log_probs = dict(zip(scored, hypothesis_token_log_probs(models, [pairs[i][0] for i in scored],
+                                                                [ids[i] for i in scored], decode["batch_sentences"])))
+        names = vocab.piece_names()
+        lines = [strict_json(scored_translation(source, translation, hyp, log_probs.get(i), names), ensure_ascii=False)
                  for i, (source, translation, hyp) in enumerate(zip(sources, translations, ids))]
     else:
         lines = translations
