@@ -7,7 +7,8 @@ int8 weights, with two length limits: the fixed max_decoding_length=256, and our
 (export.ctranslate2_translate_capped: max_decoding_length = cap - 1, one call per distinct cap, as CTranslate2 stops
 at its limit without EOS where we force EOS as the cap's last token). Prints per setting how many
 lines have the same output subwords, how many of the others reach our cap, and the largest score difference over
-identical hypotheses that ended with EOS before the cap. Reads the model folder and the text only.
+identical hypotheses that ended with EOS before the cap; and on how many lines our beam's output scores below
+greedy decoding's (a search error: the greedy path was pruned). Reads the model folder and the text only.
 
     python bench/check_ctranslate2.py --model runs/m30k-tiny/students/student-2-top64 [--lines 1000 --beam 4]
 """
@@ -45,10 +46,13 @@ def main():
     assert all(len(s) < positions for s in sources), "a source longer than the model's positions: not compared"
     ours = translate_ids([model], ParallelSplit([(s, []) for s in sources], []), args.beam, 0.0, batch_sentences=64)
     our_scores, _ = hypothesis_scores([model], sources, ours, batch_sentences=64)
+    greedy = translate_ids([model], ParallelSplit([(s, []) for s in sources], []), 1, 0.0, batch_sentences=64)
+    greedy_scores, _ = hypothesis_scores([model], sources, greedy, batch_sentences=64)
     caps = output_length_caps(collate([(s, []) for s in sources]).src, positions).tolist()
     at_cap = np.array([len(h) + 1 == cap for h, cap in zip(ours, caps)])
     print(f"{args.model}: {len(lines)} lines of {args.source}, beam {args.beam}, length penalty 0; our outputs "
-          f"at their cap: {at_cap.sum()}")
+          f"at their cap: {at_cap.sum()}; beam {args.beam} below greedy by its own score (summed log-probability, "
+          f"by more than 1e-4: a search error, the greedy path pruned): {(our_scores < greedy_scores - 1e-4).sum()}")
 
     options = dict(beam_size=args.beam, length_penalty=0.0, min_decoding_length=0, max_input_length=positions,
                    return_scores=True)

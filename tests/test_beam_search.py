@@ -185,12 +185,14 @@ def brute_force_best(models, sentence, max_len, alpha):
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
-def test_wide_beam_finds_the_brute_force_best_output_of_the_mean_distribution(alpha):
-    # Beam 12 with at most 3 tokens keeps every prefix: the search is exhaustive and must agree with brute force.
+@pytest.mark.parametrize("beam_size, max_len", [(12, 3), (36, 4)])
+def test_wide_beam_finds_the_brute_force_best_output_of_the_mean_distribution(alpha, beam_size, max_len):
+    # Beam 12 with at most 3 tokens (36 with 4) keeps every prefix and ranks every EOS extension within the top K
+    # (at most 9 + 3 candidates a step; 27 + 9): the search is exhaustive and must agree with brute force.
     models = [MarkovModel(seed=1), MarkovModel(seed=101)]
-    decoded = beam_search(models, markov_sources(3), beam_size=12, alpha=alpha, max_len=3)
+    decoded = beam_search(models, markov_sources(3), beam_size=beam_size, alpha=alpha, max_len=max_len)
     for sentence in range(3):
-        score, target = brute_force_best(models, sentence, max_len=3, alpha=alpha)
+        score, target = brute_force_best(models, sentence, max_len=max_len, alpha=alpha)
         assert decoded.tokens[sentence] == target
         assert decoded.scores[sentence].item() == pytest.approx(score, abs=1e-5)
 
@@ -205,8 +207,12 @@ def test_members_are_averaged_inside_the_beam_not_after():
     assert decoded.tokens[2] == [5] == brute_force_best(models, sentence=2, max_len=3, alpha=0.0)[1]
 
 
-def reference_beam_search(models, sentence, beam_size, alpha, max_len):
-    """The same search, one hypothesis at a time in plain Python: an independent check of the batched bookkeeping."""
+def reference_beam_search(models, sentence, beam_size, alpha, max_len, stop="bound"):
+    """The same search, one hypothesis at a time in plain Python: an independent check of the batched bookkeeping.
+    stop: "bound" (beam_search's rule: done once the best finished score >= the best live summed log-probability
+    / lp(max_len); beam 1 at the first EOS), "cap" (never early: search to max_len), or "k_finished" (fairseq's
+    rule, done once beam_size hypotheses have finished: the rule beam_search followed before, kept here to show
+    where it fails)."""
     beams, finished = [(0.0, [BOS_ID])], []
     for step in range(max_len):
         candidates = []
@@ -218,11 +224,16 @@ def reference_beam_search(models, sentence, beam_size, alpha, max_len):
                 if allowed and log_prob > -math.inf:
                     candidates.append((score + log_prob, prefix + [token]))
         top = sorted(candidates, key=lambda c: -c[0])[: 2 * beam_size]
-        finished += [(s / length_penalty(step + 1, alpha), p) for rank, (s, p) in enumerate(top)
-                     if p[-1] == EOS_ID and rank < beam_size]
-        if len(finished) >= beam_size:
-            break
+        new = [(s / length_penalty(step + 1, alpha), p) for rank, (s, p) in enumerate(top)
+               if p[-1] == EOS_ID and rank < beam_size]
+        finished += new
         beams = [(s, p) for s, p in top if p[-1] != EOS_ID][:beam_size]
+        if stop == "k_finished" and len(finished) >= beam_size:
+            break
+        if stop == "bound" and beam_size == 1 and new:
+            break
+        if stop == "bound" and finished and beams and max(finished)[0] >= beams[0][0] / length_penalty(max_len, alpha):
+            break
     score, best = max(finished)
     return best[1:-1], score
 
@@ -235,6 +246,115 @@ def test_batched_search_matches_a_one_hypothesis_at_a_time_reference(beam_size, 
         tokens, score = reference_beam_search(models, sentence, beam_size, alpha, max_len=6)
         assert decoded.tokens[sentence] == tokens
         assert decoded.scores[sentence].item() == pytest.approx(score, abs=1e-5)
+
+
+# When a sentence is done: the best finished hypothesis against what the live ones can still reach
+
+
+@pytest.mark.parametrize("beam_size", [2, 3, 5])
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_stopping_early_returns_what_searching_to_the_cap_returns(beam_size, alpha):
+    # The bound is exact: no hypothesis the beam would find later can beat the answer. (fairseq's rule, done once
+    # K have finished, returns something else for 0 to 2 of these sentences a setting: random tables seldom make it
+    # fail; TrialModel below makes it fail by construction.)
+    models = [MarkovModel(seed=6, n_sentences=30), MarkovModel(seed=7, n_sentences=30)]
+    decoded = beam_search(models, markov_sources(30), beam_size=beam_size, alpha=alpha, max_len=6)
+    for sentence in range(30):
+        tokens, score = reference_beam_search(models, sentence, beam_size, alpha, max_len=6, stop="cap")
+        assert reference_beam_search(models, sentence, beam_size, alpha, max_len=6) == (tokens, score)
+        assert decoded.tokens[sentence] == tokens
+        assert decoded.scores[sentence].item() == pytest.approx(score, abs=1e-5)
+
+
+X, SHORT = 4, [5, 6, 7, 8]  # the greedy path's word; words that each end a short, worse translation
+
+
+class TrialModel(torch.nn.Module):
+    """The trial's failure in miniature (README: beam 4 gave "A young girl in a pool." at -3.78 where greedy gave
+    "A young girl is swimming in a pool." at -3.19): after BOS, X has p 0.55 and each SHORT word 0.1; a SHORT word
+    is followed by EOS (0.9), X by X (0.9) until five X, then EOS (0.99). Greedy reads X X X X X EOS, log p -1.03;
+    the short hypotheses finish at step 2 with -2.41, before it, and under fairseq's rule K of them ended the search.
+    Vocabulary of 9; the source is ignored."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(max_positions=64)
+
+    def next_log_probs(self, sentence, prefix):
+        """log p of the token after prefix (BOS first) [9]."""
+        words = tuple(prefix[1:])
+        if not words:
+            probs = {X: 0.55, EOS_ID: 0.05, **{w: 0.1 for w in SHORT}}
+        elif words == (X,) * len(words) and len(words) < 5:
+            probs = {X: 0.9, EOS_ID: 0.1}
+        elif len(words) == 1:  # a SHORT word
+            probs = {EOS_ID: 0.9, X: 0.1}
+        else:
+            probs = {EOS_ID: 0.99, X: 0.01}
+        logits = torch.full((9,), math.log(1e-6))
+        for token, p in probs.items():
+            logits[token] = math.log(p)
+        logits[[PAD_ID, BOS_ID]] = -math.inf
+        return logits.log_softmax(dim=0)
+
+    def start_decoding(self, src, beam_size, cache=True):
+        return PrefixDecoder(self, src.shape[0] * beam_size)
+
+
+class PrefixDecoder:
+    """The decoder interface of TranslationModel.start_decoding for a model that sees each row's whole prefix."""
+
+    def __init__(self, model, n_rows):
+        self.model, self.prefixes = model, [[] for _ in range(n_rows)]
+
+    def step(self, tokens):
+        self.prefixes = [p + [t] for p, t in zip(self.prefixes, tokens.tolist())]  # BOS first
+        return torch.stack([self.model.next_log_probs(0, p) for p in self.prefixes])
+
+    def reorder(self, parents):
+        self.prefixes = [list(self.prefixes[i]) for i in parents.tolist()]
+
+
+def brute_force_trial_best(model, max_len, alpha):
+    """The best output of up to max_len tokens (EOS included) over every output of the words X and SHORT."""
+    best = (-math.inf, None)
+
+    def visit(prefix, log_prob):
+        nonlocal best
+        next_log_probs = model.next_log_probs(0, prefix).tolist()
+        ended = log_prob + next_log_probs[EOS_ID]
+        best = max(best, (ended / length_penalty(len(prefix), alpha), prefix[1:]))
+        if len(prefix) < max_len:
+            for word in (X, *SHORT):
+                visit(prefix + [word], log_prob + next_log_probs[word])
+
+    visit([BOS_ID], 0.0)
+    return best
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+@pytest.mark.parametrize("beam_size", [2, 4])
+def test_a_beam_does_not_stop_on_short_hypotheses_while_a_better_one_is_live(beam_size, alpha):
+    model = TrialModel()
+    src = torch.tensor([[X, EOS_ID]])
+    greedy = greedy_decode([model], src, max_len=8)
+    decoded = beam_search([model], src, beam_size=beam_size, alpha=alpha, max_len=8)
+    score, best = brute_force_trial_best(model, max_len=8, alpha=alpha)
+    assert greedy.tokens[0] == best == [X] * 5
+    assert decoded.tokens[0] == best and decoded.scores[0].item() == pytest.approx(score, abs=1e-5)
+    greedy_log_prob = sum(model.next_log_probs(0, [BOS_ID, *[X] * n])[X if n < 5 else EOS_ID] for n in range(6))
+    assert decoded.scores[0].item() >= greedy_log_prob / length_penalty(6, alpha) - 1e-6
+    # ...where fairseq's rule returned a SHORT word, worse than greedy by the search's own score.
+    old_tokens, old_score = reference_beam_search([model], 0, beam_size, alpha, max_len=8, stop="k_finished")
+    assert old_tokens in [[word] for word in SHORT] and old_score < score - 0.5
+
+
+def test_beam_1_is_greedy_whatever_the_length_penalty():
+    # A bound at the cap would let one beam look past its first EOS when alpha > 0; beam 1 stays greedy decoding.
+    models = [MarkovModel(seed=8, n_sentences=20)]
+    greedy = greedy_decode(models, markov_sources(20), max_len=6)
+    for alpha in (0.6, 2.0):
+        assert beam_search(models, markov_sources(20), beam_size=1, alpha=alpha, max_len=6).tokens == greedy.tokens
 
 
 def test_greedy_takes_the_argmax_token_until_eos():

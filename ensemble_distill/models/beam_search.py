@@ -8,14 +8,27 @@ At every step the ensemble's next-token distribution is the uniform mean of its 
 the paper: the argmax of the averaged token distribution), and the beam is scored with its logarithm; members are
 combined inside the search, not by merging their finished outputs.
 
-The search follows fairseq: each step ranks the 2K best extensions of the K live hypotheses by their summed
+The candidates follow fairseq: each step ranks the 2K best extensions of the K live hypotheses by their summed
 log-probability; an EOS extension among the top K is set aside as finished, and the K best other extensions
-become the new beam. A sentence is done once K hypotheses have finished, or when its length cap forces EOS. The
-cap is the sentence's own (1.5 x its source length + 10: output_length_caps), not the padded batch's, so a
+become the new beam. The answer is the finished hypothesis with the best score / lp(length), with GNMT's length
+penalty lp(n) = ((5 + n) / 6)^alpha (Wu et al. 2016), n counting EOS.
+
+A sentence is done once no live hypothesis can still beat its best finished one, or when its length cap forces
+EOS. Log-probabilities are <= 0, so a live hypothesis's summed log-probability s only falls as it grows, and it can
+finish with at most s / lp(cap) (lp grows with n; s <= 0): the search stops when best finished >= best live s /
+lp(cap), which with alpha = 0 is best finished >= best live s. This is the canonical bound (transformers'
+`early_stopping="never"`, there with the length cap for a positive penalty); with alpha = 0 it stops where
+CTranslate2 does (src/decoding.cc, BeamSearch: with length_penalty 0 a sentence ends when its top candidate is
+EOS; otherwise once K have finished), and either way returns what the same beam returns searched to the cap
+(tested). fairseq's rule (done once K hypotheses have
+finished), used here before, can end a sentence while a live hypothesis is still better than every finished one:
+on a Multi30k student, beam 4 returned "A young girl in a pool." (log p -3.78) with greedy's "A young girl is
+swimming in a pool." (-3.19) still in the beam (README). With K = 1 the search is greedy decoding for any alpha
+(the first EOS ends it), as CTranslate2 and transformers run beam 1 (their greedy search).
+
+The cap is the sentence's own (1.5 x its source length + 10: output_length_caps), not the padded batch's, so a
 sentence's translation does not depend on the sentences batched with it; the batch decodes until each is done.
-The answer is the finished hypothesis with the best score / lp(length), with GNMT's length penalty
-lp(n) = ((5 + n) / 6)^alpha (Wu et al. 2016), n counting EOS. With K = 1 this is greedy decoding. All
-sentences x beams move as one batch.
+All sentences x beams move as one batch.
 
 Each member decodes incrementally (CachedDecoder: its keys and values cached, reordered with the surviving
 beams), so a step costs the same at every length; cache=False reruns each member's decoder over whole prefixes,
@@ -80,7 +93,8 @@ def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: i
     scores[:, 0] = 0.0  # all beams start identical: let only one of them extend at the first step
     best_score = torch.full((batch_size,), -math.inf, device=device)
     best_tokens = torch.full((batch_size, steps + 1), PAD_ID, device=device)
-    n_finished = torch.zeros(batch_size, dtype=torch.long, device=device)
+    # The most a live hypothesis can still finish with is its score / lp(cap) (see the module docstring).
+    bound_scale = 1 / length_penalty(caps.double(), alpha).float()  # [B]
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
 
     for step in range(steps):
@@ -104,13 +118,15 @@ def beam_search(models: Sequence[TranslationModel], src: Tensor, *, beam_size: i
         candidate_prefix = prefixes[sentences * k + top_beams[sentences, candidate]]
         best_tokens[improves, : step + 1] = candidate_prefix[improves]
         best_tokens[improves, step + 1] = EOS_ID
-        n_finished += finishing.sum(dim=1)
-        done |= (n_finished >= k) | out_of_room
+
+        # Live: the K best extensions that are not EOS (at most K of the 2K are EOS, so K remain), best first.
+        scores, live = torch.where(is_eos, -math.inf, top_scores).topk(k, dim=1)
+        # >=: a later hypothesis could at best tie, and a tie does not replace the best (improves is strict).
+        beaten = best_score >= scores[:, 0] * bound_scale
+        done |= out_of_room | (beaten if k > 1 else finishing.any(dim=1))  # K = 1: greedy, the first EOS ends it
         if done.all():
             break
 
-        # Live: the K best extensions that are not EOS (at most K of the 2K are EOS, so K remain).
-        scores, live = torch.where(is_eos, -math.inf, top_scores).topk(k, dim=1)
         parents = (sentences[:, None] * k + top_beams.gather(1, live)).view(-1)
         prefixes = torch.cat([prefixes[parents], top_tokens.gather(1, live).view(-1, 1)], dim=1)
         for decoder in decoders:
