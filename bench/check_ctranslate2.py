@@ -10,7 +10,7 @@ lines have the same output subwords, how many of the others reach our cap, and t
 identical hypotheses that ended with EOS before the cap; and on how many lines our beam's output scores below
 greedy decoding's (a search error: the greedy path was pruned). Reads the model folder and the text only.
 
-    python bench/check_ctranslate2.py --model runs/m30k-tiny/students/student-2-top64 [--lines 1000 --beam 4]
+    python bench/check_ctranslate2.py --model runs/m30k-ce/students/student-3-top64 [--lines 1000 --beam 4]
 """
 
 import argparse
