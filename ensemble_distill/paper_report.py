@@ -6,10 +6,12 @@
 Numbers come from each system's metrics.json under RUN/eval/<split>/<system>/ (pipeline.evaluate_run): a group of
 models (individuals, or members when a run has none) is the mean ± s.e. of its models' values, every other row the
 value [95% sentence-bootstrap interval]. Significance marks come from the paired sentence bootstrap
-(calibration.compare): in each table a student is compared with the single model of its run (individual-0, the
-first seed trained on all the data, or member-0) and with its teacher ensemble, on the same sentences; a mark
-means p < 0.05, which needs at least 40 resamples (the smallest p is 2/(B + 1): the smoke scale's 20 cannot
-reach it, and its captions say so). Comparisons are cached in OUT/compare/ by the predictions files' sizes and times.
+(calibration.compare) on the same sentences: a student is compared with the single model of its run (individual-0,
+the first seed trained on all the data, or member-0) and with its teacher ensemble, in the baseline table with the
+usual single model it was trained as, and Table 4's snapshot ensembles with the seed ensembles (MARKS; each
+caption says what its marks mean: marks_note); a mark means p < 0.05, which needs at least 40 resamples (the
+smallest p is 2/(B + 1): the smoke scale's 20 cannot reach it, and its captions say so). Comparisons are cached
+in OUT/compare/ by the predictions files' sizes and times.
 """
 
 import csv
