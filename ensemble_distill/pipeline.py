@@ -136,7 +136,8 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
     evaluate it alone on test (translation: `samples` R > 0 distils from a sampled store). The student's settings
     are the task's (Task.student_settings): NER a distillation config (`config`, a DistillConfig TOML file;
     default: DistillConfig's defaults) with `overrides`; translation the run's config with `overrides` and
-    `device`. Returns the student's table (raw and temperature-scaled rows)."""
+    `device`, where train.* overrides but train.device are the student's own training settings
+    (tasks.nmt.student_overrides). Returns the student's table (raw and temperature-scaled rows)."""
     from .distill.student import check_student_name, distill_run, evaluate_student
     from .ensemble import ensemble_member_ids, open_run, read_run_config, run_task
     from .tables import format_rows
@@ -149,8 +150,10 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
     run_cfg = read_run_config(run_dir, run_overrides)
     task.teacher_settings(run_cfg, members, top_k, epsilon, samples)  # refused first
     ensemble_member_ids(run_cfg, members)  # an ensemble larger than the run's: before its data is read
-    if settings is not None:  # a student's own settings (NER): its device and encoder cut, before anything is written
-        task.check_runnable(task.student_config(run_cfg, settings), "distill config")
+    if device is not None:  # where open_run puts the run (translation), so where a student of its own trains
+        run_cfg.train.device = device
+    if settings is not None:  # a student's own settings: its device and encoder cut, before anything is written
+        task.check_runnable(task.student_config(run_cfg, settings), "--device" if device else "distill config")
     require_trained(run_dir, individuals=False)
     run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress, device=device,
                    overrides=run_overrides)

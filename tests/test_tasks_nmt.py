@@ -781,3 +781,70 @@ def test_predict_against_references_reads_them_as_evaluate_does(toy_run, tmp_pat
                          str(tmp_path / ref)]):
             assert main(command) == 2, command
             assert message in capsys.readouterr().err, command
+
+
+def test_student_overrides_split_train_settings_from_the_runs():
+    from ensemble_distill.tasks.nmt import student_overrides
+
+    assert student_overrides(["train.max_rounds=1", " train.lr = 1e-3", "train.device=cpu", "decode.beam_size=2",
+                              "distill.beta=0.3", "model.dim=8"]) == (
+        ["train.max_rounds=1", " train.lr = 1e-3"], ["train.device=cpu", "decode.beam_size=2", "distill.beta=0.3",
+                                                     "model.dim=8"])
+
+
+def test_a_translation_student_of_its_own_training_budget(toy_run, capsys):
+    """distill --set train.* (not train.device) gives the student its own [train], recorded in its config.toml and
+    trained to; the members stay as they were, and a rerun of that student with other settings is refused."""
+    run_dir = toy_run.run_dir
+    fixed = {p: p.read_bytes() for p in sorted(run_dir.glob("members/**/*")) + [run_dir / "config.toml"]
+             if p.is_file()}
+    name = ["--run", str(run_dir), "--name", "student-short", "--n-boot", "5"]
+    assert main(["distill", *name, "--set", "train.max_rounds=1", "--set", "train.updates_per_round=7"]) == 0
+    capsys.readouterr()
+    student = run_dir / "students" / "student-short"
+    log = [json.loads(line) for line in open(student / "log.jsonl")]
+    assert len(log) == 1 and json.loads((student / "result.json").read_text())["epochs"] == 1
+    recorded = load_config(student / "config.toml", TranslationConfig)
+    assert (recorded.train.max_rounds, recorded.train.updates_per_round) == (1, 7)
+    assert recorded.model == toy_run.cfg.model and recorded.train.lr == toy_run.cfg.train.lr  # the run's, else
+    assert {p: p.read_bytes() for p in fixed} == fixed
+
+    # The device, decoding and loss stay the run's: the finished student is reused on any device.
+    again = ["--set", "train.max_rounds=1", "--set", "train.updates_per_round=7"]
+    assert main(["distill", *name, *again, "--device", "cpu", "--set", "train.device=cpu",
+                 "--set", "decode.beam_size=2"]) == 0
+    assert "student-short" in capsys.readouterr().out
+    # Another budget into the same folder is refused, naming the setting; a second student needs its own --name.
+    assert main(["distill", *name, "--set", "train.max_rounds=2", "--set", "train.updates_per_round=7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was started with another config: 'train.max_rounds' is 1" in err[0]
+    # Bad values are refused naming the key; the members' settings and NER's --config are still refused.
+    for args, message in ((["--set", "train.max_rounds=0"], "'train.max_rounds' must be at least 1, got 0"),
+                          (["--set", "train.bogus=1"], "unknown key 'train.bogus'"),
+                          (["--set", "model.dim=8"], "--set model.dim=8: a trained run's members fix this setting; "
+                                                     "only decode.*, distill.*, train.device can change"),
+                          (["--config", "x.toml"], "--config: only for ner runs")):
+        assert main(["distill", "--run", str(run_dir), "--name", "student-bad", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert not (run_dir / "students" / "student-bad").exists()
+    assert {p: p.read_bytes() for p in fixed} == fixed
+
+
+def test_a_translation_student_of_its_own_settings_trains_where_the_run_is_opened(toy_run, monkeypatch):
+    """train.device is not the student's own: --device (or --set train.device) is where the run is opened and the
+    student trains, checked before anything is written."""
+    from ensemble_distill import pipeline
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, overrides in (("cuda", []), (None, ["train.device=cuda"])):
+        with pytest.raises(UserError, match="'train.device' is 'cuda' but torch sees no CUDA GPU"):
+            pipeline.distill(toy_run.run_dir, device=device, overrides=["train.max_rounds=1", *overrides],
+                             name="student-gpu", progress=False)
+    assert not (toy_run.run_dir / "students" / "student-gpu").exists()
+    settings, run_overrides, device = NMT.student_settings(toy_run.run_dir, overrides=["train.max_rounds=1",
+                                                                                       "train.device=cuda"])
+    assert run_overrides == ["train.device=cuda"] and device is None
+    student = NMT.student_config(toy_run.cfg, settings)
+    assert (student.train.max_rounds, student.train.device) == (1, toy_run.cfg.train.device)
+    assert NMT.student_config(toy_run.cfg, None) is toy_run.cfg

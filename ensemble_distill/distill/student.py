@@ -14,7 +14,8 @@ Student (paper §4.1, §5.2), trained on
 
 (distill/losses.py) over the stored entries q of the teacher. What differs by task is the Task's: the student's
 settings (NER: a distillation config, an IID tagger early-stopped on the tenth of the training sentences no member
-was early-stopped on; translation: the run's own config, the members' architecture, schedule and early stopping),
+was early-stopped on; translation: the run's own config, the members' architecture, schedule and early stopping,
+with `distill --set train.*` a training loop of its own recorded as its config.toml),
 its seed, and how a batch meets the store (Task.student_loss).
 
 A student folder is written by one process at a time (io_utils.run_lock); its teacher.json records the store, its

@@ -108,16 +108,17 @@ class Task(Protocol):
         """Split a `distill` command's options between the student and the run: (settings, the run's overrides,
         the run's device). NER: settings a DistillConfig (the file `config` or the defaults, with `overrides`, its
         teacher the ensemble of `members` of `run_dir`), the run opened as trained; translation: settings None
-        (the run's own config, opened with `overrides` and `device`). Raises UserError for an option the task has
+        (the run's own config, opened with `overrides` and `device`), or with train.* overrides but train.device
+        the run's config with those (tasks.nmt.student_overrides). Raises UserError for an option the task has
         not (NER: device; translation: config) and for a bad config file or override."""
 
     def student_config(self, cfg, settings):
         """The config the student's model and data are built from, given the run's `cfg` (NER: the run's with an
-        IID head and the settings' [train]; translation: the run's)."""
+        IID head and the settings' [train]; translation: the run's, with the settings' [train] if it has its own)."""
 
     def student_seed(self, cfg, settings) -> int:
         """The student's seed (initialisation, dropout, data order): NER train.seed of the settings, translation
-        the run's member_seed of index 100 (after any member's)."""
+        member_seed of index 100 (after any member's) under the settings' train.seed."""
 
     def student_loss(self, store, settings, data):
         """loss_fn(model, batch) -> (scalar mean loss, int units it is a mean over): (1 - beta) NLL + beta KD

@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from ..config import (
     Training,
     TranslationConfig,
     TranslationDistillation,
+    load_config,
     require_data_files,
     require_device,
     setting_problem,
@@ -769,19 +770,34 @@ class NmtTask:
     def fit_snapshots(self, cfg, data, run_dir, progress=True) -> list[dict]:
         return train_snapshots(cfg, data, run_dir, progress)
 
-    # Students (distill/student.py): the members' architecture, schedule, batches and early stopping
+    # Students (distill/student.py): the members' architecture, schedule, batches and early stopping, or a [train]
+    # of the student's own (student_overrides)
     def student_settings(self, run_dir, members=None, config=None, overrides=(), device=None) -> tuple:
-        """The student trains under the run's own config, read with `overrides` and `device`: returns (None,
-        overrides, device). Raises UserError for `config` (a distillation config is NER's)."""
+        """Split `overrides` (student_overrides): without train settings of its own the student trains under the
+        run's config, read with `overrides` and `device`: returns (None, overrides, device). With them, settings
+        is the run's config.toml with those and the command's distill.* overrides (its loss reads settings.distill),
+        validated as any config; the run is opened with the rest: returns (settings, the run's overrides, device).
+        Raises UserError for `config` (a distillation config is NER's) and for a bad train.* or distill.* value,
+        naming the key."""
         if config is not None:
             raise UserError("--config: only for ner runs")
-        return None, overrides, device
+        own, run_overrides = student_overrides(overrides)
+        if not own:
+            return None, overrides, device
+        loss = [o for o in run_overrides if o.strip().startswith("distill.")]
+        return load_config(Path(run_dir) / "config.toml", TranslationConfig, [*loss, *own]), run_overrides, device
 
     def student_config(self, cfg, settings) -> TranslationConfig:
-        return cfg
+        """The run's `cfg` (data, model, decoding, device as the command opened it), with the student's own
+        [train] when `settings` has one (student_settings); its train.device stays cfg's: where the run is opened
+        is where the student trains."""
+        if settings is None or settings is cfg:
+            return cfg
+        return replace(cfg, train=replace(settings.train, device=cfg.train.device))
 
     def student_seed(self, cfg, settings) -> int:
-        return member_seed(cfg, STUDENT_SEED_INDEX)
+        """member_seed of index 100 under the student's train.seed (the run's unless its settings change it)."""
+        return member_seed(cfg if settings is None else settings, STUDENT_SEED_INDEX)
 
     def student_loss(self, store: TeacherStore, settings, data):
         return student_loss(store, settings.distill)
@@ -805,6 +821,19 @@ class NmtTask:
             raise UserError(f"--samples {min(samples)}: a sweep's sampled stores need at least 1 draw a position")
         return ([(k, 0.0, 0) for k in top_ks] + [(max(top_ks), eps, 0) for eps in epsilons]
                 + [(None, None, r) for r in samples])
+
+
+def student_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split a translation `distill --set` into (the student's own training settings, the run's): every train.*
+    key but train.device is the student's, since its loop (budget, rate, batches, seed) binds no member, while a
+    member's would change what the run's models are (ensemble.read_run_config refuses them). train.device stays the
+    run's, as --device is: it says where the run is opened and the student trains, not what it is, so a student
+    resumes on another device. decode.* (how it is evaluated) and distill.* stay the run's (Task.run_overridable)."""
+    def own(item: str) -> bool:
+        key = item.partition("=")[0].strip()
+        return key.startswith("train.") and key != "train.device"
+
+    return [o for o in overrides if own(o)], [o for o in overrides if not own(o)]
 
 
 def _refuse_above_vocabulary(cfg: TranslationConfig, top_ks: Sequence[int], source: str) -> None:
