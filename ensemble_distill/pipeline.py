@@ -145,7 +145,8 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
 
     if name is not None:
         check_student_name(name)
-    task = get_task(run_task(run_dir))
+    task_name = run_task(run_dir)
+    task = get_task(task_name)
     settings, run_overrides, device = task.student_settings(run_dir, members, config, overrides, device)
     run_cfg = read_run_config(run_dir, run_overrides)
     task.teacher_settings(run_cfg, members, top_k, epsilon, samples)  # refused first
@@ -153,7 +154,8 @@ def distill(run_dir, members: int | None = None, device: str | None = None, conf
     if device is not None:  # where open_run puts the run (translation), so where a student of its own trains
         run_cfg.train.device = device
     if settings is not None:  # a student's own settings: its device and encoder cut, before anything is written
-        task.check_runnable(task.student_config(run_cfg, settings), "--device" if device else "distill config")
+        source = "--device" if device else "distill config" if task_name == "ner" else Path(run_dir) / "config.toml"
+        task.check_runnable(task.student_config(run_cfg, settings), str(source))
     require_trained(run_dir, individuals=False)
     run = open_run(run_dir, splits=("train", "dev", "test"), progress=progress, device=device,
                    overrides=run_overrides)

@@ -214,10 +214,10 @@ def test_format_comparison():
 
 
 @pytest.mark.parametrize("p, text", [(0.0496, "0.0496"), (0.0504, "0.050"), (0.049996, "0.049996"),
-                                     (0.0499999999, "0.050000"), (0.05, "0.050"), (0.1234, "0.123"), (0.002, "0.002")])
+                                     (0.0499999999, "<0.05"), (0.05, "0.050"), (0.1234, "0.123"), (0.002, "0.002")])
 def test_a_printed_p_stays_on_its_side_of_alpha(p, text):
     """3 decimals unless they would round a p across 0.05 (0.0496 printed "0.050" beside "(significant)");
-    beyond 6 decimals the difference is not worth printing."""
+    beyond 6 decimals it prints "<0.05"."""
     assert format_p(p) == text
 
 

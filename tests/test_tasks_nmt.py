@@ -4,6 +4,7 @@ memoize → distill, and the CLI's refusal of bad parallel files. Tiny models on
 import copy
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -818,6 +819,11 @@ def test_a_translation_student_of_its_own_training_budget(toy_run, capsys):
     assert main(["distill", *name, "--set", "train.max_rounds=2", "--set", "train.updates_per_round=7"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was started with another config: 'train.max_rounds' is 1" in err[0]
+    # Nor does it pass for the run's default student: the same folder without its settings is refused.
+    assert main(["distill", *name]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ensemble-distill: error: {student}: was trained with settings of its own (its config.toml); "
+                   "give the same --set train.* again, or another --name for the run's own settings"]
     # Bad values are refused naming the key; the members' settings and NER's --config are still refused.
     for args, message in ((["--set", "train.max_rounds=0"], "'train.max_rounds' must be at least 1, got 0"),
                           (["--set", "train.bogus=1"], "unknown key 'train.bogus'"),
@@ -837,8 +843,9 @@ def test_a_translation_student_of_its_own_settings_trains_where_the_run_is_opene
     from ensemble_distill import pipeline
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for device, overrides in (("cuda", []), (None, ["train.device=cuda"])):
-        with pytest.raises(UserError, match="'train.device' is 'cuda' but torch sees no CUDA GPU"):
+    for device, overrides, source in (("cuda", [], "--device"),
+                                      (None, ["train.device=cuda"], re.escape(str(toy_run.run_dir / "config.toml")))):
+        with pytest.raises(UserError, match=f"^{source}: 'train.device' is 'cuda' but torch sees no CUDA GPU"):
             pipeline.distill(toy_run.run_dir, device=device, overrides=["train.max_rounds=1", *overrides],
                              name="student-gpu", progress=False)
     assert not (toy_run.run_dir / "students" / "student-gpu").exists()

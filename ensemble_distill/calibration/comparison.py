@@ -156,12 +156,12 @@ def _require_reported(names: list[str], reported: dict, preds: Predictions, wher
 
 def format_p(p: float, alpha: float = ALPHA) -> str:
     """`p` to 3 decimals, or as many more (up to 6) as keep it on its own side of `alpha` once printed: a p of
-    0.0496 is significant at 0.05 and must not read "0.050"."""
+    0.0496 is significant at 0.05 and must not read "0.050"; closer still, "<0.05"."""
     for decimals in range(3, 7):
         text = f"{p:.{decimals}f}"
         if (float(text) < alpha) == (p < alpha):
             return text
-    return text
+    return f"<{alpha:g}"  # only a p below alpha rounds across it: one above rounds to alpha or more
 
 
 def format_comparison(rows: list[dict], name_a="A", name_b="B", alpha=ALPHA) -> str:

@@ -100,9 +100,13 @@ def record_student(out_dir: Path, store: TeacherStore, settings=None, cfg=None) 
     """teacher.json: the store, its teachers, truncation, dataset, layout (probs_dtype; None for a sampled store)
     and bytes per token; and, for `settings` of its own, config.toml and run.json (the student's config `cfg` and
     the versions). A folder begun from other teachers, another truncation or data, or (require_same_config) another
-    config is refused."""
+    config is refused, and so is one with settings of its own (a config.toml) when `settings` is None: a
+    translation student of its own [train] must not pass for the run's default student."""
     if settings is not None:
         require_same_config(out_dir, settings, moves_with=STUDENT_LOCATION)
+    elif (out_dir / "config.toml").is_file():
+        raise UserError(f"{out_dir}: was trained with settings of its own (its config.toml); give the same "
+                        "--set train.* again, or another --name for the run's own settings")
     record = {"store": str(store.path), "teachers": store.manifest["teachers"],
               "truncation": store.manifest["truncation"], "dataset": store.manifest["dataset_fingerprint"],
               "probs_dtype": store.manifest["dtypes"].get("probs"), "bytes_per_token": store.bytes_per_token()}
