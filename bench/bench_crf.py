@@ -16,6 +16,8 @@ import torch_struct  # a test extra: pip install -e '.[test]'
 
 from ensemble_distill.models.crf import crf_log_partition, crf_marginals
 
+from common import print_speedups
+
 
 def marginals_by_constrained_forward(emissions, mask, transitions, start, end):
     log_z = crf_log_partition(emissions, mask, transitions, start, end)
@@ -83,10 +85,7 @@ def main():
         timings = {name: seconds(fn, inputs, repeats) for name, (fn, repeats) in methods.items()}
 
     print(f"CRF marginals, float32, batch={B} T={T} L={L}, lengths {lengths.min()}..{T}, 1 thread, median of runs")
-    baseline = timings["forward per (t, label) [baseline]"]
-    print(f"  {'method':40s} {'ms':>9s}   speed-up over the baseline")
-    for name, secs in timings.items():
-        print(f"  {name:40s} {secs * 1e3:9.2f}   {baseline / secs:7.1f}x")
+    print_speedups(timings, "forward per (t, label) [baseline]", decimals=2)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from ensemble_distill.data.conll import read_conll
 from ensemble_distill.decoding import iob2_labels, iob2_scores
 from ensemble_distill.predictions import predicted_labels
 
-from common import best_time
+from common import best_time, print_speedups
 
 LABELS = ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER"]
 TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003-en" / "eng.testb"
@@ -68,10 +68,7 @@ def main():
     print(f"decoding {len(lengths)} sentences, {offsets[-1]} words, {len(LABELS)} labels "
           f"({'CoNLL-2003 test lengths' if TEST.is_file() else 'synthetic lengths'}), 1 thread, best of "
           f"{args.repeats}")
-    baseline = timings["per-sentence numpy Viterbi [baseline]"]
-    print(f"  {'method':40s} {'ms':>9s}   speed-up over the baseline")
-    for name, secs in timings.items():
-        print(f"  {name:40s} {secs * 1e3:9.1f}   {baseline / secs:7.1f}x")
+    print_speedups(timings, "per-sentence numpy Viterbi [baseline]")
 
 
 if __name__ == "__main__":

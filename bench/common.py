@@ -21,6 +21,13 @@ def best_time(fn, repeats):
     return min(times)
 
 
+def print_speedups(timings: dict, baseline: str, decimals: int = 1) -> None:
+    """A table of each method's time (ms, `decimals` places) and its speed-up over `timings[baseline]` (seconds)."""
+    print(f"  {'method':40s} {'ms':>9s}   speed-up over the baseline")
+    for name, secs in timings.items():
+        print(f"  {name:40s} {secs * 1e3:9.{decimals}f}   {timings[baseline] / secs:7.1f}x")
+
+
 @dataclass
 class ConllSample:
     tokenizer: object
