@@ -369,10 +369,10 @@ def _nmt_steps(plan: Plan, run: RunSpec, students: bool, sweep: bool = False) ->
 
 def _usual_recipe(cfg) -> str:
     """The usual single model's recipe as its config `cfg` has it, for the baseline experiment's title."""
-    tuned = cfg.encoder.finetune_layers
-    data = (f"{cfg.data.max_train_sentences} training sentences" if cfg.data.max_train_sentences else "full data")
     from .encoders import MINILM_NAMES  # imports torch: only when the plan is built
 
+    tuned = cfg.encoder.finetune_layers
+    data = f"{cfg.data.max_train_sentences} training sentences" if cfg.data.max_train_sentences else "full data"
     encoder = "MiniLM-L6" if cfg.encoder.name in MINILM_NAMES else Path(cfg.encoder.name).name
     optimizer = {"adamw": "AdamW", "adafactor": "Adafactor"}[cfg.train.optimizer]
     return (f"{encoder}, {tuned} layer{'s' if tuned != 1 else ''} tuned, {optimizer}, {cfg.train.schedule} "

@@ -14,17 +14,14 @@ become the new beam. The answer is the finished hypothesis with the best score /
 penalty lp(n) = ((5 + n) / 6)^alpha (Wu et al. 2016), n counting EOS.
 
 A sentence is done once no live hypothesis can still beat its best finished one, or when its length cap forces
-EOS. Log-probabilities are <= 0, so a live hypothesis's summed log-probability s only falls as it grows, and it can
-finish with at most s / lp(cap) (lp grows with n; s <= 0): the search stops when best finished >= best live s /
-lp(cap), which with alpha = 0 is best finished >= best live s. This is the canonical bound (transformers'
-`early_stopping="never"`, there with the length cap for a positive penalty); with alpha = 0 it stops where
-CTranslate2 does (src/decoding.cc, BeamSearch: with length_penalty 0 a sentence ends when its top candidate is
-EOS; otherwise once K have finished), and either way returns what the same beam returns searched to the cap
-(tested). fairseq's rule (done once K hypotheses have
-finished), used here before, can end a sentence while a live hypothesis is still better than every finished one:
-on a Multi30k student, beam 4 returned "A young girl in a pool." (log p -3.78) with greedy's "A young girl is
-swimming in a pool." (-3.19) still in the beam (README). With K = 1 the search is greedy decoding for any alpha
-(the first EOS ends it), as CTranslate2 and transformers run beam 1 (their greedy search).
+EOS. Log-probabilities are <= 0, so a live hypothesis's summed log-probability s only falls as it grows, and lp
+only grows with n: it can finish with at most s / lp(cap). The search stops when best finished >= best live
+s / lp(cap) (with alpha = 0: best finished >= best live s), the exact bound (transformers'
+`early_stopping="never"`), so it returns what the same beam returns searched to the cap (tested), and at
+alpha = 0 what CTranslate2 returns before the cap (measured, README). fairseq's rule, done once K hypotheses
+have finished, which this replaces, can stop with a better hypothesis still live (README: "Translate new text").
+With K = 1 the search is greedy decoding for any alpha (the first EOS ends it), as CTranslate2 and transformers
+run beam 1.
 
 The cap is the sentence's own (1.5 x its source length + 10: output_length_caps), not the padded batch's, so a
 sentence's translation does not depend on the sentences batched with it; the batch decodes until each is done.
