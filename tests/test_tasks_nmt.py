@@ -784,6 +784,25 @@ def test_predict_against_references_reads_them_as_evaluate_does(toy_run, tmp_pat
             assert message in capsys.readouterr().err, command
 
 
+def test_a_snapshot_runs_student_is_not_held_to_the_members_snapshot_budget(tmp_path):
+    """The student is one model, not a trajectory: its own train.max_rounds need not exceed members x cycle_rounds,
+    which a snapshot run's members must (config._check_snapshot_budget)."""
+    from dataclasses import replace
+
+    from ensemble_distill.config import to_toml
+
+    folder = write_copy_task(tmp_path)
+    cfg = toy_config(folder)  # max_rounds 5: a warm start of 3 rounds, then 2 cycles of 1
+    cfg = replace(cfg, ensemble=replace(cfg.ensemble, kind="snapshots"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.toml").write_text(to_toml(cfg))
+    settings, run_overrides, _ = NMT.student_settings(tmp_path / "run", overrides=["train.max_rounds=2"])
+    assert run_overrides == [] and settings.train.max_rounds == 2
+    assert NMT.student_config(cfg, settings).train.max_rounds == 2
+    with pytest.raises(UserError, match=r"'train.max_rounds' must be at least 1"):  # its own values still checked
+        NMT.student_settings(tmp_path / "run", overrides=["train.max_rounds=0"])
+
+
 def test_student_overrides_split_train_settings_from_the_runs():
     from ensemble_distill.tasks.nmt import student_overrides
 

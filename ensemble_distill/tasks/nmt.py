@@ -785,7 +785,11 @@ class NmtTask:
         if not own:
             return None, overrides, device
         loss = [o for o in run_overrides if o.strip().startswith("distill.")]
-        return load_config(Path(run_dir) / "config.toml", TranslationConfig, [*loss, *own]), run_overrides, device
+        # read as a seed run's: the student is one model, so a snapshot run's members' budget rule (a warm start
+        # before ensemble.members cycles) does not bind its train.max_rounds; settings.ensemble is not used
+        one_model = {"ensemble": {"kind": "seeds"}}
+        settings = load_config(Path(run_dir) / "config.toml", TranslationConfig, [*loss, *own], fixed=one_model)
+        return settings, run_overrides, device
 
     def student_config(self, cfg, settings) -> TranslationConfig:
         """The run's `cfg` (data, model, decoding, device as the command opened it), with the student's own
