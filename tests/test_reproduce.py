@@ -149,6 +149,7 @@ def test_tables_hold_the_runs_numbers_and_the_bootstrap_marks(report):
     caption = table1.splitlines()[-1]
     assert "* bias-corrected: an ECE measured on a sample reads high" in caption
     assert "F1 is conlleval's" in caption and "scored on its dataset's test split" in caption
+    assert "Members train on 9/10 of the training data, early-stopping on the other tenth" in caption  # the default
     assert ("¶ marks a value that differs significantly from the run's single model (individual-0, or member-0); "
             "† from the student's teacher ensemble: paired sentence bootstrap") in caption
     assert "scored on its dataset's dev split" in (out / "tables" / "table8.md").read_text().splitlines()[-1]
