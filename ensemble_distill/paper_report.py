@@ -48,12 +48,13 @@ HEADERS |= {f"{m}_ts": f"{HEADERS[m]} TS" for m in TS_METRICS} | {"temperature":
 SCALE |= {f"{m}_ts": SCALE[m] for m in TS_METRICS} | {"temperature": 1}
 DECIMALS = {"temperature": 2, "bytes_per_token": 1}  # unscaled values (scale 1) other than BLEU's two decimals
 # "*" marks the bias-corrected ECE-type columns' headers (report.DEBIASED_NOTE), so a cell's marks are others
-MARKS = {"single": "¶", "teacher": "†", "usual": "‡", "seeds": "§"}
+MARKS = {"single": "¶", "teacher": "†", "usual": "‡", "seeds": "§", "unsmoothed": "◇"}
 # what a mark says a row differs from; a table may say it more precisely (Table.mark_meanings)
 MARK_MEANINGS = {"single": "the run's single model (individual-0, or member-0)",
                  "teacher": "the student's teacher ensemble",
                  "usual": "the usual single model (configs/conll-baseline.toml)",
-                 "seeds": "the seed ensemble of its size"}
+                 "seeds": "the seed ensemble of its size",
+                 "unsmoothed": "the same system of the run without label smoothing"}
 F1_NOTE = "F1 is conlleval's (the paper's: an I-X that opens a span counts); F1 strict is seqeval's strict IOB2."
 LANGUAGE = {"en": "English", "de": "German"}
 KINDS = {"snapshots": "snapshot ensemble (SGDR)", "seeds": "seed ensemble, same budget per member"}  # Table 4's runs
@@ -180,7 +181,21 @@ def student_label(step) -> str:
     teacher = f"{'TS ' if step.temperature_scaled else ''}ensemble of {step.members}"
     recipe = f", trained as the {_usual_name(step.recipe)}" if step.recipe is not None else ""
     beta = f", β = {step.beta:g}" if step.beta is not None else ""
-    return f"IID student of the {teacher}{recipe}{beta}"
+    smoothing = f", label smoothing {step.label_smoothing:g}" if step.label_smoothing is not None else ""
+    return f"IID student of the {teacher}{recipe}{beta}{smoothing}"
+
+
+def label_smoothing_table(plan, experiment) -> Table:
+    """Table 7: ner_table of the run without label smoothing and the run with it, each system of the latter
+    (ensembles, students) compared with the same system of the former (◇): does smoothing the members change
+    what their ensembles and students score."""
+    table = ner_table(plan, experiment, "test")
+    plain, smoothed = _runs(experiment)
+    unsmoothed = plan.run_dir(plain) / "eval" / "test"
+    pairs = [(row, unsmoothed / row.path.parent.name, "unsmoothed") for row in table.rows
+             if row.group == _group_name(smoothed) and row.path is not None]
+    table.comparisons += _compare(plan, pairs, "ner")
+    return table
 
 
 def baseline_table(plan, experiment) -> Table:
@@ -496,7 +511,7 @@ def figure_pr(plan, experiment, path: Path) -> None:
 
 
 TABLES = {"table1": lambda p, e: ner_table(p, e, "test"), "table8": lambda p, e: ner_table(p, e, "dev"),
-          "table7": lambda p, e: ner_table(p, e, "test"), "table2": nmt_table, "table6": nmt_table,
+          "table7": label_smoothing_table, "table2": nmt_table, "table6": nmt_table,
           "table3": truncation_table, "domain-shift": domain_shift_table, "baseline": baseline_table,
           "table5": ts_table, "table4": snapshot_table}
 FIGURES = {"figure1": figure_ensemble_size, "figure2": figure_reliability, "figure3": figure_pr}
@@ -504,7 +519,9 @@ CAPTIONS = {
     "table1": "Individuals train on all the training data, students on 9/10. Single CRF models are scored by "
               "their Viterbi path, ensembles by the argmax of the mean marginals.",
     "table8": "The systems of Table 1 on dev.",
-    "table7": "German is Europarl NER (the paper's Table 7 is CoNLL-2003 German, which could not be obtained here).",
+    "table7": "German is Europarl NER (the paper's Table 7 is CoNLL-2003 German, which could not be obtained here). "
+              "As the paper's, the label-smoothed students (α on their NLL term, distill.label_smoothing) distil "
+              "the ensembles without and with it; the run without it also has Table 1's students.",
     "baseline": "configs/conll-baseline.toml: what a user trains instead of an ensemble. The second usual model "
                 "trains twice the epochs with patience 2, and so does "
                 "the CRF ensemble's student trained as it: the lever student budget, with the same budget on both "

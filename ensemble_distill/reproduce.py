@@ -139,10 +139,10 @@ SCALES = {
         nmt=("ensemble.members=5", "ensemble.subset_sizes=[3, 5]", "distill.teacher_members=5"),
         snapshots=SNAPSHOT_DESIGN, ner_snapshots=NER_SNAPSHOT_DESIGN,
         directions=("de-en", "en-de"), n_boot=1000,
-        shrunk="CPU scale: MiniLM-L6 (top 3 of 6 layers tuned, at most 5 epochs, patience 1) for NER on the full "
-               "training data, 3 individuals (paper 9); "
-               "translation: the small Transformer on Multi30k, 3 rounds of 250 updates, ensembles 3 ⊂ 5 (paper "
-               "3 ⊂ 5 ⊂ 7), no-averaging runs in the first direction only"),
+        shrunk="CPU scale: NER on the full training data with the top 3 encoder layers tuned (English: MiniLM-L6 "
+               "of 6 layers; German: multilingual-e5-small of 12), at most 5 epochs, patience 1, 3 individuals "
+               "(paper 9); translation: the small Transformer on Multi30k, 3 rounds of 250 updates (Table 4: 6), "
+               "ensembles 3 ⊂ 5 (paper 3 ⊂ 5 ⊂ 7), no-averaging runs in the first direction only"),
     "gpu": Scale(
         "gpu",
         ner=(*PAPER_NER, "encoder.finetune_layers=4", "train.max_epochs=20", "train.patience=3",
@@ -157,7 +157,8 @@ SCALES = {
                    "train.max_rounds=24", "train.patience=3", "train.swa_start=8", "train.swa_anneal_updates=125",
                    "train.cycle_rounds=4", "decode.batch_sentences=128"),
         baseline=('train.device="cuda"',),
-        shrunk="GPU scale: MiniLM-L6 (top 4 of 6 layers tuned) instead of BERT-base, Multi30k instead of WMT16"),
+        shrunk="GPU scale: the top 4 encoder layers tuned of MiniLM-L6 (English) and multilingual-e5-small (German) "
+               "instead of BERT-base and mBERT, Multi30k instead of WMT16"),
 }
 
 
@@ -167,10 +168,12 @@ SCALES = {
 
 @dataclass(frozen=True)
 class RunSpec:
-    """A run folder OUT/runs/<name>: a config of configs/ with overrides (the scale's come first)."""
+    """A run folder OUT/runs/<name>: a config of configs/ with overrides (the scale's come first), and `last`,
+    overrides applied after the command's --set (a setting derived from it: twice the usual model's epochs)."""
     name: str
     config: str
     overrides: tuple[str, ...] = ()
+    last: tuple[str, ...] = ()
 
     @property
     def task(self) -> str:
@@ -181,8 +184,8 @@ class RunSpec:
 class Step:
     """One stage of the pipeline on a run: train its models, distil a student of its ensemble of `members`
     (NER: `temperature_scaled`, `recipe`, the run whose training settings and encoder cut the student takes
-    instead of the members', and `beta`, a weight on KD other than its config's; translation: `top_k`,
-    `epsilon`), evaluate it on `split`, or tag a file with one of
+    instead of the members', `beta`, a weight on KD other than its config's, and `label_smoothing`, the α of its
+    NLL term; translation: `top_k`, `epsilon`), evaluate it on `split`, or tag a file with one of
     its systems (`system`: individual-0, ensemble-K, student-K) and score it (`predict`: WNUT-17)."""
     kind: str
     run: RunSpec
@@ -194,6 +197,7 @@ class Step:
     system: str = ""
     recipe: RunSpec | None = None
     beta: float | None = None
+    label_smoothing: float | None = None
 
     @property
     def key(self) -> str:
@@ -213,7 +217,8 @@ class Step:
         truncation = Truncation(self.top_k or None, self.epsilon)
         name = student_name(store_name(self.members, truncation, self.temperature_scaled))
         name = name if self.recipe is None else f"{name}-as-{self.recipe.name.split('-', 2)[-1]}"
-        return name if self.beta is None else f"{name}-beta{self.beta:g}"
+        name = name if self.beta is None else f"{name}-beta{self.beta:g}"
+        return name if self.label_smoothing is None else f"{name}-ls{self.label_smoothing:g}"
 
 
 @dataclass(frozen=True)
@@ -245,9 +250,11 @@ class Plan:
         return self.out / RUNS / run.name
 
     def overrides_of(self, run: RunSpec) -> list[str]:
-        """The run's overrides: scale and data first, then its own, then the command's that its config has."""
+        """The run's overrides: scale and data first, then its own, then the command's that its config has, then
+        those it derives from them (run.last)."""
         cls = TASK_CONFIGS[run.task]
-        return [*run.overrides, *(o for o in self.overrides if _has_setting(cls, o.partition("=")[0].strip()))]
+        command = (o for o in self.overrides if _has_setting(cls, o.partition("=")[0].strip()))
+        return [*run.overrides, *command, *run.last]
 
     def config(self, run: RunSpec):
         """The run's resolved, validated config."""
@@ -285,6 +292,15 @@ class Plan:
         return sorted(steps, key=lambda s: (runs.index(s.run.name), phase[s.kind]))
 
 
+# settings the plan gives each run to tell it from the others, and what they tell apart
+RUN_DEFINING = {"model.head": "IID and CRF runs", "ensemble.kind": "Table 4's snapshot and seed runs",
+                "train.label_smoothing": "CE and LS runs", "train.average_last": "runs with and without weight "
+                "averaging", "train.averaging": "runs with and without weight averaging",
+                **{f"data.{split}": "each language's files, from --data" for split in ("train", "dev", "test")},
+                **{f"data.{split}_{side}": "each direction's files, from --data" for split in ("train", "dev", "test")
+                   for side in ("src", "tgt")}}
+
+
 def build_plan(scale: str, out, data_root="../shared/data", overrides=()) -> Plan:
     """The plan of `scale` over output folder `out`. Raises UserError for an unknown scale, a --set key that no
     run's config has, or a config the overrides make invalid (naming the key)."""
@@ -294,6 +310,9 @@ def build_plan(scale: str, out, data_root="../shared/data", overrides=()) -> Pla
         key = o.partition("=")[0].strip()
         if not any(_has_setting(cls, key) for cls in TASK_CONFIGS.values()):
             raise UserError(f"--set {o}: no run of the plan has the setting '{key}'")
+        if key in RUN_DEFINING:
+            raise UserError(f"--set {o}: the plan sets '{key}' per run ({RUN_DEFINING[key]}), so one value for "
+                            "every run would leave runs that differ only by name")
     plan = Plan(SCALES[scale], Path(out), Path(os.path.abspath(data_root)), tuple(overrides))
     plan.experiments = experiments(plan)
     return plan
@@ -342,10 +361,12 @@ def _nmt_run(plan: Plan, direction: str, smoothing: bool, averaging: bool = True
     return RunSpec(name, plan.scale.nmt_config, (*plan.scale.nmt, *data, *own))
 
 
-def _ner_steps(plan: Plan, run: RunSpec, splits=("test",), temperature_scaled=False) -> tuple[Step, ...]:
-    """Train a run, a student of each nested ensemble (and of the largest, temperature-scaled), evaluate."""
+def _ner_steps(plan: Plan, run: RunSpec, splits=("test",), temperature_scaled=False,
+               label_smoothing=(None,)) -> tuple[Step, ...]:
+    """Train a run, a student of each nested ensemble for each α of `label_smoothing` (None: the student's
+    config's, 0) and one of the largest, temperature-scaled, evaluate."""
     sizes = plan.config(run).ensemble.subset_sizes
-    students = [Step("distill", run, members=k) for k in sizes]
+    students = [Step("distill", run, members=k, label_smoothing=a) for a in label_smoothing for k in sizes]
     if temperature_scaled:
         students.append(Step("distill", run, members=sizes[-1], temperature_scaled=True))
     return (Step("train", run), *students, *(Step("evaluate", run, split=s) for s in splits))
@@ -405,8 +426,8 @@ def experiments(plan: Plan) -> list[Experiment]:
     beta_student = Step("distill", en_iid, members=k, recipe=baseline, beta=1.0)
     # the student budget further: twice the usual model's epochs (patience 2), the student of the stronger CRF
     # teacher and the usual model alike, so that a gain of the student is not the budget's alone
-    long = RunSpec("ner-en-baseline-long", baseline.config, (
-        *baseline.overrides, f"train.max_epochs={2 * plan.config(baseline).train.max_epochs}", "train.patience=2"))
+    long = RunSpec("ner-en-baseline-long", baseline.config, baseline.overrides,
+                   (f"train.max_epochs={2 * plan.config(baseline).train.max_epochs}", "train.patience=2"))
     long_steps = (Step("distill", en_crf, members=k, recipe=long), Step("train", long), Step("evaluate", long))
     shift = tuple(Step("predict", run, system=system, split="wnut17")
                   for run in (en_iid, en_crf) for system in ("individual-0", f"ensemble-{k}", f"student-{k}"))
@@ -435,9 +456,12 @@ def experiments(plan: Plan) -> list[Experiment]:
                    "and a student of the temperature-scaled ensemble, test (IID; CoNLL-2003 English, Europarl German)",
                    (*usual, *_ner_steps(plan, en_iid, temperature_scaled=True), *usual_students[:1],
                     *_ner_steps(plan, de_iid, temperature_scaled=True))),
-        Experiment("table7", "Table 7: NER members trained with label smoothing (α = 0.1), against those without "
-                   "(Europarl German, IID)", (*_ner_steps(plan, de_iid), *_ner_steps(plan, de_iid_ls)),
-                   needs=("ner-label-smoothing",)),
+        # the paper's Table 7: label-smoothed students ("LS Distilled") of the ensembles without and with it,
+        # beside Table 1's students of the former
+        Experiment("table7", "Table 7: NER members and students trained with label smoothing (α = 0.1), against "
+                   "those without (Europarl German, IID)",
+                   (*_ner_steps(plan, de_iid, label_smoothing=(None, 0.1)),
+                    *_ner_steps(plan, de_iid_ls, label_smoothing=(0.1,))), needs=("ner-label-smoothing",)),
         Experiment("figure1", f"Figure 1: BLEU and ECE-1 against ensemble size ({first}, CE)",
                    _nmt_steps(plan, de_en_ce, students=True)),
         Experiment("figure2", f"Figure 2: reliability of an individual and the ensemble, with and without label "
@@ -476,8 +500,7 @@ def do_step(plan: Plan, step: Step, progress: bool = True) -> None:
         pipeline.train(plan.config(step.run), run_dir, progress)
     elif step.kind == "distill" and step.run.task == "ner":
         pipeline.distill(run_dir, step.members, temperature_scaled=step.temperature_scaled, n_boot=n_boot,
-                         overrides=student_overrides(plan, step), progress=progress,
-                         name=step.student if step.recipe or step.beta is not None else None)
+                         overrides=student_overrides(plan, step), progress=progress, name=step.student)
     elif step.kind == "distill":
         pipeline.distill(run_dir, step.members, top_k=step.top_k, epsilon=step.epsilon, n_boot=n_boot,
                          progress=progress)
@@ -490,7 +513,8 @@ def do_step(plan: Plan, step: Step, progress: bool = True) -> None:
 def student_overrides(plan: Plan, step: Step) -> list[str]:
     """The --set overrides of an NER distill step's student: the members' training settings, those a student has
     (configs/distill-conll.toml), or with a recipe that run's settings and encoder cut (the usual single model's:
-    all layers, AdamW, linear schedule) and its data (every training sentence, early-stopped on dev)."""
+    all layers, AdamW, linear schedule) and its data (every training sentence, early-stopped on dev); the step's
+    beta and label smoothing where it has them."""
     recipe = plan.config(step.run if step.recipe is None else step.recipe)
     train = dataclasses.asdict(trained_like(recipe.train))
     student = [f"train.{key}={json.dumps(value)}" for key, value in train.items() if key != "early_stopping"]
@@ -498,6 +522,8 @@ def student_overrides(plan: Plan, step: Step) -> list[str]:
         student += [f"encoder.finetune_layers={recipe.encoder.finetune_layers}", 'train.early_stopping="dev"']
     if step.beta is not None:
         student.append(f"distill.beta={step.beta!r}")
+    if step.label_smoothing is not None:
+        student.append(f"distill.label_smoothing={step.label_smoothing!r}")
     return student
 
 

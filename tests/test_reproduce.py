@@ -219,6 +219,34 @@ def table4(out) -> tuple[dict, list[dict]]:
             [dict(zip(rows[blank + 1], r)) for r in rows[blank + 2:]])
 
 
+def test_table7_has_label_smoothed_students_of_the_ensembles_without_and_with_it(report):
+    """The paper's Table 7: members with α = 0.1, and "LS Distilled" students of both runs' ensembles, each system
+    of the smoothed run compared with the same system of the run without (◇)."""
+    from ensemble_distill.config import DistillConfig, load_config
+
+    out = report[0]
+    rows = list(csv.reader((out / "tables" / "table7.csv").open()))
+    blank = rows.index([])
+    systems = {(r[0], r[1]) for r in rows[1:blank]}
+    student = "IID student of the ensemble of 3, label smoothing 0.1"
+    assert {("German, IID", student), ("German, IID, label smoothing 0.1", student),
+            ("German, IID", "IID student of the ensemble of 3")} <= systems
+    assert ("German, IID, label smoothing 0.1", "IID student of the ensemble of 3") not in systems
+    for run, members in (("ner-de-iid", 0.0), ("ner-de-iid-ls", 0.1)):
+        assert load_config(out / "runs" / run / "config.toml").train.label_smoothing == members
+        settings = load_config(out / "runs" / run / "students" / "student-3-ls0.1" / "config.toml", DistillConfig)
+        assert settings.distill.label_smoothing == 0.1 and settings.distill.ensemble_run.endswith(run)
+    comparisons = [dict(zip(rows[blank + 1], r)) for r in rows[blank + 2:]]
+    versus = {(c["system"], c["versus"]) for c in comparisons if c["versus"].startswith("unsmoothed")}
+    assert versus == {("ensemble of 2", "unsmoothed (ner-de-iid ensemble-2)"),
+                      ("ensemble of 3", "unsmoothed (ner-de-iid ensemble-3)"),
+                      ("IID student of the ensemble of 2, label smoothing 0.1",
+                       "unsmoothed (ner-de-iid student-2-ls0.1)"),
+                      (student, "unsmoothed (ner-de-iid student-3-ls0.1)")}
+    caption = (out / "tables" / "table7.md").read_text().splitlines()[-1]
+    assert "◇ from the same system of the run without label smoothing" in caption
+
+
 def test_table4_compares_the_snapshot_ensemble_with_the_seed_ensemble(report):
     out = report[0]
     values, comparisons = table4(out)
@@ -309,6 +337,22 @@ def test_only_and_bad_arguments(report, capsys, tmp_path):
         assert code == 2 and len(err.strip().splitlines()) == 1 and "--only: names no experiment" in err
     assert main(["reproduce", *args, "--out", str(tmp_path / "x"), "--set", "nope.key=1"]) == 2
     assert "--set nope.key=1: no run of the plan has the setting 'nope.key'" in capsys.readouterr().err
+    # a key the plan sets per run would make Table 2's CE and LS runs (or Table 6's) alike under their names
+    for key, runs in (("train.label_smoothing=0.1", "CE and LS runs"), ("train.average_last=2", "weight averaging"),
+                      ('data.train="x"', "each language's files, from --data")):
+        assert main(["reproduce", *args, "--out", str(tmp_path / "x"), "--set", key, "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and f"--set {key}: the plan sets" in err and runs in err
+
+
+def test_the_second_usual_model_keeps_twice_the_epochs_under_a_set(tmp_path):
+    from ensemble_distill.reproduce import build_plan
+
+    plan = build_plan("smoke", tmp_path, overrides=["train.max_epochs=3"])
+    runs = {s.run.name: s.run for e in plan.experiments for s in e.steps}
+    assert plan.config(runs["ner-en-baseline"]).train.max_epochs == 3
+    assert plan.config(runs["ner-en-baseline-long"]).train.max_epochs == 6
+    assert plan.config(runs["ner-en-baseline-long"]).train.patience == 2
 
 
 class FakeClock:
