@@ -261,6 +261,11 @@ class TaggingConfig:
 
     def check(self) -> None:
         _check_snapshot_budget(self)
+        if self.ensemble.kind == "snapshots" and self.train.schedule != "constant":
+            # a linear schedule is sized by max_epochs, which the warm start cuts short (ensemble.warm_start_config):
+            # it would decay to 0 at the warm start's end, not be a member's training stopped before its last epochs
+            raise Invalid("train.schedule", f"must be \"constant\" with ensemble.kind = \"snapshots\" (the warm "
+                                            f"start is a member's training stopped early), got {self.train.schedule!r}")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from .calibration.plots import save_figure
 from .calibration.report import ALPHA, DEBIASED, DEBIASED_NOTE, DESCRIPTIONS, PAPER_SCALE
 from .config import to_toml, warm_start_budget
 from .io_utils import atomic_write_json, atomic_write_text, read_json
+from .runs import RESULT
 from .tables import cell, duration, mean_and_se
 
 NER_METRICS = ("f1_conlleval", "f1", "bs_plus", "bs_minus", "b_bs", "b_ece")
@@ -324,7 +325,8 @@ def snapshot_table(plan, experiment) -> Table:
     table.comparisons += _compare(plan, [_versus_seeds(plan, table.rows, snapshots, seeds)], "nmt")
     table.comparisons += _compare(plan, [_versus_seeds(plan, rows, ner_snapshots, ner_seeds),
                                          (rows[1], single, "single")], "ner")
-    table.caption = " ".join(_snapshot_budgets(plan.config(run), plan.config(other), run.task)
+    table.caption = " ".join(_snapshot_budgets(plan.config(run), plan.config(other), run.task,
+                                               _trained(plan.run_dir(other), plan.config(other).ensemble.members))
                              for run, other in ((snapshots, seeds), (ner_snapshots, ner_seeds)))
     table.mark_meanings = {"single": "the seed run's single model (member-0; NER)"}
     return table
@@ -337,9 +339,16 @@ def _versus_seeds(plan, rows: list[Row], snapshots, seeds) -> tuple:
     return row, plan.run_dir(seeds) / "eval" / "test" / f"ensemble-{k}", "seeds"
 
 
-def _snapshot_budgets(cfg, seeds_cfg, task: str) -> str:
-    """A snapshot run's budgets and weight averaging (its config `cfg`; its seed run's `seeds_cfg`), for Table 4's
-    caption."""
+def _trained(run_dir: Path, members: int) -> list[tuple[int, int]]:
+    """(epochs or rounds trained, the best one) of each member of a seed run, from its result.json."""
+    results = [read_json(run_dir / "members" / f"member-{i}" / RESULT, "rerun reproduce") for i in range(members)]
+    return [(r["epochs"], r["best_epoch"]) for r in results]
+
+
+def _snapshot_budgets(cfg, seeds_cfg, task: str, trained: list[tuple[int, int]]) -> str:
+    """A snapshot run's budgets and weight averaging (its config `cfg`; its seed run's `seeds_cfg`, whose members
+    trained (units, best unit) `trained`: early stopping may end them before the budget, where the trajectory's
+    cycles always run), for Table 4's caption."""
     t, k, seeds = cfg.train, cfg.ensemble.members, seeds_cfg.train
     budget_key, cycle_key = t.SNAPSHOT_KEYS
     unit = budget_key.removeprefix("max_")
@@ -349,7 +358,9 @@ def _snapshot_budgets(cfg, seeds_cfg, task: str) -> str:
 
     size = f" of {t.updates_per_round} updates" if task == "nmt" else ""
     return (f"{'Translation' if task == 'nmt' else 'NER'}: each seed member trains up to "
-            f"{units(getattr(seeds, budget_key))}{size} (early stopping, patience {seeds.patience}); the snapshot "
+            f"{units(getattr(seeds, budget_key))}{size} (early stopping, patience {seeds.patience}): the seed "
+            f"members trained {', '.join(str(n) for n, _ in trained)} {unit} (best on their held-out data: "
+            f"{', '.join(str(b) for _, b in trained)}); the snapshot "
             f"trajectory up to {units(getattr(t, budget_key))}: a warm start of up to {units(warm_start_budget(t, k))} "
             f"(member 0's training, early stopping), then {k} cycles of {units(getattr(t, cycle_key))} from "
             f"{t.cycle_lr:g} down towards {t.cycle_min_lr:g}. Weight averaging of the seed members: "
@@ -536,7 +547,9 @@ CAPTIONS = {
               "NER: configs/conll-snapshots.toml, Table 1's English IID settings) with ensemble.kind = \"snapshots\" "
               "or \"seeds\". A snapshot ensemble is one training of one seed member's budget: a warm start (member "
               "0's training, stopped the cycles early), then one cosine cycle with warm restarts per member "
-              "(torch's CosineAnnealingWarmRestarts, T_mult = 1), each cycle's last weights a member.",
+              "(torch's CosineAnnealingWarmRestarts, T_mult = 1), each cycle's last weights a member. Not the "
+              "paper's: its cycles are 2,000 updates, here a round or an epoch; the cycles' rates are this "
+              "project's choice; the optimiser starts afresh at the first cycle (the paper does not say).",
     "table5": "Raw and TS columns side by side: TS divides each system's log-probabilities by its T, fitted on "
               "dev by NLL over every dev word (a group: its models' mean T); F1 is unchanged by TS, since an "
               "ensemble is scaled after averaging (the paper's ensemble F1 moves under TS, 83.51 to 83.32, so it "
@@ -546,8 +559,9 @@ CAPTIONS = {
               "scaled one. Raw columns compare each student with the raw systems (its teacher: the ensemble it "
               "distils), TS columns the scaled student with the scaled systems (its teacher: the ensemble of k "
               "+ TS). The usual single model is English only.",
-    "table6": "Table 2's design without weight averaging. The paper's Table 6 is WMT14 English→German; here it is "
-              "the plan's first direction on Multi30k.",
+    "table6": "Table 2's design without weight averaging, the paper's SWA there standing as Table 2's caption "
+              "says. The paper's Table 6 is WMT14 English→German; here it is the plan's first direction on "
+              "Multi30k.",
     "table3": "Each student distils the largest CE ensemble through a store truncated at V' entries a token "
               "(adaptive: the fewest entries holding 1 − ε of the mass, at most the largest V').",
     "domain-shift": "WNUT-17 types mapped onto CoNLL-2003's: person → PER, location → LOC, corporation and group → "

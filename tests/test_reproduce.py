@@ -300,9 +300,14 @@ def test_table4_has_the_ner_attempt_under_its_own_columns(report):
     text = (out / "tables" / "table4.md").read_text()
     assert "| setting | system | BLEU |" in text and "| setting | system | F1 | F1 strict |" in text
     caption = text.splitlines()[-1]
-    assert ("NER: each seed member trains up to 3 epochs (early stopping, patience 1); the snapshot trajectory up to "
-            "3 epochs: a warm start of up to 1 epoch (member 0's training, early stopping), then 2 cycles of 1 epoch"
-            in caption)
+    seed_members = [json.loads((out / "runs" / "ner-en-iid-seeds" / "members" / f"member-{i}" / "result.json")
+                               .read_text()) for i in range(2)]
+    trained = f"{seed_members[0]['epochs']}, {seed_members[1]['epochs']} epochs (best on their held-out data: " \
+              f"{seed_members[0]['best_epoch']}, {seed_members[1]['best_epoch']})"
+    assert (f"NER: each seed member trains up to 3 epochs (early stopping, patience 1): the seed members trained "
+            f"{trained}; the snapshot trajectory up to 3 epochs: a warm start of up to 1 epoch (member 0's training, "
+            "early stopping), then 2 cycles of 1 epoch" in caption)
+    assert "Not the paper's: its cycles are 2,000 updates" in caption
     assert "Weight averaging of the seed members: none (the best epoch's weights)" in caption
 
 

@@ -257,6 +257,10 @@ def test_an_ner_snapshot_budget_without_a_warm_start_and_a_member_job_are_refuse
     assert "'train.max_epochs' must exceed ensemble.members x train.cycle_epochs = 3" in err and "\n" not in err
     assert main(["train", "--config", str(config), "--out", out, "--set", "train.cycle_epochs=2"]) == 2
     assert "'train.max_epochs' must exceed ensemble.members x train.cycle_epochs = 6" in capsys.readouterr().err
+    # a linear schedule, sized by max_epochs, would decay to 0 at the end of the shortened warm start
+    assert main(["train", "--config", str(config), "--out", out, "--set", 'train.schedule="linear"']) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'train.schedule' must be \"constant\" with ensemble.kind = \"snapshots\"" in err and "\n" not in err
     assert main(["train", "--config", str(config), "--out", out, "--member", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--member 0" in err and "snapshots" in err and "\n" not in err
