@@ -559,9 +559,9 @@ CAPTIONS = {
               "scaled one. Raw columns compare each student with the raw systems (its teacher: the ensemble it "
               "distils), TS columns the scaled student with the scaled systems (its teacher: the ensemble of k "
               "+ TS). The usual single model is English only.",
-    "table6": "Table 2's design without weight averaging, the paper's SWA there standing as Table 2's caption "
-              "says. The paper's Table 6 is WMT14 English→German; here it is the plan's first direction on "
-              "Multi30k.",
+    "table6": "Table 2's design without weight averaging (Table 2's caption says which averaging it uses in "
+              "place of the paper's SWA). The paper's Table 6 is WMT14 English→German; here it is the plan's "
+              "first direction on Multi30k.",
     "table3": "Each student distils the largest CE ensemble through a store truncated at V' entries a token "
               "(adaptive: the fewest entries holding 1 − ε of the mass, at most the largest V').",
     "domain-shift": "WNUT-17 types mapped onto CoNLL-2003's: person → PER, location → LOC, corporation and group → "
