@@ -293,9 +293,10 @@ class Plan:
 
 
 # settings the plan gives each run to tell it from the others, and what they tell apart
+AVERAGING = "runs with and without weight averaging"
 RUN_DEFINING = {"model.head": "IID and CRF runs", "ensemble.kind": "Table 4's snapshot and seed runs",
-                "train.label_smoothing": "CE and LS runs", "train.average_last": "runs with and without weight "
-                "averaging", "train.averaging": "runs with and without weight averaging",
+                "train.label_smoothing": "CE and LS runs", "train.average_last": AVERAGING,
+                "train.averaging": AVERAGING,
                 **{f"data.{split}": "each language's files, from --data" for split in ("train", "dev", "test")},
                 **{f"data.{split}_{side}": "each direction's files, from --data" for split in ("train", "dev", "test")
                    for side in ("src", "tgt")}}
